@@ -1,0 +1,146 @@
+//! The readiness endpoint (`/healthz/ready` on the readiness port), which the
+//! kubelet probes before it sends traffic to the waypoint.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// The path the kubelet probes.
+pub const READY_PATH: &str = "/healthz/ready";
+
+/// Errors of the readiness server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Whether the process is ready to take traffic; shared with the parts that
+/// decide it.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    /// Marks the process ready (or not).
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Release);
+    }
+
+    /// Whether the process is ready.
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// A bound readiness server; [`Server::run`] serves it.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    readiness: Readiness,
+}
+
+impl Server {
+    /// Binds `addr` (port 0 picks a free port).
+    pub async fn bind(addr: SocketAddr, readiness: Readiness) -> Result<Self, Error> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        Ok(Self {
+            listener,
+            readiness,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves connections until the task is dropped.
+    pub async fn run(self) {
+        loop {
+            let (stream, peer) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "readiness accept failed");
+                    continue;
+                }
+            };
+            let readiness = self.readiness.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let ready = readiness.get();
+                    async move { Ok::<_, std::convert::Infallible>(respond(&req, ready)) }
+                });
+                if let Err(error) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    tracing::debug!(%error, %peer, "readiness connection ended with an error");
+                }
+            });
+        }
+    }
+}
+
+/// 200 on `GET /healthz/ready` when ready, 503 when not, 404 elsewhere.
+fn respond(req: &Request<Incoming>, ready: bool) -> Response<Full<Bytes>> {
+    let (status, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, READY_PATH) if ready => (StatusCode::OK, "ready\n"),
+        (&Method::GET, READY_PATH) => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        _ => (StatusCode::NOT_FOUND, "not found\n"),
+    };
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nhost: waypoint\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    #[tokio::test]
+    async fn reports_readiness_as_it_changes() {
+        let readiness = Readiness::default();
+        let server = Server::bind("127.0.0.1:0".parse().unwrap(), readiness.clone())
+            .await
+            .unwrap();
+        let addr = server.local_addr().unwrap();
+        let task = tokio::spawn(server.run());
+
+        assert!(get(addr, READY_PATH).await.starts_with("HTTP/1.1 503"));
+        readiness.set(true);
+        assert!(get(addr, READY_PATH).await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/other").await.starts_with("HTTP/1.1 404"));
+        task.abort();
+    }
+}

@@ -1,0 +1,16 @@
+//! ztunnel: ambit's node data plane.
+//!
+//! One ztunnel runs on every node. It captures the TCP traffic of the enrolled pods
+//! of its node with eBPF (`capture`), and, as later modules land, carries it over
+//! mutual TLS in HBONE tunnels with a SPIFFE identity per workload, enforcing L4
+//! policy at the destination. The waypoint links this library without the
+//! `capture` feature, so the modules it shares never depend on aya.
+//!
+//! Module map (DESIGN.md section 2): `capture` (eBPF, the only `unsafe`),
+//! `settings` (process flags and environment), `telemetry` (logging).
+#![warn(missing_docs)]
+
+#[cfg(feature = "capture")]
+pub mod capture;
+pub mod settings;
+pub mod telemetry;
