@@ -1,0 +1,234 @@
+//! `cargo xtask bootstrap`: installs what building the eBPF programs needs, when
+//! missing (DESIGN.md section 11). Idempotent; one line when all is present.
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+use crate::exec;
+
+/// The nightly toolchain that builds the eBPF crate (`-Z build-std=core`).
+pub const NIGHTLY: &str = "nightly";
+/// LLVM major version that bpf-linker links against; Debian packages it.
+const LLVM_MAJOR: &str = "22";
+const LLVM_PACKAGES: [&str; 3] = ["llvm-22-dev", "libpolly-22-dev", "libclang-22-dev"];
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// bpf-linker 0.13 is the release known to build against LLVM 22; a plain
+/// `cargo install bpf-linker` wants LLVM 23 and fails.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// One thing bootstrap makes sure of.
+struct Step {
+    name: &'static str,
+    present: fn() -> anyhow::Result<bool>,
+    install: fn() -> anyhow::Result<()>,
+    /// What a user would run by hand when the step fails.
+    by_hand: fn() -> String,
+    needs_root: bool,
+}
+
+const STEPS: [Step; 3] = [
+    Step {
+        name: "nightly rust-src",
+        present: rust_src_present,
+        install: install_rust_src,
+        by_hand: || format!("rustup component add rust-src --toolchain {NIGHTLY}"),
+        needs_root: false,
+    },
+    Step {
+        name: "LLVM 22 development packages",
+        present: llvm_present,
+        install: install_llvm,
+        by_hand: || {
+            format!(
+                "apt-get update && apt-get install -y {}",
+                LLVM_PACKAGES.join(" ")
+            )
+        },
+        needs_root: true,
+    },
+    Step {
+        name: "bpf-linker (LLVM 22)",
+        present: bpf_linker_present,
+        install: install_bpf_linker,
+        by_hand: || {
+            format!(
+                "LLVM_PREFIX={LLVM_PREFIX} cargo install bpf-linker --version {BPF_LINKER_VERSION} --locked \
+                 --no-default-features --features llvm-{LLVM_MAJOR} --force"
+            )
+        },
+        needs_root: false,
+    },
+];
+
+/// Installs every missing piece, in order.
+pub fn run() -> anyhow::Result<()> {
+    let mut installed = Vec::new();
+    for step in &STEPS {
+        let present =
+            (step.present)().with_context(|| format!("bootstrap: cannot check `{}`", step.name))?;
+        if present {
+            continue;
+        }
+        if step.needs_root && !exec::is_root() {
+            bail!(
+                "bootstrap: `{}` is missing and installing it needs root; run `cargo xtask bootstrap` as root, \
+                 or by hand: {}",
+                step.name,
+                (step.by_hand)()
+            );
+        }
+        eprintln!("bootstrap: installing {}", step.name);
+        (step.install)().with_context(|| {
+            format!(
+                "bootstrap: installing `{}` failed; to see why, run by hand: {}",
+                step.name,
+                (step.by_hand)()
+            )
+        })?;
+        if !(step.present)()? {
+            bail!(
+                "bootstrap: `{}` still missing after installing it; run by hand: {}",
+                step.name,
+                (step.by_hand)()
+            );
+        }
+        installed.push(step.name);
+    }
+    if installed.is_empty() {
+        eprintln!(
+            "bootstrap: all present (nightly rust-src, LLVM {LLVM_MAJOR} dev packages, bpf-linker)"
+        );
+    } else {
+        eprintln!("bootstrap: installed {}", installed.join(", "));
+    }
+    Ok(())
+}
+
+fn rust_src_present() -> anyhow::Result<bool> {
+    let output = exec::output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        NIGHTLY,
+    ]))?
+    .context("rustup is not installed: ambit builds with a rustup-managed toolchain")?;
+    // A missing toolchain makes rustup fail; that counts as "not present".
+    Ok(output.status.success()
+        && String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .any(|l| l.starts_with("rust-src")))
+}
+
+fn install_rust_src() -> anyhow::Result<()> {
+    let toolchains = exec::output(Command::new("rustup").args(["toolchain", "list"]))?
+        .context("rustup is not installed")?;
+    let has_nightly = String::from_utf8_lossy(&toolchains.stdout)
+        .lines()
+        .any(|l| l.starts_with(NIGHTLY));
+    // Never `toolchain install` an existing nightly: that would update it, and the
+    // pinned aya-ebpf needs the one the machine has.
+    if has_nightly {
+        exec::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            NIGHTLY,
+        ]))
+    } else {
+        exec::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            NIGHTLY,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))
+    }
+}
+
+fn llvm_present() -> anyhow::Result<bool> {
+    let output = exec::output(
+        Command::new("dpkg-query")
+            .args(["-W", "-f=${Status}\n"])
+            .args(LLVM_PACKAGES),
+    )?
+    .context("dpkg-query is not installed: bootstrap supports Debian-based hosts")?;
+    let installed = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| l.ends_with(" installed"))
+        .count();
+    Ok(output.status.success() && installed == LLVM_PACKAGES.len())
+}
+
+fn install_llvm() -> anyhow::Result<()> {
+    // Fresh machines often have empty package lists: refresh them once, only when
+    // apt does not know the packages yet.
+    let policy = exec::output(Command::new("apt-cache").args(["policy", LLVM_PACKAGES[0]]))?
+        .context("apt-cache is not installed")?;
+    let known = String::from_utf8_lossy(&policy.stdout)
+        .lines()
+        .any(|l| l.trim_start().starts_with("Candidate:") && !l.contains("(none)"));
+    if !known {
+        exec::run(Command::new("apt-get").args(["update", "-qq"]))?;
+    }
+    exec::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(LLVM_PACKAGES)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn bpf_linker_present() -> anyhow::Result<bool> {
+    let Some(path) = which("bpf-linker") else {
+        return Ok(false);
+    };
+    // Built against another LLVM (or against a removed one), it cannot link our
+    // objects: ldd shows which libLLVM it loads and whether it is found.
+    let ldd = exec::output(Command::new("ldd").arg(&path))?.context("ldd is not installed")?;
+    let ldd = String::from_utf8_lossy(&ldd.stdout);
+    let llvm_line = ldd.lines().find(|l| l.contains("libLLVM"));
+    Ok(llvm_line.is_some_and(|l| {
+        l.contains(&format!("libLLVM.so.{LLVM_MAJOR}")) && !l.contains("not found")
+    }))
+}
+
+fn install_bpf_linker() -> anyhow::Result<()> {
+    exec::run(
+        exec::cargo(None)
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--force",
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{LLVM_MAJOR}"),
+            ])
+            .env("LLVM_PREFIX", LLVM_PREFIX),
+    )
+}
+
+/// The first `name` on PATH (or in cargo's bin directory, which rustup puts on
+/// PATH but a non-login shell may lack).
+pub fn which(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".cargo"))
+        })
+        .map(|home| home.join("bin"));
+    std::env::split_paths(&path)
+        .chain(cargo_bin)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}

@@ -1,0 +1,71 @@
+//! `cargo xtask`: ambit's developer tasks.
+//!
+//! Every command that builds or tests first runs `bootstrap`, so a fresh machine
+//! needs nothing but `cargo xtask test` (or `demo`) to get going.
+
+mod bootstrap;
+mod ebpf;
+mod exec;
+mod tasks;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// ambit developer tasks.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+enum Command {
+    /// Install what building the eBPF programs needs (nightly rust-src, LLVM 22
+    /// development packages, bpf-linker); does nothing when all is present.
+    Bootstrap,
+    /// Build the eBPF object (target bpfel-unknown-none) that ztunnel embeds.
+    BuildEbpf,
+    /// Build the eBPF object and every crate.
+    Build {
+        /// Build with optimizations.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run the whole test suite: unit, integration and end-to-end (needs root).
+    Test {
+        /// Only the end-to-end suites in tests/ (network namespaces, BPF).
+        #[arg(long, conflicts_with = "unit")]
+        e2e: bool,
+        /// Only the unit and in-process tests (no root needed).
+        #[arg(long)]
+        unit: bool,
+    },
+    /// rustfmt and clippy (-D warnings) over every crate, the eBPF crate too.
+    Lint,
+    /// The local two-node mesh demo.
+    Demo,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    let root = exec::workspace_root().context("cannot find the workspace root")?;
+    match command {
+        Command::Bootstrap => bootstrap::run(),
+        Command::BuildEbpf => ebpf::build(&root).map(|_| ()),
+        Command::Build { release } => tasks::build(&root, release),
+        Command::Test { e2e, unit } => tasks::test(&root, tasks::Suites::from_flags(e2e, unit)),
+        Command::Lint => tasks::lint(&root),
+        Command::Demo => tasks::demo(),
+    }
+}
