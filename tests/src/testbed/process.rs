@@ -1,0 +1,128 @@
+//! A process started in a pod or on a node, killed when dropped.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use super::{Error, sys};
+
+/// A background process of a test. Its stdout is read line by line on a helper
+/// thread; dropping the handle kills and reaps the process.
+#[derive(Debug)]
+pub struct Process {
+    command: String,
+    child: Option<Child>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Process {
+    pub(super) fn spawn(mut cmd: Command) -> Result<Self, Error> {
+        let command = sys::display(&cmd);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                command: command.clone(),
+                source,
+            })?;
+        let (tx, lines) = mpsc::channel();
+        if let Some(stdout) = child.stdout.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(Self {
+            command,
+            child: Some(child),
+            lines,
+        })
+    }
+
+    /// The process id (also its id inside the pod: pods share the host's pid
+    /// namespace).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The next line the process prints, waiting up to `timeout`.
+    pub fn next_line(&self, timeout: Duration) -> Result<String, Error> {
+        self.lines
+            .recv_timeout(timeout)
+            .map_err(|e| Error::Process {
+                command: self.command.clone(),
+                reason: match e {
+                    mpsc::RecvTimeoutError::Timeout => {
+                        format!("printed no line within {timeout:?}")
+                    }
+                    mpsc::RecvTimeoutError::Disconnected => {
+                        "exited without printing a line".to_owned()
+                    }
+                },
+            })
+    }
+
+    /// Waits for the line that starts with `prefix` (skipping others), up to
+    /// `timeout` for each line.
+    pub fn wait_for_line(&self, prefix: &str, timeout: Duration) -> Result<String, Error> {
+        loop {
+            let line = self.next_line(timeout)?;
+            if line.starts_with(prefix) {
+                return Ok(line);
+            }
+        }
+    }
+
+    /// Kills the process and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself and returns its
+    /// exit status and the stdout lines not read yet.
+    pub fn wait(mut self, timeout: Duration) -> Result<Output, Error> {
+        let Some(child) = self.child.take() else {
+            return Err(Error::Process {
+                command: self.command.clone(),
+                reason: "already killed".to_owned(),
+            });
+        };
+        let output = sys::wait_with_timeout(child, timeout)
+            .map_err(|source| Error::Spawn {
+                command: self.command.clone(),
+                source,
+            })?
+            .ok_or_else(|| Error::Timeout {
+                command: self.command.clone(),
+                after: timeout,
+            })?;
+        // The reader thread ends at EOF, right after the exit; a grandchild that
+        // keeps stdout open can delay that, hence the bound per line.
+        let mut rest = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(1)) {
+            rest.push(line);
+        }
+        Ok(Output {
+            stdout: rest.join("\n").into_bytes(),
+            ..output
+        })
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
