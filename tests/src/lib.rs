@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod mesh;
 pub mod testbed;
 
 pub use testbed::{Error, Node, Pod, Testbed, TestbedBuilder, privileged};

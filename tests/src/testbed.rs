@@ -32,6 +32,8 @@ pub use process::Process;
 
 /// Where `ip netns` keeps its namespace files.
 pub const NETNS_DIR: &str = "/var/run/netns";
+/// Where testbeds pin BPF state: `<this>/<prefix>/<node>`.
+pub const BPF_PIN_ROOT: &str = "/sys/fs/bpf/ambit-tests";
 /// At most this many nodes, and this many pods per node (address plan).
 pub const MAX_NODES: usize = 200;
 /// See [`MAX_NODES`].
@@ -74,6 +76,15 @@ pub enum Error {
     #[error("cgroup {path}")]
     Cgroup {
         /// The cgroup directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A directory (pins, scratch files) could not be removed.
+    #[error("cannot remove {path}")]
+    Remove {
+        /// The directory.
         path: PathBuf,
         /// Why.
         #[source]
@@ -138,6 +149,7 @@ pub struct Node {
     index: usize,
     netns: String,
     cgroup: PathBuf,
+    pin_dir: PathBuf,
 }
 
 impl Node {
@@ -156,6 +168,11 @@ impl Node {
     /// The node's cgroup v2 directory, where every process of its pods runs.
     pub fn cgroup(&self) -> &Path {
         &self.cgroup
+    }
+    /// The bpffs directory for this node's ztunnel (maps and links), removed at
+    /// teardown.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
     }
     /// The node's address on the fabric.
     pub fn ipv4(&self) -> Ipv4Addr {
@@ -372,6 +389,15 @@ impl Testbed {
         &self.cgroup
     }
 
+    /// A scratch directory of this testbed (config files, logs), removed at
+    /// teardown.
+    pub fn workdir(&self) -> PathBuf {
+        let dir = std::env::temp_dir().join(&self.prefix);
+        // Creating it lazily keeps testbeds that need none free of it.
+        let _ = std::fs::create_dir_all(&dir);
+        dir
+    }
+
     /// A command that runs `program` inside pod `pod`'s network namespace and its
     /// node's cgroup.
     pub fn pod_command(&self, pod: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
@@ -415,6 +441,14 @@ impl Testbed {
         }
         self.torn_down = true;
         let mut first_error = cgroup::remove_tree(&self.cgroup).err();
+        // Pinned links hold the cgroups' programs and the pods' sk_lookup (and so
+        // their namespaces) alive: unpin them before the namespaces go.
+        if let Err(e) = remove_dir(&Path::new(BPF_PIN_ROOT).join(&self.prefix)) {
+            first_error.get_or_insert(e);
+        }
+        if let Err(e) = remove_dir(&std::env::temp_dir().join(&self.prefix)) {
+            first_error.get_or_insert(e);
+        }
         for netns in self.netns.iter().rev() {
             if let Err(e) = delete_netns(netns) {
                 first_error.get_or_insert(e);
@@ -453,6 +487,7 @@ impl Testbed {
             index,
             netns: format!("{}-n-{name}", self.prefix),
             cgroup: self.cgroup.join(name),
+            pin_dir: Path::new(BPF_PIN_ROOT).join(&self.prefix).join(name),
         };
         self.add_netns(node.netns.clone())?;
         sysctl(
@@ -639,6 +674,18 @@ fn sysctl(netns: &str, settings: &[(&str, &str)]) -> Result<(), Error> {
     .map(|_| ())
 }
 
+/// Removes a directory tree; a missing one is fine.
+fn remove_dir(path: &Path) -> Result<(), Error> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::Remove {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
 /// Kills the processes left in `netns` and deletes it.
 fn delete_netns(netns: &str) -> Result<(), Error> {
     if !Path::new(NETNS_DIR).join(netns).exists() {
@@ -679,11 +726,18 @@ pub fn cleanup_stale() -> Result<(), Error> {
         }
     }
     let root = cgroup::testbeds_root()?;
-    if let Ok(entries) = std::fs::read_dir(&root) {
+    for (dir, remove) in [
+        (root, cgroup::remove_tree as fn(&Path) -> Result<(), Error>),
+        (PathBuf::from(BPF_PIN_ROOT), remove_dir),
+        (std::env::temp_dir(), remove_dir),
+    ] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let name = entry.file_name();
             if owner::is_stale(&name.to_string_lossy())
-                && let Err(e) = cgroup::remove_tree(&entry.path())
+                && let Err(e) = remove(&entry.path())
             {
                 first_error.get_or_insert(e);
             }

@@ -4,10 +4,25 @@
 use std::{net::SocketAddr, time::Duration};
 
 use ambit_tests::{Testbed, privileged};
-use ztunnel::capture::{Capture, netns_cookie};
+use ztunnel::capture::{Capture, CaptureConfig, netns_cookie};
 
 const TESTBIN: &str = env!("CARGO_BIN_EXE_ambit-testbin");
 const WAIT: Duration = Duration::from_secs(10);
+
+/// For loading only: the capture programs are not attached in this test.
+fn config(bed: &Testbed) -> CaptureConfig {
+    CaptureConfig {
+        pin_dir: bed.node("a").pin_dir().to_owned(),
+        cgroup: bed.node("a").cgroup().to_owned(),
+        mark: 0x539,
+        mark_mask: 0xfff0,
+        sockmap: false,
+        outbound_port: 15001,
+        hbone_port: 15008,
+        inbound_plaintext_port: 15006,
+        excluded_nets: Vec::new(),
+    }
+}
 
 #[test]
 fn connect4_counts_connects_per_pod_on_the_attached_node_only() {
@@ -23,9 +38,9 @@ fn connect4_counts_connects_per_pod_on_the_attached_node_only() {
         .pod("remote", "b")
         .build()
         .expect("testbed builds");
-    let mut capture = Capture::load().expect("the embedded eBPF object loads");
+    let mut capture = Capture::load(config(&bed)).expect("the embedded eBPF object loads");
     capture
-        .attach(bed.node("a").cgroup())
+        .attach_connect_counter(bed.node("a").cgroup())
         .expect("attaches to node a's cgroup");
 
     let mut server = bed.pod_command("server", TESTBIN);
@@ -62,9 +77,9 @@ fn connect4_counts_connects_per_pod_on_the_attached_node_only() {
     client.args(["send", &target, "while-detached"]);
     bed.run(client, WAIT)
         .expect("client connects without the program");
-    let mut second = Capture::load().expect("loads again");
+    let mut second = Capture::load(config(&bed)).expect("loads again");
     second
-        .attach(bed.node("a").cgroup())
+        .attach_connect_counter(bed.node("a").cgroup())
         .expect("attaches again");
     let mut client = bed.pod_command("client", TESTBIN);
     client.args(["send", &target, "after-reload"]);

@@ -69,6 +69,13 @@ pub fn test(root: &Path, suites: Suites) -> anyhow::Result<()> {
     }
     bootstrap::run()?;
     ebpf::build(root)?;
+    // The end-to-end suites run the ztunnel binary itself, from target/debug.
+    exec::run(exec::cargo(None).current_dir(root).args([
+        "build",
+        "--package",
+        "ztunnel",
+        "--bins",
+    ]))?;
     let mut cargo = exec::cargo(None);
     cargo.current_dir(root).arg("test");
     match suites {

@@ -1,27 +1,60 @@
 //! Traffic capture with eBPF: loads the programs embedded in this binary, attaches
-//! them to the node's cgroup and reads their maps.
+//! them to the node's cgroup and to enrolled pods' network namespaces, and keeps
+//! the maps the data path reads.
 //!
 //! This is the only module that uses aya or `unsafe`. The object comes from
 //! `ebpf/programs`, built by `cargo xtask build-ebpf` and embedded at compile time;
 //! map and program names come from `ambit-ebpf-common`, never from literals.
+//!
+//! State that must outlive a ztunnel restart lives in bpffs under the pin
+//! directory (`/sys/fs/bpf/ambit/<node>/` by default): the maps, by name, and the
+//! program links. Links stay attached while ztunnel is down, so an enrolled pod's
+//! connects keep being redirected to a listener that is not there and fail:
+//! traffic never leaves a pod uncaptured. A new ztunnel attaches its programs
+//! first, then replaces the pinned links, so there is no uncaptured gap either.
 
 mod host;
 mod netns;
+mod pin;
+mod route;
 
-use std::{fs::File, io, path::Path, path::PathBuf};
-
-use ambit_ebpf_common::{map_name, program_name};
-use aya::{
-    Ebpf,
-    maps::{MapError, PerCpuHashMap},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError},
+use std::{
+    collections::HashMap as StdHashMap,
+    fs::File,
+    io,
+    net::{IpAddr, SocketAddr},
+    os::fd::BorrowedFd,
+    path::{Path, PathBuf},
 };
 
-pub use host::{Privileges, cgroup2_mount, check_host};
-pub use netns::{NetnsCookie, in_netns, netns_cookie};
+use ambit_ebpf_common::{
+    AF_INET, AF_INET6, FlowKey, ListenerKey, OrigDst, PortKey, SETTINGS_SLOTS, flag, map_name,
+    program_name, setting,
+};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuHashMap, SockHash, lpm_trie::Key},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, ProgramError, SkLookup, SkMsg, SockOps,
+        links::{FdLink, PinnedLink},
+    },
+};
+
+pub use host::{HostError, MIN_KERNEL, Privileges, cgroup2_mount, check_host};
+pub use netns::{Netns, NetnsCookie, in_netns, netns_cookie};
+pub use route::setup_transparent_return;
 
 /// The programs and maps as built by `cargo xtask build-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AMBIT_EBPF_OBJECT"));
+
+/// The cgroup programs of the capture, in attach order.
+const CGROUP_PROGRAMS: [&str; 5] = [
+    program_name::TRACK_SOCKETS,
+    program_name::PEER_ORIG4,
+    program_name::PEER_ORIG6,
+    program_name::REDIRECT_CONNECT4,
+    program_name::REDIRECT_CONNECT6,
+];
 
 /// Errors of the capture layer.
 #[derive(Debug, thiserror::Error)]
@@ -29,21 +62,17 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AMBIT_EBPF_OBJECT"));
 pub enum Error {
     /// The host cannot run the capture (kernel, cgroup v2, privileges).
     #[error("this host cannot run ztunnel's eBPF capture")]
-    Host(#[from] host::HostError),
+    Host(#[from] HostError),
     /// The kernel refused the embedded object.
     #[error("cannot load the embedded eBPF object")]
-    Load(#[source] aya::EbpfError),
-    /// The object lacks a program this build expects: the object and the binary
-    /// were built from different sources.
-    #[error("Bug: program {name} is missing from the embedded eBPF object")]
-    MissingProgram {
-        /// The program's function name.
-        name: &'static str,
-    },
-    /// The object lacks a map this build expects.
-    #[error("Bug: map {name} is missing from the embedded eBPF object")]
-    MissingMap {
-        /// The map's name.
+    Load(#[source] Box<aya::EbpfError>),
+    /// The object lacks a program or map this build expects: the object and the
+    /// binary were built from different sources.
+    #[error("Bug: {kind} {name} is missing from the embedded eBPF object")]
+    Missing {
+        /// `program` or `map`.
+        kind: &'static str,
+        /// Its name.
         name: &'static str,
     },
     /// Loading (verifying) or attaching a program failed.
@@ -51,20 +80,40 @@ pub enum Error {
     Program {
         /// The program's function name.
         name: &'static str,
-        /// `loaded` or `attached`.
+        /// `loaded`, `attached` or `detached`.
         action: &'static str,
         /// What the kernel or aya said.
         #[source]
         source: ProgramError,
     },
-    /// A map could not be opened or read.
-    #[error("eBPF map {name} could not be read")]
+    /// A map operation failed.
+    #[error("eBPF map {name}: cannot {action}")]
     Map {
         /// The map's name.
         name: &'static str,
+        /// What was attempted.
+        action: &'static str,
         /// What the kernel or aya said.
         #[source]
         source: MapError,
+    },
+    /// A link could not be taken over from aya to be pinned.
+    #[error("eBPF program {name}: cannot take its link")]
+    Link {
+        /// The program's function name.
+        name: &'static str,
+        /// What aya said.
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    /// bpffs or a pin in it could not be used.
+    #[error("cannot use pinned BPF state at {path}")]
+    Pin {
+        /// The bpffs path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
     },
     /// The cgroup to attach to could not be opened.
     #[error("cannot open cgroup {path}")]
@@ -84,93 +133,614 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// Routes or rules in a pod's network namespace could not be set up.
+    #[error("cannot set up routing in network namespace {path}: {what}")]
+    Route {
+        /// The namespace file.
+        path: PathBuf,
+        /// The step that failed.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
 }
 
-/// The loaded eBPF programs of one node. Dropping it detaches every program it
-/// attached and unloads them.
+fn map_error(name: &'static str, action: &'static str) -> impl FnOnce(MapError) -> Error {
+    move |source| Error::Map {
+        name,
+        action,
+        source,
+    }
+}
+
+fn program_error(name: &'static str, action: &'static str) -> impl FnOnce(ProgramError) -> Error {
+    move |source| Error::Program {
+        name,
+        action,
+        source,
+    }
+}
+
+/// How to run the capture on this node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CaptureConfig {
+    /// bpffs directory for this node's maps and links.
+    pub pin_dir: PathBuf,
+    /// cgroup v2 directory whose sockets are captured (the node's pods).
+    pub cgroup: PathBuf,
+    /// The `SO_MARK` of ztunnel's own sockets, never redirected.
+    pub mark: u32,
+    /// The bits of `mark` that identify ztunnel's sockets.
+    pub mark_mask: u32,
+    /// Whether `sk_msg` shortcuts the app <-> ztunnel loopback hop.
+    pub sockmap: bool,
+    /// Outbound listener port inside pods.
+    pub outbound_port: u16,
+    /// Inbound HBONE listener port.
+    pub hbone_port: u16,
+    /// Inbound plaintext listener port.
+    pub inbound_plaintext_port: u16,
+    /// Destinations never redirected (address, prefix length).
+    pub excluded_nets: Vec<(IpAddr, u8)>,
+}
+
+/// The loaded eBPF programs of one node.
 #[derive(Debug)]
 pub struct Capture {
     ebpf: Ebpf,
-    attached_to: Option<PathBuf>,
+    config: CaptureConfig,
+    /// sk_lookup links of enrolled namespaces, pinned under the pin directory.
+    netns_links: StdHashMap<NetnsCookie, PinnedLink>,
 }
 
 impl Capture {
-    /// Checks the host (see [`check_host`]) and loads the embedded programs into
-    /// the kernel, verified but not attached anywhere yet.
-    pub fn load() -> Result<Self, Error> {
+    /// Checks the host (see [`check_host`]), mounts bpffs when needed and loads
+    /// the embedded programs into the kernel, reusing the maps pinned by a
+    /// previous ztunnel of this node. Nothing is attached yet.
+    pub fn load(config: CaptureConfig) -> Result<Self, Error> {
         check_host()?;
-        let mut ebpf = Ebpf::load(OBJECT).map_err(Error::Load)?;
-        let name = program_name::COUNT_CONNECT4;
-        let program: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or(Error::MissingProgram { name })?
-            .try_into()
-            .map_err(|source| Error::Program {
-                name,
-                action: "loaded",
-                source,
-            })?;
-        program.load().map_err(|source| Error::Program {
-            name,
-            action: "loaded",
-            source,
-        })?;
-        Ok(Self {
+        pin::ensure_bpffs()?;
+        let maps_dir = config.pin_dir.join("maps");
+        pin::create_dir(&maps_dir)?;
+        pin::create_dir(&config.pin_dir.join("links"))?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .load(OBJECT)
+            .map_err(|e| Error::Load(Box::new(e)))?;
+        for name in CGROUP_PROGRAMS
+            .into_iter()
+            .chain([program_name::COUNT_CONNECT4])
+        {
+            load_cgroup_program(&mut ebpf, name)?;
+        }
+        let name = program_name::SHORTCUT_LOOPBACK;
+        let sk_msg: &mut SkMsg = program(&mut ebpf, name)?;
+        sk_msg.load().map_err(program_error(name, "loaded"))?;
+        let name = program_name::STEER_INBOUND;
+        let sk_lookup: &mut SkLookup = program(&mut ebpf, name)?;
+        sk_lookup.load().map_err(program_error(name, "loaded"))?;
+        let mut capture = Self {
             ebpf,
-            attached_to: None,
-        })
+            config,
+            netns_links: StdHashMap::new(),
+        };
+        capture.write_settings()?;
+        capture.write_exclusions()?;
+        Ok(capture)
     }
 
-    /// Attaches the cgroup programs to `cgroup` (a cgroup v2 directory): every
-    /// socket created by a process in that subtree passes through them.
-    ///
-    /// In production this is the cgroup v2 root; in tests, one cgroup per simulated
-    /// node. Attaching uses `CgroupAttachMode::Single`: on kernel 6.18,
-    /// `AllowMultiple` makes `bpf_link_create` fail with EINVAL.
-    pub fn attach(&mut self, cgroup: &Path) -> Result<(), Error> {
+    /// The configuration the capture runs with.
+    pub fn config(&self) -> &CaptureConfig {
+        &self.config
+    }
+
+    fn write_settings(&mut self) -> Result<(), Error> {
+        let name = map_name::SETTINGS;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(Error::Missing { kind: "map", name })?;
+        let mut settings: Array<_, u32> = Array::try_from(map).map_err(map_error(name, "open"))?;
+        let flags = if self.config.sockmap {
+            flag::SOCKMAP
+        } else {
+            0
+        };
+        let values = [
+            (setting::FLAGS, flags),
+            (setting::ZTUNNEL_MARK, self.config.mark),
+            (setting::ZTUNNEL_MARK_MASK, self.config.mark_mask),
+            (setting::OUTBOUND_PORT, u32::from(self.config.outbound_port)),
+            (setting::HBONE_PORT, u32::from(self.config.hbone_port)),
+            (
+                setting::INBOUND_PLAINTEXT_PORT,
+                u32::from(self.config.inbound_plaintext_port),
+            ),
+        ];
+        for (slot, value) in values {
+            debug_assert!(slot < SETTINGS_SLOTS);
+            settings
+                .set(slot, value, 0)
+                .map_err(map_error(name, "write a setting"))?;
+        }
+        Ok(())
+    }
+
+    fn write_exclusions(&mut self) -> Result<(), Error> {
+        let name = map_name::EXCLUDED_NETS;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(Error::Missing { kind: "map", name })?;
+        let mut nets: LpmTrie<_, [u8; 16], u8> =
+            LpmTrie::try_from(map).map_err(map_error(name, "open"))?;
+        for (ip, prefix) in &self.config.excluded_nets {
+            let (addr, bits) = match ip {
+                IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), u32::from(*prefix) + 96),
+                IpAddr::V6(v6) => (v6.octets(), u32::from(*prefix)),
+            };
+            nets.insert(&Key::new(bits.min(128), addr), 1, 0)
+                .map_err(map_error(name, "insert an exclusion"))?;
+        }
+        Ok(())
+    }
+
+    /// Turns the `sk_msg` loopback shortcut on or off for new connections.
+    pub fn set_sockmap(&mut self, on: bool) -> Result<(), Error> {
+        self.config.sockmap = on;
+        self.write_settings()
+    }
+
+    /// Attaches the capture to the node's cgroup and pins the links, replacing
+    /// those of a previous ztunnel (attach first, then swap the pins, so no
+    /// connect escapes in between). The loopback shortcut is attached to its
+    /// SockHash and stays with the pinned map.
+    pub fn attach(&mut self) -> Result<(), Error> {
+        let cgroup_path = self.config.cgroup.clone();
+        let cgroup = File::open(&cgroup_path).map_err(|source| Error::Cgroup {
+            path: cgroup_path.clone(),
+            source,
+        })?;
+        for name in CGROUP_PROGRAMS {
+            let link = attach_cgroup_program(&mut self.ebpf, name, &cgroup)?;
+            let path = self.config.pin_dir.join("links").join(name);
+            pin::replace_link(link, &path)?;
+        }
+        self.attach_sk_msg()?;
+        tracing::info!(cgroup = %cgroup_path.display(), pin_dir = %self.config.pin_dir.display(), "capture attached");
+        Ok(())
+    }
+
+    fn attach_sk_msg(&mut self) -> Result<(), Error> {
+        let map_name = map_name::LOOPBACK_SOCKS;
+        let map = self.ebpf.map(map_name).ok_or(Error::Missing {
+            kind: "map",
+            name: map_name,
+        })?;
+        let socks: SockHash<_, ambit_ebpf_common::SockKey> =
+            SockHash::try_from(map).map_err(map_error(map_name, "open"))?;
+        let fd = socks.fd().try_clone().map_err(|source| Error::Pin {
+            path: self.config.pin_dir.clone(),
+            source,
+        })?;
+        let name = program_name::SHORTCUT_LOOPBACK;
+        let sk_msg: &mut SkMsg = program(&mut self.ebpf, name)?;
+        match sk_msg.attach(&fd) {
+            Ok(id) => {
+                // Forget the link: the attachment lives with the pinned map, so the
+                // shortcut keeps working for connections that outlive this process.
+                let link = sk_msg
+                    .take_link(id)
+                    .map_err(program_error(name, "attached"))?;
+                std::mem::forget(link);
+                Ok(())
+            }
+            // A previous ztunnel's program is still attached to the pinned map.
+            Err(ProgramError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EBUSY) =>
+            {
+                tracing::debug!("loopback shortcut already attached to the pinned map");
+                Ok(())
+            }
+            Err(source) => Err(Error::Program {
+                name,
+                action: "attached",
+                source,
+            }),
+        }
+    }
+
+    /// Starts capturing the pod whose network namespace is `netns`: its
+    /// outbound connects are redirected, and inbound connections from outside
+    /// the pod are steered to the listeners registered with
+    /// [`Capture::register_listener`] (dropped while there are none).
+    pub fn enroll(&mut self, netns: &Netns) -> Result<(), Error> {
+        let name = program_name::STEER_INBOUND;
+        let sk_lookup: &mut SkLookup = program(&mut self.ebpf, name)?;
+        let id = sk_lookup
+            .attach(netns.file())
+            .map_err(program_error(name, "attached"))?;
+        let link = FdLink::from(
+            sk_lookup
+                .take_link(id)
+                .map_err(program_error(name, "attached"))?,
+        );
+        let path = self.netns_link_path(netns.cookie());
+        let pinned = pin::replace_link(link, &path)?;
+        self.netns_links.insert(netns.cookie(), pinned);
+        let map_name = map_name::ENROLLED;
+        let map = self.ebpf.map_mut(map_name).ok_or(Error::Missing {
+            kind: "map",
+            name: map_name,
+        })?;
+        let mut enrolled: HashMap<_, u64, u32> =
+            HashMap::try_from(map).map_err(map_error(map_name, "open"))?;
+        enrolled
+            .insert(netns.cookie().get(), 0, 0)
+            .map_err(map_error(map_name, "enroll a pod"))?;
+        Ok(())
+    }
+
+    /// Stops capturing the pod of `cookie`: new connects are no longer redirected
+    /// and inbound steering is detached. Existing connections are not touched.
+    pub fn unenroll(&mut self, cookie: NetnsCookie) -> Result<(), Error> {
+        let map_name = map_name::ENROLLED;
+        let map = self.ebpf.map_mut(map_name).ok_or(Error::Missing {
+            kind: "map",
+            name: map_name,
+        })?;
+        let mut enrolled: HashMap<_, u64, u32> =
+            HashMap::try_from(map).map_err(map_error(map_name, "open"))?;
+        match enrolled.remove(&cookie.get()) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(source) => {
+                return Err(Error::Map {
+                    name: map_name,
+                    action: "unenroll a pod",
+                    source,
+                });
+            }
+        }
+        let path = self.netns_link_path(cookie);
+        match self.netns_links.remove(&cookie) {
+            // Unpinning and dropping the last descriptor detaches the program.
+            Some(pinned) => drop(
+                pinned
+                    .unpin()
+                    .map_err(|source| Error::Pin { path, source })?,
+            ),
+            None => pin::remove(&path)?,
+        }
+        Ok(())
+    }
+
+    /// Whether the pod of `cookie` is enrolled in the (pinned) map.
+    pub fn is_enrolled(&self, cookie: NetnsCookie) -> Result<bool, Error> {
+        let name = map_name::ENROLLED;
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(Error::Missing { kind: "map", name })?;
+        let enrolled: HashMap<_, u64, u32> =
+            HashMap::try_from(map).map_err(map_error(name, "open"))?;
+        match enrolled.get(&cookie.get(), 0) {
+            Ok(_) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(source) => Err(Error::Map {
+                name,
+                action: "read",
+                source,
+            }),
+        }
+    }
+
+    /// Registers `listener` as the socket that takes inbound connections to `ip`
+    /// on `port` (the HBONE or the plaintext port). A socket is removed from the
+    /// map by the kernel when it closes.
+    pub fn register_listener(
+        &mut self,
+        ip: IpAddr,
+        port: u16,
+        listener: BorrowedFd<'_>,
+    ) -> Result<(), Error> {
+        let name = map_name::LISTENERS;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(Error::Missing { kind: "map", name })?;
+        let mut listeners: SockHash<_, ListenerKey> =
+            SockHash::try_from(map).map_err(map_error(name, "open"))?;
+        listeners
+            .insert(listener_key(ip, port), listener, 0)
+            .map_err(map_error(name, "register a listener"))
+    }
+
+    /// Removes the listener of `ip` and `port`, if any.
+    pub fn unregister_listener(&mut self, ip: IpAddr, port: u16) -> Result<(), Error> {
+        let name = map_name::LISTENERS;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(Error::Missing { kind: "map", name })?;
+        let mut listeners: SockHash<_, ListenerKey> =
+            SockHash::try_from(map).map_err(map_error(name, "open"))?;
+        match listeners.remove(&listener_key(ip, port)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(Error::Map {
+                name,
+                action: "remove a listener",
+                source,
+            }),
+        }
+    }
+
+    /// A handle on the original destinations of redirected connections, for the
+    /// outbound listeners (cheap to clone, usable from any task).
+    pub fn orig_dst_table(&self) -> Result<OrigDstTable, Error> {
+        let name = map_name::ORIG_DST_BY_PORT;
+        let path = self.config.pin_dir.join("maps").join(name);
+        let data = MapData::from_pin(&path).map_err(map_error(name, "open its pin"))?;
+        let map =
+            HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(map_error(name, "open"))?;
+        Ok(OrigDstTable(std::sync::Arc::new(map)))
+    }
+
+    /// A handle on the transparent flows the inbound side registers before it
+    /// connects to an application from a client's address.
+    pub fn transparent_flows(&self) -> Result<TransparentFlows, Error> {
+        let name = map_name::TRANSPARENT_FLOWS;
+        let path = self.config.pin_dir.join("maps").join(name);
+        let data = MapData::from_pin(&path).map_err(map_error(name, "open its pin"))?;
+        let map =
+            HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(map_error(name, "open"))?;
+        Ok(TransparentFlows(std::sync::Arc::new(
+            std::sync::Mutex::new(map),
+        )))
+    }
+
+    fn netns_link_path(&self, cookie: NetnsCookie) -> PathBuf {
+        self.config.pin_dir.join("links").join(format!(
+            "{}-{}",
+            program_name::STEER_INBOUND,
+            cookie.get()
+        ))
+    }
+
+    /// Attaches the connect counter (the first program, a diagnostic) to
+    /// `cgroup`; it stays attached while this `Capture` lives.
+    pub fn attach_connect_counter(&mut self, cgroup: &Path) -> Result<(), Error> {
         let file = File::open(cgroup).map_err(|source| Error::Cgroup {
             path: cgroup.to_owned(),
             source,
         })?;
         let name = program_name::COUNT_CONNECT4;
-        let program: &mut CgroupSockAddr = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(Error::MissingProgram { name })?
-            .try_into()
-            .map_err(|source| Error::Program {
-                name,
-                action: "attached",
-                source,
-            })?;
+        let program: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
         program
             .attach(&file, CgroupAttachMode::Single)
-            .map_err(|source| Error::Program {
-                name,
-                action: "attached",
-                source,
-            })?;
-        tracing::info!(cgroup = %cgroup.display(), program = name, "attached");
-        self.attached_to = Some(cgroup.to_owned());
+            .map_err(program_error(name, "attached"))?;
         Ok(())
     }
 
-    /// The cgroup the programs are attached to, if any.
-    pub fn attached_to(&self) -> Option<&Path> {
-        self.attached_to.as_deref()
-    }
-
-    /// How many IPv4 `connect()` calls the programs have seen from sockets of the
-    /// network namespace `cookie` (0 for a namespace never seen).
+    /// How many IPv4 `connect()` calls the connect counter has seen from sockets
+    /// of the network namespace `cookie` (0 for a namespace never seen).
     pub fn connect_count(&self, cookie: NetnsCookie) -> Result<u64, Error> {
         let name = map_name::CONNECT_COUNTS;
-        let map = self.ebpf.map(name).ok_or(Error::MissingMap { name })?;
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(Error::Missing { kind: "map", name })?;
         let counts: PerCpuHashMap<_, u64, u64> =
-            PerCpuHashMap::try_from(map).map_err(|source| Error::Map { name, source })?;
+            PerCpuHashMap::try_from(map).map_err(map_error(name, "open"))?;
         match counts.get(&cookie.get(), 0) {
             Ok(per_cpu) => Ok(per_cpu.iter().sum()),
             Err(MapError::KeyNotFound) => Ok(0),
-            Err(source) => Err(Error::Map { name, source }),
+            Err(source) => Err(Error::Map {
+                name,
+                action: "read",
+                source,
+            }),
         }
+    }
+}
+
+/// Where redirected connections meant to go, as published by the `sockops`
+/// program: read by the outbound listeners for each accepted connection.
+#[derive(Debug, Clone)]
+pub struct OrigDstTable(std::sync::Arc<HashMap<MapData, PortKey, OrigDst>>);
+
+impl OrigDstTable {
+    /// The original destination of the connection ztunnel accepted from `peer`
+    /// (the application's socket) in the pod namespace `netns`, if it was
+    /// redirected. The entry is overwritten when the port is reused, before the
+    /// next connection from it can be accepted.
+    pub fn lookup(
+        &self,
+        netns: NetnsCookie,
+        peer: SocketAddr,
+    ) -> Result<Option<SocketAddr>, Error> {
+        let family = if peer.is_ipv4() { AF_INET } else { AF_INET6 };
+        let key = PortKey {
+            netns_cookie: netns.get(),
+            port: peer.port(),
+            family,
+            _pad: 0,
+        };
+        match self.0.get(&key, 0) {
+            Ok(orig) => Ok(Some(orig_to_socket_addr(&orig))),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(Error::Map {
+                name: map_name::ORIG_DST_BY_PORT,
+                action: "read",
+                source,
+            }),
+        }
+    }
+}
+
+/// ztunnel's connects from a client's address to an application in a pod,
+/// which `sk_lookup` must let through instead of steering them back to ztunnel.
+#[derive(Debug, Clone)]
+pub struct TransparentFlows(std::sync::Arc<std::sync::Mutex<HashMap<MapData, FlowKey, u8>>>);
+
+impl TransparentFlows {
+    /// Registers the flow from `src` (a client's address, already bound) to
+    /// `dst` until the returned guard is dropped: drop it once the connect
+    /// completed, later packets belong to the established connection.
+    pub fn register(&self, src: SocketAddr, dst: SocketAddr) -> Result<FlowGuard, Error> {
+        let key = FlowKey {
+            local_addr: mapped(dst.ip()),
+            remote_addr: mapped(src.ip()),
+            local_port: dst.port(),
+            remote_port: src.port(),
+            _pad: 0,
+        };
+        let name = map_name::TRANSPARENT_FLOWS;
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.insert(key, 1, 0)
+            .map_err(map_error(name, "register a transparent flow"))?;
+        Ok(FlowGuard {
+            flows: self.clone(),
+            key,
+        })
+    }
+}
+
+/// Removes a transparent flow when dropped.
+#[derive(Debug)]
+pub struct FlowGuard {
+    flows: TransparentFlows,
+    key: FlowKey,
+}
+
+impl Drop for FlowGuard {
+    fn drop(&mut self) {
+        let mut map = self
+            .flows
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Already gone (LRU eviction) is fine.
+        if let Err(error) = map.remove(&self.key)
+            && !matches!(error, MapError::KeyNotFound)
+        {
+            tracing::warn!(%error, "cannot remove a transparent flow");
+        }
+    }
+}
+
+fn mapped(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn orig_to_socket_addr(orig: &OrigDst) -> SocketAddr {
+    let v6 = std::net::Ipv6Addr::from(orig.addr);
+    let ip = match (orig.family, v6.to_ipv4_mapped()) {
+        (AF_INET, Some(v4)) => IpAddr::V4(v4),
+        _ => IpAddr::V6(v6),
+    };
+    SocketAddr::new(ip, orig.port)
+}
+
+fn listener_key(ip: IpAddr, port: u16) -> ListenerKey {
+    ListenerKey {
+        addr: mapped(ip),
+        port,
+        _pad: [0; 6],
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, Error>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(Error::Missing {
+            kind: "program",
+            name,
+        })?
+        .try_into()
+        .map_err(program_error(name, "loaded"))
+}
+
+fn load_cgroup_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), Error> {
+    if name == program_name::TRACK_SOCKETS {
+        let sock_ops: &mut SockOps = program(ebpf, name)?;
+        return sock_ops.load().map_err(program_error(name, "loaded"));
+    }
+    let sock_addr: &mut CgroupSockAddr = program(ebpf, name)?;
+    sock_addr.load().map_err(program_error(name, "loaded"))
+}
+
+/// Attaches one cgroup program and returns its link, owned by the caller.
+fn attach_cgroup_program(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    cgroup: &File,
+) -> Result<FdLink, Error> {
+    // CgroupAttachMode::Single: with bpf_link_create the kernel allows several
+    // links per cgroup anyway, and AllowMultiple fails with EINVAL on 6.18.
+    if name == program_name::TRACK_SOCKETS {
+        let sock_ops: &mut SockOps = program(ebpf, name)?;
+        let id = sock_ops
+            .attach(cgroup, CgroupAttachMode::Single)
+            .map_err(program_error(name, "attached"))?;
+        let link = sock_ops
+            .take_link(id)
+            .map_err(program_error(name, "attached"))?;
+        return FdLink::try_from(link).map_err(|source| Error::Link { name, source });
+    }
+    let sock_addr: &mut CgroupSockAddr = program(ebpf, name)?;
+    let id = sock_addr
+        .attach(cgroup, CgroupAttachMode::Single)
+        .map_err(program_error(name, "attached"))?;
+    let link = sock_addr
+        .take_link(id)
+        .map_err(program_error(name, "attached"))?;
+    FdLink::try_from(link).map_err(|source| Error::Link { name, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    #[test]
+    fn original_destinations_convert_back_per_family() {
+        let v4 = Ipv4Addr::new(198, 18, 17, 10);
+        let orig = OrigDst {
+            addr: v4.to_ipv6_mapped().octets(),
+            port: 7000,
+            family: AF_INET,
+            _pad: 0,
+            netns_cookie: 1,
+        };
+        assert_eq!(orig_to_socket_addr(&orig), SocketAddr::from((v4, 7000)));
+        let v6 = Ipv6Addr::new(0xfd00, 1, 1, 0, 0, 0, 0, 10);
+        let orig = OrigDst {
+            addr: v6.octets(),
+            port: 443,
+            family: AF_INET6,
+            _pad: 0,
+            netns_cookie: 1,
+        };
+        assert_eq!(orig_to_socket_addr(&orig), SocketAddr::from((v6, 443)));
+    }
+
+    #[test]
+    fn listener_keys_map_ipv4_into_ipv6() {
+        let key = listener_key(IpAddr::V4(Ipv4Addr::new(198, 18, 16, 10)), 15006);
+        assert_eq!(
+            key.addr,
+            Ipv4Addr::new(198, 18, 16, 10).to_ipv6_mapped().octets()
+        );
+        assert_eq!(key.port, 15006);
     }
 }

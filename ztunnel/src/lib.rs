@@ -12,5 +12,7 @@
 
 #[cfg(feature = "capture")]
 pub mod capture;
+#[cfg(feature = "capture")]
+pub mod proxy;
 pub mod settings;
 pub mod telemetry;

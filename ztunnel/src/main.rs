@@ -1,12 +1,16 @@
-//! The `ztunnel` binary: loads the eBPF capture, attaches it to the node's cgroup
-//! and runs until SIGTERM or SIGINT, when it detaches.
+//! The `ztunnel` binary: one per node. Loads the eBPF capture, attaches it to the
+//! node's cgroup, enrolls the node's ambient pods and proxies their connections
+//! until SIGTERM or SIGINT, then drains.
 
-use std::path::PathBuf;
+mod local_pods;
+
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
 use ztunnel::{
-    capture::{self, Capture},
+    capture::{self, Capture, CaptureConfig},
+    proxy::{PodManager, PodManagerConfig},
     settings::{self, ProcessEnv, Settings},
     telemetry,
 };
@@ -15,22 +19,59 @@ use ztunnel::{
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Local mode: a YAML file of Kubernetes objects (Namespaces, Pods, ...) to run
+    /// this node from; watched for changes (overrides AMBIT_CONFIG).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This node's name (overrides NODE_NAME).
+    #[arg(long)]
+    node: Option<String>,
     /// cgroup v2 directory to attach the capture to (overrides AMBIT_NODE_CGROUP;
     /// default: the cgroup v2 root).
     #[arg(long)]
     node_cgroup: Option<PathBuf>,
+    /// bpffs directory for pinned maps and links (overrides AMBIT_BPF_PIN_DIR;
+    /// default: /sys/fs/bpf/ambit/<node>).
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+    /// Do not shortcut the app <-> ztunnel loopback hop with sk_msg (overrides
+    /// AMBIT_SOCKMAP).
+    #[arg(long)]
+    no_sockmap: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let mut settings = Settings::from_env(&ProcessEnv).context("invalid settings")?;
-    if let Some(path) = cli.node_cgroup {
-        settings.node_cgroup = Some(path);
-        settings.validate().context("invalid --node-cgroup")?;
-    }
+    let settings = settings(cli)?;
     telemetry::init(settings.log_format);
     tracing::info!(settings = ?settings, "starting");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run(settings))
+}
 
+fn settings(cli: Cli) -> anyhow::Result<Settings> {
+    let mut settings = Settings::from_env(&ProcessEnv).context("invalid settings")?;
+    settings.config_file = cli.config.or(settings.config_file);
+    settings.node_name = cli.node.or(settings.node_name);
+    settings.node_cgroup = cli.node_cgroup.or(settings.node_cgroup);
+    settings.pin_dir = cli.pin_dir.or(settings.pin_dir);
+    settings.sockmap &= !cli.no_sockmap;
+    settings.validate().context("invalid flags")?;
+    Ok(settings)
+}
+
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let node = settings
+        .node_name
+        .clone()
+        .context("the node name is required: --node or NODE_NAME")?;
+    let config_file = settings
+        .config_file
+        .clone()
+        .context("a configuration file is required: --config or AMBIT_CONFIG (the Kubernetes source is not wired yet)")?;
     let cgroup = match settings.node_cgroup.clone() {
         Some(path) => path,
         None => capture::cgroup2_mount()
@@ -42,21 +83,74 @@ fn main() -> anyhow::Result<()> {
                 )
             })?,
     };
-    let mut capture = Capture::load().context("cannot start the eBPF capture")?;
-    capture
-        .attach(&cgroup)
-        .with_context(|| format!("cannot attach the capture to {}", cgroup.display()))?;
+    let capture_config = CaptureConfig {
+        pin_dir: settings.pin_dir(&node),
+        cgroup,
+        mark: settings::ZTUNNEL_MARK,
+        mark_mask: settings::ZTUNNEL_MARK_MASK,
+        sockmap: settings.sockmap,
+        outbound_port: settings::OUTBOUND_PORT,
+        hbone_port: settings::HBONE_PORT,
+        inbound_plaintext_port: settings::INBOUND_PLAINTEXT_PORT,
+        excluded_nets: Vec::new(),
+    };
+    let mut capture = Capture::load(capture_config).context("cannot start the eBPF capture")?;
+    capture.attach().context("cannot attach the eBPF capture")?;
+    let mut pods =
+        PodManager::new(capture, pod_manager_config()).context("cannot start the proxy")?;
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime
-        .block_on(wait_for_shutdown())
-        .context("cannot wait for signals")?;
-    tracing::info!("shutting down");
-    drop(capture);
+    let mut source = local_pods::LocalPods::new(config_file, node);
+    let desired = source
+        .load()
+        .context("cannot read the configuration file")?;
+    report(pods.reconcile(&desired).await);
+    tracing::info!(pods = desired.len(), "ready");
+
+    let mut reload = tokio::time::interval(Duration::from_secs(1));
+    let shutdown = wait_for_shutdown();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            result = &mut shutdown => {
+                result.context("cannot wait for signals")?;
+                break;
+            }
+            _ = reload.tick() => {
+                if let Some(desired) = source.reload_if_changed() {
+                    report(pods.reconcile(&desired).await);
+                }
+            }
+        }
+    }
+    tracing::info!(
+        drain_s = settings.drain_timeout.as_secs_f64(),
+        "shutting down"
+    );
+    pods.shutdown(settings.drain_timeout).await;
+    tracing::info!("stopped");
     Ok(())
+}
+
+fn pod_manager_config() -> PodManagerConfig {
+    PodManagerConfig {
+        mark: settings::ZTUNNEL_MARK,
+        transparent_mark: settings::TRANSPARENT_MARK,
+        route_table: settings::ROUTE_TABLE,
+        outbound_port: settings::OUTBOUND_PORT,
+        inbound_plaintext_port: settings::INBOUND_PLAINTEXT_PORT,
+        own_ports: vec![
+            settings::OUTBOUND_PORT,
+            settings::INBOUND_PLAINTEXT_PORT,
+            settings::HBONE_PORT,
+        ],
+        connect_timeout: settings::CONNECT_TIMEOUT,
+    }
+}
+
+fn report(failures: Vec<(String, ztunnel::proxy::Error)>) {
+    for (uid, error) in failures {
+        tracing::error!(pod = uid, error = %ztunnel::proxy::error_chain(&error), "pod not captured");
+    }
 }
 
 async fn wait_for_shutdown() -> std::io::Result<()> {

@@ -5,7 +5,7 @@
 //! Every environment variable is a const with its default beside it, and is read
 //! through [`EnvSource`] so tests never touch the process environment.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use serde::Serialize;
 
@@ -21,6 +21,36 @@ pub const ADMIN_PORT: u16 = 15000;
 pub const STATS_PORT: u16 = 15020;
 /// Readiness (`/healthz/ready`).
 pub const READINESS_PORT: u16 = 15021;
+
+/// `SO_MARK` of ztunnel's own sockets: the capture never redirects them.
+pub const ZTUNNEL_MARK: u32 = 0x539;
+/// `SO_MARK` of ztunnel's transparent sockets (connects to an app from the
+/// client's address): the pods' policy rule routes replies to them back to
+/// ztunnel. Shares the [`ZTUNNEL_MARK_MASK`] bits with [`ZTUNNEL_MARK`].
+pub const TRANSPARENT_MARK: u32 = 0x53a;
+/// The bits that mark a socket as ztunnel's.
+pub const ZTUNNEL_MARK_MASK: u32 = 0xfff0;
+/// Routing table, inside each pod, of the transparent return path.
+pub const ROUTE_TABLE: u32 = 0x539;
+/// How long a connection to a destination may take to establish.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// This node's name (Kubernetes: the downward API's `spec.nodeName`).
+pub const NODE_NAME_ENV: &str = "NODE_NAME";
+/// Local mode: the YAML file of Kubernetes objects to run the node from.
+pub const CONFIG_FILE_ENV: &str = "AMBIT_CONFIG";
+/// bpffs directory for this node's pinned maps and links.
+pub const PIN_DIR_ENV: &str = "AMBIT_BPF_PIN_DIR";
+/// Default parent of [`PIN_DIR_ENV`]: `<this>/<node name>`.
+pub const PIN_DIR_DEFAULT_PARENT: &str = "/sys/fs/bpf/ambit";
+/// Whether `sk_msg` shortcuts the app <-> ztunnel loopback hop (`true`/`false`).
+pub const SOCKMAP_ENV: &str = "AMBIT_SOCKMAP";
+/// Default of [`SOCKMAP_ENV`].
+pub const SOCKMAP_DEFAULT: bool = true;
+/// On SIGTERM, how long connections in flight may take to finish (seconds).
+pub const DRAIN_TIMEOUT_ENV: &str = "AMBIT_DRAIN_TIMEOUT_SECONDS";
+/// Default of [`DRAIN_TIMEOUT_ENV`].
+pub const DRAIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 
 /// The cgroup v2 directory the capture programs attach to. Default: the root of
 /// the cgroup v2 hierarchy (every pod of the node); tests give one per node.
@@ -81,8 +111,18 @@ pub enum LogFormat {
 /// The validated settings of a ztunnel process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Settings {
+    /// See [`NODE_NAME_ENV`].
+    pub node_name: Option<String>,
+    /// See [`CONFIG_FILE_ENV`].
+    pub config_file: Option<PathBuf>,
     /// See [`NODE_CGROUP_ENV`]; `None` means the cgroup v2 root.
     pub node_cgroup: Option<PathBuf>,
+    /// See [`PIN_DIR_ENV`]; `None` means `/sys/fs/bpf/ambit/<node name>`.
+    pub pin_dir: Option<PathBuf>,
+    /// See [`SOCKMAP_ENV`].
+    pub sockmap: bool,
+    /// See [`DRAIN_TIMEOUT_ENV`].
+    pub drain_timeout: Duration,
     /// See [`LOG_FORMAT_ENV`].
     pub log_format: LogFormat,
 }
@@ -90,16 +130,26 @@ pub struct Settings {
 impl Settings {
     /// Reads the settings from `env`.
     pub fn from_env(env: &dyn EnvSource) -> Result<Self, Error> {
-        let node_cgroup = env
-            .var(NODE_CGROUP_ENV)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from);
-        let log_format = match env.var(LOG_FORMAT_ENV).as_deref() {
-            None | Some("") => LOG_FORMAT_DEFAULT,
-            Some(value) => parse_log_format(LOG_FORMAT_ENV, value)?,
+        let var = |name| env.var(name).filter(|v| !v.is_empty());
+        let log_format = match var(LOG_FORMAT_ENV) {
+            None => LOG_FORMAT_DEFAULT,
+            Some(value) => parse_log_format(LOG_FORMAT_ENV, &value)?,
+        };
+        let sockmap = match var(SOCKMAP_ENV) {
+            None => SOCKMAP_DEFAULT,
+            Some(value) => parse_bool(SOCKMAP_ENV, &value)?,
+        };
+        let drain_timeout = match var(DRAIN_TIMEOUT_ENV) {
+            None => DRAIN_TIMEOUT_DEFAULT,
+            Some(value) => parse_seconds(DRAIN_TIMEOUT_ENV, &value)?,
         };
         let settings = Self {
-            node_cgroup,
+            node_name: var(NODE_NAME_ENV),
+            config_file: var(CONFIG_FILE_ENV).map(PathBuf::from),
+            node_cgroup: var(NODE_CGROUP_ENV).map(PathBuf::from),
+            pin_dir: var(PIN_DIR_ENV).map(PathBuf::from),
+            sockmap,
+            drain_timeout,
             log_format,
         };
         settings.validate()?;
@@ -108,17 +158,78 @@ impl Settings {
 
     /// Cross-field checks.
     pub fn validate(&self) -> Result<(), Error> {
-        if let Some(path) = &self.node_cgroup
-            && !path.is_absolute()
+        for (name, path) in [
+            (NODE_CGROUP_ENV, &self.node_cgroup),
+            (PIN_DIR_ENV, &self.pin_dir),
+        ] {
+            if let Some(path) = path
+                && !path.is_absolute()
+            {
+                return Err(Error::Invalid {
+                    name,
+                    value: path.display().to_string(),
+                    expected: "an absolute path",
+                });
+            }
+        }
+        if let Some(node) = &self.node_name
+            && !is_dns_subdomain(node)
         {
             return Err(Error::Invalid {
-                name: NODE_CGROUP_ENV,
-                value: path.display().to_string(),
-                expected: "an absolute path to a cgroup v2 directory",
+                name: NODE_NAME_ENV,
+                value: node.clone(),
+                expected: "a Kubernetes node name (lowercase alphanumerics, '-' and '.', at most 253)",
             });
         }
         Ok(())
     }
+
+    /// The bpffs directory of this node's pinned state.
+    pub fn pin_dir(&self, node: &str) -> PathBuf {
+        self.pin_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(PIN_DIR_DEFAULT_PARENT).join(node))
+    }
+}
+
+/// Whether `name` is a valid DNS-1123 subdomain (Kubernetes object names).
+fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// Parses `true`/`false` (also `1`/`0`) named by `name`.
+pub fn parse_bool(name: &'static str, value: &str) -> Result<bool, Error> {
+    match value {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(Error::Invalid {
+            name,
+            value: value.to_owned(),
+            expected: "true or false",
+        }),
+    }
+}
+
+/// Parses a non-negative number of seconds named by `name`.
+pub fn parse_seconds(name: &'static str, value: &str) -> Result<Duration, Error> {
+    value
+        .parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| Error::Invalid {
+            name,
+            value: value.to_owned(),
+            expected: "a non-negative number of seconds",
+        })
 }
 
 /// Parses a log format named by `name` (for the error message).
@@ -151,9 +262,18 @@ mod tests {
         assert_eq!(
             settings,
             Settings {
+                node_name: None,
+                config_file: None,
                 node_cgroup: None,
-                log_format: LogFormat::Plain
+                pin_dir: None,
+                sockmap: true,
+                drain_timeout: Duration::from_secs(30),
+                log_format: LogFormat::Plain,
             }
+        );
+        assert_eq!(
+            settings.pin_dir("node-a"),
+            PathBuf::from("/sys/fs/bpf/ambit/node-a")
         );
     }
 
@@ -162,6 +282,11 @@ mod tests {
         let settings = Settings::from_env(&env(&[
             (NODE_CGROUP_ENV, "/sys/fs/cgroup/node-a"),
             (LOG_FORMAT_ENV, "json"),
+            (NODE_NAME_ENV, "node-a"),
+            (CONFIG_FILE_ENV, "/etc/ambit/mesh.yaml"),
+            (PIN_DIR_ENV, "/sys/fs/bpf/test"),
+            (SOCKMAP_ENV, "false"),
+            (DRAIN_TIMEOUT_ENV, "2.5"),
         ]))
         .unwrap();
         assert_eq!(
@@ -169,6 +294,17 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup/node-a"))
         );
         assert_eq!(settings.log_format, LogFormat::Json);
+        assert_eq!(settings.node_name.as_deref(), Some("node-a"));
+        assert_eq!(
+            settings.config_file,
+            Some(PathBuf::from("/etc/ambit/mesh.yaml"))
+        );
+        assert_eq!(
+            settings.pin_dir("node-a"),
+            PathBuf::from("/sys/fs/bpf/test")
+        );
+        assert!(!settings.sockmap);
+        assert_eq!(settings.drain_timeout, Duration::from_millis(2500));
     }
 
     #[test]
@@ -184,5 +320,20 @@ mod tests {
                 .starts_with("AMBIT_NODE_CGROUP=\"relative/dir\" is invalid"),
             "{err}"
         );
+        for (name, value) in [
+            (SOCKMAP_ENV, "yes"),
+            (DRAIN_TIMEOUT_ENV, "-1"),
+            (DRAIN_TIMEOUT_ENV, "soon"),
+            (NODE_NAME_ENV, "Node_A"),
+            (NODE_NAME_ENV, "-a"),
+            (PIN_DIR_ENV, "bpf"),
+        ] {
+            let err = Settings::from_env(&env(&[(name, value)])).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("{name}={value:?} is invalid")),
+                "{err}"
+            );
+        }
     }
 }

@@ -3,19 +3,43 @@
 //! Everything stored in a BPF map is declared here once: map names, key and value
 //! layouts and their limits. Both sides compile this crate, so a change to a layout
 //! is a change to both. Layouts are `#[repr(C)]` with fixed-width integers and
-//! explicit padding, because the verifier and the user side read the raw bytes.
+//! explicit padding, because the verifier and the user side read the raw bytes, and
+//! padding the compiler inserts would be uninitialised stack the verifier rejects
+//! as a map key.
 #![no_std]
 #![warn(missing_docs)]
 
-/// Names of the maps, as they appear in the object file and under the pin path.
+/// Names of the maps, as they appear in the object file and as pin file names.
 ///
 /// The user side looks maps up by these constants, never by a literal.
 pub mod map_name {
-    /// `PerCpuHashMap<u64, u64>`: network-namespace cookie (`bpf_get_netns_cookie`,
-    /// `SO_NETNS_COOKIE`) -> number of `connect()` calls seen by the
-    /// `cgroup/connect4` program from sockets in that namespace, one counter per
-    /// CPU (the reader sums them).
+    /// `PerCpuHashMap<u64, u64>`: network-namespace cookie -> `connect()` calls seen
+    /// from sockets in that namespace, one counter per CPU (the reader sums them).
     pub const CONNECT_COUNTS: &str = "CONNECT_COUNTS";
+    /// `HashMap<u64, u32>`: network-namespace cookie of each enrolled pod -> flags
+    /// (reserved, 0). Presence means "capture this pod's traffic".
+    pub const ENROLLED: &str = "ENROLLED";
+    /// `Array<u32>` of [`super::SETTINGS_SLOTS`] values; see [`super::setting`].
+    pub const SETTINGS: &str = "SETTINGS";
+    /// `LruHashMap<u64, OrigDst>`: socket cookie of a redirected application socket
+    /// -> where it meant to connect. Read by `getpeername` hooks.
+    pub const ORIG_DST: &str = "ORIG_DST";
+    /// `LruHashMap<PortKey, OrigDst>`: (pod netns, family, application port) ->
+    /// original destination; how ztunnel recovers it for an accepted connection.
+    pub const ORIG_DST_BY_PORT: &str = "ORIG_DST_BY_PORT";
+    /// `SockHash<SockKey>`: both ends of each app <-> ztunnel loopback connection,
+    /// for the `sk_msg` shortcut.
+    pub const LOOPBACK_SOCKS: &str = "LOOPBACK_SOCKS";
+    /// `SockHash<ListenerKey>`: ztunnel's inbound listeners per pod IP, for
+    /// `sk_lookup`.
+    pub const LISTENERS: &str = "LISTENERS";
+    /// `LruHashMap<FlowKey, u8>`: ztunnel's own connects from a client's address
+    /// to an application in the pod (transparent inbound), which `sk_lookup`
+    /// must deliver to the application instead of steering back to ztunnel.
+    pub const TRANSPARENT_FLOWS: &str = "TRANSPARENT_FLOWS";
+    /// `LpmTrie<[u8; 16], u8>`: destinations (IPv6 or v4-mapped prefixes) that are
+    /// never redirected.
+    pub const EXCLUDED_NETS: &str = "EXCLUDED_NETS";
 }
 
 /// Names of the programs (the Rust function names in `ambit-ebpf`).
@@ -25,9 +49,196 @@ pub mod map_name {
 pub mod program_name {
     /// `cgroup/connect4`: counts IPv4 connects per network namespace.
     pub const COUNT_CONNECT4: &str = "count_connect4";
+    /// `cgroup/connect4`: redirects enrolled pods' IPv4 TCP connects to ztunnel.
+    pub const REDIRECT_CONNECT4: &str = "redirect_connect4";
+    /// `cgroup/connect6`: the same for IPv6 (and v4-mapped) destinations.
+    pub const REDIRECT_CONNECT6: &str = "redirect_connect6";
+    /// `cgroup/getpeername4`: shows the original destination to the application.
+    pub const PEER_ORIG4: &str = "peer_orig4";
+    /// `cgroup/getpeername6`: the same for IPv6 sockets.
+    pub const PEER_ORIG6: &str = "peer_orig6";
+    /// `sockops`: publishes original destinations by port and fills the SockHash.
+    pub const TRACK_SOCKETS: &str = "track_sockets";
+    /// `sk_msg`: moves loopback payload straight to the peer socket.
+    pub const SHORTCUT_LOOPBACK: &str = "shortcut_loopback";
+    /// `sk_lookup`: steers inbound connections to ztunnel's listeners.
+    pub const STEER_INBOUND: &str = "steer_inbound";
+}
+
+/// Slots of the [`map_name::SETTINGS`] array.
+pub mod setting {
+    /// Bit set of [`super::flag`] values.
+    pub const FLAGS: u32 = 0;
+    /// The `SO_MARK` of ztunnel's own sockets, which are never redirected (the
+    /// bits under [`ZTUNNEL_MARK_MASK`] are compared).
+    pub const ZTUNNEL_MARK: u32 = 1;
+    /// Which bits of a socket mark identify ztunnel's sockets: ztunnel uses
+    /// several marks (bypass, transparent return) that share them.
+    pub const ZTUNNEL_MARK_MASK: u32 = 5;
+    /// The outbound listener port inside each pod (15001).
+    pub const OUTBOUND_PORT: u32 = 2;
+    /// The inbound HBONE port (15008): `sk_lookup` keeps it, other ports go to the
+    /// plaintext listener.
+    pub const HBONE_PORT: u32 = 3;
+    /// The inbound plaintext listener port (15006).
+    pub const INBOUND_PLAINTEXT_PORT: u32 = 4;
+}
+
+/// Number of slots in [`map_name::SETTINGS`].
+pub const SETTINGS_SLOTS: u32 = 8;
+
+/// Bits of [`setting::FLAGS`].
+pub mod flag {
+    /// Redirect loopback payload with `sk_msg` (off: through the TCP stack).
+    pub const SOCKMAP: u32 = 1;
 }
 
 /// Capacity of [`map_name::CONNECT_COUNTS`]: the number of distinct network
 /// namespaces (pods) one node can track. A node with more pods than this stops
 /// counting new ones; it never fails a connect because of it.
 pub const CONNECT_COUNTS_CAPACITY: u32 = 16_384;
+/// Capacity of [`map_name::ENROLLED`]: enrolled pods per node.
+pub const ENROLLED_CAPACITY: u32 = 4_096;
+/// Capacity of the original-destination maps: concurrent redirected connections
+/// per node whose metadata is kept (least recently used entries go first).
+pub const ORIG_DST_CAPACITY: u32 = 262_144;
+/// Capacity of [`map_name::LOOPBACK_SOCKS`]: two sockets per proxied connection.
+pub const LOOPBACK_SOCKS_CAPACITY: u32 = 131_072;
+/// Capacity of [`map_name::LISTENERS`]: pod IPs x inbound ports.
+pub const LISTENERS_CAPACITY: u32 = 16_384;
+/// Capacity of [`map_name::TRANSPARENT_FLOWS`]: transparent connects in flight.
+pub const TRANSPARENT_FLOWS_CAPACITY: u32 = 65_536;
+/// Capacity of [`map_name::EXCLUDED_NETS`].
+pub const EXCLUDED_NETS_CAPACITY: u32 = 256;
+
+/// `AF_INET`, as stored in [`OrigDst::family`] and the keys.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6`.
+pub const AF_INET6: u16 = 10;
+
+/// Where a redirected connection meant to go.
+///
+/// The address is always 16 bytes: IPv6 as is, IPv4 as a v4-mapped address
+/// (`::ffff:a.b.c.d`), so one layout serves both families.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrigDst {
+    /// Destination address, network byte order (v4-mapped for IPv4).
+    pub addr: [u8; 16],
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// [`AF_INET`] when the destination is IPv4 (also for a v4-mapped
+    /// destination on an IPv6 socket), [`AF_INET6`] otherwise.
+    pub family: u16,
+    /// Explicit padding so the struct has no uninitialised bytes.
+    pub _pad: u32,
+    /// Cookie of the network namespace the connect came from.
+    pub netns_cookie: u64,
+}
+
+/// Key of [`map_name::ORIG_DST_BY_PORT`]: how ztunnel finds the original
+/// destination of a connection it accepted on the outbound listener.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    /// Cookie of the pod's network namespace.
+    pub netns_cookie: u64,
+    /// The application socket's local port (host byte order) = the peer port of
+    /// ztunnel's accepted socket.
+    pub port: u16,
+    /// Family of the application socket ([`AF_INET`] or [`AF_INET6`]).
+    pub family: u16,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+/// Key of [`map_name::LOOPBACK_SOCKS`]: one socket of a loopback connection, by
+/// its own 4-tuple in its namespace. The peer of `k` is found under `k` with
+/// local and remote swapped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    /// Cookie of the network namespace.
+    pub netns_cookie: u64,
+    /// Local address (v4-mapped for IPv4), network byte order.
+    pub local_addr: [u8; 16],
+    /// Remote address (v4-mapped for IPv4), network byte order.
+    pub remote_addr: [u8; 16],
+    /// Local port, host byte order.
+    pub local_port: u16,
+    /// Remote port, host byte order.
+    pub remote_port: u16,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+/// Key of [`map_name::LISTENERS`]: which listener takes inbound connections to
+/// a pod IP on a port class.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    /// The pod IP (v4-mapped for IPv4), network byte order.
+    pub addr: [u8; 16],
+    /// The listener port: HBONE (15008) or inbound plaintext (15006).
+    pub port: u16,
+    /// Explicit padding.
+    pub _pad: [u8; 6],
+}
+
+/// Key of [`map_name::TRANSPARENT_FLOWS`]: a connection as the receiving side
+/// sees it. Locally generated packets to the pod's own address look, to
+/// `sk_lookup`, as if they arrived on the pod's interface, so only the flow
+/// itself tells ztunnel's transparent connects apart from real inbound traffic.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Destination (the application's address), v4-mapped for IPv4.
+    pub local_addr: [u8; 16],
+    /// Source (the client's address ztunnel borrowed), v4-mapped for IPv4.
+    pub remote_addr: [u8; 16],
+    /// Destination port, host byte order.
+    pub local_port: u16,
+    /// Source port, host byte order.
+    pub remote_port: u16,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+/// The v4-mapped form (`::ffff:a.b.c.d`) of an IPv4 address given as its four
+/// bytes in network order.
+pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
+    ]
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY (all impls): the types are #[repr(C)], Copy, made only of integers and
+    // byte arrays, with explicit padding fields, so every bit pattern is valid.
+    unsafe impl aya::Pod for super::OrigDst {}
+    unsafe impl aya::Pod for super::PortKey {}
+    unsafe impl aya::Pod for super::SockKey {}
+    unsafe impl aya::Pod for super::ListenerKey {}
+    unsafe impl aya::Pod for super::FlowKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<OrigDst>(), 16 + 2 + 2 + 4 + 8);
+        assert_eq!(size_of::<PortKey>(), 8 + 2 + 2 + 4);
+        assert_eq!(size_of::<SockKey>(), 8 + 16 + 16 + 2 + 2 + 4);
+        assert_eq!(size_of::<ListenerKey>(), 16 + 2 + 6);
+        assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 4);
+    }
+
+    #[test]
+    fn v4_mapped_matches_std() {
+        let ip = core::net::Ipv4Addr::new(198, 18, 16, 10);
+        assert_eq!(v4_mapped(ip.octets()), ip.to_ipv6_mapped().octets());
+    }
+}

@@ -2,14 +2,17 @@
 //!
 //! ```text
 //! ambit-testbin echo <listen-addr>
-//!     prints "listening <addr>", then answers each connection's first line with
-//!     "from=<peer> to=<local> msg=<line>" (what the server saw) and closes it
+//!     prints "listening <addr>", then answers every line of every connection with
+//!     "from=<peer> to=<local> msg=<line>" (what the server saw), until EOF
 //! ambit-testbin send <addr> <message> [count]
 //!     connects <count> times (default 1), one after the other, sends <message>,
 //!     and prints "reply <server's line> peer=<getpeername> local=<getsockname>"
+//! ambit-testbin session <addr> <count> <interval-ms>
+//!     one connection: sends "session-<i>" <count> times, <interval-ms> apart,
+//!     printing "reply <server's line>" for each; the test can act in between
 //! ```
-//! Exit status 0 on success, 1 with a message on stderr otherwise; every network
-//! wait is bounded.
+//! Exit status 0 on success, 1 with a message on stderr otherwise. Every network
+//! wait is bounded: 10 s, or AMBIT_TESTBIN_TIMEOUT_MS.
 #![forbid(unsafe_code)]
 
 use std::{
@@ -19,8 +22,6 @@ use std::{
     time::Duration,
 };
 
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -28,7 +29,12 @@ fn main() -> ExitCode {
         ["echo", addr] => echo(addr),
         ["send", addr, message] => send(addr, message, "1"),
         ["send", addr, message, count] => send(addr, message, count),
-        _ => Err("usage: ambit-testbin echo <addr> | send <addr> <message> [count]".to_owned()),
+        ["session", addr, count, interval] => session(addr, count, interval),
+        _ => Err(
+            "usage: ambit-testbin echo <addr> | send <addr> <message> [count] | \
+                  session <addr> <count> <interval-ms>"
+                .to_owned(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -37,6 +43,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn io_timeout() -> Duration {
+    let ms = std::env::var("AMBIT_TESTBIN_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    Duration::from_millis(ms)
 }
 
 fn parse_addr(addr: &str) -> Result<SocketAddr, String> {
@@ -62,14 +76,39 @@ fn echo(addr: &str) -> Result<(), String> {
 }
 
 fn answer(stream: TcpStream) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
     let peer = stream.peer_addr()?;
     let local = stream.local_addr()?;
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line)?;
-    let mut stream = stream;
-    writeln!(stream, "from={peer} to={local} msg={}", line.trim_end())?;
-    stream.shutdown(Shutdown::Write)
+    println!("accepted from={peer} to={local}");
+    let mut writer = stream.try_clone()?;
+    for line in BufReader::new(stream).lines() {
+        writeln!(writer, "from={peer} to={local} msg={}", line?)?;
+    }
+    writer.shutdown(Shutdown::Write)
+}
+
+fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
+    let stream = TcpStream::connect_timeout(&addr, io_timeout())
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(io_timeout()))
+        .map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
+fn exchange(
+    stream: &mut TcpStream,
+    reader: &mut impl BufRead,
+    message: &str,
+) -> Result<String, String> {
+    writeln!(stream, "{message}").map_err(|e| format!("cannot send: {e}"))?;
+    let mut reply = String::new();
+    reader
+        .read_line(&mut reply)
+        .map_err(|e| format!("no reply: {e}"))?;
+    if reply.is_empty() {
+        return Err("the connection closed without a reply".to_owned());
+    }
+    Ok(reply.trim_end().to_owned())
 }
 
 fn send(addr: &str, message: &str, count: &str) -> Result<(), String> {
@@ -78,22 +117,31 @@ fn send(addr: &str, message: &str, count: &str) -> Result<(), String> {
         .parse()
         .map_err(|e| format!("bad count {count:?}: {e}"))?;
     for _ in 0..count {
-        let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
-            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-        stream
-            .set_read_timeout(Some(IO_TIMEOUT))
-            .map_err(|e| e.to_string())?;
+        let mut stream = connect(addr)?;
         let peer = stream.peer_addr().map_err(|e| e.to_string())?;
         let local = stream.local_addr().map_err(|e| e.to_string())?;
-        writeln!(stream, "{message}").map_err(|e| format!("cannot send to {addr}: {e}"))?;
-        let mut reply = String::new();
-        BufReader::new(&stream)
-            .read_line(&mut reply)
-            .map_err(|e| format!("no reply from {addr}: {e}"))?;
-        if reply.is_empty() {
-            return Err(format!("{addr} closed the connection without a reply"));
-        }
-        println!("reply {} peer={peer} local={local}", reply.trim_end());
+        let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+        let reply = exchange(&mut stream, &mut reader, message)?;
+        println!("reply {reply} peer={peer} local={local}");
+    }
+    Ok(())
+}
+
+fn session(addr: &str, count: &str, interval: &str) -> Result<(), String> {
+    let addr = parse_addr(addr)?;
+    let count: u32 = count
+        .parse()
+        .map_err(|e| format!("bad count {count:?}: {e}"))?;
+    let interval: u64 = interval
+        .parse()
+        .map_err(|e| format!("bad interval {interval:?}: {e}"))?;
+    let mut stream = connect(addr)?;
+    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+    for i in 0..count {
+        let reply = exchange(&mut stream, &mut reader, &format!("session-{i}"))?;
+        println!("reply {reply}");
+        std::io::stdout().flush().map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_millis(interval));
     }
     Ok(())
 }

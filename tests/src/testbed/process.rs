@@ -3,19 +3,21 @@
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Output, Stdio},
-    sync::mpsc,
-    time::Duration,
+    sync::{Arc, Mutex, mpsc},
+    time::{Duration, Instant},
 };
 
 use super::{Error, sys};
 
 /// A background process of a test. Its stdout is read line by line on a helper
-/// thread; dropping the handle kills and reaps the process.
+/// thread, its stderr collected (for logs); dropping the handle kills and reaps
+/// the process.
 #[derive(Debug)]
 pub struct Process {
     command: String,
     child: Option<Child>,
     lines: mpsc::Receiver<String>,
+    stderr: Arc<Mutex<Vec<String>>>,
 }
 
 impl Process {
@@ -24,7 +26,7 @@ impl Process {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(|source| Error::Spawn {
                 command: command.clone(),
@@ -41,11 +43,86 @@ impl Process {
                 }
             });
         }
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        if let Some(pipe) = child.stderr.take() {
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    sink.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(line);
+                }
+            });
+        }
         Ok(Self {
             command,
             child: Some(child),
             lines,
+            stderr,
         })
+    }
+
+    /// Every line the process printed on stderr so far.
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Waits up to `timeout` for a stderr line that satisfies `matches`.
+    pub fn wait_for_stderr(
+        &self,
+        timeout: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> Result<String, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.stderr().into_iter().find(|l| matches(l)) {
+                return Ok(line);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Process {
+                    command: self.command.clone(),
+                    reason: format!(
+                        "no matching stderr line within {timeout:?}; stderr:\n{}",
+                        self.stderr().join("\n")
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the process to exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus, Error> {
+        let Some(mut child) = self.child.take() else {
+            return Err(Error::Process {
+                command: self.command.clone(),
+                reason: "already stopped".to_owned(),
+            });
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(Error::Timeout {
+                        command: self.command.clone(),
+                        after: timeout,
+                    });
+                }
+            }
+        }
     }
 
     /// The process id (also its id inside the pod: pods share the host's pid

@@ -1,10 +1,16 @@
-//! Network namespaces: running code inside one, and naming one by its cookie.
+//! Network namespaces: entering one to create sockets, and naming one by its
+//! cookie.
+//!
+//! A socket belongs to the namespace of the thread that created it, for its whole
+//! life. So ztunnel only has to be inside a pod's namespace for the instant it
+//! creates a socket; binding, connecting and serving happen from any thread.
 
 use std::{
     fs::File,
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    path::Path,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+    sync::OnceLock,
     thread,
 };
 
@@ -14,7 +20,7 @@ use super::Error;
 /// `bpf_get_netns_cookie` returns in a program and `SO_NETNS_COOKIE` in user
 /// space. Stable for the namespace's lifetime and never reused while the system
 /// runs, unlike an inode number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct NetnsCookie(u64);
 
 impl NetnsCookie {
@@ -30,12 +36,93 @@ impl std::fmt::Display for NetnsCookie {
     }
 }
 
+/// An open network namespace (a pod's), with its cookie.
+#[derive(Debug)]
+pub struct Netns {
+    path: PathBuf,
+    file: File,
+    cookie: NetnsCookie,
+}
+
+impl Netns {
+    /// Opens the namespace file at `path` (for example `/var/run/netns/<name>`)
+    /// and reads its cookie.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let netns_error = |source| Error::Netns {
+            path: path.to_owned(),
+            source,
+        };
+        let file = File::open(path).map_err(netns_error)?;
+        let cookie = netns_cookie(path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            cookie,
+        })
+    }
+
+    /// The namespace file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The namespace's cookie.
+    pub fn cookie(&self) -> NetnsCookie {
+        self.cookie
+    }
+
+    /// The open namespace file.
+    pub fn file(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// Runs `f` on the current thread while it is inside this namespace, then
+    /// returns the thread to the process's own namespace.
+    ///
+    /// `f` must be short and synchronous (create a socket, write a sysctl): while
+    /// it runs the thread is in the pod's namespace, and an async runtime would
+    /// otherwise run unrelated work there.
+    pub fn run<T>(&self, f: impl FnOnce() -> T) -> Result<T, Error> {
+        let netns_error = |source| Error::Netns {
+            path: self.path.clone(),
+            source,
+        };
+        let home =
+            home_netns().map_err(|e| netns_error(io::Error::new(e.kind(), e.to_string())))?;
+        setns(self.file.as_fd()).map_err(netns_error)?;
+        let result = f();
+        if let Err(error) = setns(home.as_fd()) {
+            // A thread stuck in a pod's namespace would create later sockets there:
+            // no safe way to continue.
+            tracing::error!(%error, netns = %self.path.display(), "Bug: cannot return to ztunnel's network namespace");
+            std::process::abort();
+        }
+        Ok(result)
+    }
+}
+
+/// The network namespace ztunnel itself runs in, opened once.
+fn home_netns() -> Result<&'static File, &'static io::Error> {
+    static HOME: OnceLock<io::Result<File>> = OnceLock::new();
+    // /proc/self is the thread-group leader, whose namespace never changes: only
+    // short `Netns::run` calls on other threads switch, and they switch back.
+    HOME.get_or_init(|| File::open("/proc/self/ns/net"))
+        .as_ref()
+}
+
+fn setns(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: setns only changes the calling thread's network namespace; `fd` is
+    // an open namespace file borrowed for the duration of the call.
+    let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Runs `f` on a dedicated thread that has joined the network namespace at
-/// `netns` (for example `/var/run/netns/<name>`), and returns what it returns.
-///
-/// Sockets created by `f` belong to that namespace and keep belonging to it after
-/// the thread ends, so they can be handed back and served from any runtime. The
-/// calling thread's namespace is never changed.
+/// `netns`, and returns what it returns. For work that may block or take long;
+/// the calling thread's namespace is never changed.
 pub fn in_netns<T, F>(netns: &Path, f: F) -> Result<T, Error>
 where
     T: Send + 'static,
@@ -49,13 +136,9 @@ where
     let thread = thread::Builder::new()
         .name("netns".into())
         .spawn(move || -> io::Result<T> {
-            // SAFETY: setns only changes this thread's namespace; `file` is an open
-            // namespace file that outlives the call. This thread runs nothing but `f`
-            // and ends after it, so no other code sees the changed namespace.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            // This thread runs nothing but `f` and ends after it, so nothing else
+            // ever sees the changed namespace.
+            setns(file.as_fd())?;
             Ok(f())
         })
         .map_err(netns_error)?;

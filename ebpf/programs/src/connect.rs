@@ -1,0 +1,151 @@
+//! `cgroup/connect4|6` and `cgroup/getpeername4|6`: outbound capture.
+//!
+//! A TCP connect from an enrolled pod's network namespace is rewritten to the
+//! pod's outbound listener on loopback (15001), and its original destination is
+//! kept under the socket's cookie. ztunnel's own sockets (marked with its
+//! `SO_MARK`), loopback destinations and excluded networks are left alone.
+//! `getpeername` on a redirected socket returns the original destination, so the
+//! application never sees 127.0.0.1:15001.
+
+use ambit_ebpf_common::{AF_INET, AF_INET6, OrigDst, setting};
+use aya_ebpf::{
+    bindings::{BPF_ANY, bpf_sock_addr},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::cgroup_sock_addr,
+    maps::lpm_trie::Key,
+    programs::SockAddrContext,
+};
+
+use crate::{
+    addr,
+    maps::{ENROLLED, EXCLUDED_NETS, ORIG_DST, setting},
+};
+
+/// Return code that lets the syscall proceed.
+const ALLOW: i32 = 1;
+const IPPROTO_TCP: u32 = 6;
+const SOCK_STREAM: u32 = 1;
+/// `::1` as the four `u32` words of `user_ip6`.
+const LOOPBACK6: [u32; 4] = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+
+#[cgroup_sock_addr(connect4)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the macro defines the entry signature"
+)]
+pub fn redirect_connect4(ctx: SockAddrContext) -> i32 {
+    // Whatever happens, the connect proceeds: a failure to redirect must not break
+    // pods, and ztunnel's absence is caught by the redirect target refusing.
+    let _ = try_redirect(&ctx, false);
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the macro defines the entry signature"
+)]
+pub fn redirect_connect6(ctx: SockAddrContext) -> i32 {
+    let _ = try_redirect(&ctx, true);
+    ALLOW
+}
+
+// Inlined into each program so `v6` is a constant there: a connect4 program may
+// not even read `user_ip6` (the verifier rejects it), so each program must only
+// contain its own family's accesses.
+#[inline(always)]
+fn try_redirect(ctx: &SockAddrContext, v6: bool) -> Result<(), i64> {
+    // SAFETY: the kernel passes a valid bpf_sock_addr for the program's lifetime.
+    let sa: &mut bpf_sock_addr = unsafe { &mut *ctx.sock_addr };
+    if sa.protocol != IPPROTO_TCP || sa.type_ != SOCK_STREAM {
+        return Ok(());
+    }
+    // SAFETY: bpf_get_netns_cookie accepts a sock_addr context (5.7+).
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+    if ENROLLED.get_ptr(netns_cookie).is_none() {
+        return Ok(());
+    }
+    // SAFETY: in sock_addr programs `sk` is always a valid socket (PTR_TO_SOCKET).
+    let mark = unsafe { (*sa.__bindgen_anon_1.sk).mark };
+    let mask = setting(setting::ZTUNNEL_MARK_MASK);
+    if mask != 0 && mark & mask == setting(setting::ZTUNNEL_MARK) & mask {
+        return Ok(());
+    }
+    let ptr = ctx.sock_addr;
+    // SAFETY (both reads): field addresses of the live context.
+    let dst = if v6 {
+        addr::ctx_read_ip6(unsafe { &raw const (*ptr).user_ip6 })
+    } else {
+        addr::from_ip4(addr::ctx_read(unsafe { &raw const (*ptr).user_ip4 }))
+    };
+    if addr::is_local(&dst) || EXCLUDED_NETS.get(Key::new(128, dst)).is_some() {
+        return Ok(());
+    }
+    let port = addr::port_from_be_low(sa.user_port);
+    let family = if addr::is_v4_mapped(&dst) {
+        AF_INET
+    } else {
+        AF_INET6
+    };
+    let orig = OrigDst {
+        addr: dst,
+        port,
+        family,
+        _pad: 0,
+        netns_cookie,
+    };
+    // SAFETY: bpf_get_socket_cookie accepts a sock_addr context.
+    let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    ORIG_DST
+        .insert(socket_cookie, orig, u64::from(BPF_ANY))
+        .map_err(i64::from)?;
+
+    let outbound = setting(setting::OUTBOUND_PORT) as u16;
+    sa.user_port = u32::from(outbound.to_be());
+    if v6 {
+        addr::ctx_write_ip6(ctx.sock_addr, LOOPBACK6);
+    } else {
+        sa.user_ip4 = u32::from_ne_bytes([127, 0, 0, 1]);
+    }
+    Ok(())
+}
+
+#[cgroup_sock_addr(getpeername4)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the macro defines the entry signature"
+)]
+pub fn peer_orig4(ctx: SockAddrContext) -> i32 {
+    restore_peer(&ctx, false);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the macro defines the entry signature"
+)]
+pub fn peer_orig6(ctx: SockAddrContext) -> i32 {
+    restore_peer(&ctx, true);
+    ALLOW
+}
+
+#[inline(always)]
+fn restore_peer(ctx: &SockAddrContext, v6: bool) {
+    // SAFETY: bpf_get_socket_cookie accepts a sock_addr context.
+    let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    // SAFETY: the pointer from a successful lookup is valid for this run; OrigDst
+    // is plain data.
+    let Some(orig) = ORIG_DST.get_ptr(socket_cookie).map(|p| unsafe { *p }) else {
+        return;
+    };
+    // SAFETY: the kernel passes a valid bpf_sock_addr for the program's lifetime.
+    let sa: &mut bpf_sock_addr = unsafe { &mut *ctx.sock_addr };
+    sa.user_port = u32::from(orig.port.to_be());
+    if v6 {
+        addr::ctx_write_ip6(ctx.sock_addr, addr::to_ip6(&orig.addr));
+    } else if orig.family == AF_INET {
+        sa.user_ip4 =
+            u32::from_ne_bytes([orig.addr[12], orig.addr[13], orig.addr[14], orig.addr[15]]);
+    }
+}

@@ -1,0 +1,209 @@
+//! Running the mesh on a testbed: the local-mode configuration file (Kubernetes
+//! objects for the testbed's pods) and ztunnel processes on its nodes.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitStatus,
+    time::Duration,
+};
+
+use crate::testbed::{Error, Process, Testbed};
+
+/// How long a ztunnel may take to start and enroll its pods.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The Kubernetes objects of a test mesh: namespaces (ambient or not) and the
+/// testbed's pods placed in them.
+#[derive(Debug, Clone, Default)]
+pub struct MeshConfig {
+    namespaces: Vec<(String, bool)>,
+    pods: Vec<(String, String)>,
+}
+
+impl MeshConfig {
+    /// Declares a namespace; `ambient` adds `istio.io/dataplane-mode=ambient`.
+    #[must_use]
+    pub fn namespace(mut self, name: &str, ambient: bool) -> Self {
+        self.namespaces.retain(|(n, _)| n != name);
+        self.namespaces.push((name.to_owned(), ambient));
+        self
+    }
+
+    /// Places the testbed pod `pod` in `namespace`.
+    #[must_use]
+    pub fn pod(mut self, pod: &str, namespace: &str) -> Self {
+        self.pods.push((pod.to_owned(), namespace.to_owned()));
+        self
+    }
+
+    /// The YAML document stream for `bed`.
+    pub fn to_yaml(&self, bed: &Testbed) -> String {
+        let mut yaml = String::new();
+        for (name, ambient) in &self.namespaces {
+            yaml.push_str(&format!(
+                "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n"
+            ));
+            if *ambient {
+                yaml.push_str("  labels:\n    istio.io/dataplane-mode: ambient\n");
+            }
+        }
+        for (pod_name, namespace) in &self.pods {
+            let pod = bed.pod(pod_name);
+            yaml.push_str(&format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod_name}\n  namespace: {namespace}\n  \
+                 uid: uid-{pod_name}\n  annotations:\n    ambit.dev/netns: {netns}\nspec:\n  nodeName: {node}\n  \
+                 serviceAccountName: {pod_name}\nstatus:\n  podIP: {v4}\n  podIPs:\n  - ip: {v4}\n  - ip: {v6}\n",
+                netns = pod.netns_path().display(),
+                node = pod.node(),
+                v4 = pod.ipv4(),
+                v6 = pod.ipv6(),
+            ));
+        }
+        yaml
+    }
+
+    /// Writes the configuration to `path` atomically (a watcher never sees half
+    /// a file).
+    pub fn write(&self, bed: &Testbed, path: &Path) -> std::io::Result<()> {
+        let staging = path.with_extension("tmp");
+        std::fs::write(&staging, self.to_yaml(bed))?;
+        std::fs::rename(&staging, path)
+    }
+}
+
+/// Options of a ztunnel process.
+#[derive(Debug, Clone)]
+pub struct ZtunnelOptions {
+    /// Whether `sk_msg` shortcuts the loopback hop.
+    pub sockmap: bool,
+    /// Drain timeout on SIGTERM.
+    pub drain: Duration,
+}
+
+impl Default for ZtunnelOptions {
+    fn default() -> Self {
+        Self {
+            sockmap: true,
+            drain: Duration::from_secs(20),
+        }
+    }
+}
+
+/// A ztunnel process running on a testbed node, logging JSON.
+#[derive(Debug)]
+pub struct Ztunnel {
+    process: Process,
+}
+
+/// The ztunnel binary of this build: next to the test executable's directory
+/// (`target/<profile>/ztunnel`). `cargo xtask test` builds it first.
+pub fn ztunnel_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps");
+    let binary = profile_dir.join("ztunnel");
+    assert!(
+        binary.is_file(),
+        "{} is missing: build it with `cargo build -p ztunnel` (cargo xtask test does)",
+        binary.display()
+    );
+    binary
+}
+
+impl Ztunnel {
+    /// Starts ztunnel on `node` with the configuration file `config`, inside the
+    /// node's network namespace and cgroup, and waits until it is ready.
+    pub fn start(
+        bed: &Testbed,
+        node: &str,
+        config: &Path,
+        options: &ZtunnelOptions,
+    ) -> Result<Self, Error> {
+        let spec = bed.node(node);
+        let mut cmd = bed.node_command(node, ztunnel_binary());
+        cmd.arg("--config")
+            .arg(config)
+            .args(["--node", node])
+            .arg("--node-cgroup")
+            .arg(spec.cgroup())
+            .arg("--pin-dir")
+            .arg(spec.pin_dir())
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .env("RUST_BACKTRACE", "0")
+            .env(
+                "AMBIT_DRAIN_TIMEOUT_SECONDS",
+                options.drain.as_secs_f64().to_string(),
+            );
+        if !options.sockmap {
+            cmd.arg("--no-sockmap");
+        }
+        let process = bed.spawn(cmd)?;
+        // A ztunnel that cannot start prints "Error: ..." and exits: stop waiting.
+        let line = process.wait_for_stderr(READY_TIMEOUT, |l| {
+            l.contains(r#""message":"ready""#) || l.starts_with("Error:")
+        })?;
+        if line.starts_with("Error:") {
+            std::thread::sleep(Duration::from_millis(100));
+            return Err(Error::Process {
+                command: "ztunnel".into(),
+                reason: format!("failed to start:\n{}", process.stderr().join("\n")),
+            });
+        }
+        Ok(Self { process })
+    }
+
+    /// Every JSON log line so far.
+    pub fn logs(&self) -> Vec<serde_json::Value> {
+        self.process
+            .stderr()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The access log lines so far (`target` = `access`).
+    pub fn access_logs(&self) -> Vec<serde_json::Value> {
+        self.logs()
+            .into_iter()
+            .filter(|l| l["target"] == "access")
+            .collect()
+    }
+
+    /// Waits until a log line satisfies `matches`.
+    pub fn wait_for_log(
+        &self,
+        timeout: Duration,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value, Error> {
+        let line = self.process.wait_for_stderr(timeout, |line| {
+            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|value| matches(&value))
+        })?;
+        serde_json::from_str(&line).map_err(|e| Error::Process {
+            command: "ztunnel".into(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Raw stderr, for failure messages.
+    pub fn stderr(&self) -> String {
+        self.process.stderr().join("\n")
+    }
+
+    /// SIGTERM, then waits for the drain to finish (up to `timeout`).
+    pub fn stop(&mut self, timeout: Duration) -> Result<ExitStatus, Error> {
+        self.process.terminate(timeout)
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+}

@@ -1,0 +1,106 @@
+//! Routing inside a pod's network namespace so the inbound side can connect to
+//! the application from the client's real address.
+//!
+//! ztunnel connects to the app with `IP_TRANSPARENT`, bound to the remote
+//! client's address, and marks its socket. The app's SYN-ACK to that remote
+//! address would be routed out of the pod, and the connect would time out. Two
+//! pieces bring it back to ztunnel, without iptables:
+//! `net.ipv4.tcp_fwmark_accept=1` (the app's accepted socket, and its replies,
+//! inherit the mark of the SYN; it covers IPv6 too), and a policy rule
+//! `fwmark <mark> lookup <table>` whose table routes everything `local` via `lo`.
+
+use std::{
+    fs, io,
+    net::{Ipv4Addr, Ipv6Addr},
+};
+
+use rtnetlink::{
+    Handle, RouteMessageBuilder,
+    packet_route::{
+        route::{RouteScope, RouteType},
+        rule::RuleAction,
+    },
+};
+
+use super::{Error, Netns};
+
+/// `EEXIST`, as netlink reports it (negated).
+const NETLINK_EEXIST: i32 = -libc::EEXIST;
+/// Priority of the policy rule: before the main table (32766).
+const RULE_PRIORITY: u32 = 100;
+
+/// Sets up the return path for transparent connects in `netns`: the sysctl, the
+/// rules (IPv4 and IPv6) and the local routes of `table`. Idempotent: a restarted
+/// ztunnel finds them in place.
+pub async fn setup_transparent_return(netns: &Netns, mark: u32, table: u32) -> Result<(), Error> {
+    let route_error = |what| {
+        move |source| Error::Route {
+            path: netns.path().to_owned(),
+            what,
+            source,
+        }
+    };
+    netns
+        .run(|| fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", "1"))?
+        .map_err(route_error("set net.ipv4.tcp_fwmark_accept"))?;
+    // The netlink socket belongs to the namespace it is created in.
+    let (connection, handle, _) = netns
+        .run(rtnetlink::new_connection)?
+        .map_err(route_error("open netlink"))?;
+    let task = tokio::spawn(connection);
+    let result = add_rules_and_routes(&handle, mark, table).await;
+    task.abort();
+    result.map_err(|(what, source)| Error::Route {
+        path: netns.path().to_owned(),
+        what,
+        source,
+    })
+}
+
+async fn add_rules_and_routes(
+    handle: &Handle,
+    mark: u32,
+    table: u32,
+) -> Result<(), (&'static str, io::Error)> {
+    let rule = || {
+        handle
+            .rule()
+            .add()
+            .fw_mark(mark)
+            .table_id(table)
+            .action(RuleAction::ToTable)
+            .priority(RULE_PRIORITY)
+    };
+    ignore_exists(rule().v4().execute().await).map_err(|e| ("add the IPv4 fwmark rule", e))?;
+    ignore_exists(rule().v6().execute().await).map_err(|e| ("add the IPv6 fwmark rule", e))?;
+    let local4 = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+        .kind(RouteType::Local)
+        .scope(RouteScope::Host)
+        .table_id(table)
+        .output_interface(LOOPBACK_IFINDEX)
+        .build();
+    ignore_exists(handle.route().add(local4).replace().execute().await)
+        .map_err(|e| ("add the IPv4 local route", e))?;
+    let local6 = RouteMessageBuilder::<Ipv6Addr>::new()
+        .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
+        .kind(RouteType::Local)
+        .scope(RouteScope::Host)
+        .table_id(table)
+        .output_interface(LOOPBACK_IFINDEX)
+        .build();
+    ignore_exists(handle.route().add(local6).replace().execute().await)
+        .map_err(|e| ("add the IPv6 local route", e))
+}
+
+/// The loopback device is always interface 1 in a network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+
+fn ignore_exists(result: Result<(), rtnetlink::Error>) -> io::Result<()> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == NETLINK_EEXIST => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(e)) => Err(io::Error::from_raw_os_error(-e.raw_code())),
+        Err(e) => Err(io::Error::other(e.to_string())),
+    }
+}

@@ -1,0 +1,127 @@
+//! The inbound plaintext listener (15006, the pod's addresses): connections from
+//! outside the pod that `sk_lookup` steered here. The accepted socket's local
+//! address is the original destination, so no table is needed.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
+
+use super::{
+    ConnectionError,
+    access::{Connection, Direction},
+    pods::PodContext,
+};
+
+/// Accepts until `stop` fires.
+pub async fn serve(
+    listener: TcpListener,
+    pod: Arc<PodContext>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, pod = %pod.name, "inbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let span = tracing::debug_span!("inbound", pod = %pod.name, src = %peer);
+        let pod = pod.clone();
+        pod.inputs
+            .connections
+            .clone()
+            .spawn(async move { handle(stream, peer, &pod).await }.instrument(span));
+    }
+}
+
+async fn handle(mut client: TcpStream, peer: SocketAddr, pod: &PodContext) {
+    let peer = canonical(peer);
+    let mut record = Connection::new(Direction::Inbound, pod.name.clone(), peer);
+    let result = async {
+        let dst = canonical(client.local_addr().map_err(ConnectionError::Relay)?);
+        record.dst = Some(dst);
+        if pod.inputs.own_ports.contains(&dst.port()) {
+            return Err(ConnectionError::Loop(dst));
+        }
+        // Connect from the client's own address, so the application sees who
+        // really called.
+        let mut app = connect(pod, dst, Some(peer.ip())).await?;
+        tokio::io::copy_bidirectional(&mut client, &mut app)
+            .await
+            .map_err(ConnectionError::Relay)
+    }
+    .await;
+    record.finish(&result);
+}
+
+/// Connects from inside the pod to `dst`, optionally from a foreign source
+/// address, within the connect timeout.
+pub async fn connect(
+    pod: &PodContext,
+    dst: SocketAddr,
+    src: Option<IpAddr>,
+) -> Result<TcpStream, ConnectionError> {
+    let socket = pod
+        .sockets
+        .connector(dst, src)
+        .map_err(|source| ConnectionError::Connect { dst, source })?;
+    // A connect from a client's address must reach the application, not be
+    // steered back to ztunnel: register the flow until the handshake is done.
+    let _flow = match src {
+        Some(_) => {
+            let bound = socket
+                .local_addr()
+                .map_err(|source| ConnectionError::Connect { dst, source })?;
+            Some(
+                pod.inputs
+                    .flows
+                    .register(bound, dst)
+                    .map_err(ConnectionError::Capture)?,
+            )
+        }
+        None => None,
+    };
+    let after = pod.inputs.connect_timeout;
+    match tokio::time::timeout(after, socket.connect(dst)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(source)) => Err(ConnectionError::Connect { dst, source }),
+        Err(_) => Err(ConnectionError::ConnectTimeout { dst, after }),
+    }
+}
+
+/// IPv4 peers of a dual-stack listener appear as v4-mapped IPv6 addresses.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_mapped_peers_become_ipv4() {
+        let mapped: SocketAddr = "[::ffff:198.18.16.10]:4000".parse().unwrap();
+        assert_eq!(
+            canonical(mapped),
+            "198.18.16.10:4000".parse::<SocketAddr>().unwrap()
+        );
+        let v6: SocketAddr = "[fd00:1:0::a]:4000".parse().unwrap();
+        assert_eq!(canonical(v6), v6);
+    }
+}

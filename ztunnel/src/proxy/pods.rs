@@ -1,0 +1,284 @@
+//! Enrollment: the pods of this node whose traffic ztunnel captures, with their
+//! listeners, and the order in which capture and listeners are switched on and
+//! off so that no connection escapes and none is cut.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use std::os::fd::AsFd;
+
+use tokio::{sync::watch, task::JoinHandle};
+use tokio_util::task::TaskTracker;
+
+use super::{Error, SocketFactory, inbound, outbound, socket::PodSockets};
+use crate::capture::{self, Capture, Netns, NetnsCookie, OrigDstTable, TransparentFlows};
+
+/// A pod of this node that should be captured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalPod {
+    /// The pod's uid: the identity of an enrollment.
+    pub uid: String,
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub name: String,
+    /// The pod's network namespace file.
+    pub netns: PathBuf,
+    /// The pod's addresses.
+    pub ips: Vec<IpAddr>,
+}
+
+/// Settings of the [`PodManager`].
+#[derive(Debug, Clone)]
+pub struct PodManagerConfig {
+    /// ztunnel's `SO_MARK`.
+    pub mark: u32,
+    /// The mark of transparent sockets (see `settings::TRANSPARENT_MARK`).
+    pub transparent_mark: u32,
+    /// Routing table for the transparent return path inside pods.
+    pub route_table: u32,
+    /// Outbound listener port.
+    pub outbound_port: u16,
+    /// Inbound plaintext listener port.
+    pub inbound_plaintext_port: u16,
+    /// Ports of ztunnel's own listeners: connections to them are loops.
+    pub own_ports: Vec<u16>,
+    /// How long to wait for a connection to the destination.
+    pub connect_timeout: Duration,
+}
+
+/// Shared by every connection of the node.
+#[derive(Debug)]
+pub struct ProxyInputs {
+    /// Original destinations of redirected connections.
+    pub orig_dst: OrigDstTable,
+    /// Transparent connects in flight (see [`TransparentFlows`]).
+    pub flows: TransparentFlows,
+    /// Every proxied connection, so shutdown can drain them.
+    pub connections: TaskTracker,
+    /// See [`PodManagerConfig::connect_timeout`].
+    pub connect_timeout: Duration,
+    /// See [`PodManagerConfig::own_ports`].
+    pub own_ports: Vec<u16>,
+}
+
+/// What a connection handler knows about its pod.
+#[derive(Debug)]
+pub struct PodContext {
+    /// namespace/name.
+    pub name: String,
+    /// The pod's network namespace cookie.
+    pub cookie: NetnsCookie,
+    /// Creates the pod's sockets.
+    pub sockets: Arc<dyn SocketFactory>,
+    /// Node-wide inputs.
+    pub inputs: Arc<ProxyInputs>,
+}
+
+struct Enrolled {
+    pod: LocalPod,
+    cookie: NetnsCookie,
+    stop: watch::Sender<bool>,
+    accept_loops: Vec<JoinHandle<()>>,
+}
+
+/// Owns the capture and the enrolled pods of this node: a background task
+/// drives it with the desired set of pods ([`PodManager::reconcile`]).
+pub struct PodManager {
+    capture: Capture,
+    config: PodManagerConfig,
+    inputs: Arc<ProxyInputs>,
+    pods: HashMap<String, Enrolled>,
+}
+
+impl std::fmt::Debug for PodManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodManager")
+            .field("pods", &self.pods.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PodManager {
+    /// Takes over an attached capture.
+    pub fn new(capture: Capture, config: PodManagerConfig) -> Result<Self, Error> {
+        let inputs = Arc::new(ProxyInputs {
+            orig_dst: capture.orig_dst_table()?,
+            flows: capture.transparent_flows()?,
+            connections: TaskTracker::new(),
+            connect_timeout: config.connect_timeout,
+            own_ports: config.own_ports.clone(),
+        });
+        Ok(Self {
+            capture,
+            config,
+            inputs,
+            pods: HashMap::new(),
+        })
+    }
+
+    /// The uids of the enrolled pods.
+    pub fn enrolled(&self) -> impl Iterator<Item = &str> {
+        self.pods.keys().map(String::as_str)
+    }
+
+    /// Makes the enrolled set equal to `desired`: pods that left or changed are
+    /// unenrolled, new ones enrolled. A pod that fails is logged and skipped; the
+    /// others proceed. Returns the failures.
+    pub async fn reconcile(&mut self, desired: &[LocalPod]) -> Vec<(String, Error)> {
+        let mut failures = Vec::new();
+        let stale: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|(uid, running)| !desired.iter().any(|p| &p.uid == *uid && *p == running.pod))
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in stale {
+            if let Err(error) = self.unenroll(&uid) {
+                failures.push((uid, error));
+            }
+        }
+        let new: Vec<&LocalPod> = desired
+            .iter()
+            .filter(|p| !self.pods.contains_key(&p.uid))
+            .collect();
+        for pod in new {
+            if let Err(error) = self.enroll(pod.clone()).await {
+                tracing::warn!(pod = %format!("{}/{}", pod.namespace, pod.name), error = %super::error_chain(&error), "cannot enroll pod");
+                failures.push((pod.uid.clone(), error));
+            }
+        }
+        failures
+    }
+
+    /// Starts capturing `pod`: routing for transparent connects, listeners, then
+    /// the capture itself (so a redirect never points at nothing).
+    pub async fn enroll(&mut self, pod: LocalPod) -> Result<(), Error> {
+        let name = format!("{}/{}", pod.namespace, pod.name);
+        let netns = Arc::new(Netns::open(&pod.netns)?);
+        let config = &self.config;
+        capture::setup_transparent_return(&netns, config.transparent_mark, config.route_table)
+            .await?;
+        let sockets: Arc<dyn SocketFactory> = Arc::new(PodSockets::new(
+            netns.clone(),
+            config.mark,
+            config.transparent_mark,
+        ));
+        let listen = |addr: SocketAddr| {
+            sockets.listener(addr).map_err(|source| Error::Listen {
+                pod: name.clone(),
+                addr,
+                source,
+            })
+        };
+        let outbound4 = listen(SocketAddr::from((
+            Ipv4Addr::LOCALHOST,
+            self.config.outbound_port,
+        )))?;
+        // IPv6 may be disabled in the pod: then there is no IPv6 to capture either.
+        let outbound6 = listen(SocketAddr::from((
+            Ipv6Addr::LOCALHOST,
+            self.config.outbound_port,
+        )))
+        .ok();
+        let inbound_port = self.config.inbound_plaintext_port;
+        let inbound = listen(SocketAddr::from((Ipv6Addr::UNSPECIFIED, inbound_port)))
+            .or_else(|_| listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, inbound_port))))?;
+        for ip in &pod.ips {
+            self.capture
+                .register_listener(*ip, inbound_port, inbound.as_fd())?;
+        }
+        self.capture.enroll(&netns)?;
+
+        let context = Arc::new(PodContext {
+            name: name.clone(),
+            cookie: netns.cookie(),
+            sockets,
+            inputs: self.inputs.clone(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let mut accept_loops = vec![tokio::spawn(inbound::serve(
+            inbound,
+            context.clone(),
+            stopped.clone(),
+        ))];
+        for listener in [Some(outbound4), outbound6].into_iter().flatten() {
+            accept_loops.push(tokio::spawn(outbound::serve(
+                listener,
+                context.clone(),
+                stopped.clone(),
+            )));
+        }
+        tracing::info!(pod = %name, netns = %pod.netns.display(), cookie = %netns.cookie(), "pod enrolled");
+        let uid = pod.uid.clone();
+        self.pods.insert(
+            uid,
+            Enrolled {
+                pod,
+                cookie: netns.cookie(),
+                stop,
+                accept_loops,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops capturing the pod `uid`: new connections are no longer redirected and
+    /// its listeners close. Connections in flight keep running.
+    pub fn unenroll(&mut self, uid: &str) -> Result<(), Error> {
+        let enrolled = self.pods.remove(uid).ok_or_else(|| Error::NotEnrolled {
+            uid: uid.to_owned(),
+        })?;
+        let result = self.capture.unenroll(enrolled.cookie);
+        for ip in &enrolled.pod.ips {
+            if let Err(error) = self
+                .capture
+                .unregister_listener(*ip, self.config.inbound_plaintext_port)
+            {
+                tracing::warn!(error = %super::error_chain(&error), "cannot remove an inbound listener");
+            }
+        }
+        let _ = enrolled.stop.send(true);
+        tracing::info!(pod = %format!("{}/{}", enrolled.pod.namespace, enrolled.pod.name), "pod unenrolled");
+        result.map_err(Error::from)
+    }
+
+    /// Whether `sk_msg` shortcuts new loopback connections.
+    pub fn set_sockmap(&mut self, on: bool) -> Result<(), Error> {
+        self.capture.set_sockmap(on).map_err(Error::from)
+    }
+
+    /// Graceful shutdown: stops accepting on every pod (a new ztunnel sharing the
+    /// listeners' SO_REUSEPORT groups takes new connections) and waits up to
+    /// `drain` for the connections in flight to finish. Pods stay enrolled in the
+    /// pinned maps, so while no ztunnel runs their connects fail instead of
+    /// leaving the pod uncaptured.
+    pub async fn shutdown(mut self, drain: Duration) {
+        for (_, enrolled) in self.pods.drain() {
+            let _ = enrolled.stop.send(true);
+            for task in enrolled.accept_loops {
+                let _ = task.await;
+            }
+        }
+        let connections = &self.inputs.connections;
+        connections.close();
+        let open = connections.len();
+        if open > 0 {
+            tracing::info!(open, drain_s = drain.as_secs_f64(), "draining connections");
+        }
+        if tokio::time::timeout(drain, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = connections.len(),
+                "drain timeout: cutting the remaining connections"
+            );
+        }
+    }
+}
