@@ -13,7 +13,7 @@ use ambit_tests::{
 const TESTBIN: &str = env!("CARGO_BIN_EXE_ambit-testbin");
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Two nodes; `client` and `outsider` on a, `server` on b.
+/// Two nodes; `client` and `outsider` on a, `server` and `plainserver` on b.
 fn two_nodes(tag: &str) -> Testbed {
     Testbed::builder(tag)
         .node("a")
@@ -21,11 +21,13 @@ fn two_nodes(tag: &str) -> Testbed {
         .pod("client", "a")
         .pod("outsider", "a")
         .pod("server", "b")
+        .pod("plainserver", "b")
         .build()
         .expect("testbed builds")
 }
 
-/// `demo` is ambient with client and server; `plain` is not, with outsider.
+/// `demo` is ambient with client and server; `plain` (ambient or not) holds
+/// outsider and plainserver.
 fn mesh(plain_ambient: bool) -> MeshConfig {
     MeshConfig::default()
         .namespace("demo", true)
@@ -33,6 +35,7 @@ fn mesh(plain_ambient: bool) -> MeshConfig {
         .pod("client", "demo")
         .pod("server", "demo")
         .pod("outsider", "plain")
+        .pod("plainserver", "plain")
 }
 
 fn write_config(bed: &Testbed, config: &MeshConfig) -> PathBuf {
@@ -141,4 +144,247 @@ fn outbound_and_inbound_are_captured_without_sockmap() {
         return;
     }
     captured_both_ways(false, "capture_no_sockmap");
+}
+
+/// Access log lines of `zt` whose destination is `dst`.
+fn access_to(zt: &Ztunnel, dst: SocketAddr) -> Vec<serde_json::Value> {
+    zt.access_logs()
+        .into_iter()
+        .filter(|l| l["dst.addr"] == dst.to_string())
+        .collect()
+}
+
+/// A long-lived connection: `count` exchanges `interval_ms` apart.
+fn start_session(
+    bed: &Testbed,
+    pod: &str,
+    dst: SocketAddr,
+    count: u32,
+    interval_ms: u32,
+) -> Process {
+    let mut cmd = bed.pod_command(pod, TESTBIN);
+    cmd.args([
+        "session",
+        &dst.to_string(),
+        &count.to_string(),
+        &interval_ms.to_string(),
+    ]);
+    let session = bed.spawn(cmd).expect("session starts");
+    session
+        .wait_for_line("reply", WAIT)
+        .expect("the session's first exchange");
+    session
+}
+
+/// Waits for the session to end and asserts every exchange got its reply.
+fn assert_session_complete(session: Process, count: usize) {
+    let out = session
+        .wait(Duration::from_secs(30))
+        .expect("the session ends");
+    let replies = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("reply"))
+        .count();
+    // The first reply was consumed by start_session.
+    assert!(
+        out.status.success(),
+        "the long-lived connection was cut: {out:?}"
+    );
+    assert_eq!(replies + 1, count, "every exchange was answered: {out:?}");
+}
+
+#[test]
+fn non_enrolled_pods_bypass_and_enrollment_toggles_at_runtime() {
+    if !privileged("non_enrolled_pods_bypass_and_enrollment_toggles_at_runtime") {
+        return;
+    }
+    let bed = two_nodes("toggle");
+    let config = write_config(&bed, &mesh(false));
+    let options = ZtunnelOptions::default();
+    let zt_a = Ztunnel::start(&bed, "a", &config, &options).expect("ztunnel a starts");
+    let zt_b = Ztunnel::start(&bed, "b", &config, &options).expect("ztunnel b starts");
+    let _server = start_server(&bed, "plainserver", "0.0.0.0:7000");
+    let dst = SocketAddr::from((bed.pod("plainserver").ipv4(), 7000));
+    let outsider_ip = bed.pod("outsider").ipv4().to_string();
+
+    // Not enrolled: straight to the server, no ztunnel involved.
+    let reply = send(&bed, "outsider", dst, "bypass").expect("outsider reaches the server");
+    assert!(reply.contains(&format!("from={outsider_ip}:")), "{reply}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        access_to(&zt_a, dst).is_empty() && access_to(&zt_b, dst).is_empty(),
+        "no ztunnel saw it"
+    );
+
+    // A connection that lives across the enrollment change.
+    let session = start_session(&bed, "outsider", dst, 30, 100);
+
+    // Enroll the namespace at runtime: new connections are captured.
+    mesh(true).write(&bed, &config).expect("config rewritten");
+    for (zt, pod) in [(&zt_a, "plain/outsider"), (&zt_b, "plain/plainserver")] {
+        zt.wait_for_log(WAIT, |l| l["message"] == "pod enrolled" && l["pod"] == pod)
+            .unwrap_or_else(|e| panic!("{pod} enrolled at runtime: {e}"));
+    }
+    let reply = send(&bed, "outsider", dst, "captured").expect("outsider still reaches the server");
+    assert!(reply.contains(&format!("from={outsider_ip}:")), "{reply}");
+    let out = zt_a
+        .wait_for_log(WAIT, |l| {
+            l["target"] == "access" && l["dst.addr"] == dst.to_string()
+        })
+        .expect("node a captured the new connection");
+    assert_eq!(out["src.workload"], "plain/outsider");
+    zt_b.wait_for_log(WAIT, |l| {
+        l["target"] == "access" && l["dst.workload"] == "plain/plainserver"
+    })
+    .expect("node b captured it inbound");
+
+    // Enrolling did not cut the connection opened before it.
+    assert_session_complete(session, 30);
+
+    // Unenroll again: new connections bypass ztunnel once more.
+    mesh(false).write(&bed, &config).expect("config rewritten");
+    zt_a.wait_for_log(WAIT, |l| {
+        l["message"] == "pod unenrolled" && l["pod"] == "plain/outsider"
+    })
+    .expect("outsider unenrolled at runtime");
+    let before = access_to(&zt_a, dst).len();
+    send(&bed, "outsider", dst, "bypass-again").expect("outsider reaches the server");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        access_to(&zt_a, dst).len(),
+        before,
+        "node a no longer captures the outsider"
+    );
+}
+
+#[test]
+fn restart_keeps_a_long_lived_connection_and_reuses_pinned_state() {
+    if !privileged("restart_keeps_a_long_lived_connection_and_reuses_pinned_state") {
+        return;
+    }
+    let bed = two_nodes("restart");
+    let config = write_config(&bed, &mesh(false));
+    let options = ZtunnelOptions::default();
+    let mut old = Ztunnel::start(&bed, "a", &config, &options).expect("ztunnel a starts");
+    let _zt_b = Ztunnel::start(&bed, "b", &config, &options).expect("ztunnel b starts");
+    let _server = start_server(&bed, "server", "[::]:7000");
+    let dst = SocketAddr::from((bed.pod("server").ipv4(), 7000));
+    let pin_dir = bed.node("a").pin_dir().to_owned();
+    let enrolled_map = pin_dir.join("maps/ENROLLED");
+    let map_inode =
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&enrolled_map).expect("pinned map"));
+
+    let session = start_session(&bed, "client", dst, 40, 100);
+    // The new ztunnel starts next to the old one (a DaemonSet surge), then the old
+    // one is told to stop and drains.
+    let new = Ztunnel::start(&bed, "a", &config, &options).expect("the new ztunnel starts");
+    let status = old
+        .stop(Duration::from_secs(30))
+        .expect("the old ztunnel drains and exits");
+    assert!(
+        status.success(),
+        "clean exit after draining: {status}\n{}",
+        old.stderr()
+    );
+    assert!(
+        old.logs()
+            .iter()
+            .any(|l| l["message"] == "draining connections"),
+        "the old ztunnel drained the long-lived connection:\n{}",
+        old.stderr()
+    );
+    assert_session_complete(session, 40);
+
+    // New connections go through the new ztunnel.
+    let reply =
+        send(&bed, "client", dst, "after-restart").expect("new connections work after restart");
+    assert!(reply.contains(&format!("peer={dst}")), "{reply}");
+    new.wait_for_log(WAIT, |l| {
+        l["target"] == "access" && l["dst.addr"] == dst.to_string()
+    })
+    .expect("the new ztunnel proxied it");
+
+    // The pinned maps were reused, not recreated, and still enroll the pod.
+    let inode =
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&enrolled_map).expect("pinned map"));
+    assert_eq!(inode, map_inode, "the same pinned map");
+    let cookie = ztunnel::capture::netns_cookie(&bed.pod("client").netns_path()).expect("cookie");
+    let enrolled = ztunnel::capture::pinned_enrollment(&pin_dir).expect("pinned map reads");
+    assert!(
+        enrolled.contains(&cookie),
+        "the client stays enrolled: {enrolled:?}"
+    );
+}
+
+#[test]
+fn connections_fail_instead_of_leaking_while_ztunnel_is_down() {
+    if !privileged("connections_fail_instead_of_leaking_while_ztunnel_is_down") {
+        return;
+    }
+    let bed = two_nodes("fail_closed");
+    let config = write_config(&bed, &mesh(false));
+    let options = ZtunnelOptions::default();
+    let mut zt_a = Ztunnel::start(&bed, "a", &config, &options).expect("ztunnel a starts");
+    let mut zt_b = Ztunnel::start(&bed, "b", &config, &options).expect("ztunnel b starts");
+    let server = start_server(&bed, "server", "[::]:7000");
+    let dst = SocketAddr::from((bed.pod("server").ipv4(), 7000));
+    send(&bed, "client", dst, "while-up").expect("works while ztunnel runs");
+    server
+        .wait_for_line("accepted", WAIT)
+        .expect("the server saw it");
+
+    // Outbound: ztunnel a crashes. The client's connects are still redirected
+    // (the links stay pinned) and refused; nothing leaves in plaintext.
+    zt_a.kill();
+    let error = send(&bed, "client", dst, "must-not-arrive").expect_err("the connect fails");
+    assert!(error.contains("Connection refused"), "{error}");
+
+    // Inbound: ztunnel b crashes. A non-enrolled client's connection to the
+    // enrolled server is refused rather than delivered around the mesh.
+    zt_b.kill();
+    let error = send(&bed, "outsider", dst, "must-not-arrive").expect_err("the connect fails");
+    assert!(error.contains("Connection refused"), "{error}");
+    assert!(
+        server.next_line(Duration::from_millis(500)).is_err(),
+        "the server saw no connection while ztunnel was down"
+    );
+
+    // Back up: new connections work again.
+    let _zt_a = Ztunnel::start(&bed, "a", &config, &options).expect("ztunnel a restarts");
+    let _zt_b = Ztunnel::start(&bed, "b", &config, &options).expect("ztunnel b restarts");
+    let reply = send(&bed, "client", dst, "back").expect("works after restart");
+    assert!(reply.contains("msg=back"), "{reply}");
+}
+
+#[test]
+fn ztunnel_refuses_to_start_without_privileges() {
+    if !privileged("ztunnel_refuses_to_start_without_privileges") {
+        return;
+    }
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(ambit_tests::mesh::ztunnel_binary())
+        .args([
+            "--config",
+            "/dev/null",
+            "--node",
+            "a",
+            "--pin-dir",
+            "/sys/fs/bpf/ambit-tests-never",
+        ])
+        .args(["--node-cgroup", "/sys/fs/cgroup"])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("setpriv runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("missing privileges CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN"),
+        "{stderr}"
+    );
 }

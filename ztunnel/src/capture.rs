@@ -544,6 +544,23 @@ impl Capture {
     }
 }
 
+/// The network namespaces enrolled in the pinned maps under `pin_dir`, as a
+/// running (or stopped) ztunnel of that node left them. For operators and
+/// tests: the state a restarted ztunnel picks up.
+pub fn pinned_enrollment(pin_dir: &Path) -> Result<Vec<NetnsCookie>, Error> {
+    let name = map_name::ENROLLED;
+    let data = MapData::from_pin(pin_dir.join("maps").join(name))
+        .map_err(map_error(name, "open its pin"))?;
+    let map: HashMap<_, u64, u32> =
+        HashMap::try_from(aya::maps::Map::HashMap(data)).map_err(map_error(name, "open"))?;
+    map.keys()
+        .map(|key| {
+            key.map(NetnsCookie::from_raw)
+                .map_err(map_error(name, "read"))
+        })
+        .collect()
+}
+
 /// Where redirected connections meant to go, as published by the `sockops`
 /// program: read by the outbound listeners for each accepted connection.
 #[derive(Debug, Clone)]

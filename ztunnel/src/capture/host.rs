@@ -97,16 +97,23 @@ fn parse_cap_eff(status: &str) -> Option<u64> {
 pub fn check_host() -> Result<(), HostError> {
     let kernel = KernelVersion::current()
         .map_err(|e| HostError::KernelVersion(io::Error::other(e.to_string())))?;
-    if kernel < KernelVersion::new(MIN_KERNEL.0, MIN_KERNEL.1, 0) {
-        return Err(HostError::KernelTooOld {
-            found: kernel.to_string(),
-        });
-    }
+    check_kernel(kernel)?;
     cgroup2_mount()?.ok_or(HostError::NoCgroup2)?;
     let missing = Privileges::current()?.missing();
     if !missing.is_empty() {
         return Err(HostError::NotPrivileged {
             missing: missing.join(", "),
+        });
+    }
+    Ok(())
+}
+
+/// Fails with [`HostError::KernelTooOld`] for a kernel older than
+/// [`MIN_KERNEL`].
+pub fn check_kernel(kernel: KernelVersion) -> Result<(), HostError> {
+    if kernel < KernelVersion::new(MIN_KERNEL.0, MIN_KERNEL.1, 0) {
+        return Err(HostError::KernelTooOld {
+            found: kernel.to_string(),
         });
     }
     Ok(())
@@ -221,6 +228,22 @@ mod tests {
             .missing(),
             ["CAP_NET_ADMIN", "CAP_SYS_ADMIN"]
         );
+    }
+
+    #[test]
+    fn kernels_below_5_10_are_refused_by_name() {
+        for (major, minor, patch) in [(4, 19, 300), (5, 4, 0), (5, 9, 16)] {
+            let error = check_kernel(KernelVersion::new(major, minor, patch)).unwrap_err();
+            assert!(
+                error
+                    .to_string()
+                    .starts_with(&format!("kernel {major}.{minor}.{patch} is too old")),
+                "{error}"
+            );
+        }
+        for (major, minor) in [(5, 10), (6, 1), (6, 18)] {
+            assert!(check_kernel(KernelVersion::new(major, minor, 0)).is_ok());
+        }
     }
 
     #[test]

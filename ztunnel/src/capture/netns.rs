@@ -28,6 +28,11 @@ impl NetnsCookie {
     pub fn get(self) -> u64 {
         self.0
     }
+
+    /// A cookie read back from a map key.
+    pub(crate) fn from_raw(raw: u64) -> Self {
+        Self(raw)
+    }
 }
 
 impl std::fmt::Display for NetnsCookie {
