@@ -10,6 +10,16 @@
 //! ambit-testbin session <addr> <count> <interval-ms>
 //!     one connection: sends "session-<i>" <count> times, <interval-ms> apart,
 //!     printing "reply <server's line>" for each; the test can act in between
+//! ambit-testbin sink <listen-addr>
+//!     benchmark server: per connection, echoes fixed-size messages back when the
+//!     first byte is 'r' (request/response), or counts bytes until EOF and
+//!     answers with the count when it is 'b' (bulk)
+//! ambit-testbin bulk <addr> <seconds> <write-size>
+//!     one connection writing <write-size> chunks for <seconds>; prints
+//!     "bulk bytes=<n> seconds=<s> gbps=<g>" once the server confirmed the count
+//! ambit-testbin rr <addr> <count> <size>
+//!     one connection, <count> round trips of <size> bytes; prints
+//!     "rr count=<n> p50_us=.. p90_us=.. p99_us=.. p999_us=.."
 //! ```
 //! Exit status 0 on success, 1 with a message on stderr otherwise. Every network
 //! wait is bounded: 10 s, or AMBIT_TESTBIN_TIMEOUT_MS.
@@ -30,9 +40,13 @@ fn main() -> ExitCode {
         ["send", addr, message] => send(addr, message, "1"),
         ["send", addr, message, count] => send(addr, message, count),
         ["session", addr, count, interval] => session(addr, count, interval),
+        ["sink", addr] => sink(addr),
+        ["bulk", addr, seconds, size] => bulk(addr, seconds, size),
+        ["rr", addr, count, size] => rr(addr, count, size),
         _ => Err(
             "usage: ambit-testbin echo <addr> | send <addr> <message> [count] | \
-                  session <addr> <count> <interval-ms>"
+                  session <addr> <count> <interval-ms> | sink <addr> | bulk <addr> <s> <size> | \
+                  rr <addr> <count> <size>"
                 .to_owned(),
         ),
     };
@@ -143,5 +157,142 @@ fn session(addr: &str, count: &str, interval: &str) -> Result<(), String> {
         std::io::stdout().flush().map_err(|e| e.to_string())?;
         std::thread::sleep(Duration::from_millis(interval));
     }
+    Ok(())
+}
+
+fn number<T: std::str::FromStr>(what: &str, value: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .parse()
+        .map_err(|e| format!("bad {what} {value:?}: {e}"))
+}
+
+fn sink(addr: &str) -> Result<(), String> {
+    let listener = TcpListener::bind(parse_addr(addr)?)
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    println!(
+        "listening {}",
+        listener.local_addr().map_err(|e| e.to_string())?
+    );
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        std::thread::spawn(move || {
+            if let Err(error) = serve_benchmark(stream) {
+                eprintln!("ambit-testbin: sink: {error}");
+            }
+        });
+    }
+    Ok(())
+}
+
+fn serve_benchmark(mut stream: TcpStream) -> std::io::Result<()> {
+    use std::io::Read;
+    stream.set_nodelay(true)?;
+    let mut kind = [0u8; 1];
+    stream.read_exact(&mut kind)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    if kind[0] == b'b' {
+        let mut total: u64 = 0;
+        loop {
+            let n = stream.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+        return writeln!(stream, "{total}");
+    }
+    // Request/response: a 4-byte size, then messages of that size echoed back.
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size)?;
+    let size = u32::from_be_bytes(size) as usize;
+    let message = &mut buf[..size.min(256 * 1024)];
+    loop {
+        match stream.read_exact(message) {
+            Ok(()) => stream.write_all(message)?,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn bulk(addr: &str, seconds: &str, size: &str) -> Result<(), String> {
+    use std::io::Read;
+    let addr = parse_addr(addr)?;
+    let seconds: f64 = number("seconds", seconds)?;
+    let size: usize = number("write size", size)?;
+    let mut stream = connect(addr)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    let chunk = vec![0x5au8; size];
+    stream.write_all(b"b").map_err(|e| e.to_string())?;
+    let start = std::time::Instant::now();
+    let mut sent: u64 = 0;
+    while start.elapsed().as_secs_f64() < seconds {
+        stream
+            .write_all(&chunk)
+            .map_err(|e| format!("write: {e}"))?;
+        sent += size as u64;
+    }
+    stream
+        .shutdown(Shutdown::Write)
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| format!("no count from the server: {e}"))?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let received: u64 = number("count", answer.trim())?;
+    if received != sent {
+        return Err(format!(
+            "sent {sent} bytes but the server counted {received}"
+        ));
+    }
+    println!(
+        "bulk bytes={sent} seconds={elapsed:.3} gbps={:.3}",
+        sent as f64 * 8.0 / elapsed / 1e9
+    );
+    Ok(())
+}
+
+fn rr(addr: &str, count: &str, size: &str) -> Result<(), String> {
+    use std::io::Read;
+    let addr = parse_addr(addr)?;
+    let count: usize = number("count", count)?;
+    let size: u32 = number("size", size)?;
+    let mut stream = connect(addr)?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    stream.write_all(b"r").map_err(|e| e.to_string())?;
+    stream
+        .write_all(&size.to_be_bytes())
+        .map_err(|e| e.to_string())?;
+    let message = vec![0x5au8; size as usize];
+    let mut reply = vec![0u8; size as usize];
+    let mut latencies = Vec::with_capacity(count);
+    for _ in 0..count {
+        let start = std::time::Instant::now();
+        stream
+            .write_all(&message)
+            .map_err(|e| format!("write: {e}"))?;
+        stream
+            .read_exact(&mut reply)
+            .map_err(|e| format!("read: {e}"))?;
+        latencies.push(start.elapsed().as_nanos() as u64);
+    }
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)] as f64 / 1e3
+    };
+    println!(
+        "rr count={count} p50_us={:.1} p90_us={:.1} p99_us={:.1} p999_us={:.1}",
+        at(0.50),
+        at(0.90),
+        at(0.99),
+        at(0.999)
+    );
     Ok(())
 }

@@ -48,6 +48,8 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, pod: &PodContext) {
     let peer = canonical(peer);
     let mut record = Connection::new(Direction::Inbound, pod.name.clone(), peer);
     let result = async {
+        // A proxy must not add Nagle's delay to small writes.
+        client.set_nodelay(true).map_err(ConnectionError::Relay)?;
         let dst = canonical(client.local_addr().map_err(ConnectionError::Relay)?);
         record.dst = Some(dst);
         if pod.inputs.own_ports.contains(&dst.port()) {

@@ -43,6 +43,8 @@ pub async fn serve(
 async fn handle(mut app: TcpStream, peer: SocketAddr, pod: &PodContext) {
     let mut record = Connection::new(Direction::Outbound, pod.name.clone(), peer);
     let result = async {
+        // A proxy must not add Nagle's delay to small writes.
+        app.set_nodelay(true).map_err(ConnectionError::Relay)?;
         let dst = pod
             .inputs
             .orig_dst
