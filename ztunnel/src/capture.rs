@@ -237,11 +237,7 @@ impl Capture {
 
     fn write_settings(&mut self) -> Result<(), Error> {
         let name = map_name::SETTINGS;
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(Error::Missing { kind: "map", name })?;
-        let mut settings: Array<_, u32> = Array::try_from(map).map_err(map_error(name, "open"))?;
+        let mut settings: Array<_, u32> = map_mut(&mut self.ebpf, name)?;
         let flags = if self.config.sockmap {
             flag::SOCKMAP
         } else {
@@ -269,12 +265,7 @@ impl Capture {
 
     fn write_exclusions(&mut self) -> Result<(), Error> {
         let name = map_name::EXCLUDED_NETS;
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(Error::Missing { kind: "map", name })?;
-        let mut nets: LpmTrie<_, [u8; 16], u8> =
-            LpmTrie::try_from(map).map_err(map_error(name, "open"))?;
+        let mut nets: LpmTrie<_, [u8; 16], u8> = map_mut(&mut self.ebpf, name)?;
         for (ip, prefix) in &self.config.excluded_nets {
             let (addr, bits) = match ip {
                 IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), u32::from(*prefix) + 96),
@@ -314,12 +305,7 @@ impl Capture {
 
     fn attach_sk_msg(&mut self) -> Result<(), Error> {
         let map_name = map_name::LOOPBACK_SOCKS;
-        let map = self.ebpf.map(map_name).ok_or(Error::Missing {
-            kind: "map",
-            name: map_name,
-        })?;
-        let socks: SockHash<_, ambit_ebpf_common::SockKey> =
-            SockHash::try_from(map).map_err(map_error(map_name, "open"))?;
+        let socks: SockHash<_, ambit_ebpf_common::SockKey> = map_ref(&self.ebpf, map_name)?;
         let fd = socks.fd().try_clone().map_err(|source| Error::Pin {
             path: self.config.pin_dir.clone(),
             source,
@@ -370,12 +356,7 @@ impl Capture {
         let pinned = pin::replace_link(link, &path)?;
         self.netns_links.insert(netns.cookie(), pinned);
         let map_name = map_name::ENROLLED;
-        let map = self.ebpf.map_mut(map_name).ok_or(Error::Missing {
-            kind: "map",
-            name: map_name,
-        })?;
-        let mut enrolled: HashMap<_, u64, u32> =
-            HashMap::try_from(map).map_err(map_error(map_name, "open"))?;
+        let mut enrolled: HashMap<_, u64, u32> = map_mut(&mut self.ebpf, map_name)?;
         enrolled
             .insert(netns.cookie().get(), 0, 0)
             .map_err(map_error(map_name, "enroll a pod"))?;
@@ -386,12 +367,7 @@ impl Capture {
     /// and inbound steering is detached. Existing connections are not touched.
     pub fn unenroll(&mut self, cookie: NetnsCookie) -> Result<(), Error> {
         let map_name = map_name::ENROLLED;
-        let map = self.ebpf.map_mut(map_name).ok_or(Error::Missing {
-            kind: "map",
-            name: map_name,
-        })?;
-        let mut enrolled: HashMap<_, u64, u32> =
-            HashMap::try_from(map).map_err(map_error(map_name, "open"))?;
+        let mut enrolled: HashMap<_, u64, u32> = map_mut(&mut self.ebpf, map_name)?;
         match enrolled.remove(&cookie.get()) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(source) => {
@@ -415,26 +391,6 @@ impl Capture {
         Ok(())
     }
 
-    /// Whether the pod of `cookie` is enrolled in the (pinned) map.
-    pub fn is_enrolled(&self, cookie: NetnsCookie) -> Result<bool, Error> {
-        let name = map_name::ENROLLED;
-        let map = self
-            .ebpf
-            .map(name)
-            .ok_or(Error::Missing { kind: "map", name })?;
-        let enrolled: HashMap<_, u64, u32> =
-            HashMap::try_from(map).map_err(map_error(name, "open"))?;
-        match enrolled.get(&cookie.get(), 0) {
-            Ok(_) => Ok(true),
-            Err(MapError::KeyNotFound) => Ok(false),
-            Err(source) => Err(Error::Map {
-                name,
-                action: "read",
-                source,
-            }),
-        }
-    }
-
     /// Registers `listener` as the socket that takes inbound connections to `ip`
     /// on `port` (the HBONE or the plaintext port). A socket is removed from the
     /// map by the kernel when it closes.
@@ -445,12 +401,7 @@ impl Capture {
         listener: BorrowedFd<'_>,
     ) -> Result<(), Error> {
         let name = map_name::LISTENERS;
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(Error::Missing { kind: "map", name })?;
-        let mut listeners: SockHash<_, ListenerKey> =
-            SockHash::try_from(map).map_err(map_error(name, "open"))?;
+        let mut listeners: SockHash<_, ListenerKey> = map_mut(&mut self.ebpf, name)?;
         listeners
             .insert(listener_key(ip, port), listener, 0)
             .map_err(map_error(name, "register a listener"))
@@ -459,12 +410,7 @@ impl Capture {
     /// Removes the listener of `ip` and `port`, if any.
     pub fn unregister_listener(&mut self, ip: IpAddr, port: u16) -> Result<(), Error> {
         let name = map_name::LISTENERS;
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(Error::Missing { kind: "map", name })?;
-        let mut listeners: SockHash<_, ListenerKey> =
-            SockHash::try_from(map).map_err(map_error(name, "open"))?;
+        let mut listeners: SockHash<_, ListenerKey> = map_mut(&mut self.ebpf, name)?;
         match listeners.remove(&listener_key(ip, port)) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(source) => Err(Error::Map {
@@ -480,9 +426,7 @@ impl Capture {
     pub fn orig_dst_table(&self) -> Result<OrigDstTable, Error> {
         let name = map_name::ORIG_DST_BY_PORT;
         let path = self.config.pin_dir.join("maps").join(name);
-        let data = MapData::from_pin(&path).map_err(map_error(name, "open its pin"))?;
-        let map =
-            HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(map_error(name, "open"))?;
+        let map = pinned_map(&path, name, aya::maps::Map::LruHashMap)?;
         Ok(OrigDstTable(std::sync::Arc::new(map)))
     }
 
@@ -491,9 +435,7 @@ impl Capture {
     pub fn transparent_flows(&self) -> Result<TransparentFlows, Error> {
         let name = map_name::TRANSPARENT_FLOWS;
         let path = self.config.pin_dir.join("maps").join(name);
-        let data = MapData::from_pin(&path).map_err(map_error(name, "open its pin"))?;
-        let map =
-            HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(map_error(name, "open"))?;
+        let map = pinned_map(&path, name, aya::maps::Map::LruHashMap)?;
         Ok(TransparentFlows(std::sync::Arc::new(
             std::sync::Mutex::new(map),
         )))
@@ -526,12 +468,7 @@ impl Capture {
     /// of the network namespace `cookie` (0 for a namespace never seen).
     pub fn connect_count(&self, cookie: NetnsCookie) -> Result<u64, Error> {
         let name = map_name::CONNECT_COUNTS;
-        let map = self
-            .ebpf
-            .map(name)
-            .ok_or(Error::Missing { kind: "map", name })?;
-        let counts: PerCpuHashMap<_, u64, u64> =
-            PerCpuHashMap::try_from(map).map_err(map_error(name, "open"))?;
+        let counts: PerCpuHashMap<_, u64, u64> = map_ref(&self.ebpf, name)?;
         match counts.get(&cookie.get(), 0) {
             Ok(per_cpu) => Ok(per_cpu.iter().sum()),
             Err(MapError::KeyNotFound) => Ok(0),
@@ -549,10 +486,11 @@ impl Capture {
 /// tests: the state a restarted ztunnel picks up.
 pub fn pinned_enrollment(pin_dir: &Path) -> Result<Vec<NetnsCookie>, Error> {
     let name = map_name::ENROLLED;
-    let data = MapData::from_pin(pin_dir.join("maps").join(name))
-        .map_err(map_error(name, "open its pin"))?;
-    let map: HashMap<_, u64, u32> =
-        HashMap::try_from(aya::maps::Map::HashMap(data)).map_err(map_error(name, "open"))?;
+    let map: HashMap<_, u64, u32> = pinned_map(
+        pin_dir.join("maps").join(name),
+        name,
+        aya::maps::Map::HashMap,
+    )?;
     map.keys()
         .map(|key| {
             key.map(NetnsCookie::from_raw)
@@ -663,6 +601,40 @@ fn orig_to_socket_addr(orig: &OrigDst) -> SocketAddr {
         _ => IpAddr::V6(v6),
     };
     SocketAddr::new(ip, orig.port)
+}
+
+/// Opens map `name` of the loaded object as `T`.
+fn map_ref<'a, T>(ebpf: &'a Ebpf, name: &'static str) -> Result<T, Error>
+where
+    T: TryFrom<&'a aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.map(name).ok_or(Error::Missing { kind: "map", name })?;
+    T::try_from(map).map_err(map_error(name, "open"))
+}
+
+/// Opens map `name` of the loaded object as `T`, for writing.
+fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, Error>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf
+        .map_mut(name)
+        .ok_or(Error::Missing { kind: "map", name })?;
+    T::try_from(map).map_err(map_error(name, "open"))
+}
+
+/// Opens map `name` from its pin at `path`, as a map of `kind`, owned by the
+/// caller (usable apart from the loaded object, from any task).
+fn pinned_map<T>(
+    path: impl AsRef<Path>,
+    name: &'static str,
+    kind: fn(MapData) -> aya::maps::Map,
+) -> Result<T, Error>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let data = MapData::from_pin(path).map_err(map_error(name, "open its pin"))?;
+    T::try_from(kind(data)).map_err(map_error(name, "open"))
 }
 
 fn listener_key(ip: IpAddr, port: u16) -> ListenerKey {

@@ -10,6 +10,7 @@
 //! destination: [`FORWARDING`] names that stepping stone. It is not a mode a
 //! user can select; it is what the capture is tested with.
 
+mod accept;
 mod access;
 mod inbound;
 mod outbound;

@@ -5,11 +5,9 @@
 use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
-    time::Duration,
 };
 
-use tokio::net::{TcpListener, TcpStream};
-use tracing::Instrument;
+use tokio::net::TcpStream;
 
 use super::{
     ConnectionError,
@@ -17,34 +15,8 @@ use super::{
     pods::PodContext,
 };
 
-/// Accepts until `stop` fires.
-pub async fn serve(
-    listener: TcpListener,
-    pod: Arc<PodContext>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.changed() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, pod = %pod.name, "inbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let span = tracing::debug_span!("inbound", pod = %pod.name, src = %peer);
-        let pod = pod.clone();
-        pod.inputs
-            .connections
-            .clone()
-            .spawn(async move { handle(stream, peer, &pod).await }.instrument(span));
-    }
-}
-
-async fn handle(mut client: TcpStream, peer: SocketAddr, pod: &PodContext) {
+/// Proxies one accepted connection and writes its access log line.
+pub async fn handle(mut client: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) {
     let peer = canonical(peer);
     let mut record = Connection::new(Direction::Inbound, pod.name.clone(), peer);
     let result = async {
@@ -57,7 +29,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, pod: &PodContext) {
         }
         // Connect from the client's own address, so the application sees who
         // really called.
-        let mut app = connect(pod, dst, Some(peer.ip())).await?;
+        let mut app = connect(&pod, dst, Some(peer.ip())).await?;
         tokio::io::copy_bidirectional(&mut client, &mut app)
             .await
             .map_err(ConnectionError::Relay)

@@ -1,10 +1,9 @@
 //! The outbound listener (15001, loopback, inside the pod): connections the
 //! capture redirected away from their destination.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
-use tokio::net::{TcpListener, TcpStream};
-use tracing::Instrument;
+use tokio::net::TcpStream;
 
 use super::{
     ConnectionError,
@@ -12,35 +11,8 @@ use super::{
     pods::PodContext,
 };
 
-/// Accepts until `stop` fires; each connection runs on the pod's tracker so a
-/// shutdown can drain it.
-pub async fn serve(
-    listener: TcpListener,
-    pod: Arc<PodContext>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.changed() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, pod = %pod.name, "outbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let span = tracing::debug_span!("outbound", pod = %pod.name, src = %peer);
-        let pod = pod.clone();
-        pod.inputs
-            .connections
-            .clone()
-            .spawn(async move { handle(stream, peer, &pod).await }.instrument(span));
-    }
-}
-
-async fn handle(mut app: TcpStream, peer: SocketAddr, pod: &PodContext) {
+/// Proxies one accepted connection and writes its access log line.
+pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) {
     let mut record = Connection::new(Direction::Outbound, pod.name.clone(), peer);
     let result = async {
         // A proxy must not add Nagle's delay to small writes.
@@ -55,7 +27,7 @@ async fn handle(mut app: TcpStream, peer: SocketAddr, pod: &PodContext) {
         if dst.ip().is_loopback() || dst.ip().is_unspecified() {
             return Err(ConnectionError::Loop(dst));
         }
-        let mut upstream = super::inbound::connect(pod, dst, None).await?;
+        let mut upstream = super::inbound::connect(&pod, dst, None).await?;
         tokio::io::copy_bidirectional(&mut app, &mut upstream)
             .await
             .map_err(ConnectionError::Relay)

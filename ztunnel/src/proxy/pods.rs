@@ -15,7 +15,9 @@ use std::os::fd::AsFd;
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::task::TaskTracker;
 
-use super::{Error, SocketFactory, inbound, outbound, socket::PodSockets};
+use super::{
+    Error, SocketFactory, accept, access::Direction, inbound, outbound, socket::PodSockets,
+};
 use crate::capture::{self, Capture, Netns, NetnsCookie, OrigDstTable, TransparentFlows};
 
 /// A pod of this node that should be captured.
@@ -202,16 +204,20 @@ impl PodManager {
             inputs: self.inputs.clone(),
         });
         let (stop, stopped) = watch::channel(false);
-        let mut accept_loops = vec![tokio::spawn(inbound::serve(
+        let mut accept_loops = vec![tokio::spawn(accept::serve(
             inbound,
             context.clone(),
             stopped.clone(),
+            Direction::Inbound,
+            inbound::handle,
         ))];
         for listener in [Some(outbound4), outbound6].into_iter().flatten() {
-            accept_loops.push(tokio::spawn(outbound::serve(
+            accept_loops.push(tokio::spawn(accept::serve(
                 listener,
                 context.clone(),
                 stopped.clone(),
+                Direction::Outbound,
+                outbound::handle,
             )));
         }
         tracing::info!(pod = %name, netns = %pod.netns.display(), cookie = %netns.cookie(), "pod enrolled");
