@@ -8,9 +8,12 @@
 //!
 //! Module map (DESIGN.md section 2): `capture` (eBPF, the only `unsafe`),
 //! `settings` (process flags and environment), `telemetry` (logging).
+//! `config` (Kubernetes watchers and the local file) feeds `registry` (workloads, services, policies).
 #![warn(missing_docs)]
 
 #[cfg(feature = "capture")]
 pub mod capture;
+pub mod config;
+pub mod registry;
 pub mod settings;
 pub mod telemetry;
