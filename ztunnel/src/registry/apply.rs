@@ -1,7 +1,7 @@
 //! Applying changes to a snapshot under construction: every index is kept in step
 //! with the primary maps.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use super::{
     Change, Interner, Kind, Object, ObjectKey, Snapshot, Workload, snapshot::NamespacePolicies,
@@ -90,7 +90,8 @@ impl Snapshot {
         };
         self.remove_workload(&key);
         let w = Arc::new(w);
-        for ip in w.ips.iter() {
+        // Host-network pods share the node's address: it does not name them.
+        for ip in w.ips.iter().filter(|_| !w.host_network) {
             self.by_ip.insert(ip, Arc::clone(&w));
         }
         (self
@@ -213,8 +214,8 @@ fn intern_key(key: &ObjectKey, interner: &mut Interner) -> ObjectKey {
 
 /// Unused-capacity check for tests: the sizes of the main indexes.
 #[cfg(test)]
-pub(super) fn index_sizes(s: &Snapshot) -> HashMap<&'static str, usize> {
-    HashMap::from([
+pub(super) fn index_sizes(s: &Snapshot) -> std::collections::HashMap<&'static str, usize> {
+    std::collections::HashMap::from([
         ("workloads", s.workloads.len()),
         ("by_ip", s.by_ip.len()),
         ("by_service_account", s.by_service_account.len()),
