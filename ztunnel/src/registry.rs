@@ -13,6 +13,7 @@ mod apply;
 mod labels;
 pub mod policy;
 mod service;
+mod sharded;
 mod snapshot;
 mod workload;
 

@@ -41,13 +41,13 @@ impl Snapshot {
                 let key = set.key.clone();
                 self.delete(Kind::EndpointSet, &key);
                 let set = Arc::new(set);
-                let sets = self.sets_by_service.entry(set.service_key()).or_default();
+                let sets = self.sets_by_service.get_or_default(set.service_key());
                 sets.push(Arc::clone(&set));
                 sets.sort_by(|a, b| a.key.cmp(&b.key));
                 self.endpoint_sets.insert(key, set);
             }
             Object::ServiceAccount(key) => {
-                self.service_accounts.insert(intern_key(&key, interner));
+                self.service_accounts.insert(intern_key(&key, interner), ());
             }
             Object::AuthorizationPolicy(mut p) => {
                 p.key = intern_key(&p.key, interner);
@@ -94,11 +94,9 @@ impl Snapshot {
         for ip in w.ips.iter().filter(|_| !w.host_network) {
             self.by_ip.insert(ip, Arc::clone(&w));
         }
-        (self
-            .by_service_account
-            .entry(w.service_account_key())
-            .or_default())
-        .push(Arc::clone(&w));
+        (self.by_service_account)
+            .get_or_default(w.service_account_key())
+            .push(Arc::clone(&w));
         if self.node.as_deref() == Some(&*w.node) {
             self.local.insert(key.clone(), Arc::clone(&w));
         }
@@ -182,12 +180,11 @@ impl Snapshot {
 
     fn namespace_policies(&mut self, key: &ObjectKey) -> &mut NamespacePolicies {
         self.policies_by_namespace
-            .entry(Arc::clone(&key.namespace))
-            .or_default()
+            .get_or_default(Arc::clone(&key.namespace))
     }
 
     fn drop_empty_policy_namespace(&mut self, key: &ObjectKey) {
-        if let Some(p) = self.policies_by_namespace.get(&key.namespace)
+        if let Some(p) = self.policies_by_namespace.get(&*key.namespace)
             && p.authorization.is_empty()
             && p.peer.is_empty()
             && p.request.is_empty()

@@ -2,7 +2,7 @@
 //! locks; the writer builds the next one and swaps it in (see `Registry`).
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::BTreeMap,
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
@@ -13,7 +13,7 @@ use super::{
     AuthorizationPolicy, DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE,
     EndpointSet, EnrolledPod, Namespace, ObjectKey, PeerAuthentication, RequestAuthentication,
     Service, ServicePort, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL, Waypoint, Workload,
-    WorkloadPolicies, policy::selects,
+    WorkloadPolicies, policy::selects, sharded::ShardedMap,
 };
 
 /// The policies of one namespace, sorted by name.
@@ -30,21 +30,21 @@ pub struct Snapshot {
     pub(super) generation: u64,
     pub(super) node: Option<Arc<str>>,
     pub(super) root_namespace: Arc<str>,
-    pub(super) namespaces: HashMap<Arc<str>, Arc<Namespace>>,
-    pub(super) workloads: HashMap<ObjectKey, Arc<Workload>>,
-    pub(super) by_ip: HashMap<IpAddr, Arc<Workload>>,
-    pub(super) by_service_account: HashMap<ObjectKey, Vec<Arc<Workload>>>,
+    pub(super) namespaces: ShardedMap<Arc<str>, Arc<Namespace>>,
+    pub(super) workloads: ShardedMap<ObjectKey, Arc<Workload>>,
+    pub(super) by_ip: ShardedMap<IpAddr, Arc<Workload>>,
+    pub(super) by_service_account: ShardedMap<ObjectKey, Vec<Arc<Workload>>>,
     pub(super) local: BTreeMap<ObjectKey, Arc<Workload>>,
-    pub(super) services: HashMap<ObjectKey, Arc<Service>>,
-    pub(super) by_vip: HashMap<IpAddr, Arc<Service>>,
-    pub(super) endpoint_sets: HashMap<ObjectKey, Arc<EndpointSet>>,
-    pub(super) sets_by_service: HashMap<ObjectKey, Vec<Arc<EndpointSet>>>,
-    pub(super) service_accounts: HashSet<ObjectKey>,
-    pub(super) authorization: HashMap<ObjectKey, Arc<AuthorizationPolicy>>,
-    pub(super) peer: HashMap<ObjectKey, Arc<PeerAuthentication>>,
-    pub(super) request: HashMap<ObjectKey, Arc<RequestAuthentication>>,
-    pub(super) policies_by_namespace: HashMap<Arc<str>, NamespacePolicies>,
-    pub(super) waypoints: HashMap<ObjectKey, Arc<Waypoint>>,
+    pub(super) services: ShardedMap<ObjectKey, Arc<Service>>,
+    pub(super) by_vip: ShardedMap<IpAddr, Arc<Service>>,
+    pub(super) endpoint_sets: ShardedMap<ObjectKey, Arc<EndpointSet>>,
+    pub(super) sets_by_service: ShardedMap<ObjectKey, Vec<Arc<EndpointSet>>>,
+    pub(super) service_accounts: ShardedMap<ObjectKey, ()>,
+    pub(super) authorization: ShardedMap<ObjectKey, Arc<AuthorizationPolicy>>,
+    pub(super) peer: ShardedMap<ObjectKey, Arc<PeerAuthentication>>,
+    pub(super) request: ShardedMap<ObjectKey, Arc<RequestAuthentication>>,
+    pub(super) policies_by_namespace: ShardedMap<Arc<str>, NamespacePolicies>,
+    pub(super) waypoints: ShardedMap<ObjectKey, Arc<Waypoint>>,
 }
 
 impl Snapshot {
@@ -54,21 +54,21 @@ impl Snapshot {
             generation: 0,
             node,
             root_namespace,
-            namespaces: HashMap::new(),
-            workloads: HashMap::new(),
-            by_ip: HashMap::new(),
-            by_service_account: HashMap::new(),
+            namespaces: ShardedMap::default(),
+            workloads: ShardedMap::default(),
+            by_ip: ShardedMap::default(),
+            by_service_account: ShardedMap::default(),
             local: BTreeMap::new(),
-            services: HashMap::new(),
-            by_vip: HashMap::new(),
-            endpoint_sets: HashMap::new(),
-            sets_by_service: HashMap::new(),
-            service_accounts: HashSet::new(),
-            authorization: HashMap::new(),
-            peer: HashMap::new(),
-            request: HashMap::new(),
-            policies_by_namespace: HashMap::new(),
-            waypoints: HashMap::new(),
+            services: ShardedMap::default(),
+            by_vip: ShardedMap::default(),
+            endpoint_sets: ShardedMap::default(),
+            sets_by_service: ShardedMap::default(),
+            service_accounts: ShardedMap::default(),
+            authorization: ShardedMap::default(),
+            peer: ShardedMap::default(),
+            request: ShardedMap::default(),
+            policies_by_namespace: ShardedMap::default(),
+            waypoints: ShardedMap::default(),
         }
     }
 
@@ -124,7 +124,7 @@ impl Snapshot {
 
     /// Whether a ServiceAccount object `key` exists.
     pub fn has_service_account(&self, key: &ObjectKey) -> bool {
-        self.service_accounts.contains(key)
+        self.service_accounts.contains_key(key)
     }
 
     /// The namespace `name`.
@@ -320,7 +320,7 @@ impl Snapshot {
 
     /// Every object, sorted: for `/config_dump` and for comparing registries.
     pub fn dump(&self) -> Dump {
-        fn sorted<V: Clone>(map: &HashMap<ObjectKey, V>) -> BTreeMap<ObjectKey, V> {
+        fn sorted<V: Clone>(map: &ShardedMap<ObjectKey, V>) -> BTreeMap<ObjectKey, V> {
             map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
         }
         Dump {
@@ -330,7 +330,7 @@ impl Snapshot {
             workloads: sorted(&self.workloads),
             services: sorted(&self.services),
             endpoint_sets: sorted(&self.endpoint_sets),
-            service_accounts: self.service_accounts.iter().cloned().collect(),
+            service_accounts: self.service_accounts.iter().map(|(k, ())| k.clone()).collect(),
             authorization_policies: sorted(&self.authorization),
             peer_authentications: sorted(&self.peer),
             request_authentications: sorted(&self.request),
