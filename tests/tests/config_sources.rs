@@ -44,8 +44,28 @@ struct PodSpec {
 }
 
 fn pod_strategy() -> impl Strategy<Value = PodSpec> {
-    (0..3usize, 0..3usize, 0..3usize, any::<bool>(), any::<bool>(), prop::bool::weighted(0.2), prop::bool::weighted(0.1), any::<bool>())
-        .prop_map(|(ns, node, app, v6, ready, opt_out, host_network, named_sa)| PodSpec { ns, node, app, v6, ready, opt_out, host_network, named_sa })
+    (
+        0..3usize,
+        0..3usize,
+        0..3usize,
+        any::<bool>(),
+        any::<bool>(),
+        prop::bool::weighted(0.2),
+        prop::bool::weighted(0.1),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(ns, node, app, v6, ready, opt_out, host_network, named_sa)| PodSpec {
+                ns,
+                node,
+                app,
+                v6,
+                ready,
+                opt_out,
+                host_network,
+                named_sa,
+            },
+        )
 }
 
 #[derive(Debug, Clone)]
@@ -59,8 +79,24 @@ struct PolicySpec {
 }
 
 fn policy_strategy() -> impl Strategy<Value = PolicySpec> {
-    (0..3usize, prop::option::of(0..3usize), 0..3usize, any::<bool>(), any::<bool>(), prop::option::of(1..=65535u16))
-        .prop_map(|(ns, selector, action, principal, ip_block, port)| PolicySpec { ns, selector, action, principal, ip_block, port })
+    (
+        0..3usize,
+        prop::option::of(0..3usize),
+        0..3usize,
+        any::<bool>(),
+        any::<bool>(),
+        prop::option::of(1..=65535u16),
+    )
+        .prop_map(
+            |(ns, selector, action, principal, ip_block, port)| PolicySpec {
+                ns,
+                selector,
+                action,
+                principal,
+                ip_block,
+                port,
+            },
+        )
 }
 
 #[derive(Debug, Clone)]
@@ -82,7 +118,16 @@ fn world_strategy() -> impl Strategy<Value = World> {
         prop::collection::vec((0..3usize, prop::option::of(0..3usize), 0..4usize), 0..3),
         prop::option::of(0..3usize),
     )
-        .prop_map(|(ambient, pods, services, policies, peer, waypoint)| World { ambient, pods, services, policies, peer, waypoint })
+        .prop_map(
+            |(ambient, pods, services, policies, peer, waypoint)| World {
+                ambient,
+                pods,
+                services,
+                policies,
+                peer,
+                waypoint,
+            },
+        )
 }
 
 fn pod_ip(i: usize) -> String {
@@ -94,7 +139,11 @@ fn pod_ip(i: usize) -> String {
 fn objects(world: &World) -> Vec<Generated> {
     let mut out = Vec::new();
     for (i, ns) in NAMESPACES.iter().enumerate() {
-        let labels = if world.ambient[i] { json!({"istio.io/dataplane-mode": "ambient"}) } else { json!({}) };
+        let labels = if world.ambient[i] {
+            json!({"istio.io/dataplane-mode": "ambient"})
+        } else {
+            json!({})
+        };
         out.push(Generated { kind: "Namespace", value: json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}}) });
     }
     for (i, p) in world.pods.iter().enumerate() {
@@ -113,7 +162,8 @@ fn objects(world: &World) -> Vec<Generated> {
         if p.named_sa {
             spec["serviceAccountName"] = json!(APPS[p.app]);
         }
-        let conditions = json!([{"type": "Ready", "status": if p.ready { "True" } else { "False" }}]);
+        let conditions =
+            json!([{"type": "Ready", "status": if p.ready { "True" } else { "False" }}]);
         out.push(Generated { kind: "Pod", value: json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": format!("pod-{i}"), "namespace": NAMESPACES[p.ns], "uid": format!("00000000-0000-4000-9000-{i:012x}"),
@@ -175,10 +225,13 @@ fn objects(world: &World) -> Vec<Generated> {
             spec["selector"] = json!({"matchLabels": {"app": APPS[app]}});
             spec["portLevelMtls"] = json!({"8080": {"mode": "PERMISSIVE"}});
         }
-        out.push(Generated { kind: "PeerAuthentication", value: json!({
-            "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
-            "metadata": {"name": format!("pa-{i}"), "namespace": NAMESPACES[ns]}, "spec": spec,
-        })});
+        out.push(Generated {
+            kind: "PeerAuthentication",
+            value: json!({
+                "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+                "metadata": {"name": format!("pa-{i}"), "namespace": NAMESPACES[ns]}, "spec": spec,
+            }),
+        });
     }
     if let Some(ns) = world.waypoint {
         out.push(Generated { kind: "Gateway", value: json!({
@@ -192,11 +245,17 @@ fn objects(world: &World) -> Vec<Generated> {
 }
 
 fn registry() -> Registry {
-    Registry::new(Options { node: Some("node-a".into()), ..Options::default() })
+    Registry::new(Options {
+        node: Some("node-a".into()),
+        ..Options::default()
+    })
 }
 
 fn through_file(objects: &[Generated]) -> Dump {
-    let text: Vec<String> = objects.iter().map(|o| serde_yaml_ng::to_string(&o.value).unwrap()).collect();
+    let text: Vec<String> = objects
+        .iter()
+        .map(|o| serde_yaml_ng::to_string(&o.value).unwrap())
+        .collect();
     let parsed = file::parse(&text.join("---\n"), Path::new("generated.yaml")).unwrap();
     let reg = registry();
     reg.apply(parsed.into_iter().map(Change::Upsert));
@@ -230,7 +289,10 @@ async fn through_kubernetes(objects: &[Generated]) -> Dump {
     let source = KubeSource::new(server.client().unwrap());
     let mut synced = source.synced();
     let task = tokio::spawn(source.run(Arc::clone(&reg)));
-    tokio::time::timeout(Duration::from_secs(20), synced.wait_for(|s| *s)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(20), synced.wait_for(|s| *s))
+        .await
+        .unwrap()
+        .unwrap();
     task.abort();
     reg.snapshot().dump()
 }

@@ -24,7 +24,7 @@ use serde::{Serialize, Serializer};
 use tokio::sync::watch;
 
 pub(crate) use labels::Interner;
-pub use labels::Labels;
+pub use labels::{Labels, Name};
 pub use policy::{
     Action, AuthorizationPolicy, Cidr, MtlsMode, PeerAuthentication, RequestAuthentication,
     Waypoint, WorkloadPolicies, WorkloadSelector,
@@ -50,7 +50,7 @@ pub const USE_WAYPOINT_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-namespace"
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey {
     /// `metadata.namespace`.
-    pub namespace: Arc<str>,
+    pub namespace: Name,
     /// `metadata.name`.
     pub name: Arc<str>,
 }
@@ -142,10 +142,10 @@ impl Object {
         match self {
             Self::Namespace(ns) => ObjectKey {
                 namespace: "".into(),
-                name: Arc::clone(&ns.name),
+                name: Arc::from(&*ns.name),
             },
             Self::Workload(w) => ObjectKey {
-                namespace: Arc::clone(&w.namespace),
+                namespace: w.namespace.clone(),
                 name: Arc::clone(&w.name),
             },
             Self::Service(s) => s.key.clone(),

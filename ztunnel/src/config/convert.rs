@@ -15,13 +15,13 @@ use kube::ResourceExt;
 
 use super::{Invalid, NETNS_ANNOTATION, Problem, SERVICE_NAME_LABEL, WAYPOINT_CLASS, crd};
 use crate::registry::{
-    self, EndpointPort, EndpointSet, Labels, LocalPod, Object, ObjectKey, PodIps, Protocol,
+    self, EndpointPort, EndpointSet, Labels, LocalPod, Name, Object, ObjectKey, PodIps, Protocol,
     ServicePort, TargetPort, Uid, Waypoint, Workload,
 };
 
 pub(super) fn namespace(ns: &Namespace, key: &ObjectKey) -> Result<Object, Invalid> {
     Ok(Object::Namespace(registry::Namespace {
-        name: Arc::clone(&key.name),
+        name: Name::new(&key.name),
         labels: Arc::new(labels("metadata.labels", ns.labels())?),
     }))
 }
@@ -65,7 +65,7 @@ pub(super) fn pod(pod: &Pod, key: &ObjectKey) -> Result<Option<Object>, Invalid>
     Ok(Some(Object::Workload(Workload {
         uid,
         name: Arc::clone(&key.name),
-        namespace: Arc::clone(&key.namespace),
+        namespace: key.namespace.clone(),
         service_account: spec
             .and_then(|s| s.service_account_name.as_deref())
             .filter(|s| !s.is_empty())

@@ -48,8 +48,10 @@ struct Slot {
     kind: Kind,
     /// Keys currently upserted in the registry by this watcher.
     applied: HashSet<ObjectKey>,
-    /// Objects of a list in progress (`Init` .. `InitDone`).
-    listing: Option<Vec<Resource>>,
+    /// A list in progress (`Init` .. `InitDone`): each object's key and its
+    /// change, converted as it arrives (`None`: invalid), so a large list never
+    /// holds the full Kubernetes objects.
+    listing: Option<Vec<(ObjectKey, Option<Change>)>>,
     /// A first list has completed.
     synced: bool,
 }
@@ -235,7 +237,8 @@ fn handle(update: Update, slots: &mut [Slot], changes: &mut Vec<Change>) {
         }
         watcher::Event::Init => slot.listing = Some(Vec::new()),
         watcher::Event::InitApply(resource) => {
-            slot.listing.get_or_insert_with(Vec::new).push(resource);
+            let entry = (resource.key(), convert(&resource));
+            slot.listing.get_or_insert_with(Vec::new).push(entry);
         }
         watcher::Event::InitDone => relisted(slot, changes),
     }
@@ -245,9 +248,8 @@ fn handle(update: Update, slots: &mut [Slot], changes: &mut Vec<Change>) {
 fn relisted(slot: &mut Slot, changes: &mut Vec<Change>) {
     let listed = slot.listing.take().unwrap_or_default();
     let mut present = HashSet::with_capacity(listed.len());
-    for resource in &listed {
-        let key = resource.key();
-        match convert(resource) {
+    for (key, change) in listed {
+        match change {
             Some(change) => {
                 if matches!(change, Change::Upsert(_)) {
                     present.insert(key);

@@ -19,9 +19,9 @@ impl Snapshot {
     fn upsert(&mut self, object: Object, interner: &mut Interner) {
         match object {
             Object::Namespace(mut ns) => {
-                ns.name = interner.str(&ns.name);
+                ns.name = interner.name(&ns.name);
                 ns.labels = interner.labels(&ns.labels);
-                self.namespaces.insert(Arc::clone(&ns.name), Arc::new(ns));
+                self.namespaces.insert(ns.name.clone(), Arc::new(ns));
             }
             Object::Workload(w) => self.upsert_workload(w, interner),
             Object::Service(mut svc) => {
@@ -37,7 +37,6 @@ impl Snapshot {
             }
             Object::EndpointSet(mut set) => {
                 set.key = intern_key(&set.key, interner);
-                set.service = interner.str(&set.service);
                 let key = set.key.clone();
                 self.delete(Kind::EndpointSet, &key);
                 let set = Arc::new(set);
@@ -76,16 +75,16 @@ impl Snapshot {
     }
 
     fn upsert_workload(&mut self, mut w: Workload, interner: &mut Interner) {
-        w.namespace = interner.str(&w.namespace);
-        w.service_account = interner.str(&w.service_account);
-        w.node = interner.str(&w.node);
+        w.namespace = interner.name(&w.namespace);
+        w.service_account = interner.name(&w.service_account);
+        w.node = interner.name(&w.node);
         w.labels = interner.labels(&w.labels);
         if self.node.as_deref() != Some(&*w.node) {
             // Only the own node's pods are kept in full.
             w.local = None;
         }
         let key = ObjectKey {
-            namespace: Arc::clone(&w.namespace),
+            namespace: w.namespace.clone(),
             name: Arc::clone(&w.name),
         };
         self.remove_workload(&key);
@@ -109,8 +108,8 @@ impl Snapshot {
         };
         for ip in old.ips.iter() {
             // Another pod may have taken the address meanwhile (last writer wins).
-            if self.by_ip.get(&ip).is_some_and(|w| Arc::ptr_eq(w, &old)) {
-                self.by_ip.remove(&ip);
+            if self.by_ip.get(ip).is_some_and(|w| Arc::ptr_eq(w, &old)) {
+                self.by_ip.remove(ip);
             }
         }
         let sa = old.service_account_key();
@@ -126,14 +125,14 @@ impl Snapshot {
     fn delete(&mut self, kind: Kind, key: &ObjectKey) {
         match kind {
             Kind::Namespace => {
-                self.namespaces.remove(&key.name);
+                self.namespaces.remove(&*key.name);
             }
             Kind::Workload => self.remove_workload(key),
             Kind::Service => {
                 if let Some(old) = self.services.remove(key) {
                     for vip in &old.vips {
-                        if self.by_vip.get(vip).is_some_and(|s| Arc::ptr_eq(s, &old)) {
-                            self.by_vip.remove(vip);
+                        if self.by_vip.get(*vip).is_some_and(|s| Arc::ptr_eq(s, &old)) {
+                            self.by_vip.remove(*vip);
                         }
                     }
                 }
@@ -180,7 +179,7 @@ impl Snapshot {
 
     fn namespace_policies(&mut self, key: &ObjectKey) -> &mut NamespacePolicies {
         self.policies_by_namespace
-            .get_or_default(Arc::clone(&key.namespace))
+            .get_or_default(key.namespace.clone())
     }
 
     fn drop_empty_policy_namespace(&mut self, key: &ObjectKey) {
@@ -204,7 +203,7 @@ fn replace_sorted<T>(list: &mut Vec<Arc<T>>, item: Arc<T>, key: impl Fn(&T) -> &
 
 fn intern_key(key: &ObjectKey, interner: &mut Interner) -> ObjectKey {
     ObjectKey {
-        namespace: interner.str(&key.namespace),
+        namespace: interner.name(&key.namespace),
         name: Arc::clone(&key.name),
     }
 }

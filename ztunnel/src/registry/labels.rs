@@ -1,11 +1,75 @@
-//! Label sets and the interner that lets thousands of workloads share one copy of
-//! their labels and of their namespace, service account and node names.
+//! Label sets, interned names, and the interner that lets thousands of
+//! workloads share one copy of their labels and of their namespace, service
+//! account and node names.
 
 use std::{
+    borrow::Borrow,
     collections::{BTreeMap, HashSet},
     fmt,
+    ops::Deref,
     sync::Arc,
 };
+
+/// A name many objects share (namespace, service account, node): a thin
+/// pointer, 8 bytes, interned by the registry.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Name(Arc<Box<str>>);
+
+impl Name {
+    /// A name (not interned yet; the registry interns on apply).
+    pub fn new(s: &str) -> Self {
+        Self(Arc::new(s.into()))
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Deref for Name {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Name {
+    fn from(s: &str) -> Self {
+        Self::new(s)
+    }
+}
+
+impl From<String> for Name {
+    fn from(s: String) -> Self {
+        Self(Arc::new(s.into_boxed_str()))
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl Serialize for Name {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self)
+    }
+}
 
 use serde::{Serialize, Serializer, ser::SerializeMap};
 
@@ -86,7 +150,7 @@ impl Serialize for Labels {
 /// `pod-template-hash` per rollout) does not grow it without bound.
 #[derive(Debug, Default)]
 pub(crate) struct Interner {
-    strings: HashSet<Arc<str>>,
+    strings: HashSet<Name>,
     labels: HashSet<Arc<Labels>>,
     purge_at: usize,
 }
@@ -96,12 +160,12 @@ const PURGE_MIN: usize = 4096;
 
 impl Interner {
     /// The shared copy of `s`.
-    pub(crate) fn str(&mut self, s: &Arc<str>) -> Arc<str> {
+    pub(crate) fn name(&mut self, s: &Name) -> Name {
         if let Some(shared) = self.strings.get(s) {
-            return Arc::clone(shared);
+            return shared.clone();
         }
-        self.strings.insert(Arc::clone(s));
-        Arc::clone(s)
+        self.strings.insert(s.clone());
+        s.clone()
     }
 
     /// The shared copy of `labels`.
@@ -119,7 +183,7 @@ impl Interner {
         if size < self.purge_at.max(PURGE_MIN) {
             return;
         }
-        self.strings.retain(|s| Arc::strong_count(s) > 1);
+        self.strings.retain(|s| Arc::strong_count(&s.0) > 1);
         self.labels.retain(|l| Arc::strong_count(l) > 1);
         self.purge_at = 2 * (self.strings.len() + self.labels.len());
     }
@@ -146,15 +210,15 @@ mod tests {
     #[test]
     fn interner_shares_and_purges() {
         let mut interner = Interner::default();
-        let a: Arc<str> = Arc::from("default");
-        let b: Arc<str> = Arc::from("default");
-        let first = interner.str(&a);
-        let second = interner.str(&b);
-        assert!(Arc::ptr_eq(&first, &second));
+        let a = Name::new("default");
+        let b = Name::new("default");
+        let first = interner.name(&a);
+        let second = interner.name(&b);
+        assert!(Arc::ptr_eq(&first.0, &second.0));
         drop((a, b, first, second));
         interner.purge_at = 0;
         for i in 0..PURGE_MIN {
-            let _ = interner.str(&Arc::from(i.to_string()));
+            let _ = interner.name(&Name::from(i.to_string()));
         }
         interner.maybe_purge();
         assert!(

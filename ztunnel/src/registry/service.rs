@@ -4,7 +4,7 @@ use std::{net::IpAddr, sync::Arc};
 
 use serde::Serialize;
 
-use super::{Labels, ObjectKey};
+use super::{Labels, Name, ObjectKey};
 
 /// Transport protocol of a port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -91,7 +91,7 @@ pub struct Endpoint {
     /// `targetRef` when it names a Pod: (namespace, name).
     pub pod: Option<ObjectKey>,
     /// `nodeName`.
-    pub node: Option<Arc<str>>,
+    pub node: Option<Name>,
 }
 
 /// An EndpointSlice: endpoints of one Service and the ports they listen on.
@@ -111,7 +111,7 @@ impl EndpointSet {
     /// The key of the Service it belongs to.
     pub fn service_key(&self) -> ObjectKey {
         ObjectKey {
-            namespace: Arc::clone(&self.key.namespace),
+            namespace: self.key.namespace.clone(),
             name: Arc::clone(&self.service),
         }
     }

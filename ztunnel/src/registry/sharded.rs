@@ -6,6 +6,7 @@ use std::{
     borrow::Borrow,
     collections::HashMap,
     hash::{BuildHasher, Hash, RandomState},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
 
@@ -123,6 +124,55 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
     }
 }
 
+/// A map by IP address, split by family: a bucket of the IPv4 map is half the
+/// size of one keyed by `IpAddr` (17 bytes, padded to 24).
+#[derive(Debug, Clone)]
+pub(crate) struct IpMap<V> {
+    v4: ShardedMap<Ipv4Addr, V>,
+    v6: ShardedMap<Ipv6Addr, V>,
+}
+
+impl<V> Default for IpMap<V> {
+    fn default() -> Self {
+        Self {
+            v4: ShardedMap::default(),
+            v6: ShardedMap::default(),
+        }
+    }
+}
+
+impl<V: Clone> IpMap<V> {
+    /// The value for `ip`.
+    pub(crate) fn get(&self, ip: IpAddr) -> Option<&V> {
+        match ip {
+            IpAddr::V4(ip) => self.v4.get(&ip),
+            IpAddr::V6(ip) => self.v6.get(&ip),
+        }
+    }
+
+    /// Inserts.
+    pub(crate) fn insert(&mut self, ip: IpAddr, value: V) -> Option<V> {
+        match ip {
+            IpAddr::V4(ip) => self.v4.insert(ip, value),
+            IpAddr::V6(ip) => self.v6.insert(ip, value),
+        }
+    }
+
+    /// Removes.
+    pub(crate) fn remove(&mut self, ip: IpAddr) -> Option<V> {
+        match ip {
+            IpAddr::V4(ip) => self.v4.remove(&ip),
+            IpAddr::V6(ip) => self.v6.remove(&ip),
+        }
+    }
+
+    /// Number of entries.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,8 +190,16 @@ mod tests {
         *b.get_or_default(20_000) += 1;
         assert_eq!((a.get(&5), b.get(&5)), (Some(&5), Some(&50)));
         assert_eq!((a.len(), b.len()), (10_000, 10_000));
-        let shared = a.shards.iter().zip(b.shards.iter()).filter(|(x, y)| Arc::ptr_eq(x, y)).count();
-        assert!(shared >= SHARDS - 3, "only touched shards are copied ({shared} shared)");
+        let shared = a
+            .shards
+            .iter()
+            .zip(b.shards.iter())
+            .filter(|(x, y)| Arc::ptr_eq(x, y))
+            .count();
+        assert!(
+            shared >= SHARDS - 3,
+            "only touched shards are copied ({shared} shared)"
+        );
         assert_eq!(b.iter().count(), b.len());
     }
 }

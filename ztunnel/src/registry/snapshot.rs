@@ -11,9 +11,11 @@ use serde::Serialize;
 
 use super::{
     AuthorizationPolicy, DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE,
-    EndpointSet, EnrolledPod, Namespace, ObjectKey, PeerAuthentication, RequestAuthentication,
-    Service, ServicePort, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL, Waypoint, Workload,
-    WorkloadPolicies, policy::selects, sharded::ShardedMap,
+    EndpointSet, EnrolledPod, Name, Namespace, ObjectKey, PeerAuthentication,
+    RequestAuthentication, Service, ServicePort, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL,
+    Waypoint, Workload, WorkloadPolicies,
+    policy::selects,
+    sharded::{IpMap, ShardedMap},
 };
 
 /// The policies of one namespace, sorted by name.
@@ -30,20 +32,20 @@ pub struct Snapshot {
     pub(super) generation: u64,
     pub(super) node: Option<Arc<str>>,
     pub(super) root_namespace: Arc<str>,
-    pub(super) namespaces: ShardedMap<Arc<str>, Arc<Namespace>>,
+    pub(super) namespaces: ShardedMap<Name, Arc<Namespace>>,
     pub(super) workloads: ShardedMap<ObjectKey, Arc<Workload>>,
-    pub(super) by_ip: ShardedMap<IpAddr, Arc<Workload>>,
+    pub(super) by_ip: IpMap<Arc<Workload>>,
     pub(super) by_service_account: ShardedMap<ObjectKey, Vec<Arc<Workload>>>,
     pub(super) local: BTreeMap<ObjectKey, Arc<Workload>>,
     pub(super) services: ShardedMap<ObjectKey, Arc<Service>>,
-    pub(super) by_vip: ShardedMap<IpAddr, Arc<Service>>,
+    pub(super) by_vip: IpMap<Arc<Service>>,
     pub(super) endpoint_sets: ShardedMap<ObjectKey, Arc<EndpointSet>>,
     pub(super) sets_by_service: ShardedMap<ObjectKey, Vec<Arc<EndpointSet>>>,
     pub(super) service_accounts: ShardedMap<ObjectKey, ()>,
     pub(super) authorization: ShardedMap<ObjectKey, Arc<AuthorizationPolicy>>,
     pub(super) peer: ShardedMap<ObjectKey, Arc<PeerAuthentication>>,
     pub(super) request: ShardedMap<ObjectKey, Arc<RequestAuthentication>>,
-    pub(super) policies_by_namespace: ShardedMap<Arc<str>, NamespacePolicies>,
+    pub(super) policies_by_namespace: ShardedMap<Name, NamespacePolicies>,
     pub(super) waypoints: ShardedMap<ObjectKey, Arc<Waypoint>>,
 }
 
@@ -56,11 +58,11 @@ impl Snapshot {
             root_namespace,
             namespaces: ShardedMap::default(),
             workloads: ShardedMap::default(),
-            by_ip: ShardedMap::default(),
+            by_ip: IpMap::default(),
             by_service_account: ShardedMap::default(),
             local: BTreeMap::new(),
             services: ShardedMap::default(),
-            by_vip: ShardedMap::default(),
+            by_vip: IpMap::default(),
             endpoint_sets: ShardedMap::default(),
             sets_by_service: ShardedMap::default(),
             service_accounts: ShardedMap::default(),
@@ -91,7 +93,7 @@ impl Snapshot {
 
     /// The workload with address `ip`.
     pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
-        self.by_ip.get(&ip)
+        self.by_ip.get(ip)
     }
 
     /// The workload named `key` (namespace, pod name).
@@ -152,7 +154,7 @@ impl Snapshot {
         let enrolled = |w: &&Arc<Workload>| &*w.node == node && self.is_enrolled(w);
         let to_pod = |w: &Arc<Workload>| EnrolledPod {
             uid: w.uid.clone(),
-            namespace: Arc::clone(&w.namespace),
+            namespace: w.namespace.clone(),
             name: Arc::clone(&w.name),
             netns: w.netns().cloned(),
             ips: w.ips,
@@ -174,12 +176,12 @@ impl Snapshot {
 
     /// The Service with VIP `ip`.
     pub fn service_by_vip(&self, ip: IpAddr) -> Option<&Arc<Service>> {
-        self.by_vip.get(&ip)
+        self.by_vip.get(ip)
     }
 
     /// The Service and port for a connection to `addr` (VIP and port).
     pub fn service_port(&self, addr: SocketAddr) -> Option<(&Arc<Service>, &ServicePort)> {
-        let service = self.by_vip.get(&addr.ip())?;
+        let service = self.by_vip.get(addr.ip())?;
         Some((service, service.port(addr.port())?))
     }
 
@@ -297,7 +299,7 @@ impl Snapshot {
 
     fn waypoint_by_labels(
         &self,
-        namespace: &Arc<str>,
+        namespace: &Name,
         labels: &super::Labels,
     ) -> Option<&Arc<Waypoint>> {
         let ns_labels = self.namespaces.get(namespace).map(|ns| &*ns.labels);
@@ -330,7 +332,11 @@ impl Snapshot {
             workloads: sorted(&self.workloads),
             services: sorted(&self.services),
             endpoint_sets: sorted(&self.endpoint_sets),
-            service_accounts: self.service_accounts.iter().map(|(k, ())| k.clone()).collect(),
+            service_accounts: self
+                .service_accounts
+                .iter()
+                .map(|(k, ())| k.clone())
+                .collect(),
             authorization_policies: sorted(&self.authorization),
             peer_authentications: sorted(&self.peer),
             request_authentications: sorted(&self.request),

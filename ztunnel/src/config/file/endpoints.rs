@@ -55,7 +55,7 @@ pub(super) fn derive(resources: &[Resource], objects: &[Object]) -> Vec<Object> 
             w.namespace == svc.key.namespace && !w.ips.is_empty() && w.labels.contains_all(selector)
         }) {
             let key = ObjectKey {
-                namespace: Arc::clone(&w.namespace),
+                namespace: w.namespace.clone(),
                 name: Arc::clone(&w.name),
             };
             let mapping = port_mapping(svc, pods.get(&key).copied());
@@ -65,7 +65,7 @@ pub(super) fn derive(resources: &[Resource], objects: &[Object]) -> Vec<Object> 
                 serving: w.ready,
                 terminating: false,
                 pod: Some(key),
-                node: Some(Arc::clone(&w.node)),
+                node: Some(w.node.clone()),
             });
         }
         for (n, (mapping, endpoints)) in by_ports.into_iter().enumerate() {
