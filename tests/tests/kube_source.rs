@@ -36,7 +36,7 @@ fn pod(ns: &str, name: &str, node: &str, ip: &str) -> Pod {
     .unwrap()
 }
 
-fn policy(ns: &str, name: &str, spec: serde_json::Value) -> AuthorizationPolicy {
+fn policy(ns: &str, name: &str, spec: &serde_json::Value) -> AuthorizationPolicy {
     serde_json::from_value(json!({
         "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
         "metadata": {"name": name, "namespace": ns}, "spec": spec,
@@ -194,7 +194,7 @@ async fn gone_410_relists_and_leaves_no_stale_entries() {
         .create(&policy(
             "shop",
             "deny-old",
-            json!({"action": "DENY", "rules": [{}]}),
+            &json!({"action": "DENY", "rules": [{}]}),
         ))
         .unwrap();
     let run = start(server).await;
@@ -244,14 +244,14 @@ async fn invalid_objects_are_skipped_and_the_last_good_version_stays() {
         .create(&policy(
             "shop",
             "ap",
-            json!({"action": "DENY", "rules": [{}]}),
+            &json!({"action": "DENY", "rules": [{}]}),
         ))
         .unwrap();
     server
         .create(&policy(
             "shop",
             "bad",
-            json!({"action": "CUSTOM", "rules": [{}]}),
+            &json!({"action": "CUSTOM", "rules": [{}]}),
         ))
         .unwrap();
     let run = start(server).await;
@@ -271,7 +271,7 @@ async fn invalid_objects_are_skipped_and_the_last_good_version_stays() {
         .update(&policy(
             "shop",
             "ap",
-            json!({"rules": [{"from": [{"source": {"ipBlocks": ["nope"]}}]}]}),
+            &json!({"rules": [{"from": [{"source": {"ipBlocks": ["nope"]}}]}]}),
         ))
         .unwrap();
     run.server
@@ -296,7 +296,7 @@ async fn invalid_objects_are_skipped_and_the_last_good_version_stays() {
         .update(&policy(
             "shop",
             "ap",
-            json!({"rules": [{"from": [{"source": {"ipBlocks": ["10.0.0.0/8"]}}]}]}),
+            &json!({"rules": [{"from": [{"source": {"ipBlocks": ["10.0.0.0/8"]}}]}]}),
         ))
         .unwrap();
     eventually(&run.registry, "good update", |s| {

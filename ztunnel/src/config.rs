@@ -126,7 +126,11 @@ pub enum Problem {
 /// One Kubernetes object of a kind the sources read.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
-#[allow(missing_docs)] // one variant per kind
+#[allow(missing_docs)]
+// one variant per kind
+// Transient: each one is converted and dropped, so boxing would only add an
+// allocation per object.
+#[allow(clippy::large_enum_variant)]
 pub enum Resource {
     Namespace(Namespace),
     Pod(Pod),

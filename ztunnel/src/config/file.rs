@@ -48,7 +48,7 @@ pub enum Error {
         start: usize,
         /// Why.
         #[source]
-        reason: DocumentError,
+        reason: Box<DocumentError>,
     },
 }
 
@@ -137,7 +137,7 @@ impl Located<'_> {
             line: line.unwrap_or(start),
             document,
             start,
-            reason,
+            reason: Box::new(reason),
         }
     }
 }

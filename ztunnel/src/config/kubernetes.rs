@@ -37,7 +37,7 @@ pub enum Error {
 
 /// Events from one watcher, tagged with its slot.
 enum Update {
-    Event(usize, watcher::Event<Resource>),
+    Event(usize, Box<watcher::Event<Resource>>),
     Error(usize, watcher::Error),
 }
 
@@ -194,7 +194,7 @@ where
     pin_mut!(stream);
     while let Some(item) = stream.next().await {
         let update = match item {
-            Ok(event) => Update::Event(slot, map_event(event, wrap)),
+            Ok(event) => Update::Event(slot, Box::new(map_event(event, wrap))),
             Err(error) => Update::Error(slot, error),
         };
         if tx.send(update).await.is_err() {
@@ -223,7 +223,7 @@ fn handle(update: Update, slots: &mut [Slot], changes: &mut Vec<Change>) {
         }
     };
     let slot = &mut slots[index];
-    match event {
+    match *event {
         watcher::Event::Apply(resource) => {
             if let Some(change) = convert(&resource) {
                 record(slot, &change);

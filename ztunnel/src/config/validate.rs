@@ -324,8 +324,9 @@ fn jwt_rule(field: &str, r: &crd::JwtRule) -> Result<JwtRule, Invalid> {
     if r.issuer.is_empty() {
         return Err(Invalid::new(format!("{field}.issuer"), Problem::Required));
     }
-    if !r.jwks_uri.is_empty()
-        && !(r.jwks_uri.starts_with("https://") || r.jwks_uri.starts_with("http://"))
+    if !(r.jwks_uri.is_empty()
+        || r.jwks_uri.starts_with("https://")
+        || r.jwks_uri.starts_with("http://"))
     {
         return Err(Invalid::new(
             format!("{field}.jwksUri"),

@@ -239,7 +239,7 @@ impl Snapshot {
             for pa in &policies.peer {
                 match &pa.selector {
                     Some(s) if s.matches(&workload.labels) => {
-                        out.peer_workload.push(Arc::clone(pa))
+                        out.peer_workload.push(Arc::clone(pa));
                     }
                     Some(_) => {}
                     None if ns == root => out.peer_mesh.push(Arc::clone(pa)),

@@ -14,6 +14,9 @@ use crate::{
     },
 };
 
+/// Per Service port: its name and the port it reaches on a pod.
+type PortMapping = Vec<(Option<Box<str>>, u16)>;
+
 /// Endpoint sets for the Services of `objects` that have a selector and no
 /// EndpointSlice in the file.
 pub(super) fn derive(resources: &[Resource], objects: &[Object]) -> Vec<Object> {
@@ -50,7 +53,7 @@ pub(super) fn derive(resources: &[Resource], objects: &[Object]) -> Vec<Object> 
         if has_slices.contains(&svc.key) {
             continue;
         }
-        let mut by_ports: BTreeMap<Vec<(Option<Box<str>>, u16)>, Vec<Endpoint>> = BTreeMap::new();
+        let mut by_ports: BTreeMap<PortMapping, Vec<Endpoint>> = BTreeMap::new();
         for w in workloads.iter().filter(|w| {
             w.namespace == svc.key.namespace && !w.ips.is_empty() && w.labels.contains_all(selector)
         }) {
@@ -92,7 +95,7 @@ pub(super) fn derive(resources: &[Resource], objects: &[Object]) -> Vec<Object> 
 /// For each Service port, its name and the port it reaches on `pod` (a named
 /// target port resolved through the pod's container ports; 0 when the pod has
 /// no port of that name, so it serves nothing there).
-fn port_mapping(svc: &Service, pod: Option<&Pod>) -> Vec<(Option<Box<str>>, u16)> {
+fn port_mapping(svc: &Service, pod: Option<&Pod>) -> PortMapping {
     svc.ports
         .iter()
         .map(|sp| {

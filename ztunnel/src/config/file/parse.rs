@@ -156,7 +156,7 @@ fn typed<T: DeserializeOwned + Serialize>(
         };
         (None, reason)
     })?;
-    if let Some(path) = unknown_field(value, &back, String::new()) {
+    if let Some(path) = unknown_field(value, &back, "") {
         return Err((None, DocumentError::UnknownField(path)));
     }
     Ok(object)
@@ -164,7 +164,7 @@ fn typed<T: DeserializeOwned + Serialize>(
 
 /// The first field present in `given` but not in `known` (what the typed object
 /// kept), ignoring empty values the typed object drops.
-fn unknown_field(given: &Value, known: &Value, path: String) -> Option<String> {
+fn unknown_field(given: &Value, known: &Value, path: &str) -> Option<String> {
     match (given, known) {
         (Value::Object(given), Value::Object(known)) => given.iter().find_map(|(k, v)| {
             let here = if path.is_empty() {
@@ -173,7 +173,7 @@ fn unknown_field(given: &Value, known: &Value, path: String) -> Option<String> {
                 format!("{path}.{k}")
             };
             match known.get(k) {
-                Some(kv) => unknown_field(v, kv, here),
+                Some(kv) => unknown_field(v, kv, &here),
                 None if is_empty(v) => None,
                 None => Some(here),
             }
@@ -182,7 +182,7 @@ fn unknown_field(given: &Value, known: &Value, path: String) -> Option<String> {
             .iter()
             .zip(known)
             .enumerate()
-            .find_map(|(i, (g, k))| unknown_field(g, k, format!("{path}[{i}]"))),
+            .find_map(|(i, (g, k))| unknown_field(g, k, &format!("{path}[{i}]"))),
         _ => None,
     }
 }
@@ -235,12 +235,12 @@ mod tests {
             serde_json::json!({"spec": {"rules": [{"from": [{"source": {"principal": ["a"]}}]}]}});
         let known = serde_json::json!({"spec": {"rules": [{"from": [{"source": {}}]}]}});
         assert_eq!(
-            unknown_field(&given, &known, String::new()).as_deref(),
+            unknown_field(&given, &known, "").as_deref(),
             Some("spec.rules[0].from[0].source.principal")
         );
         let empty = serde_json::json!({"spec": {"selector": null, "rules": []}});
         assert_eq!(
-            unknown_field(&empty, &serde_json::json!({"spec": {}}), String::new()),
+            unknown_field(&empty, &serde_json::json!({"spec": {}}), ""),
             None
         );
     }
