@@ -6,9 +6,13 @@
 //! namespaces with a veth to their node). Addresses come from 198.18.0.0/15 and
 //! fd00::/8; nothing touches the host namespace's routes or interfaces; everything
 //! is torn down on drop, on panic, and, for a run that crashed, by the next run.
+//!
+//! [`apiserver`] is a fake Kubernetes list/watch API server for the Kubernetes
+//! configuration source.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod apiserver;
 pub mod mesh;
 pub mod testbed;
 

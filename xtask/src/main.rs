@@ -6,6 +6,7 @@
 mod bootstrap;
 mod ebpf;
 mod exec;
+mod manifests;
 mod tasks;
 
 use anyhow::Context;
@@ -45,6 +46,12 @@ enum Command {
     Lint,
     /// The local two-node mesh demo.
     Demo,
+    /// Write the CRD manifests of deploy/crds from ztunnel's Rust types.
+    Manifests {
+        /// Only check that the checked-in manifests are up to date.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -67,5 +74,6 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Test { e2e, unit } => tasks::test(&root, tasks::Suites::from_flags(e2e, unit)),
         Command::Lint => tasks::lint(&root),
         Command::Demo => tasks::demo(),
+        Command::Manifests { check } => manifests::run(&root, check),
     }
 }

@@ -8,11 +8,14 @@
 //!
 //! Module map (DESIGN.md section 2): `capture` (eBPF, the only `unsafe`),
 //! `settings` (process flags and environment), `telemetry` (logging).
+//! `config` (Kubernetes watchers and the local file) feeds `registry` (workloads, services, policies).
 #![warn(missing_docs)]
 
 #[cfg(feature = "capture")]
 pub mod capture;
+pub mod config;
 #[cfg(feature = "capture")]
 pub mod proxy;
+pub mod registry;
 pub mod settings;
 pub mod telemetry;

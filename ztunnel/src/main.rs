@@ -2,15 +2,15 @@
 //! node's cgroup, enrolls the node's ambient pods and proxies their connections
 //! until SIGTERM or SIGINT, then drains.
 
-mod local_pods;
-
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use clap::Parser;
 use ztunnel::{
     capture::{self, Capture, CaptureConfig},
-    proxy::{PodManager, PodManagerConfig},
+    config::{ErrorChain, file::FileSource},
+    proxy::{LocalPod, PodManager, PodManagerConfig},
+    registry::{Options, Registry, Snapshot},
     settings::{self, ProcessEnv, Settings},
     telemetry,
 };
@@ -94,19 +94,28 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         inbound_plaintext_port: settings::INBOUND_PLAINTEXT_PORT,
         excluded_nets: Vec::new(),
     };
+    // The configuration first: a bad file stops ztunnel before it touches the
+    // kernel.
+    let registry = Arc::new(Registry::new(Options {
+        node: Some(node.clone()),
+        ..Options::default()
+    }));
+    let mut source = FileSource::new(config_file);
+    source
+        .load(&registry)
+        .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))
+        .context("cannot load the configuration")?;
+    let mut updates = registry.subscribe();
+    tokio::spawn(source.run(registry.clone()));
+
     let mut capture = Capture::load(capture_config).context("cannot start the eBPF capture")?;
     capture.attach().context("cannot attach the eBPF capture")?;
     let mut pods =
         PodManager::new(capture, pod_manager_config()).context("cannot start the proxy")?;
-
-    let mut source = local_pods::LocalPods::new(config_file, node);
-    let desired = source
-        .load()
-        .context("cannot read the configuration file")?;
+    let desired = local_pods(&registry.snapshot(), &node);
     report(pods.reconcile(&desired).await);
     tracing::info!(pods = desired.len(), "ready");
 
-    let mut reload = tokio::time::interval(Duration::from_secs(1));
     let shutdown = wait_for_shutdown();
     tokio::pin!(shutdown);
     loop {
@@ -115,10 +124,12 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
                 result.context("cannot wait for signals")?;
                 break;
             }
-            _ = reload.tick() => {
-                if let Some(desired) = source.reload_if_changed() {
-                    report(pods.reconcile(&desired).await);
+            changed = updates.changed() => {
+                if changed.is_err() {
+                    break;
                 }
+                let snapshot = updates.borrow_and_update().clone();
+                report(pods.reconcile(&local_pods(&snapshot, &node)).await);
             }
         }
     }
@@ -129,6 +140,23 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     pods.shutdown(settings.drain_timeout).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The pods of `node` that the registry says to capture. A pod whose network
+/// namespace is not known yet (Kubernetes mode without the CNI plugin) cannot be
+/// captured and is left out.
+fn local_pods(snapshot: &Snapshot, node: &str) -> Vec<LocalPod> {
+    snapshot
+        .enrolled_pods(node)
+        .iter()
+        .filter_map(|pod| {
+            let local = LocalPod::from_enrolled(pod);
+            if local.is_none() {
+                tracing::debug!(pod = %pod.name, "enrolled pod without a known network namespace");
+            }
+            local
+        })
+        .collect()
 }
 
 fn pod_manager_config() -> PodManagerConfig {

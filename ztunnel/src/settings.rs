@@ -60,6 +60,14 @@ pub const LOG_FORMAT_ENV: &str = "LOG_FORMAT";
 /// Default of [`LOG_FORMAT_ENV`].
 pub const LOG_FORMAT_DEFAULT: LogFormat = LogFormat::Plain;
 
+// Mesh configuration sources (`config`, `registry`).
+/// The root namespace of the mesh: its policies without a selector apply mesh-wide.
+pub const ROOT_NAMESPACE_DEFAULT: &str = "istio-system";
+/// How often the local configuration file is checked for changes.
+pub const CONFIG_FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Most changes the Kubernetes source applies to the registry in one batch.
+pub const KUBE_BATCH_MAX: usize = 4096;
+
 /// Where settings are read from: the real environment, or a map in tests.
 pub trait EnvSource {
     /// The value of `name`, if set.

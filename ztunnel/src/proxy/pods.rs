@@ -18,7 +18,10 @@ use tokio_util::task::TaskTracker;
 use super::{
     Error, SocketFactory, accept, access::Direction, inbound, outbound, socket::PodSockets,
 };
-use crate::capture::{self, Capture, Netns, NetnsCookie, OrigDstTable, TransparentFlows};
+use crate::{
+    capture::{self, Capture, Netns, NetnsCookie, OrigDstTable, TransparentFlows},
+    registry::EnrolledPod,
+};
 
 /// A pod of this node that should be captured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +36,20 @@ pub struct LocalPod {
     pub netns: PathBuf,
     /// The pod's addresses.
     pub ips: Vec<IpAddr>,
+}
+
+impl LocalPod {
+    /// The pod to capture for an enrolled pod of the registry, if its network
+    /// namespace is known.
+    pub fn from_enrolled(pod: &EnrolledPod) -> Option<Self> {
+        Some(Self {
+            uid: pod.uid.to_string(),
+            namespace: pod.namespace.as_str().to_owned(),
+            name: pod.name.to_string(),
+            netns: pod.netns.clone()?,
+            ips: pod.ips.iter().collect(),
+        })
+    }
 }
 
 /// Settings of the [`PodManager`].

@@ -1,0 +1,307 @@
+//! The Kubernetes configuration source against the fake API server: initial
+//! list, adds/updates/deletes, a watch dropped mid-way, `410 Gone` and relist,
+//! and invalid objects. kube-rs runs unmodified against real HTTP.
+
+use std::{sync::Arc, time::Duration};
+
+use ambit_tests::apiserver::ApiServer;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use serde_json::json;
+use ztunnel::{
+    config::{crd::AuthorizationPolicy, kubernetes::KubeSource},
+    registry::{ObjectKey, Options, Registry, Snapshot},
+};
+
+fn namespace(name: &str, ambient: bool) -> Namespace {
+    let labels = if ambient {
+        json!({"istio.io/dataplane-mode": "ambient"})
+    } else {
+        json!({})
+    };
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "labels": labels},
+    }))
+    .unwrap()
+}
+
+fn pod(ns: &str, name: &str, node: &str, ip: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": {"app": name},
+                     "annotations": {"ambit.dev/netns": format!("/var/run/netns/{name}")}},
+        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "app"}]},
+        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
+    }))
+    .unwrap()
+}
+
+fn policy(ns: &str, name: &str, spec: &serde_json::Value) -> AuthorizationPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec,
+    }))
+    .unwrap()
+}
+
+struct Running {
+    server: ApiServer,
+    registry: Arc<Registry>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn start(server: ApiServer) -> Running {
+    let registry = Arc::new(Registry::new(Options {
+        node: Some("node-a".into()),
+        ..Options::default()
+    }));
+    let source = KubeSource::new(server.client().expect("client"));
+    let mut synced = source.synced();
+    let task = tokio::spawn(source.run(Arc::clone(&registry)));
+    tokio::time::timeout(Duration::from_secs(20), synced.wait_for(|s| *s))
+        .await
+        .expect("the source syncs")
+        .expect("the source runs");
+    Running {
+        server,
+        registry,
+        task,
+    }
+}
+
+/// Waits until `check` holds for the registry's snapshot.
+async fn eventually(registry: &Registry, what: &str, check: impl Fn(&Snapshot) -> bool) {
+    let mut rx = registry.subscribe();
+    let wait = async {
+        loop {
+            if check(&rx.borrow_and_update()) {
+                return;
+            }
+            rx.changed().await.expect("the registry lives");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for: {what}"));
+}
+
+fn has_pod(s: &Snapshot, ip: &str) -> bool {
+    s.workload_by_ip(ip.parse().unwrap()).is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_list_then_adds_updates_and_deletes() {
+    let server = ApiServer::start().await.unwrap();
+    server.create(&namespace("shop", true)).unwrap();
+    server
+        .create(&pod("shop", "web", "node-a", "198.18.1.2"))
+        .unwrap();
+    server
+        .create(&pod("shop", "db", "node-b", "198.18.2.2"))
+        .unwrap();
+    let run = start(server).await;
+    let snap = run.registry.snapshot();
+    assert_eq!(snap.workload_count(), 2);
+    let web = snap.workload_by_ip("198.18.1.2".parse().unwrap()).unwrap();
+    assert!(web.netns().is_some(), "own node's pods are kept in full");
+    assert!(
+        snap.workload_by_ip("198.18.2.2".parse().unwrap())
+            .unwrap()
+            .local
+            .is_none()
+    );
+    assert_eq!(snap.enrolled_pods("node-a").len(), 1);
+
+    run.server
+        .create(&pod("shop", "cache", "node-a", "198.18.1.3"))
+        .unwrap();
+    eventually(&run.registry, "added pod", |s| has_pod(s, "198.18.1.3")).await;
+    run.server
+        .update(&pod("shop", "cache", "node-a", "198.18.1.4"))
+        .unwrap();
+    eventually(&run.registry, "updated pod", |s| {
+        has_pod(s, "198.18.1.4") && !has_pod(s, "198.18.1.3")
+    })
+    .await;
+    run.server.delete::<Pod>(Some("shop"), "db").unwrap();
+    eventually(&run.registry, "deleted pod", |s| !has_pod(s, "198.18.2.2")).await;
+
+    // Enrollment toggled at runtime: the namespace label releases the pods.
+    run.server.update(&namespace("shop", false)).unwrap();
+    eventually(&run.registry, "namespace released", |s| {
+        s.enrolled_pods("node-a").is_empty()
+    })
+    .await;
+    run.server.update(&namespace("shop", true)).unwrap();
+    eventually(&run.registry, "namespace captured", |s| {
+        s.enrolled_pods("node-a").len() == 2
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_watch_resumes_without_losing_events() {
+    let server = ApiServer::start().await.unwrap();
+    server
+        .create(&pod("shop", "web", "node-a", "198.18.1.2"))
+        .unwrap();
+    let run = start(server).await;
+    let watches = run.server.watch_count("pods");
+    let lists = run.server.list_count("pods");
+    run.server.pause_watches(true);
+    run.server.drop_watches();
+    run.server
+        .create(&pod("shop", "late", "node-b", "198.18.2.9"))
+        .unwrap();
+    run.server.delete::<Pod>(Some("shop"), "web").unwrap();
+    run.server.pause_watches(false);
+    eventually(&run.registry, "events missed while disconnected", |s| {
+        has_pod(s, "198.18.2.9") && !has_pod(s, "198.18.1.2")
+    })
+    .await;
+    assert!(
+        run.server.watch_count("pods") > watches,
+        "the watch was reopened"
+    );
+    assert_eq!(
+        run.server.list_count("pods"),
+        lists,
+        "resumed from its resourceVersion, no relist"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_410_relists_and_leaves_no_stale_entries() {
+    let server = ApiServer::start().await.unwrap();
+    server.create(&namespace("shop", true)).unwrap();
+    for i in 0..5 {
+        server
+            .create(&pod(
+                "shop",
+                &format!("p{i}"),
+                "node-a",
+                &format!("198.18.1.{}", 10 + i),
+            ))
+            .unwrap();
+    }
+    server
+        .create(&policy(
+            "shop",
+            "deny-old",
+            &json!({"action": "DENY", "rules": [{}]}),
+        ))
+        .unwrap();
+    let run = start(server).await;
+    assert_eq!(run.registry.snapshot().workload_count(), 5);
+    let lists = run.server.list_count("pods");
+
+    run.server.pause_watches(true);
+    run.server.drop_watches();
+    // Changes the client never sees as events: the history is then gone.
+    run.server.delete::<Pod>(Some("shop"), "p0").unwrap();
+    run.server.delete::<Pod>(Some("shop"), "p1").unwrap();
+    run.server
+        .update(&pod("shop", "p2", "node-a", "198.18.1.99"))
+        .unwrap();
+    run.server
+        .create(&pod("shop", "new", "node-b", "198.18.2.1"))
+        .unwrap();
+    run.server
+        .delete::<AuthorizationPolicy>(Some("shop"), "deny-old")
+        .unwrap();
+    run.server.expire_history();
+    run.server.pause_watches(false);
+
+    eventually(&run.registry, "relisted state", |s| {
+        s.workload_count() == 4
+            && has_pod(s, "198.18.2.1")
+            && has_pod(s, "198.18.1.99")
+            && s.authorization_policy(&ObjectKey::new("shop", "deny-old"))
+                .is_none()
+    })
+    .await;
+    let snap = run.registry.snapshot();
+    for stale in ["198.18.1.10", "198.18.1.11", "198.18.1.12"] {
+        assert!(!has_pod(&snap, stale), "stale entry {stale} after relist");
+    }
+    assert!(snap.workload(&ObjectKey::new("shop", "p0")).is_none());
+    assert!(
+        run.server.list_count("pods") > lists,
+        "410 Gone made the client relist"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_objects_are_skipped_and_the_last_good_version_stays() {
+    let server = ApiServer::start().await.unwrap();
+    server
+        .create(&policy(
+            "shop",
+            "ap",
+            &json!({"action": "DENY", "rules": [{}]}),
+        ))
+        .unwrap();
+    server
+        .create(&policy(
+            "shop",
+            "bad",
+            &json!({"action": "CUSTOM", "rules": [{}]}),
+        ))
+        .unwrap();
+    let run = start(server).await;
+    let snap = run.registry.snapshot();
+    assert!(
+        snap.authorization_policy(&ObjectKey::new("shop", "ap"))
+            .is_some()
+    );
+    assert!(
+        snap.authorization_policy(&ObjectKey::new("shop", "bad"))
+            .is_none(),
+        "CUSTOM without provider"
+    );
+
+    // A bad update keeps the previous version, a later good one replaces it.
+    run.server
+        .update(&policy(
+            "shop",
+            "ap",
+            &json!({"rules": [{"from": [{"source": {"ipBlocks": ["nope"]}}]}]}),
+        ))
+        .unwrap();
+    run.server
+        .create(&pod("shop", "marker", "node-a", "198.18.1.50"))
+        .unwrap();
+    eventually(&run.registry, "marker after the bad update", |s| {
+        has_pod(s, "198.18.1.50")
+    })
+    .await;
+    let ap = run
+        .registry
+        .snapshot()
+        .authorization_policy(&ObjectKey::new("shop", "ap"))
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        ap.action,
+        ztunnel::registry::Action::Deny,
+        "the last good version stays"
+    );
+    run.server
+        .update(&policy(
+            "shop",
+            "ap",
+            &json!({"rules": [{"from": [{"source": {"ipBlocks": ["10.0.0.0/8"]}}]}]}),
+        ))
+        .unwrap();
+    eventually(&run.registry, "good update", |s| {
+        s.authorization_policy(&ObjectKey::new("shop", "ap"))
+            .is_some_and(|p| p.action == ztunnel::registry::Action::Allow)
+    })
+    .await;
+}

@@ -1,0 +1,378 @@
+//! File source tests: a valid file becomes registry objects, each kind of bad
+//! document is refused with its place and reason, and the last good
+//! configuration survives bad edits.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use super::*;
+use crate::registry::{Options, Registry};
+
+const BASE: &str = r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels:
+    istio.io/dataplane-mode: ambient
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: shop
+  labels: {app: web}
+  annotations:
+    ambit.dev/netns: /var/run/netns/web
+spec:
+  nodeName: node-a
+  serviceAccountName: web
+  containers:
+  - name: web
+    image: web
+    ports:
+    - {name: http, containerPort: 8080}
+status:
+  podIP: 198.18.1.2
+  conditions:
+  - {type: Ready, status: "True"}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 198.19.0.10
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: http}
+"#;
+
+fn registry() -> Registry {
+    Registry::new(Options {
+        node: Some("node-a".into()),
+        ..Options::default()
+    })
+}
+
+#[test]
+fn a_valid_file_fills_the_registry() {
+    let objects = parse(BASE, Path::new("mesh.yaml")).unwrap();
+    let reg = registry();
+    reg.apply(objects.into_iter().map(Change::Upsert));
+    let snap = reg.snapshot();
+    let web = snap.workload_by_ip("198.18.1.2".parse().unwrap()).unwrap();
+    assert_eq!(&*web.service_account, "web");
+    assert!(web.ready);
+    assert_eq!(web.netns().unwrap(), Path::new("/var/run/netns/web"));
+    assert_eq!(snap.enrolled_pods("node-a").len(), 1);
+    let (svc, port) = snap
+        .service_port("198.19.0.10:80".parse().unwrap())
+        .unwrap();
+    let sets = snap.endpoint_sets(&svc.key);
+    assert_eq!(sets.len(), 1, "endpoints derived from the selector");
+    assert_eq!(&*sets[0].key.name, "web-local-0");
+    assert_eq!(
+        sets[0].target_port(port),
+        Some(8080),
+        "named targetPort resolved"
+    );
+    assert_eq!(
+        sets[0].endpoints[0].pod,
+        Some(ObjectKey::new("shop", "web"))
+    );
+}
+
+/// One bad document appended to [`BASE`], what the error must say, and the line
+/// (relative to the bad document's first line) it must point at.
+struct Row {
+    name: &'static str,
+    doc: &'static str,
+    reason: &'static str,
+    line: usize,
+}
+
+const ROWS: &[Row] = &[
+    Row {
+        name: "unknown kind",
+        doc: "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+        reason: "unknown kind ConfigMap of apiVersion v1",
+        line: 0,
+    },
+    Row {
+        name: "unknown group",
+        doc: "apiVersion: security.istio.io/v1beta2\nkind: AuthorizationPolicy\nmetadata: {name: x}\n",
+        reason: "unknown kind AuthorizationPolicy of apiVersion security.istio.io/v1beta2",
+        line: 0,
+    },
+    Row {
+        name: "missing kind",
+        doc: "apiVersion: v1\nmetadata: {name: x}\n",
+        reason: "kind is missing",
+        line: 0,
+    },
+    Row {
+        name: "not a mapping",
+        doc: "- a\n- b\n",
+        reason: "not a Kubernetes object",
+        line: 0,
+    },
+    Row {
+        name: "yaml syntax",
+        doc: "apiVersion: v1\nkind: Namespace\nmetadata: {name: [x\n",
+        reason: "invalid YAML: did not find expected ',' or ']', while parsing a flow sequence",
+        line: 4,
+    },
+    Row {
+        name: "wrong field type",
+        doc: "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: shop}\nspec:\n  containers: []\n  nodeName: [a]\n",
+        reason: "Pod does not match its schema: spec.nodeName: invalid type: sequence, expected a string",
+        line: 6,
+    },
+    Row {
+        name: "wrong enum value",
+        doc: "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: shop}\nspec:\n  mtls: {mode: STRICTER}\n",
+        reason: "unknown variant `STRICTER`",
+        line: 5,
+    },
+    Row {
+        name: "unknown field",
+        doc: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  rules:\n  - from:\n    - source: {principal: [a]}\n",
+        reason: "unknown field spec.rules[0].from[0].source.principal",
+        line: 0,
+    },
+    Row {
+        name: "invalid selector",
+        doc: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  selector:\n    matchLabels: {\"bad key!\": x}\n",
+        reason: "AuthorizationPolicy shop/p is invalid: spec.selector.matchLabels: \"bad key!\" is not a valid label key",
+        line: 0,
+    },
+    Row {
+        name: "custom without provider",
+        doc: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  action: CUSTOM\n  rules: [{}]\n",
+        reason: "spec.provider.name: action CUSTOM requires provider.name",
+        line: 0,
+    },
+    Row {
+        name: "provider without custom",
+        doc: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  action: DENY\n  provider: {name: ext}\n",
+        reason: "spec.provider: provider is only allowed with action CUSTOM",
+        line: 0,
+    },
+    Row {
+        name: "selector and targetRefs",
+        doc: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  selector: {matchLabels: {app: web}}\n  targetRefs: [{kind: Service, name: web}]\n",
+        reason: "only one of selector and targetRefs may be set",
+        line: 0,
+    },
+    Row {
+        name: "bad ip block",
+        doc: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  rules:\n  - from:\n    - source: {ipBlocks: [10.0.0.0/8, 10.0.0.300/24]}\n",
+        reason: "spec.rules[0].from[0].source.ipBlocks[1]: \"10.0.0.300/24\" is not an IP address or CIDR",
+        line: 0,
+    },
+    Row {
+        name: "bad principal wildcard",
+        doc: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  rules:\n  - from:\n    - source: {principals: [\"cluster.local/*/sa/x\"]}\n",
+        reason: "`*` is only allowed alone, at the start or at the end",
+        line: 0,
+    },
+    Row {
+        name: "unknown when key",
+        doc: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  rules:\n  - when: [{key: source.foo, values: [x]}]\n",
+        reason: "spec.rules[0].when[0].key: \"source.foo\" is not a supported condition key",
+        line: 0,
+    },
+    Row {
+        name: "when without values",
+        doc: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  rules:\n  - when: [{key: source.ip}]\n",
+        reason: "spec.rules[0].when[0]: needs values or notValues",
+        line: 0,
+    },
+    Row {
+        name: "bad operation port",
+        doc: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  rules:\n  - to: [{operation: {ports: [\"99999\"]}}]\n",
+        reason: "spec.rules[0].to[0].operation.ports[0]: \"99999\" is not a port number (1-65535)",
+        line: 0,
+    },
+    Row {
+        name: "empty source",
+        doc: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  rules:\n  - from: [{source: {}}]\n",
+        reason: "spec.rules[0].from[0].source: must not be empty",
+        line: 0,
+    },
+    Row {
+        name: "port level mtls without selector",
+        doc: "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: shop}\nspec:\n  portLevelMtls:\n    8080: {mode: DISABLE}\n",
+        reason: "portLevelMtls requires a selector",
+        line: 0,
+    },
+    Row {
+        name: "jwt rule without issuer",
+        doc: "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: r, namespace: shop}\nspec:\n  jwtRules: [{issuer: \"\", jwksUri: \"https://idp/keys\"}]\n",
+        reason: "spec.jwtRules[0].issuer: is required",
+        line: 0,
+    },
+    Row {
+        name: "duplicate pod ip",
+        doc: "apiVersion: v1\nkind: Pod\nmetadata: {name: other, namespace: shop}\nspec: {nodeName: node-b, containers: []}\nstatus: {podIP: 198.18.1.2}\n",
+        reason: "Workload shop/other uses address 198.18.1.2, already used by shop/web (document 2)",
+        line: 0,
+    },
+    Row {
+        name: "duplicate vip",
+        doc: "apiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: shop}\nspec: {clusterIP: 198.19.0.10}\n",
+        reason: "uses address 198.19.0.10, already used by shop/web (document 3)",
+        line: 0,
+    },
+    Row {
+        name: "duplicate object",
+        doc: "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n",
+        reason: "Namespace shop is already defined by document 1",
+        line: 0,
+    },
+    Row {
+        name: "bad pod ip",
+        doc: "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: shop}\nspec: {nodeName: node-b, containers: []}\nstatus: {podIP: 198.18.1.999}\n",
+        reason: "status.podIPs[0]: \"198.18.1.999\" is not an IP address",
+        line: 0,
+    },
+    Row {
+        name: "bad service port",
+        doc: "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: shop}\nspec:\n  ports: [{port: 70000}]\n",
+        reason: "spec.ports[0].port: \"70000\" is not a port number",
+        line: 0,
+    },
+];
+
+#[test]
+fn bad_documents_are_refused_with_their_place_and_reason() {
+    let base_lines = BASE.lines().count();
+    for row in ROWS {
+        let text = format!("{BASE}---\n{}", row.doc);
+        let err = parse(&text, Path::new("mesh.yaml")).expect_err(row.name);
+        let chain = ErrorChain(&err).to_string();
+        assert!(chain.contains(row.reason), "{}: {chain}", row.name);
+        let Error::Document {
+            path,
+            line,
+            document,
+            start,
+            ..
+        } = &err
+        else {
+            panic!("{}: {err:?}", row.name);
+        };
+        assert_eq!(path, Path::new("mesh.yaml"), "{}", row.name);
+        assert_eq!(*document, 4, "{}: {chain}", row.name);
+        assert_eq!(*start, base_lines + 2, "{}: {chain}", row.name);
+        let expected = if row.line == 0 {
+            *start
+        } else {
+            *start + row.line - 1
+        };
+        assert_eq!(*line, expected, "{}: {chain}", row.name);
+        assert!(
+            chain.starts_with(&format!(
+                "mesh.yaml:{line}: document 4 (line {start}) is refused: "
+            )),
+            "{}: {chain}",
+            row.name
+        );
+    }
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+fn temp_file(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ambit-config-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("mesh.yaml")
+}
+
+#[test]
+fn a_bad_edit_keeps_the_last_good_configuration_and_a_fix_applies_a_diff() {
+    let path = temp_file("reload");
+    write(&path, BASE);
+    let reg = registry();
+    let mut source = FileSource::new(&path);
+    assert_eq!(
+        source.load(&reg).unwrap(),
+        4,
+        "3 objects and 1 derived endpoint set"
+    );
+    let good = reg.snapshot().dump();
+
+    write(
+        &path,
+        &format!("{BASE}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec: 3\n"),
+    );
+    let err = source.load(&reg).unwrap_err();
+    assert!(
+        ErrorChain(&err)
+            .to_string()
+            .contains("Pod does not match its schema"),
+        "{err}"
+    );
+    assert_eq!(
+        reg.snapshot().dump(),
+        good,
+        "the last good configuration stays"
+    );
+
+    // Relabel the namespace: exactly one change is applied.
+    write(
+        &path,
+        &BASE.replace(
+            "istio.io/dataplane-mode: ambient",
+            "istio.io/dataplane-mode: none",
+        ),
+    );
+    let generation = reg.load().generation();
+    assert_eq!(source.load(&reg).unwrap(), 1);
+    assert_eq!(reg.load().generation(), generation + 1);
+    assert!(reg.snapshot().enrolled_pods("node-a").is_empty());
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}
+
+#[tokio::test]
+async fn the_file_is_watched() {
+    let path = temp_file("watch");
+    write(&path, BASE);
+    let reg = Arc::new(registry());
+    let mut source = FileSource::new(&path).poll_interval(Duration::from_millis(20));
+    source.load(&reg).unwrap();
+    let mut rx = reg.subscribe();
+    rx.mark_unchanged();
+    let task = tokio::spawn(source.run(Arc::clone(&reg)));
+    write(&path, &BASE.replace("198.18.1.2", "198.18.1.3"));
+    tokio::time::timeout(Duration::from_secs(5), rx.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        reg.load()
+            .workload_by_ip("198.18.1.3".parse().unwrap())
+            .is_some()
+    );
+    assert!(
+        reg.load()
+            .workload_by_ip("198.18.1.2".parse().unwrap())
+            .is_none()
+    );
+    task.abort();
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}
+
+/// The complete example of docs/configuration.md is a valid file.
+#[test]
+fn the_documented_example_is_valid() {
+    let doc = include_str!("../../../../docs/configuration.md");
+    let start = doc.find("```yaml\n").expect("the page has a yaml example") + 8;
+    let end = start + doc[start..].find("```").unwrap();
+    let objects = parse(&doc[start..end], Path::new("docs/configuration.md")).unwrap();
+    let reg = registry();
+    reg.apply(objects.into_iter().map(Change::Upsert));
+    let snap = reg.snapshot();
+    assert!(!snap.enrolled_pods("node-a").is_empty());
+    assert!(snap.workload_count() >= 3);
+}

@@ -1,0 +1,361 @@
+//! One immutable, fully indexed view of the mesh. The data path reads it without
+//! locks; the writer builds the next one and swaps it in (see `Registry`).
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use serde::Serialize;
+
+use super::{
+    AuthorizationPolicy, DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE,
+    EndpointSet, EnrolledPod, Name, Namespace, ObjectKey, PeerAuthentication,
+    RequestAuthentication, Service, ServicePort, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL,
+    Waypoint, Workload, WorkloadPolicies,
+    policy::selects,
+    sharded::{IpMap, ShardedMap},
+};
+
+/// The policies of one namespace, sorted by name.
+#[derive(Debug, Clone, Default)]
+pub(super) struct NamespacePolicies {
+    pub(super) authorization: Vec<Arc<AuthorizationPolicy>>,
+    pub(super) peer: Vec<Arc<PeerAuthentication>>,
+    pub(super) request: Vec<Arc<RequestAuthentication>>,
+}
+
+/// The mesh as seen by one ztunnel at one moment.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub(super) generation: u64,
+    pub(super) node: Option<Arc<str>>,
+    pub(super) root_namespace: Arc<str>,
+    pub(super) namespaces: ShardedMap<Name, Arc<Namespace>>,
+    pub(super) workloads: ShardedMap<ObjectKey, Arc<Workload>>,
+    pub(super) by_ip: IpMap<Arc<Workload>>,
+    pub(super) by_service_account: ShardedMap<ObjectKey, Vec<Arc<Workload>>>,
+    pub(super) local: BTreeMap<ObjectKey, Arc<Workload>>,
+    pub(super) services: ShardedMap<ObjectKey, Arc<Service>>,
+    pub(super) by_vip: IpMap<Arc<Service>>,
+    pub(super) endpoint_sets: ShardedMap<ObjectKey, Arc<EndpointSet>>,
+    pub(super) sets_by_service: ShardedMap<ObjectKey, Vec<Arc<EndpointSet>>>,
+    pub(super) service_accounts: ShardedMap<ObjectKey, ()>,
+    pub(super) authorization: ShardedMap<ObjectKey, Arc<AuthorizationPolicy>>,
+    pub(super) peer: ShardedMap<ObjectKey, Arc<PeerAuthentication>>,
+    pub(super) request: ShardedMap<ObjectKey, Arc<RequestAuthentication>>,
+    pub(super) policies_by_namespace: ShardedMap<Name, NamespacePolicies>,
+    pub(super) waypoints: ShardedMap<ObjectKey, Arc<Waypoint>>,
+}
+
+impl Snapshot {
+    /// An empty snapshot for `node` (the node whose pods are kept in full).
+    pub(super) fn empty(node: Option<Arc<str>>, root_namespace: Arc<str>) -> Self {
+        Self {
+            generation: 0,
+            node,
+            root_namespace,
+            namespaces: ShardedMap::default(),
+            workloads: ShardedMap::default(),
+            by_ip: IpMap::default(),
+            by_service_account: ShardedMap::default(),
+            local: BTreeMap::new(),
+            services: ShardedMap::default(),
+            by_vip: IpMap::default(),
+            endpoint_sets: ShardedMap::default(),
+            sets_by_service: ShardedMap::default(),
+            service_accounts: ShardedMap::default(),
+            authorization: ShardedMap::default(),
+            peer: ShardedMap::default(),
+            request: ShardedMap::default(),
+            policies_by_namespace: ShardedMap::default(),
+            waypoints: ShardedMap::default(),
+        }
+    }
+
+    /// Increases by one with every applied batch.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The node whose pods are kept in full, if any.
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
+    }
+
+    /// The root namespace (mesh-wide policies).
+    pub fn root_namespace(&self) -> &str {
+        &self.root_namespace
+    }
+
+    // === workloads ===
+
+    /// The workload with address `ip`.
+    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
+        self.by_ip.get(ip)
+    }
+
+    /// The workload named `key` (namespace, pod name).
+    pub fn workload(&self, key: &ObjectKey) -> Option<&Arc<Workload>> {
+        self.workloads.get(key)
+    }
+
+    /// All workloads, in no particular order.
+    pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
+        self.workloads.values()
+    }
+
+    /// Number of workloads.
+    pub fn workload_count(&self) -> usize {
+        self.workloads.len()
+    }
+
+    /// The workloads running as service account `key` (namespace, name).
+    pub fn workloads_by_service_account(&self, key: &ObjectKey) -> &[Arc<Workload>] {
+        self.by_service_account.get(key).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether service account `key` has a pod on `node` (the CA's node
+    /// authorization).
+    pub fn service_account_on_node(&self, key: &ObjectKey, node: &str) -> bool {
+        self.workloads_by_service_account(key)
+            .iter()
+            .any(|w| &*w.node == node)
+    }
+
+    /// Whether a ServiceAccount object `key` exists.
+    pub fn has_service_account(&self, key: &ObjectKey) -> bool {
+        self.service_accounts.contains_key(key)
+    }
+
+    /// The namespace `name`.
+    pub fn namespace(&self, name: &str) -> Option<&Arc<Namespace>> {
+        self.namespaces.get(name)
+    }
+
+    /// Whether `workload` is in the mesh: its namespace has
+    /// `istio.io/dataplane-mode=ambient`, the pod does not opt out with
+    /// `istio.io/dataplane-mode=none`, and it does not use the host network.
+    pub fn is_enrolled(&self, workload: &Workload) -> bool {
+        if workload.host_network
+            || workload.labels.get(DATAPLANE_MODE_LABEL) == Some(DATAPLANE_MODE_NONE)
+        {
+            return false;
+        }
+        self.namespaces
+            .get(&workload.namespace)
+            .is_some_and(|ns| ns.labels.get(DATAPLANE_MODE_LABEL) == Some(DATAPLANE_MODE_AMBIENT))
+    }
+
+    /// The enrolled pods of `node`, sorted by namespace and name. Fast for the
+    /// registry's own node; other nodes need a scan.
+    pub fn enrolled_pods(&self, node: &str) -> Vec<EnrolledPod> {
+        let enrolled = |w: &&Arc<Workload>| &*w.node == node && self.is_enrolled(w);
+        let to_pod = |w: &Arc<Workload>| EnrolledPod {
+            uid: w.uid.clone(),
+            namespace: w.namespace.clone(),
+            name: Arc::clone(&w.name),
+            netns: w.netns().cloned(),
+            ips: w.ips,
+        };
+        if self.node.as_deref() == Some(node) {
+            return self.local.values().filter(enrolled).map(to_pod).collect();
+        }
+        let mut pods: Vec<_> = self
+            .workloads
+            .values()
+            .filter(enrolled)
+            .map(to_pod)
+            .collect();
+        pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        pods
+    }
+
+    // === services ===
+
+    /// The Service with VIP `ip`.
+    pub fn service_by_vip(&self, ip: IpAddr) -> Option<&Arc<Service>> {
+        self.by_vip.get(ip)
+    }
+
+    /// The Service and port for a connection to `addr` (VIP and port).
+    pub fn service_port(&self, addr: SocketAddr) -> Option<(&Arc<Service>, &ServicePort)> {
+        let service = self.by_vip.get(addr.ip())?;
+        Some((service, service.port(addr.port())?))
+    }
+
+    /// The Service named `key`.
+    pub fn service(&self, key: &ObjectKey) -> Option<&Arc<Service>> {
+        self.services.get(key)
+    }
+
+    /// The endpoint sets (EndpointSlices) of Service `key`, sorted by name.
+    pub fn endpoint_sets(&self, key: &ObjectKey) -> &[Arc<EndpointSet>] {
+        self.sets_by_service.get(key).map_or(&[], Vec::as_slice)
+    }
+
+    // === policies ===
+
+    /// The policies that apply to `workload` by namespace and selector.
+    pub fn policies_for(&self, workload: &Workload) -> WorkloadPolicies {
+        let mut out = WorkloadPolicies::default();
+        let root = &*self.root_namespace;
+        let target = (&*workload.namespace, &*workload.labels);
+        let mut levels = vec![root];
+        if &*workload.namespace != root {
+            levels.push(&workload.namespace);
+        }
+        for ns in levels {
+            let Some(policies) = self.policies_by_namespace.get(ns) else {
+                continue;
+            };
+            out.authorization.extend(
+                (policies.authorization.iter())
+                    .filter(|p| {
+                        selects(
+                            ns,
+                            p.selector.as_ref(),
+                            !p.target_refs.is_empty(),
+                            target,
+                            root,
+                        )
+                    })
+                    .cloned(),
+            );
+            out.request_authentication.extend(
+                (policies.request.iter())
+                    .filter(|p| {
+                        selects(
+                            ns,
+                            p.selector.as_ref(),
+                            !p.target_refs.is_empty(),
+                            target,
+                            root,
+                        )
+                    })
+                    .cloned(),
+            );
+            for pa in &policies.peer {
+                match &pa.selector {
+                    Some(s) if s.matches(&workload.labels) => {
+                        out.peer_workload.push(Arc::clone(pa));
+                    }
+                    Some(_) => {}
+                    None if ns == root => out.peer_mesh.push(Arc::clone(pa)),
+                    None => out.peer_namespace.push(Arc::clone(pa)),
+                }
+            }
+        }
+        for level in [
+            &mut out.peer_mesh,
+            &mut out.peer_namespace,
+            &mut out.peer_workload,
+        ] {
+            level.sort_by(|a, b| {
+                (a.created.is_none(), &a.created, &a.key).cmp(&(
+                    b.created.is_none(),
+                    &b.created,
+                    &b.key,
+                ))
+            });
+        }
+        out
+    }
+
+    /// The AuthorizationPolicy named `key`.
+    pub fn authorization_policy(&self, key: &ObjectKey) -> Option<&Arc<AuthorizationPolicy>> {
+        self.authorization.get(key)
+    }
+
+    /// The PeerAuthentication named `key`.
+    pub fn peer_authentication(&self, key: &ObjectKey) -> Option<&Arc<PeerAuthentication>> {
+        self.peer.get(key)
+    }
+
+    /// The RequestAuthentication named `key`.
+    pub fn request_authentication(&self, key: &ObjectKey) -> Option<&Arc<RequestAuthentication>> {
+        self.request.get(key)
+    }
+
+    // === waypoints ===
+
+    /// The waypoint named `key`.
+    pub fn waypoint(&self, key: &ObjectKey) -> Option<&Arc<Waypoint>> {
+        self.waypoints.get(key)
+    }
+
+    /// The waypoint of `workload`: its own `istio.io/use-waypoint` label, else its
+    /// namespace's; `none` opts out.
+    pub fn waypoint_for_workload(&self, workload: &Workload) -> Option<&Arc<Waypoint>> {
+        self.waypoint_by_labels(&workload.namespace, &workload.labels)
+    }
+
+    /// The waypoint of `service`: its own `istio.io/use-waypoint` label, else its
+    /// namespace's; `none` opts out.
+    pub fn waypoint_for_service(&self, service: &Service) -> Option<&Arc<Waypoint>> {
+        self.waypoint_by_labels(&service.key.namespace, &service.labels)
+    }
+
+    fn waypoint_by_labels(
+        &self,
+        namespace: &Name,
+        labels: &super::Labels,
+    ) -> Option<&Arc<Waypoint>> {
+        let ns_labels = self.namespaces.get(namespace).map(|ns| &*ns.labels);
+        let (name, waypoint_ns) = match labels.get(USE_WAYPOINT_LABEL) {
+            Some(name) => (name, labels.get(USE_WAYPOINT_NAMESPACE_LABEL)),
+            None => {
+                let ns_labels = ns_labels?;
+                (
+                    ns_labels.get(USE_WAYPOINT_LABEL)?,
+                    ns_labels.get(USE_WAYPOINT_NAMESPACE_LABEL),
+                )
+            }
+        };
+        if name == DATAPLANE_MODE_NONE {
+            return None;
+        }
+        let key = ObjectKey::new(waypoint_ns.unwrap_or(namespace), name);
+        self.waypoints.get(&key)
+    }
+
+    /// Every object, sorted: for `/config_dump` and for comparing registries.
+    pub fn dump(&self) -> Dump {
+        fn sorted<V: Clone>(map: &ShardedMap<ObjectKey, V>) -> BTreeMap<ObjectKey, V> {
+            map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        }
+        Dump {
+            namespaces: (self.namespaces.iter())
+                .map(|(k, v)| (k.to_string(), Arc::clone(v)))
+                .collect(),
+            workloads: sorted(&self.workloads),
+            services: sorted(&self.services),
+            endpoint_sets: sorted(&self.endpoint_sets),
+            service_accounts: self
+                .service_accounts
+                .iter()
+                .map(|(k, ())| k.clone())
+                .collect(),
+            authorization_policies: sorted(&self.authorization),
+            peer_authentications: sorted(&self.peer),
+            request_authentications: sorted(&self.request),
+            waypoints: sorted(&self.waypoints),
+        }
+    }
+}
+
+/// Every object of a snapshot, sorted by key; equal dumps mean equal registries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[allow(missing_docs)] // one field per kind
+pub struct Dump {
+    pub namespaces: BTreeMap<String, Arc<Namespace>>,
+    pub workloads: BTreeMap<ObjectKey, Arc<Workload>>,
+    pub services: BTreeMap<ObjectKey, Arc<Service>>,
+    pub endpoint_sets: BTreeMap<ObjectKey, Arc<EndpointSet>>,
+    pub service_accounts: std::collections::BTreeSet<ObjectKey>,
+    pub authorization_policies: BTreeMap<ObjectKey, Arc<AuthorizationPolicy>>,
+    pub peer_authentications: BTreeMap<ObjectKey, Arc<PeerAuthentication>>,
+    pub request_authentications: BTreeMap<ObjectKey, Arc<RequestAuthentication>>,
+    pub waypoints: BTreeMap<ObjectKey, Arc<Waypoint>>,
+}

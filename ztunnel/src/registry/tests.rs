@@ -1,0 +1,326 @@
+//! Registry tests: indexes stay consistent through upserts and deletes, and
+//! subscribers see enrollment changes.
+
+use std::{net::IpAddr, sync::Arc};
+
+use super::*;
+
+fn labels(pairs: &[(&str, &str)]) -> Arc<Labels> {
+    Arc::new(pairs.iter().copied().collect())
+}
+
+fn pod(ns: &str, name: &str, node: &str, ip: &str) -> Workload {
+    let mut ips = PodIps::default();
+    match ip.parse::<IpAddr>().unwrap() {
+        IpAddr::V4(v4) => ips.v4 = Some(v4),
+        IpAddr::V6(v6) => ips.v6 = Some(v6),
+    }
+    Workload {
+        uid: Uid::new(&format!("{ns}-{name}")),
+        name: name.into(),
+        namespace: ns.into(),
+        service_account: "default".into(),
+        node: node.into(),
+        ips,
+        labels: labels(&[("app", name)]),
+        host_network: false,
+        ready: true,
+        local: Some(Box::new(LocalPod {
+            netns: Some(format!("/var/run/netns/{name}").into()),
+        })),
+    }
+}
+
+fn namespace(name: &str, pairs: &[(&str, &str)]) -> Change {
+    Change::Upsert(Object::Namespace(Namespace {
+        name: name.into(),
+        labels: labels(pairs),
+    }))
+}
+
+fn registry() -> Registry {
+    Registry::new(Options {
+        node: Some("node-a".into()),
+        ..Options::default()
+    })
+}
+
+#[test]
+fn lookups_by_ip_service_account_and_key() {
+    let reg = registry();
+    reg.apply([
+        Change::Upsert(Object::Workload(pod("shop", "web", "node-a", "198.18.1.2"))),
+        Change::Upsert(Object::Workload(pod("shop", "db", "node-b", "fd00::5"))),
+    ]);
+    let snap = reg.load();
+    let web = snap.workload_by_ip("198.18.1.2".parse().unwrap()).unwrap();
+    assert_eq!(&*web.name, "web");
+    assert_eq!(web.netns().unwrap().to_str(), Some("/var/run/netns/web"));
+    let db = snap.workload_by_ip("fd00::5".parse().unwrap()).unwrap();
+    assert!(db.local.is_none(), "pods of other nodes are reduced");
+    let sa = ObjectKey::new("shop", "default");
+    assert_eq!(snap.workloads_by_service_account(&sa).len(), 2);
+    assert!(snap.service_account_on_node(&sa, "node-b"));
+    assert!(!snap.service_account_on_node(&sa, "node-c"));
+    assert_eq!(snap.generation(), 1);
+}
+
+#[test]
+fn updates_and_deletes_leave_no_stale_index_entries() {
+    let reg = registry();
+    reg.apply([Change::Upsert(Object::Workload(pod(
+        "shop",
+        "web",
+        "node-a",
+        "198.18.1.2",
+    )))]);
+    // The pod moves to a new address: the old one must be gone.
+    reg.apply([Change::Upsert(Object::Workload(pod(
+        "shop",
+        "web",
+        "node-a",
+        "198.18.1.3",
+    )))]);
+    let snap = reg.snapshot();
+    assert!(snap.workload_by_ip("198.18.1.2".parse().unwrap()).is_none());
+    assert!(snap.workload_by_ip("198.18.1.3".parse().unwrap()).is_some());
+    reg.apply([Change::Delete(
+        Kind::Workload,
+        ObjectKey::new("shop", "web"),
+    )]);
+    let snap = reg.snapshot();
+    for (index, size) in apply::index_sizes(&snap) {
+        assert_eq!(size, 0, "index {index} keeps a deleted workload");
+    }
+}
+
+#[test]
+fn readers_keep_their_snapshot_while_writers_move_on() {
+    let reg = registry();
+    reg.apply([Change::Upsert(Object::Workload(pod(
+        "shop",
+        "web",
+        "node-a",
+        "198.18.1.2",
+    )))]);
+    let before = reg.snapshot();
+    reg.apply([Change::Delete(
+        Kind::Workload,
+        ObjectKey::new("shop", "web"),
+    )]);
+    assert!(
+        before
+            .workload_by_ip("198.18.1.2".parse().unwrap())
+            .is_some()
+    );
+    assert!(
+        reg.load()
+            .workload_by_ip("198.18.1.2".parse().unwrap())
+            .is_none()
+    );
+}
+
+#[test]
+fn enrollment_follows_namespace_and_pod_labels() {
+    let reg = registry();
+    let mut opted_out = pod("shop", "batch", "node-a", "198.18.1.4");
+    opted_out.labels = labels(&[(DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE)]);
+    let mut host = pod("shop", "agent", "node-a", "198.18.0.1");
+    host.host_network = true;
+    reg.apply([
+        namespace("shop", &[]),
+        Change::Upsert(Object::Workload(pod("shop", "web", "node-a", "198.18.1.2"))),
+        Change::Upsert(Object::Workload(opted_out)),
+        Change::Upsert(Object::Workload(host)),
+        Change::Upsert(Object::Workload(pod("shop", "far", "node-b", "198.18.2.2"))),
+    ]);
+    let mut rx = reg.subscribe();
+    let before = reg.snapshot();
+    assert!(before.enrolled_pods("node-a").is_empty());
+
+    reg.apply([namespace(
+        "shop",
+        &[(DATAPLANE_MODE_LABEL, DATAPLANE_MODE_AMBIENT)],
+    )]);
+    assert!(rx.has_changed().unwrap());
+    let after = rx.borrow_and_update().clone();
+    let diff = EnrollmentDiff::between(&before, &after, "node-a");
+    let names: Vec<_> = diff.added.iter().map(|p| &*p.name).collect();
+    assert_eq!(
+        names,
+        ["web"],
+        "only the plain pod of this node is captured"
+    );
+    assert_eq!(
+        diff.added[0].netns.as_deref().and_then(|p| p.to_str()),
+        Some("/var/run/netns/web")
+    );
+    assert!(diff.removed.is_empty());
+    let far: Vec<_> = after
+        .enrolled_pods("node-b")
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(far, [Arc::from("far")]);
+
+    reg.apply([namespace("shop", &[(DATAPLANE_MODE_LABEL, "other")])]);
+    let released = EnrollmentDiff::between(&after, &rx.borrow_and_update(), "node-a");
+    assert_eq!(released.removed.len(), 1);
+    assert!(released.added.is_empty());
+}
+
+fn authz(ns: &str, name: &str, selector: Option<&[(&str, &str)]>) -> AuthorizationPolicy {
+    AuthorizationPolicy {
+        key: ObjectKey::new(ns, name),
+        selector: selector.map(|s| WorkloadSelector {
+            match_labels: s.iter().copied().collect(),
+        }),
+        target_refs: vec![],
+        action: Action::Allow,
+        provider: None,
+        rules: vec![],
+    }
+}
+
+fn peer(ns: &str, name: &str, created: &str, selector: bool) -> PeerAuthentication {
+    PeerAuthentication {
+        key: ObjectKey::new(ns, name),
+        created: Some(created.into()),
+        selector: selector.then(|| WorkloadSelector {
+            match_labels: [("app", "web")].into_iter().collect(),
+        }),
+        mtls: Some(MtlsMode::Strict),
+        port_level_mtls: Default::default(),
+    }
+}
+
+#[test]
+fn policies_are_selected_by_root_namespace_namespace_and_labels() {
+    let reg = registry();
+    reg.apply([
+        Change::Upsert(Object::Workload(pod("shop", "web", "node-a", "198.18.1.2"))),
+        Change::Upsert(Object::AuthorizationPolicy(authz(
+            "istio-system",
+            "mesh",
+            None,
+        ))),
+        Change::Upsert(Object::AuthorizationPolicy(authz("shop", "ns-wide", None))),
+        Change::Upsert(Object::AuthorizationPolicy(authz(
+            "shop",
+            "web-only",
+            Some(&[("app", "web")]),
+        ))),
+        Change::Upsert(Object::AuthorizationPolicy(authz(
+            "shop",
+            "db-only",
+            Some(&[("app", "db")]),
+        ))),
+        Change::Upsert(Object::AuthorizationPolicy(authz("bank", "other-ns", None))),
+        Change::Upsert(Object::PeerAuthentication(peer(
+            "istio-system",
+            "mesh",
+            "2024-01-01T00:00:00Z",
+            false,
+        ))),
+        Change::Upsert(Object::PeerAuthentication(peer(
+            "shop",
+            "newer",
+            "2024-03-01T00:00:00Z",
+            true,
+        ))),
+        Change::Upsert(Object::PeerAuthentication(peer(
+            "shop",
+            "older",
+            "2024-02-01T00:00:00Z",
+            true,
+        ))),
+    ]);
+    let snap = reg.snapshot();
+    let web = snap.workload(&ObjectKey::new("shop", "web")).unwrap();
+    let selected = snap.policies_for(web);
+    let mut names: Vec<_> = selected
+        .authorization
+        .iter()
+        .map(|p| p.key.to_string())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["istio-system/mesh", "shop/ns-wide", "shop/web-only"]
+    );
+    assert_eq!(selected.peer_mesh.len(), 1);
+    let order: Vec<_> = selected
+        .peer_workload
+        .iter()
+        .map(|p| &*p.key.name)
+        .collect();
+    assert_eq!(
+        order,
+        ["older", "newer"],
+        "the oldest applies first, as in Istio"
+    );
+
+    reg.apply([Change::Delete(
+        Kind::AuthorizationPolicy,
+        ObjectKey::new("shop", "web-only"),
+    )]);
+    let snap = reg.snapshot();
+    let web = snap.workload(&ObjectKey::new("shop", "web")).unwrap();
+    assert_eq!(snap.policies_for(web).authorization.len(), 2);
+}
+
+#[test]
+fn services_resolve_by_vip_and_port_and_find_their_waypoint() {
+    let reg = registry();
+    let svc = Service {
+        key: ObjectKey::new("shop", "web"),
+        vips: vec!["198.19.0.10".parse().unwrap()],
+        ports: vec![ServicePort {
+            name: Some("http".into()),
+            port: 80,
+            target_port: TargetPort::Name("http".into()),
+            protocol: Protocol::Tcp,
+        }],
+        selector: Some([("app", "web")].into_iter().collect()),
+        labels: labels(&[(USE_WAYPOINT_LABEL, "wp")]),
+    };
+    let set = EndpointSet {
+        key: ObjectKey::new("shop", "web-x1"),
+        service: "web".into(),
+        ports: vec![EndpointPort {
+            name: Some("http".into()),
+            port: 8080,
+            protocol: Protocol::Tcp,
+        }],
+        endpoints: vec![],
+    };
+    let waypoint = Waypoint {
+        key: ObjectKey::new("shop", "wp"),
+        class: "istio-waypoint".into(),
+        addresses: vec![],
+        ports: vec![15008],
+    };
+    reg.apply([
+        Change::Upsert(Object::Service(svc)),
+        Change::Upsert(Object::EndpointSet(set)),
+        Change::Upsert(Object::Waypoint(waypoint)),
+    ]);
+    let snap = reg.snapshot();
+    let (service, port) = snap
+        .service_port("198.19.0.10:80".parse().unwrap())
+        .unwrap();
+    assert_eq!(port.port, 80);
+    assert!(
+        snap.service_port("198.19.0.10:81".parse().unwrap())
+            .is_none()
+    );
+    let sets = snap.endpoint_sets(&service.key);
+    assert_eq!(sets[0].target_port(port), Some(8080));
+    assert_eq!(&*snap.waypoint_for_service(service).unwrap().key.name, "wp");
+    reg.apply([Change::Delete(Kind::Service, ObjectKey::new("shop", "web"))]);
+    assert!(
+        reg.load()
+            .service_by_vip("198.19.0.10".parse().unwrap())
+            .is_none()
+    );
+}
