@@ -7,10 +7,12 @@
 //! `capture` feature, so the modules it shares never depend on aya.
 //!
 //! Module map (DESIGN.md section 2): `capture` (eBPF, the only `unsafe`),
-//! `settings` (process flags and environment), `telemetry` (logging).
+//! `settings` (process flags and environment), `telemetry` (logging),
+//! `identity` (SPIFFE identities, the mesh CA, certificates and trust bundle).
 #![warn(missing_docs)]
 
 #[cfg(feature = "capture")]
 pub mod capture;
+pub mod identity;
 pub mod settings;
 pub mod telemetry;
