@@ -182,8 +182,14 @@ async fn a_node_without_a_pod_of_the_service_account_is_denied() {
         .unwrap_or_else(|| panic!("no audit line in {logs}"));
     assert!(line.contains("audit"), "{line}");
     assert!(line.contains("decision=\"deny\""), "{line}");
-    assert!(line.contains("identity=\"spiffe://cluster.local/ns/shop/sa/cart\""), "{line}");
-    assert!(line.contains("no pod of service account shop/cart"), "{line}");
+    assert!(
+        line.contains("identity=\"spiffe://cluster.local/ns/shop/sa/cart\""),
+        "{line}"
+    );
+    assert!(
+        line.contains("no pod of service account shop/cart"),
+        "{line}"
+    );
 }
 
 #[tokio::test]
@@ -205,8 +211,14 @@ async fn invalid_tokens_and_csrs_are_refused() {
         assert_eq!(rpc_code(&err), tonic::Code::Unauthenticated, "{err}");
     }
     let logs_text = logs.text();
-    assert!(logs_text.contains("decision=\"unauthenticated\""), "{logs_text}");
-    assert!(!logs_text.contains("not-a-known-token-at-all"), "tokens are never logged");
+    assert!(
+        logs_text.contains("decision=\"unauthenticated\""),
+        "{logs_text}"
+    );
+    assert!(
+        !logs_text.contains("not-a-known-token-at-all"),
+        "tokens are never logged"
+    );
 
     let err = mesh
         .client(&token)
@@ -214,7 +226,11 @@ async fn invalid_tokens_and_csrs_are_refused() {
         .await
         .unwrap_err();
     assert_eq!(rpc_code(&err), tonic::Code::InvalidArgument);
-    assert!(err.to_string().contains("not a PEM-encoded CERTIFICATE REQUEST"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("not a PEM-encoded CERTIFICATE REQUEST"),
+        "{err}"
+    );
 
     // A CSR asking for CA powers is refused, not signed.
     let mut params = rcgen::CertificateParams::default();
@@ -243,7 +259,10 @@ async fn a_client_that_does_not_trust_the_ca_cannot_connect() {
     let wrong = TrustBundle::from_pem(other.cert_pem().as_bytes(), "other").unwrap();
     let client = CaClient::new(mesh.ca.client_config(token), wrong).unwrap();
     let (_, csr_pem) = csr::create(&cart()).unwrap();
-    let err = client.sign(&csr_pem, Duration::from_secs(60)).await.unwrap_err();
+    let err = client
+        .sign(&csr_pem, Duration::from_secs(60))
+        .await
+        .unwrap_err();
     assert_eq!(rpc_code(&err), tonic::Code::Unavailable, "{err}");
 }
 
@@ -294,7 +313,10 @@ async fn the_manager_caches_and_rotates_before_expiry() {
     })
     .await;
     assert!(rotated, "no rotation within the certificate's lifetime");
-    assert!(SystemTime::now() < first.not_after(), "rotated before expiry");
+    assert!(
+        SystemTime::now() < first.not_after(),
+        "rotated before expiry"
+    );
     let second = manager.fetch(&cart()).await.unwrap();
     assert_ne!(second.serial(), first.serial());
     assert!(second.not_after() > first.not_after());
@@ -327,7 +349,10 @@ async fn a_ca_outage_keeps_existing_identities_until_expiry_and_recovers() {
         .unwrap_or_default();
     tokio::time::sleep(remaining + Duration::from_millis(100)).await;
     let err = manager.fetch(&cart()).await.unwrap_err();
-    assert!(err.to_string().contains("no certificate is available for"), "{err}");
+    assert!(
+        err.to_string().contains("no certificate is available for"),
+        "{err}"
+    );
 
     // The CA comes back on the same address with the same root: the manager recovers.
     let ca = LocalCa::start(config, authz).await.unwrap();

@@ -80,7 +80,10 @@ fn status(code: u16, reason: &str, message: &str) -> Response<Full<Bytes>> {
     )
 }
 
-async fn handle(req: Request<Incoming>, state: Shared) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    state: Shared,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let body = req.into_body().collect().await.unwrap().to_bytes();
@@ -98,11 +101,14 @@ async fn handle(req: Request<Incoming>, state: Shared) -> Result<Response<Full<B
         (Method::POST, p) if p == secrets => {
             let secret: Value = serde_json::from_slice(&body).unwrap();
             let name = secret["metadata"]["name"].as_str().unwrap().to_owned();
-            if state.secrets.contains_key(&name) {
-                status(409, "AlreadyExists", "already exists")
-            } else {
-                state.secrets.insert(name, secret.clone());
-                json_response(StatusCode::CREATED, &secret)
+            match state.secrets.entry(name) {
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    status(409, "AlreadyExists", "already exists")
+                }
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(secret.clone());
+                    json_response(StatusCode::CREATED, &secret)
+                }
             }
         }
         (Method::POST, "/apis/authentication.k8s.io/v1/tokenreviews") => {
@@ -122,8 +128,10 @@ fn review_answer(review: &Value) -> Value {
     let status = match token {
         "token-node-a" => json!({"authenticated": true, "user": {"username": ztunnel,
             "extra": {"authentication.kubernetes.io/node-name": ["node-a"]}}}),
-        "token-other-sa" => json!({"authenticated": true, "user": {"username": "system:serviceaccount:default:default",
-            "extra": {"authentication.kubernetes.io/node-name": ["node-a"]}}}),
+        "token-other-sa" => {
+            json!({"authenticated": true, "user": {"username": "system:serviceaccount:default:default",
+            "extra": {"authentication.kubernetes.io/node-name": ["node-a"]}}})
+        }
         "token-unbound" => json!({"authenticated": true, "user": {"username": ztunnel}}),
         _ => json!({"authenticated": false, "error": "invalid bearer token"}),
     };
@@ -148,7 +156,11 @@ async fn the_root_secret_is_created_once_and_reused() {
         .unwrap();
     assert_eq!(created.cert_der(), loaded.cert_der());
     let state = state.lock().unwrap();
-    let posts = state.requests.iter().filter(|r| r.starts_with("POST")).count();
+    let posts = state
+        .requests
+        .iter()
+        .filter(|r| r.starts_with("POST"))
+        .count();
     assert_eq!(posts, 1, "{:?}", state.requests);
     let stored = &state.secrets[SECRET];
     assert!(stored["data"]["ca.key"].is_string() && stored["data"]["ca.crt"].is_string());
@@ -221,9 +233,15 @@ async fn the_ca_authenticates_nodes_with_token_review() {
     assert_eq!(chain.len(), 2);
 
     for (token, expected) in [
-        ("token-other-sa", "service account default/default is not allowed"),
+        (
+            "token-other-sa",
+            "service account default/default is not allowed",
+        ),
         ("token-unbound", "not bound to a pod on a node"),
-        ("token-garbage", "did not authenticate it (invalid bearer token)"),
+        (
+            "token-garbage",
+            "did not authenticate it (invalid bearer token)",
+        ),
     ] {
         let err = client(token)
             .sign(&csr_pem, Duration::from_secs(60))

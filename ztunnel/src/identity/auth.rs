@@ -100,7 +100,11 @@ impl StaticNodeAuthorizer {
         self.pods
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert((node.clone(), namespace.to_owned(), service_account.to_owned()));
+            .insert((
+                node.clone(),
+                namespace.to_owned(),
+                service_account.to_owned(),
+            ));
     }
 
     /// Forgets it.
@@ -108,7 +112,11 @@ impl StaticNodeAuthorizer {
         self.pods
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&(node.clone(), namespace.to_owned(), service_account.to_owned()));
+            .remove(&(
+                node.clone(),
+                namespace.to_owned(),
+                service_account.to_owned(),
+            ));
     }
 }
 
@@ -117,7 +125,11 @@ impl NodeAuthorizer for StaticNodeAuthorizer {
         self.pods
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(&(node.clone(), namespace.to_owned(), service_account.to_owned()))
+            .contains(&(
+                node.clone(),
+                namespace.to_owned(),
+                service_account.to_owned(),
+            ))
     }
 }
 
@@ -159,7 +171,8 @@ impl TokenFile {
         if state.stamp == Some(stamp) {
             return Ok(());
         }
-        let text = std::fs::read_to_string(&self.path).map_err(|err| self.error(0, err.to_string()))?;
+        let text =
+            std::fs::read_to_string(&self.path).map_err(|err| self.error(0, err.to_string()))?;
         state.tokens = parse_token_file(&self.path, &text)?;
         state.stamp = Some(stamp);
         tracing::info!(path = %self.path.display(), nodes = state.tokens.len(), "loaded node tokens");
@@ -242,17 +255,32 @@ mod tests {
 
     #[tokio::test]
     async fn token_file_maps_tokens_to_nodes_and_reloads() {
-        let path = temp_file("reload", "# nodes\naaaaaaaaaaaaaaaa node-a\n\nbbbbbbbbbbbbbbbb node-b\n");
+        let path = temp_file(
+            "reload",
+            "# nodes\naaaaaaaaaaaaaaaa node-a\n\nbbbbbbbbbbbbbbbb node-b\n",
+        );
         let file = TokenFile::open(&path).unwrap();
-        assert_eq!(file.authenticate("aaaaaaaaaaaaaaaa").await.unwrap(), NodeName::new("node-a"));
-        assert!(matches!(file.authenticate("nope").await, Err(Error::Invalid { .. })));
+        assert_eq!(
+            file.authenticate("aaaaaaaaaaaaaaaa").await.unwrap(),
+            NodeName::new("node-a")
+        );
+        assert!(matches!(
+            file.authenticate("nope").await,
+            Err(Error::Invalid { .. })
+        ));
         // A new file (different size) replaces the tokens.
         std::fs::write(&path, "cccccccccccccccccc node-c\n").unwrap();
-        assert_eq!(file.authenticate("cccccccccccccccccc").await.unwrap(), NodeName::new("node-c"));
+        assert_eq!(
+            file.authenticate("cccccccccccccccccc").await.unwrap(),
+            NodeName::new("node-c")
+        );
         assert!(file.authenticate("aaaaaaaaaaaaaaaa").await.is_err());
         // A broken file keeps the last good tokens.
         std::fs::write(&path, "only-one-field\n").unwrap();
-        assert_eq!(file.authenticate("cccccccccccccccccc").await.unwrap(), NodeName::new("node-c"));
+        assert_eq!(
+            file.authenticate("cccccccccccccccccc").await.unwrap(),
+            NodeName::new("node-c")
+        );
         std::fs::remove_file(&path).unwrap();
     }
 
@@ -260,7 +288,10 @@ mod tests {
     fn bad_token_files_name_the_line() {
         for (text, reason) in [
             ("aaaaaaaaaaaaaaaa\n", "expected `<token> <node-name>`"),
-            ("aaaaaaaaaaaaaaaa n extra\n", "expected `<token> <node-name>`"),
+            (
+                "aaaaaaaaaaaaaaaa n extra\n",
+                "expected `<token> <node-name>`",
+            ),
             ("short n\n", "shorter than 16"),
             ("aaaaaaaaaaaaaaaa n\naaaaaaaaaaaaaaaa m\n", "appears twice"),
         ] {
@@ -270,7 +301,10 @@ mod tests {
             assert!(text.contains("token file t is invalid at line"), "{text}");
         }
         let err = TokenFile::open("/nonexistent/ambit-tokens").unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/ambit-tokens"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/ambit-tokens"),
+            "{err}"
+        );
     }
 
     #[test]

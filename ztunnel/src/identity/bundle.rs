@@ -43,7 +43,9 @@ pub enum Error {
         source_name: String,
     },
     /// A certificate cannot be parsed, or is not a CA certificate.
-    #[error("certificate {index} of the trust bundle {source_name} is unusable as a root: {reason}")]
+    #[error(
+        "certificate {index} of the trust bundle {source_name} is unusable as a root: {reason}"
+    )]
     Certificate {
         /// Where it came from.
         source_name: String,
@@ -255,7 +257,9 @@ impl BundleWatcher {
             }
             let name = self.path.display().to_string();
             match self.bundle.replace_pem(&current, &name) {
-                Ok(()) => tracing::info!(path = %name, roots = self.bundle.len(), "trust bundle reloaded"),
+                Ok(()) => {
+                    tracing::info!(path = %name, roots = self.bundle.len(), "trust bundle reloaded");
+                }
                 Err(err) => tracing::error!(
                     error = %crate::identity::ca::server::error_chain(&err),
                     "trust bundle changed but is invalid; keeping the current roots"

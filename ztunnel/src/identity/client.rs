@@ -16,7 +16,9 @@ use tonic::{metadata::MetadataValue, transport::Channel};
 use super::{
     auth::BoxFuture,
     bundle::TrustBundle,
-    proto::{IstioCertificateRequest, istio_certificate_service_client::IstioCertificateServiceClient},
+    proto::{
+        IstioCertificateRequest, istio_certificate_service_client::IstioCertificateServiceClient,
+    },
 };
 use crate::settings;
 
@@ -143,11 +145,10 @@ impl CaClient {
     /// A client connecting lazily (on first use, and again after failures); the
     /// CA's certificate is checked against `bundle` as it is at each connection.
     pub fn new(config: CaClientConfig, bundle: TrustBundle) -> Result<Self, Error> {
-        let server_name = ServerName::try_from(config.server_name.clone()).map_err(|_| {
-            Error::Config {
+        let server_name =
+            ServerName::try_from(config.server_name.clone()).map_err(|_| Error::Config {
                 reason: format!("{:?} is not a valid server name", config.server_name),
-            }
-        })?;
+            })?;
         let address = Arc::<str>::from(config.address.as_str());
         let connector = tower::service_fn(move |_: tonic::transport::Uri| {
             let (address, bundle, server_name) =
@@ -155,14 +156,12 @@ impl CaClient {
             async move { connect(&address, &bundle, server_name).await }
         });
         // The scheme only labels HTTP/2 requests; TLS is done by the connector.
-        let endpoint = tonic::transport::Endpoint::from_shared(format!(
-            "http://{}",
-            config.server_name
-        ))
-        .map_err(|err| Error::Config {
-            reason: format!("bad endpoint: {err}"),
-        })?
-        .connect_timeout(settings::CA_CONNECT_TIMEOUT);
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", config.server_name))
+                .map_err(|err| Error::Config {
+                    reason: format!("bad endpoint: {err}"),
+                })?
+                .connect_timeout(settings::CA_CONNECT_TIMEOUT);
         let channel = endpoint.connect_with_connector_lazy(connector);
         Ok(Self {
             grpc: IstioCertificateServiceClient::new(channel),
@@ -178,8 +177,8 @@ impl CaClient {
             validity_duration: i64::try_from(validity.as_secs()).unwrap_or(i64::MAX),
             metadata: None,
         });
-        let value = MetadataValue::try_from(format!("Bearer {token}"))
-            .map_err(|_| Error::TokenValue)?;
+        let value =
+            MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| Error::TokenValue)?;
         request.metadata_mut().insert("authorization", value);
         request.set_timeout(self.timeout);
         let mut grpc = self.grpc.clone();

@@ -117,7 +117,9 @@ pub fn validate(pem: &str, trust_domain: &TrustDomain) -> Result<ValidCsr, Error
     let (rest, csr) = X509CertificationRequest::from_der(der.as_ref()).map_err(|err| {
         Error::Der(match err {
             x509_parser::nom::Err::Error(e) | x509_parser::nom::Err::Failure(e) => e,
-            x509_parser::nom::Err::Incomplete(_) => x509_parser::error::X509Error::InvalidCertificate,
+            x509_parser::nom::Err::Incomplete(_) => {
+                x509_parser::error::X509Error::InvalidCertificate
+            }
         })
     })?;
     if !rest.is_empty() {
@@ -181,7 +183,11 @@ fn requested_identity(csr: &X509CertificationRequest<'_>) -> Result<Identity, Er
                 for name in &san.general_names {
                     match name {
                         GeneralName::URI(uri) => uris.push(*uri),
-                        other => return Err(Error::OtherSan { kind: san_kind(other) }),
+                        other => {
+                            return Err(Error::OtherSan {
+                                kind: san_kind(other),
+                            });
+                        }
                     }
                 }
             }

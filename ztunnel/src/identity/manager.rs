@@ -140,7 +140,11 @@ pub struct CertSnapshot {
 impl CertManager {
     /// A manager asking `signer` for certificates that must chain to `bundle`.
     /// Must be created inside a tokio runtime (it spawns renewal tasks).
-    pub fn new(signer: Arc<dyn CertificateSigner>, bundle: TrustBundle, config: ManagerConfig) -> Self {
+    pub fn new(
+        signer: Arc<dyn CertificateSigner>,
+        bundle: TrustBundle,
+        config: ManagerConfig,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 signer,
@@ -342,8 +346,7 @@ impl Worker {
             }
             _ => {
                 tracing::warn!(identity = %self.identity, error, "cannot obtain a certificate");
-                self.state
-                    .send_replace(CertState::Unavailable { error });
+                self.state.send_replace(CertState::Unavailable { error });
             }
         }
     }

@@ -139,12 +139,7 @@ impl Identity {
         namespace: &str,
         service_account: &str,
     ) -> Result<Self, NameError> {
-        check_dns_name(
-            "namespace",
-            namespace,
-            MAX_NAMESPACE_LEN,
-            DnsRule::Label,
-        )?;
+        check_dns_name("namespace", namespace, MAX_NAMESPACE_LEN, DnsRule::Label)?;
         check_dns_name(
             "service account",
             service_account,
@@ -209,10 +204,14 @@ impl FromStr for Identity {
         }
         let segments: Vec<&str> = path.split('/').collect();
         let [ns_key, namespace, sa_key, service_account] = segments[..] else {
-            return Err(malformed("the path must be /ns/<namespace>/sa/<service-account>"));
+            return Err(malformed(
+                "the path must be /ns/<namespace>/sa/<service-account>",
+            ));
         };
         if ns_key != "ns" || sa_key != "sa" {
-            return Err(malformed("the path must be /ns/<namespace>/sa/<service-account>"));
+            return Err(malformed(
+                "the path must be /ns/<namespace>/sa/<service-account>",
+            ));
         }
         let part = |source| Error::Part {
             id: id.to_owned(),
@@ -338,7 +337,10 @@ mod tests {
         let err = id.parse::<Identity>().unwrap_err();
         let chain = error_chain(&err);
         assert!(chain.contains(expected), "{chain}");
-        assert!(chain.contains(&format!("{id:?}")) || id.is_empty(), "{chain}");
+        assert!(
+            chain.contains(&format!("{id:?}")) || id.is_empty(),
+            "{chain}"
+        );
     }
 
     #[test]

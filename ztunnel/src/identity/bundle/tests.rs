@@ -58,8 +58,14 @@ fn bad_bundles_are_refused_with_the_source_and_position() {
         .unwrap()
         .pem();
     let cases: Vec<(Vec<u8>, &str)> = vec![
-        (Vec::new(), "the trust bundle roots.pem holds no certificate"),
-        (b"hello".to_vec(), "the trust bundle roots.pem holds no certificate"),
+        (
+            Vec::new(),
+            "the trust bundle roots.pem holds no certificate",
+        ),
+        (
+            b"hello".to_vec(),
+            "the trust bundle roots.pem holds no certificate",
+        ),
         (
             format!("{}{leaf}", a.cert_pem()).into_bytes(),
             "certificate 2 of the trust bundle roots.pem is unusable as a root: it is not a CA certificate",
@@ -90,7 +96,8 @@ fn an_expired_only_bundle_is_refused() {
     let err = TrustBundle::from_pem(old.as_bytes(), "old.pem").unwrap_err();
     assert!(matches!(err, Error::NoneValid { .. }), "{err}");
     // Beside a valid root it is kept (it verifies nothing, and rotation may leave it).
-    let bundle = TrustBundle::from_pem(format!("{old}{}", root().cert_pem()).as_bytes(), "b").unwrap();
+    let bundle =
+        TrustBundle::from_pem(format!("{old}{}", root().cert_pem()).as_bytes(), "b").unwrap();
     assert_eq!(bundle.len(), 2);
 }
 
@@ -112,9 +119,8 @@ async fn the_watcher_reloads_a_changed_file_and_ignores_a_broken_one() {
     let (a, b) = (root(), root());
     std::fs::write(&path, pem_of(&[&a])).unwrap();
     let bundle = TrustBundle::from_file(&path).unwrap();
-    let watcher = tokio::spawn(
-        BundleWatcher::new(bundle.clone(), &path, Duration::from_millis(20)).run(),
-    );
+    let watcher =
+        tokio::spawn(BundleWatcher::new(bundle.clone(), &path, Duration::from_millis(20)).run());
     std::fs::write(&path, pem_of(&[&a, &b])).unwrap();
     wait_for(|| bundle.len() == 2).await;
     std::fs::write(&path, b"broken").unwrap();
@@ -140,8 +146,13 @@ async fn wait_for(mut cond: impl FnMut() -> bool) {
 
 /// A leaf for `identity` issued by a CA on `root`, through the real CSR path.
 fn leaf(root: RootCa, identity: &Identity, bundle: &TrustBundle) -> WorkloadCert {
-    let ca = CertificateAuthority::new(root, TrustDomain::default(), SigningPolicy::default(), Vec::new())
-        .unwrap();
+    let ca = CertificateAuthority::new(
+        root,
+        TrustDomain::default(),
+        SigningPolicy::default(),
+        Vec::new(),
+    )
+    .unwrap();
     let (key, csr_pem) = csr::create(identity).unwrap();
     let issued = ca.sign(&csr_pem, 3600).unwrap();
     WorkloadCert::from_response(identity, &key, &issued.chain_pem, bundle).unwrap()
@@ -183,7 +194,9 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             provider().signature_verification_algorithms.all,
         )?;
         if uri_san(end_entity) != self.expected {
-            return Err(rustls::Error::General("unexpected server identity".to_owned()));
+            return Err(rustls::Error::General(
+                "unexpected server identity".to_owned(),
+            ));
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -212,7 +225,9 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider().signature_verification_algorithms.supported_schemes()
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -260,7 +275,9 @@ async fn handshake(
             .map_err(|e| format!("client: {e}"))?;
         let seen = uri_san(&tls.get_ref().1.peer_certificates().unwrap()[0]);
         let mut buf = Vec::new();
-        tls.read_to_end(&mut buf).await.map_err(|e| format!("client read: {e}"))?;
+        tls.read_to_end(&mut buf)
+            .await
+            .map_err(|e| format!("client read: {e}"))?;
         assert_eq!(buf, b"hi");
         Ok::<_, String>(seen)
     };
@@ -275,7 +292,9 @@ async fn peers_with_leaves_from_either_root_interoperate() {
     let both = TrustBundle::from_pem(&pem_of(&[&old, &new]), "both").unwrap();
     let only_old = TrustBundle::from_pem(&pem_of(&[&old]), "old").unwrap();
     let cart: Identity = "spiffe://cluster.local/ns/shop/sa/cart".parse().unwrap();
-    let pay: Identity = "spiffe://cluster.local/ns/shop/sa/payments".parse().unwrap();
+    let pay: Identity = "spiffe://cluster.local/ns/shop/sa/payments"
+        .parse()
+        .unwrap();
     let cart_old = leaf(old, &cart, &both);
     let pay_new = leaf(new, &pay, &both);
 
@@ -288,17 +307,28 @@ async fn peers_with_leaves_from_either_root_interoperate() {
     assert_eq!(client_saw, pay.to_string());
 
     // A peer that trusts only the old root refuses a new-root leaf: the bundle matters.
-    let err = handshake(&cart_old, &only_old, &pay_new, &both).await.unwrap_err();
+    let err = handshake(&cart_old, &only_old, &pay_new, &both)
+        .await
+        .unwrap_err();
     assert!(err.contains("server"), "{err}");
     // And the manager's check refuses a leaf of a root outside its bundle.
     let foreign_leaf = {
         let fresh = root();
-        let ca = CertificateAuthority::new(fresh, TrustDomain::default(), SigningPolicy::default(), Vec::new())
-            .unwrap();
+        let ca = CertificateAuthority::new(
+            fresh,
+            TrustDomain::default(),
+            SigningPolicy::default(),
+            Vec::new(),
+        )
+        .unwrap();
         let (key, csr_pem) = csr::create(&pay).unwrap();
         let issued = ca.sign(&csr_pem, 60).unwrap();
         WorkloadCert::from_response(&pay, &key, &issued.chain_pem, &only_old)
     };
     let err = foreign_leaf.unwrap_err();
-    assert!(err.to_string().contains("does not chain to the trust bundle"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("does not chain to the trust bundle"),
+        "{err}"
+    );
 }

@@ -14,8 +14,8 @@ use std::{
 };
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair,
-    KeyUsagePurpose, PublicKeyData, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
+    PublicKeyData, SerialNumber,
 };
 use rustls_pki_types::{CertificateDer, pem::PemObject};
 use time::OffsetDateTime;
@@ -72,7 +72,9 @@ pub enum Error {
         source: io::Error,
     },
     /// One of the two files exists without the other: refuse to guess.
-    #[error("{present} exists but {missing} does not; restore it or remove both to create a new root")]
+    #[error(
+        "{present} exists but {missing} does not; restore it or remove both to create a new root"
+    )]
     HalfPresent {
         /// The file found.
         present: PathBuf,
@@ -139,7 +141,8 @@ impl RootCa {
 
     /// Root material from PEM, checked (see the module docs).
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, Error> {
-        let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(Error::CertPem)?;
+        let cert_der =
+            CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(Error::CertPem)?;
         let (_, cert) = X509Certificate::from_der(&cert_der).map_err(Error::CertDer)?;
         if !cert.is_ca() {
             return Err(Error::NotCa);
@@ -274,7 +277,10 @@ mod tests {
         let dir = tempdir("create");
         let td = TrustDomain::default();
         let created = load_or_create_dir(&dir, &td).unwrap();
-        let mode = fs::metadata(dir.join(KEY_FILE)).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let loaded = load_or_create_dir(&dir, &td).unwrap();
         assert_eq!(loaded.cert_der(), created.cert_der());

@@ -25,7 +25,7 @@ pub enum Error {
         name: String,
         /// The cause.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// A key is missing or is not UTF-8 PEM.
     #[error("Secret {namespace}/{name} has no usable {key} (expected PEM under data.{key})")]
@@ -63,19 +63,18 @@ pub async fn load_or_create(
             action,
             namespace: namespace.to_owned(),
             name: name.to_owned(),
-            source,
+            source: Box::new(source),
         }
     };
     if let Some(secret) = api.get_opt(name).await.map_err(api_err("read"))? {
         return from_secret(&secret, namespace, name);
     }
-    let root = RootCa::generate(trust_domain, GENERATED_ROOT_VALIDITY).map_err(|source| {
-        Error::Root {
+    let root =
+        RootCa::generate(trust_domain, GENERATED_ROOT_VALIDITY).map_err(|source| Error::Root {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             source,
-        }
-    })?;
+        })?;
     let secret = Secret {
         metadata: kube::api::ObjectMeta {
             name: Some(name.to_owned()),
@@ -85,7 +84,10 @@ pub async fn load_or_create(
         type_: Some("Opaque".to_owned()),
         data: Some(BTreeMap::from([
             (KEY_FILE.to_owned(), ByteString(root.key_pem().into_bytes())),
-            (CERT_FILE.to_owned(), ByteString(root.cert_pem().as_bytes().to_vec())),
+            (
+                CERT_FILE.to_owned(),
+                ByteString(root.cert_pem().as_bytes().to_vec()),
+            ),
         ])),
         ..Default::default()
     };

@@ -23,7 +23,9 @@ use crate::identity::{
     csr,
     proto::{
         IstioCertificateRequest, IstioCertificateResponse,
-        istio_certificate_service_server::{IstioCertificateService, IstioCertificateServiceServer},
+        istio_certificate_service_server::{
+            IstioCertificateService, IstioCertificateServiceServer,
+        },
     },
 };
 
@@ -57,7 +59,7 @@ pub enum Error {
     Auth(#[from] crate::identity::auth::Error),
     /// The Kubernetes client cannot be created.
     #[error("cannot create a Kubernetes client")]
-    Kube(#[source] kube::Error),
+    Kube(#[source] Box<kube::Error>),
     /// The TLS configuration cannot be built.
     #[error("cannot set up the CA's TLS endpoint")]
     Tls(#[source] rustls::Error),
@@ -171,11 +173,11 @@ impl IstioCertificateService for Handler {
             }
         };
         let identity = csr.identity();
-        if !self
-            .0
-            .authorizer
-            .has_pod_on_node(identity.namespace(), identity.service_account(), &node)
-        {
+        if !self.0.authorizer.has_pod_on_node(
+            identity.namespace(),
+            identity.service_account(),
+            &node,
+        ) {
             let reason = format!(
                 "no pod of service account {}/{} is scheduled on node {node}",
                 identity.namespace(),

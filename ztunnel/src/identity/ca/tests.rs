@@ -50,7 +50,10 @@ fn leaf_carries_only_the_spiffe_uri_and_leaf_powers() {
     let (_, root) = X509Certificate::from_der(&root_der).unwrap();
     leaf.verify_signature(Some(root.public_key())).unwrap();
     assert_eq!(leaf.issuer(), root.subject());
-    assert_eq!(leaf.public_key().raw, key.subject_public_key_info().as_slice());
+    assert_eq!(
+        leaf.public_key().raw,
+        key.subject_public_key_info().as_slice()
+    );
     assert!(!leaf.is_ca());
     let bc = leaf.basic_constraints().unwrap().unwrap();
     assert!(!bc.value.ca);
@@ -66,7 +69,11 @@ fn leaf_carries_only_the_spiffe_uri_and_leaf_powers() {
     let eku = leaf.extended_key_usage().unwrap().unwrap().value;
     assert!(eku.server_auth && eku.client_auth);
     assert!(!eku.any);
-    let serial_hex: String = leaf.raw_serial().iter().map(|b| format!("{b:02x}")).collect();
+    let serial_hex: String = leaf
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert_eq!(issued.serial_hex, serial_hex);
     let lifetime = leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp();
     assert_eq!(lifetime, 3600);
@@ -98,7 +105,10 @@ fn serials_are_unique() {
 #[test_case(i64::MAX, 7 * 24 * 3600 ; "huge is clamped")]
 fn validity_is_bounded(requested: i64, expected_secs: u64) {
     let policy = SigningPolicy::default();
-    assert_eq!(policy.validity_for(requested), Duration::from_secs(expected_secs));
+    assert_eq!(
+        policy.validity_for(requested),
+        Duration::from_secs(expected_secs)
+    );
 }
 
 #[test]
@@ -112,7 +122,8 @@ fn issued_lifetime_follows_a_custom_maximum() {
         let issued = ca.sign(&csr_pem, requested).unwrap();
         let leaf_der = der(&issued.chain_pem[0]);
         let (_, leaf) = X509Certificate::from_der(&leaf_der).unwrap();
-        let lifetime = leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp();
+        let lifetime =
+            leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp();
         assert_eq!(lifetime, expected, "requested {requested}");
     }
 }
@@ -159,7 +170,10 @@ fn serving_cert_names_the_ca() {
     let (_, cert) = X509Certificate::from_der(&chain[0]).unwrap();
     let san = cert.subject_alternative_name().unwrap().unwrap();
     assert_eq!(san.value.general_names.len(), 2);
-    assert!(matches!(san.value.general_names[0], GeneralName::DNSName("ambit-ca")));
+    assert!(matches!(
+        san.value.general_names[0],
+        GeneralName::DNSName("ambit-ca")
+    ));
     assert!(!cert.is_ca());
 }
 

@@ -43,13 +43,17 @@ fn created_csr_is_valid_and_names_the_identity() {
     let (key, pem) = create(&identity).unwrap();
     let valid = validate(&pem, &td()).unwrap();
     assert_eq!(valid.identity(), &identity);
-    assert_eq!(valid.public_key().subject_public_key_info(), key.subject_public_key_info());
+    assert_eq!(
+        valid.public_key().subject_public_key_info(),
+        key.subject_public_key_info()
+    );
 }
 
 #[test]
 fn a_subject_and_client_key_usages_are_tolerated() {
     let pem = p256(|p| {
-        p.distinguished_name.push(DnType::OrganizationName, "cluster.local");
+        p.distinguished_name
+            .push(DnType::OrganizationName, "cluster.local");
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.is_ca = IsCa::ExplicitNoCa;
     });
@@ -90,6 +94,7 @@ fn a_subject_and_client_key_usages_are_tolerated() {
 #[test_case("-----BEGIN CERTIFICATE REQUEST-----\nnot base64!\n-----END CERTIFICATE REQUEST-----\n".to_owned(),
     "not a PEM-encoded CERTIFICATE REQUEST" ; "bad base64")]
 #[test_case("x".repeat(MAX_CSR_PEM_LEN + 1), "at most 16384 are accepted" ; "too large")]
+#[allow(clippy::needless_pass_by_value)] // test_case hands the generated String over
 fn bad_csrs_are_refused(pem: String, expected: &str) {
     let err = validate(&pem, &td()).unwrap_err();
     let chain = crate::identity::ca::server::error_chain(&err);
@@ -168,7 +173,11 @@ fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {

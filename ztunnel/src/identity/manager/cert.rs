@@ -178,7 +178,11 @@ impl WorkloadCert {
     }
 }
 
-fn check_leaf(leaf: &X509Certificate<'_>, identity: &Identity, key: &KeyPair) -> Result<(), String> {
+fn check_leaf(
+    leaf: &X509Certificate<'_>,
+    identity: &Identity,
+    key: &KeyPair,
+) -> Result<(), String> {
     if leaf.is_ca() {
         return Err("the leaf is a CA certificate".to_owned());
     }
@@ -192,7 +196,9 @@ fn check_leaf(leaf: &X509Certificate<'_>, identity: &Identity, key: &KeyPair) ->
     let expected = identity.to_string();
     match &san.value.general_names[..] {
         [GeneralName::URI(uri)] if *uri == expected => Ok(()),
-        names => Err(format!("the leaf's SANs are {names:?}, expected only {expected}")),
+        names => Err(format!(
+            "the leaf's SANs are {names:?}, expected only {expected}"
+        )),
     }
 }
 

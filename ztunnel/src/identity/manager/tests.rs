@@ -11,8 +11,13 @@ fn cert(lifetime_secs: i64) -> WorkloadCert {
     let td = TrustDomain::default();
     let root = RootCa::generate(&td, Duration::from_secs(3600)).unwrap();
     let bundle = TrustBundle::from_pem(root.cert_pem().as_bytes(), "test").unwrap();
-    let ca = CertificateAuthority::new(root, td, super::super::ca::SigningPolicy::default(), Vec::new())
-        .unwrap();
+    let ca = CertificateAuthority::new(
+        root,
+        td,
+        super::super::ca::SigningPolicy::default(),
+        Vec::new(),
+    )
+    .unwrap();
     let identity: Identity = "spiffe://cluster.local/ns/a/sa/b".parse().unwrap();
     let (key, csr_pem) = csr::create(&identity).unwrap();
     let issued = ca.sign(&csr_pem, lifetime_secs).unwrap();
@@ -28,7 +33,10 @@ fn renewal_is_at_half_life_give_or_take_five_percent() {
     for _ in 0..200 {
         // Measured from not_before, so the elapsed time since issuance does not matter.
         let delay = renewal_delay(&cert, cert.not_before());
-        assert!(delay >= Duration::from_secs(450) && delay <= Duration::from_secs(550), "{delay:?}");
+        assert!(
+            delay >= Duration::from_secs(450) && delay <= Duration::from_secs(550),
+            "{delay:?}"
+        );
         seen.insert(delay.as_secs());
     }
     assert!(seen.len() > 10, "jitter spreads renewals: {seen:?}");
@@ -40,7 +48,10 @@ fn renewal_is_at_half_life_give_or_take_five_percent() {
 fn backoff_jitter_stays_within_its_spread() {
     for _ in 0..200 {
         let d = jitter(Duration::from_secs(10), 0.2);
-        assert!(d >= Duration::from_secs(9) && d <= Duration::from_secs(11), "{d:?}");
+        assert!(
+            d >= Duration::from_secs(9) && d <= Duration::from_secs(11),
+            "{d:?}"
+        );
     }
 }
 
@@ -50,18 +61,42 @@ fn snapshot_states() {
     let now = SystemTime::now();
     let snap = snapshot_of(&identity, &CertState::Initializing, now);
     assert_eq!((snap.state, snap.serial), ("initializing", None));
-    let snap = snapshot_of(&identity, &CertState::Unavailable { error: "down".to_owned() }, now);
-    assert_eq!((snap.state, snap.last_error.as_deref()), ("unavailable", Some("down")));
+    let snap = snapshot_of(
+        &identity,
+        &CertState::Unavailable {
+            error: "down".to_owned(),
+        },
+        now,
+    );
+    assert_eq!(
+        (snap.state, snap.last_error.as_deref()),
+        ("unavailable", Some("down"))
+    );
 
     let cert = Arc::new(cert(3600));
-    let available = CertState::Available { cert: cert.clone(), last_error: None };
+    let available = CertState::Available {
+        cert: cert.clone(),
+        last_error: None,
+    };
     let snap = snapshot_of(&identity, &available, now);
     assert_eq!(snap.state, "available");
     assert_eq!(snap.serial.as_deref(), Some(cert.serial()));
-    assert!(snap.not_after.as_deref().unwrap().ends_with('Z'), "{snap:?}");
-    let failing = CertState::Available { cert: cert.clone(), last_error: Some("down".to_owned()) };
-    assert_eq!(snapshot_of(&identity, &failing, now).state, "renewal_failing");
-    assert_eq!(snapshot_of(&identity, &failing, cert.not_after()).state, "expired");
+    assert!(
+        snap.not_after.as_deref().unwrap().ends_with('Z'),
+        "{snap:?}"
+    );
+    let failing = CertState::Available {
+        cert: cert.clone(),
+        last_error: Some("down".to_owned()),
+    };
+    assert_eq!(
+        snapshot_of(&identity, &failing, now).state,
+        "renewal_failing"
+    );
+    assert_eq!(
+        snapshot_of(&identity, &failing, cert.not_after()).state,
+        "expired"
+    );
     let json = serde_json::to_value(snapshot_of(&identity, &available, now)).unwrap();
     assert_eq!(json["identity"], "spiffe://cluster.local/ns/a/sa/b");
 }

@@ -7,8 +7,10 @@ use serde::Serialize;
 use super::{CaInputs, CaServer, Error};
 use crate::{
     identity::{
+        auth::{
+            NodeAuthorizer, TokenAuthenticator, TokenFile, token_review::TokenReviewAuthenticator,
+        },
         bundle::TrustBundle,
-        auth::{NodeAuthorizer, TokenAuthenticator, TokenFile, token_review::TokenReviewAuthenticator},
         ca::{CertificateAuthority, SigningPolicy, root, secret},
         spiffe::TrustDomain,
     },
@@ -122,7 +124,11 @@ pub async fn run(
     let needs_kube = matches!(config.root, RootSource::KubernetesSecret { .. })
         || matches!(config.node_auth, NodeAuthConfig::TokenReview { .. });
     let kube = if needs_kube {
-        Some(kube::Client::try_default().await.map_err(Error::Kube)?)
+        Some(
+            kube::Client::try_default()
+                .await
+                .map_err(|e| Error::Kube(Box::new(e)))?,
+        )
     } else {
         None
     };
@@ -185,7 +191,9 @@ fn split_pem_certs(text: &str) -> Vec<String> {
     text.split_inclusive(END)
         .filter_map(|chunk| {
             let start = chunk.find("-----BEGIN CERTIFICATE-----")?;
-            chunk.ends_with(END).then(|| format!("{}\n", &chunk[start..]))
+            chunk
+                .ends_with(END)
+                .then(|| format!("{}\n", &chunk[start..]))
         })
         .collect()
 }

@@ -131,10 +131,8 @@ pub(super) fn incoming(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                let handshake = tokio::time::timeout(
-                    settings::CA_HANDSHAKE_TIMEOUT,
-                    acceptor.accept(tcp),
-                );
+                let handshake =
+                    tokio::time::timeout(settings::CA_HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
                 match handshake.await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(TlsConn(stream))).await;
