@@ -394,6 +394,35 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any valid parts make an identity whose text parses back to it.
+        #[test]
+        fn valid_parts_round_trip(
+            td in "[a-z0-9._-]{1,40}",
+            ns in "[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?",
+            sa in "[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?){0,3}",
+        ) {
+            let id = Identity::new(&td, &ns, &sa).unwrap();
+            proptest::prop_assert_eq!(id.to_string().parse::<Identity>().unwrap(), id);
+        }
+
+        /// Parsing never normalizes: whatever is accepted prints back byte for byte.
+        #[test]
+        fn accepted_text_is_canonical(s in "spiffe://[a-zA-Z0-9._:@/%?#-]{0,60}") {
+            if let Ok(id) = s.parse::<Identity>() {
+                proptest::prop_assert_eq!(id.to_string(), s);
+            }
+        }
+
+        /// Arbitrary input never panics and, when accepted, is canonical.
+        #[test]
+        fn arbitrary_text_never_panics(s in "\\PC{0,80}") {
+            if let Ok(id) = s.parse::<Identity>() {
+                proptest::prop_assert_eq!(id.to_string(), s);
+            }
+        }
+    }
+
     fn error_chain(err: &dyn std::error::Error) -> String {
         let mut text = err.to_string();
         let mut source = err.source();

@@ -15,7 +15,6 @@ use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 pub use config::{CaServerConfig, NodeAuthConfig, RootSource, build, run};
-pub use tls::TlsConn;
 
 use super::CertificateAuthority;
 use crate::identity::{

@@ -134,6 +134,30 @@ fn trailing_data_is_refused() {
     assert!(matches!(err, Error::TrailingData(2)), "{err:?}");
 }
 
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Random bytes in a CSR PEM block are refused, never signed, never a panic.
+    #[test]
+    fn random_der_is_refused(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+        proptest::prop_assert!(validate(&pem_encode(&bytes), &td()).is_err());
+    }
+
+    /// A valid CSR with one byte changed is refused, or still names the same
+    /// identity: a mutation never yields a different identity or a panic.
+    #[test]
+    fn mutated_csrs_never_change_identity(index in 0usize..2000, xor in 1u8..=255) {
+        let identity: Identity = ID.parse().unwrap();
+        let (_, pem) = create(&identity).unwrap();
+        let mut der = csr_der(&pem);
+        let at = index % der.len();
+        der[at] ^= xor;
+        if let Ok(valid) = validate(&pem_encode(&der), &td()) {
+            proptest::prop_assert_eq!(valid.identity(), &identity);
+        }
+    }
+}
+
 fn csr_der(pem: &str) -> Vec<u8> {
     CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
         .unwrap()
