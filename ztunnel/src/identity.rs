@@ -25,3 +25,16 @@ pub mod spiffe;
 pub use bundle::TrustBundle;
 pub use manager::{CertManager, CertSnapshot, ManagerConfig, WorkloadCert};
 pub use spiffe::{DEFAULT_TRUST_DOMAIN, Identity, TrustDomain};
+
+/// `err` and its sources joined by `: `, for log fields and gRPC status messages
+/// (which carry one string, not a chain).
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -377,3 +377,51 @@ async fn a_first_request_for_a_denied_identity_fails_fast() {
     manager.forget(&cart());
     assert!(manager.is_empty());
 }
+
+#[tokio::test]
+async fn extra_roots_are_handed_out_and_a_bad_extra_roots_file_stops_the_ca() {
+    let old = ztunnel::identity::ca::RootCa::generate(
+        &ztunnel::identity::TrustDomain::default(),
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let dir = tempdir("extra-roots");
+    std::fs::create_dir_all(&dir).unwrap();
+    let extra = dir.join("old-roots.pem");
+    std::fs::write(&extra, old.cert_pem()).unwrap();
+    let mut config = CaServerConfig::local(dir.join("ca"));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.extra_roots_file = Some(extra.clone());
+    let authz = Arc::new(StaticNodeAuthorizer::new());
+    let node = NodeName::new("node-a");
+    authz.add(&node, "shop", "cart");
+    let ca = LocalCa::start(config.clone(), authz.clone()).await.unwrap();
+    // The written bundle trusts both roots; chains end with both.
+    let bundle = ca.trust_bundle().unwrap();
+    assert_eq!(bundle.len(), 2);
+    let token = ca.add_node(&node).unwrap();
+    let client = CaClient::new(ca.client_config(token), bundle).unwrap();
+    let (_, csr_pem) = csr::create(&cart()).unwrap();
+    let chain = client
+        .sign(&csr_pem, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(chain.len(), 3);
+    assert_eq!(chain[2], old.cert_pem());
+    ca.shutdown().await.unwrap();
+
+    std::fs::write(&extra, "not a certificate").unwrap();
+    let err = LocalCa::start(config, authz).await.unwrap_err();
+    assert_eq!(err.to_string(), "cannot start the local CA");
+    let mut chain = String::new();
+    let mut source: Option<&dyn std::error::Error> = Some(&err);
+    while let Some(e) = source {
+        chain.push_str(&e.to_string());
+        chain.push_str(": ");
+        source = e.source();
+    }
+    assert!(
+        chain.contains("old-roots.pem holds no certificate"),
+        "{chain}"
+    );
+}

@@ -261,7 +261,7 @@ impl BundleWatcher {
                     tracing::info!(path = %name, roots = self.bundle.len(), "trust bundle reloaded");
                 }
                 Err(err) => tracing::error!(
-                    error = %crate::identity::ca::server::error_chain(&err),
+                    error = %super::error_chain(&err),
                     "trust bundle changed but is invalid; keeping the current roots"
                 ),
             }

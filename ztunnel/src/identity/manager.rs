@@ -22,9 +22,8 @@ pub use cert::WorkloadCert;
 
 use super::{
     bundle::TrustBundle,
-    ca::server::error_chain,
     client::{self, CertificateSigner},
-    csr,
+    csr, error_chain,
     spiffe::Identity,
 };
 use crate::settings;

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status, metadata::MetadataMap};
 pub use config::{CaServerConfig, NodeAuthConfig, RootSource, build, run};
 
 use super::CertificateAuthority;
+use crate::identity::error_chain;
 use crate::identity::{
     auth::{NodeAuthorizer, NodeName, TokenAuthenticator},
     csr,
@@ -261,16 +262,4 @@ fn audit_deny(node: Option<&NodeName>, identity: Option<&str>, decision: &str, r
         reason,
         "certificate request refused"
     );
-}
-
-/// `err` and its sources, joined by `: ` (for status messages and log fields).
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -97,7 +97,7 @@ fn a_subject_and_client_key_usages_are_tolerated() {
 #[allow(clippy::needless_pass_by_value)] // test_case hands the generated String over
 fn bad_csrs_are_refused(pem: String, expected: &str) {
     let err = validate(&pem, &td()).unwrap_err();
-    let chain = crate::identity::ca::server::error_chain(&err);
+    let chain = crate::identity::error_chain(&err);
     assert!(chain.contains(expected), "{chain}");
 }
 

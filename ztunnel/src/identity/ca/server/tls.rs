@@ -98,7 +98,7 @@ impl ResolvesServerCert for ServingCert {
             match issue(&self.ca, &self.names, &self.provider) {
                 Ok(fresh) => *current = fresh,
                 Err(err) => tracing::error!(
-                    error = %super::error_chain(&err),
+                    error = %crate::identity::error_chain(&err),
                     "cannot renew the CA's serving certificate; keeping the current one"
                 ),
             }
