@@ -28,6 +28,9 @@ pub const CA_PORT: u16 = 15012;
 pub const CERT_DEFAULT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 /// Longest workload certificate lifetime the CA issues by default.
 pub const CERT_MAX_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How far before "now" a certificate becomes valid, for peers whose clocks lag
+/// (at most a tenth of the certificate's lifetime).
+pub const CERT_CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// First retry delay of the certificate manager when the CA fails.
 pub const CERT_RETRY_INITIAL_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest retry delay of the certificate manager.

@@ -5,7 +5,8 @@
 //! Every certificate it issues is an ECDSA P-256 leaf with exactly one SAN, the
 //! caller's SPIFFE URI, `CA:false`, key usage digitalSignature + keyEncipherment,
 //! extended key usage serverAuth + clientAuth, a random 128-bit serial and a
-//! lifetime clamped to the configured maximum. Nothing else from the CSR is copied.
+//! lifetime clamped to the configured maximum (valid from a little before now, see
+//! [`settings::CERT_CLOCK_SKEW`]). Nothing else from the CSR is copied.
 
 pub mod local;
 pub mod root;
@@ -229,7 +230,9 @@ fn leaf_params(now: OffsetDateTime, validity: Duration, serial: [u8; 16]) -> Cer
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    params.not_before = now;
+    // Valid a little before now, for peers whose clocks lag the CA's: the
+    // skew allowance, but at most a tenth of the lifetime (short test lifetimes).
+    params.not_before = now - settings::CERT_CLOCK_SKEW.min(validity / 10);
     params.not_after = now + validity;
     params.serial_number = Some(SerialNumber::from_slice(&serial));
     params.use_authority_key_identifier_extension = true;

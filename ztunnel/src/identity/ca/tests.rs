@@ -76,7 +76,7 @@ fn leaf_carries_only_the_spiffe_uri_and_leaf_powers() {
         .collect();
     assert_eq!(issued.serial_hex, serial_hex);
     let lifetime = leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp();
-    assert_eq!(lifetime, 3600);
+    assert_eq!(lifetime, 3600 + 60, "valid from one minute before issuance");
 }
 
 #[test]
@@ -118,7 +118,8 @@ fn issued_lifetime_follows_a_custom_maximum() {
         max_validity: Duration::from_secs(120),
     });
     let (_, csr_pem) = csr::create(&identity()).unwrap();
-    for (requested, expected) in [(0, 60), (90, 90), (10_000, 120)] {
+    // Lifetimes as clamped, plus the backdating of a tenth of them.
+    for (requested, expected) in [(0, 66), (90, 99), (10_000, 132)] {
         let issued = ca.sign(&csr_pem, requested).unwrap();
         let leaf_der = der(&issued.chain_pem[0]);
         let (_, leaf) = X509Certificate::from_der(&leaf_der).unwrap();
