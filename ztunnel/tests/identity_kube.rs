@@ -38,6 +38,9 @@ struct State {
     requests: Vec<String>,
     /// Bodies of TokenReview requests.
     reviews: Vec<Value>,
+    /// Answer the next GET of a Secret with 404 even if it exists (another CA
+    /// replica creating it between our read and our create).
+    hide_next_get: bool,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -93,9 +96,10 @@ async fn handle(
     let response = match (method, path.as_str()) {
         (Method::GET, p) if p.starts_with(&format!("{secrets}/")) => {
             let name = &p[secrets.len() + 1..];
+            let hidden = std::mem::take(&mut state.hide_next_get);
             match state.secrets.get(name) {
-                Some(secret) => json_response(StatusCode::OK, secret),
-                None => status(404, "NotFound", &format!("secrets \"{name}\" not found")),
+                Some(secret) if !hidden => json_response(StatusCode::OK, secret),
+                _ => status(404, "NotFound", &format!("secrets \"{name}\" not found")),
             }
         }
         (Method::POST, p) if p == secrets => {
@@ -164,6 +168,31 @@ async fn the_root_secret_is_created_once_and_reused() {
     assert_eq!(posts, 1, "{:?}", state.requests);
     let stored = &state.secrets[SECRET];
     assert!(stored["data"]["ca.key"].is_string() && stored["data"]["ca.crt"].is_string());
+}
+
+#[tokio::test]
+async fn losing_the_creation_race_uses_the_winners_root() {
+    let (addr, state) = fake_api_server().await;
+    let td = TrustDomain::default();
+    let winner = secret::load_or_create(kube_client(addr), NS, SECRET, &td)
+        .await
+        .unwrap();
+    state.lock().unwrap().hide_next_get = true;
+    let loser = secret::load_or_create(kube_client(addr), NS, SECRET, &td)
+        .await
+        .unwrap();
+    assert_eq!(loser.cert_der(), winner.cert_der());
+    let state = state.lock().unwrap();
+    let posts = state
+        .requests
+        .iter()
+        .filter(|r| r.starts_with("POST"))
+        .count();
+    assert_eq!(
+        posts, 2,
+        "the loser tried to create and got 409: {:?}",
+        state.requests
+    );
 }
 
 #[tokio::test]

@@ -17,7 +17,6 @@ use tonic::{Request, Response, Status, metadata::MetadataMap};
 pub use config::{CaServerConfig, NodeAuthConfig, RootSource, build, run};
 
 use super::CertificateAuthority;
-use crate::identity::error_chain;
 use crate::identity::{
     auth::{NodeAuthorizer, NodeName, TokenAuthenticator},
     csr,
@@ -28,6 +27,7 @@ use crate::identity::{
         },
     },
 };
+use crate::{identity::error_chain, settings};
 
 /// Largest request accepted (a CSR is under 1 KiB).
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -147,6 +147,8 @@ impl CaServer {
         let service = IstioCertificateServiceServer::new(Handler(self.inputs))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
         tonic::transport::Server::builder()
+            // Bounds a request whose TokenReview hangs; the caller gets DeadlineExceeded.
+            .timeout(settings::CA_REQUEST_TIMEOUT)
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
