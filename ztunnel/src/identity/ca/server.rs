@@ -6,6 +6,7 @@
 //! account), sign. Refusals map to `Unauthenticated`, `InvalidArgument` or
 //! `PermissionDenied`, and every decision is an audit log line (target `audit`).
 
+mod args;
 mod config;
 mod tls;
 
@@ -14,6 +15,7 @@ use std::{net::SocketAddr, sync::Arc};
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
+pub use args::{CaArgs, parse_duration};
 pub use config::{CaServerConfig, NodeAuthConfig, RootSource, build, run};
 
 use super::CertificateAuthority;
