@@ -1,12 +1,17 @@
 //! Embeds the eBPF object built by `cargo xtask build-ebpf` into the ztunnel binary
-//! (feature `capture`), so the daemon is one self-contained file.
+//! (feature `capture`), so the daemon is one self-contained file, and generates the
+//! mesh CA's gRPC code from `proto/ca.proto` (protox: no `protoc` needed).
 
 use std::path::PathBuf;
 
 /// Overrides where the object is read from (default: `<workspace>/target/ebpf/ambit.bpf.o`).
 const OBJECT_ENV: &str = "AMBIT_EBPF_OBJECT";
 
+/// The mesh CA's API (identity::ca), compiled without `protoc`.
+const CA_PROTO: &str = "proto/ca.proto";
+
 fn main() {
+    compile_ca_proto();
     println!("cargo::rerun-if-env-changed={OBJECT_ENV}");
     if std::env::var_os("CARGO_FEATURE_CAPTURE").is_none() {
         return;
@@ -33,4 +38,21 @@ fn main() {
         .canonicalize()
         .expect("the object was just found, so its path resolves");
     println!("cargo::rustc-env=AMBIT_EBPF_OBJECT={}", object.display());
+}
+
+/// Generates the Rust code of [`CA_PROTO`] (client and server) into `OUT_DIR`.
+fn compile_ca_proto() {
+    println!("cargo::rerun-if-changed={CA_PROTO}");
+    let descriptors = match protox::compile([CA_PROTO], ["proto"]) {
+        Ok(descriptors) => descriptors,
+        Err(err) => panic!("{CA_PROTO} does not compile: {err}"),
+    };
+    if let Err(err) = tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .build_transport(false)
+        .compile_fds(descriptors)
+    {
+        panic!("cannot generate the gRPC code of {CA_PROTO}: {err}");
+    }
 }

@@ -7,13 +7,16 @@
 //! `capture` feature, so the modules it shares never depend on aya.
 //!
 //! Module map (DESIGN.md section 2): `capture` (eBPF, the only `unsafe`),
-//! `settings` (process flags and environment), `telemetry` (logging).
-//! `config` (Kubernetes watchers and the local file) feeds `registry` (workloads, services, policies).
+//! `settings` (process flags and environment), `telemetry` (logging),
+//! `identity` (SPIFFE identities, the mesh CA, certificates and trust bundle),
+//! `config` (Kubernetes watchers and the local file) feeds `registry` (workloads,
+//! services, policies), and `proxy` (per-pod listeners) serves the captured pods.
 #![warn(missing_docs)]
 
 #[cfg(feature = "capture")]
 pub mod capture;
 pub mod config;
+pub mod identity;
 #[cfg(feature = "capture")]
 pub mod proxy;
 pub mod registry;

@@ -21,6 +21,34 @@ pub const ADMIN_PORT: u16 = 15000;
 pub const STATS_PORT: u16 = 15020;
 /// Readiness (`/healthz/ready`).
 pub const READINESS_PORT: u16 = 15021;
+/// The mesh CA's gRPC endpoint (`ztunnel ca`; Istio's istiod port).
+pub const CA_PORT: u16 = 15012;
+
+/// Lifetime of a workload certificate when the caller asks for none.
+pub const CERT_DEFAULT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+/// Longest workload certificate lifetime the CA issues by default.
+pub const CERT_MAX_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How far before "now" a certificate becomes valid, for peers whose clocks lag
+/// (at most a tenth of the certificate's lifetime).
+pub const CERT_CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// First retry delay of the certificate manager when the CA fails.
+pub const CERT_RETRY_INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest retry delay of the certificate manager.
+pub const CERT_RETRY_MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// DNS names of the CA's serving certificate; ztunnels verify the first by default.
+pub const CA_SERVER_NAMES: [&str; 3] = ["ambit-ca", "ambit-ca.ambit-system.svc", "localhost"];
+/// Lifetime of the CA's serving certificate (re-issued at half life).
+pub const CA_SERVING_CERT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Deadline of a TLS handshake with the CA.
+pub const CA_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline of a TCP connection to the CA.
+pub const CA_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline of one certificate request, connection included.
+pub const CA_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Node token file in a local CA's directory.
+pub const CA_TOKEN_FILE: &str = "tokens";
+/// How often the trust bundle file is checked for changes.
+pub const TRUST_BUNDLE_POLL_INTERVAL: Duration = Duration::from_secs(5);
 
 /// `SO_MARK` of ztunnel's own sockets: the capture never redirects them.
 pub const ZTUNNEL_MARK: u32 = 0x539;

@@ -1,0 +1,40 @@
+//! Workload identity and the mesh CA (DESIGN.md section 5).
+//!
+//! - [`spiffe`]: the pure [`Identity`] type (`spiffe://<td>/ns/<ns>/sa/<sa>`).
+//! - [`csr`]: creating CSRs (ztunnel side) and validating them strictly (CA side).
+//! - [`ca`]: the CA: signing core, root material (directory or Kubernetes Secret),
+//!   the gRPC server of `ztunnel ca`, and [`ca::LocalCa`] for local mode.
+//! - [`auth`]: node authentication (bearer tokens) and authorization (does a
+//!   service account have a pod on the caller's node).
+//! - [`client`]: the CA client; [`manager`]: the certificate manager that
+//!   requests, caches and rotates certificates per identity.
+//! - [`bundle`]: the trust bundle (several roots at once, reloaded on change).
+//!
+//! Keys: the CA's root key lives in its file or Secret; workload keys are created
+//! by the manager and never leave the ztunnel process. No `Debug` prints a key.
+
+pub mod auth;
+pub mod bundle;
+pub mod ca;
+pub mod client;
+pub mod csr;
+pub mod manager;
+mod proto;
+pub mod spiffe;
+
+pub use bundle::TrustBundle;
+pub use manager::{CertManager, CertSnapshot, ManagerConfig, WorkloadCert};
+pub use spiffe::{DEFAULT_TRUST_DOMAIN, Identity, TrustDomain};
+
+/// `err` and its sources joined by `: `, for log fields and gRPC status messages
+/// (which carry one string, not a chain).
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,103 @@
+//! Kubernetes node authentication: the ztunnel's projected service-account token
+//! is checked with a `TokenReview`; the node is read from the pod binding of the
+//! token (`extra["authentication.kubernetes.io/node-name"]`, set by the API server
+//! for pod-bound tokens since Kubernetes 1.30).
+
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use kube::{Api, api::PostParams};
+
+use super::{BoxFuture, Error, NodeName, TokenAuthenticator};
+
+/// The `extra` key holding the node a pod-bound token belongs to.
+pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+/// Username prefix of service-account tokens.
+const SA_USER_PREFIX: &str = "system:serviceaccount:";
+
+/// A [`TokenAuthenticator`] backed by the API server's `TokenReview`.
+#[derive(Clone)]
+pub struct TokenReviewAuthenticator {
+    client: kube::Client,
+    audiences: Vec<String>,
+    allowed_service_accounts: Vec<String>,
+}
+
+impl std::fmt::Debug for TokenReviewAuthenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenReviewAuthenticator")
+            .field("audiences", &self.audiences)
+            .field("allowed_service_accounts", &self.allowed_service_accounts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenReviewAuthenticator {
+    /// Accepts tokens of `allowed_service_accounts` (`namespace/name`) that carry
+    /// one of `audiences` (none: the API server's default audience).
+    pub fn new(
+        client: kube::Client,
+        audiences: Vec<String>,
+        allowed_service_accounts: Vec<String>,
+    ) -> Self {
+        Self {
+            client,
+            audiences,
+            allowed_service_accounts,
+        }
+    }
+
+    async fn review(&self, token: &str) -> Result<NodeName, Error> {
+        let api: Api<TokenReview> = Api::all(self.client.clone());
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: token.to_owned(),
+                audiences: (!self.audiences.is_empty()).then(|| self.audiences.clone()),
+            },
+            ..Default::default()
+        };
+        let answer = api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|err| Error::Unavailable(Box::new(err)))?;
+        let invalid = |reason: String| Error::Invalid { reason };
+        let status = answer
+            .status
+            .ok_or_else(|| invalid("the TokenReview has no status".to_owned()))?;
+        if status.authenticated != Some(true) {
+            return Err(invalid(format!(
+                "the API server did not authenticate it ({})",
+                status.error.as_deref().unwrap_or("no reason given")
+            )));
+        }
+        let user = status.user.unwrap_or_default();
+        let username = user.username.unwrap_or_default();
+        let account = username
+            .strip_prefix(SA_USER_PREFIX)
+            .map(|rest| rest.replacen(':', "/", 1))
+            .ok_or_else(|| invalid(format!("{username:?} is not a service account")))?;
+        if !self.allowed_service_accounts.contains(&account) {
+            return Err(invalid(format!(
+                "service account {account} is not allowed to request certificates"
+            )));
+        }
+        let node = user
+            .extra
+            .as_ref()
+            .and_then(|extra| extra.get(NODE_NAME_EXTRA))
+            .and_then(|values| match &values[..] {
+                [node] if !node.is_empty() => Some(node.clone()),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                invalid(format!(
+                    "the token is not bound to a pod on a node (no {NODE_NAME_EXTRA} in its extra info)"
+                ))
+            })?;
+        Ok(NodeName::new(node))
+    }
+}
+
+impl TokenAuthenticator for TokenReviewAuthenticator {
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<NodeName, Error>> {
+        Box::pin(self.review(token))
+    }
+}
