@@ -130,6 +130,10 @@ impl Ztunnel {
             .arg(spec.cgroup())
             .arg("--pin-dir")
             .arg(spec.pin_dir())
+            // One CA directory per testbed: every node's certificates chain to
+            // the same root.
+            .arg("--ca-dir")
+            .arg(bed.workdir().join("ca"))
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .env("RUST_BACKTRACE", "0")

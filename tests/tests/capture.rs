@@ -113,6 +113,12 @@ fn captured_both_ways(sockmap: bool, tag: &str) {
             .unwrap_or_else(|e| panic!("node a logged the outbound connection: {e}"));
         assert_eq!(out["direction"], "outbound", "{out}");
         assert_eq!(out["src.workload"], "demo/client", "{out}");
+        // Between enrolled pods the bytes travel in HBONE, with secure naming.
+        assert_eq!(out["mode"], "hbone", "{out}");
+        assert_eq!(
+            out["dst.identity"], "spiffe://cluster.local/ns/demo/sa/server",
+            "{out}"
+        );
         assert!(out["bytes_sent"].as_u64().is_some_and(|b| b > 0), "{out}");
         let inbound = zt_b
             .wait_for_log(WAIT, |l| {
@@ -121,6 +127,11 @@ fn captured_both_ways(sockmap: bool, tag: &str) {
             .unwrap_or_else(|e| panic!("node b logged the inbound connection: {e}"));
         assert_eq!(inbound["direction"], "inbound", "{inbound}");
         assert_eq!(inbound["dst.workload"], "demo/server", "{inbound}");
+        assert_eq!(inbound["mode"], "hbone", "{inbound}");
+        assert_eq!(
+            inbound["src.identity"], "spiffe://cluster.local/ns/demo/sa/client",
+            "{inbound}"
+        );
         assert!(
             inbound["src.addr"]
                 .as_str()
@@ -377,7 +388,12 @@ fn ztunnel_refuses_to_start_without_privileges() {
             "--pin-dir",
             "/sys/fs/bpf/ambit-tests-never",
         ])
-        .args(["--node-cgroup", "/sys/fs/cgroup"])
+        .args([
+            "--node-cgroup",
+            "/sys/fs/cgroup",
+            "--ca-dir",
+            "/nonexistent/ambit-ca",
+        ])
         .env("RUST_BACKTRACE", "0")
         .output()
         .expect("setpriv runs");

@@ -42,7 +42,7 @@ use aya::{
 
 pub use host::{HostError, MIN_KERNEL, Privileges, cgroup2_mount, check_host};
 pub use netns::{Netns, NetnsCookie, in_netns, netns_cookie};
-pub use route::setup_transparent_return;
+pub use route::{local_addresses, setup_transparent_return};
 
 /// The programs and maps as built by `cargo xtask build-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AMBIT_EBPF_OBJECT"));

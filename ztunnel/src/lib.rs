@@ -16,6 +16,7 @@
 #[cfg(feature = "capture")]
 pub mod capture;
 pub mod config;
+pub mod hbone;
 pub mod identity;
 #[cfg(feature = "capture")]
 pub mod proxy;

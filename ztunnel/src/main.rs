@@ -1,16 +1,26 @@
-//! The `ztunnel` binary: one per node. Loads the eBPF capture, attaches it to the
-//! node's cgroup, enrolls the node's ambient pods and proxies their connections
-//! until SIGTERM or SIGINT, then drains.
+//! The `ztunnel` binary, one per node: loads the eBPF capture, attaches it to the
+//! node's cgroup, enrolls the node's ambient pods and carries their connections
+//! (HBONE with mTLS into the mesh) until SIGTERM or SIGINT, then drains.
+//! `ztunnel ca` runs the mesh certificate authority instead.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use ztunnel::{
     capture::{self, Capture, CaptureConfig},
-    config::{ErrorChain, file::FileSource},
-    proxy::{LocalPod, PodManager, PodManagerConfig},
-    registry::{Options, Registry, Snapshot},
+    config::{ErrorChain, file::FileSource, kubernetes::KubeSource},
+    identity::{
+        CertManager, DEFAULT_TRUST_DOMAIN, ManagerConfig, TrustDomain,
+        auth::{NodeAuthorizer, NodeName},
+        ca::{
+            LocalCa,
+            server::{CaArgs, CaServerConfig},
+        },
+        client::CaClient,
+    },
+    proxy::{LocalPod, Mesh, PodManager, PodManagerConfig},
+    registry::{ObjectKey, Options, Registry, Snapshot},
     settings::{self, ProcessEnv, Settings},
     telemetry,
 };
@@ -19,6 +29,28 @@ use ztunnel::{
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the mesh certificate authority.
+    Ca {
+        #[command(flatten)]
+        ca: CaArgs,
+        /// Local mode: authorize nodes from this YAML file of Kubernetes objects
+        /// (default: watch the Kubernetes API).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Flags of the node data plane (the default command).
+#[derive(Debug, Args)]
+struct NodeArgs {
     /// Local mode: a YAML file of Kubernetes objects (Namespaces, Pods, ...) to run
     /// this node from; watched for changes (overrides AMBIT_CONFIG).
     #[arg(long)]
@@ -38,40 +70,124 @@ struct Cli {
     /// AMBIT_SOCKMAP).
     #[arg(long)]
     no_sockmap: bool,
+    /// Local mode: run the mesh CA in-process from this directory of key material
+    /// (created with a new root when empty), shared by the nodes of one mesh.
+    #[arg(long)]
+    ca_dir: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let settings = settings(cli)?;
+    let settings = settings(&cli.node)?;
     telemetry::init(settings.log_format);
-    tracing::info!(settings = ?settings, "starting");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(settings))
+    match cli.command {
+        Some(Command::Ca { ca, config }) => runtime.block_on(run_ca(ca, config)),
+        None => {
+            tracing::info!(settings = ?settings, "starting");
+            runtime.block_on(run_node(settings, cli.node.ca_dir))
+        }
+    }
 }
 
-fn settings(cli: Cli) -> anyhow::Result<Settings> {
+fn settings(cli: &NodeArgs) -> anyhow::Result<Settings> {
     let mut settings = Settings::from_env(&ProcessEnv).context("invalid settings")?;
-    settings.config_file = cli.config.or(settings.config_file);
-    settings.node_name = cli.node.or(settings.node_name);
-    settings.node_cgroup = cli.node_cgroup.or(settings.node_cgroup);
-    settings.pin_dir = cli.pin_dir.or(settings.pin_dir);
+    settings.config_file = cli.config.clone().or(settings.config_file);
+    settings.node_name = cli.node.clone().or(settings.node_name);
+    settings.node_cgroup = cli.node_cgroup.clone().or(settings.node_cgroup);
+    settings.pin_dir = cli.pin_dir.clone().or(settings.pin_dir);
     settings.sockmap &= !cli.no_sockmap;
     settings.validate().context("invalid flags")?;
     Ok(settings)
 }
 
-async fn run(settings: Settings) -> anyhow::Result<()> {
+/// Authorizes CA requests by the registry: a node may get certificates only for
+/// service accounts with a pod on it.
+struct RegistryAuthorizer(Arc<Registry>);
+
+impl NodeAuthorizer for RegistryAuthorizer {
+    fn has_pod_on_node(&self, namespace: &str, service_account: &str, node: &NodeName) -> bool {
+        self.0
+            .snapshot()
+            .service_account_on_node(&ObjectKey::new(namespace, service_account), node.as_str())
+    }
+}
+
+async fn load_file(registry: &Arc<Registry>, path: PathBuf) -> anyhow::Result<()> {
+    let mut source = FileSource::new(path);
+    source
+        .load(registry)
+        .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))
+        .context("cannot load the configuration")?;
+    tokio::spawn(source.run(registry.clone()));
+    Ok(())
+}
+
+async fn run_ca(args: CaArgs, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let ca_config = args.to_config().context("invalid ztunnel ca flags")?;
+    let registry = Arc::new(Registry::new(Options::default()));
+    match config {
+        Some(path) => load_file(&registry, path).await?,
+        None => {
+            let source = KubeSource::from_environment()
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))
+                .context("cannot reach the Kubernetes API")?;
+            tokio::spawn(source.run(registry.clone()));
+        }
+    }
+    let shutdown = async {
+        let _ = wait_for_shutdown().await;
+    };
+    ztunnel::identity::ca::server::run(ca_config, Arc::new(RegistryAuthorizer(registry)), shutdown)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))
+        .context("the CA failed")
+}
+
+/// Local mode's identity: an in-process CA from `dir`, and this node's
+/// certificate manager as its client.
+async fn local_identity(
+    dir: PathBuf,
+    node: &str,
+    registry: &Arc<Registry>,
+) -> anyhow::Result<(LocalCa, CertManager, ztunnel::identity::TrustBundle)> {
+    let mut ca_config = CaServerConfig::local(&dir);
+    // Each node runs its own: an ephemeral port avoids clashes between a ztunnel
+    // and its successor during a restart.
+    ca_config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    let authorizer = Arc::new(RegistryAuthorizer(registry.clone()));
+    let ca = LocalCa::start(ca_config, authorizer)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))
+        .with_context(|| format!("cannot start the local CA from {}", dir.display()))?;
+    let token = ca
+        .add_node(&NodeName::new(node))
+        .context("cannot register this node with the CA")?;
+    let bundle = ca
+        .trust_bundle()
+        .context("cannot read the CA's trust bundle")?;
+    let client = CaClient::new(ca.client_config(token), bundle.clone())
+        .context("cannot create the CA client")?;
+    let certs = CertManager::new(Arc::new(client), bundle.clone(), ManagerConfig::default());
+    Ok((ca, certs, bundle))
+}
+
+async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let node = settings
         .node_name
         .clone()
         .context("the node name is required: --node or NODE_NAME")?;
-    let config_file = settings
-        .config_file
-        .clone()
-        .context("a configuration file is required: --config or AMBIT_CONFIG (the Kubernetes source is not wired yet)")?;
+    let config_file = settings.config_file.clone().context(
+        "a configuration file is required: --config or AMBIT_CONFIG (the Kubernetes source is not wired yet)",
+    )?;
+    let ca_dir = ca_dir.context("an identity source is required: --ca-dir (local mode)")?;
+    // Before anything else: a host that cannot run the capture stops here, with
+    // the missing piece named.
+    capture::check_host().context("cannot start the eBPF capture")?;
     let cgroup = match settings.node_cgroup.clone() {
         Some(path) => path,
         None => capture::cgroup2_mount()
@@ -83,35 +199,33 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
                 )
             })?,
     };
-    let capture_config = CaptureConfig {
-        pin_dir: settings.pin_dir(&node),
-        cgroup,
-        mark: settings::ZTUNNEL_MARK,
-        mark_mask: settings::ZTUNNEL_MARK_MASK,
-        sockmap: settings.sockmap,
-        outbound_port: settings::OUTBOUND_PORT,
-        hbone_port: settings::HBONE_PORT,
-        inbound_plaintext_port: settings::INBOUND_PLAINTEXT_PORT,
-        excluded_nets: Vec::new(),
-    };
     // The configuration first: a bad file stops ztunnel before it touches the
     // kernel.
     let registry = Arc::new(Registry::new(Options {
         node: Some(node.clone()),
         ..Options::default()
     }));
-    let mut source = FileSource::new(config_file);
-    source
-        .load(&registry)
-        .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))
-        .context("cannot load the configuration")?;
+    load_file(&registry, config_file).await?;
     let mut updates = registry.subscribe();
-    tokio::spawn(source.run(registry.clone()));
+    let (_ca, certs, bundle) = local_identity(ca_dir, &node, &registry).await?;
+    let mesh = Arc::new(Mesh {
+        node: node.clone(),
+        registry: registry.clone(),
+        certs,
+        bundle,
+        trust_domain: TrustDomain::new(DEFAULT_TRUST_DOMAIN)
+            .context("the default trust domain is valid")?,
+        node_addrs: capture::local_addresses()
+            .await
+            .context("cannot list the node's addresses")?,
+        router: Default::default(),
+    });
 
-    let mut capture = Capture::load(capture_config).context("cannot start the eBPF capture")?;
+    let mut capture = Capture::load(capture_config(&settings, &node, cgroup))
+        .context("cannot start the eBPF capture")?;
     capture.attach().context("cannot attach the eBPF capture")?;
     let mut pods =
-        PodManager::new(capture, pod_manager_config()).context("cannot start the proxy")?;
+        PodManager::new(capture, pod_manager_config(), mesh).context("cannot start the proxy")?;
     let desired = local_pods(&registry.snapshot(), &node);
     report(pods.reconcile(&desired).await);
     tracing::info!(pods = desired.len(), "ready");
@@ -142,6 +256,20 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn capture_config(settings: &Settings, node: &str, cgroup: PathBuf) -> CaptureConfig {
+    CaptureConfig {
+        pin_dir: settings.pin_dir(node),
+        cgroup,
+        mark: settings::ZTUNNEL_MARK,
+        mark_mask: settings::ZTUNNEL_MARK_MASK,
+        sockmap: settings.sockmap,
+        outbound_port: settings::OUTBOUND_PORT,
+        hbone_port: settings::HBONE_PORT,
+        inbound_plaintext_port: settings::INBOUND_PLAINTEXT_PORT,
+        excluded_nets: Vec::new(),
+    }
+}
+
 /// The pods of `node` that the registry says to capture. A pod whose network
 /// namespace is not known yet (Kubernetes mode without the CNI plugin) cannot be
 /// captured and is left out.
@@ -166,6 +294,7 @@ fn pod_manager_config() -> PodManagerConfig {
         route_table: settings::ROUTE_TABLE,
         outbound_port: settings::OUTBOUND_PORT,
         inbound_plaintext_port: settings::INBOUND_PLAINTEXT_PORT,
+        hbone_port: settings::HBONE_PORT,
         own_ports: vec![
             settings::OUTBOUND_PORT,
             settings::INBOUND_PLAINTEXT_PORT,

@@ -2,29 +2,59 @@
 //!
 //! For every enrolled pod, ztunnel listens inside the pod's network namespace:
 //! 15001 on loopback takes the pod's redirected outbound connections, 15006 on
-//! the pod's addresses takes inbound plaintext. (15008, inbound HBONE, arrives
-//! with the HBONE data path; until then `sk_lookup` finds no listener for it
-//! and drops such connections.)
+//! the pod's addresses takes inbound plaintext (when PeerAuthentication allows
+//! it), 15008 takes inbound HBONE.
 //!
-//! Until HBONE lands, both directions forward plaintext to the original
-//! destination: [`FORWARDING`] names that stepping stone. It is not a mode a
-//! user can select; it is what the capture is tested with.
+//! Outbound, the registry decides the route (`route`): HBONE to a destination in
+//! the mesh, with secure naming; plain TCP to anything outside it. Inbound, the
+//! HBONE server authenticates the client's SPIFFE identity and connects to the
+//! application from the client's own address.
 
 mod accept;
 mod access;
+mod hbone_inbound;
 mod inbound;
 mod outbound;
+pub mod peer_authn;
 mod pods;
+pub mod route;
 mod socket;
 
-use std::{io, net::SocketAddr, time::Duration};
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 pub use pods::{LocalPod, PodManager, PodManagerConfig};
 pub use socket::{PodSockets, SocketFactory, error_chain};
 
-/// How connections are carried today: plaintext to the original destination,
-/// the stepping stone before HBONE.
-pub const FORWARDING: &str = "plaintext-forward";
+use crate::{
+    identity::{CertManager, TrustBundle, TrustDomain},
+    registry::Registry,
+};
+
+/// What the data path needs besides sockets: the mesh's configuration, the
+/// node's certificates and where connections go.
+#[derive(Debug)]
+pub struct Mesh {
+    /// This node's name.
+    pub node: String,
+    /// The workloads, services and policies.
+    pub registry: Arc<Registry>,
+    /// Certificates of the local workloads' identities.
+    pub certs: CertManager,
+    /// Roots every peer must chain to.
+    pub bundle: TrustBundle,
+    /// The mesh's trust domain.
+    pub trust_domain: TrustDomain,
+    /// Addresses of this node: plaintext from them (kubelet probes) is allowed
+    /// even under STRICT, as in Istio.
+    pub node_addrs: Vec<IpAddr>,
+    /// Route decisions (round robin state).
+    pub router: route::Router,
+}
 
 /// Errors of the proxy layer.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +73,15 @@ pub enum Error {
         /// Why.
         #[source]
         source: io::Error,
+    },
+    /// The pod's namespace or service account is not a valid identity.
+    #[error("pod {pod} has no valid SPIFFE identity")]
+    Identity {
+        /// The pod, as namespace/name.
+        pod: String,
+        /// Why.
+        #[source]
+        source: crate::identity::spiffe::NameError,
     },
     /// The pod is not enrolled.
     #[error("pod {uid} is not enrolled")]
@@ -82,6 +121,30 @@ pub enum ConnectionError {
     /// Moving bytes failed after the connection was set up.
     #[error("relaying bytes failed")]
     Relay(#[source] io::Error),
+    /// The HBONE tunnel could not be opened.
+    #[error("HBONE tunnel to {gateway} failed")]
+    Hbone {
+        /// The peer's HBONE address.
+        gateway: SocketAddr,
+        /// Why.
+        #[source]
+        source: crate::hbone::Error,
+    },
+    /// No certificate for the source workload.
+    #[error("no certificate for {identity}")]
+    Certificate {
+        /// The identity.
+        identity: String,
+        /// Why.
+        #[source]
+        source: crate::identity::manager::Error,
+    },
+    /// A Service has no ready endpoint.
+    #[error("service {0} has no ready endpoint")]
+    NoEndpoint(SocketAddr),
+    /// PeerAuthentication requires mTLS and the connection is plaintext.
+    #[error("plaintext refused: PeerAuthentication is STRICT for {0}")]
+    Strict(SocketAddr),
     /// Looking up the original destination failed.
     #[error("cannot look up the original destination")]
     Capture(#[source] crate::capture::Error),

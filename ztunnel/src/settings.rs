@@ -15,6 +15,13 @@ pub const OUTBOUND_PORT: u16 = 15001;
 pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
 /// Inbound HBONE listener (mTLS + HTTP/2 CONNECT), on the pod IP.
 pub const HBONE_PORT: u16 = 15008;
+/// HTTP/2 flow-control window of one HBONE stream: large enough for a
+/// single stream to fill a fast link.
+pub const HBONE_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// HTTP/2 flow-control window of one HBONE connection (all its streams).
+pub const HBONE_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Concurrent CONNECT streams per HBONE connection.
+pub const HBONE_MAX_STREAMS: u32 = 100;
 /// Admin endpoint (`/config_dump`, `/debug/...`).
 pub const ADMIN_PORT: u16 = 15000;
 /// Prometheus metrics.

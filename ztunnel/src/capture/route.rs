@@ -104,3 +104,33 @@ fn ignore_exists(result: Result<(), rtnetlink::Error>) -> io::Result<()> {
         Err(e) => Err(io::Error::other(e.to_string())),
     }
 }
+
+/// The addresses of ztunnel's own network namespace (the node's), read over
+/// netlink.
+pub async fn local_addresses() -> Result<Vec<std::net::IpAddr>, Error> {
+    use futures::TryStreamExt;
+    use rtnetlink::packet_route::address::AddressAttribute;
+    let route_error = |source| Error::Route {
+        path: "/proc/self/ns/net".into(),
+        what: "list the node's addresses",
+        source,
+    };
+    let (connection, handle, _) = rtnetlink::new_connection().map_err(route_error)?;
+    let task = tokio::spawn(connection);
+    let mut addresses = Vec::new();
+    let mut stream = handle.address().get().execute();
+    let result = loop {
+        match stream.try_next().await {
+            Ok(Some(message)) => {
+                addresses.extend(message.attributes.iter().filter_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                }));
+            }
+            Ok(None) => break Ok(addresses),
+            Err(e) => break Err(route_error(io::Error::other(e.to_string()))),
+        }
+    };
+    task.abort();
+    result
+}

@@ -1,10 +1,10 @@
 //! Access logs: one line per proxied connection, on the `access` target, with
-//! dotted fields (`src.addr`, `dst.addr`, `bytes_sent`, ...). With
-//! `LOG_FORMAT=json` each is one JSON object.
+//! dotted fields (`src.addr`, `src.identity`, `dst.addr`, `bytes_sent`, ...).
+//! With `LOG_FORMAT=json` each is one JSON object.
 
 use std::{net::SocketAddr, time::Instant};
 
-use super::{ConnectionError, FORWARDING};
+use super::ConnectionError;
 
 /// Which listener took the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +34,14 @@ pub struct Connection {
     pub workload: String,
     /// The client.
     pub src: SocketAddr,
+    /// The client's authenticated identity, when it has one.
+    pub src_identity: Option<String>,
     /// The original destination, once known.
     pub dst: Option<SocketAddr>,
+    /// The destination's identity, when it is reached through HBONE.
+    pub dst_identity: Option<String>,
+    /// How the bytes travel: `hbone`, `passthrough` or `plaintext`.
+    pub mode: &'static str,
     started: Instant,
 }
 
@@ -46,7 +52,10 @@ impl Connection {
             direction,
             workload,
             src,
+            src_identity: None,
             dst: None,
+            dst_identity: None,
+            mode: "plaintext",
             started: Instant::now(),
         }
     }
@@ -54,37 +63,43 @@ impl Connection {
     /// Logs the outcome: bytes each way on success, the error otherwise.
     pub fn finish(&self, result: &Result<(u64, u64), ConnectionError>) {
         let duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let dst = self.dst.map(|d| d.to_string()).unwrap_or_default();
         let (src_workload, dst_workload) = match self.direction {
             Direction::Outbound => (self.workload.as_str(), ""),
             Direction::Inbound => ("", self.workload.as_str()),
         };
-        match result {
-            Ok((sent, received)) => tracing::info!(
-                target: "access",
-                direction = self.direction.as_str(),
-                mode = FORWARDING,
-                src.addr = %self.src,
-                src.workload = src_workload,
-                dst.addr = dst,
-                dst.workload = dst_workload,
-                bytes_sent = sent,
-                bytes_received = received,
-                duration_ms,
-                "connection complete"
-            ),
-            Err(error) => tracing::warn!(
-                target: "access",
-                direction = self.direction.as_str(),
-                mode = FORWARDING,
-                src.addr = %self.src,
-                src.workload = src_workload,
-                dst.addr = dst,
-                dst.workload = dst_workload,
-                duration_ms,
-                error = %super::error_chain(error),
-                "connection failed"
-            ),
+        let (bytes_sent, bytes_received, error) = match result {
+            Ok((sent, received)) => (*sent, *received, None),
+            Err(error) => (0, 0, Some(super::error_chain(error))),
+        };
+        let line = (
+            self.dst.map(|d| d.to_string()).unwrap_or_default(),
+            self.src_identity.as_deref().unwrap_or(""),
+            self.dst_identity.as_deref().unwrap_or(""),
+        );
+        macro_rules! access {
+            ($level:ident, $message:literal) => {
+                tracing::$level!(
+                    target: "access",
+                    direction = self.direction.as_str(),
+                    mode = self.mode,
+                    src.addr = %self.src,
+                    src.workload = src_workload,
+                    src.identity = line.1,
+                    dst.addr = line.0,
+                    dst.workload = dst_workload,
+                    dst.identity = line.2,
+                    bytes_sent,
+                    bytes_received,
+                    duration_ms,
+                    error = error.as_deref().unwrap_or(""),
+                    $message
+                )
+            };
+        }
+        if error.is_some() {
+            access!(warn, "connection failed");
+        } else {
+            access!(info, "connection complete");
         }
     }
 }

@@ -27,6 +27,9 @@ pub async fn handle(mut client: TcpStream, peer: SocketAddr, pod: Arc<PodContext
         if pod.inputs.own_ports.contains(&dst.port()) {
             return Err(ConnectionError::Loop(dst));
         }
+        if !plaintext_allowed(&pod, peer, dst) {
+            return Err(ConnectionError::Strict(dst));
+        }
         // Connect from the client's own address, so the application sees who
         // really called.
         let mut app = connect(&pod, dst, Some(peer.ip())).await?;
@@ -36,6 +39,22 @@ pub async fn handle(mut client: TcpStream, peer: SocketAddr, pod: Arc<PodContext
     }
     .await;
     record.finish(&result);
+}
+
+/// Whether PeerAuthentication lets plaintext from `peer` reach `dst`: not under
+/// STRICT, except from the node itself (kubelet health probes), as in Istio. A
+/// pod the registry does not know gets the mesh default.
+fn plaintext_allowed(pod: &PodContext, peer: SocketAddr, dst: SocketAddr) -> bool {
+    let mesh = &pod.inputs.mesh;
+    if mesh.node_addrs.contains(&peer.ip()) {
+        return true;
+    }
+    let snapshot = mesh.registry.snapshot();
+    let policies = snapshot
+        .workload(&pod.key)
+        .map(|workload| snapshot.policies_for(workload))
+        .unwrap_or_default();
+    super::peer_authn::allows_plaintext(super::peer_authn::mtls_mode(&policies, dst.port()))
 }
 
 /// Connects from inside the pod to `dst`, optionally from a foreign source
@@ -74,7 +93,7 @@ pub async fn connect(
 }
 
 /// IPv4 peers of a dual-stack listener appear as v4-mapped IPv6 addresses.
-fn canonical(addr: SocketAddr) -> SocketAddr {
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
     match addr {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),

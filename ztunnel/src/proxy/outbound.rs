@@ -1,5 +1,6 @@
 //! The outbound listener (15001, loopback, inside the pod): connections the
-//! capture redirected away from their destination.
+//! capture redirected away from their destination. The registry decides the
+//! route: HBONE into the mesh, plain TCP out of it.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -8,12 +9,16 @@ use tokio::net::TcpStream;
 use super::{
     ConnectionError,
     access::{Connection, Direction},
+    inbound::connect,
     pods::PodContext,
+    route::Route,
 };
+use crate::hbone::{self, PoolKey};
 
 /// Proxies one accepted connection and writes its access log line.
 pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) {
     let mut record = Connection::new(Direction::Outbound, pod.name.clone(), peer);
+    record.src_identity = Some(pod.identity.to_string());
     let result = async {
         // A proxy must not add Nagle's delay to small writes.
         app.set_nodelay(true).map_err(ConnectionError::Relay)?;
@@ -27,11 +32,75 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
         if dst.ip().is_loopback() || dst.ip().is_unspecified() {
             return Err(ConnectionError::Loop(dst));
         }
-        let mut upstream = super::inbound::connect(&pod, dst, None).await?;
-        tokio::io::copy_bidirectional(&mut app, &mut upstream)
-            .await
-            .map_err(ConnectionError::Relay)
+        let mesh = &pod.inputs.mesh;
+        let snapshot = mesh.registry.snapshot();
+        let route = mesh.router.route(
+            &snapshot,
+            &mesh.node,
+            &mesh.trust_domain,
+            pod.inputs.hbone_port,
+            dst,
+        );
+        match route {
+            Route::Passthrough(target) => {
+                record.mode = "passthrough";
+                record.dst = Some(target);
+                let mut upstream = connect(&pod, target, None).await?;
+                tokio::io::copy_bidirectional(&mut app, &mut upstream)
+                    .await
+                    .map_err(ConnectionError::Relay)
+            }
+            Route::Hbone {
+                gateway,
+                target,
+                identity,
+            } => {
+                record.mode = "hbone";
+                record.dst = Some(target);
+                record.dst_identity = Some(identity.to_string());
+                let mut tunnel = open_tunnel(&pod, gateway, target, identity).await?;
+                tokio::io::copy_bidirectional(&mut app, &mut tunnel)
+                    .await
+                    .map_err(ConnectionError::Relay)
+            }
+            Route::NoEndpoint => Err(ConnectionError::NoEndpoint(dst)),
+        }
     }
     .await;
     record.finish(&result);
+}
+
+/// A CONNECT stream to `target` through the HBONE server at `gateway`, which
+/// must present `identity`.
+async fn open_tunnel(
+    pod: &PodContext,
+    gateway: SocketAddr,
+    target: SocketAddr,
+    identity: crate::identity::Identity,
+) -> Result<hbone::client::Tunnel, ConnectionError> {
+    let mesh = &pod.inputs.mesh;
+    let key = PoolKey {
+        src: pod.identity.clone(),
+        dst: identity.clone(),
+        addr: gateway,
+    };
+    let dial = || async {
+        let cert = mesh.certs.fetch(&pod.identity).await.map_err(|source| {
+            hbone::Error::Io(std::io::Error::other(super::error_chain(
+                &ConnectionError::Certificate {
+                    identity: pod.identity.to_string(),
+                    source,
+                },
+            )))
+        })?;
+        let config = hbone::client_config(&cert, &mesh.bundle, &identity)?;
+        let tcp = connect(pod, gateway, None)
+            .await
+            .map_err(|e| hbone::Error::Io(std::io::Error::other(super::error_chain(&e))))?;
+        Ok((tcp, config))
+    };
+    pod.pool
+        .tunnel(key, target, dial)
+        .await
+        .map_err(|source| ConnectionError::Hbone { gateway, source })
 }

@@ -16,7 +16,8 @@ use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::task::TaskTracker;
 
 use super::{
-    Error, SocketFactory, accept, access::Direction, inbound, outbound, socket::PodSockets,
+    Error, Mesh, SocketFactory, accept, access::Direction, hbone_inbound, inbound, outbound,
+    socket::PodSockets,
 };
 use crate::{
     capture::{self, Capture, Netns, NetnsCookie, OrigDstTable, TransparentFlows},
@@ -32,6 +33,8 @@ pub struct LocalPod {
     pub namespace: String,
     /// The pod's name.
     pub name: String,
+    /// The pod's service account: its identity in the mesh.
+    pub service_account: String,
     /// The pod's network namespace file.
     pub netns: PathBuf,
     /// The pod's addresses.
@@ -46,6 +49,7 @@ impl LocalPod {
             uid: pod.uid.to_string(),
             namespace: pod.namespace.as_str().to_owned(),
             name: pod.name.to_string(),
+            service_account: pod.service_account.as_str().to_owned(),
             netns: pod.netns.clone()?,
             ips: pod.ips.iter().collect(),
         })
@@ -65,6 +69,8 @@ pub struct PodManagerConfig {
     pub outbound_port: u16,
     /// Inbound plaintext listener port.
     pub inbound_plaintext_port: u16,
+    /// Inbound HBONE listener port.
+    pub hbone_port: u16,
     /// Ports of ztunnel's own listeners: connections to them are loops.
     pub own_ports: Vec<u16>,
     /// How long to wait for a connection to the destination.
@@ -84,6 +90,10 @@ pub struct ProxyInputs {
     pub connect_timeout: Duration,
     /// See [`PodManagerConfig::own_ports`].
     pub own_ports: Vec<u16>,
+    /// See [`PodManagerConfig::hbone_port`].
+    pub hbone_port: u16,
+    /// Identity, registry and routing.
+    pub mesh: Arc<Mesh>,
 }
 
 /// What a connection handler knows about its pod.
@@ -91,12 +101,63 @@ pub struct ProxyInputs {
 pub struct PodContext {
     /// namespace/name.
     pub name: String,
+    /// The pod's namespace and name in the registry.
+    pub key: crate::registry::ObjectKey,
+    /// The pod's identity (its service account's).
+    pub identity: crate::identity::Identity,
+    /// The pod's addresses.
+    pub ips: Vec<IpAddr>,
+    /// The pod's pooled HBONE connections (they leave from its address).
+    pub pool: crate::hbone::Pool,
     /// The pod's network namespace cookie.
     pub cookie: NetnsCookie,
     /// Creates the pod's sockets.
     pub sockets: Arc<dyn SocketFactory>,
     /// Node-wide inputs.
     pub inputs: Arc<ProxyInputs>,
+}
+
+/// The listeners of one pod, before they are served.
+struct PodListeners {
+    outbound: Vec<tokio::net::TcpListener>,
+    plaintext: tokio::net::TcpListener,
+    hbone: tokio::net::TcpListener,
+}
+
+impl PodListeners {
+    /// Starts an accept loop per listener.
+    fn spawn(
+        self,
+        context: &Arc<PodContext>,
+        stopped: &watch::Receiver<bool>,
+    ) -> Vec<JoinHandle<()>> {
+        let mut loops = vec![
+            tokio::spawn(accept::serve(
+                self.plaintext,
+                context.clone(),
+                stopped.clone(),
+                Direction::Inbound,
+                inbound::handle,
+            )),
+            tokio::spawn(accept::serve(
+                self.hbone,
+                context.clone(),
+                stopped.clone(),
+                Direction::Inbound,
+                hbone_inbound::handle,
+            )),
+        ];
+        for listener in self.outbound {
+            loops.push(tokio::spawn(accept::serve(
+                listener,
+                context.clone(),
+                stopped.clone(),
+                Direction::Outbound,
+                outbound::handle,
+            )));
+        }
+        loops
+    }
 }
 
 struct Enrolled {
@@ -125,13 +186,15 @@ impl std::fmt::Debug for PodManager {
 
 impl PodManager {
     /// Takes over an attached capture.
-    pub fn new(capture: Capture, config: PodManagerConfig) -> Result<Self, Error> {
+    pub fn new(capture: Capture, config: PodManagerConfig, mesh: Arc<Mesh>) -> Result<Self, Error> {
         let inputs = Arc::new(ProxyInputs {
             orig_dst: capture.orig_dst_table()?,
             flows: capture.transparent_flows()?,
             connections: TaskTracker::new(),
             connect_timeout: config.connect_timeout,
             own_ports: config.own_ports.clone(),
+            hbone_port: config.hbone_port,
+            mesh,
         });
         Ok(Self {
             capture,
@@ -179,6 +242,24 @@ impl PodManager {
     /// the capture itself (so a redirect never points at nothing).
     pub async fn enroll(&mut self, pod: LocalPod) -> Result<(), Error> {
         let name = format!("{}/{}", pod.namespace, pod.name);
+        let mesh = &self.inputs.mesh;
+        let identity = crate::identity::Identity::from_parts(
+            mesh.trust_domain.clone(),
+            &pod.namespace,
+            &pod.service_account,
+        )
+        .map_err(|source| Error::Identity {
+            pod: name.clone(),
+            source,
+        })?;
+        // Ask for the certificate now, so the first connection does not wait.
+        let certs = mesh.certs.clone();
+        let warm = identity.clone();
+        tokio::spawn(async move {
+            if let Err(error) = certs.fetch(&warm).await {
+                tracing::warn!(identity = %warm, error = %super::error_chain(&error), "no certificate yet");
+            }
+        });
         let netns = Arc::new(Netns::open(&pod.netns)?);
         let config = &self.config;
         capture::setup_transparent_return(&netns, config.transparent_mark, config.route_table)
@@ -188,56 +269,23 @@ impl PodManager {
             config.mark,
             config.transparent_mark,
         ));
-        let listen = |addr: SocketAddr| {
-            sockets.listener(addr).map_err(|source| Error::Listen {
-                pod: name.clone(),
-                addr,
-                source,
-            })
-        };
-        let outbound4 = listen(SocketAddr::from((
-            Ipv4Addr::LOCALHOST,
-            self.config.outbound_port,
-        )))?;
-        // IPv6 may be disabled in the pod: then there is no IPv6 to capture either.
-        let outbound6 = listen(SocketAddr::from((
-            Ipv6Addr::LOCALHOST,
-            self.config.outbound_port,
-        )))
-        .ok();
-        let inbound_port = self.config.inbound_plaintext_port;
-        let inbound = listen(SocketAddr::from((Ipv6Addr::UNSPECIFIED, inbound_port)))
-            .or_else(|_| listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, inbound_port))))?;
-        for ip in &pod.ips {
-            self.capture
-                .register_listener(*ip, inbound_port, inbound.as_fd())?;
-        }
+        let listeners = self.open_listeners(&name, &pod, sockets.as_ref())?;
+        // Listeners first, then the capture: a redirect never points at nothing.
         self.capture.enroll(&netns)?;
 
         let context = Arc::new(PodContext {
             name: name.clone(),
+            key: crate::registry::ObjectKey::new(&pod.namespace, &pod.name),
+            identity,
+            ips: pod.ips.clone(),
+            pool: crate::hbone::Pool::default(),
             cookie: netns.cookie(),
             sockets,
             inputs: self.inputs.clone(),
         });
         let (stop, stopped) = watch::channel(false);
-        let mut accept_loops = vec![tokio::spawn(accept::serve(
-            inbound,
-            context.clone(),
-            stopped.clone(),
-            Direction::Inbound,
-            inbound::handle,
-        ))];
-        for listener in [Some(outbound4), outbound6].into_iter().flatten() {
-            accept_loops.push(tokio::spawn(accept::serve(
-                listener,
-                context.clone(),
-                stopped.clone(),
-                Direction::Outbound,
-                outbound::handle,
-            )));
-        }
-        tracing::info!(pod = %name, netns = %pod.netns.display(), cookie = %netns.cookie(), "pod enrolled");
+        let accept_loops = listeners.spawn(&context, &stopped);
+        tracing::info!(pod = %name, netns = %pod.netns.display(), cookie = %netns.cookie(), identity = %context.identity, "pod enrolled");
         let uid = pod.uid.clone();
         self.pods.insert(
             uid,
@@ -251,6 +299,47 @@ impl PodManager {
         Ok(())
     }
 
+    /// Opens the pod's listeners and registers the inbound ones for `sk_lookup`.
+    fn open_listeners(
+        &mut self,
+        name: &str,
+        pod: &LocalPod,
+        sockets: &dyn SocketFactory,
+    ) -> Result<PodListeners, Error> {
+        let listen = |addr: SocketAddr| {
+            sockets.listener(addr).map_err(|source| Error::Listen {
+                pod: name.to_owned(),
+                addr,
+                source,
+            })
+        };
+        // Dual-stack where the pod has IPv6; IPv4 only where it is disabled.
+        let listen_any = |port: u16| {
+            listen(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))
+                .or_else(|_| listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))))
+        };
+        let outbound_port = self.config.outbound_port;
+        let outbound4 = listen(SocketAddr::from((Ipv4Addr::LOCALHOST, outbound_port)))?;
+        // IPv6 may be disabled in the pod: then there is no IPv6 to capture either.
+        let outbound6 = listen(SocketAddr::from((Ipv6Addr::LOCALHOST, outbound_port))).ok();
+        let plaintext = listen_any(self.config.inbound_plaintext_port)?;
+        let hbone = listen_any(self.config.hbone_port)?;
+        for ip in &pod.ips {
+            self.capture.register_listener(
+                *ip,
+                self.config.inbound_plaintext_port,
+                plaintext.as_fd(),
+            )?;
+            self.capture
+                .register_listener(*ip, self.config.hbone_port, hbone.as_fd())?;
+        }
+        Ok(PodListeners {
+            outbound: [Some(outbound4), outbound6].into_iter().flatten().collect(),
+            plaintext,
+            hbone,
+        })
+    }
+
     /// Stops capturing the pod `uid`: new connections are no longer redirected and
     /// its listeners close. Connections in flight keep running.
     pub fn unenroll(&mut self, uid: &str) -> Result<(), Error> {
@@ -258,11 +347,14 @@ impl PodManager {
             uid: uid.to_owned(),
         })?;
         let result = self.capture.unenroll(enrolled.cookie);
-        for ip in &enrolled.pod.ips {
-            if let Err(error) = self
-                .capture
-                .unregister_listener(*ip, self.config.inbound_plaintext_port)
-            {
+        let ports = [self.config.inbound_plaintext_port, self.config.hbone_port];
+        for (ip, port) in enrolled
+            .pod
+            .ips
+            .iter()
+            .flat_map(|ip| ports.map(|port| (*ip, port)))
+        {
+            if let Err(error) = self.capture.unregister_listener(ip, port) {
                 tracing::warn!(error = %super::error_chain(&error), "cannot remove an inbound listener");
             }
         }

@@ -156,6 +156,7 @@ impl Snapshot {
             uid: w.uid.clone(),
             namespace: w.namespace.clone(),
             name: Arc::clone(&w.name),
+            service_account: w.service_account.clone(),
             netns: w.netns().cloned(),
             ips: w.ips,
         };

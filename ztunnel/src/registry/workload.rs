@@ -176,6 +176,8 @@ pub struct EnrolledPod {
     pub namespace: Name,
     /// Name of the pod.
     pub name: Arc<str>,
+    /// The pod's service account (its identity).
+    pub service_account: Name,
     /// The network namespace to enter, when known.
     pub netns: Option<PathBuf>,
     /// The pod's addresses.

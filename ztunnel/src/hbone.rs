@@ -1,0 +1,42 @@
+//! HBONE: TCP carried in HTTP/2 CONNECT streams over mutual TLS 1.3, between
+//! ztunnels (port 15008), wire-compatible with Istio's ztunnel: ALPN `h2`,
+//! `CONNECT` with `:authority` = the original destination `ip:port`, SPIFFE URI
+//! SANs as identities.
+//!
+//! `tls` builds the rustls configurations and checks peer identities (secure
+//! naming); `client` opens tunnels over pooled connections; `server` accepts
+//! them and hands each stream to a callback that connects to the target.
+
+pub mod client;
+pub mod server;
+pub mod tls;
+
+pub use client::{Pool, PoolKey};
+pub use tls::{client_config, peer_identity, server_config};
+
+/// Errors of the HBONE layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// TCP or TLS I/O failed.
+    #[error("HBONE connection failed")]
+    Io(#[source] std::io::Error),
+    /// The TLS configuration could not be built.
+    #[error("HBONE TLS configuration")]
+    Tls(#[source] rustls::Error),
+    /// The peer's certificate does not carry a SPIFFE identity.
+    #[error("the peer presented no SPIFFE identity")]
+    NoPeerIdentity,
+    /// The HTTP/2 layer failed.
+    #[error("HBONE HTTP/2")]
+    Http(#[source] hyper::Error),
+    /// The peer refused the CONNECT.
+    #[error("the peer answered CONNECT with {status}")]
+    Refused {
+        /// The HTTP status.
+        status: hyper::StatusCode,
+    },
+    /// A request could not be built (a bug: the authority is an address).
+    #[error("Bug: cannot build the CONNECT request")]
+    Request(#[source] hyper::http::Error),
+}

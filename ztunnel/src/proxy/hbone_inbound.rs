@@ -1,0 +1,85 @@
+//! The inbound HBONE listener (15008, the pod's addresses): mutual TLS with the
+//! pod's identity, then CONNECT streams to the pod's own addresses. Each stream
+//! connects to the application from the client pod's address, so it sees who
+//! really called.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use hyper::StatusCode;
+use tokio::net::TcpStream;
+
+use super::{
+    ConnectionError,
+    access::{Connection, Direction},
+    inbound::{canonical, connect},
+    pods::PodContext,
+};
+use crate::hbone::{self, server::StreamSource};
+
+/// Serves one accepted HBONE connection.
+pub async fn handle(tcp: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) {
+    let mesh = &pod.inputs.mesh;
+    let config = match mesh.certs.fetch(&pod.identity).await {
+        Ok(cert) => hbone::server_config(&cert, &mesh.bundle),
+        Err(error) => {
+            tracing::warn!(pod = %pod.name, peer = %peer, error = %super::error_chain(&error), "HBONE refused: no certificate");
+            return;
+        }
+    };
+    let config = match config {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::warn!(pod = %pod.name, error = %super::error_chain(&error), "HBONE refused: bad TLS configuration");
+            return;
+        }
+    };
+    let on_stream = {
+        let pod = pod.clone();
+        move |source: StreamSource, target: SocketAddr| {
+            let pod = pod.clone();
+            async move { accept_stream(pod, source, target).await }
+        }
+    };
+    if let Err(error) = hbone::server::serve(tcp, config, on_stream).await {
+        // Untrusted peers, wrong identities and resets end up here: the
+        // connection carried no stream to log, so this is its only trace.
+        tracing::warn!(target: "access", direction = "inbound", mode = "hbone", src.addr = %canonical(peer), dst.workload = %pod.name, error = %super::error_chain(&error), "HBONE connection refused");
+    }
+}
+
+type RunStream = Box<
+    dyn FnOnce(hbone::client::Tunnel) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send,
+>;
+
+/// Decides one CONNECT stream: the target must be this pod; then connects to
+/// the application from the client's address.
+async fn accept_stream(
+    pod: Arc<PodContext>,
+    source: StreamSource,
+    target: SocketAddr,
+) -> Result<RunStream, StatusCode> {
+    let client = canonical(source.addr);
+    let mut record = Connection::new(Direction::Inbound, pod.name.clone(), client);
+    record.mode = "hbone";
+    record.src_identity = Some(source.identity.to_string());
+    record.dst = Some(target);
+    record.dst_identity = Some(pod.identity.to_string());
+    if !pod.ips.contains(&target.ip()) || pod.inputs.own_ports.contains(&target.port()) {
+        record.finish(&Err(ConnectionError::Loop(target)));
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    match connect(&pod, target, Some(client.ip())).await {
+        Ok(mut app) => Ok(Box::new(move |mut tunnel| {
+            Box::pin(async move {
+                let result = tokio::io::copy_bidirectional(&mut tunnel, &mut app)
+                    .await
+                    .map_err(ConnectionError::Relay);
+                record.finish(&result);
+            })
+        })),
+        Err(error) => {
+            record.finish(&Err(error));
+            Err(StatusCode::SERVICE_UNAVAILABLE)
+        }
+    }
+}
