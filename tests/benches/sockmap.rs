@@ -108,6 +108,7 @@ fn main() {
             let options = ZtunnelOptions {
                 sockmap,
                 drain: Duration::from_secs(1),
+                ..ZtunnelOptions::default()
             };
             let mut zt = Ztunnel::start(&bed, "a", &config, &options).expect("ztunnel starts");
             results[index].1.push(measure(&bed, "client", dst));

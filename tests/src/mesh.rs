@@ -17,7 +17,17 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Default)]
 pub struct MeshConfig {
     namespaces: Vec<(String, bool)>,
-    pods: Vec<(String, String)>,
+    pods: Vec<PodEntry>,
+    documents: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+struct PodEntry {
+    pod: String,
+    namespace: String,
+    service_account: String,
+    labels: Vec<(String, String)>,
+    ready: bool,
 }
 
 impl MeshConfig {
@@ -29,10 +39,54 @@ impl MeshConfig {
         self
     }
 
-    /// Places the testbed pod `pod` in `namespace`.
+    /// Places the testbed pod `pod` in `namespace`, ready, with label
+    /// `app=<pod>` and a service account named after it.
     #[must_use]
     pub fn pod(mut self, pod: &str, namespace: &str) -> Self {
-        self.pods.push((pod.to_owned(), namespace.to_owned()));
+        self.pods.push(PodEntry {
+            pod: pod.to_owned(),
+            namespace: namespace.to_owned(),
+            service_account: pod.to_owned(),
+            labels: vec![("app".to_owned(), pod.to_owned())],
+            ready: true,
+        });
+        self
+    }
+
+    fn entry(&mut self, pod: &str) -> &mut PodEntry {
+        self.pods
+            .iter_mut()
+            .find(|p| p.pod == pod)
+            .unwrap_or_else(|| panic!("pod {pod} is not placed"))
+    }
+
+    /// Gives `pod` the service account `name` (its identity).
+    #[must_use]
+    pub fn service_account(mut self, pod: &str, name: &str) -> Self {
+        name.clone_into(&mut self.entry(pod).service_account);
+        self
+    }
+
+    /// Adds the label `key=value` to `pod`.
+    #[must_use]
+    pub fn label(mut self, pod: &str, key: &str, value: &str) -> Self {
+        self.entry(pod)
+            .labels
+            .push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Marks `pod` not ready (its Ready condition is False).
+    #[must_use]
+    pub fn not_ready(mut self, pod: &str) -> Self {
+        self.entry(pod).ready = false;
+        self
+    }
+
+    /// Adds a YAML document as is (a Service, a policy, ...).
+    #[must_use]
+    pub fn document(mut self, yaml: &str) -> Self {
+        self.documents.push(yaml.trim().to_owned());
         self
     }
 
@@ -47,17 +101,32 @@ impl MeshConfig {
                 yaml.push_str("  labels:\n    istio.io/dataplane-mode: ambient\n");
             }
         }
-        for (pod_name, namespace) in &self.pods {
-            let pod = bed.pod(pod_name);
+        for entry in &self.pods {
+            let pod = bed.pod(&entry.pod);
+            let labels: String = entry
+                .labels
+                .iter()
+                .map(|(k, v)| format!("    {k}: \"{v}\"\n"))
+                .collect();
             yaml.push_str(&format!(
-                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod_name}\n  namespace: {namespace}\n  \
-                 uid: uid-{pod_name}\n  annotations:\n    ambit.dev/netns: {netns}\nspec:\n  nodeName: {node}\n  \
-                 serviceAccountName: {pod_name}\nstatus:\n  podIP: {v4}\n  podIPs:\n  - ip: {v4}\n  - ip: {v6}\n",
+                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  \
+                 uid: uid-{name}\n  labels:\n{labels}  annotations:\n    ambit.dev/netns: {netns}\nspec:\n  \
+                 nodeName: {node}\n  serviceAccountName: {sa}\nstatus:\n  podIP: {v4}\n  podIPs:\n  - ip: {v4}\n  \
+                 - ip: {v6}\n  conditions:\n  - type: Ready\n    status: \"{ready}\"\n",
+                name = entry.pod,
+                namespace = entry.namespace,
                 netns = pod.netns_path().display(),
                 node = pod.node(),
+                sa = entry.service_account,
                 v4 = pod.ipv4(),
                 v6 = pod.ipv6(),
+                ready = if entry.ready { "True" } else { "False" },
             ));
+        }
+        for document in &self.documents {
+            yaml.push_str("---\n");
+            yaml.push_str(document);
+            yaml.push('\n');
         }
         yaml
     }
@@ -78,6 +147,8 @@ pub struct ZtunnelOptions {
     pub sockmap: bool,
     /// Drain timeout on SIGTERM.
     pub drain: Duration,
+    /// The CA directory (default: one per testbed, shared by its nodes).
+    pub ca_dir: Option<PathBuf>,
 }
 
 impl Default for ZtunnelOptions {
@@ -85,6 +156,7 @@ impl Default for ZtunnelOptions {
         Self {
             sockmap: true,
             drain: Duration::from_secs(20),
+            ca_dir: None,
         }
     }
 }
@@ -133,7 +205,12 @@ impl Ztunnel {
             // One CA directory per testbed: every node's certificates chain to
             // the same root.
             .arg("--ca-dir")
-            .arg(bed.workdir().join("ca"))
+            .arg(
+                options
+                    .ca_dir
+                    .clone()
+                    .unwrap_or_else(|| bed.workdir().join("ca")),
+            )
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .env("RUST_BACKTRACE", "0")

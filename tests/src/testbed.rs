@@ -379,6 +379,12 @@ impl Testbed {
             .unwrap_or_else(|| panic!("no pod named {name} in this testbed"))
     }
 
+    /// The fabric's network namespace (the bridge between the nodes), where a
+    /// test can watch what crosses between nodes.
+    pub fn fabric_netns(&self) -> &str {
+        &self.fabric
+    }
+
     /// Every network namespace of the testbed (fabric, nodes, pods).
     pub fn netns_names(&self) -> &[String] {
         &self.netns

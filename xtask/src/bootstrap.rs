@@ -27,7 +27,7 @@ struct Step {
     needs_root: bool,
 }
 
-const STEPS: [Step; 3] = [
+const STEPS: [Step; 4] = [
     Step {
         name: "nightly rust-src",
         present: rust_src_present,
@@ -59,7 +59,27 @@ const STEPS: [Step; 3] = [
         },
         needs_root: false,
     },
+    Step {
+        name: "test tools (tcpdump)",
+        present: || Ok(which("tcpdump").is_some()),
+        install: install_test_tools,
+        by_hand: || {
+            format!(
+                "apt-get update && apt-get install -y {}",
+                TEST_PACKAGES.join(" ")
+            )
+        },
+        needs_root: true,
+    },
 ];
+
+/// Debian packages the end-to-end tests use: tcpdump watches the wire between
+/// nodes (is it TLS?).
+const TEST_PACKAGES: [&str; 1] = ["tcpdump"];
+
+fn install_test_tools() -> anyhow::Result<()> {
+    apt_install(&TEST_PACKAGES)
+}
 
 /// Installs every missing piece, in order.
 pub fn run() -> anyhow::Result<()> {
@@ -165,9 +185,13 @@ fn llvm_present() -> anyhow::Result<bool> {
 }
 
 fn install_llvm() -> anyhow::Result<()> {
-    // Fresh machines often have empty package lists: refresh them once, only when
-    // apt does not know the packages yet.
-    let policy = exec::output(Command::new("apt-cache").args(["policy", LLVM_PACKAGES[0]]))?
+    apt_install(&LLVM_PACKAGES)
+}
+
+/// `apt-get install` of `packages`, refreshing the package lists first when apt
+/// does not know them yet (fresh machines often have empty lists).
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    let policy = exec::output(Command::new("apt-cache").args(["policy", packages[0]]))?
         .context("apt-cache is not installed")?;
     let known = String::from_utf8_lossy(&policy.stdout)
         .lines()
@@ -178,7 +202,7 @@ fn install_llvm() -> anyhow::Result<()> {
     exec::run(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(LLVM_PACKAGES)
+            .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }

@@ -40,7 +40,9 @@ use aya::{
     },
 };
 
-pub use host::{HostError, MIN_KERNEL, Privileges, cgroup2_mount, check_host};
+pub use host::{
+    HostError, MIN_KERNEL, Privileges, cgroup2_mount, check_host, raise_open_file_limit,
+};
 pub use netns::{Netns, NetnsCookie, in_netns, netns_cookie};
 pub use route::{local_addresses, setup_transparent_return};
 

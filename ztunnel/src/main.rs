@@ -188,6 +188,10 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
     // Before anything else: a host that cannot run the capture stops here, with
     // the missing piece named.
     capture::check_host().context("cannot start the eBPF capture")?;
+    match capture::raise_open_file_limit() {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open file limit"),
+    }
     let cgroup = match settings.node_cgroup.clone() {
         Some(path) => path,
         None => capture::cgroup2_mount()

@@ -17,6 +17,12 @@
 //! ambit-testbin bulk <addr> <seconds> <write-size>
 //!     one connection writing <write-size> chunks for <seconds>; prints
 //!     "bulk bytes=<n> seconds=<s> gbps=<g>" once the server confirmed the count
+//! ambit-testbin checksum <addr> <bytes>
+//!     one connection sending <bytes> of a deterministic pattern; the sink hashes
+//!     what it receives; prints "checksum sent=<h> received=<h> bytes=<n>"
+//! ambit-testbin concurrent <addr> <count>
+//!     opens <count> connections at once, holds them all open, then exchanges a
+//!     line on each; prints "concurrent ok=<n>"
 //! ambit-testbin rr <addr> <count> <size>
 //!     one connection, <count> round trips of <size> bytes; prints
 //!     "rr count=<n> p50_us=.. p90_us=.. p99_us=.. p999_us=.."
@@ -43,6 +49,8 @@ fn main() -> ExitCode {
         ["sink", addr] => sink(addr),
         ["bulk", addr, seconds, size] => bulk(addr, seconds, size),
         ["rr", addr, count, size] => rr(addr, count, size),
+        ["checksum", addr, bytes] => checksum(addr, bytes),
+        ["concurrent", addr, count] => concurrent(addr, count),
         _ => Err(
             "usage: ambit-testbin echo <addr> | send <addr> <message> [count] | \
                   session <addr> <count> <interval-ms> | sink <addr> | bulk <addr> <s> <size> | \
@@ -194,6 +202,19 @@ fn serve_benchmark(mut stream: TcpStream) -> std::io::Result<()> {
     let mut kind = [0u8; 1];
     stream.read_exact(&mut kind)?;
     let mut buf = vec![0u8; 256 * 1024];
+    if kind[0] == b'h' {
+        let mut hasher = Fnv::default();
+        let mut total: u64 = 0;
+        loop {
+            let n = stream.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.write(&buf[..n]);
+            total += n as u64;
+        }
+        return writeln!(stream, "{} {total}", hasher.0);
+    }
     if kind[0] == b'b' {
         let mut total: u64 = 0;
         loop {
@@ -294,5 +315,84 @@ fn rr(addr: &str, count: &str, size: &str) -> Result<(), String> {
         at(0.99),
         at(0.999)
     );
+    Ok(())
+}
+
+/// FNV-1a, 64 bit: a checksum both ends compute the same way.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+fn checksum(addr: &str, bytes: &str) -> Result<(), String> {
+    use std::io::Read;
+    let addr = parse_addr(addr)?;
+    let total: u64 = number("bytes", bytes)?;
+    let mut stream = connect(addr)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .map_err(|e| e.to_string())?;
+    stream.write_all(b"h").map_err(|e| e.to_string())?;
+    // A pattern that changes with the position, so a lost, duplicated or
+    // reordered chunk changes the hash.
+    let mut chunk = vec![0u8; 256 * 1024];
+    let mut hasher = Fnv::default();
+    let mut sent: u64 = 0;
+    while sent < total {
+        let n = chunk.len().min((total - sent) as usize);
+        for (i, byte) in chunk[..n].iter_mut().enumerate() {
+            *byte = ((sent + i as u64) % 251) as u8;
+        }
+        hasher.write(&chunk[..n]);
+        stream
+            .write_all(&chunk[..n])
+            .map_err(|e| format!("write: {e}"))?;
+        sent += n as u64;
+    }
+    stream
+        .shutdown(Shutdown::Write)
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| format!("no checksum from the server: {e}"))?;
+    let mut parts = answer.split_whitespace();
+    let received: u64 = number("checksum", parts.next().unwrap_or(""))?;
+    let count: u64 = number("byte count", parts.next().unwrap_or(""))?;
+    println!(
+        "checksum sent={} received={received} bytes={count}",
+        hasher.0
+    );
+    Ok(())
+}
+
+fn concurrent(addr: &str, count: &str) -> Result<(), String> {
+    let addr = parse_addr(addr)?;
+    let count: usize = number("count", count)?;
+    let mut streams = Vec::with_capacity(count);
+    for i in 0..count {
+        streams.push(connect(addr).map_err(|e| format!("connection {i}: {e}"))?);
+    }
+    let mut ok = 0;
+    for (i, stream) in streams.iter_mut().enumerate() {
+        let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+        let reply = exchange(stream, &mut reader, &format!("concurrent-{i}"))
+            .map_err(|e| format!("connection {i}: {e}"))?;
+        if reply.ends_with(&format!("msg=concurrent-{i}")) {
+            ok += 1;
+        }
+    }
+    println!("concurrent ok={ok}");
     Ok(())
 }

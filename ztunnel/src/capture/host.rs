@@ -108,6 +108,26 @@ pub fn check_host() -> Result<(), HostError> {
     Ok(())
 }
 
+/// Raises this process's open-file limit to its hard limit: ztunnel holds two
+/// sockets per proxied connection, and the usual soft limit of 1024 would cap a
+/// node at a few hundred. Returns the new limit.
+pub fn raise_open_file_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is valid for writes of an rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: `limit` is a valid rlimit read above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(limit.rlim_cur)
+}
+
 /// Fails with [`HostError::KernelTooOld`] for a kernel older than
 /// [`MIN_KERNEL`].
 pub fn check_kernel(kernel: KernelVersion) -> Result<(), HostError> {

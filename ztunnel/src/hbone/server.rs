@@ -83,7 +83,7 @@ where
         Ok(run) => {
             tokio::spawn(async move {
                 match hyper::upgrade::on(request).await {
-                    Ok(upgraded) => run(TokioIo::new(upgraded)).await,
+                    Ok(upgraded) => run(Tunnel::new(TokioIo::new(upgraded), None)).await,
                     Err(error) => tracing::debug!(%error, "HBONE stream closed before the upgrade"),
                 }
             });
