@@ -23,6 +23,9 @@
 //! ambit-testbin concurrent <addr> <count>
 //!     opens <count> connections at once, holds them all open, then exchanges a
 //!     line on each; prints "concurrent ok=<n>"
+//! ambit-testbin crr <addr> <count>
+//!     <count> times: connect, one line to an echo server and its reply, close;
+//!     prints "crr count=<n> per_s=<rate>"
 //! ambit-testbin rr <addr> <count> <size>
 //!     one connection, <count> round trips of <size> bytes; prints
 //!     "rr count=<n> p50_us=.. p90_us=.. p99_us=.. p999_us=.."
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         ["rr", addr, count, size] => rr(addr, count, size),
         ["checksum", addr, bytes] => checksum(addr, bytes),
         ["concurrent", addr, count] => concurrent(addr, count),
+        ["crr", addr, count] => crr(addr, count),
         _ => Err(
             "usage: ambit-testbin echo <addr> | send <addr> <message> [count] | \
                   session <addr> <count> <interval-ms> | sink <addr> | bulk <addr> <s> <size> | \
@@ -394,5 +398,20 @@ fn concurrent(addr: &str, count: &str) -> Result<(), String> {
         }
     }
     println!("concurrent ok={ok}");
+    Ok(())
+}
+
+fn crr(addr: &str, count: &str) -> Result<(), String> {
+    let addr = parse_addr(addr)?;
+    let count: u32 = number("count", count)?;
+    let start = std::time::Instant::now();
+    for i in 0..count {
+        let mut stream = connect(addr).map_err(|e| format!("connection {i}: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+        exchange(&mut stream, &mut reader, "crr").map_err(|e| format!("connection {i}: {e}"))?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    println!("crr count={count} per_s={:.1}", f64::from(count) / elapsed);
     Ok(())
 }
