@@ -9,11 +9,13 @@
 //! Module map (DESIGN.md section 2): `capture` (eBPF, the only `unsafe`),
 //! `settings` (process flags and environment), `telemetry` (logging).
 //! `config` (Kubernetes watchers and the local file) feeds `registry` (workloads, services, policies).
+//! `policy` evaluates AuthorizationPolicy (Istio's semantics) for ztunnel and the waypoint.
 #![warn(missing_docs)]
 
 #[cfg(feature = "capture")]
 pub mod capture;
 pub mod config;
+pub mod policy;
 #[cfg(feature = "capture")]
 pub mod proxy;
 pub mod registry;
