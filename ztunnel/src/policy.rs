@@ -29,6 +29,9 @@
 //!   neither: `principals: ["*"]` does not match it and `notPrincipals: ["*"]`
 //!   does. Hosts compare case-insensitively, and an exact host also matches
 //!   with a port.
+//! - `serviceAccounts` and `notServiceAccounts` name peers exactly as
+//!   `<namespace>/<name>` (a bare `<name>` is in the policy's namespace),
+//!   whatever their trust domain; like principals they need mTLS.
 //! - `ipBlocks` and `source.ip` match the connection's source address;
 //!   `remoteIpBlocks` and `remote.ip` the original client, which at L4 is the
 //!   source address (there are no proxies in between). Single addresses and

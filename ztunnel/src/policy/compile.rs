@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 
 use super::{
     compiled::{CompiledPolicies, FailSafe, PolicyInfo},
-    matcher::{HostSet, IpSet, PortSet, StrSet},
-    rule::{Check, Clause, Rule, Test},
+    matcher::{HostSet, IpSet, PortSet, ServiceAccountSet, StrSet},
+    rule::{Check, Clause, Rule, Test, required_principals},
 };
 use crate::registry::{
     Action, AuthorizationPolicy, Cidr,
@@ -85,6 +85,7 @@ fn rule(policy: u32, index: u32, spec: &RuleSpec, found: &mut Found) -> Rule {
         index,
         http: all().any(|c| c.test.is_http()),
         unsupported: all().any(|c| c.test == Test::Unsupported),
+        principals: required_principals(&from, &when),
         when: when.into(),
         from,
         to,
@@ -115,6 +116,12 @@ fn source(s: &Source, found: &mut Found) -> Clause {
     pair(&mut out, &s.namespaces, &s.not_namespaces, |v| {
         Test::Namespace(StrSet::new(v))
     });
+    pair(
+        &mut out,
+        &s.service_accounts,
+        &s.not_service_accounts,
+        |v| Test::ServiceAccount(ServiceAccountSet::new(v)),
+    );
     pair(&mut out, &s.ip_blocks, &s.not_ip_blocks, |v| {
         Test::SourceIp(IpSet::new(v))
     });

@@ -4,7 +4,10 @@
 
 use std::fmt;
 
-use super::{attributes::Attributes, rule::Rule};
+use super::{
+    attributes::Attributes,
+    rule::{Prepared, Rule},
+};
 use crate::registry::{Action, ObjectKey};
 
 /// Most AUDIT policies one decision lists; more are counted
@@ -95,12 +98,30 @@ impl CompiledPolicies {
 
     /// The decision for a connection or request with attributes `a`.
     pub fn evaluate(&self, a: &Attributes<'_>) -> Decision<'_> {
-        let (verdict, reason) = self.decide(a);
+        let prepared = Prepared::new(a);
+        let (verdict, reason) = self.decide(&prepared);
         Decision {
             verdict,
             reason,
-            audits: self.audits(a),
+            audits: self.audits(&prepared),
         }
+    }
+
+    /// The same policies without the principal prefilter, to check that it
+    /// never changes a decision.
+    #[cfg(test)]
+    pub(super) fn without_prefilter(mut self) -> Self {
+        for rules in [
+            &mut self.custom,
+            &mut self.deny,
+            &mut self.allow,
+            &mut self.audit,
+        ] {
+            for rule in rules {
+                rule.principals = None;
+            }
+        }
+        self
     }
 
     /// Istio's order: "If there are any CUSTOM policies that match the request,
@@ -108,7 +129,7 @@ impl CompiledPolicies {
     /// are any DENY policies that match the request, deny the request. If there
     /// are no ALLOW policies for the workload, allow the request. If any of the
     /// ALLOW policies match the request, allow the request. Deny the request."
-    fn decide(&self, a: &Attributes<'_>) -> (Verdict, Reason<'_>) {
+    fn decide(&self, a: &Prepared<'_, '_>) -> (Verdict, Reason<'_>) {
         if let Some(rule) = self.first(&self.custom, a, false) {
             // There is no ext_authz provider to ask: fail closed.
             return (Verdict::Deny, Reason::Custom(rule));
@@ -125,7 +146,7 @@ impl CompiledPolicies {
         }
     }
 
-    fn first(&self, rules: &[Rule], a: &Attributes<'_>, strict: bool) -> Option<PolicyRule<'_>> {
+    fn first(&self, rules: &[Rule], a: &Prepared<'_, '_>, strict: bool) -> Option<PolicyRule<'_>> {
         let rule = rules.iter().find(|r| r.matches(a, strict))?;
         Some(self.policy_rule(rule))
     }
@@ -138,7 +159,7 @@ impl CompiledPolicies {
     }
 
     /// Every AUDIT policy with a matching rule (the first such rule of each).
-    fn audits(&self, a: &Attributes<'_>) -> Audits<'_> {
+    fn audits(&self, a: &Prepared<'_, '_>) -> Audits<'_> {
         let mut out = Audits {
             compiled: self,
             rules: [0; AUDITS_LISTED],

@@ -58,6 +58,60 @@ impl StrSet {
     pub(super) fn matches(&self, value: &str) -> bool {
         self.0.iter().any(|m| m.matches(value))
     }
+
+    /// The [`fingerprint`]s of the values, when every matcher is exact.
+    pub(super) fn exact_fingerprints(&self) -> Option<Vec<u64>> {
+        (self.0.iter())
+            .map(|m| match m {
+                StrMatch::Exact(s) => Some(fingerprint(s)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// A 64-bit fingerprint of `s`, hashed eight bytes at a time. Equal strings
+/// have equal fingerprints, so different fingerprints rule out an exact match
+/// without comparing the strings.
+pub(super) fn fingerprint(s: &str) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mix = |h: u64, word: u64| (h.rotate_left(5) ^ word).wrapping_mul(K);
+    let mut chunks = s.as_bytes().chunks_exact(8);
+    let mut h = s.len() as u64;
+    for chunk in &mut chunks {
+        h = mix(
+            h,
+            u64::from_le_bytes(chunk.try_into().expect("chunks of 8")),
+        );
+    }
+    let mut tail = [0u8; 8];
+    tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    mix(h, u64::from_le_bytes(tail))
+}
+
+/// `serviceAccounts` entries: exact (namespace, name) pairs of the peer's
+/// identity, whatever its trust domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ServiceAccountSet(Box<[(Box<str>, Box<str>)]>);
+
+impl ServiceAccountSet {
+    /// From `<namespace>/<name>` entries (as the registry stores them).
+    pub(super) fn new(entries: &[Box<str>]) -> Self {
+        Self(
+            (entries.iter())
+                .map(|e| {
+                    // Validated upstream; an entry without `/` matches nothing.
+                    let (ns, sa) = e.split_once('/').unwrap_or(("", ""));
+                    (ns.into(), sa.into())
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether `namespace`/`name` is listed.
+    pub(super) fn contains(&self, namespace: &str, name: &str) -> bool {
+        (self.0.iter()).any(|(ns, sa)| !sa.is_empty() && **ns == *namespace && **sa == *name)
+    }
 }
 
 /// A `hosts` entry. Hosts compare case-insensitively ("The match is
@@ -322,6 +376,20 @@ mod tests {
             prop_assert!(IpRange::new(cidr).contains(net));
             prop_assert!(IpSet::new(&[cidr]).contains(cidr.addr()));
         }
+    }
+
+    #[test]
+    fn fingerprints_tell_strings_apart() {
+        let a = fingerprint("cluster.local/ns/shop/sa/frontend");
+        assert_eq!(a, fingerprint("cluster.local/ns/shop/sa/frontend"));
+        assert_ne!(a, fingerprint("cluster.local/ns/shop/sa/frontenD"));
+        // The length counts: trailing zero bytes do not collide with padding.
+        assert_ne!(fingerprint("ab"), fingerprint("ab\0"));
+        assert_eq!(
+            StrSet::new(&["a", "b"]).exact_fingerprints(),
+            Some(vec![fingerprint("a"), fingerprint("b")])
+        );
+        assert_eq!(StrSet::new(&["a", "b*"]).exact_fingerprints(), None);
     }
 
     #[test]

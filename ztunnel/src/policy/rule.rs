@@ -4,7 +4,7 @@
 
 use super::{
     attributes::{Attributes, Request},
-    matcher::{HostSet, IpSet, PortSet, StrSet},
+    matcher::{HostSet, IpSet, PortSet, ServiceAccountSet, StrSet, fingerprint},
 };
 
 /// One attribute tested against one set of values.
@@ -17,6 +17,7 @@ pub(super) enum Test {
     DestinationPort(PortSet),
     Principal(StrSet),
     Namespace(StrSet),
+    ServiceAccount(ServiceAccountSet),
     Sni(StrSet),
     // L7: known only with an HTTP request.
     Host(HostSet),
@@ -65,6 +66,9 @@ impl Test {
             // matches, not even presence (`*`).
             Self::Principal(set) => a.peer.is_some_and(|p| set.matches(p.principal())),
             Self::Namespace(set) => a.peer.is_some_and(|p| set.matches(p.namespace())),
+            Self::ServiceAccount(set) => a
+                .peer
+                .is_some_and(|p| set.contains(p.namespace(), p.service_account())),
             Self::Sni(set) => a.sni.is_some_and(|s| set.matches(s)),
             Self::Unsupported => return None,
             http => return a.request.as_ref().map(|r| http.eval_http(r)),
@@ -113,6 +117,22 @@ impl Check {
 /// A clause: one `source` or `operation`, whose fields must all match.
 pub(super) type Clause = Box<[Check]>;
 
+/// The attributes of one evaluation, with what is worth computing once.
+pub(super) struct Prepared<'b, 'a> {
+    a: &'b Attributes<'a>,
+    /// The [`fingerprint`] of the peer's principal.
+    principal: Option<u64>,
+}
+
+impl<'b, 'a> Prepared<'b, 'a> {
+    pub(super) fn new(a: &'b Attributes<'a>) -> Self {
+        Self {
+            a,
+            principal: a.peer.map(|p| fingerprint(p.principal())),
+        }
+    }
+}
+
 /// One compiled entry of a policy's `rules`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Rule {
@@ -124,6 +144,10 @@ pub(super) struct Rule {
     pub(super) http: bool,
     /// Some check can never be evaluated.
     pub(super) unsupported: bool,
+    /// When the rule can only match peers with one of a few exact principals
+    /// (the usual ALLOW by principal): their fingerprints, sorted, so that the
+    /// other peers skip the rule with a few integer compares.
+    pub(super) principals: Option<Box<[u64]>>,
     pub(super) from: Box<[Clause]>,
     pub(super) to: Box<[Clause]>,
     pub(super) when: Box<[Check]>,
@@ -134,13 +158,45 @@ impl Rule {
     /// attributes that cannot be seen here matches nothing, as Istio's ztunnel
     /// omits such rules. Otherwise (DENY, CUSTOM, AUDIT) those attributes are
     /// dropped and the rest of the rule decides, which matches more.
-    pub(super) fn matches(&self, a: &Attributes<'_>, strict: bool) -> bool {
+    pub(super) fn matches(&self, p: &Prepared<'_, '_>, strict: bool) -> bool {
+        let a = p.a;
         if strict && (self.unsupported || (self.http && a.request.is_none())) {
             return false;
+        }
+        if let Some(required) = &self.principals {
+            match p.principal {
+                Some(fp) if required.contains(&fp) => {}
+                _ => return false,
+            }
         }
         // from, to and when are ANDed; `to` first as ports are the cheapest.
         any_clause(&self.to, a) && self.when.iter().all(|c| c.holds(a)) && any_clause(&self.from, a)
     }
+}
+
+/// The fingerprints of the exact principals a rule requires, if it requires
+/// some: a `when` condition on `source.principal` with exact values only, or
+/// such `principals` in every `from` clause. (The principal is an L4 attribute,
+/// so the requirement holds whatever else is dropped at L4.)
+pub(super) fn required_principals(from: &[Clause], when: &[Check]) -> Option<Box<[u64]>> {
+    let exact = |c: &Check| match (&c.test, c.negate) {
+        (Test::Principal(set), false) => set.exact_fingerprints(),
+        _ => None,
+    };
+    let mut required = match when.iter().find_map(exact) {
+        Some(fps) => fps,
+        None if from.is_empty() => return None,
+        None => {
+            let mut all = Vec::new();
+            for clause in from {
+                all.extend(clause.iter().find_map(exact)?);
+            }
+            all
+        }
+    };
+    required.sort_unstable();
+    required.dedup();
+    Some(required.into())
 }
 
 /// Clauses are ORed; no clause at all means "any".

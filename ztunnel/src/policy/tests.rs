@@ -311,6 +311,10 @@ fn run(case: &Case) -> Result<(), String> {
         request,
     };
     let decision = compiled.evaluate(&attributes);
+    let unfiltered = compiled.clone().without_prefilter();
+    if got(&unfiltered.evaluate(&attributes)) != got(&decision) {
+        return Err("the principal prefilter changed the decision".into());
+    }
     let (want_reason, want_verdict) = want(case.want);
     let audits: Vec<String> = decision
         .audits
@@ -335,6 +339,7 @@ fn conformance() {
         selection(),
         principals(),
         namespaces(),
+        service_accounts(),
         structure(),
         addresses(),
         ports(),
@@ -365,6 +370,45 @@ mod rows;
 use rows::*;
 
 // === beyond the table ===
+
+#[test]
+fn service_accounts_are_validated_as_istio_does() {
+    let many: Vec<String> = (0..17).map(|i| format!("sa-{i}")).collect();
+    let many = format!(
+        "{{rules: [{{from: [{{source: {{serviceAccounts: [{}]}}}}]}}]}}",
+        many.join(", ")
+    );
+    let rows = [
+        (
+            "{rules: [{from: [{source: {serviceAccounts: [web], principals: [\"*\"]}}]}]}",
+            "spec.rules[0].from[0].source.serviceAccounts: cannot be combined with principals or namespaces",
+        ),
+        (
+            "{rules: [{from: [{source: {notServiceAccounts: [web], namespaces: [shop]}}]}]}",
+            "spec.rules[0].from[0].source.notServiceAccounts: cannot be combined",
+        ),
+        (
+            "{rules: [{from: [{source: {serviceAccounts: [\"web-*\"]}}]}]}",
+            "serviceAccounts[0]: \"web-*\" is not a service account",
+        ),
+        (
+            "{rules: [{from: [{source: {serviceAccounts: [ok, a/b/c]}}]}]}",
+            "serviceAccounts[1]: \"a/b/c\" is not a service account",
+        ),
+        (
+            "{rules: [{from: [{source: {serviceAccounts: [/web]}}]}]}",
+            "serviceAccounts[0]: \"/web\" is not a service account",
+        ),
+        (
+            many.as_str(),
+            "source.serviceAccounts: has more than 16 entries",
+        ),
+    ];
+    for (spec, reason) in rows {
+        let err = compiled(&[("shop/p", spec)]).expect_err(spec);
+        assert!(err.contains(reason), "{spec}: {err}");
+    }
+}
 
 #[test]
 fn policies_with_http_attributes_are_named_for_a_warning() {
@@ -565,4 +609,83 @@ status: {podIP: 198.18.1.22}
         .map(|f| f.policy.to_string())
         .collect();
     assert_eq!(warned, ["shop/get-only"]);
+}
+
+mod prefilter {
+    //! The principal prefilter skips rules; it must never change a decision.
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::registry::{
+        Action, AuthorizationPolicy,
+        policy::{Condition, Rule as RuleSpec, Source},
+    };
+
+    const POOL: [&str; 5] = [
+        "td/ns/a/sa/x",
+        "td/ns/a/sa/y",
+        "td/ns/b/sa/x",
+        "td/ns/b/sa/y",
+        "td/ns/a/*",
+    ];
+
+    fn names() -> impl Strategy<Value = Vec<Box<str>>> {
+        prop::collection::vec(prop::sample::select(POOL.to_vec()), 1..3)
+            .prop_map(|v| v.into_iter().map(Box::from).collect())
+    }
+
+    fn rule() -> impl Strategy<Value = RuleSpec> {
+        let source = (names(), any::<bool>()).prop_map(|(names, ns)| Source {
+            principals: names,
+            namespaces: if ns { vec!["a".into()] } else { Vec::new() },
+            ..Source::default()
+        });
+        let when = prop::option::of(names()).prop_map(|names| {
+            names.into_iter().map(|values| Condition {
+                key: "source.principal".into(),
+                values,
+                not_values: Vec::new(),
+            })
+        });
+        (prop::collection::vec(source, 0..3), when).prop_map(|(from, when)| RuleSpec {
+            from,
+            to: Vec::new(),
+            when: when.collect(),
+        })
+    }
+
+    fn policy() -> impl Strategy<Value = (Action, Vec<RuleSpec>)> {
+        let action = prop::sample::select(vec![Action::Allow, Action::Deny, Action::Audit]);
+        (action, prop::collection::vec(rule(), 0..3))
+    }
+
+    proptest! {
+        #[test]
+        fn never_changes_a_decision(
+            specs in prop::collection::vec(policy(), 1..5),
+            peer in prop::option::of(prop::sample::select(POOL[..4].to_vec())),
+        ) {
+            let policies: Vec<AuthorizationPolicy> = specs
+                .into_iter()
+                .enumerate()
+                .map(|(i, (action, rules))| AuthorizationPolicy {
+                    key: ObjectKey::new("shop", &format!("p{i}")),
+                    selector: None,
+                    target_refs: Vec::new(),
+                    action,
+                    provider: None,
+                    rules,
+                })
+                .collect();
+            let compiled = compile(&policies);
+            let unfiltered = compiled.clone().without_prefilter();
+            let uri = peer.map(|p| format!("spiffe://{p}"));
+            let a = l4("198.18.1.10", None, 8080);
+            let a = Attributes { peer: uri.as_deref().map(|u| Peer::from_uri(u).unwrap()), ..a };
+            let (x, y) = (compiled.evaluate(&a), unfiltered.evaluate(&a));
+            prop_assert_eq!(x.to_string(), y.to_string());
+            prop_assert_eq!(format!("{:?}", x.audits), format!("{:?}", y.audits));
+        }
+    }
 }

@@ -863,3 +863,93 @@ pub(super) fn http_at_l7() -> Vec<Case> {
         .map(|(name, p, conn, want)| case(name, &[("shop/l7", p)], conn, want))
         .collect()
 }
+
+/// `serviceAccounts` and `notServiceAccounts` (namespace and name of the peer).
+pub(super) fn service_accounts() -> Vec<Case> {
+    let rows: Vec<(&str, (&str, &str), _, _)> = vec![
+        (
+            "serviceAccounts with a namespace",
+            (
+                "shop/sa",
+                "{rules: [{from: [{source: {serviceAccounts: [shop/frontend]}}]}]}",
+            ),
+            mtls(FRONTEND),
+            Allowed("shop/sa", 0),
+        ),
+        (
+            "serviceAccounts without a namespace are the policy's",
+            (
+                "shop/sa",
+                "{rules: [{from: [{source: {serviceAccounts: [frontend]}}]}]}",
+            ),
+            mtls(FRONTEND),
+            Allowed("shop/sa", 0),
+        ),
+        (
+            "serviceAccounts of a root-namespace policy default to the root namespace",
+            (
+                "istio-system/sa",
+                "{rules: [{from: [{source: {serviceAccounts: [frontend]}}]}]}",
+            ),
+            mtls(FRONTEND),
+            NoMatch,
+        ),
+        (
+            "serviceAccounts ignore the trust domain",
+            (
+                "shop/sa",
+                "{rules: [{from: [{source: {serviceAccounts: [shop/frontend]}}]}]}",
+            ),
+            mtls(FOREIGN),
+            Allowed("shop/sa", 0),
+        ),
+        (
+            "serviceAccounts of another namespace",
+            (
+                "shop/sa",
+                "{rules: [{from: [{source: {serviceAccounts: [other/frontend]}}]}]}",
+            ),
+            mtls(FRONTEND),
+            NoMatch,
+        ),
+        (
+            "serviceAccounts do not match plaintext",
+            (
+                "shop/sa",
+                "{rules: [{from: [{source: {serviceAccounts: [shop/frontend]}}]}]}",
+            ),
+            plaintext(),
+            NoMatch,
+        ),
+        (
+            "DENY notServiceAccounts denies the others",
+            (
+                "shop/sa",
+                "{action: DENY, rules: [{from: [{source: {notServiceAccounts: [shop/frontend, other/client]}}]}]}",
+            ),
+            mtls(ADMIN),
+            Denied("shop/sa", 0),
+        ),
+        (
+            "DENY notServiceAccounts spares the listed",
+            (
+                "shop/sa",
+                "{action: DENY, rules: [{from: [{source: {notServiceAccounts: [shop/frontend, other/client]}}]}]}",
+            ),
+            mtls(CLIENT_OTHER),
+            Default,
+        ),
+        (
+            "DENY notServiceAccounts denies plaintext",
+            (
+                "shop/sa",
+                "{action: DENY, rules: [{from: [{source: {notServiceAccounts: [frontend]}}]}]}",
+            ),
+            plaintext(),
+            Denied("shop/sa", 0),
+        ),
+    ];
+    rows.into_iter()
+        .map(|(name, p, conn, want)| case(name, &[p], conn, want))
+        .collect()
+}
