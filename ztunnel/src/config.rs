@@ -118,6 +118,15 @@ pub enum Problem {
     /// Not TCP, UDP or SCTP.
     #[error("{0:?} is not a protocol (TCP, UDP, SCTP)")]
     Protocol(String),
+    /// `serviceAccounts` together with `principals` or `namespaces`.
+    #[error("cannot be combined with principals or namespaces")]
+    ServiceAccountsExclusive,
+    /// Not `<name>` or `<namespace>/<name>`.
+    #[error("{0:?} is not a service account (<name> or <namespace>/<name>, no wildcards)")]
+    ServiceAccount(String),
+    /// A list longer than Istio allows.
+    #[error("has more than {0} entries")]
+    TooMany(usize),
     /// More than one address of one family.
     #[error("more than one {0} address")]
     SecondAddress(&'static str),

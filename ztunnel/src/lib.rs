@@ -10,7 +10,9 @@
 //! `settings` (process flags and environment), `telemetry` (logging),
 //! `identity` (SPIFFE identities, the mesh CA, certificates and trust bundle),
 //! `config` (Kubernetes watchers and the local file) feeds `registry` (workloads,
-//! services, policies), and `proxy` (per-pod listeners) serves the captured pods.
+//! services, policies), and `proxy` (per-pod listeners) serves the captured pods;
+//! `hbone` carries them between nodes, and `policy` evaluates AuthorizationPolicy
+//! (Istio's semantics) for ztunnel and the waypoint.
 #![warn(missing_docs)]
 
 #[cfg(feature = "capture")]
@@ -18,6 +20,7 @@ pub mod capture;
 pub mod config;
 pub mod hbone;
 pub mod identity;
+pub mod policy;
 #[cfg(feature = "capture")]
 pub mod proxy;
 pub mod registry;

@@ -46,7 +46,11 @@ pub(super) fn authorization_policy(
     }
     let mut rules = Vec::with_capacity(spec.rules.len());
     for (i, rule) in spec.rules.iter().enumerate() {
-        rules.push(self::rule(&format!("spec.rules[{i}]"), rule)?);
+        rules.push(self::rule(
+            &format!("spec.rules[{i}]"),
+            rule,
+            &key.namespace,
+        )?);
     }
     Ok(Object::AuthorizationPolicy(AuthorizationPolicy {
         key,
@@ -58,7 +62,7 @@ pub(super) fn authorization_policy(
     }))
 }
 
-fn rule(field: &str, rule: &crd::Rule) -> Result<Rule, Invalid> {
+fn rule(field: &str, rule: &crd::Rule, namespace: &str) -> Result<Rule, Invalid> {
     let mut out = Rule::default();
     for (i, from) in rule.from.iter().enumerate() {
         let field = format!("{field}.from[{i}].source");
@@ -66,7 +70,7 @@ fn rule(field: &str, rule: &crd::Rule) -> Result<Rule, Invalid> {
             .source
             .as_ref()
             .ok_or_else(|| Invalid::new(&field, Problem::Required))?;
-        out.from.push(source(&field, s)?);
+        out.from.push(source(&field, s, namespace)?);
     }
     for (i, to) in rule.to.iter().enumerate() {
         let field = format!("{field}.to[{i}].operation");
@@ -82,7 +86,8 @@ fn rule(field: &str, rule: &crd::Rule) -> Result<Rule, Invalid> {
     Ok(out)
 }
 
-fn source(field: &str, s: &crd::Source) -> Result<Source, Invalid> {
+/// `namespace`: the policy's, for `serviceAccounts` given without one.
+fn source(field: &str, s: &crd::Source, namespace: &str) -> Result<Source, Invalid> {
     let out = Source {
         principals: matchers(field, "principals", &s.principals)?,
         not_principals: matchers(field, "notPrincipals", &s.not_principals)?,
@@ -90,6 +95,18 @@ fn source(field: &str, s: &crd::Source) -> Result<Source, Invalid> {
         not_request_principals: matchers(field, "notRequestPrincipals", &s.not_request_principals)?,
         namespaces: matchers(field, "namespaces", &s.namespaces)?,
         not_namespaces: matchers(field, "notNamespaces", &s.not_namespaces)?,
+        service_accounts: service_accounts(
+            field,
+            "serviceAccounts",
+            &s.service_accounts,
+            namespace,
+        )?,
+        not_service_accounts: service_accounts(
+            field,
+            "notServiceAccounts",
+            &s.not_service_accounts,
+            namespace,
+        )?,
         ip_blocks: cidrs(field, "ipBlocks", &s.ip_blocks)?,
         not_ip_blocks: cidrs(field, "notIpBlocks", &s.not_ip_blocks)?,
         remote_ip_blocks: cidrs(field, "remoteIpBlocks", &s.remote_ip_blocks)?,
@@ -99,7 +116,60 @@ fn source(field: &str, s: &crd::Source) -> Result<Source, Invalid> {
         // Istio: "From.Source must not be empty".
         return Err(Invalid::new(field, Problem::Empty));
     }
+    let identities = [
+        &out.principals,
+        &out.not_principals,
+        &out.namespaces,
+        &out.not_namespaces,
+    ];
+    for (name, list) in [
+        ("serviceAccounts", &out.service_accounts),
+        ("notServiceAccounts", &out.not_service_accounts),
+    ] {
+        if !list.is_empty() && identities.iter().any(|l| !l.is_empty()) {
+            return Err(Invalid::new(
+                format!("{field}.{name}"),
+                Problem::ServiceAccountsExclusive,
+            ));
+        }
+    }
     Ok(out)
+}
+
+/// Istio's limits on `serviceAccounts`: entries and characters per entry.
+const SERVICE_ACCOUNTS_MAX: usize = 16;
+const SERVICE_ACCOUNT_LEN_MAX: usize = 320;
+
+/// `serviceAccounts`: `<name>` (in the policy's namespace) or
+/// `<namespace>/<name>`, exact only; stored as `<namespace>/<name>`.
+fn service_accounts(
+    field: &str,
+    name: &str,
+    list: &[String],
+    namespace: &str,
+) -> Result<Vec<Box<str>>, Invalid> {
+    if list.len() > SERVICE_ACCOUNTS_MAX {
+        return Err(Invalid::new(
+            format!("{field}.{name}"),
+            Problem::TooMany(SERVICE_ACCOUNTS_MAX),
+        ));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let f = || format!("{field}.{name}[{i}]");
+            let (ns, sa) = v.split_once('/').unwrap_or((namespace, v));
+            if ns.is_empty()
+                || sa.is_empty()
+                || sa.contains('/')
+                || v.contains('*')
+                || v.len() > SERVICE_ACCOUNT_LEN_MAX
+            {
+                return Err(Invalid::new(f(), Problem::ServiceAccount(v.clone())));
+            }
+            Ok(format!("{ns}/{sa}").into())
+        })
+        .collect()
 }
 
 fn operation(field: &str, o: &crd::Operation) -> Result<Operation, Invalid> {

@@ -146,6 +146,11 @@ pub struct Source {
     pub not_request_principals: Vec<Box<str>>,
     pub namespaces: Vec<Box<str>>,
     pub not_namespaces: Vec<Box<str>>,
+    /// `serviceAccounts` as `<namespace>/<name>` (a bare `<name>` is resolved to
+    /// the policy's namespace when validated).
+    pub service_accounts: Vec<Box<str>>,
+    /// `notServiceAccounts`, resolved like `service_accounts`.
+    pub not_service_accounts: Vec<Box<str>>,
     pub ip_blocks: Vec<Cidr>,
     pub not_ip_blocks: Vec<Cidr>,
     pub remote_ip_blocks: Vec<Cidr>,

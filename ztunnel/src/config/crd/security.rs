@@ -180,6 +180,10 @@ pub struct Source {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_namespaces: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_service_accounts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_blocks: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_ip_blocks: Vec<String>,
