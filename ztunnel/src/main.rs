@@ -223,13 +223,15 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
             .await
             .context("cannot list the node's addresses")?,
         router: Default::default(),
+        policies: Default::default(),
     });
+    mesh.update_policies(&registry.snapshot());
 
     let mut capture = Capture::load(capture_config(&settings, &node, cgroup))
         .context("cannot start the eBPF capture")?;
     capture.attach().context("cannot attach the eBPF capture")?;
-    let mut pods =
-        PodManager::new(capture, pod_manager_config(), mesh).context("cannot start the proxy")?;
+    let mut pods = PodManager::new(capture, pod_manager_config(), mesh.clone())
+        .context("cannot start the proxy")?;
     let desired = local_pods(&registry.snapshot(), &node);
     report(pods.reconcile(&desired).await);
     tracing::info!(pods = desired.len(), "ready");
@@ -247,6 +249,7 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
                     break;
                 }
                 let snapshot = updates.borrow_and_update().clone();
+                mesh.update_policies(&snapshot);
                 report(pods.reconcile(&local_pods(&snapshot, &node)).await);
             }
         }

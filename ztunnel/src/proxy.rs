@@ -32,6 +32,7 @@ pub use socket::{PodSockets, SocketFactory, error_chain};
 
 use crate::{
     identity::{CertManager, TrustBundle, TrustDomain},
+    policy::PolicyIndex,
     registry::Registry,
 };
 
@@ -54,6 +55,70 @@ pub struct Mesh {
     pub node_addrs: Vec<IpAddr>,
     /// Route decisions (round robin state).
     pub router: route::Router,
+    /// AuthorizationPolicies compiled for the node's pods; swapped whole when
+    /// the registry changes, so a change applies to the next connection.
+    pub policies: arc_swap::ArcSwap<PolicyIndex>,
+}
+
+impl Mesh {
+    /// Rebuilds the compiled policies from `snapshot`, and warns about policies
+    /// whose HTTP-only fields ztunnel cannot enforce (they fail safe).
+    pub fn update_policies(&self, snapshot: &crate::registry::Snapshot) {
+        let index = PolicyIndex::build(snapshot);
+        for fail_safe in index.l7_ignored() {
+            tracing::warn!(policy = %fail_safe, "policy has HTTP fields that need a waypoint: enforced fail-safe at L4");
+        }
+        self.policies.store(Arc::new(index));
+    }
+
+    /// Decides a connection to `dst` of the pod `pod` from `src` (with the
+    /// client's SPIFFE identity, when it has one): `Err` names the policy and
+    /// rule that denied it. Every decision that a DENY, CUSTOM or AUDIT policy
+    /// took part in, and every denial, is an `audit` log line.
+    pub fn authorize(
+        &self,
+        pod: &crate::registry::ObjectKey,
+        src: SocketAddr,
+        dst: SocketAddr,
+        identity: Option<&str>,
+    ) -> Result<(), String> {
+        let index = self.policies.load();
+        let Some(policies) = index.get(pod) else {
+            return Ok(());
+        };
+        let peer = match identity.map(crate::policy::Peer::from_uri) {
+            Some(Ok(peer)) => Some(peer),
+            // An identity the engine cannot read is treated as none: fail closed
+            // for rules that need one.
+            Some(Err(_)) | None => None,
+        };
+        let decision =
+            policies.evaluate(&crate::policy::Attributes::connection(src.ip(), dst, peer));
+        let audited = decision.audits.iter().len() > 0;
+        if !decision.is_allowed() || audited {
+            // Only on audited or denied connections: the names cost an allocation.
+            let audit: Vec<String> = decision
+                .audits
+                .iter()
+                .map(|rule| rule.to_string())
+                .collect();
+            tracing::info!(
+                target: "audit",
+                decision = %decision,
+                audit = audit.join(", "),
+                src.addr = %src,
+                src.identity = identity.unwrap_or(""),
+                dst.addr = %dst,
+                dst.workload = %pod,
+                "authorization"
+            );
+        }
+        if decision.is_allowed() {
+            Ok(())
+        } else {
+            Err(decision.to_string())
+        }
+    }
 }
 
 /// Errors of the proxy layer.
@@ -145,6 +210,9 @@ pub enum ConnectionError {
     /// PeerAuthentication requires mTLS and the connection is plaintext.
     #[error("plaintext refused: PeerAuthentication is STRICT for {0}")]
     Strict(SocketAddr),
+    /// An AuthorizationPolicy denied the connection.
+    #[error("{0}")]
+    Denied(String),
     /// Looking up the original destination failed.
     #[error("cannot look up the original destination")]
     Capture(#[source] crate::capture::Error),

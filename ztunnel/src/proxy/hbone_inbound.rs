@@ -68,6 +68,16 @@ async fn accept_stream(
         record.finish(&Err(ConnectionError::Loop(target)));
         return Err(StatusCode::BAD_REQUEST);
     }
+    let identity = source.identity.to_string();
+    if let Err(reason) = pod
+        .inputs
+        .mesh
+        .authorize(&pod.key, client, target, Some(&identity))
+    {
+        // Refused before the application sees a connection.
+        record.finish(&Err(ConnectionError::Denied(reason)));
+        return Err(StatusCode::FORBIDDEN);
+    }
     match connect(&pod, target, Some(client.ip())).await {
         Ok(mut app) => Ok(Box::new(move |mut tunnel| {
             Box::pin(async move {

@@ -30,6 +30,11 @@ pub async fn handle(mut client: TcpStream, peer: SocketAddr, pod: Arc<PodContext
         if !plaintext_allowed(&pod, peer, dst) {
             return Err(ConnectionError::Strict(dst));
         }
+        // Denied before any byte reaches the application.
+        pod.inputs
+            .mesh
+            .authorize(&pod.key, peer, dst, None)
+            .map_err(ConnectionError::Denied)?;
         // Connect from the client's own address, so the application sees who
         // really called.
         let mut app = connect(&pod, dst, Some(peer.ip())).await?;

@@ -1,0 +1,221 @@
+//! L4 AuthorizationPolicy end to end: the three-tier sample (frontend ->
+//! backend -> db, one service account each) with a namespace deny-all and ALLOW
+//! rules by principal, a DENY by namespace that wins over an ALLOW, and AUDIT.
+
+use std::{net::SocketAddr, time::Duration};
+
+use ambit_tests::{
+    Testbed,
+    mesh::{MeshConfig, Ztunnel, ZtunnelOptions},
+    privileged,
+    testbed::Process,
+};
+
+const TESTBIN: &str = env!("CARGO_BIN_EXE_ambit-testbin");
+const WAIT: Duration = Duration::from_secs(10);
+
+const POLICIES: &str = r"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-all
+  namespace: shop
+spec: {}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: backend-from-frontend
+  namespace: shop
+spec:
+  selector:
+    matchLabels:
+      app: backend
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: [cluster.local/ns/shop/sa/frontend]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: backend-from-other
+  namespace: shop
+spec:
+  selector:
+    matchLabels:
+      app: backend
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        namespaces: [other]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: db-from-backend
+  namespace: shop
+spec:
+  selector:
+    matchLabels:
+      app: db
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: [cluster.local/ns/shop/sa/backend]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: audit-db
+  namespace: shop
+spec:
+  selector:
+    matchLabels:
+      app: db
+  action: AUDIT
+  rules:
+  - from:
+    - source:
+        principals: [cluster.local/ns/shop/sa/backend]";
+
+const DENY_OTHER: &str = r"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-other
+  namespace: shop
+spec:
+  selector:
+    matchLabels:
+      app: backend
+  action: DENY
+  rules:
+  - from:
+    - source:
+        namespaces: [other]";
+
+fn send(bed: &Testbed, pod: &str, dst: SocketAddr) -> Result<String, String> {
+    let mut cmd = bed.pod_command(pod, TESTBIN);
+    cmd.args(["send", &dst.to_string(), "tier"])
+        .env("AMBIT_TESTBIN_TIMEOUT_MS", "3000");
+    bed.run(cmd, WAIT)
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn three_tiers_with_deny_all_allow_by_principal_deny_wins_and_audit() {
+    if !privileged("three_tiers_with_deny_all_allow_by_principal_deny_wins_and_audit") {
+        return;
+    }
+    let bed = Testbed::builder("three_tier")
+        .node("a")
+        .node("b")
+        .pod("frontend", "a")
+        .pod("db", "a")
+        .pod("intruder", "a")
+        .pod("backend", "b")
+        .build()
+        .expect("testbed builds");
+    let base = MeshConfig::default()
+        .namespace("shop", true)
+        .namespace("other", true)
+        .pod("frontend", "shop")
+        .pod("backend", "shop")
+        .pod("db", "shop")
+        .pod("intruder", "other")
+        .document(POLICIES);
+    let config = bed.workdir().join("mesh.yaml");
+    base.write(&bed, &config).expect("config written");
+    let zt_a = Ztunnel::start(&bed, "a", &config, &ZtunnelOptions::default()).expect("ztunnel a");
+    let zt_b = Ztunnel::start(&bed, "b", &config, &ZtunnelOptions::default()).expect("ztunnel b");
+    let servers: Vec<Process> = ["backend", "db"]
+        .iter()
+        .map(|pod| {
+            let mut cmd = bed.pod_command(pod, TESTBIN);
+            cmd.args(["echo", "[::]:7000"]);
+            let server = bed.spawn(cmd).expect("server starts");
+            server
+                .wait_for_line("listening", WAIT)
+                .expect("server listens");
+            server
+        })
+        .collect();
+    let backend = SocketAddr::from((bed.pod("backend").ipv4(), 7000));
+    let db = SocketAddr::from((bed.pod("db").ipv4(), 7000));
+
+    // The allowed paths work.
+    send(&bed, "frontend", backend).expect("frontend -> backend is allowed");
+    send(&bed, "backend", db).expect("backend -> db is allowed");
+    // Everything else fails: deny-all plus no matching ALLOW rule.
+    send(&bed, "frontend", db).expect_err("frontend -> db is denied");
+    let denied = zt_a
+        .wait_for_log(WAIT, |l| {
+            l["target"] == "audit"
+                && l["decision"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with("denied"))
+        })
+        .expect("the denial is an audit line");
+    assert_eq!(
+        denied["src.identity"], "spiffe://cluster.local/ns/shop/sa/frontend",
+        "{denied}"
+    );
+    // The denied connection never reached the db.
+    let db_lines: Vec<String> =
+        std::iter::from_fn(|| servers[1].next_line(Duration::from_millis(300)).ok()).collect();
+    assert_eq!(
+        db_lines
+            .iter()
+            .filter(|l| l.starts_with("accepted"))
+            .count(),
+        1,
+        "only backend's: {db_lines:?}"
+    );
+
+    // AUDIT logs without blocking: backend -> db was allowed and audited.
+    let audit = zt_a
+        .wait_for_log(WAIT, |l| {
+            l["target"] == "audit"
+                && l["audit"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("shop/audit-db"))
+        })
+        .expect("the AUDIT policy logged");
+    assert!(
+        audit["decision"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("allowed")),
+        "{audit}"
+    );
+
+    // Allowed by namespace, until a DENY by namespace joins: DENY wins, at once.
+    send(&bed, "intruder", backend).expect("other/intruder is allowed by namespace");
+    base.clone()
+        .document(DENY_OTHER)
+        .write(&bed, &config)
+        .expect("config rewritten");
+    zt_b.wait_for_log(WAIT, |l| l["message"] == "configuration applied")
+        .ok();
+    std::thread::sleep(Duration::from_millis(1500));
+    send(&bed, "intruder", backend).expect_err("the DENY policy wins over the ALLOW");
+    let line = zt_b
+        .wait_for_log(WAIT, |l| {
+            l["target"] == "audit"
+                && l["decision"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("shop/deny-other"))
+        })
+        .expect("the deciding DENY policy is named");
+    assert!(
+        line["decision"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("denied")),
+        "{line}"
+    );
+    send(&bed, "frontend", backend).expect("frontend is still allowed");
+}
