@@ -138,6 +138,36 @@ fn bytes_between_nodes_are_tls_with_the_client_identity() {
         inbound["src.identity"], "spiffe://cluster.local/ns/demo/sa/client",
         "{inbound}"
     );
+
+    // The admin endpoint shows the node's certificates (never a key) and the
+    // registry.
+    let get = |path: &str| {
+        let mut cmd = bed.node_command("a", "curl");
+        cmd.args(["-sf", &format!("http://127.0.0.1:15000{path}")]);
+        String::from_utf8_lossy(&bed.run(cmd, WAIT).expect("admin answers").stdout).into_owned()
+    };
+    let certs: serde_json::Value = serde_json::from_str(&get("/certs")).expect("JSON");
+    let client = certs
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|c| c["identity"] == "spiffe://cluster.local/ns/demo/sa/client")
+        })
+        .unwrap_or_else(|| panic!("the client's certificate is listed: {certs}"));
+    assert!(
+        client["serial"].as_str().is_some_and(|s| !s.is_empty()),
+        "{client}"
+    );
+    assert!(client["not_after"].is_string(), "{client}");
+    assert!(
+        !certs.to_string().contains("PRIVATE KEY"),
+        "no key material"
+    );
+    assert!(
+        get("/config_dump").contains("\"server\""),
+        "the registry dump lists the pods"
+    );
+    assert_eq!(get("/healthz/ready").trim(), "ready");
 }
 
 #[test]

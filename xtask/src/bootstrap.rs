@@ -117,7 +117,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     if installed.is_empty() {
         eprintln!(
-            "bootstrap: all present (nightly rust-src, LLVM {LLVM_MAJOR} dev packages, bpf-linker)"
+            "bootstrap: all present (nightly rust-src, LLVM {LLVM_MAJOR} dev packages, bpf-linker, tcpdump)"
         );
     } else {
         eprintln!("bootstrap: installed {}", installed.join(", "));

@@ -15,6 +15,7 @@
 //! (Istio's semantics) for ztunnel and the waypoint.
 #![warn(missing_docs)]
 
+pub mod admin;
 #[cfg(feature = "capture")]
 pub mod capture;
 pub mod config;

@@ -8,6 +8,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use ztunnel::{
+    admin::AdminState,
     capture::{self, Capture, CaptureConfig},
     config::{ErrorChain, file::FileSource, kubernetes::KubeSource},
     identity::{
@@ -181,9 +182,7 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
         .node_name
         .clone()
         .context("the node name is required: --node or NODE_NAME")?;
-    let config_file = settings.config_file.clone().context(
-        "a configuration file is required: --config or AMBIT_CONFIG (the Kubernetes source is not wired yet)",
-    )?;
+
     let ca_dir = ca_dir.context("an identity source is required: --ca-dir (local mode)")?;
     // Before anything else: a host that cannot run the capture stops here, with
     // the missing piece named.
@@ -209,7 +208,16 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
         node: Some(node.clone()),
         ..Options::default()
     }));
-    load_file(&registry, config_file).await?;
+    match settings.config_file.clone() {
+        Some(path) => load_file(&registry, path).await?,
+        None => {
+            let source = KubeSource::from_environment()
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))
+                .context("no --config: cannot reach the Kubernetes API")?;
+            tokio::spawn(source.run(registry.clone()));
+        }
+    }
     let mut updates = registry.subscribe();
     let (_ca, certs, bundle) = local_identity(ca_dir, &node, &registry).await?;
     let mesh = Arc::new(Mesh {
@@ -234,7 +242,21 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
         .context("cannot start the proxy")?;
     let desired = local_pods(&registry.snapshot(), &node);
     report(pods.reconcile(&desired).await);
-    tracing::info!(pods = desired.len(), "ready");
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let admin_addr = SocketAddr::from(([127, 0, 0, 1], settings::ADMIN_PORT));
+    match ztunnel::admin::bind(admin_addr) {
+        Ok(listener) => {
+            let state = AdminState {
+                registry: registry.clone(),
+                certs: mesh.certs.clone(),
+                ready: ready.clone(),
+            };
+            tokio::spawn(ztunnel::admin::serve(listener, state));
+        }
+        Err(error) => tracing::warn!(error = %ErrorChain(&error), "admin endpoint unavailable"),
+    }
+    ready.store(true, std::sync::atomic::Ordering::Release);
+    tracing::info!(pods = desired.len(), admin = %admin_addr, "ready");
 
     let shutdown = wait_for_shutdown();
     tokio::pin!(shutdown);

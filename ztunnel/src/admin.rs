@@ -1,0 +1,142 @@
+//! The admin endpoint (`settings::ADMIN_PORT`, localhost): what this ztunnel
+//! knows and holds, as JSON, for operators.
+//!
+//! - `GET /healthz/ready`: 200 once the node's pods are enrolled.
+//! - `GET /config_dump`: the registry (workloads, services, policies).
+//! - `GET /certs`: per identity, the certificate state (serial, validity, last
+//!   error). Private keys are never shown.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::{identity::CertManager, registry::Registry};
+
+/// Errors of the admin endpoint.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the endpoint shows.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// The registry.
+    pub registry: Arc<Registry>,
+    /// The certificates.
+    pub certs: CertManager,
+    /// Set once the node's pods are enrolled.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Binds `addr` with SO_REUSEPORT, so a ztunnel and its successor can both
+/// serve during a restart.
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    let bind_error = |source| Error::Bind { addr, source };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .map_err(bind_error)?;
+    socket.set_reuse_address(true).map_err(bind_error)?;
+    socket.set_reuse_port(true).map_err(bind_error)?;
+    socket.set_nonblocking(true).map_err(bind_error)?;
+    socket.bind(&addr.into()).map_err(bind_error)?;
+    socket.listen(64).map_err(bind_error)?;
+    TcpListener::from_std(socket.into()).map_err(bind_error)
+}
+
+/// Serves until the task is dropped.
+pub async fn serve(listener: TcpListener, state: AdminState) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "admin accept failed");
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(respond(&request, &state)) }
+            });
+            if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%error, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+fn respond(request: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET\n".into(),
+        );
+    }
+    match request.uri().path() {
+        "/healthz/ready" if state.ready.load(Ordering::Acquire) => {
+            reply(StatusCode::OK, "text/plain", "ready\n".into())
+        }
+        "/healthz/ready" => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready\n".into(),
+        ),
+        "/config_dump" => json(&state.registry.snapshot().dump()),
+        "/certs" => json(&state.certs.snapshot()),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: /healthz/ready, /config_dump, /certs\n".into(),
+        ),
+    }
+}
+
+fn json(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => reply(StatusCode::OK, "application/json", text),
+        Err(error) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("cannot serialize: {error}\n"),
+        ),
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
