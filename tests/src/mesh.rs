@@ -143,7 +143,8 @@ impl MeshConfig {
 /// Options of a ztunnel process.
 #[derive(Debug, Clone)]
 pub struct ZtunnelOptions {
-    /// Whether `sk_msg` shortcuts the loopback hop.
+    /// Whether `sk_msg` shortcuts the loopback hop (off by default, as in
+    /// ztunnel).
     pub sockmap: bool,
     /// Drain timeout on SIGTERM.
     pub drain: Duration,
@@ -154,7 +155,7 @@ pub struct ZtunnelOptions {
 impl Default for ZtunnelOptions {
     fn default() -> Self {
         Self {
-            sockmap: true,
+            sockmap: false,
             drain: Duration::from_secs(20),
             ca_dir: None,
         }
@@ -165,6 +166,44 @@ impl Default for ZtunnelOptions {
 #[derive(Debug)]
 pub struct Ztunnel {
     process: Process,
+}
+
+/// `ambit-testbin` of this build, beside the test executable's directory.
+pub fn testbin_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps");
+    profile_dir.join("ambit-testbin")
+}
+
+/// Starts `ambit-testbin <mode> <listen>` (echo or sink) in `pod` and waits until
+/// it listens.
+pub fn start_server(bed: &Testbed, pod: &str, mode: &str, listen: &str) -> Process {
+    let mut cmd = bed.pod_command(pod, testbin_binary());
+    cmd.args([mode, listen]);
+    let server = bed.spawn(cmd).expect("server starts");
+    server
+        .wait_for_line("listening", Duration::from_secs(10))
+        .expect("server listens");
+    server
+}
+
+/// One request from `pod` to `dst` (3 s I/O limit); the line the client printed,
+/// or the error it reported.
+pub fn send(
+    bed: &Testbed,
+    pod: &str,
+    dst: std::net::SocketAddr,
+    message: &str,
+) -> Result<String, String> {
+    let mut cmd = bed.pod_command(pod, testbin_binary());
+    cmd.args(["send", &dst.to_string(), message])
+        .env("AMBIT_TESTBIN_TIMEOUT_MS", "3000");
+    bed.run(cmd, Duration::from_secs(10))
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .map_err(|e| e.to_string())
 }
 
 /// The ztunnel binary of this build: next to the test executable's directory
@@ -218,8 +257,8 @@ impl Ztunnel {
                 "AMBIT_DRAIN_TIMEOUT_SECONDS",
                 options.drain.as_secs_f64().to_string(),
             );
-        if !options.sockmap {
-            cmd.arg("--no-sockmap");
+        if options.sockmap {
+            cmd.arg("--sockmap");
         }
         let process = bed.spawn(cmd)?;
         // A ztunnel that cannot start prints "Error: ..." and exits: stop waiting.

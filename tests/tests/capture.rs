@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use ambit_tests::{
     Testbed,
-    mesh::{MeshConfig, Ztunnel, ZtunnelOptions},
+    mesh::{MeshConfig, Ztunnel, ZtunnelOptions, send, start_server},
     privileged,
     testbed::Process,
 };
@@ -44,27 +44,6 @@ fn write_config(bed: &Testbed, config: &MeshConfig) -> PathBuf {
     path
 }
 
-fn start_server(bed: &Testbed, pod: &str, listen: &str) -> Process {
-    let mut cmd = bed.pod_command(pod, TESTBIN);
-    cmd.args(["echo", listen]);
-    let server = bed.spawn(cmd).expect("server starts");
-    server
-        .wait_for_line("listening", WAIT)
-        .expect("server listens");
-    server
-}
-
-/// One request from `pod` to `dst`; the line the client printed.
-fn send(bed: &Testbed, pod: &str, dst: SocketAddr, message: &str) -> Result<String, String> {
-    let mut cmd = bed.pod_command(pod, TESTBIN);
-    cmd.args(["send", &dst.to_string(), message])
-        .env("AMBIT_TESTBIN_TIMEOUT_MS", "3000");
-    match bed.run(cmd, WAIT) {
-        Ok(out) => Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned()),
-        Err(error) => Err(error.to_string()),
-    }
-}
-
 fn captured_both_ways(sockmap: bool, tag: &str) {
     let bed = two_nodes(tag);
     let config = write_config(&bed, &mesh(false));
@@ -74,7 +53,7 @@ fn captured_both_ways(sockmap: bool, tag: &str) {
     };
     let zt_a = Ztunnel::start(&bed, "a", &config, &options).expect("ztunnel a starts");
     let zt_b = Ztunnel::start(&bed, "b", &config, &options).expect("ztunnel b starts");
-    let _server = start_server(&bed, "server", "[::]:7000");
+    let _server = start_server(&bed, "server", "echo", "[::]:7000");
     let (client, server) = (bed.pod("client"), bed.pod("server"));
 
     for (dst, src_ip) in [
@@ -214,7 +193,7 @@ fn non_enrolled_pods_bypass_and_enrollment_toggles_at_runtime() {
     let options = ZtunnelOptions::default();
     let zt_a = Ztunnel::start(&bed, "a", &config, &options).expect("ztunnel a starts");
     let zt_b = Ztunnel::start(&bed, "b", &config, &options).expect("ztunnel b starts");
-    let _server = start_server(&bed, "plainserver", "0.0.0.0:7000");
+    let _server = start_server(&bed, "plainserver", "echo", "0.0.0.0:7000");
     let dst = SocketAddr::from((bed.pod("plainserver").ipv4(), 7000));
     let outsider_ip = bed.pod("outsider").ipv4().to_string();
 
@@ -278,7 +257,7 @@ fn restart_keeps_a_long_lived_connection_and_reuses_pinned_state() {
     let options = ZtunnelOptions::default();
     let mut old = Ztunnel::start(&bed, "a", &config, &options).expect("ztunnel a starts");
     let _zt_b = Ztunnel::start(&bed, "b", &config, &options).expect("ztunnel b starts");
-    let _server = start_server(&bed, "server", "[::]:7000");
+    let _server = start_server(&bed, "server", "echo", "[::]:7000");
     let dst = SocketAddr::from((bed.pod("server").ipv4(), 7000));
     let pin_dir = bed.node("a").pin_dir().to_owned();
     let enrolled_map = pin_dir.join("maps/ENROLLED");
@@ -337,7 +316,7 @@ fn connections_fail_instead_of_leaking_while_ztunnel_is_down() {
     let options = ZtunnelOptions::default();
     let mut zt_a = Ztunnel::start(&bed, "a", &config, &options).expect("ztunnel a starts");
     let mut zt_b = Ztunnel::start(&bed, "b", &config, &options).expect("ztunnel b starts");
-    let server = start_server(&bed, "server", "[::]:7000");
+    let server = start_server(&bed, "server", "echo", "[::]:7000");
     let dst = SocketAddr::from((bed.pod("server").ipv4(), 7000));
     send(&bed, "client", dst, "while-up").expect("works while ztunnel runs");
     server

@@ -12,7 +12,7 @@ use std::{
 
 use ambit_tests::{
     Testbed,
-    mesh::{MeshConfig, Ztunnel, ZtunnelOptions},
+    mesh::{MeshConfig, Ztunnel, ZtunnelOptions, send, start_server},
     privileged,
     testbed::Process,
 };
@@ -44,25 +44,6 @@ fn write(bed: &Testbed, config: &MeshConfig, name: &str) -> PathBuf {
     let path = bed.workdir().join(name);
     config.write(bed, &path).expect("config written");
     path
-}
-
-fn start_server(bed: &Testbed, pod: &str, mode: &str, listen: &str) -> Process {
-    let mut cmd = bed.pod_command(pod, TESTBIN);
-    cmd.args([mode, listen]);
-    let server = bed.spawn(cmd).expect("server starts");
-    server
-        .wait_for_line("listening", WAIT)
-        .expect("server listens");
-    server
-}
-
-fn send(bed: &Testbed, pod: &str, dst: SocketAddr, message: &str) -> Result<String, String> {
-    let mut cmd = bed.pod_command(pod, TESTBIN);
-    cmd.args(["send", &dst.to_string(), message])
-        .env("AMBIT_TESTBIN_TIMEOUT_MS", "3000");
-    bed.run(cmd, WAIT)
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        .map_err(|e| e.to_string())
 }
 
 fn server_addr(bed: &Testbed, port: u16) -> SocketAddr {

@@ -6,12 +6,11 @@ use std::{net::SocketAddr, time::Duration};
 
 use ambit_tests::{
     Testbed,
-    mesh::{MeshConfig, Ztunnel, ZtunnelOptions},
+    mesh::{MeshConfig, Ztunnel, ZtunnelOptions, send, start_server},
     privileged,
     testbed::Process,
 };
 
-const TESTBIN: &str = env!("CARGO_BIN_EXE_ambit-testbin");
 const WAIT: Duration = Duration::from_secs(10);
 
 const POLICIES: &str = r"
@@ -98,15 +97,6 @@ spec:
     - source:
         namespaces: [other]";
 
-fn send(bed: &Testbed, pod: &str, dst: SocketAddr) -> Result<String, String> {
-    let mut cmd = bed.pod_command(pod, TESTBIN);
-    cmd.args(["send", &dst.to_string(), "tier"])
-        .env("AMBIT_TESTBIN_TIMEOUT_MS", "3000");
-    bed.run(cmd, WAIT)
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        .map_err(|e| e.to_string())
-}
-
 #[test]
 fn three_tiers_with_deny_all_allow_by_principal_deny_wins_and_audit() {
     if !privileged("three_tiers_with_deny_all_allow_by_principal_deny_wins_and_audit") {
@@ -135,24 +125,16 @@ fn three_tiers_with_deny_all_allow_by_principal_deny_wins_and_audit() {
     let zt_b = Ztunnel::start(&bed, "b", &config, &ZtunnelOptions::default()).expect("ztunnel b");
     let servers: Vec<Process> = ["backend", "db"]
         .iter()
-        .map(|pod| {
-            let mut cmd = bed.pod_command(pod, TESTBIN);
-            cmd.args(["echo", "[::]:7000"]);
-            let server = bed.spawn(cmd).expect("server starts");
-            server
-                .wait_for_line("listening", WAIT)
-                .expect("server listens");
-            server
-        })
+        .map(|pod| start_server(&bed, pod, "echo", "[::]:7000"))
         .collect();
     let backend = SocketAddr::from((bed.pod("backend").ipv4(), 7000));
     let db = SocketAddr::from((bed.pod("db").ipv4(), 7000));
 
     // The allowed paths work.
-    send(&bed, "frontend", backend).expect("frontend -> backend is allowed");
-    send(&bed, "backend", db).expect("backend -> db is allowed");
+    send(&bed, "frontend", backend, "tier").expect("frontend -> backend is allowed");
+    send(&bed, "backend", db, "tier").expect("backend -> db is allowed");
     // Everything else fails: deny-all plus no matching ALLOW rule.
-    send(&bed, "frontend", db).expect_err("frontend -> db is denied");
+    send(&bed, "frontend", db, "tier").expect_err("frontend -> db is denied");
     let denied = zt_a
         .wait_for_log(WAIT, |l| {
             l["target"] == "audit"
@@ -194,7 +176,7 @@ fn three_tiers_with_deny_all_allow_by_principal_deny_wins_and_audit() {
     );
 
     // Allowed by namespace, until a DENY by namespace joins: DENY wins, at once.
-    send(&bed, "intruder", backend).expect("other/intruder is allowed by namespace");
+    send(&bed, "intruder", backend, "tier").expect("other/intruder is allowed by namespace");
     base.clone()
         .document(DENY_OTHER)
         .write(&bed, &config)
@@ -202,7 +184,7 @@ fn three_tiers_with_deny_all_allow_by_principal_deny_wins_and_audit() {
     zt_b.wait_for_log(WAIT, |l| l["message"] == "configuration applied")
         .ok();
     std::thread::sleep(Duration::from_millis(1500));
-    send(&bed, "intruder", backend).expect_err("the DENY policy wins over the ALLOW");
+    send(&bed, "intruder", backend, "tier").expect_err("the DENY policy wins over the ALLOW");
     let line = zt_b
         .wait_for_log(WAIT, |l| {
             l["target"] == "audit"
@@ -217,5 +199,5 @@ fn three_tiers_with_deny_all_allow_by_principal_deny_wins_and_audit() {
             .is_some_and(|d| d.starts_with("denied")),
         "{line}"
     );
-    send(&bed, "frontend", backend).expect("frontend is still allowed");
+    send(&bed, "frontend", backend, "tier").expect("frontend is still allowed");
 }

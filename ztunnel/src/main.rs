@@ -67,10 +67,10 @@ struct NodeArgs {
     /// default: /sys/fs/bpf/ambit/<node>).
     #[arg(long)]
     pin_dir: Option<PathBuf>,
-    /// Do not shortcut the app <-> ztunnel loopback hop with sk_msg (overrides
-    /// AMBIT_SOCKMAP).
+    /// Shortcut the app <-> ztunnel loopback hop with sk_msg (overrides
+    /// AMBIT_SOCKMAP; off by default, see docs/architecture.md).
     #[arg(long)]
-    no_sockmap: bool,
+    sockmap: bool,
     /// Local mode: run the mesh CA in-process from this directory of key material
     /// (created with a new root when empty), shared by the nodes of one mesh.
     #[arg(long)]
@@ -100,7 +100,7 @@ fn settings(cli: &NodeArgs) -> anyhow::Result<Settings> {
     settings.node_name = cli.node.clone().or(settings.node_name);
     settings.node_cgroup = cli.node_cgroup.clone().or(settings.node_cgroup);
     settings.pin_dir = cli.pin_dir.clone().or(settings.pin_dir);
-    settings.sockmap &= !cli.no_sockmap;
+    settings.sockmap |= cli.sockmap;
     settings.validate().context("invalid flags")?;
     Ok(settings)
 }

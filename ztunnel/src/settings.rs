@@ -80,8 +80,12 @@ pub const PIN_DIR_ENV: &str = "AMBIT_BPF_PIN_DIR";
 pub const PIN_DIR_DEFAULT_PARENT: &str = "/sys/fs/bpf/ambit";
 /// Whether `sk_msg` shortcuts the app <-> ztunnel loopback hop (`true`/`false`).
 pub const SOCKMAP_ENV: &str = "AMBIT_SOCKMAP";
-/// Default of [`SOCKMAP_ENV`].
-pub const SOCKMAP_DEFAULT: bool = true;
+/// Default of [`SOCKMAP_ENV`]: off. On Linux 6.18, an application socket in
+/// the sockmap that reads to end of file with a receive timeout set
+/// (`SO_RCVTIMEO`) can get EAGAIN instead of EOF after ztunnel closes its side;
+/// the data is all there, but an application may take it for a timeout. Turn it
+/// on where applications do not read that way.
+pub const SOCKMAP_DEFAULT: bool = false;
 /// On SIGTERM, how long connections in flight may take to finish (seconds).
 pub const DRAIN_TIMEOUT_ENV: &str = "AMBIT_DRAIN_TIMEOUT_SECONDS";
 /// Default of [`DRAIN_TIMEOUT_ENV`].
@@ -309,7 +313,7 @@ mod tests {
                 config_file: None,
                 node_cgroup: None,
                 pin_dir: None,
-                sockmap: true,
+                sockmap: false,
                 drain_timeout: Duration::from_secs(30),
                 log_format: LogFormat::Plain,
             }
@@ -328,7 +332,7 @@ mod tests {
             (NODE_NAME_ENV, "node-a"),
             (CONFIG_FILE_ENV, "/etc/ambit/mesh.yaml"),
             (PIN_DIR_ENV, "/sys/fs/bpf/test"),
-            (SOCKMAP_ENV, "false"),
+            (SOCKMAP_ENV, "true"),
             (DRAIN_TIMEOUT_ENV, "2.5"),
         ]))
         .unwrap();
@@ -346,7 +350,7 @@ mod tests {
             settings.pin_dir("node-a"),
             PathBuf::from("/sys/fs/bpf/test")
         );
-        assert!(!settings.sockmap);
+        assert!(settings.sockmap);
         assert_eq!(settings.drain_timeout, Duration::from_millis(2500));
     }
 

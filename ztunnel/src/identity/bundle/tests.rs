@@ -1,15 +1,9 @@
 //! Trust bundles: parsing, refusal of bad input, reloading, and root rotation at
 //! the TLS layer (peers with leaves from either of two roots interoperate).
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use rustls::{
-    DigitallySignedStruct, SignatureScheme,
-    client::danger::{HandshakeSignatureValid, ServerCertVerified},
-    pki_types::ServerName,
-    server::ParsedCertificate,
-};
-use rustls_pki_types::UnixTime;
+use rustls::pki_types::ServerName;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -168,69 +162,6 @@ fn uri_san(cert: &[u8]) -> String {
     }
 }
 
-/// Verifies a server chain against the bundle and expects a SPIFFE URI SAN
-/// (WebPKI name checks do not apply to URI-only leaves).
-#[derive(Debug)]
-struct SpiffeServerVerifier {
-    bundle: TrustBundle,
-    expected: String,
-}
-
-impl ServerCertVerifier for SpiffeServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let parsed = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.bundle.root_store(),
-            intermediates,
-            now,
-            provider().signature_verification_algorithms.all,
-        )?;
-        if uri_san(end_entity) != self.expected {
-            return Err(rustls::Error::General(
-                "unexpected server identity".to_owned(),
-            ));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not used".to_owned()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// One mutual-TLS 1.3 exchange over loopback; returns the identity each side saw.
 async fn handshake(
     server_cert: &WorkloadCert,
@@ -238,27 +169,15 @@ async fn handshake(
     client_cert: &WorkloadCert,
     client_bundle: &TrustBundle,
 ) -> Result<(String, String), String> {
-    let server_config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_client_cert_verifier(server_bundle.client_verifier().unwrap())
-        .with_single_cert(server_cert.chain().to_vec(), server_cert.private_key())
-        .unwrap();
-    let client_config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier {
-            bundle: client_bundle.clone(),
-            expected: server_cert.identity().to_string(),
-        }))
-        .with_client_auth_cert(client_cert.chain().to_vec(), client_cert.private_key())
-        .unwrap();
+    // The HBONE configurations: TLS 1.3, client certificates, secure naming.
+    let server_config = crate::hbone::server_config(server_cert, server_bundle).unwrap();
+    let client_config =
+        crate::hbone::client_config(client_cert, client_bundle, server_cert.identity()).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        let mut tls = tokio_rustls::TlsAcceptor::from(Arc::new(server_config))
+        let mut tls = tokio_rustls::TlsAcceptor::from(server_config)
             .accept(tcp)
             .await
             .map_err(|e| format!("server: {e}"))?;
@@ -269,7 +188,7 @@ async fn handshake(
     });
     let tcp = TcpStream::connect(addr).await.unwrap();
     let client = async {
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client_config))
+        let mut tls = tokio_rustls::TlsConnector::from(client_config)
             .connect(ServerName::try_from("peer").unwrap(), tcp)
             .await
             .map_err(|e| format!("client: {e}"))?;
