@@ -307,6 +307,15 @@ fn peer_authentication_strict_permissive_port_level_and_precedence() {
     })
     .expect("the refusal is logged");
     send(&bed, "client", p7000, "mtls").expect("an enrolled client still gets through over HBONE");
+    // Health probes from the node itself (the kubelet) are exempt from STRICT.
+    let mut probe = bed.node_command("b", TESTBIN);
+    probe
+        .args(["send", &p7000.to_string(), "probe"])
+        .env("AMBIT_TESTBIN_TIMEOUT_MS", "3000");
+    let out = bed
+        .run(probe, WAIT)
+        .expect("a probe from the node gets through under STRICT");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("msg=probe"));
 
     // A workload policy: STRICT, with port 7001 PERMISSIVE.
     apply(
