@@ -150,6 +150,8 @@ pub struct ZtunnelOptions {
     pub drain: Duration,
     /// The CA directory (default: one per testbed, shared by its nodes).
     pub ca_dir: Option<PathBuf>,
+    /// The idle timeout of proxied connections (default: ztunnel's).
+    pub idle: Option<Duration>,
 }
 
 impl Default for ZtunnelOptions {
@@ -158,6 +160,7 @@ impl Default for ZtunnelOptions {
             sockmap: false,
             drain: Duration::from_secs(20),
             ca_dir: None,
+            idle: None,
         }
     }
 }
@@ -259,6 +262,9 @@ impl Ztunnel {
             );
         if options.sockmap {
             cmd.arg("--sockmap");
+        }
+        if let Some(idle) = options.idle {
+            cmd.env("AMBIT_IDLE_TIMEOUT_SECONDS", idle.as_secs_f64().to_string());
         }
         let process = bed.spawn(cmd)?;
         // A ztunnel that cannot start prints "Error: ..." and exits: stop waiting.

@@ -485,3 +485,43 @@ fn a_service_vip_spreads_over_ready_endpoints_and_prefers_the_local_node() {
         "the local endpoint is preferred: {near:?}"
     );
 }
+
+#[test]
+fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    if !privileged("an_idle_connection_is_closed_after_the_idle_timeout") {
+        return;
+    }
+    let bed = bed("idle");
+    let config = write(&bed, &mesh(), "mesh.yaml");
+    let options = ZtunnelOptions {
+        idle: Some(Duration::from_secs(1)),
+        ..ZtunnelOptions::default()
+    };
+    let zt_a = Ztunnel::start(&bed, "a", &config, &options).expect("ztunnel a");
+    let _zt_b = Ztunnel::start(&bed, "b", &config, &options).expect("ztunnel b");
+    let _server = start_server(&bed, "server", "echo", "[::]:7000");
+    // Exchanges 2.5 s apart: the first one passes, then the connection goes
+    // quiet for longer than the idle timeout and is closed.
+    let mut cmd = bed.pod_command("client", TESTBIN);
+    cmd.args(["session", &server_addr(&bed, 7000).to_string(), "3", "2500"]);
+    let session = bed.spawn(cmd).expect("session starts");
+    session
+        .wait_for_line("reply", WAIT)
+        .expect("the first exchange");
+    let out = session
+        .wait(Duration::from_secs(20))
+        .expect("the session ends");
+    assert!(
+        !out.status.success(),
+        "the idle connection was closed: {out:?}"
+    );
+    let line = zt_a
+        .wait_for_log(WAIT, |l| {
+            l["target"] == "access"
+                && l["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("idle timeout"))
+        })
+        .expect("the access log says why");
+    assert_eq!(line["mode"], "hbone", "{line}");
+}

@@ -238,7 +238,7 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
     let mut capture = Capture::load(capture_config(&settings, &node, cgroup))
         .context("cannot start the eBPF capture")?;
     capture.attach().context("cannot attach the eBPF capture")?;
-    let mut pods = PodManager::new(capture, pod_manager_config(), mesh.clone())
+    let mut pods = PodManager::new(capture, pod_manager_config(&settings), mesh.clone())
         .context("cannot start the proxy")?;
     let desired = local_pods(&registry.snapshot(), &node);
     report(pods.reconcile(&desired).await);
@@ -316,7 +316,7 @@ fn local_pods(snapshot: &Snapshot, node: &str) -> Vec<LocalPod> {
         .collect()
 }
 
-fn pod_manager_config() -> PodManagerConfig {
+fn pod_manager_config(settings: &Settings) -> PodManagerConfig {
     PodManagerConfig {
         mark: settings::ZTUNNEL_MARK,
         transparent_mark: settings::TRANSPARENT_MARK,
@@ -330,6 +330,7 @@ fn pod_manager_config() -> PodManagerConfig {
             settings::HBONE_PORT,
         ],
         connect_timeout: settings::CONNECT_TIMEOUT,
+        idle_timeout: settings.idle_timeout,
     }
 }
 

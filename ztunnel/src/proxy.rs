@@ -17,6 +17,7 @@ mod inbound;
 mod outbound;
 pub mod peer_authn;
 mod pods;
+mod relay;
 pub mod route;
 mod socket;
 
@@ -183,6 +184,9 @@ pub enum ConnectionError {
         /// The limit.
         after: Duration,
     },
+    /// Neither side moved a byte for the idle timeout.
+    #[error("closed after {0:?} without traffic (idle timeout)")]
+    Idle(Duration),
     /// Moving bytes failed after the connection was set up.
     #[error("relaying bytes failed")]
     Relay(#[source] io::Error),

@@ -90,6 +90,11 @@ pub const SOCKMAP_DEFAULT: bool = false;
 pub const DRAIN_TIMEOUT_ENV: &str = "AMBIT_DRAIN_TIMEOUT_SECONDS";
 /// Default of [`DRAIN_TIMEOUT_ENV`].
 pub const DRAIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// A proxied connection that moves no byte either way for this long is closed
+/// (seconds), so a stuck or vanished peer cannot hold buffers forever.
+pub const IDLE_TIMEOUT_ENV: &str = "AMBIT_IDLE_TIMEOUT_SECONDS";
+/// Default of [`IDLE_TIMEOUT_ENV`]: one hour.
+pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(3600);
 
 /// The cgroup v2 directory the capture programs attach to. Default: the root of
 /// the cgroup v2 hierarchy (every pod of the node); tests give one per node.
@@ -170,6 +175,8 @@ pub struct Settings {
     pub sockmap: bool,
     /// See [`DRAIN_TIMEOUT_ENV`].
     pub drain_timeout: Duration,
+    /// See [`IDLE_TIMEOUT_ENV`].
+    pub idle_timeout: Duration,
     /// See [`LOG_FORMAT_ENV`].
     pub log_format: LogFormat,
 }
@@ -190,6 +197,10 @@ impl Settings {
             None => DRAIN_TIMEOUT_DEFAULT,
             Some(value) => parse_seconds(DRAIN_TIMEOUT_ENV, &value)?,
         };
+        let idle_timeout = match var(IDLE_TIMEOUT_ENV) {
+            None => IDLE_TIMEOUT_DEFAULT,
+            Some(value) => parse_seconds(IDLE_TIMEOUT_ENV, &value)?,
+        };
         let settings = Self {
             node_name: var(NODE_NAME_ENV),
             config_file: var(CONFIG_FILE_ENV).map(PathBuf::from),
@@ -197,6 +208,7 @@ impl Settings {
             pin_dir: var(PIN_DIR_ENV).map(PathBuf::from),
             sockmap,
             drain_timeout,
+            idle_timeout,
             log_format,
         };
         settings.validate()?;
@@ -315,6 +327,7 @@ mod tests {
                 pin_dir: None,
                 sockmap: false,
                 drain_timeout: Duration::from_secs(30),
+                idle_timeout: Duration::from_secs(3600),
                 log_format: LogFormat::Plain,
             }
         );

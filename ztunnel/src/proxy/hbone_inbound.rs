@@ -81,9 +81,8 @@ async fn accept_stream(
     match connect(&pod, target, Some(client.ip())).await {
         Ok(mut app) => Ok(Box::new(move |mut tunnel| {
             Box::pin(async move {
-                let result = tokio::io::copy_bidirectional(&mut tunnel, &mut app)
-                    .await
-                    .map_err(ConnectionError::Relay);
+                let result =
+                    super::relay::relay(&mut tunnel, &mut app, pod.inputs.idle_timeout).await;
                 record.finish(&result);
             })
         })),

@@ -38,9 +38,7 @@ pub async fn handle(mut client: TcpStream, peer: SocketAddr, pod: Arc<PodContext
         // Connect from the client's own address, so the application sees who
         // really called.
         let mut app = connect(&pod, dst, Some(peer.ip())).await?;
-        tokio::io::copy_bidirectional(&mut client, &mut app)
-            .await
-            .map_err(ConnectionError::Relay)
+        super::relay::relay(&mut client, &mut app, pod.inputs.idle_timeout).await
     }
     .await;
     record.finish(&result);

@@ -46,9 +46,7 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
                 record.mode = "passthrough";
                 record.dst = Some(target);
                 let mut upstream = connect(&pod, target, None).await?;
-                tokio::io::copy_bidirectional(&mut app, &mut upstream)
-                    .await
-                    .map_err(ConnectionError::Relay)
+                super::relay::relay(&mut app, &mut upstream, pod.inputs.idle_timeout).await
             }
             Route::Hbone {
                 gateway,
@@ -59,9 +57,7 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
                 record.dst = Some(target);
                 record.dst_identity = Some(identity.to_string());
                 let mut tunnel = open_tunnel(&pod, gateway, target, identity).await?;
-                tokio::io::copy_bidirectional(&mut app, &mut tunnel)
-                    .await
-                    .map_err(ConnectionError::Relay)
+                super::relay::relay(&mut app, &mut tunnel, pod.inputs.idle_timeout).await
             }
             Route::NoEndpoint => Err(ConnectionError::NoEndpoint(dst)),
         }

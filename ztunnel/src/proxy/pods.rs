@@ -75,6 +75,8 @@ pub struct PodManagerConfig {
     pub own_ports: Vec<u16>,
     /// How long to wait for a connection to the destination.
     pub connect_timeout: Duration,
+    /// A proxied connection without traffic for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// Shared by every connection of the node.
@@ -88,6 +90,8 @@ pub struct ProxyInputs {
     pub connections: TaskTracker,
     /// See [`PodManagerConfig::connect_timeout`].
     pub connect_timeout: Duration,
+    /// See [`PodManagerConfig::idle_timeout`].
+    pub idle_timeout: Duration,
     /// See [`PodManagerConfig::own_ports`].
     pub own_ports: Vec<u16>,
     /// See [`PodManagerConfig::hbone_port`].
@@ -192,6 +196,7 @@ impl PodManager {
             flows: capture.transparent_flows()?,
             connections: TaskTracker::new(),
             connect_timeout: config.connect_timeout,
+            idle_timeout: config.idle_timeout,
             own_ports: config.own_ports.clone(),
             hbone_port: config.hbone_port,
             mesh,
