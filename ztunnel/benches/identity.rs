@@ -97,7 +97,8 @@ fn bench_sign_core() {
 }
 
 async fn start_ca(name: &str, accounts: usize) -> (LocalCa, String) {
-    let dir = std::env::temp_dir().join(format!("ambit-bench-{name}-{}", std::process::id()));
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ambit-bench-{name}"));
     let _ = std::fs::remove_dir_all(&dir);
     let mut config = CaServerConfig::local(&dir);
     config.listen = "127.0.0.1:0".parse().expect("addr");

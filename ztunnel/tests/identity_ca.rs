@@ -19,8 +19,10 @@ use ztunnel::identity::{
     csr,
 };
 
+/// A scratch directory for test `name`, inside cargo's target directory (not
+/// /tmp) and emptied first, so runs do not pile up leftovers.
 fn tempdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ambit-ca-{name}-{}", std::process::id()));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ambit-ca-{name}"));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }

@@ -288,7 +288,7 @@ async fn the_ca_authenticates_nodes_with_token_review() {
         assert_eq!(state.reviews[0]["spec"]["audiences"], json!(["ambit-ca"]));
     }
     // With the API server gone, nobody is authenticated (fail closed).
-    let down_dir = std::env::temp_dir().join(format!("ambit-kube-down-{}", std::process::id()));
+    let down_dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ambit-kube-down");
     let unreachable = server::build(
         &CaServerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
