@@ -84,9 +84,29 @@ fn parse_addr(addr: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("bad address {addr:?}: {e}"))
 }
 
+/// A listener with a deep accept backlog: the tests open a thousand connections
+/// in a burst, and std's backlog of 128 would drop SYNs into retransmission
+/// delays of seconds.
+fn listen(addr: &str) -> Result<TcpListener, String> {
+    let addr = parse_addr(addr)?;
+    let fail = |e: std::io::Error| format!("cannot listen on {addr}: {e}");
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false).map_err(fail)?;
+    }
+    socket.bind(&addr.into()).map_err(fail)?;
+    socket.listen(4096).map_err(fail)?;
+    Ok(socket.into())
+}
+
 fn echo(addr: &str) -> Result<(), String> {
-    let listener = TcpListener::bind(parse_addr(addr)?)
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let listener = listen(addr)?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     println!("listening {local}");
     std::io::stdout().flush().map_err(|e| e.to_string())?;
@@ -182,8 +202,7 @@ where
 }
 
 fn sink(addr: &str) -> Result<(), String> {
-    let listener = TcpListener::bind(parse_addr(addr)?)
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let listener = listen(addr)?;
     println!(
         "listening {}",
         listener.local_addr().map_err(|e| e.to_string())?
