@@ -106,6 +106,16 @@ fn listen(addr: &str) -> Result<TcpListener, String> {
 }
 
 fn echo(addr: &str) -> Result<(), String> {
+    serve(addr, "echo", answer)
+}
+
+/// Listens on `addr`, prints "listening <addr>", and runs `handle` on a thread
+/// per accepted connection, forever.
+fn serve(
+    addr: &str,
+    mode: &'static str,
+    handle: fn(TcpStream) -> std::io::Result<()>,
+) -> Result<(), String> {
     let listener = listen(addr)?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     println!("listening {local}");
@@ -113,8 +123,8 @@ fn echo(addr: &str) -> Result<(), String> {
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         std::thread::spawn(move || {
-            if let Err(error) = answer(stream) {
-                eprintln!("ambit-testbin: echo: {error}");
+            if let Err(error) = handle(stream) {
+                eprintln!("ambit-testbin: {mode}: {error}");
             }
         });
     }
@@ -202,21 +212,7 @@ where
 }
 
 fn sink(addr: &str) -> Result<(), String> {
-    let listener = listen(addr)?;
-    println!(
-        "listening {}",
-        listener.local_addr().map_err(|e| e.to_string())?
-    );
-    std::io::stdout().flush().map_err(|e| e.to_string())?;
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        std::thread::spawn(move || {
-            if let Err(error) = serve_benchmark(stream) {
-                eprintln!("ambit-testbin: sink: {error}");
-            }
-        });
-    }
-    Ok(())
+    serve(addr, "sink", serve_benchmark)
 }
 
 fn serve_benchmark(mut stream: TcpStream) -> std::io::Result<()> {
