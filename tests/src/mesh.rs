@@ -290,6 +290,33 @@ impl Ztunnel {
             .collect()
     }
 
+    /// Runs `change` (rewriting the configuration file, say), then waits up
+    /// to `timeout` until this ztunnel has applied a new configuration
+    /// generation: from then on, new connections see it.
+    pub fn after_update<T>(
+        &self,
+        timeout: Duration,
+        change: impl FnOnce() -> T,
+    ) -> Result<T, Error> {
+        let applied = |l: &serde_json::Value| l["message"] == "configuration applied";
+        let before = self.logs().iter().filter(|l| applied(l)).count();
+        let result = change();
+        let deadline = std::time::Instant::now() + timeout;
+        while self.logs().iter().filter(|l| applied(l)).count() <= before {
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::Process {
+                    command: "ztunnel".into(),
+                    reason: format!(
+                        "no new configuration applied within {timeout:?}:\n{}",
+                        self.stderr()
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(result)
+    }
+
     /// The access log lines so far (`target` = `access`).
     pub fn access_logs(&self) -> Vec<serde_json::Value> {
         self.logs()

@@ -14,6 +14,7 @@
 //! namespace never sees one. Every process a test starts in a pod or on a node
 //! runs inside that node's cgroup, as pods of a real node do.
 
+mod capture;
 mod cgroup;
 mod owner;
 mod process;
@@ -28,6 +29,7 @@ use std::{
     time::Duration,
 };
 
+pub use capture::{FabricCapture, contains};
 pub use process::Process;
 
 /// Where `ip netns` keeps its namespace files.
@@ -383,6 +385,16 @@ impl Testbed {
     /// test can watch what crosses between nodes.
     pub fn fabric_netns(&self) -> &str {
         &self.fabric
+    }
+
+    /// Starts capturing the fabric's packets that match the tcpdump `filter`
+    /// into `<workdir>/<name>.pcap`; returns once tcpdump is listening.
+    pub fn capture_fabric(&self, name: &str, filter: &str) -> Result<FabricCapture, Error> {
+        FabricCapture::start(
+            &self.fabric,
+            self.workdir().join(format!("{name}.pcap")),
+            filter,
+        )
     }
 
     /// Every network namespace of the testbed (fabric, nodes, pods).

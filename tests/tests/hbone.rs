@@ -2,19 +2,13 @@
 //! crosses the wire, secure naming, trust, PeerAuthentication, services, and
 //! volume.
 
-use std::{
-    collections::BTreeSet,
-    net::SocketAddr,
-    path::PathBuf,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, time::Duration};
 
 use ambit_tests::{
     Testbed,
     mesh::{MeshConfig, Ztunnel, ZtunnelOptions, send, start_server},
     privileged,
-    testbed::Process,
+    testbed::{Process, contains},
 };
 
 const TESTBIN: &str = env!("CARGO_BIN_EXE_ambit-testbin");
@@ -62,27 +56,9 @@ fn bytes_between_nodes_are_tls_with_the_client_identity() {
     let _server = start_server(&bed, "server", "echo", "[::]:7000");
 
     // Watch the fabric, where node-to-node traffic crosses.
-    let pcap = bed.workdir().join("fabric.pcap");
-    let mut dump = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            bed.fabric_netns(),
-            "tcpdump",
-            "-U",
-            "-s",
-            "0",
-            "-i",
-            "br0",
-            "-w",
-        ])
-        .arg(&pcap)
-        .arg("tcp")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+    let dump = bed
+        .capture_fabric("fabric", "tcp")
         .expect("tcpdump starts (cargo xtask bootstrap installs it)");
-    std::thread::sleep(Duration::from_millis(700));
     let marker = "PLAINTEXT-MARKER-6f1d2c";
     let reply =
         send(&bed, "client", server_addr(&bed, 7000), marker).expect("the client gets a reply");
@@ -90,13 +66,9 @@ fn bytes_between_nodes_are_tls_with_the_client_identity() {
         reply.contains(&format!("from=[::ffff:{}]:", bed.pod("client").ipv4())),
         "real client IP: {reply}"
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let _ = Command::new("kill")
-        .args(["-INT", &dump.id().to_string()])
-        .status();
-    let _ = dump.wait();
-    let bytes = std::fs::read(&pcap).expect("capture file");
-    let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    dump.wait_for(&[&15008u16.to_be_bytes(), b"\x02h2"], WAIT);
+    let bytes = dump.stop();
+    let contains = |needle: &[u8]| contains(&bytes, needle);
     assert!(bytes.len() > 24, "tcpdump captured packets");
     assert!(
         !contains(marker.as_bytes()),
@@ -173,7 +145,11 @@ fn a_server_with_the_wrong_identity_is_refused() {
     let error =
         send(&bed, "client", server_addr(&bed, 7000), "hi").expect_err("the connection is refused");
     assert!(
-        error.contains("closed without a reply") || error.contains("reset"),
+        // Depending on when the refusal lands, the client sees EOF, a reset, or
+        // a write into a closed socket.
+        error.contains("closed without a reply")
+            || error.contains("reset")
+            || error.contains("Broken pipe"),
         "{error}"
     );
     let line = zt_a
@@ -288,19 +264,17 @@ fn peer_authentication_strict_permissive_port_level_and_precedence() {
     let _s7000 = start_server(&bed, "server", "echo", "[::]:7000");
     let _s7001 = start_server(&bed, "server", "echo", "[::]:7001");
     let (p7000, p7001) = (server_addr(&bed, 7000), server_addr(&bed, 7001));
-    let apply = |config_text: &MeshConfig, expected_generation_log: &str| {
-        config_text.write(&bed, &config).expect("config rewritten");
-        zt_b.wait_for_log(WAIT, |l| l["message"] == expected_generation_log)
-            .ok();
-        // The registry applies within a poll interval; give it one more.
-        std::thread::sleep(Duration::from_millis(1500));
+    let apply = |config_text: &MeshConfig| {
+        zt_b.after_update(WAIT, || config_text.write(&bed, &config))
+            .expect("node b applied the new configuration")
+            .expect("config rewritten");
     };
 
     // Default PERMISSIVE: a plaintext client outside the mesh is accepted.
     send(&bed, "outsider", p7000, "permissive").expect("plaintext accepted under PERMISSIVE");
 
     // STRICT for the namespace: plaintext is refused, mTLS still works.
-    apply(&mesh().document(STRICT_NAMESPACE), "configuration applied");
+    apply(&mesh().document(STRICT_NAMESPACE));
     send(&bed, "outsider", p7000, "strict").expect_err("plaintext refused under STRICT");
     zt_b.wait_for_log(WAIT, |l| {
         l["target"] == "access" && l["error"].as_str().is_some_and(|e| e.contains("STRICT"))
@@ -318,21 +292,15 @@ fn peer_authentication_strict_permissive_port_level_and_precedence() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("msg=probe"));
 
     // A workload policy: STRICT, with port 7001 PERMISSIVE.
-    apply(
-        &mesh().document(STRICT_NAMESPACE).document(PERMISSIVE_PORT),
-        "configuration applied",
-    );
+    apply(&mesh().document(STRICT_NAMESPACE).document(PERMISSIVE_PORT));
     send(&bed, "outsider", p7001, "port-level").expect("port 7001 accepts plaintext");
     send(&bed, "outsider", p7000, "other-port").expect_err("port 7000 stays STRICT");
 
     // Namespace PERMISSIVE beats mesh-wide STRICT.
     let [mesh_wide, namespace] = STRICT_MESH_PERMISSIVE_NAMESPACE;
-    apply(&mesh().document(mesh_wide), "configuration applied");
+    apply(&mesh().document(mesh_wide));
     send(&bed, "outsider", p7000, "mesh-strict").expect_err("mesh-wide STRICT applies");
-    apply(
-        &mesh().document(mesh_wide).document(namespace),
-        "configuration applied",
-    );
+    apply(&mesh().document(mesh_wide).document(namespace));
     send(&bed, "outsider", p7000, "namespace-permissive").expect("the namespace's PERMISSIVE wins");
 }
 

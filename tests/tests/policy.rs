@@ -177,13 +177,13 @@ fn three_tiers_with_deny_all_allow_by_principal_deny_wins_and_audit() {
 
     // Allowed by namespace, until a DENY by namespace joins: DENY wins, at once.
     send(&bed, "intruder", backend, "tier").expect("other/intruder is allowed by namespace");
-    base.clone()
-        .document(DENY_OTHER)
-        .write(&bed, &config)
-        .expect("config rewritten");
-    zt_b.wait_for_log(WAIT, |l| l["message"] == "configuration applied")
-        .ok();
-    std::thread::sleep(Duration::from_millis(1500));
+    zt_b.after_update(WAIT, || {
+        base.clone()
+            .document(DENY_OTHER)
+            .write(&bed, &config)
+            .expect("config rewritten")
+    })
+    .expect("node b applied the DENY policy");
     send(&bed, "intruder", backend, "tier").expect_err("the DENY policy wins over the ALLOW");
     let line = zt_b
         .wait_for_log(WAIT, |l| {

@@ -273,6 +273,8 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
                 let snapshot = updates.borrow_and_update().clone();
                 mesh.update_policies(&snapshot);
                 report(pods.reconcile(&local_pods(&snapshot, &node)).await);
+                // From here on, new connections see this generation.
+                tracing::info!(generation = snapshot.generation(), "configuration applied");
             }
         }
     }
