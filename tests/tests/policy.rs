@@ -181,7 +181,7 @@ fn three_tiers_with_deny_all_allow_by_principal_deny_wins_and_audit() {
         base.clone()
             .document(DENY_OTHER)
             .write(&bed, &config)
-            .expect("config rewritten")
+            .expect("config rewritten");
     })
     .expect("node b applied the DENY policy");
     send(&bed, "intruder", backend, "tier").expect_err("the DENY policy wins over the ALLOW");
