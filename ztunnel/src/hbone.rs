@@ -5,13 +5,16 @@
 //!
 //! `tls` builds the rustls configurations and checks peer identities (secure
 //! naming); `client` opens tunnels over pooled connections; `server` accepts
-//! them and hands each stream to a callback that connects to the target.
+//! them and hands each stream to a callback that connects to the target;
+//! `coalesce` batches the small reads rustls makes from the socket.
 
 pub mod client;
+mod coalesce;
 pub mod server;
 pub mod tls;
 
 pub use client::{Pool, PoolKey};
+pub(crate) use coalesce::CoalescedReads;
 pub use tls::{client_config, peer_identity, server_config};
 
 /// Errors of the HBONE layer.

@@ -169,7 +169,10 @@ impl Pool {
         let connector = tokio_rustls::TlsConnector::from(config);
         // The name is not checked (identities are URI SANs); any valid one does.
         let name = ServerName::IpAddress(key.addr.ip().into());
-        let tls = connector.connect(name, tcp).await.map_err(Error::Io)?;
+        let tls = connector
+            .connect(name, super::CoalescedReads::new(tcp))
+            .await
+            .map_err(Error::Io)?;
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(settings::HBONE_STREAM_WINDOW)
             .initial_connection_window_size(settings::HBONE_CONNECTION_WINDOW)

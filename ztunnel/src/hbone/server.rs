@@ -40,7 +40,7 @@ where
     let addr = tcp.peer_addr().map_err(Error::Io)?;
     tcp.set_nodelay(true).map_err(Error::Io)?;
     let tls = tokio_rustls::TlsAcceptor::from(config)
-        .accept(tcp)
+        .accept(super::CoalescedReads::new(tcp))
         .await
         .map_err(Error::Io)?;
     let identity = tls::peer_identity(tls.get_ref().1.peer_certificates())?;

@@ -1,25 +1,35 @@
 //! Moving bytes between the two sides of a proxied connection until both are
-//! done: half-close and resets propagate (tokio's bidirectional copy), with
-//! bounded buffers, and a connection idle for longer than the idle timeout is
-//! closed, so a stuck or vanished peer cannot hold its buffers forever.
+//! done. Half-close and resets propagate: when one side ends its stream, the
+//! other side's write half is shut down, and an error on either side ends both.
+//!
+//! Memory follows traffic: each direction reads into a buffer that starts at
+//! [`MIN_BUFFER`], doubles whenever a read fills it (up to [`MAX_BUFFER`], so a
+//! bulk transfer moves large chunks with few system calls), and is released
+//! altogether once the connection has been quiet for [`SHRINK_AFTER`]: an idle
+//! connection holds no relay buffer. A connection idle for longer than the idle
+//! timeout is closed, so a stuck or vanished peer cannot hold anything forever.
 
 use std::{
+    future::poll_fn,
     io,
     pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    time::Instant,
+    time::{Instant, Sleep},
 };
 
 use super::ConnectionError;
+
+/// The first buffer of a direction (and after it was released).
+pub const MIN_BUFFER: usize = 4 * 1024;
+/// The largest buffer a direction grows to.
+pub const MAX_BUFFER: usize = 256 * 1024;
+/// Quiet time after which both directions release their buffers.
+pub const SHRINK_AFTER: Duration = Duration::from_secs(1);
 
 /// Copies both ways until both sides are closed; fails with
 /// [`ConnectionError::Idle`] when neither side moved a byte for `idle`.
@@ -33,83 +43,217 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let start = Instant::now();
-    let last = Arc::new(AtomicU64::new(0));
-    let mut a = Activity {
-        inner: a,
-        start,
-        last: last.clone(),
+    let mut a_to_b = Direction::default();
+    let mut b_to_a = Direction::default();
+    let idle_timer = tokio::time::sleep(idle);
+    let shrink_timer = tokio::time::sleep(SHRINK_AFTER);
+    tokio::pin!(idle_timer, shrink_timer);
+    let mut timers = Timers {
+        last: Instant::now(),
+        idle,
+        idle_timer,
+        shrink_timer,
+        holding: true,
     };
-    let mut b = Activity {
-        inner: b,
-        start,
-        last: last.clone(),
-    };
-    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
-    tokio::pin!(copy);
-    loop {
-        let last_ms = last.load(Ordering::Relaxed);
-        let deadline = start + Duration::from_millis(last_ms) + idle;
-        tokio::select! {
-            result = &mut copy => return result.map_err(ConnectionError::Relay),
-            () = tokio::time::sleep_until(deadline) => {
-                // Activity since the sleep began moves the deadline on.
-                if last.load(Ordering::Relaxed) == last_ms {
-                    return Err(ConnectionError::Idle(idle));
+    poll_fn(|cx| {
+        let forward = a_to_b
+            .poll_copy(cx, &mut *a, &mut *b)
+            .map_err(ConnectionError::Relay)?;
+        let backward = b_to_a
+            .poll_copy(cx, &mut *b, &mut *a)
+            .map_err(ConnectionError::Relay)?;
+        if let (Poll::Ready(sent), Poll::Ready(received)) = (forward, backward) {
+            return Poll::Ready(Ok((sent, received)));
+        }
+        if a_to_b.take_moved() | b_to_a.take_moved() {
+            timers.activity();
+        }
+        if timers.poll_idle(cx) {
+            return Poll::Ready(Err(ConnectionError::Idle(idle)));
+        }
+        if timers.poll_release(cx) {
+            a_to_b.release();
+            b_to_a.release();
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// The idle timeout and the buffer release, both counted from the last
+/// activity. A timer that fires early (activity moved its deadline on) is
+/// re-armed rather than reset on every read, which would cost a timer update
+/// per chunk.
+struct Timers<'a> {
+    last: Instant,
+    idle: Duration,
+    idle_timer: Pin<&'a mut Sleep>,
+    shrink_timer: Pin<&'a mut Sleep>,
+    /// Whether buffers may be held (the release timer is armed).
+    holding: bool,
+}
+
+impl Timers<'_> {
+    fn activity(&mut self) {
+        self.last = Instant::now();
+        if !self.holding {
+            self.holding = true;
+            self.shrink_timer.as_mut().reset(self.last + SHRINK_AFTER);
+        }
+    }
+
+    /// Whether the connection has been idle for the whole idle timeout.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.idle_timer.as_mut().poll(cx).is_ready() {
+            let deadline = self.last + self.idle;
+            if deadline <= Instant::now() {
+                return true;
+            }
+            self.idle_timer.as_mut().reset(deadline);
+        }
+        false
+    }
+
+    /// Whether the buffers should be released now (quiet for
+    /// [`SHRINK_AFTER`]); then the timer stays disarmed until traffic returns.
+    fn poll_release(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.holding {
+            return false;
+        }
+        while self.shrink_timer.as_mut().poll(cx).is_ready() {
+            let deadline = self.last + SHRINK_AFTER;
+            if deadline <= Instant::now() {
+                self.holding = false;
+                return true;
+            }
+            self.shrink_timer.as_mut().reset(deadline);
+        }
+        false
+    }
+}
+
+/// One direction: read into the buffer, write it all out, repeat; at the
+/// reader's end of stream, flush and shut the writer down.
+#[derive(Debug)]
+struct Direction {
+    /// Empty while released.
+    buf: Vec<u8>,
+    /// The size the next allocation gets.
+    size: usize,
+    /// `buf[pos..cap]` is read but not yet written.
+    pos: usize,
+    cap: usize,
+    read_done: bool,
+    need_flush: bool,
+    done: bool,
+    /// Bytes written so far.
+    amount: u64,
+    /// Whether bytes moved since [`Direction::take_moved`] last looked.
+    moved: bool,
+}
+
+impl Default for Direction {
+    fn default() -> Self {
+        Self {
+            buf: Vec::new(),
+            size: MIN_BUFFER,
+            pos: 0,
+            cap: 0,
+            read_done: false,
+            need_flush: false,
+            done: false,
+            amount: 0,
+            moved: false,
+        }
+    }
+}
+
+impl Direction {
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+    ) -> Poll<io::Result<u64>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(self.amount));
+            }
+            if self.pos == self.cap && !self.read_done {
+                if self.buf.len() != self.size {
+                    self.buf = vec![0; self.size];
                 }
+                let mut read = ReadBuf::new(&mut self.buf);
+                match Pin::new(&mut *reader).poll_read(cx, &mut read) {
+                    Poll::Pending => {
+                        // Nothing to read now: push out what was written.
+                        if self.need_flush {
+                            ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                    Poll::Ready(Ok(())) => {
+                        let n = read.filled().len();
+                        if n == 0 {
+                            self.read_done = true;
+                        } else {
+                            self.moved = true;
+                            if n == self.buf.len() {
+                                // A full read: more is waiting; read more at once.
+                                self.size = (self.size * 2).min(MAX_BUFFER);
+                            }
+                            self.pos = 0;
+                            self.cap = n;
+                        }
+                    }
+                }
+            }
+            while self.pos < self.cap {
+                let n =
+                    ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.cap]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "the receiving side accepts no more bytes",
+                    )));
+                }
+                self.pos += n;
+                self.amount += n as u64;
+                self.need_flush = true;
+                self.moved = true;
+            }
+            if self.read_done {
+                ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
+                self.done = true;
+                self.buf = Vec::new();
             }
         }
     }
-}
 
-/// One side, recording when it last moved bytes (ms since the relay began).
-struct Activity<'a, T: ?Sized> {
-    inner: &'a mut T,
-    start: Instant,
-    last: Arc<AtomicU64>,
-}
-
-impl<T: ?Sized> Activity<'_, T> {
-    fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.store(ms, Ordering::Relaxed);
+    fn take_moved(&mut self) -> bool {
+        std::mem::take(&mut self.moved)
     }
-}
 
-impl<T: AsyncRead + Unpin + ?Sized> AsyncRead for Activity<'_, T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut *self.inner).poll_read(cx, buf);
-        if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.touch();
+    /// Frees the buffer when it holds nothing unwritten; the next read starts
+    /// small again.
+    fn release(&mut self) {
+        if self.pos == self.cap {
+            self.buf = Vec::new();
+            self.size = MIN_BUFFER;
         }
-        poll
-    }
-}
-
-impl<T: AsyncWrite + Unpin + ?Sized> AsyncWrite for Activity<'_, T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut *self.inner).poll_write(cx, buf);
-        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        poll
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_shutdown(cx)
+    /// Bytes of buffer held now.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.buf.capacity()
     }
 }
 
@@ -140,6 +284,91 @@ mod tests {
             matches!(result, Err(ConnectionError::Idle(_))),
             "{result:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_bulk_transfer_arrives_intact_while_the_buffer_grows() {
+        let (mut client, mut a) = duplex(MAX_BUFFER * 2);
+        let (mut b, mut server) = duplex(MAX_BUFFER * 2);
+        let data: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let mut direction = Direction::default();
+        let copy = tokio::spawn(async move {
+            let mut largest = 0;
+            let copied = poll_fn(|cx| {
+                let poll = direction.poll_copy(cx, &mut a, &mut b);
+                largest = largest.max(direction.held());
+                poll
+            })
+            .await;
+            (copied, largest, direction)
+        });
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.shutdown().await.unwrap();
+        });
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        writer.await.unwrap();
+        let (copied, largest, direction) = copy.await.unwrap();
+        assert_eq!(copied.unwrap(), data.len() as u64);
+        assert!(got == data, "every byte arrives, in order");
+        assert!(
+            largest > MIN_BUFFER,
+            "full reads grew the buffer ({largest})"
+        );
+        assert!(largest <= MAX_BUFFER, "never beyond the cap ({largest})");
+        assert_eq!(direction.held(), 0, "a finished direction holds nothing");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn buffers_are_released_after_a_quiet_second_and_come_back_with_traffic() {
+        let (mut client, mut a) = duplex(64 * 1024);
+        let (mut b, mut server) = duplex(64 * 1024);
+        let mut a_to_b = Direction::default();
+        let idle_timer = tokio::time::sleep(Duration::from_secs(3600));
+        let shrink_timer = tokio::time::sleep(SHRINK_AFTER);
+        tokio::pin!(idle_timer, shrink_timer);
+        let mut timers = Timers {
+            last: Instant::now(),
+            idle: Duration::from_secs(3600),
+            idle_timer,
+            shrink_timer,
+            holding: true,
+        };
+        // One poll step of the relay, for one direction.
+        let mut step = |a: &mut tokio::io::DuplexStream, b: &mut tokio::io::DuplexStream| {
+            let waker = futures::task::noop_waker();
+            let mut cx = Context::from_waker(&waker);
+            let _ = a_to_b.poll_copy(&mut cx, a, b);
+            if a_to_b.take_moved() {
+                timers.activity();
+            }
+            if timers.poll_release(&mut cx) {
+                a_to_b.release();
+            }
+            a_to_b.held()
+        };
+        client.write_all(&[7u8; 100]).await.unwrap();
+        assert_eq!(step(&mut a, &mut b), MIN_BUFFER, "traffic allocates");
+        let mut got = [0u8; 100];
+        server.read_exact(&mut got).await.unwrap();
+        tokio::time::advance(SHRINK_AFTER / 2).await;
+        assert_eq!(
+            step(&mut a, &mut b),
+            MIN_BUFFER,
+            "kept while recently active"
+        );
+        tokio::time::advance(SHRINK_AFTER).await;
+        assert_eq!(step(&mut a, &mut b), 0, "released after a quiet second");
+        client.write_all(b"again").await.unwrap();
+        assert_eq!(
+            step(&mut a, &mut b),
+            MIN_BUFFER,
+            "allocated again on traffic"
+        );
+        tokio::time::advance(SHRINK_AFTER * 2).await;
+        assert_eq!(step(&mut a, &mut b), 0, "and released again");
     }
 
     #[tokio::test]
