@@ -493,3 +493,39 @@ fn an_idle_connection_is_closed_after_the_idle_timeout() {
         .expect("the access log says why");
     assert_eq!(line["mode"], "hbone", "{line}");
 }
+
+#[test]
+fn a_restarted_peer_is_reconnected_without_a_failed_connection() {
+    if !privileged("a_restarted_peer_is_reconnected_without_a_failed_connection") {
+        return;
+    }
+    let bed = bed("pool_replace");
+    let config = write(&bed, &mesh(), "mesh.yaml");
+    let options = ZtunnelOptions::default();
+    let zt_a = Ztunnel::start(&bed, "a", &config, &options).expect("ztunnel a");
+    let mut zt_b = Ztunnel::start(&bed, "b", &config, &options).expect("ztunnel b");
+    let _server = start_server(&bed, "server", "echo", "[::]:7000");
+    let dst = server_addr(&bed, 7000);
+    send(&bed, "client", dst, "before").expect("through the pooled connection");
+
+    // Node b's ztunnel crashes and comes back: node a's pooled HBONE
+    // connection to it is dead. The very next connection must not fail.
+    zt_b.kill();
+    let _zt_b = Ztunnel::start(&bed, "b", &config, &options).expect("ztunnel b restarts");
+    for round in 0..3 {
+        send(&bed, "client", dst, &format!("after-{round}"))
+            .unwrap_or_else(|e| panic!("connection {round} after the restart: {e}"));
+    }
+    let outbound: Vec<_> = zt_a
+        .access_logs()
+        .into_iter()
+        .filter(|l| l["direction"] == "outbound" && l["dst.addr"] == dst.to_string())
+        .collect();
+    assert_eq!(outbound.len(), 4, "{outbound:?}");
+    assert!(
+        outbound
+            .iter()
+            .all(|l| l["error"].as_str().unwrap_or_default().is_empty()),
+        "no connection failed: {outbound:?}"
+    );
+}

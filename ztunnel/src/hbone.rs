@@ -13,6 +13,9 @@ mod coalesce;
 pub mod server;
 pub mod tls;
 
+#[cfg(test)]
+mod tests;
+
 pub use client::{Pool, PoolKey};
 pub(crate) use coalesce::CoalescedReads;
 pub use tls::{client_config, peer_identity, server_config};
@@ -30,6 +33,9 @@ pub enum Error {
     /// The peer's certificate does not carry a SPIFFE identity.
     #[error("the peer presented no SPIFFE identity")]
     NoPeerIdentity,
+    /// The TLS or HTTP/2 handshake took too long.
+    #[error("HBONE handshake did not finish within {0:?}")]
+    HandshakeTimeout(std::time::Duration),
     /// The HTTP/2 layer failed.
     #[error("HBONE HTTP/2")]
     Http(#[source] hyper::Error),

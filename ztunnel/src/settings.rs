@@ -22,6 +22,17 @@ pub const HBONE_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 pub const HBONE_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// Concurrent CONNECT streams per HBONE connection.
 pub const HBONE_MAX_STREAMS: u32 = 100;
+/// How long the TLS and HTTP/2 handshakes of an HBONE connection may take
+/// (either side): a peer that accepts TCP and then stalls is dropped.
+pub const HBONE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 PING interval on HBONE connections (both sides): a peer that
+/// vanished without a FIN is noticed within this plus
+/// [`HBONE_KEEPALIVE_TIMEOUT`], and its pooled connection replaced.
+pub const HBONE_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a PING may go unanswered.
+pub const HBONE_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A pooled HBONE connection without streams for this long is closed.
+pub const HBONE_POOL_IDLE: Duration = Duration::from_secs(60);
 /// Admin endpoint (`/config_dump`, `/debug/...`).
 pub const ADMIN_PORT: u16 = 15000;
 /// Prometheus metrics.

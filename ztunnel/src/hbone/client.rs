@@ -1,8 +1,10 @@
 //! Opening HBONE tunnels. HTTP/2 connections are pooled per (source identity,
 //! destination identity, destination address): streams of one connection share
 //! its TLS session, at most [`settings::HBONE_MAX_STREAMS`] at once (beyond that
-//! a further connection opens), and a broken connection is replaced for the
-//! next stream.
+//! a further connection opens), a broken connection is replaced for the next
+//! stream (a CONNECT that fails on a reused connection is retried once on a
+//! new one), HTTP/2 PINGs notice a peer that vanished silently, and a
+//! connection without streams for [`settings::HBONE_POOL_IDLE`] is closed.
 
 use std::{
     collections::HashMap,
@@ -24,7 +26,7 @@ use http_body_util::Empty;
 use hyper::{
     Method, Request, StatusCode, Version, client::conn::http2::SendRequest, upgrade::Upgraded,
 };
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::{net::TcpStream, sync::Mutex};
 use tracing::Instrument;
@@ -100,19 +102,35 @@ struct Pooled {
     sender: SendRequest<Empty<Bytes>>,
     /// Streams open on this connection.
     active: Arc<AtomicUsize>,
+    /// Streams ever opened on it (the idle reaper's sign of use).
+    opened: Arc<AtomicUsize>,
 }
+
+/// The connections to one key; locked across a handshake so that concurrent
+/// first streams to the same destination share one connection, while other
+/// destinations go on.
+type Slot = Arc<Mutex<Vec<Pooled>>>;
 
 /// The pool of HBONE connections of one ztunnel.
 #[derive(Debug, Default, Clone)]
 pub struct Pool {
-    conns: Arc<Mutex<HashMap<PoolKey, Vec<Pooled>>>>,
+    slots: Arc<std::sync::Mutex<Slots>>,
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    by_key: HashMap<PoolKey, Slot>,
+    /// Size at which keys without live connections are swept out next
+    /// (doubling, so sweeping stays O(1) per tunnel on average).
+    sweep_at: usize,
 }
 
 impl Pool {
     /// Opens a tunnel to `authority` through the server of `key`, reusing a
     /// pooled connection when one is alive. `connect` dials a new TCP connection
     /// and returns it with the TLS configuration to use (it runs only when no
-    /// pooled connection can be reused).
+    /// pooled connection can be reused). A CONNECT that fails on a reused
+    /// connection (it broke since its last use) is retried once on a new one.
     pub async fn tunnel<F, Fut>(
         &self,
         key: PoolKey,
@@ -120,52 +138,161 @@ impl Pool {
         connect: F,
     ) -> Result<Tunnel, Error>
     where
-        F: FnOnce() -> Fut,
+        F: Fn() -> Fut,
         Fut: Future<Output = Result<(TcpStream, Arc<rustls::ClientConfig>), Error>>,
     {
-        let (mut sender, active) = self.sender(&key, connect).await?;
-        // Counted from here, released by the Tunnel (or now, on failure).
-        let guard = Tunnel::new_guard(active);
-        let request = Request::builder()
-            .method(Method::CONNECT)
-            .version(Version::HTTP_2)
-            .uri(authority.to_string())
-            .body(Empty::new())
-            .map_err(Error::Request)?;
-        let response = sender.send_request(request).await.map_err(Error::Http)?;
-        if response.status() != StatusCode::OK {
-            return Err(Error::Refused {
-                status: response.status(),
-            });
+        let slot = self.slot(&key);
+        let (sender, active, reused) = sender(&slot, &key, &connect).await?;
+        match send_connect(sender, active.clone(), authority).await {
+            Err(Error::Http(error)) if reused => {
+                tracing::debug!(%error, dst = %key.addr, "pooled HBONE connection broken; replacing it");
+                evict(&slot, &active).await;
+                let (sender, active, _) = sender_fresh(&slot, &key, &connect).await?;
+                send_connect(sender, active, authority).await
+            }
+            result => result,
         }
-        let upgraded = hyper::upgrade::on(response).await.map_err(Error::Http)?;
-        Ok(guard.into_tunnel(TokioIo::new(upgraded)))
     }
 
-    async fn sender<F, Fut>(
-        &self,
-        key: &PoolKey,
-        connect: F,
-    ) -> Result<(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>), Error>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<(TcpStream, Arc<rustls::ClientConfig>), Error>>,
-    {
-        // Held across the handshake so concurrent first streams share one
-        // connection instead of racing to open several.
-        let mut conns = self.conns.lock().await;
-        let pooled = conns.entry(key.clone()).or_default();
-        pooled.retain(|p| !p.sender.is_closed());
-        let limit = settings::HBONE_MAX_STREAMS as usize;
-        if let Some(p) = pooled
-            .iter()
-            .find(|p| p.active.load(Ordering::Relaxed) < limit)
-        {
-            p.active.fetch_add(1, Ordering::Relaxed);
-            return Ok((p.sender.clone(), p.active.clone()));
+    fn slot(&self, key: &PoolKey) -> Slot {
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slots.by_key.len() >= slots.sweep_at {
+            // Keys whose connections are all gone are dropped.
+            slots
+                .by_key
+                .retain(|k, slot| k == key || Arc::strong_count(slot) > 1 || !slot_is_empty(slot));
+            slots.sweep_at = (slots.by_key.len() * 2).max(16);
         }
-        let (tcp, config) = connect().await?;
-        tcp.set_nodelay(true).map_err(Error::Io)?;
+        slots.by_key.entry(key.clone()).or_default().clone()
+    }
+
+    /// Number of pooled connections (live or not yet noticed dead).
+    pub async fn len(&self) -> usize {
+        let slots: Vec<Slot> = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .by_key
+            .values()
+            .cloned()
+            .collect();
+        let mut total = 0;
+        for slot in slots {
+            total += slot
+                .lock()
+                .await
+                .iter()
+                .filter(|p| !p.sender.is_closed())
+                .count();
+        }
+        total
+    }
+
+    /// Whether the pool holds no connection.
+    pub async fn is_empty(&self) -> bool {
+        self.len().await == 0
+    }
+}
+
+/// Whether a slot holds no live connection (without waiting for its lock:
+/// a slot being used is not empty).
+fn slot_is_empty(slot: &Slot) -> bool {
+    slot.try_lock()
+        .is_ok_and(|conns| conns.iter().all(|p| p.sender.is_closed()))
+}
+
+/// Sends the CONNECT for `authority` on a stream slot already counted in
+/// `active`, and waits for the tunnel.
+async fn send_connect(
+    mut sender: SendRequest<Empty<Bytes>>,
+    active: Arc<AtomicUsize>,
+    authority: SocketAddr,
+) -> Result<Tunnel, Error> {
+    // Counted from here, released by the Tunnel (or now, on failure).
+    let guard = Tunnel::new_guard(active);
+    let request = Request::builder()
+        .method(Method::CONNECT)
+        .version(Version::HTTP_2)
+        .uri(authority.to_string())
+        .body(Empty::new())
+        .map_err(Error::Request)?;
+    let response = sender.send_request(request).await.map_err(Error::Http)?;
+    if response.status() != StatusCode::OK {
+        return Err(Error::Refused {
+            status: response.status(),
+        });
+    }
+    let upgraded = hyper::upgrade::on(response).await.map_err(Error::Http)?;
+    Ok(guard.into_tunnel(TokioIo::new(upgraded)))
+}
+
+/// A stream slot on a live pooled connection with room, or on a new one;
+/// the flag tells whether the connection was reused.
+async fn sender<F, Fut>(
+    slot: &Slot,
+    key: &PoolKey,
+    connect: &F,
+) -> Result<(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>, bool), Error>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(TcpStream, Arc<rustls::ClientConfig>), Error>>,
+{
+    let mut conns = slot.lock().await;
+    conns.retain(|p| !p.sender.is_closed());
+    let limit = settings::HBONE_MAX_STREAMS as usize;
+    if let Some(p) = conns
+        .iter()
+        .find(|p| p.active.load(Ordering::Relaxed) < limit)
+    {
+        p.active.fetch_add(1, Ordering::Relaxed);
+        p.opened.fetch_add(1, Ordering::Relaxed);
+        return Ok((p.sender.clone(), p.active.clone(), true));
+    }
+    let (sender, active) = open(&mut conns, key, connect).await?;
+    Ok((sender, active, false))
+}
+
+/// A stream slot on a new connection, whatever the pool holds.
+async fn sender_fresh<F, Fut>(
+    slot: &Slot,
+    key: &PoolKey,
+    connect: &F,
+) -> Result<(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>, bool), Error>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(TcpStream, Arc<rustls::ClientConfig>), Error>>,
+{
+    let mut conns = slot.lock().await;
+    conns.retain(|p| !p.sender.is_closed());
+    let (sender, active) = open(&mut conns, key, connect).await?;
+    Ok((sender, active, false))
+}
+
+/// Removes the connection counted by `active` from the slot.
+async fn evict(slot: &Slot, active: &Arc<AtomicUsize>) {
+    slot.lock()
+        .await
+        .retain(|p| !Arc::ptr_eq(&p.active, active));
+}
+
+/// Dials, handshakes (TLS, then HTTP/2, within
+/// [`settings::HBONE_HANDSHAKE_TIMEOUT`]) and pools a new connection with one
+/// stream slot taken.
+async fn open<F, Fut>(
+    conns: &mut Vec<Pooled>,
+    key: &PoolKey,
+    connect: &F,
+) -> Result<(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>), Error>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(TcpStream, Arc<rustls::ClientConfig>), Error>>,
+{
+    let (tcp, config) = connect().await?;
+    tcp.set_nodelay(true).map_err(Error::Io)?;
+    let handshake = async {
         let connector = tokio_rustls::TlsConnector::from(config);
         // The name is not checked (identities are URI SANs); any valid one does.
         let name = ServerName::IpAddress(key.addr.ip().into());
@@ -173,37 +300,58 @@ impl Pool {
             .connect(name, super::CoalescedReads::new(tcp))
             .await
             .map_err(Error::Io)?;
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
             .initial_stream_window_size(settings::HBONE_STREAM_WINDOW)
             .initial_connection_window_size(settings::HBONE_CONNECTION_WINDOW)
+            .keep_alive_interval(settings::HBONE_KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(settings::HBONE_KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
             .handshake(TokioIo::new(tls))
             .await
-            .map_err(Error::Http)?;
-        let span = tracing::debug_span!("hbone_client", dst = %key.addr, identity = %key.dst);
-        tokio::spawn(
-            async move {
-                if let Err(error) = connection.await {
+            .map_err(Error::Http)
+    };
+    let (sender, connection) = tokio::time::timeout(settings::HBONE_HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| Error::HandshakeTimeout(settings::HBONE_HANDSHAKE_TIMEOUT))??;
+    let active = Arc::new(AtomicUsize::new(1));
+    let opened = Arc::new(AtomicUsize::new(1));
+    let span = tracing::debug_span!("hbone_client", dst = %key.addr, identity = %key.dst);
+    tokio::spawn(drive(connection, active.clone(), opened.clone()).instrument(span));
+    conns.push(Pooled {
+        sender: sender.clone(),
+        active: active.clone(),
+        opened,
+    });
+    Ok((sender, active))
+}
+
+/// Runs a client connection until it ends, or until it has carried no
+/// stream for a whole [`settings::HBONE_POOL_IDLE`] (then dropping it closes
+/// the connection, and the pool forgets it).
+async fn drive<C>(connection: C, active: Arc<AtomicUsize>, opened: Arc<AtomicUsize>)
+where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    tokio::pin!(connection);
+    let mut seen = opened.load(Ordering::Relaxed);
+    loop {
+        tokio::select! {
+            result = &mut connection => {
+                if let Err(error) = result {
                     tracing::debug!(%error, "HBONE connection ended");
                 }
+                return;
             }
-            .instrument(span),
-        );
-        let active = Arc::new(AtomicUsize::new(1));
-        conns.entry(key.clone()).or_default().push(Pooled {
-            sender: sender.clone(),
-            active: active.clone(),
-        });
-        Ok((sender, active))
-    }
-
-    /// Number of pooled connections (live or not yet noticed dead).
-    pub async fn len(&self) -> usize {
-        self.conns.lock().await.values().map(Vec::len).sum()
-    }
-
-    /// Whether the pool holds no connection.
-    pub async fn is_empty(&self) -> bool {
-        self.len().await == 0
+            () = tokio::time::sleep(settings::HBONE_POOL_IDLE) => {
+                let now = opened.load(Ordering::Relaxed);
+                if now == seen && active.load(Ordering::Relaxed) == 0 {
+                    tracing::debug!("closing an idle pooled HBONE connection");
+                    return;
+                }
+                seen = now;
+            }
+        }
     }
 }
 

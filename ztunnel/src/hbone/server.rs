@@ -8,7 +8,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use super::{Error, client::Tunnel, tls};
@@ -39,9 +39,10 @@ where
 {
     let addr = tcp.peer_addr().map_err(Error::Io)?;
     tcp.set_nodelay(true).map_err(Error::Io)?;
-    let tls = tokio_rustls::TlsAcceptor::from(config)
-        .accept(super::CoalescedReads::new(tcp))
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(super::CoalescedReads::new(tcp));
+    let tls = tokio::time::timeout(settings::HBONE_HANDSHAKE_TIMEOUT, accept)
         .await
+        .map_err(|_| Error::HandshakeTimeout(settings::HBONE_HANDSHAKE_TIMEOUT))?
         .map_err(Error::Io)?;
     let identity = tls::peer_identity(tls.get_ref().1.peer_certificates())?;
     let source = StreamSource { identity, addr };
@@ -51,6 +52,9 @@ where
         async move { Ok::<_, std::convert::Infallible>(handle(request, source, on_stream).await) }
     });
     hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(settings::HBONE_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(settings::HBONE_KEEPALIVE_TIMEOUT)
         .initial_stream_window_size(settings::HBONE_STREAM_WINDOW)
         .initial_connection_window_size(settings::HBONE_CONNECTION_WINDOW)
         .max_concurrent_streams(settings::HBONE_MAX_STREAMS)

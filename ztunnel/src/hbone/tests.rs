@@ -1,0 +1,176 @@
+//! The HBONE client pool against a real HBONE server on loopback: reuse,
+//! replacement of a broken connection, and the handshake deadline.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
+
+use super::{Error, Pool, PoolKey, client::Tunnel};
+use crate::identity::{
+    Identity, TrustBundle, TrustDomain, WorkloadCert,
+    ca::{CertificateAuthority, RootCa, SigningPolicy},
+    csr,
+};
+
+struct Mesh {
+    bundle: TrustBundle,
+    client: WorkloadCert,
+    server: WorkloadCert,
+}
+
+fn identity(sa: &str) -> Identity {
+    Identity::new("cluster.local", "demo", sa).unwrap()
+}
+
+fn mesh() -> Mesh {
+    let root = RootCa::generate(&TrustDomain::default(), Duration::from_secs(3600)).unwrap();
+    let bundle = TrustBundle::from_pem(root.cert_pem().as_bytes(), "test").unwrap();
+    let ca = CertificateAuthority::new(
+        root,
+        TrustDomain::default(),
+        SigningPolicy::default(),
+        Vec::new(),
+    )
+    .unwrap();
+    let leaf = |id: &Identity| {
+        let (key, csr_pem) = csr::create(id).unwrap();
+        let issued = ca.sign(&csr_pem, 3600).unwrap();
+        WorkloadCert::from_response(id, &key, &issued.chain_pem, &bundle).unwrap()
+    };
+    Mesh {
+        client: leaf(&identity("client")),
+        server: leaf(&identity("server")),
+        bundle,
+    }
+}
+
+fn echo(tunnel: Tunnel) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let (mut r, mut w) = tokio::io::split(tunnel);
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    })
+}
+
+/// An HBONE server whose streams echo; counts connections and keeps their
+/// tasks so a test can cut them.
+struct Server {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Server {
+    async fn start(mesh: &Mesh) -> Self {
+        let config = super::server_config(&mesh.server, &mesh.bundle).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let (count, tasks) = (accepted.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let config = config.clone();
+                let task = tokio::spawn(async move {
+                    let _ = super::server::serve(tcp, config, |_source, _authority| async {
+                        Ok::<_, hyper::StatusCode>(echo)
+                    })
+                    .await;
+                });
+                tasks.lock().unwrap().push(task);
+            }
+        });
+        Self {
+            addr,
+            accepted,
+            connections,
+        }
+    }
+
+    /// Drops every open HBONE connection, as a restarted peer would.
+    fn cut(&self) {
+        for task in self.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+async fn round_trip(pool: &Pool, mesh: &Mesh, addr: SocketAddr, text: &[u8]) -> Result<(), Error> {
+    let key = PoolKey {
+        src: mesh.client.identity().clone(),
+        dst: mesh.server.identity().clone(),
+        addr,
+    };
+    let config = super::client_config(&mesh.client, &mesh.bundle, mesh.server.identity())?;
+    let mut tunnel = pool
+        .tunnel(key, "198.18.0.1:80".parse().unwrap(), || async {
+            Ok((
+                TcpStream::connect(addr).await.map_err(Error::Io)?,
+                config.clone(),
+            ))
+        })
+        .await?;
+    tunnel.write_all(text).await.map_err(Error::Io)?;
+    let mut back = vec![0u8; text.len()];
+    tunnel.read_exact(&mut back).await.map_err(Error::Io)?;
+    assert_eq!(back, text, "the tunnel echoes");
+    Ok(())
+}
+
+#[tokio::test]
+async fn streams_share_a_connection_and_a_broken_one_is_replaced() {
+    let mesh = mesh();
+    let server = Server::start(&mesh).await;
+    let pool = Pool::default();
+    round_trip(&pool, &mesh, server.addr, b"one").await.unwrap();
+    round_trip(&pool, &mesh, server.addr, b"two").await.unwrap();
+    assert_eq!(
+        server.accepted.load(Ordering::SeqCst),
+        1,
+        "the second stream reused the connection"
+    );
+    assert_eq!(pool.len().await, 1);
+
+    // The peer drops the connection; the next stream goes through at once, on
+    // a new connection, and the dead one is gone from the pool.
+    for attempt in 0..5u8 {
+        server.cut();
+        round_trip(&pool, &mesh, server.addr, &[attempt; 3])
+            .await
+            .unwrap_or_else(|e| panic!("stream {attempt} after the cut: {e}"));
+    }
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 6);
+    assert_eq!(pool.len().await, 1, "only the live connection is pooled");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_never_completes_the_handshake_times_out() {
+    let mesh = mesh();
+    // Accepts TCP, then says nothing.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    let error = round_trip(&Pool::default(), &mesh, addr, b"x")
+        .await
+        .expect_err("no tunnel through a silent peer");
+    assert!(matches!(error, Error::HandshakeTimeout(_)), "{error:?}");
+}
