@@ -529,3 +529,53 @@ fn a_restarted_peer_is_reconnected_without_a_failed_connection() {
         "no connection failed: {outbound:?}"
     );
 }
+
+#[test]
+fn a_reset_on_either_side_reaches_the_other_as_a_reset() {
+    if !privileged("a_reset_on_either_side_reaches_the_other_as_a_reset") {
+        return;
+    }
+    let bed = bed("resets");
+    let config = write(&bed, &mesh(), "mesh.yaml");
+    let _zt_a = Ztunnel::start(&bed, "a", &config, &ZtunnelOptions::default()).expect("ztunnel a");
+    let _zt_b = Ztunnel::start(&bed, "b", &config, &ZtunnelOptions::default()).expect("ztunnel b");
+    let _resetter = start_server(&bed, "server", "resetter", "[::]:7000");
+    let watcher = start_server(&bed, "server", "watch", "[::]:7001");
+
+    // The server resets: the client must not take the truncated stream for a
+    // complete one.
+    let mut cmd = bed.pod_command("client", TESTBIN);
+    cmd.args(["await-end", &server_addr(&bed, 7000).to_string(), "hello"]);
+    let out = bed.run(cmd, WAIT).expect("the client runs");
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert!(seen.contains("ended=reset"), "the client saw: {seen}");
+
+    // The client resets: so does the server's side.
+    let mut cmd = bed.pod_command("client", TESTBIN);
+    cmd.args(["abort", &server_addr(&bed, 7001).to_string(), "hello"]);
+    bed.run(cmd, WAIT).expect("the client runs");
+    let line = watcher
+        .wait_for_line("ended=", WAIT)
+        .expect("the server saw the end");
+    assert!(
+        line.starts_with("ended=reset bytes=6"),
+        "the server saw: {line}"
+    );
+
+    // And an orderly end stays orderly.
+    let mut cmd = bed.pod_command("client", TESTBIN);
+    // (The watcher never answers: the sender gives up after 0.5 s and closes.)
+    cmd.env("AMBIT_TESTBIN_TIMEOUT_MS", "500").args([
+        "send",
+        &server_addr(&bed, 7001).to_string(),
+        "bye",
+    ]);
+    let _ = bed.run(cmd, WAIT);
+    let line = watcher
+        .wait_for_line("ended=", WAIT)
+        .expect("the server saw the end");
+    assert!(
+        line.starts_with("ended=eof bytes=4"),
+        "the server saw: {line}"
+    );
+}

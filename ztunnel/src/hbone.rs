@@ -11,6 +11,7 @@
 pub mod client;
 mod coalesce;
 pub mod server;
+mod stream;
 pub mod tls;
 
 #[cfg(test)]
@@ -19,6 +20,8 @@ mod tests;
 pub use client::{Pool, PoolKey};
 pub(crate) use coalesce::CoalescedReads;
 pub use tls::{client_config, peer_identity, server_config};
+
+use crate::settings;
 
 /// Errors of the HBONE layer.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +41,7 @@ pub enum Error {
     HandshakeTimeout(std::time::Duration),
     /// The HTTP/2 layer failed.
     #[error("HBONE HTTP/2")]
-    Http(#[source] hyper::Error),
+    H2(#[source] h2::Error),
     /// The peer refused the CONNECT.
     #[error("the peer answered CONNECT with {status}")]
     Refused {
@@ -48,4 +51,25 @@ pub enum Error {
     /// A request could not be built (a bug: the authority is an address).
     #[error("Bug: cannot build the CONNECT request")]
     Request(#[source] hyper::http::Error),
+}
+
+/// Sends a PING every [`settings::HBONE_KEEPALIVE_INTERVAL`]; returns when
+/// one goes unanswered for [`settings::HBONE_KEEPALIVE_TIMEOUT`] (the peer is
+/// gone). Never returns without a PING handle.
+pub(crate) async fn keepalive(ping_pong: Option<h2::PingPong>) {
+    let Some(mut ping_pong) = ping_pong else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(settings::HBONE_KEEPALIVE_INTERVAL).await;
+        let ping = ping_pong.ping(h2::Ping::opaque());
+        match tokio::time::timeout(settings::HBONE_KEEPALIVE_TIMEOUT, ping).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "HBONE PING failed");
+                return;
+            }
+            Err(_) => return,
+        }
+    }
 }

@@ -20,6 +20,11 @@ pub const HBONE_PORT: u16 = 15008;
 pub const HBONE_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 /// HTTP/2 flow-control window of one HBONE connection (all its streams).
 pub const HBONE_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Largest HTTP/2 frame an HBONE peer may send us (fewer frame headers and
+/// wake-ups for bulk data than the 16 KiB default).
+pub const HBONE_MAX_FRAME: u32 = 256 * 1024;
+/// Data HTTP/2 queues per stream before a write waits for the socket.
+pub const HBONE_SEND_BUFFER: usize = 1024 * 1024;
 /// Concurrent CONNECT streams per HBONE connection.
 pub const HBONE_MAX_STREAMS: u32 = 100;
 /// How long the TLS and HTTP/2 handshakes of an HBONE connection may take

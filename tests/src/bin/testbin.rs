@@ -29,6 +29,17 @@
 //! ambit-testbin rr <addr> <count> <size>
 //!     one connection, <count> round trips of <size> bytes; prints
 //!     "rr count=<n> p50_us=.. p90_us=.. p99_us=.. p999_us=.."
+//! ambit-testbin resetter <listen-addr>
+//!     per connection: reads one line, answers "partial" (no newline), then
+//!     closes with a reset (SO_LINGER 0)
+//! ambit-testbin watch <listen-addr>
+//!     per connection: reads until the end, then prints how it ended:
+//!     "ended=eof bytes=<n>" or "ended=reset bytes=<n>"
+//! ambit-testbin abort <addr> <message>
+//!     connects, sends <message> and a newline, waits 200 ms, closes with a reset
+//! ambit-testbin await-end <addr> <message>
+//!     connects, sends <message> and a newline, reads until the end; prints
+//!     "ended=eof bytes=<n>" or "ended=reset bytes=<n>"
 //! ```
 //! Exit status 0 on success, 1 with a message on stderr otherwise. Every network
 //! wait is bounded: 10 s, or AMBIT_TESTBIN_TIMEOUT_MS.
@@ -55,6 +66,10 @@ fn main() -> ExitCode {
         ["checksum", addr, bytes] => checksum(addr, bytes),
         ["concurrent", addr, count] => concurrent(addr, count),
         ["crr", addr, count] => crr(addr, count),
+        ["resetter", addr] => serve(addr, "resetter", reset_after_line),
+        ["watch", addr] => serve(addr, "watch", watch_end),
+        ["abort", addr, message] => abort(addr, message),
+        ["await-end", addr, message] => await_end(addr, message),
         _ => Err(
             "usage: ambit-testbin echo <addr> | send <addr> <message> [count] | \
                   session <addr> <count> <interval-ms> | sink <addr> | bulk <addr> <s> <size> | \
@@ -140,6 +155,59 @@ fn answer(stream: TcpStream) -> std::io::Result<()> {
         writeln!(writer, "from={peer} to={local} msg={}", line?)?;
     }
     writer.shutdown(Shutdown::Write)
+}
+
+/// Closes `stream` with RST instead of FIN.
+fn reset(stream: TcpStream) -> std::io::Result<()> {
+    socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO))?;
+    drop(stream);
+    Ok(())
+}
+
+/// Reads `stream` to its end: "eof" or "reset", and the bytes read.
+fn read_to_end(stream: &mut TcpStream) -> Result<(&'static str, usize), String> {
+    use std::io::Read;
+    let mut buf = [0u8; 4096];
+    let mut total = 0;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(("eof", total)),
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Ok(("reset", total));
+            }
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+}
+
+fn reset_after_line(stream: TcpStream) -> std::io::Result<()> {
+    let mut line = String::new();
+    BufReader::new(stream.try_clone()?).read_line(&mut line)?;
+    (&stream).write_all(b"partial")?;
+    std::thread::sleep(Duration::from_millis(100));
+    reset(stream)
+}
+
+fn watch_end(mut stream: TcpStream) -> std::io::Result<()> {
+    let (how, bytes) = read_to_end(&mut stream).map_err(std::io::Error::other)?;
+    println!("ended={how} bytes={bytes}");
+    std::io::stdout().flush()
+}
+
+fn abort(addr: &str, message: &str) -> Result<(), String> {
+    let mut stream = connect(parse_addr(addr)?)?;
+    writeln!(stream, "{message}").map_err(|e| format!("cannot send: {e}"))?;
+    std::thread::sleep(Duration::from_millis(200));
+    reset(stream).map_err(|e| e.to_string())
+}
+
+fn await_end(addr: &str, message: &str) -> Result<(), String> {
+    let mut stream = connect(parse_addr(addr)?)?;
+    writeln!(stream, "{message}").map_err(|e| format!("cannot send: {e}"))?;
+    let (how, bytes) = read_to_end(&mut stream)?;
+    println!("ended={how} bytes={bytes}");
+    Ok(())
 }
 
 fn connect(addr: SocketAddr) -> Result<TcpStream, String> {

@@ -9,29 +9,26 @@
 use std::{
     collections::HashMap,
     future::Future,
-    io,
     net::SocketAddr,
-    pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
 };
-
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::{
-    Method, Request, StatusCode, Version, client::conn::http2::SendRequest, upgrade::Upgraded,
-};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use h2::client::SendRequest;
+use hyper::{Method, Request, StatusCode};
 use rustls::pki_types::ServerName;
-use tokio::{net::TcpStream, sync::Mutex};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+    sync::Mutex,
+};
 use tracing::Instrument;
 
 use super::Error;
+pub use super::stream::Tunnel;
 use crate::{identity::Identity, settings};
 
 /// What a pooled connection is shared by.
@@ -45,61 +42,11 @@ pub struct PoolKey {
     pub addr: SocketAddr,
 }
 
-/// An HBONE tunnel: bytes in and out of one CONNECT stream. While it lives it
-/// counts against its connection's stream budget.
-#[derive(Debug)]
-pub struct Tunnel {
-    io: TokioIo<Upgraded>,
-    active: Option<Arc<AtomicUsize>>,
-}
-
-impl Tunnel {
-    /// A tunnel over an upgraded stream, counted in `active` (the server side
-    /// does not count).
-    pub(crate) fn new(io: TokioIo<Upgraded>, active: Option<Arc<AtomicUsize>>) -> Self {
-        Self { io, active }
-    }
-}
-
-impl Drop for Tunnel {
-    fn drop(&mut self) {
-        if let Some(active) = &self.active {
-            active.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
-impl AsyncRead for Tunnel {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Tunnel {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
 #[derive(Debug)]
 struct Pooled {
-    sender: SendRequest<Empty<Bytes>>,
+    sender: SendRequest<Bytes>,
+    /// Set by the connection's task when the connection ended.
+    closed: Arc<AtomicBool>,
     /// Streams open on this connection.
     active: Arc<AtomicUsize>,
     /// Streams ever opened on it (the idle reaper's sign of use).
@@ -144,7 +91,7 @@ impl Pool {
         let slot = self.slot(&key);
         let (sender, active, reused) = sender(&slot, &key, &connect).await?;
         match send_connect(sender, active.clone(), authority).await {
-            Err(Error::Http(error)) if reused => {
+            Err(Error::H2(error)) if reused => {
                 tracing::debug!(%error, dst = %key.addr, "pooled HBONE connection broken; replacing it");
                 evict(&slot, &active).await;
                 let (sender, active, _) = sender_fresh(&slot, &key, &connect).await?;
@@ -185,7 +132,7 @@ impl Pool {
                 .lock()
                 .await
                 .iter()
-                .filter(|p| !p.sender.is_closed())
+                .filter(|p| !p.closed.load(Ordering::Relaxed))
                 .count();
         }
         total
@@ -201,32 +148,32 @@ impl Pool {
 /// a slot being used is not empty).
 fn slot_is_empty(slot: &Slot) -> bool {
     slot.try_lock()
-        .is_ok_and(|conns| conns.iter().all(|p| p.sender.is_closed()))
+        .is_ok_and(|conns| conns.iter().all(|p| p.closed.load(Ordering::Relaxed)))
 }
 
 /// Sends the CONNECT for `authority` on a stream slot already counted in
 /// `active`, and waits for the tunnel.
 async fn send_connect(
-    mut sender: SendRequest<Empty<Bytes>>,
+    sender: SendRequest<Bytes>,
     active: Arc<AtomicUsize>,
     authority: SocketAddr,
 ) -> Result<Tunnel, Error> {
     // Counted from here, released by the Tunnel (or now, on failure).
-    let guard = Tunnel::new_guard(active);
+    let guard = StreamGuard(Some(active));
     let request = Request::builder()
         .method(Method::CONNECT)
-        .version(Version::HTTP_2)
         .uri(authority.to_string())
-        .body(Empty::new())
+        .body(())
         .map_err(Error::Request)?;
-    let response = sender.send_request(request).await.map_err(Error::Http)?;
+    let mut sender = sender.ready().await.map_err(Error::H2)?;
+    let (response, send) = sender.send_request(request, false).map_err(Error::H2)?;
+    let response = response.await.map_err(Error::H2)?;
     if response.status() != StatusCode::OK {
         return Err(Error::Refused {
             status: response.status(),
         });
     }
-    let upgraded = hyper::upgrade::on(response).await.map_err(Error::Http)?;
-    Ok(guard.into_tunnel(TokioIo::new(upgraded)))
+    Ok(guard.into_tunnel(send, response.into_body()))
 }
 
 /// A stream slot on a live pooled connection with room, or on a new one;
@@ -235,13 +182,13 @@ async fn sender<F, Fut>(
     slot: &Slot,
     key: &PoolKey,
     connect: &F,
-) -> Result<(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>, bool), Error>
+) -> Result<(SendRequest<Bytes>, Arc<AtomicUsize>, bool), Error>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<(TcpStream, Arc<rustls::ClientConfig>), Error>>,
 {
     let mut conns = slot.lock().await;
-    conns.retain(|p| !p.sender.is_closed());
+    conns.retain(|p| !p.closed.load(Ordering::Relaxed));
     let limit = settings::HBONE_MAX_STREAMS as usize;
     if let Some(p) = conns
         .iter()
@@ -260,13 +207,13 @@ async fn sender_fresh<F, Fut>(
     slot: &Slot,
     key: &PoolKey,
     connect: &F,
-) -> Result<(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>, bool), Error>
+) -> Result<(SendRequest<Bytes>, Arc<AtomicUsize>, bool), Error>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<(TcpStream, Arc<rustls::ClientConfig>), Error>>,
 {
     let mut conns = slot.lock().await;
-    conns.retain(|p| !p.sender.is_closed());
+    conns.retain(|p| !p.closed.load(Ordering::Relaxed));
     let (sender, active) = open(&mut conns, key, connect).await?;
     Ok((sender, active, false))
 }
@@ -285,7 +232,7 @@ async fn open<F, Fut>(
     conns: &mut Vec<Pooled>,
     key: &PoolKey,
     connect: &F,
-) -> Result<(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>), Error>
+) -> Result<(SendRequest<Bytes>, Arc<AtomicUsize>), Error>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<(TcpStream, Arc<rustls::ClientConfig>), Error>>,
@@ -300,40 +247,44 @@ where
             .connect(name, super::CoalescedReads::new(tcp))
             .await
             .map_err(Error::Io)?;
-        hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(settings::HBONE_STREAM_WINDOW)
+        h2::client::Builder::new()
+            .initial_window_size(settings::HBONE_STREAM_WINDOW)
             .initial_connection_window_size(settings::HBONE_CONNECTION_WINDOW)
-            .keep_alive_interval(settings::HBONE_KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(settings::HBONE_KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .handshake(TokioIo::new(tls))
+            .max_frame_size(settings::HBONE_MAX_FRAME)
+            .max_send_buffer_size(settings::HBONE_SEND_BUFFER)
+            .handshake::<_, Bytes>(tls)
             .await
-            .map_err(Error::Http)
+            .map_err(Error::H2)
     };
     let (sender, connection) = tokio::time::timeout(settings::HBONE_HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| Error::HandshakeTimeout(settings::HBONE_HANDSHAKE_TIMEOUT))??;
     let active = Arc::new(AtomicUsize::new(1));
     let opened = Arc::new(AtomicUsize::new(1));
+    let closed = Arc::new(AtomicBool::new(false));
     let span = tracing::debug_span!("hbone_client", dst = %key.addr, identity = %key.dst);
-    tokio::spawn(drive(connection, active.clone(), opened.clone()).instrument(span));
+    let usage = (active.clone(), opened.clone(), closed.clone());
+    tokio::spawn(drive(connection, usage).instrument(span));
     conns.push(Pooled {
         sender: sender.clone(),
+        closed,
         active: active.clone(),
         opened,
     });
     Ok((sender, active))
 }
 
-/// Runs a client connection until it ends, or until it has carried no
-/// stream for a whole [`settings::HBONE_POOL_IDLE`] (then dropping it closes
-/// the connection, and the pool forgets it).
-async fn drive<C>(connection: C, active: Arc<AtomicUsize>, opened: Arc<AtomicUsize>)
-where
-    C: Future<Output = Result<(), hyper::Error>>,
+/// Runs a client connection until it ends, its peer stops answering PINGs,
+/// or it has carried no stream for a whole [`settings::HBONE_POOL_IDLE`]
+/// (then dropping it closes the connection); the pool then forgets it.
+async fn drive<T>(
+    mut connection: h2::client::Connection<T, Bytes>,
+    (active, opened, closed): (Arc<AtomicUsize>, Arc<AtomicUsize>, Arc<AtomicBool>),
+) where
+    T: AsyncRead + AsyncWrite + Unpin,
 {
-    tokio::pin!(connection);
+    let keepalive = super::keepalive(connection.ping_pong());
+    tokio::pin!(keepalive);
     let mut seen = opened.load(Ordering::Relaxed);
     loop {
         tokio::select! {
@@ -341,33 +292,32 @@ where
                 if let Err(error) = result {
                     tracing::debug!(%error, "HBONE connection ended");
                 }
-                return;
+                break;
+            }
+            () = &mut keepalive => {
+                tracing::debug!("HBONE peer stopped answering PINGs; closing");
+                break;
             }
             () = tokio::time::sleep(settings::HBONE_POOL_IDLE) => {
                 let now = opened.load(Ordering::Relaxed);
                 if now == seen && active.load(Ordering::Relaxed) == 0 {
                     tracing::debug!("closing an idle pooled HBONE connection");
-                    return;
+                    break;
                 }
                 seen = now;
             }
         }
     }
+    closed.store(true, Ordering::Relaxed);
 }
 
 /// A stream slot taken on a pooled connection, released on drop unless it
 /// became a [`Tunnel`].
 struct StreamGuard(Option<Arc<AtomicUsize>>);
 
-impl Tunnel {
-    fn new_guard(active: Arc<AtomicUsize>) -> StreamGuard {
-        StreamGuard(Some(active))
-    }
-}
-
 impl StreamGuard {
-    fn into_tunnel(mut self, io: TokioIo<Upgraded>) -> Tunnel {
-        Tunnel::new(io, self.0.take())
+    fn into_tunnel(mut self, send: h2::SendStream<Bytes>, recv: h2::RecvStream) -> Tunnel {
+        Tunnel::new(send, recv, self.0.take())
     }
 }
 

@@ -6,9 +6,8 @@
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use h2::{RecvStream, server::SendResponse};
+use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpStream;
 
 use super::{Error, client::Tunnel, tls};
@@ -23,10 +22,10 @@ pub struct StreamSource {
     pub addr: SocketAddr,
 }
 
-/// Serves one accepted TCP connection as HBONE until the client closes it.
-/// For each CONNECT stream, `on_stream(source, authority)` decides: `Err(status)`
-/// refuses the stream, `Ok(future)` accepts it and runs the future with the
-/// tunnel once the stream is upgraded.
+/// Serves one accepted TCP connection as HBONE until the client closes it or
+/// stops answering PINGs. For each CONNECT stream, `on_stream(source,
+/// authority)` decides: `Err(status)` refuses the stream, `Ok(future)` accepts
+/// it and runs the future with the tunnel.
 pub async fn serve<F, Fut, G>(
     tcp: TcpStream,
     config: Arc<rustls::ServerConfig>,
@@ -39,66 +38,79 @@ where
 {
     let addr = tcp.peer_addr().map_err(Error::Io)?;
     tcp.set_nodelay(true).map_err(Error::Io)?;
-    let accept = tokio_rustls::TlsAcceptor::from(config).accept(super::CoalescedReads::new(tcp));
-    let tls = tokio::time::timeout(settings::HBONE_HANDSHAKE_TIMEOUT, accept)
-        .await
-        .map_err(|_| Error::HandshakeTimeout(settings::HBONE_HANDSHAKE_TIMEOUT))?
-        .map_err(Error::Io)?;
-    let identity = tls::peer_identity(tls.get_ref().1.peer_certificates())?;
+    let handshake = async {
+        let tls = tokio_rustls::TlsAcceptor::from(config)
+            .accept(super::CoalescedReads::new(tcp))
+            .await
+            .map_err(Error::Io)?;
+        let identity = tls::peer_identity(tls.get_ref().1.peer_certificates())?;
+        let connection = h2::server::Builder::new()
+            .initial_window_size(settings::HBONE_STREAM_WINDOW)
+            .initial_connection_window_size(settings::HBONE_CONNECTION_WINDOW)
+            .max_concurrent_streams(settings::HBONE_MAX_STREAMS)
+            .max_frame_size(settings::HBONE_MAX_FRAME)
+            .max_send_buffer_size(settings::HBONE_SEND_BUFFER)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(Error::H2)?;
+        Ok::<_, Error>((identity, connection))
+    };
+    let (identity, mut connection) =
+        tokio::time::timeout(settings::HBONE_HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| Error::HandshakeTimeout(settings::HBONE_HANDSHAKE_TIMEOUT))??;
     let source = StreamSource { identity, addr };
-    let service = service_fn(move |request: Request<Incoming>| {
-        let on_stream = on_stream.clone();
-        let source = source.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(request, source, on_stream).await) }
-    });
-    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(settings::HBONE_KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(settings::HBONE_KEEPALIVE_TIMEOUT)
-        .initial_stream_window_size(settings::HBONE_STREAM_WINDOW)
-        .initial_connection_window_size(settings::HBONE_CONNECTION_WINDOW)
-        .max_concurrent_streams(settings::HBONE_MAX_STREAMS)
-        .serve_connection(TokioIo::new(tls), service)
-        .await
-        .map_err(Error::Http)
+    let keepalive = super::keepalive(connection.ping_pong());
+    tokio::pin!(keepalive);
+    loop {
+        tokio::select! {
+            next = connection.accept() => match next {
+                None => return Ok(()),
+                Some(Err(error)) => return Err(Error::H2(error)),
+                Some(Ok((request, respond))) => {
+                    tokio::spawn(handle(request, respond, source.clone(), on_stream.clone()));
+                }
+            },
+            () = &mut keepalive => {
+                tracing::debug!(peer = %addr, "HBONE client stopped answering PINGs; closing");
+                return Ok(());
+            }
+        }
+    }
 }
 
 async fn handle<F, Fut, G>(
-    request: Request<Incoming>,
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
     source: StreamSource,
     on_stream: F,
-) -> Response<Empty<Bytes>>
-where
+) where
     F: Fn(StreamSource, SocketAddr) -> Fut,
     Fut: Future<Output = Result<G, StatusCode>>,
     G: FnOnce(Tunnel) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + 'static,
 {
+    let refuse = |respond: &mut SendResponse<Bytes>, code: StatusCode| {
+        let mut response = Response::new(());
+        *response.status_mut() = code;
+        if let Err(error) = respond.send_response(response, true) {
+            tracing::debug!(%error, "cannot answer an HBONE stream");
+        }
+    };
     if request.method() != Method::CONNECT {
-        return status(StatusCode::METHOD_NOT_ALLOWED);
+        return refuse(&mut respond, StatusCode::METHOD_NOT_ALLOWED);
     }
     let Some(authority) = request
         .uri()
         .authority()
         .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
     else {
-        return status(StatusCode::BAD_REQUEST);
+        return refuse(&mut respond, StatusCode::BAD_REQUEST);
     };
     match on_stream(source, authority).await {
-        Ok(run) => {
-            tokio::spawn(async move {
-                match hyper::upgrade::on(request).await {
-                    Ok(upgraded) => run(Tunnel::new(TokioIo::new(upgraded), None)).await,
-                    Err(error) => tracing::debug!(%error, "HBONE stream closed before the upgrade"),
-                }
-            });
-            status(StatusCode::OK)
-        }
-        Err(code) => status(code),
+        Ok(run) => match respond.send_response(Response::new(()), false) {
+            Ok(send) => run(Tunnel::new(send, request.into_body(), None)).await,
+            Err(error) => tracing::debug!(%error, "HBONE stream closed before the answer"),
+        },
+        Err(code) => refuse(&mut respond, code),
     }
-}
-
-fn status(code: StatusCode) -> Response<Empty<Bytes>> {
-    let mut response = Response::new(Empty::new());
-    *response.status_mut() = code;
-    response
 }

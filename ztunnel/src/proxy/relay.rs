@@ -31,10 +31,50 @@ pub const MAX_BUFFER: usize = 256 * 1024;
 /// Quiet time after which both directions release their buffers.
 pub const SHRINK_AFTER: Duration = Duration::from_secs(1);
 
+/// A side of a relay that can be ended abruptly, so that its peer sees a
+/// reset rather than an orderly end of stream.
+pub trait Abort {
+    /// Makes the coming close a reset.
+    fn abort(&mut self);
+}
+
+impl Abort for tokio::net::TcpStream {
+    fn abort(&mut self) {
+        // Closing with a zero linger time sends RST.
+        let _ = socket2::SockRef::from(&*self).set_linger(Some(Duration::ZERO));
+    }
+}
+
+impl Abort for crate::hbone::client::Tunnel {
+    fn abort(&mut self) {
+        self.reset();
+    }
+}
+
 /// Copies both ways until both sides are closed; fails with
 /// [`ConnectionError::Idle`] when neither side moved a byte for `idle`.
-/// Returns the bytes copied from `a` to `b` and from `b` to `a`.
+/// Returns the bytes copied from `a` to `b` and from `b` to `a`. When either
+/// side fails (a reset, say), both are aborted: a reset on one side is a
+/// reset on the other, never a clean end that could pass a truncated stream
+/// off as complete.
 pub async fn relay<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Duration,
+) -> Result<(u64, u64), ConnectionError>
+where
+    A: AsyncRead + AsyncWrite + Abort + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Abort + Unpin + ?Sized,
+{
+    let result = copy_both_ways(a, b, idle).await;
+    if let Err(ConnectionError::Relay(_)) = &result {
+        a.abort();
+        b.abort();
+    }
+    result
+}
+
+async fn copy_both_ways<A, B>(
     a: &mut A,
     b: &mut B,
     idle: Duration,
@@ -259,9 +299,13 @@ impl Direction {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 
     use super::*;
+
+    impl Abort for DuplexStream {
+        fn abort(&mut self) {}
+    }
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_connection_is_closed_and_an_active_one_is_not() {
@@ -337,7 +381,7 @@ mod tests {
             holding: true,
         };
         // One poll step of the relay, for one direction.
-        let mut step = |a: &mut tokio::io::DuplexStream, b: &mut tokio::io::DuplexStream| {
+        let mut step = |a: &mut DuplexStream, b: &mut DuplexStream| {
             let waker = futures::task::noop_waker();
             let mut cx = Context::from_waker(&waker);
             let _ = a_to_b.poll_copy(&mut cx, a, b);

@@ -1,0 +1,161 @@
+//! One HBONE tunnel: the bytes of a proxied TCP connection carried by one
+//! HTTP/2 CONNECT stream, as `AsyncRead + AsyncWrite`.
+//!
+//! Built on `h2` streams directly: data goes out as DATA frames as soon as the
+//! stream has flow-control capacity, with no extra task or channel in between,
+//! and the end of a connection is told apart from its failure: a clean end is
+//! END_STREAM, a failure is RST_STREAM (CONNECT_ERROR for a TCP reset, as RFC
+//! 9113 section 8.5 says), which the other side turns back into a TCP reset.
+
+use std::{
+    io,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll, ready},
+};
+
+use bytes::Bytes;
+use h2::{Reason, RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The most one write hands to HTTP/2 at once (it is copied into a frame
+/// buffer; larger writes are taken in several calls).
+const MAX_WRITE: usize = 256 * 1024;
+
+/// An HBONE tunnel. While it lives it counts against its connection's stream
+/// budget (client side).
+#[derive(Debug)]
+pub struct Tunnel {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    /// Received and not yet read.
+    pending: Bytes,
+    write_closed: bool,
+    active: Option<Arc<AtomicUsize>>,
+}
+
+impl Tunnel {
+    /// A tunnel over an accepted or opened stream, counted in `active` (the
+    /// server side does not count).
+    pub(crate) fn new(
+        send: SendStream<Bytes>,
+        recv: RecvStream,
+        active: Option<Arc<AtomicUsize>>,
+    ) -> Self {
+        Self {
+            send,
+            recv,
+            pending: Bytes::new(),
+            write_closed: false,
+            active,
+        }
+    }
+
+    /// Ends the tunnel abruptly: the peer sees RST_STREAM(CONNECT_ERROR) and
+    /// resets its TCP connection.
+    pub fn reset(&mut self) {
+        self.send.send_reset(Reason::CONNECT_ERROR);
+        self.write_closed = true;
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        if let Some(active) = &self.active {
+            active.fetch_sub(1, Ordering::Relaxed);
+        }
+        // Dropped without a clean end: h2 cancels the stream (RST_STREAM).
+    }
+}
+
+/// What a reset from the peer means to the side reading or writing.
+fn stream_error(error: h2::Error) -> io::Error {
+    match error.reason() {
+        Some(Reason::CONNECT_ERROR | Reason::CANCEL) => {
+            io::Error::new(io::ErrorKind::ConnectionReset, error)
+        }
+        _ if error.is_io() => error
+            .into_io()
+            .unwrap_or_else(|| io::Error::from(io::ErrorKind::BrokenPipe)),
+        _ => io::Error::other(error),
+    }
+}
+
+impl AsyncRead for Tunnel {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        while this.pending.is_empty() {
+            match ready!(this.recv.poll_data(cx)) {
+                // END_STREAM: the peer's side of the connection is done.
+                None => return Poll::Ready(Ok(())),
+                Some(Ok(data)) => this.pending = data,
+                // A reset after the peer's END_STREAM ends nothing we wait for.
+                Some(Err(error)) if error.reason() == Some(Reason::NO_ERROR) => {
+                    return Poll::Ready(Ok(()));
+                }
+                Some(Err(error)) => return Poll::Ready(Err(stream_error(error))),
+            }
+        }
+        let n = buf.remaining().min(this.pending.len());
+        buf.put_slice(&this.pending.split_to(n));
+        // Consumed: the peer may send that much more.
+        let _ = this.recv.flow_control().release_capacity(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Tunnel {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let this = &mut *self;
+        if let Poll::Ready(reset) = this.send.poll_reset(cx) {
+            return Poll::Ready(Err(match reset {
+                Ok(reason) => stream_error(h2::Error::from(reason)),
+                Err(error) => stream_error(error),
+            }));
+        }
+        let want = buf.len().min(MAX_WRITE);
+        this.send.reserve_capacity(want);
+        let mut capacity = this.send.capacity();
+        while capacity == 0 {
+            match ready!(this.send.poll_capacity(cx)) {
+                Some(Ok(n)) => capacity = n,
+                Some(Err(error)) => return Poll::Ready(Err(stream_error(error))),
+                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            }
+        }
+        let n = capacity.min(want);
+        this.send
+            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+            .map_err(stream_error)?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Frames are written out by the connection's task as soon as queued.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.write_closed {
+            self.write_closed = true;
+            self.send
+                .send_data(Bytes::new(), true)
+                .map_err(stream_error)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
