@@ -1,17 +1,20 @@
 //! The Kubernetes source: one kube-rs watcher per kind, with backoff and a
 //! relist when a watch cannot resume (`410 Gone`), feeding the registry in
 //! batches. Pods are reduced at conversion: the registry keeps the full pod only
-//! for its own node (a field selector cannot say "every other node").
+//! for its own node (a field selector cannot say "every other node"). Nodes are
+//! watched metadata-only (their status is large and changes often; only the
+//! zone label is used).
 
 use std::{collections::HashSet, fmt::Debug, sync::Arc};
 
 use futures::{StreamExt, pin_mut};
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Service, ServiceAccount},
+    core::v1::{Namespace, Node, Pod, Service, ServiceAccount},
     discovery::v1::EndpointSlice,
 };
 use kube::{
     Api, Client,
+    core::PartialObjectMeta,
     runtime::{WatchStreamExt, watcher},
 };
 use serde::de::DeserializeOwned;
@@ -71,7 +74,7 @@ impl Debug for KubeSource {
 }
 
 /// The registry kind of each watcher, by slot.
-const SLOTS: [Kind; 9] = [
+const SLOTS: [Kind; 10] = [
     Kind::Namespace,
     Kind::Workload,
     Kind::Service,
@@ -81,6 +84,7 @@ const SLOTS: [Kind; 9] = [
     Kind::RequestAuthentication,
     Kind::AuthorizationPolicy,
     Kind::Waypoint,
+    Kind::Node,
 ];
 
 impl KubeSource {
@@ -154,7 +158,19 @@ impl KubeSource {
             Resource::AuthorizationPolicy,
             tx.clone(),
         ));
-        watchers.spawn(watch::<crd::Gateway>(c.clone(), 8, Resource::Gateway, tx));
+        watchers.spawn(watch::<crd::Gateway>(
+            c.clone(),
+            8,
+            Resource::Gateway,
+            tx.clone(),
+        ));
+        // `PartialObjectMeta` makes kube ask for metadata only.
+        watchers.spawn(watch::<PartialObjectMeta<Node>>(
+            c.clone(),
+            9,
+            Resource::Node,
+            tx,
+        ));
         let mut slots: Vec<Slot> = SLOTS
             .iter()
             .map(|&kind| Slot {
