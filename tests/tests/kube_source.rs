@@ -343,6 +343,26 @@ async fn node_zones_follow_the_labels_and_a_bad_zone_keeps_the_last_good_one() {
         "nodes are listed and watched metadata-only"
     );
 
+    // A status-only update (the kubelet's, every few minutes) changes nothing
+    // the registry keeps: no new snapshot, only the marker's.
+    let generation = run.registry.load().generation();
+    let mut status_only = node("node-a", &json!({"topology.kubernetes.io/zone": "z1"}));
+    status_only.status.as_mut().unwrap().phase = Some("Running".into());
+    run.server.update(&status_only).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    run.server
+        .create(&node("first-marker", &json!({})))
+        .unwrap();
+    eventually(&run.registry, "first marker", |s| {
+        s.node_object("first-marker").is_some()
+    })
+    .await;
+    assert_eq!(
+        run.registry.load().generation(),
+        generation + 1,
+        "an unchanged node makes no snapshot"
+    );
+
     run.server
         .update(&node(
             "node-b",

@@ -25,7 +25,7 @@ use tokio::{
 
 use super::{ErrorChain, Resource, crd};
 use crate::{
-    registry::{Change, Kind, ObjectKey, Registry},
+    registry::{Change, Kind, Object, ObjectKey, Registry},
     settings::KUBE_BATCH_MAX,
 };
 
@@ -188,6 +188,7 @@ impl KubeSource {
                 let Ok(next) = rx.try_recv() else { break };
                 handle(next, &mut slots, &mut changes);
             }
+            drop_unchanged_nodes(&registry, &mut changes);
             if !changes.is_empty() {
                 let count = changes.len();
                 let generation = registry.apply(changes);
@@ -199,6 +200,21 @@ impl KubeSource {
             }
         }
     }
+}
+
+/// Drops upserts of Nodes the registry already holds as they are: the kubelet
+/// updates its Node's status every few minutes and each update is an event,
+/// but the name and zone the registry keeps rarely change. No new snapshot for
+/// those.
+fn drop_unchanged_nodes(registry: &Registry, changes: &mut Vec<Change>) {
+    if !(changes.iter()).any(|c| matches!(c, Change::Upsert(Object::Node(_)))) {
+        return;
+    }
+    let current = registry.load();
+    changes.retain(|c| match c {
+        Change::Upsert(Object::Node(node)) => current.node_object(&node.name) != Some(node),
+        _ => true,
+    });
 }
 
 /// Runs the watcher of kind `K` and forwards its events.

@@ -206,9 +206,14 @@ impl Snapshot {
 
     // === nodes ===
 
+    /// The Node object named `name` (name and zone).
+    pub fn node_object(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name)
+    }
+
     /// The zone of node `name`, when a Node object says it.
     pub fn node_zone(&self, name: &str) -> Option<&Name> {
-        self.nodes.get(name)?.zone.as_ref()
+        self.node_object(name)?.zone.as_ref()
     }
 
     // === policies ===
