@@ -478,4 +478,23 @@ fn the_documented_example_is_valid() {
     let snap = reg.snapshot();
     assert!(!snap.enrolled_pods("node-a").is_empty());
     assert!(snap.workload_count() >= 3);
+    assert_eq!(
+        snap.node_zone("node-b").map(crate::registry::Name::as_str),
+        Some("eu-west-1b")
+    );
+}
+
+/// The refused Node of docs/configuration.md is refused with that message.
+#[test]
+fn the_documented_node_error_is_what_a_user_sees() {
+    let doc = include_str!("../../../../docs/configuration.md");
+    let message = doc
+        .lines()
+        .find(|l| l.contains("refused: Node "))
+        .expect("the page shows a refused Node");
+    let text = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels:\n    istio.io/dataplane-mode: ambient\n---\n\
+                apiVersion: v1\nkind: Node\nmetadata:\n  name: node-a\n  labels: {topology.kubernetes.io/zone: eu-west-1a}\n---\n\
+                apiVersion: v1\nkind: Node\nmetadata:\n  name: node-b\n  labels: {topology.kubernetes.io/zone: \"eu west 1\"}\n";
+    let err = parse(text, Path::new("mesh.yaml")).unwrap_err();
+    assert_eq!(ErrorChain(&err).to_string(), message);
 }
