@@ -2,7 +2,9 @@
 //! resourceVersion, `?watch=true` chunked streams of ADDED/MODIFIED/DELETED and
 //! BOOKMARK events, `410 Gone` (an ERROR event with a `Status` of code 410) for
 //! watches that resume from a resourceVersion older than the kept history, and
-//! hooks to drop every watch stream mid-way. kube-rs runs against it unmodified.
+//! hooks to drop every watch stream mid-way. Metadata-only requests (kube's
+//! `PartialObjectMeta`) get `PartialObjectMetadata` objects. kube-rs runs
+//! against it unmodified.
 //!
 //! It serves GET list and watch only (no selectors, no paging: a list returns
 //! every item); tests change objects through the typed helpers
@@ -186,6 +188,17 @@ impl ApiServer {
     /// How many watch requests were served for `plural`.
     pub fn watch_count(&self, plural: &str) -> usize {
         self.shared.lock().watches.get(plural).copied().unwrap_or(0)
+    }
+
+    /// How many list and watch requests for `plural` asked for metadata only
+    /// (`PartialObjectMetadata`, which the fake then serves).
+    pub fn metadata_only_count(&self, plural: &str) -> usize {
+        self.shared
+            .lock()
+            .metadata_only
+            .get(plural)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The current resourceVersion.

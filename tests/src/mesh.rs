@@ -12,12 +12,13 @@ use crate::testbed::{Error, Process, Testbed};
 /// How long a ztunnel may take to start and enroll its pods.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The Kubernetes objects of a test mesh: namespaces (ambient or not) and the
-/// testbed's pods placed in them.
+/// The Kubernetes objects of a test mesh: namespaces (ambient or not), the
+/// testbed's pods placed in them, and Nodes (with their zones).
 #[derive(Debug, Clone, Default)]
 pub struct MeshConfig {
     namespaces: Vec<(String, bool)>,
     pods: Vec<PodEntry>,
+    nodes: Vec<(String, Option<String>)>,
     documents: Vec<String>,
 }
 
@@ -36,6 +37,16 @@ impl MeshConfig {
     pub fn namespace(mut self, name: &str, ambient: bool) -> Self {
         self.namespaces.retain(|(n, _)| n != name);
         self.namespaces.push((name.to_owned(), ambient));
+        self
+    }
+
+    /// Declares a Node object for the testbed node `node`, with the label
+    /// `topology.kubernetes.io/zone=<zone>` when `zone` is given. Nodes not
+    /// declared have no Node object (so no zone).
+    #[must_use]
+    pub fn node(mut self, node: &str, zone: Option<&str>) -> Self {
+        self.nodes.retain(|(n, _)| n != node);
+        self.nodes.push((node.to_owned(), zone.map(str::to_owned)));
         self
     }
 
@@ -99,6 +110,17 @@ impl MeshConfig {
             ));
             if *ambient {
                 yaml.push_str("  labels:\n    istio.io/dataplane-mode: ambient\n");
+            }
+        }
+        for (node, zone) in &self.nodes {
+            yaml.push_str(&format!(
+                "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n",
+                name = bed.node(node).name(),
+            ));
+            if let Some(zone) = zone {
+                yaml.push_str(&format!(
+                    "  labels:\n    topology.kubernetes.io/zone: \"{zone}\"\n"
+                ));
             }
         }
         for entry in &self.pods {

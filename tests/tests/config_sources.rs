@@ -1,12 +1,13 @@
 //! Both configuration sources build identical registries from the same objects:
 //! generated object sets go once through the local file (as YAML) and once
-//! through the fake API server and the Kubernetes source.
+//! through the fake API server and the Kubernetes source. That includes node
+//! zones (current and legacy labels) and endpoint zones.
 
 use std::{path::Path, sync::Arc, time::Duration};
 
 use ambit_tests::apiserver::ApiServer;
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Service},
+    core::v1::{Namespace, Node, Pod, Service},
     discovery::v1::EndpointSlice,
 };
 use proptest::prelude::*;
@@ -23,6 +24,7 @@ use ztunnel::{
 const NAMESPACES: [&str; 3] = ["shop", "bank", "istio-system"];
 const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
 const APPS: [&str; 3] = ["web", "db", "cache"];
+const ZONES: [&str; 2] = ["z1", "z2"];
 
 /// One generated object, as JSON with its kind.
 #[derive(Debug, Clone)]
@@ -41,6 +43,8 @@ struct PodSpec {
     opt_out: bool,
     host_network: bool,
     named_sa: bool,
+    /// The `zone` of the pod's endpoints in EndpointSlices (else its node's).
+    endpoint_zone: Option<usize>,
 }
 
 fn pod_strategy() -> impl Strategy<Value = PodSpec> {
@@ -53,9 +57,10 @@ fn pod_strategy() -> impl Strategy<Value = PodSpec> {
         prop::bool::weighted(0.2),
         prop::bool::weighted(0.1),
         any::<bool>(),
+        prop::option::of(0..2usize),
     )
         .prop_map(
-            |(ns, node, app, v6, ready, opt_out, host_network, named_sa)| PodSpec {
+            |(ns, node, app, v6, ready, opt_out, host_network, named_sa, endpoint_zone)| PodSpec {
                 ns,
                 node,
                 app,
@@ -64,8 +69,30 @@ fn pod_strategy() -> impl Strategy<Value = PodSpec> {
                 opt_out,
                 host_network,
                 named_sa,
+                endpoint_zone,
             },
         )
+}
+
+/// How a node is declared: not at all, without zone, or with its zone in the
+/// current label, the legacy one, or both (the current one wins).
+#[derive(Debug, Clone, Copy)]
+enum NodeZone {
+    Absent,
+    None,
+    Current(usize),
+    Legacy(usize),
+    Both(usize, usize),
+}
+
+fn node_strategy() -> impl Strategy<Value = NodeZone> {
+    prop_oneof![
+        Just(NodeZone::Absent),
+        Just(NodeZone::None),
+        (0..2usize).prop_map(NodeZone::Current),
+        (0..2usize).prop_map(NodeZone::Legacy),
+        (0..2usize, 0..2usize).prop_map(|(a, b)| NodeZone::Both(a, b)),
+    ]
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +134,7 @@ struct World {
     policies: Vec<PolicySpec>,
     peer: Vec<(usize, Option<usize>, usize)>,
     waypoint: Option<usize>,
+    nodes: [NodeZone; 3],
 }
 
 fn world_strategy() -> impl Strategy<Value = World> {
@@ -117,15 +145,17 @@ fn world_strategy() -> impl Strategy<Value = World> {
         prop::collection::vec(policy_strategy(), 0..4),
         prop::collection::vec((0..3usize, prop::option::of(0..3usize), 0..4usize), 0..3),
         prop::option::of(0..3usize),
+        [node_strategy(), node_strategy(), node_strategy()],
     )
         .prop_map(
-            |(ambient, pods, services, policies, peer, waypoint)| World {
+            |(ambient, pods, services, policies, peer, waypoint, nodes)| World {
                 ambient,
                 pods,
                 services,
                 policies,
                 peer,
                 waypoint,
+                nodes,
             },
         )
 }
@@ -182,12 +212,18 @@ fn objects(world: &World) -> Vec<Generated> {
         })});
         let endpoints: Vec<Value> = (world.pods.iter().enumerate())
             .filter(|(_, p)| p.ns == ns && p.app == app)
-            .map(|(j, p)| json!({
-                "addresses": [pod_ip(j)],
-                "conditions": {"ready": p.ready, "serving": p.ready, "terminating": false},
-                "nodeName": NODES[p.node],
-                "targetRef": {"kind": "Pod", "name": format!("pod-{j}"), "namespace": NAMESPACES[ns]},
-            }))
+            .map(|(j, p)| {
+                let mut endpoint = json!({
+                    "addresses": [pod_ip(j)],
+                    "conditions": {"ready": p.ready, "serving": p.ready, "terminating": false},
+                    "nodeName": NODES[p.node],
+                    "targetRef": {"kind": "Pod", "name": format!("pod-{j}"), "namespace": NAMESPACES[ns]},
+                });
+                if let Some(zone) = p.endpoint_zone {
+                    endpoint["zone"] = json!(ZONES[zone]);
+                }
+                endpoint
+            })
             .collect();
         out.push(Generated { kind: "EndpointSlice", value: json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
@@ -233,6 +269,27 @@ fn objects(world: &World) -> Vec<Generated> {
             }),
         });
     }
+    for (node, zone) in NODES.iter().zip(world.nodes) {
+        let labels = match zone {
+            NodeZone::Absent => continue,
+            NodeZone::None => json!({"kubernetes.io/hostname": node}),
+            NodeZone::Current(z) => json!({"topology.kubernetes.io/zone": ZONES[z]}),
+            NodeZone::Legacy(z) => json!({"failure-domain.beta.kubernetes.io/zone": ZONES[z]}),
+            NodeZone::Both(current, legacy) => json!({
+                "topology.kubernetes.io/zone": ZONES[current],
+                "failure-domain.beta.kubernetes.io/zone": ZONES[legacy],
+            }),
+        };
+        out.push(Generated {
+            kind: "Node",
+            value: json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": node, "labels": labels},
+                "spec": {"podCIDR": "10.244.0.0/24"},
+                "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.1"}]},
+            }),
+        });
+    }
     if let Some(ns) = world.waypoint {
         out.push(Generated { kind: "Gateway", value: json!({
             "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
@@ -275,6 +332,7 @@ fn create(server: &ApiServer, object: &Generated) {
         "AuthorizationPolicy" => server.create(&typed::<AuthorizationPolicy>(v)),
         "PeerAuthentication" => server.create(&typed::<PeerAuthentication>(v)),
         "Gateway" => server.create(&typed::<Gateway>(v)),
+        "Node" => server.create(&typed::<Node>(v)),
         other => panic!("no helper for {other}"),
     }
     .unwrap();
@@ -294,7 +352,27 @@ async fn through_kubernetes(objects: &[Generated]) -> Dump {
         .unwrap()
         .unwrap();
     task.abort();
+    assert!(
+        server.metadata_only_count("nodes") > 0,
+        "nodes are listed and watched metadata-only"
+    );
     reg.snapshot().dump()
+}
+
+/// The zone each node should have, by the labels it was given.
+fn expected_zones(world: &World) -> std::collections::BTreeMap<String, Option<String>> {
+    (NODES.iter().zip(world.nodes))
+        .filter_map(|(node, zone)| {
+            let zone = match zone {
+                NodeZone::Absent => return None,
+                NodeZone::None => None,
+                NodeZone::Current(z) | NodeZone::Legacy(z) | NodeZone::Both(z, _) => {
+                    Some(ZONES[z].to_owned())
+                }
+            };
+            Some(((*node).to_owned(), zone))
+        })
+        .collect()
 }
 
 proptest! {
@@ -308,6 +386,10 @@ proptest! {
         let from_kube = runtime.block_on(through_kubernetes(&objects));
         prop_assert!(!from_file.namespaces.is_empty());
         prop_assert_eq!(from_file.workloads.len(), world.pods.len());
+        let zones: std::collections::BTreeMap<String, Option<String>> = (from_file.nodes.iter())
+            .map(|(name, node)| (name.clone(), node.zone.as_ref().map(ToString::to_string)))
+            .collect();
+        prop_assert_eq!(zones, expected_zones(&world));
         prop_assert_eq!(from_file, from_kube);
     }
 }

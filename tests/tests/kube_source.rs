@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use ambit_tests::apiserver::ApiServer;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use serde_json::json;
 use ztunnel::{
     config::{crd::AuthorizationPolicy, kubernetes::KubeSource},
@@ -34,6 +34,19 @@ fn pod(ns: &str, name: &str, node: &str, ip: &str) -> Pod {
         "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
     }))
     .unwrap()
+}
+
+fn node(name: &str, labels: &serde_json::Value) -> Node {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": labels},
+        "status": {"images": [{"names": ["registry.example/big:1"], "sizeBytes": 1_000_000_000}]},
+    }))
+    .unwrap()
+}
+
+fn zone(s: &Snapshot, node: &str) -> Option<String> {
+    s.node_zone(node).map(ToString::to_string)
 }
 
 fn policy(ns: &str, name: &str, spec: &serde_json::Value) -> AuthorizationPolicy {
@@ -302,6 +315,92 @@ async fn invalid_objects_are_skipped_and_the_last_good_version_stays() {
     eventually(&run.registry, "good update", |s| {
         s.authorization_policy(&ObjectKey::new("shop", "ap"))
             .is_some_and(|p| p.action == ztunnel::registry::Action::Allow)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_zones_follow_the_labels_and_a_bad_zone_keeps_the_last_good_one() {
+    let server = ApiServer::start().await.unwrap();
+    server
+        .create(&node(
+            "node-a",
+            &json!({"topology.kubernetes.io/zone": "z1"}),
+        ))
+        .unwrap();
+    server
+        .create(&node(
+            "node-b",
+            &json!({"failure-domain.beta.kubernetes.io/zone": "z2"}),
+        ))
+        .unwrap();
+    let run = start(server).await;
+    let snap = run.registry.snapshot();
+    assert_eq!(zone(&snap, "node-a").as_deref(), Some("z1"));
+    assert_eq!(zone(&snap, "node-b").as_deref(), Some("z2"), "legacy label");
+    assert!(
+        run.server.metadata_only_count("nodes") >= 2,
+        "nodes are listed and watched metadata-only"
+    );
+
+    // A status-only update (the kubelet's, every few minutes) changes nothing
+    // the registry keeps: no new snapshot, only the marker's.
+    let generation = run.registry.load().generation();
+    let mut status_only = node("node-a", &json!({"topology.kubernetes.io/zone": "z1"}));
+    status_only.status.as_mut().unwrap().phase = Some("Running".into());
+    run.server.update(&status_only).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    run.server
+        .create(&node("first-marker", &json!({})))
+        .unwrap();
+    eventually(&run.registry, "first marker", |s| {
+        s.node_object("first-marker").is_some()
+    })
+    .await;
+    assert_eq!(
+        run.registry.load().generation(),
+        generation + 1,
+        "an unchanged node makes no snapshot"
+    );
+
+    run.server
+        .update(&node(
+            "node-b",
+            &json!({"topology.kubernetes.io/zone": "z3"}),
+        ))
+        .unwrap();
+    eventually(&run.registry, "zone changed", |s| {
+        zone(s, "node-b").as_deref() == Some("z3")
+    })
+    .await;
+
+    // A bad value is skipped: the last good zone stays.
+    run.server
+        .update(&node(
+            "node-b",
+            &json!({"topology.kubernetes.io/zone": "not a zone"}),
+        ))
+        .unwrap();
+    // A node after it on the same watch: once it is seen, so was the bad one.
+    run.server
+        .create(&node(
+            "marker",
+            &json!({"topology.kubernetes.io/zone": "z9"}),
+        ))
+        .unwrap();
+    eventually(&run.registry, "marker after the bad update", |s| {
+        zone(s, "marker").is_some()
+    })
+    .await;
+    assert_eq!(
+        zone(&run.registry.snapshot(), "node-b").as_deref(),
+        Some("z3"),
+        "the last good zone stays"
+    );
+
+    run.server.delete::<Node>(None, "node-a").unwrap();
+    eventually(&run.registry, "node deleted", |s| {
+        zone(s, "node-a").is_none()
     })
     .await;
 }

@@ -150,6 +150,8 @@ fn service(s: usize) -> (Service, EndpointSet) {
                 terminating: false,
                 pod: None,
                 node: Some(format!("node-{}", i % NODES).into()),
+                // As the EndpointSlice controller fills it in: 3 zones.
+                zone: Some(format!("zone-{}", i % NODES % 3).into()),
             }
         })
         .collect();

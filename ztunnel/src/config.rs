@@ -14,10 +14,10 @@ pub mod kubernetes;
 mod validate;
 
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Service, ServiceAccount},
+    core::v1::{Namespace, Node, Pod, Service, ServiceAccount},
     discovery::v1::EndpointSlice,
 };
-use kube::ResourceExt;
+use kube::{ResourceExt, core::PartialObjectMeta};
 
 use crate::registry::{Change, Kind, ObjectKey};
 
@@ -27,6 +27,11 @@ pub const NETNS_ANNOTATION: &str = "ambit.dev/netns";
 pub const WAYPOINT_CLASS: &str = "istio-waypoint";
 /// EndpointSlice label naming its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Node label naming the node's zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// The deprecated node label naming the zone, read when [`ZONE_LABEL`] is not
+/// set.
+pub const LEGACY_ZONE_LABEL: &str = "failure-domain.beta.kubernetes.io/zone";
 
 /// Displays an error with its sources, `: `-separated, for log lines.
 #[derive(Debug, Clone, Copy)]
@@ -150,6 +155,8 @@ pub enum Resource {
     RequestAuthentication(crd::RequestAuthentication),
     AuthorizationPolicy(crd::AuthorizationPolicy),
     Gateway(crd::Gateway),
+    /// Metadata only: a ztunnel needs a node's zone label, not its status.
+    Node(PartialObjectMeta<Node>),
 }
 
 impl Resource {
@@ -165,10 +172,12 @@ impl Resource {
             Self::RequestAuthentication(_) => Kind::RequestAuthentication,
             Self::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Self::Gateway(_) => Kind::Waypoint,
+            Self::Node(_) => Kind::Node,
         }
     }
 
-    /// Namespace (empty for Namespaces; `default` when unset) and name.
+    /// Namespace (empty for Namespaces and Nodes; `default` when unset) and
+    /// name.
     pub fn key(&self) -> ObjectKey {
         let (ns, name) = match self {
             Self::Namespace(o) => (None, o.name_any()),
@@ -180,9 +189,10 @@ impl Resource {
             Self::RequestAuthentication(o) => (o.namespace(), o.name_any()),
             Self::AuthorizationPolicy(o) => (o.namespace(), o.name_any()),
             Self::Gateway(o) => (o.namespace(), o.name_any()),
+            Self::Node(o) => (None, o.name_any()),
         };
         let ns = match (self, ns) {
-            (Self::Namespace(_), _) => String::new(),
+            (Self::Namespace(_) | Self::Node(_), _) => String::new(),
             (_, Some(ns)) => ns,
             (_, None) => "default".to_owned(),
         };
@@ -211,6 +221,7 @@ impl Resource {
                 Some(validate::authorization_policy(&o.spec, key.clone())?)
             }
             Self::Gateway(o) => convert::gateway(o, key.clone())?,
+            Self::Node(o) => Some(convert::node(o, &key)?),
         };
         Ok(object.map_or_else(|| Change::Delete(self.kind(), key), Change::Upsert))
     }

@@ -1,5 +1,5 @@
 //! The workload registry: namespaces, workloads (pods), services and their
-//! endpoints, security policies and waypoints, indexed for the data path's
+//! endpoints, security policies, waypoints and the zones of nodes, indexed for the data path's
 //! lookups (by pod IP, by service VIP and port, by service account, policies by
 //! namespace and selector).
 //!
@@ -11,6 +11,7 @@
 
 mod apply;
 mod labels;
+mod node;
 pub mod policy;
 mod service;
 mod sharded;
@@ -25,6 +26,7 @@ use tokio::sync::watch;
 
 pub(crate) use labels::Interner;
 pub use labels::{Labels, Name};
+pub use node::Node;
 pub use policy::{
     Action, AuthorizationPolicy, Cidr, MtlsMode, PeerAuthentication, RequestAuthentication,
     Waypoint, WorkloadPolicies, WorkloadSelector,
@@ -103,6 +105,8 @@ pub enum Kind {
     RequestAuthentication,
     /// `gateway.networking.k8s.io/v1` Gateway of class `istio-waypoint`.
     Waypoint,
+    /// `v1` Node (its zone only).
+    Node,
 }
 
 /// One object, converted and validated by a source.
@@ -119,6 +123,7 @@ pub enum Object {
     PeerAuthentication(PeerAuthentication),
     RequestAuthentication(RequestAuthentication),
     Waypoint(Waypoint),
+    Node(Node),
 }
 
 impl Object {
@@ -134,6 +139,7 @@ impl Object {
             Self::PeerAuthentication(_) => Kind::PeerAuthentication,
             Self::RequestAuthentication(_) => Kind::RequestAuthentication,
             Self::Waypoint(_) => Kind::Waypoint,
+            Self::Node(_) => Kind::Node,
         }
     }
 
@@ -155,6 +161,10 @@ impl Object {
             Self::PeerAuthentication(p) => p.key.clone(),
             Self::RequestAuthentication(p) => p.key.clone(),
             Self::Waypoint(w) => w.key.clone(),
+            Self::Node(n) => ObjectKey {
+                namespace: "".into(),
+                name: Arc::from(&*n.name),
+            },
         }
     }
 }

@@ -55,11 +55,38 @@ pub async fn handle(
             ));
         }
     }
-    if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
-        Ok(watch(&shared, resource, namespace, &query))
-    } else {
-        Ok(list(&shared, &resource, namespace.as_deref()))
+    // kube asks for `PartialObjectMetadata` when it watches metadata only.
+    let metadata_only = req
+        .headers()
+        .get(hyper::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("as=PartialObjectMetadata"));
+    if metadata_only {
+        *shared
+            .lock()
+            .metadata_only
+            .entry(resource.plural.clone())
+            .or_default() += 1;
     }
+    if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+        Ok(watch(&shared, resource, namespace, &query, metadata_only))
+    } else {
+        Ok(list(
+            &shared,
+            &resource,
+            namespace.as_deref(),
+            metadata_only,
+        ))
+    }
+}
+
+/// `object` as a metadata-only request sees it: `PartialObjectMetadata`.
+fn partial(object: &Value) -> Value {
+    json!({
+        "apiVersion": "meta.k8s.io/v1",
+        "kind": "PartialObjectMetadata",
+        "metadata": object.get("metadata").cloned().unwrap_or_else(|| json!({})),
+    })
 }
 
 /// `/api/v1[/namespaces/{ns}]/{plural}` or `/apis/{g}/{v}[/namespaces/{ns}]/{plural}`.
@@ -83,7 +110,12 @@ fn route(path: &str) -> Option<(ResourceType, Option<String>)> {
     Some((resource, namespace))
 }
 
-fn list(shared: &Shared, resource: &ResourceType, namespace: Option<&str>) -> Response<Body> {
+fn list(
+    shared: &Shared,
+    resource: &ResourceType,
+    namespace: Option<&str>,
+    metadata_only: bool,
+) -> Response<Body> {
     let mut store = shared.lock();
     *store.lists.entry(resource.plural.clone()).or_default() += 1;
     let items: Vec<Value> = store
@@ -93,13 +125,20 @@ fn list(shared: &Shared, resource: &ResourceType, namespace: Option<&str>) -> Re
             objects
                 .iter()
                 .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
-                .map(|(_, o)| o.clone())
+                .map(|(_, o)| if metadata_only { partial(o) } else { o.clone() })
                 .collect()
         })
         .unwrap_or_default();
+    let (api_version, kind) = if metadata_only {
+        ("meta.k8s.io/v1".to_owned(), "PartialObjectMetadataList")
+    } else if resource.group.is_empty() {
+        (resource.version.clone(), "List")
+    } else {
+        (format!("{}/{}", resource.group, resource.version), "List")
+    };
     let body = json!({
-        "apiVersion": if resource.group.is_empty() { resource.version.clone() } else { format!("{}/{}", resource.group, resource.version) },
-        "kind": "List",
+        "apiVersion": api_version,
+        "kind": kind,
         "metadata": {"resourceVersion": store.rv.to_string()},
         "items": items,
     });
@@ -111,6 +150,7 @@ fn watch(
     resource: ResourceType,
     namespace: Option<String>,
     query: &HashMap<String, String>,
+    metadata_only: bool,
 ) -> Response<Body> {
     let from: u64 = query
         .get("resourceVersion")
@@ -162,6 +202,7 @@ fn watch(
         resource,
         namespace,
         bookmarks,
+        metadata_only,
         last_rv: from,
     };
     tokio::spawn(stream.run(replay, current, live, drops, timeout, Arc::clone(shared)));
@@ -179,6 +220,7 @@ struct WatchStream {
     resource: ResourceType,
     namespace: Option<String>,
     bookmarks: bool,
+    metadata_only: bool,
     last_rv: u64,
 }
 
@@ -230,7 +272,12 @@ impl WatchStream {
 
     async fn send_event(&mut self, event: &StoredEvent) -> bool {
         self.last_rv = event.rv;
-        let value = json!({"type": event.kind.as_str(), "object": event.object});
+        let object = if self.metadata_only {
+            partial(&event.object)
+        } else {
+            event.object.clone()
+        };
+        let value = json!({"type": event.kind.as_str(), "object": object});
         self.tx.send(Ok(Frame::data(line(&value)))).await.is_ok()
     }
 

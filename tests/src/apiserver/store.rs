@@ -73,6 +73,8 @@ pub struct Store {
     pub lists: BTreeMap<String, usize>,
     /// See `lists`.
     pub watches: BTreeMap<String, usize>,
+    /// Requests (lists and watches) for metadata only, by plural.
+    pub metadata_only: BTreeMap<String, usize>,
     /// uids handed out so far.
     pub uids: u64,
     /// While set, watch requests fail with 503 (the client backs off).
@@ -90,6 +92,7 @@ impl Default for Store {
             drops: watch::Sender::new(0),
             lists: BTreeMap::new(),
             watches: BTreeMap::new(),
+            metadata_only: BTreeMap::new(),
             uids: 0,
             paused: false,
         }

@@ -1,19 +1,22 @@
 //! Core Kubernetes kinds (and Gateways) to registry objects. Pods are reduced
 //! to the fields the data path needs; the registry drops the local part of pods
-//! of other nodes.
+//! of other nodes. Nodes are reduced to their zone.
 
 use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, sync::Arc};
 
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace, Pod, Service},
+        core::v1::{Namespace, Node, Pod, Service},
         discovery::v1::EndpointSlice,
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
-use kube::ResourceExt;
+use kube::{ResourceExt, core::PartialObjectMeta};
 
-use super::{Invalid, NETNS_ANNOTATION, Problem, SERVICE_NAME_LABEL, WAYPOINT_CLASS, crd};
+use super::{
+    Invalid, LEGACY_ZONE_LABEL, NETNS_ANNOTATION, Problem, SERVICE_NAME_LABEL, WAYPOINT_CLASS,
+    ZONE_LABEL, crd,
+};
 use crate::registry::{
     self, EndpointPort, EndpointSet, Labels, LocalPod, Name, Object, ObjectKey, PodIps, Protocol,
     ServicePort, TargetPort, Uid, Waypoint, Workload,
@@ -23,6 +26,20 @@ pub(super) fn namespace(ns: &Namespace, key: &ObjectKey) -> Result<Object, Inval
     Ok(Object::Namespace(registry::Namespace {
         name: Name::new(&key.name),
         labels: Arc::new(labels("metadata.labels", ns.labels())?),
+    }))
+}
+
+/// A node's zone: `topology.kubernetes.io/zone`, else the legacy
+/// `failure-domain.beta.kubernetes.io/zone` (an empty value counts as unset).
+/// Every label is validated, as for other objects; only the zone is kept.
+pub(super) fn node(node: &PartialObjectMeta<Node>, key: &ObjectKey) -> Result<Object, Invalid> {
+    let labels = labels("metadata.labels", node.labels())?;
+    let zone = [ZONE_LABEL, LEGACY_ZONE_LABEL]
+        .iter()
+        .find_map(|label| labels.get(label).filter(|z| !z.is_empty()));
+    Ok(Object::Node(registry::Node {
+        name: Name::new(&key.name),
+        zone: zone.map(Name::new),
     }))
 }
 
@@ -199,6 +216,7 @@ pub(super) fn endpoint_slice(
             terminating: conditions.terminating.unwrap_or(false),
             pod,
             node: e.node_name.as_deref().map(Into::into),
+            zone: endpoint_zone(i, e.zone.as_deref())?,
         });
     }
     Ok(Some(Object::EndpointSet(EndpointSet {
@@ -207,6 +225,19 @@ pub(super) fn endpoint_slice(
         ports,
         endpoints,
     })))
+}
+
+/// An endpoint's `zone`: a label value, as the node label it copies; empty
+/// counts as unset.
+fn endpoint_zone(i: usize, zone: Option<&str>) -> Result<Option<Name>, Invalid> {
+    match zone {
+        None | Some("") => Ok(None),
+        Some(zone) if is_label_value(zone) => Ok(Some(zone.into())),
+        Some(zone) => Err(Invalid::new(
+            format!("endpoints[{i}].zone"),
+            Problem::LabelValue(zone.to_owned()),
+        )),
+    }
 }
 
 /// A waypoint, or `None` for Gateways of other classes.

@@ -1,17 +1,20 @@
 //! The Kubernetes source: one kube-rs watcher per kind, with backoff and a
 //! relist when a watch cannot resume (`410 Gone`), feeding the registry in
 //! batches. Pods are reduced at conversion: the registry keeps the full pod only
-//! for its own node (a field selector cannot say "every other node").
+//! for its own node (a field selector cannot say "every other node"). Nodes are
+//! watched metadata-only (their status is large and changes often; only the
+//! zone label is used).
 
 use std::{collections::HashSet, fmt::Debug, sync::Arc};
 
 use futures::{StreamExt, pin_mut};
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Service, ServiceAccount},
+    core::v1::{Namespace, Node, Pod, Service, ServiceAccount},
     discovery::v1::EndpointSlice,
 };
 use kube::{
     Api, Client,
+    core::PartialObjectMeta,
     runtime::{WatchStreamExt, watcher},
 };
 use serde::de::DeserializeOwned;
@@ -22,7 +25,7 @@ use tokio::{
 
 use super::{ErrorChain, Resource, crd};
 use crate::{
-    registry::{Change, Kind, ObjectKey, Registry},
+    registry::{Change, Kind, Object, ObjectKey, Registry},
     settings::KUBE_BATCH_MAX,
 };
 
@@ -71,7 +74,7 @@ impl Debug for KubeSource {
 }
 
 /// The registry kind of each watcher, by slot.
-const SLOTS: [Kind; 9] = [
+const SLOTS: [Kind; 10] = [
     Kind::Namespace,
     Kind::Workload,
     Kind::Service,
@@ -81,6 +84,7 @@ const SLOTS: [Kind; 9] = [
     Kind::RequestAuthentication,
     Kind::AuthorizationPolicy,
     Kind::Waypoint,
+    Kind::Node,
 ];
 
 impl KubeSource {
@@ -154,7 +158,19 @@ impl KubeSource {
             Resource::AuthorizationPolicy,
             tx.clone(),
         ));
-        watchers.spawn(watch::<crd::Gateway>(c.clone(), 8, Resource::Gateway, tx));
+        watchers.spawn(watch::<crd::Gateway>(
+            c.clone(),
+            8,
+            Resource::Gateway,
+            tx.clone(),
+        ));
+        // `PartialObjectMeta` makes kube ask for metadata only.
+        watchers.spawn(watch::<PartialObjectMeta<Node>>(
+            c.clone(),
+            9,
+            Resource::Node,
+            tx,
+        ));
         let mut slots: Vec<Slot> = SLOTS
             .iter()
             .map(|&kind| Slot {
@@ -172,6 +188,7 @@ impl KubeSource {
                 let Ok(next) = rx.try_recv() else { break };
                 handle(next, &mut slots, &mut changes);
             }
+            drop_unchanged_nodes(&registry, &mut changes);
             if !changes.is_empty() {
                 let count = changes.len();
                 let generation = registry.apply(changes);
@@ -183,6 +200,34 @@ impl KubeSource {
             }
         }
     }
+}
+
+/// Drops upserts of Nodes the registry already holds as they are: the kubelet
+/// updates its Node's status every few minutes and each update is an event,
+/// but the name and zone the registry keeps rarely change. No new snapshot for
+/// those. A node that an earlier change of the batch deletes or changes is
+/// kept: the snapshot no longer says what it will be.
+fn drop_unchanged_nodes(registry: &Registry, changes: &mut Vec<Change>) {
+    if !(changes.iter()).any(|c| matches!(c, Change::Upsert(Object::Node(_)))) {
+        return;
+    }
+    let current = registry.load();
+    let mut touched: HashSet<Arc<str>> = HashSet::new();
+    changes.retain(|c| match c {
+        Change::Upsert(Object::Node(node)) => {
+            let unchanged = !touched.contains(node.name.as_str())
+                && current.node_object(&node.name) == Some(node);
+            if !unchanged {
+                touched.insert(node.name.as_str().into());
+            }
+            !unchanged
+        }
+        Change::Delete(Kind::Node, key) => {
+            touched.insert(Arc::clone(&key.name));
+            true
+        }
+        _ => true,
+    });
 }
 
 /// Runs the watcher of kind `K` and forwards its events.
@@ -290,6 +335,63 @@ fn convert(resource: &Resource) -> Option<Change> {
         Err(error) => {
             tracing::error!(kind = ?resource.kind(), key = %resource.key(), error = %ErrorChain(&error), "invalid object ignored; its previous version stays");
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{Name, Node, Options};
+
+    fn node(name: &str, zone: &str) -> Change {
+        Change::Upsert(Object::Node(Node {
+            name: name.into(),
+            zone: Some(Name::new(zone)),
+        }))
+    }
+
+    fn zones(changes: &[Change]) -> Vec<String> {
+        (changes.iter())
+            .map(|c| match c {
+                Change::Upsert(Object::Node(n)) => format!("{}={:?}", n.name, n.zone),
+                Change::Delete(kind, key) => format!("delete {kind:?} {key}"),
+                Change::Upsert(other) => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_node_upserts_that_change_nothing_in_the_batch_are_dropped() {
+        let registry = Registry::new(Options::default());
+        registry.apply([node("a", "z1"), node("b", "z1"), node("c", "z1")]);
+        let mut changes = vec![
+            node("a", "z1"), // unchanged: dropped
+            node("b", "z2"), // changed
+            node("b", "z1"), // back to what the snapshot has: must stay
+            Change::Delete(Kind::Node, ObjectKey::new("", "c")),
+            node("c", "z1"), // re-created after the delete: must stay
+            node("d", "z1"), // new
+        ];
+        drop_unchanged_nodes(&registry, &mut changes);
+        assert_eq!(
+            zones(&changes),
+            [
+                r#"b=Some("z2")"#,
+                r#"b=Some("z1")"#,
+                "delete Node c",
+                r#"c=Some("z1")"#,
+                r#"d=Some("z1")"#,
+            ]
+        );
+        registry.apply(changes);
+        let snap = registry.snapshot();
+        for name in ["a", "b", "c", "d"] {
+            assert_eq!(
+                snap.node_zone(name).map(Name::as_str),
+                Some("z1"),
+                "node {name}"
+            );
         }
     }
 }

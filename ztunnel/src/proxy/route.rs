@@ -1,8 +1,8 @@
 //! Where an outbound connection goes, decided from the registry: a Service VIP
-//! is load-balanced over its ready endpoints (same node first) with targetPort
-//! mapping; a destination in the mesh is reached through HBONE with the identity
-//! the registry expects for it (secure naming); anything else passes through as
-//! plain TCP.
+//! is load-balanced over its ready endpoints (same node first, then same zone)
+//! with targetPort mapping; a destination in the mesh is reached through HBONE
+//! with the identity the registry expects for it (secure naming); anything else
+//! passes through as plain TCP.
 
 use std::{
     net::SocketAddr,
@@ -11,7 +11,7 @@ use std::{
 
 use crate::{
     identity::{Identity, TrustDomain},
-    registry::{Snapshot, TargetPort, Workload},
+    registry::{Endpoint, EndpointSet, ObjectKey, Snapshot, TargetPort, Workload},
 };
 
 /// The decision for one outbound connection.
@@ -78,46 +78,80 @@ impl Router {
         }
     }
 
-    /// A ready endpoint of the service, round robin, endpoints on `node` first.
+    /// A ready endpoint of the service, round robin within the best tier
+    /// present: on `node`, else in `node`'s zone (when both zones are known),
+    /// else any. Two passes over the endpoints and no allocation: it runs per
+    /// connection.
     fn pick_endpoint(
         &self,
         snapshot: &Snapshot,
         node: &str,
-        service: &crate::registry::ObjectKey,
+        service: &ObjectKey,
         target_port: &TargetPort,
         port_name: Option<&str>,
     ) -> Option<SocketAddr> {
-        let mut local = Vec::new();
-        let mut remote = Vec::new();
-        for set in snapshot.endpoint_sets(service) {
-            let port = match target_port {
-                TargetPort::Number(n) => Some(*n),
-                // A named targetPort is resolved by the slice, under the Service port's name.
-                TargetPort::Name(_) => set
-                    .ports
-                    .iter()
-                    .find(|p| p.name.as_deref() == port_name)
-                    .map(|p| p.port),
-            };
-            let Some(port) = port else { continue };
-            for endpoint in set.endpoints.iter().filter(|e| e.ready) {
-                let Some(ip) = endpoint.addresses.first() else {
-                    continue;
-                };
-                let addr = SocketAddr::new(*ip, port);
-                if endpoint.node.as_ref().is_some_and(|n| n.as_str() == node) {
-                    local.push(addr);
-                } else {
-                    remote.push(addr);
-                }
+        let local_zone = snapshot.node_zone(node);
+        // The zone is looked up only while it can still matter.
+        let tier = |endpoint: &Endpoint, best: Tier| {
+            if endpoint.node.as_deref() == Some(node) {
+                Tier::SameNode
+            } else if best > Tier::SameNode
+                && local_zone.is_some()
+                && snapshot.endpoint_zone(endpoint) == local_zone
+            {
+                Tier::SameZone
+            } else {
+                Tier::Other
+            }
+        };
+        let candidates = || {
+            (snapshot.endpoint_sets(service).iter())
+                .filter_map(|set| Some((set, slice_port(set, target_port, port_name)?)))
+                .flat_map(|(set, port)| {
+                    (set.endpoints.iter().filter(|e| e.ready)).filter_map(move |e| {
+                        Some((e, SocketAddr::new(*e.addresses.first()?, port)))
+                    })
+                })
+        };
+        let (mut best, mut count) = (Tier::Other, 0usize);
+        for (endpoint, _) in candidates() {
+            let tier = tier(endpoint, best);
+            if tier < best {
+                (best, count) = (tier, 1);
+            } else if tier == best {
+                count += 1;
             }
         }
-        let candidates = if local.is_empty() { remote } else { local };
-        if candidates.is_empty() {
+        if count == 0 {
             return None;
         }
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % candidates.len();
-        Some(candidates[index])
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % count;
+        candidates()
+            .filter(|(e, _)| best == Tier::Other || tier(e, best) == best)
+            .nth(index)
+            .map(|(_, addr)| addr)
+    }
+}
+
+/// How near an endpoint is to the client's node; the nearest tier present
+/// takes every connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Tier {
+    SameNode,
+    SameZone,
+    Other,
+}
+
+/// The port of a slice's endpoints for the Service port: a number as is; a
+/// named targetPort resolved by the slice, under the Service port's name.
+fn slice_port(set: &EndpointSet, target_port: &TargetPort, port_name: Option<&str>) -> Option<u16> {
+    match target_port {
+        TargetPort::Number(n) => Some(*n),
+        TargetPort::Name(_) => set
+            .ports
+            .iter()
+            .find(|p| p.name.as_deref() == port_name)
+            .map(|p| p.port),
     }
 }
 
@@ -130,3 +164,6 @@ pub fn identity_of(workload: &Workload, trust_domain: &TrustDomain) -> Option<Id
     )
     .ok()
 }
+
+#[cfg(test)]
+mod tests;

@@ -37,6 +37,11 @@ impl Snapshot {
             }
             Object::EndpointSet(mut set) => {
                 set.key = intern_key(&set.key, interner);
+                for endpoint in &mut set.endpoints {
+                    // Thousands of endpoints share a few node and zone names.
+                    endpoint.node = endpoint.node.as_ref().map(|n| interner.name(n));
+                    endpoint.zone = endpoint.zone.as_ref().map(|z| interner.name(z));
+                }
                 let key = set.key.clone();
                 self.delete(Kind::EndpointSet, &key);
                 let set = Arc::new(set);
@@ -70,6 +75,11 @@ impl Snapshot {
             Object::Waypoint(mut w) => {
                 w.key = intern_key(&w.key, interner);
                 self.waypoints.insert(w.key.clone(), Arc::new(w));
+            }
+            Object::Node(mut n) => {
+                n.name = interner.name(&n.name);
+                n.zone = n.zone.as_ref().map(|z| interner.name(z));
+                self.nodes.insert(n.name.clone(), n);
             }
         }
     }
@@ -172,6 +182,9 @@ impl Snapshot {
             }
             Kind::Waypoint => {
                 self.waypoints.remove(key);
+            }
+            Kind::Node => {
+                self.nodes.remove(&*key.name);
             }
         }
         self.drop_empty_policy_namespace(key);

@@ -92,6 +92,9 @@ pub struct Endpoint {
     pub pod: Option<ObjectKey>,
     /// `nodeName`.
     pub node: Option<Name>,
+    /// `zone` (`None`: not given; the zone of `node`, if known, stands in, see
+    /// [`Snapshot::endpoint_zone`](super::Snapshot::endpoint_zone)).
+    pub zone: Option<Name>,
 }
 
 /// An EndpointSlice: endpoints of one Service and the ports they listen on.

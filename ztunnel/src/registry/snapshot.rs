@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::{
     AuthorizationPolicy, DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE,
-    EndpointSet, EnrolledPod, Name, Namespace, ObjectKey, PeerAuthentication,
+    Endpoint, EndpointSet, EnrolledPod, Name, Namespace, Node, ObjectKey, PeerAuthentication,
     RequestAuthentication, Service, ServicePort, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL,
     Waypoint, Workload, WorkloadPolicies,
     policy::selects,
@@ -47,6 +47,7 @@ pub struct Snapshot {
     pub(super) request: ShardedMap<ObjectKey, Arc<RequestAuthentication>>,
     pub(super) policies_by_namespace: ShardedMap<Name, NamespacePolicies>,
     pub(super) waypoints: ShardedMap<ObjectKey, Arc<Waypoint>>,
+    pub(super) nodes: ShardedMap<Name, Node>,
 }
 
 impl Snapshot {
@@ -71,6 +72,7 @@ impl Snapshot {
             request: ShardedMap::default(),
             policies_by_namespace: ShardedMap::default(),
             waypoints: ShardedMap::default(),
+            nodes: ShardedMap::default(),
         }
     }
 
@@ -194,6 +196,24 @@ impl Snapshot {
     /// The endpoint sets (EndpointSlices) of Service `key`, sorted by name.
     pub fn endpoint_sets(&self, key: &ObjectKey) -> &[Arc<EndpointSet>] {
         self.sets_by_service.get(key).map_or(&[], Vec::as_slice)
+    }
+
+    /// The zone of endpoint `endpoint`: its own `zone`, else the zone of its
+    /// node.
+    pub fn endpoint_zone<'a>(&'a self, endpoint: &'a Endpoint) -> Option<&'a Name> {
+        (endpoint.zone.as_ref()).or_else(|| self.node_zone(endpoint.node.as_deref()?))
+    }
+
+    // === nodes ===
+
+    /// The Node object named `name` (name and zone).
+    pub fn node_object(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name)
+    }
+
+    /// The zone of node `name`, when a Node object says it.
+    pub fn node_zone(&self, name: &str) -> Option<&Name> {
+        self.node_object(name)?.zone.as_ref()
     }
 
     // === policies ===
@@ -342,6 +362,9 @@ impl Snapshot {
             peer_authentications: sorted(&self.peer),
             request_authentications: sorted(&self.request),
             waypoints: sorted(&self.waypoints),
+            nodes: (self.nodes.iter())
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
         }
     }
 }
@@ -359,4 +382,5 @@ pub struct Dump {
     pub peer_authentications: BTreeMap<ObjectKey, Arc<PeerAuthentication>>,
     pub request_authentications: BTreeMap<ObjectKey, Arc<RequestAuthentication>>,
     pub waypoints: BTreeMap<ObjectKey, Arc<Waypoint>>,
+    pub nodes: BTreeMap<String, Node>,
 }

@@ -324,3 +324,91 @@ fn services_resolve_by_vip_and_port_and_find_their_waypoint() {
             .is_none()
     );
 }
+
+fn node(name: &str, zone: Option<&str>) -> Change {
+    Change::Upsert(Object::Node(Node {
+        name: name.into(),
+        zone: zone.map(Name::new),
+    }))
+}
+
+fn endpoint(node: Option<&str>, zone: Option<&str>) -> Endpoint {
+    Endpoint {
+        addresses: vec!["198.18.2.2".parse().unwrap()],
+        ready: true,
+        serving: true,
+        terminating: false,
+        pod: None,
+        node: node.map(Name::new),
+        zone: zone.map(Name::new),
+    }
+}
+
+#[test]
+fn node_zones_are_stored_replaced_and_deleted() {
+    let reg = registry();
+    reg.apply([node("node-a", Some("z1")), node("node-b", None)]);
+    let snap = reg.snapshot();
+    assert_eq!(snap.node_zone("node-a").map(Name::as_str), Some("z1"));
+    assert_eq!(snap.node_zone("node-b"), None, "a node without a zone");
+    assert_eq!(snap.node_zone("node-c"), None, "an unknown node");
+    assert_eq!(snap.dump().nodes.len(), 2);
+
+    reg.apply([node("node-a", Some("z2"))]);
+    assert_eq!(reg.load().node_zone("node-a").map(Name::as_str), Some("z2"));
+    reg.apply([Change::Delete(Kind::Node, ObjectKey::new("", "node-a"))]);
+    assert_eq!(reg.load().node_zone("node-a"), None);
+    assert_eq!(reg.load().dump().nodes.len(), 1);
+}
+
+#[test]
+fn an_endpoint_zone_falls_back_to_its_node_zone() {
+    let reg = registry();
+    reg.apply([node("node-b", Some("z1")), node("node-c", None)]);
+    let snap = reg.snapshot();
+    let zone = |node, zone| {
+        snap.endpoint_zone(&endpoint(node, zone))
+            .map(|z| z.as_str().to_owned())
+    };
+    assert_eq!(
+        zone(Some("node-b"), None).as_deref(),
+        Some("z1"),
+        "the node's"
+    );
+    assert_eq!(
+        zone(Some("node-b"), Some("z9")).as_deref(),
+        Some("z9"),
+        "the endpoint's own zone wins"
+    );
+    assert_eq!(zone(Some("node-c"), None), None, "node without a zone");
+    assert_eq!(zone(Some("node-x"), None), None, "unknown node");
+    assert_eq!(zone(None, None), None, "no node");
+}
+
+#[test]
+fn endpoint_node_and_zone_names_are_interned() {
+    let reg = registry();
+    let set = |name: &str| {
+        Change::Upsert(Object::EndpointSet(EndpointSet {
+            key: ObjectKey::new("shop", name),
+            service: "web".into(),
+            ports: vec![],
+            endpoints: vec![endpoint(Some("node-b"), Some("z1"))],
+        }))
+    };
+    reg.apply([set("web-1"), set("web-2"), node("node-b", Some("z1"))]);
+    let snap = reg.snapshot();
+    let sets = snap.endpoint_sets(&ObjectKey::new("shop", "web"));
+    let [one, two] = sets else {
+        panic!("two sets: {sets:?}")
+    };
+    let (a, b) = (&one.endpoints[0], &two.endpoints[0]);
+    let ptr = |n: &Option<Name>| n.as_ref().map(|n| n.as_str().as_ptr());
+    assert_eq!(ptr(&a.node), ptr(&b.node));
+    assert_eq!(ptr(&a.zone), ptr(&b.zone));
+    assert_eq!(
+        ptr(&a.zone),
+        snap.node_zone("node-b").map(|z| z.as_str().as_ptr()),
+        "one copy of the zone name for endpoints and nodes"
+    );
+}

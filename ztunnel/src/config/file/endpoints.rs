@@ -69,6 +69,8 @@ pub(super) fn derive(resources: &[Resource], objects: &[Object]) -> Vec<Object> 
                 terminating: false,
                 pod: Some(key),
                 node: Some(w.node.clone()),
+                // The node's zone stands in (the registry looks it up).
+                zone: None,
             });
         }
         for (n, (mapping, endpoints)) in by_ports.into_iter().enumerate() {

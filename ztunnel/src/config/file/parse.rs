@@ -2,9 +2,10 @@
 //! Kubernetes object its `apiVersion` and `kind` name, keeping line numbers.
 
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Service, ServiceAccount},
+    core::v1::{Namespace, Node, Pod, Service, ServiceAccount},
     discovery::v1::EndpointSlice,
 };
+use kube::core::PartialObjectMetaExt;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
@@ -101,6 +102,13 @@ pub(super) fn resource(doc: &Document) -> Result<Resource, Failure> {
     let (api_version, kind) = (field("apiVersion")?, field("kind")?);
     Ok(match (api_version, kind) {
         ("v1", "Namespace") => Resource::Namespace(typed::<Namespace>(doc, &value, kind)?),
+        // Checked against the full schema, kept as metadata like the
+        // Kubernetes source's metadata-only watch.
+        ("v1", "Node") => Resource::Node(
+            typed::<Node>(doc, &value, kind)?
+                .metadata
+                .into_response_partial(),
+        ),
         ("v1", "Pod") => Resource::Pod(typed::<Pod>(doc, &value, kind)?),
         ("v1", "Service") => Resource::Service(typed::<Service>(doc, &value, kind)?),
         ("v1", "ServiceAccount") => {

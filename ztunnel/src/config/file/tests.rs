@@ -235,6 +235,30 @@ const ROWS: &[Row] = &[
         line: 0,
     },
     Row {
+        name: "bad zone label",
+        doc: "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-b\n  labels: {topology.kubernetes.io/zone: \"eu west\"}\n",
+        reason: "Node node-b is invalid: metadata.labels[topology.kubernetes.io/zone]: \"eu west\" is not a valid label value",
+        line: 0,
+    },
+    Row {
+        name: "bad legacy zone label",
+        doc: "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-b\n  labels: {failure-domain.beta.kubernetes.io/zone: \"-z1\"}\n",
+        reason: "Node node-b is invalid: metadata.labels[failure-domain.beta.kubernetes.io/zone]: \"-z1\" is not a valid label value",
+        line: 0,
+    },
+    Row {
+        name: "node field of another kind",
+        doc: "apiVersion: v1\nkind: Node\nmetadata: {name: node-b}\nspec: {nodeName: node-b}\n",
+        reason: "unknown field spec.nodeName",
+        line: 0,
+    },
+    Row {
+        name: "bad endpoint zone",
+        doc: "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-x\n  namespace: shop\n  labels: {kubernetes.io/service-name: web}\naddressType: IPv4\nendpoints:\n- addresses: [198.18.1.2]\n  zone: \"z1/a\"\n",
+        reason: "EndpointSet shop/web-x is invalid: endpoints[0].zone: \"z1/a\" is not a valid label value",
+        line: 0,
+    },
+    Row {
         name: "bad service port",
         doc: "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: shop}\nspec:\n  ports: [{port: 70000}]\n",
         reason: "spec.ports[0].port: \"70000\" is not a port number",
@@ -363,6 +387,85 @@ async fn the_file_is_watched() {
     std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
 
+const NODES: &str = r#"
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-a
+  labels: {topology.kubernetes.io/zone: z1, kubernetes.io/hostname: node-a}
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-b
+  labels: {failure-domain.beta.kubernetes.io/zone: z2}
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-c
+  labels:
+    topology.kubernetes.io/zone: z3
+    failure-domain.beta.kubernetes.io/zone: old
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-d}
+spec: {podCIDR: 10.244.3.0/24}
+status:
+  addresses: [{type: InternalIP, address: 192.168.0.4}]
+"#;
+
+#[test]
+fn nodes_give_zones_and_a_bad_zone_is_refused_naming_the_node() {
+    let path = temp_file("nodes");
+    write(&path, &format!("{BASE}{NODES}"));
+    let reg = registry();
+    let mut source = FileSource::new(&path);
+    source.load(&reg).unwrap();
+    let snap = reg.snapshot();
+    let zone = |node| snap.node_zone(node).map(|z| z.as_str().to_owned());
+    assert_eq!(zone("node-a").as_deref(), Some("z1"));
+    assert_eq!(zone("node-b").as_deref(), Some("z2"), "the legacy label");
+    assert_eq!(
+        zone("node-c").as_deref(),
+        Some("z3"),
+        "the current label wins"
+    );
+    assert_eq!(zone("node-d"), None, "no zone label");
+    assert_eq!(snap.dump().nodes.len(), 4);
+    // The derived endpoint of web (on node-a) has no zone of its own: its
+    // node's stands in.
+    let sets = snap.endpoint_sets(&ObjectKey::new("shop", "web"));
+    let endpoint = &sets[0].endpoints[0];
+    assert_eq!(endpoint.zone, None);
+    assert_eq!(
+        snap.endpoint_zone(endpoint)
+            .map(crate::registry::Name::as_str),
+        Some("z1")
+    );
+    let good = snap.dump();
+
+    let bad = format!("{BASE}{NODES}").replace("zone: z2}", r#"zone: "z2 "}"#);
+    write(&path, &bad);
+    let err = source.load(&reg).unwrap_err();
+    let chain = ErrorChain(&err).to_string();
+    // The node's document starts three lines above its name (1-based lines).
+    let name_line = bad.lines().position(|l| l == "  name: node-b").unwrap() + 1;
+    let line = name_line - 3;
+    assert_eq!(
+        chain,
+        format!(
+            "{}:{line}: document 5 (line {line}) is refused: Node node-b is invalid: \
+             metadata.labels[failure-domain.beta.kubernetes.io/zone]: \"z2 \" is not a valid label value",
+            path.display()
+        )
+    );
+    assert_eq!(reg.snapshot().dump(), good, "the running zones stay");
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}
+
 /// The complete example of docs/configuration.md is a valid file.
 #[test]
 fn the_documented_example_is_valid() {
@@ -375,4 +478,23 @@ fn the_documented_example_is_valid() {
     let snap = reg.snapshot();
     assert!(!snap.enrolled_pods("node-a").is_empty());
     assert!(snap.workload_count() >= 3);
+    assert_eq!(
+        snap.node_zone("node-b").map(crate::registry::Name::as_str),
+        Some("eu-west-1b")
+    );
+}
+
+/// The refused Node of docs/configuration.md is refused with that message.
+#[test]
+fn the_documented_node_error_is_what_a_user_sees() {
+    let doc = include_str!("../../../../docs/configuration.md");
+    let message = doc
+        .lines()
+        .find(|l| l.contains("refused: Node "))
+        .expect("the page shows a refused Node");
+    let text = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels:\n    istio.io/dataplane-mode: ambient\n---\n\
+                apiVersion: v1\nkind: Node\nmetadata:\n  name: node-a\n  labels: {topology.kubernetes.io/zone: eu-west-1a}\n---\n\
+                apiVersion: v1\nkind: Node\nmetadata:\n  name: node-b\n  labels: {topology.kubernetes.io/zone: \"eu west 1\"}\n";
+    let err = parse(text, Path::new("mesh.yaml")).unwrap_err();
+    assert_eq!(ErrorChain(&err).to_string(), message);
 }
