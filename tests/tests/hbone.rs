@@ -516,11 +516,19 @@ fn a_restarted_peer_is_reconnected_without_a_failed_connection() {
         send(&bed, "client", dst, &format!("after-{round}"))
             .unwrap_or_else(|e| panic!("connection {round} after the restart: {e}"));
     }
-    let outbound: Vec<_> = zt_a
-        .access_logs()
-        .into_iter()
-        .filter(|l| l["direction"] == "outbound" && l["dst.addr"] == dst.to_string())
-        .collect();
+    // Access lines are written when a connection ends, just after the client
+    // got its reply: wait for the fourth.
+    let outbound = || -> Vec<_> {
+        zt_a.access_logs()
+            .into_iter()
+            .filter(|l| l["direction"] == "outbound" && l["dst.addr"] == dst.to_string())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while outbound().len() < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let outbound = outbound();
     assert_eq!(outbound.len(), 4, "{outbound:?}");
     assert!(
         outbound
