@@ -24,6 +24,7 @@ const ROUNDS: usize = 3;
 const BULK_SECONDS: &str = "2";
 const RR_COUNT: &str = "3000";
 const CRR_COUNT: &str = "500";
+const RR_RATE: &str = "2000";
 
 #[derive(Debug, Clone, Copy)]
 struct Sample {
@@ -53,8 +54,8 @@ fn run(bed: &Testbed, pod: &str, args: &[&str]) -> String {
 fn measure(bed: &Testbed, pod: &str, sink: SocketAddr, echo: SocketAddr) -> Sample {
     let (sink, echo) = (sink.to_string(), echo.to_string());
     let bulk = run(bed, pod, &["bulk", &sink, BULK_SECONDS, "65536"]);
-    let rr1k = run(bed, pod, &["rr", &sink, RR_COUNT, "1024"]);
-    let rr1 = run(bed, pod, &["rr", &sink, RR_COUNT, "1"]);
+    let rr1k = run(bed, pod, &["rr", &sink, RR_COUNT, "1024", RR_RATE]);
+    let rr1 = run(bed, pod, &["rr", &sink, RR_COUNT, "1", RR_RATE]);
     let crr = run(bed, pod, &["crr", &echo, CRR_COUNT]);
     Sample {
         gbps: field(&bulk, "gbps"),
