@@ -18,7 +18,25 @@ pub fn parse(json: &str) -> Result<Transfer, String> {
     let report: serde_json::Value =
         serde_json::from_str(json).map_err(|e| format!("iperf3 printed no JSON report: {e}"))?;
     if let Some(error) = report.get("error").and_then(serde_json::Value::as_str) {
-        return Err(format!("iperf3: {error}"));
+        // How far it got says whether it failed at once or under load.
+        let intervals = report["intervals"]
+            .as_array()
+            .map_or(&[][..], Vec::as_slice);
+        if intervals.is_empty() {
+            return Err(format!("iperf3: {error}"));
+        }
+        let seconds = intervals
+            .last()
+            .and_then(|i| i["sum"]["end"].as_f64())
+            .unwrap_or(0.0);
+        let bytes: u64 = intervals
+            .iter()
+            .filter_map(|i| i["sum"]["bytes"].as_u64())
+            .sum();
+        return Err(format!(
+            "iperf3: {error} (after {seconds:.1} s and {:.2} GiB)",
+            bytes as f64 / f64::from(1u32 << 30)
+        ));
     }
     let received = &report["end"]["sum_received"];
     let bytes = received["bytes"]
@@ -83,6 +101,13 @@ mod tests {
         let error = parse(json).expect_err("an error report");
         assert!(error.contains("Connection refused"), "{error}");
         assert!(parse("iperf3: error - the server is busy").is_err());
+        let json = r#"{"start": {}, "end": {}, "error": "unable to write to stream socket: Cannot allocate memory",
+                       "intervals": [{"sum": {"start": 0, "end": 1.0, "bytes": 1073741824}},
+                                     {"sum": {"start": 1.0, "end": 1.5, "bytes": 536870912}}]}"#;
+        assert_eq!(
+            parse(json).expect_err("an error report"),
+            "iperf3: unable to write to stream socket: Cannot allocate memory (after 1.5 s and 1.50 GiB)"
+        );
         assert!(parse(r#"{"end": {"sum_received": {"seconds": 0, "bytes": 0}}}"#).is_err());
     }
 }
