@@ -8,11 +8,12 @@
 //! is torn down on drop, on panic, and, for a run that crashed, by the next run.
 //!
 //! [`apiserver`] is a fake Kubernetes list/watch API server for the Kubernetes
-//! configuration source.
+//! configuration source; [`bench`] is the benchmark driver of `cargo xtask bench`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod apiserver;
+pub mod bench;
 pub mod mesh;
 pub mod testbed;
 

@@ -81,6 +81,33 @@ fn install_test_tools() -> anyhow::Result<()> {
     apt_install(&TEST_PACKAGES)
 }
 
+/// Debian packages `cargo xtask bench` runs: iperf3 measures bulk throughput.
+const BENCH_PACKAGES: [&str; 1] = ["iperf3"];
+
+/// Installs the benchmark tools when missing (root needed then).
+pub fn bench_tools() -> anyhow::Result<()> {
+    if which("iperf3").is_some() {
+        return Ok(());
+    }
+    let by_hand = format!(
+        "apt-get update && apt-get install -y {}",
+        BENCH_PACKAGES.join(" ")
+    );
+    if !exec::is_root() {
+        bail!(
+            "bench: iperf3 is missing and installing it needs root; run as root, or by hand: {by_hand}"
+        );
+    }
+    eprintln!("bench: installing {}", BENCH_PACKAGES.join(" "));
+    apt_install(&BENCH_PACKAGES).with_context(|| {
+        format!("bench: installing iperf3 failed; to see why, run by hand: {by_hand}")
+    })?;
+    if which("iperf3").is_none() {
+        bail!("bench: iperf3 still missing after installing it; run by hand: {by_hand}");
+    }
+    Ok(())
+}
+
 /// Installs every missing piece, in order.
 pub fn run() -> anyhow::Result<()> {
     let mut installed = Vec::new();

@@ -20,7 +20,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 enum Command {
     /// Install what building the eBPF programs needs (nightly rust-src, LLVM 22
     /// development packages, bpf-linker); does nothing when all is present.
@@ -44,6 +44,16 @@ enum Command {
     },
     /// rustfmt and clippy (-D warnings) over every crate, the eBPF crate too.
     Lint,
+    /// Benchmark the data path against a plaintext baseline on a two-node
+    /// testbed (release build, needs root; installs iperf3 when missing).
+    Bench {
+        /// Fewer and shorter rounds (under 3 minutes), for development.
+        #[arg(long)]
+        quick: bool,
+        /// Where bench.json, bench.md and the SVG plots go [default: target/bench].
+        #[arg(long, value_name = "DIR")]
+        out: Option<std::path::PathBuf>,
+    },
     /// The local two-node mesh demo.
     Demo,
     /// Write the CRD manifests of deploy/crds from ztunnel's Rust types.
@@ -73,6 +83,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Build { release } => tasks::build(&root, release),
         Command::Test { e2e, unit } => tasks::test(&root, tasks::Suites::from_flags(e2e, unit)),
         Command::Lint => tasks::lint(&root),
+        Command::Bench { quick, out } => tasks::bench(&root, quick, out.as_deref()),
         Command::Demo => tasks::demo(),
         Command::Manifests { check } => manifests::run(&root, check),
     }

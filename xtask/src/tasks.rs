@@ -1,4 +1,4 @@
-//! `build`, `test`, `lint` and `demo`.
+//! `build`, `test`, `lint`, `bench` and `demo`.
 
 use std::path::Path;
 
@@ -89,7 +89,97 @@ pub fn test(root: &Path, suites: Suites) -> anyhow::Result<()> {
         ]),
         Suites::E2e => cargo.args(["--package", E2E_CRATE]),
     };
-    exec::run(&mut cargo).context("tests failed")
+    exec::run(&mut cargo).context("tests failed")?;
+    if suites == Suites::Unit {
+        // The e2e crate's own unit tests (testbed naming, the benchmark's
+        // statistics and report) need no privileges either.
+        exec::run(exec::cargo(None).current_dir(root).args([
+            "test",
+            "--package",
+            E2E_CRATE,
+            "--lib",
+        ]))
+        .context("tests failed")?;
+    }
+    Ok(())
+}
+
+/// The benchmark driver: a bench target of the e2e crate, so that it runs from
+/// `target/release/deps` and finds the release `ztunnel` and `ambit-testbin`
+/// beside it (`ambit_tests::mesh::ztunnel_binary`).
+const BENCH_TARGET: &str = "ambit-bench";
+
+/// `cargo xtask bench`: builds the release binaries and the driver in one cargo
+/// invocation (one feature set, so ztunnel compiles once), then runs the
+/// driver as root.
+pub fn bench(root: &Path, quick: bool, out: Option<&Path>) -> anyhow::Result<()> {
+    if !exec::is_root() {
+        bail!(
+            "cargo xtask bench needs root: it builds a testbed of network namespaces and cgroups and loads \
+             eBPF programs. Run it as root (for example `sudo -E env PATH=\"$PATH\" cargo xtask bench`)."
+        );
+    }
+    bootstrap::run()?;
+    bootstrap::bench_tools()?;
+    ebpf::build(root)?;
+    let mut build = exec::cargo(None);
+    build
+        .current_dir(root)
+        .args([
+            "build",
+            "--release",
+            "--package",
+            "ztunnel",
+            "--package",
+            E2E_CRATE,
+        ])
+        .args([
+            "--bin",
+            "ztunnel",
+            "--bin",
+            "ambit-testbin",
+            "--bench",
+            BENCH_TARGET,
+        ])
+        .args(["--message-format", "json-render-diagnostics"])
+        .stderr(std::process::Stdio::inherit());
+    let output = exec::output(&mut build)?.context("cargo is not installed")?;
+    if !output.status.success() {
+        bail!("`{}` failed ({})", exec::display(&build), output.status);
+    }
+    let driver = bench_executable(&String::from_utf8_lossy(&output.stdout)).with_context(|| {
+        format!(
+            "`{}` named no {BENCH_TARGET} executable",
+            exec::display(&build)
+        )
+    })?;
+    // The driver runs from the workspace root; an absolute directory keeps the
+    // report where the user asked for it.
+    let out = match out {
+        Some(dir) => std::path::absolute(dir).context("cannot resolve --out")?,
+        None => root.join("target/bench"),
+    };
+    let mut run = std::process::Command::new(driver);
+    run.current_dir(root).arg("--out").arg(&out);
+    if quick {
+        run.arg("--quick");
+    }
+    exec::run(&mut run).context("the benchmark failed")
+}
+
+/// The bench executable in cargo's JSON messages: the `"executable"` of the
+/// artifact whose target is [`BENCH_TARGET`].
+fn bench_executable(messages: &str) -> Option<std::path::PathBuf> {
+    messages
+        .lines()
+        .filter(|line| {
+            line.contains(r#""reason":"compiler-artifact""#)
+                && line.contains(&format!(r#""name":"{BENCH_TARGET}""#))
+        })
+        .find_map(|line| {
+            let rest = &line[line.find(r#""executable":""#)? + r#""executable":""#.len()..];
+            Some(std::path::PathBuf::from(&rest[..rest.find('"')?]))
+        })
 }
 
 pub fn lint(root: &Path) -> anyhow::Result<()> {
@@ -150,4 +240,30 @@ pub fn demo() -> anyhow::Result<()> {
          JWTs) lands with the capture, identity, HBONE and waypoint issues. Today `cargo xtask test` builds \
          everything and runs the network-namespace testbed and the first eBPF program."
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_bench_executable_in_cargo_messages() {
+        let messages = concat!(
+            r#"{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"ztunnel"},"executable":"/w/target/release/ztunnel","fresh":true}"#,
+            "\n",
+            r#"{"reason":"compiler-artifact","target":{"kind":["bench"],"name":"ambit-bench","src_path":"/w/tests/benches/ambit_bench.rs"},"profile":{},"executable":"/w/target/release/deps/ambit_bench-0123abcd","fresh":false}"#,
+            "\n",
+            r#"{"reason":"build-finished","success":true}"#,
+        );
+        assert_eq!(
+            bench_executable(messages),
+            Some(std::path::PathBuf::from(
+                "/w/target/release/deps/ambit_bench-0123abcd"
+            ))
+        );
+        assert_eq!(
+            bench_executable(r#"{"reason":"build-finished","success":true}"#),
+            None
+        );
+    }
 }

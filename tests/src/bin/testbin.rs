@@ -26,9 +26,17 @@
 //! ambit-testbin crr <addr> <count>
 //!     <count> times: connect, one line to an echo server and its reply, close;
 //!     prints "crr count=<n> per_s=<rate>"
-//! ambit-testbin rr <addr> <count> <size>
-//!     one connection, <count> round trips of <size> bytes; prints
-//!     "rr count=<n> p50_us=.. p90_us=.. p99_us=.. p999_us=.."
+//! ambit-testbin rr <addr> <count> <size> <rate>
+//!     one connection to a sink, open loop: <count> requests of <size> bytes sent
+//!     at <rate> per second whether or not the replies keep up; each latency is
+//!     counted from the request's intended send time (no coordinated omission).
+//!     Prints "rr count=<n> size=<s> rate=<r> p50_us=.. p90_us=.. p99_us=..
+//!     p999_us=.. max_us=..", then "histogram <ns>:<count> ..." (every recorded
+//!     bucket of the HDR histogram, for merging and plotting)
+//! ambit-testbin hold <addr> <count> <seconds>
+//!     opens <count> connections to an echo server, exchanges a line on each,
+//!     prints "held <n>", then keeps them open and idle for <seconds> (or until
+//!     killed)
 //! ambit-testbin resetter <listen-addr>
 //!     per connection: reads one line, answers "partial" (no newline), then
 //!     closes with a reset (SO_LINGER 0)
@@ -62,7 +70,8 @@ fn main() -> ExitCode {
         ["session", addr, count, interval] => session(addr, count, interval),
         ["sink", addr] => sink(addr),
         ["bulk", addr, seconds, size] => bulk(addr, seconds, size),
-        ["rr", addr, count, size] => rr(addr, count, size),
+        ["rr", addr, count, size, rate] => rr(addr, count, size, rate),
+        ["hold", addr, count, seconds] => hold(addr, count, seconds),
         ["checksum", addr, bytes] => checksum(addr, bytes),
         ["concurrent", addr, count] => concurrent(addr, count),
         ["crr", addr, count] => crr(addr, count),
@@ -73,7 +82,8 @@ fn main() -> ExitCode {
         _ => Err(
             "usage: ambit-testbin echo <addr> | send <addr> <message> [count] | \
                   session <addr> <count> <interval-ms> | sink <addr> | bulk <addr> <s> <size> | \
-                  rr <addr> <count> <size>"
+                  rr <addr> <count> <size> <rate> | checksum <addr> <bytes> | concurrent <addr> <count> | \
+                  crr <addr> <count> | hold <addr> <count> <seconds>"
                 .to_owned(),
         ),
     };
@@ -367,42 +377,94 @@ fn bulk(addr: &str, seconds: &str, size: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn rr(addr: &str, count: &str, size: &str) -> Result<(), String> {
+/// The largest latency the histograms record: a minute, in nanoseconds.
+const MAX_LATENCY_NS: u64 = 60_000_000_000;
+/// How long before a send the pacer stops sleeping and spins: a sleep can
+/// overshoot by the timer slack (50 us), and the spin costs a little CPU.
+const PACE_SPIN: Duration = Duration::from_micros(60);
+
+fn rr(addr: &str, count: &str, size: &str, rate: &str) -> Result<(), String> {
     use std::io::Read;
     let addr = parse_addr(addr)?;
-    let count: usize = number("count", count)?;
+    let count: u32 = number("count", count)?;
     let size: u32 = number("size", size)?;
+    let rate: f64 = number("rate", rate)?;
+    if count == 0 || size == 0 || rate.is_nan() || rate <= 0.0 {
+        return Err("count, size and rate must be positive".to_owned());
+    }
     let mut stream = connect(addr)?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     stream.write_all(b"r").map_err(|e| e.to_string())?;
     stream
         .write_all(&size.to_be_bytes())
         .map_err(|e| e.to_string())?;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    // Request i is due at start + i * interval; its reply is the i-th reply (one
+    // connection, in order).
+    let start = std::time::Instant::now() + Duration::from_millis(5);
+    let mut reader = stream.try_clone().map_err(|e| e.to_string())?;
+    let receiver = std::thread::spawn(move || -> Result<hdrhistogram::Histogram<u64>, String> {
+        let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_NS, 3)
+            .map_err(|e| e.to_string())?;
+        let mut reply = vec![0u8; size as usize];
+        for i in 0..count {
+            reader
+                .read_exact(&mut reply)
+                .map_err(|e| format!("reply {i}: {e}"))?;
+            let latency = start.elapsed().saturating_sub(interval * i);
+            histogram.saturating_record(
+                u64::try_from(latency.as_nanos())
+                    .unwrap_or(MAX_LATENCY_NS)
+                    .max(1),
+            );
+        }
+        Ok(histogram)
+    });
     let message = vec![0x5au8; size as usize];
-    let mut reply = vec![0u8; size as usize];
-    let mut latencies = Vec::with_capacity(count);
-    for _ in 0..count {
-        let start = std::time::Instant::now();
-        stream
-            .write_all(&message)
-            .map_err(|e| format!("write: {e}"))?;
-        stream
-            .read_exact(&mut reply)
-            .map_err(|e| format!("read: {e}"))?;
-        latencies.push(start.elapsed().as_nanos() as u64);
+    for i in 0..count {
+        pace_until(start + interval * i);
+        if let Err(e) = stream.write_all(&message) {
+            // The receiver's error (the connection closed, say) says more.
+            return Err(match receiver.join() {
+                Ok(Err(reason)) => reason,
+                _ => format!("request {i}: {e}"),
+            });
+        }
     }
-    latencies.sort_unstable();
-    let at = |q: f64| {
-        latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)] as f64 / 1e3
-    };
+    let histogram = receiver
+        .join()
+        .map_err(|_| "the receiver thread panicked".to_owned())??;
+    let us = |q: f64| histogram.value_at_quantile(q) as f64 / 1e3;
     println!(
-        "rr count={count} p50_us={:.1} p90_us={:.1} p99_us={:.1} p999_us={:.1}",
-        at(0.50),
-        at(0.90),
-        at(0.99),
-        at(0.999)
+        "rr count={count} size={size} rate={rate} p50_us={:.1} p90_us={:.1} p99_us={:.1} p999_us={:.1} max_us={:.1}",
+        us(0.50),
+        us(0.90),
+        us(0.99),
+        us(0.999),
+        histogram.max() as f64 / 1e3,
     );
+    let buckets: Vec<String> = histogram
+        .iter_recorded()
+        .map(|v| format!("{}:{}", v.value_iterated_to(), v.count_at_value()))
+        .collect();
+    println!("histogram {}", buckets.join(" "));
     Ok(())
+}
+
+/// Sleeps until shortly before `deadline`, then spins up to it.
+fn pace_until(deadline: std::time::Instant) {
+    loop {
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return;
+        }
+        let left = deadline - now;
+        if left > PACE_SPIN {
+            std::thread::sleep(left - PACE_SPIN);
+        } else {
+            std::hint::spin_loop();
+        }
+    }
 }
 
 /// FNV-1a, 64 bit: a checksum both ends compute the same way.
@@ -496,5 +558,23 @@ fn crr(addr: &str, count: &str) -> Result<(), String> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     println!("crr count={count} per_s={:.1}", f64::from(count) / elapsed);
+    Ok(())
+}
+
+fn hold(addr: &str, count: &str, seconds: &str) -> Result<(), String> {
+    let addr = parse_addr(addr)?;
+    let count: usize = number("count", count)?;
+    let seconds: f64 = number("seconds", seconds)?;
+    let mut streams = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut stream = connect(addr).map_err(|e| format!("connection {i}: {e}"))?;
+        let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+        exchange(&mut stream, &mut reader, &format!("hold-{i}"))
+            .map_err(|e| format!("connection {i}: {e}"))?;
+        streams.push(stream);
+    }
+    println!("held {}", streams.len());
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_secs_f64(seconds));
     Ok(())
 }

@@ -1,0 +1,169 @@
+//! `cargo xtask bench`: the data path against a plaintext baseline on a
+//! two-node testbed, in one run, as ratios (this machine is shared and noisy).
+//!
+//! Every round runs every scenario of [`scenario::SCENARIOS`] in turn
+//! (baseline, mesh, ..., then again), so drift hits all alike; the report gives
+//! each metric's median over the rounds and the runs themselves. Workloads:
+//! single-stream bulk throughput (iperf3), open-loop request/response latency
+//! at a fixed rate (`ambit-testbin rr`, HDR histograms), new connections per
+//! second (`ambit-testbin crr`), and ztunnel CPU and memory from /proc.
+//!
+//! The driver is the `ambit-bench` bench target of this crate (so it runs from
+//! `target/release/deps` and finds the release `ztunnel` and `ambit-testbin`
+//! next to it); `cargo xtask bench [--quick] [--out DIR]` builds and runs it
+//! as root. It writes `DIR/bench.json`, `DIR/bench.md` and SVG plots.
+
+pub mod host;
+pub mod iperf;
+pub mod latency;
+pub mod plot;
+pub mod report;
+mod run;
+pub mod scenario;
+pub mod stats;
+
+use std::path::PathBuf;
+
+/// How much to measure.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Settings {
+    /// `--quick`: fewer and shorter rounds, for development.
+    pub quick: bool,
+    /// Where the report goes.
+    #[serde(skip)]
+    pub out: PathBuf,
+    /// Rounds of every scenario (the medians are over these).
+    pub rounds: usize,
+    /// Seconds of each iperf3 run.
+    pub bulk_seconds: u32,
+    /// Requests per second of the latency runs.
+    pub rr_rate: u32,
+    /// Requests per latency run (each size).
+    pub rr_count: u32,
+    /// Connections per connection-rate run.
+    pub crr_count: u32,
+    /// Idle proxied connections opened to measure memory per connection.
+    pub idle_connections: u32,
+}
+
+impl Settings {
+    /// The full run: about 6 minutes on a 2-core machine.
+    pub fn full(out: PathBuf) -> Self {
+        Self {
+            quick: false,
+            out,
+            rounds: 5,
+            bulk_seconds: 5,
+            rr_rate: 2000,
+            rr_count: 10_000,
+            crr_count: 1000,
+            idle_connections: 1000,
+        }
+    }
+
+    /// `--quick`: about a minute and a half.
+    pub fn quick(out: PathBuf) -> Self {
+        Self {
+            quick: true,
+            out,
+            rounds: 3,
+            bulk_seconds: 2,
+            rr_rate: 2000,
+            rr_count: 3000,
+            crr_count: 300,
+            idle_connections: 1000,
+        }
+    }
+
+    /// From the command line: `[--quick] [--out DIR]` (and `--bench`, which
+    /// `cargo bench` adds).
+    pub fn from_args(args: &[String]) -> Result<Self, String> {
+        let mut quick = false;
+        let mut out = None;
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--quick" => quick = true,
+                "--bench" => {}
+                "--out" => {
+                    out = Some(PathBuf::from(args.next().ok_or("--out needs a directory")?));
+                }
+                other => match other.strip_prefix("--out=") {
+                    Some(dir) => out = Some(PathBuf::from(dir)),
+                    None => return Err(format!("unknown argument {other:?}")),
+                },
+            }
+        }
+        let out = out.unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench"))
+        });
+        Ok(if quick {
+            Self::quick(out)
+        } else {
+            Self::full(out)
+        })
+    }
+}
+
+/// The `ambit-bench` entry point.
+pub fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let settings = match Settings::from_args(&args) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("ambit-bench: {error}\nusage: ambit-bench [--quick] [--out DIR]");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if !crate::testbed::privileged("ambit-bench") {
+        eprintln!("ambit-bench: run it as root, through `cargo xtask bench`");
+        return std::process::ExitCode::FAILURE;
+    }
+    match run::run(&settings) {
+        Ok(markdown) => {
+            println!("{markdown}");
+            eprintln!("ambit-bench: wrote {}", settings.out.display());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("ambit-bench: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|&s| s.to_owned()).collect()
+    }
+
+    #[test]
+    fn arguments() {
+        let s = Settings::from_args(&args(&["--bench", "--quick", "--out", "/tmp/x"])).expect("ok");
+        assert_eq!(s, Settings::quick(PathBuf::from("/tmp/x")));
+        let s = Settings::from_args(&args(&["--out=/tmp/y"])).expect("ok");
+        assert_eq!(s, Settings::full(PathBuf::from("/tmp/y")));
+        assert!(
+            Settings::from_args(&args(&[]))
+                .expect("ok")
+                .out
+                .ends_with("target/bench")
+        );
+        assert!(Settings::from_args(&args(&["--out"])).is_err());
+        assert!(Settings::from_args(&args(&["--fast"])).is_err());
+    }
+
+    #[test]
+    fn every_mode_repeats_at_least_three_times() {
+        for s in [
+            Settings::quick(PathBuf::new()),
+            Settings::full(PathBuf::new()),
+        ] {
+            assert!(s.rounds >= 3);
+            assert!(s.rr_count >= 1000 && s.idle_connections >= 1000);
+        }
+    }
+}

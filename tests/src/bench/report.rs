@@ -1,0 +1,669 @@
+//! What a benchmark run found: per-scenario medians and runs, the ratios
+//! against the baseline, the targets, and their renderings (`bench.json`,
+//! `bench.md`).
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::{
+    host::Machine,
+    scenario::{BASELINE, LOOPBACK_OFF, LOOPBACK_ON, MESH, MESH_NO_SOCKMAP},
+    stats,
+};
+
+/// A measured quantity, keyed by its `bench.json` field name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric {
+    /// The field name in `bench.json` (its runs are under `<key>_runs`).
+    pub key: &'static str,
+    /// What it is, for the table.
+    pub label: &'static str,
+    /// Decimals shown in the table.
+    pub decimals: usize,
+}
+
+/// Single-stream bulk throughput (iperf3), Gbit/s.
+pub const THROUGHPUT: &str = "throughput_gbps";
+/// 1 KiB request/response latency at a fixed rate, percentiles in µs.
+pub const RR_P50: &str = "rr_p50_us";
+/// See [`RR_P50`].
+pub const RR_P90: &str = "rr_p90_us";
+/// See [`RR_P50`].
+pub const RR_P99: &str = "rr_p99_us";
+/// See [`RR_P50`].
+pub const RR_P999: &str = "rr_p999_us";
+/// 1-byte request/response latency at a fixed rate, percentiles in µs.
+pub const RR1_P50: &str = "rr_1b_p50_us";
+/// See [`RR1_P50`].
+pub const RR1_P90: &str = "rr_1b_p90_us";
+/// See [`RR1_P50`].
+pub const RR1_P99: &str = "rr_1b_p99_us";
+/// See [`RR1_P50`].
+pub const RR1_P999: &str = "rr_1b_p999_us";
+/// New connections per second (connect, one request, close).
+pub const CRR: &str = "crr_per_s";
+/// HTTP requests per second (wrk/h2load), where HTTP applies.
+pub const HTTP_RPS: &str = "http_rps";
+/// ztunnel CPU seconds (both nodes, user + system) per GiB of bulk transfer.
+pub const CPU_PER_GIB: &str = "cpu_s_per_gib";
+/// ztunnel resident memory with enrolled pods and no traffic (the larger
+/// node's), MiB.
+pub const RSS_IDLE: &str = "rss_idle_mib";
+/// ztunnel resident memory per idle proxied connection (the larger node's),
+/// KiB.
+pub const RSS_PER_CONN: &str = "rss_kib_per_conn";
+
+/// Every metric, in table order.
+pub const METRICS: [Metric; 14] = [
+    metric(THROUGHPUT, "bulk throughput, Gbit/s", 2),
+    metric(RR_P50, "1 KiB RR p50, µs", 1),
+    metric(RR_P90, "1 KiB RR p90, µs", 1),
+    metric(RR_P99, "1 KiB RR p99, µs", 1),
+    metric(RR_P999, "1 KiB RR p99.9, µs", 1),
+    metric(RR1_P50, "1 B RR p50, µs", 1),
+    metric(RR1_P90, "1 B RR p90, µs", 1),
+    metric(RR1_P99, "1 B RR p99, µs", 1),
+    metric(RR1_P999, "1 B RR p99.9, µs", 1),
+    metric(CRR, "new connections/s", 0),
+    metric(HTTP_RPS, "HTTP requests/s", 0),
+    metric(CPU_PER_GIB, "ztunnel CPU s/GiB", 2),
+    metric(RSS_IDLE, "ztunnel RSS idle, MiB", 1),
+    metric(RSS_PER_CONN, "ztunnel RSS per idle conn, KiB", 1),
+];
+
+const fn metric(key: &'static str, label: &'static str, decimals: usize) -> Metric {
+    Metric {
+        key,
+        label,
+        decimals,
+    }
+}
+
+/// The runs of one scenario: every metric's value per round.
+#[derive(Debug, Clone, Default)]
+pub struct Runs(BTreeMap<&'static str, Vec<f64>>);
+
+impl Runs {
+    /// Adds one round's value of `key`.
+    pub fn push(&mut self, key: &'static str, value: f64) {
+        debug_assert!(METRICS.iter().any(|m| m.key == key), "unknown metric {key}");
+        self.0.entry(key).or_default().push(value);
+    }
+
+    /// Every value of `key` so far.
+    pub fn values(&self, key: &str) -> &[f64] {
+        self.0.get(key).map_or(&[], Vec::as_slice)
+    }
+
+    /// The median of `key`, when measured.
+    pub fn median(&self, key: &str) -> Option<f64> {
+        stats::median(self.values(key))
+    }
+}
+
+/// How a scenario of the run ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Measured: its runs.
+    Measured(Runs),
+    /// Not measured, and why.
+    Skipped(String),
+}
+
+/// One scenario of the report.
+#[derive(Debug, Clone)]
+pub struct ScenarioReport {
+    /// Its name (the key in `bench.json`).
+    pub name: &'static str,
+    /// What it measures.
+    pub description: &'static str,
+    /// Its runs, or why there are none.
+    pub outcome: Outcome,
+    /// Workloads that failed in some rounds (those rounds have no value for
+    /// them): "<workload> failed in <n> of <rounds> rounds: <first error>".
+    pub failures: Vec<String>,
+}
+
+/// The comparisons the targets are about, from the medians of one run.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Ratios {
+    /// Mesh bulk throughput / baseline.
+    pub mesh_throughput_vs_baseline: Option<f64>,
+    /// Mesh 1 KiB RR p50 - baseline p50, µs (the two ztunnel hops).
+    pub mesh_added_p50_us: Option<f64>,
+    /// Mesh 1 KiB RR p99 - baseline p99, µs.
+    pub mesh_added_p99_us: Option<f64>,
+    /// Mesh new connections/s / baseline.
+    pub mesh_crr_vs_baseline: Option<f64>,
+    /// Loopback-hop bulk throughput with sk_msg on / off.
+    pub sockmap_speedup: Option<f64>,
+    /// Cross-node mesh bulk throughput with sk_msg on / off.
+    pub sockmap_speedup_cross_node: Option<f64>,
+    /// Mesh bulk throughput with sk_msg off / baseline.
+    pub mesh_no_sockmap_throughput_vs_baseline: Option<f64>,
+    /// Mesh (sk_msg off) 1 KiB RR p99 - baseline p99, µs.
+    pub mesh_no_sockmap_added_p99_us: Option<f64>,
+}
+
+impl Ratios {
+    /// From the scenarios' medians; a ratio whose inputs are missing is `None`.
+    pub fn compute(scenarios: &[ScenarioReport]) -> Self {
+        let median = |name: &str, key: &str| {
+            scenarios
+                .iter()
+                .find(|s| s.name == name)
+                .and_then(|s| match &s.outcome {
+                    Outcome::Measured(runs) => runs.median(key),
+                    Outcome::Skipped(_) => None,
+                })
+        };
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+            _ => None,
+        };
+        let diff = |a: Option<f64>, b: Option<f64>| Some(a? - b?);
+        Self {
+            mesh_throughput_vs_baseline: ratio(
+                median(MESH, THROUGHPUT),
+                median(BASELINE, THROUGHPUT),
+            ),
+            mesh_added_p50_us: diff(median(MESH, RR_P50), median(BASELINE, RR_P50)),
+            mesh_added_p99_us: diff(median(MESH, RR_P99), median(BASELINE, RR_P99)),
+            mesh_crr_vs_baseline: ratio(median(MESH, CRR), median(BASELINE, CRR)),
+            sockmap_speedup: ratio(
+                median(LOOPBACK_ON, THROUGHPUT),
+                median(LOOPBACK_OFF, THROUGHPUT),
+            ),
+            sockmap_speedup_cross_node: ratio(
+                median(MESH, THROUGHPUT),
+                median(MESH_NO_SOCKMAP, THROUGHPUT),
+            ),
+            mesh_no_sockmap_throughput_vs_baseline: ratio(
+                median(MESH_NO_SOCKMAP, THROUGHPUT),
+                median(BASELINE, THROUGHPUT),
+            ),
+            mesh_no_sockmap_added_p99_us: diff(
+                median(MESH_NO_SOCKMAP, RR_P99),
+                median(BASELINE, RR_P99),
+            ),
+        }
+    }
+}
+
+/// One target of the issue and where this run stands.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Target {
+    /// What is compared (a `ratios` field, or `<scenario>.<metric>`).
+    pub name: String,
+    /// The target in words.
+    pub description: &'static str,
+    /// `>=` or `<=`.
+    pub comparison: &'static str,
+    /// The limit.
+    pub limit: f64,
+    /// This run's value, when measured.
+    pub value: Option<f64>,
+    /// `pass`, `miss` or `not measured`.
+    pub status: &'static str,
+}
+
+impl Target {
+    fn new(
+        name: &str,
+        description: &'static str,
+        at_least: bool,
+        limit: f64,
+        value: Option<f64>,
+    ) -> Self {
+        let status = match value {
+            None => "not measured",
+            Some(v) if (at_least && v >= limit) || (!at_least && v <= limit) => "pass",
+            Some(_) => "miss",
+        };
+        Self {
+            name: name.to_owned(),
+            description,
+            comparison: if at_least { ">=" } else { "<=" },
+            limit,
+            value,
+            status,
+        }
+    }
+}
+
+/// The issue's targets, against this run's ratios and the `mesh` scenario.
+pub fn targets(scenarios: &[ScenarioReport], ratios: &Ratios) -> Vec<Target> {
+    let mesh = |key: &str| {
+        scenarios
+            .iter()
+            .find(|s| s.name == MESH)
+            .and_then(|s| match &s.outcome {
+                Outcome::Measured(runs) => runs.median(key),
+                Outcome::Skipped(_) => None,
+            })
+    };
+    vec![
+        Target::new(
+            "mesh_throughput_vs_baseline",
+            "mesh single-stream throughput, cross node, at least 0.6x the baseline",
+            true,
+            0.6,
+            ratios.mesh_throughput_vs_baseline,
+        ),
+        Target::new(
+            "mesh_added_p99_us",
+            "p99 added by the two ztunnel hops at 1 KiB RR, at most 150 µs",
+            false,
+            150.0,
+            ratios.mesh_added_p99_us,
+        ),
+        Target::new(
+            "mesh_crr_vs_baseline",
+            "new connections/s at least 0.5x the baseline",
+            true,
+            0.5,
+            ratios.mesh_crr_vs_baseline,
+        ),
+        Target::new(
+            &format!("{MESH}.{RSS_IDLE}"),
+            "ztunnel RSS idle at most 16 MiB",
+            false,
+            16.0,
+            mesh(RSS_IDLE),
+        ),
+        Target::new(
+            &format!("{MESH}.{RSS_PER_CONN}"),
+            "ztunnel RSS at most 24 KiB per idle proxied connection",
+            false,
+            24.0,
+            mesh(RSS_PER_CONN),
+        ),
+        Target::new(
+            "sockmap_speedup",
+            "sk_msg speedup of loopback-hop bulk transfer at least 1.3x",
+            true,
+            1.3,
+            ratios.sockmap_speedup,
+        ),
+    ]
+}
+
+/// Everything `bench.json` and `bench.md` say.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Where it ran.
+    pub machine: Machine,
+    /// The commit measured, when known.
+    pub commit: Option<String>,
+    /// The run's settings (rounds, durations, rates), as JSON.
+    pub settings: Value,
+    /// How long the run took, in seconds.
+    pub duration_s: f64,
+    /// Every scenario, in run order.
+    pub scenarios: Vec<ScenarioReport>,
+    /// Things a reader should know (what is not measured yet, and why).
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    /// The ratios of this run.
+    pub fn ratios(&self) -> Ratios {
+        Ratios::compute(&self.scenarios)
+    }
+
+    /// `bench.json`: per scenario each metric's median (`null` when not
+    /// measured) and its runs under `<metric>_runs`, then the ratios and the
+    /// targets.
+    pub fn to_json(&self) -> Value {
+        let mut scenarios = serde_json::Map::new();
+        let mut skipped = serde_json::Map::new();
+        for scenario in &self.scenarios {
+            let entry = match &scenario.outcome {
+                Outcome::Skipped(reason) => {
+                    skipped.insert(scenario.name.to_owned(), json!(reason));
+                    Value::Null
+                }
+                Outcome::Measured(runs) => {
+                    let mut fields = serde_json::Map::new();
+                    fields.insert("description".to_owned(), json!(scenario.description));
+                    fields.insert("failures".to_owned(), json!(scenario.failures));
+                    for metric in &METRICS {
+                        let values = runs.values(metric.key);
+                        fields.insert(metric.key.to_owned(), json!(runs.median(metric.key)));
+                        fields.insert(format!("{}_runs", metric.key), json!(values));
+                        if let Some(spread) = stats::spread(values) {
+                            fields.insert(format!("{}_spread", metric.key), json!(spread));
+                        }
+                    }
+                    Value::Object(fields)
+                }
+            };
+            scenarios.insert(scenario.name.to_owned(), entry);
+        }
+        let ratios = self.ratios();
+        json!({
+            "machine": self.machine,
+            "commit": self.commit,
+            "settings": self.settings,
+            "duration_s": self.duration_s,
+            "scenarios": scenarios,
+            "skipped": skipped,
+            "ratios": ratios,
+            "targets": targets(&self.scenarios, &ratios),
+            "notes": self.notes,
+        })
+    }
+
+    /// `bench.md`: the machine, a metrics × scenarios table (median, and the
+    /// range of the runs), the ratios, the targets and the notes.
+    pub fn to_markdown(&self) -> String {
+        let mut md = String::from("# ambit benchmark\n\n");
+        let m = &self.machine;
+        md.push_str(&format!(
+            "{} on Linux {}, {} cores ({}), {:.1} GiB; load average {:.2} before, {:.2} after; \
+             commit {}; {} rounds per scenario, median and [min–max] of the rounds; took {:.0} s.\n\n",
+            m.date,
+            m.kernel,
+            m.cores,
+            m.cpu_model,
+            m.memory_gib,
+            m.load_before,
+            m.load_after,
+            self.commit.as_deref().unwrap_or("unknown"),
+            self.settings["rounds"],
+            self.duration_s,
+        ));
+        md.push_str("| metric |");
+        for scenario in &self.scenarios {
+            md.push_str(&format!(" {} |", scenario.name));
+        }
+        md.push_str("\n|---|");
+        md.push_str(&"---:|".repeat(self.scenarios.len()));
+        md.push('\n');
+        for metric in &METRICS {
+            md.push_str(&format!("| {} |", metric.label));
+            for scenario in &self.scenarios {
+                let cell = match &scenario.outcome {
+                    Outcome::Skipped(_) => "not measured".to_owned(),
+                    Outcome::Measured(runs) => cell(runs.values(metric.key), metric.decimals),
+                };
+                md.push_str(&format!(" {cell} |"));
+            }
+            md.push('\n');
+        }
+        let skipped: Vec<_> = self
+            .scenarios
+            .iter()
+            .filter_map(|s| match &s.outcome {
+                Outcome::Skipped(reason) => {
+                    Some(format!("- `{}` is not measured: {reason}\n", s.name))
+                }
+                Outcome::Measured(_) => None,
+            })
+            .collect();
+        if !skipped.is_empty() {
+            md.push('\n');
+            md.push_str(&skipped.concat());
+        }
+        md.push_str("\n## Scenarios\n\n");
+        for scenario in &self.scenarios {
+            md.push_str(&format!(
+                "- `{}`: {}\n",
+                scenario.name, scenario.description
+            ));
+            for failure in &scenario.failures {
+                md.push_str(&format!("  - **{failure}**\n"));
+            }
+        }
+        let ratios = self.ratios();
+        md.push_str("\n## Targets (ratios against the baseline of this run)\n\n");
+        md.push_str("| target | limit | this run | status |\n|---|---:|---:|---|\n");
+        for target in targets(&self.scenarios, &ratios) {
+            md.push_str(&format!(
+                "| {} (`{}`) | {} {} | {} | {} |\n",
+                target.description,
+                target.name,
+                target.comparison,
+                target.limit,
+                target.value.map_or("-".to_owned(), |v| format!("{v:.2}")),
+                target.status,
+            ));
+        }
+        let show =
+            |v: Option<f64>, unit: &str| v.map_or("-".to_owned(), |v| format!("{v:.2}{unit}"));
+        md.push_str(&format!(
+            "\nAlso: mesh added p50 at 1 KiB RR {}; with sk_msg off, throughput {} of the baseline and \
+             added p99 {}; sk_msg speedup on the cross-node mesh path {}.\n",
+            show(ratios.mesh_added_p50_us, " µs"),
+            show(ratios.mesh_no_sockmap_throughput_vs_baseline, "x"),
+            show(ratios.mesh_no_sockmap_added_p99_us, " µs"),
+            show(ratios.sockmap_speedup_cross_node, "x"),
+        ));
+        if !self.notes.is_empty() {
+            md.push_str("\n## Notes\n\n");
+            for note in &self.notes {
+                md.push_str(&format!("- {note}\n"));
+            }
+        }
+        md
+    }
+}
+
+/// "median [min–max]", or "-" when not measured.
+fn cell(values: &[f64], decimals: usize) -> String {
+    match (stats::median(values), stats::spread(values)) {
+        (Some(median), Some(spread)) if values.len() > 1 => format!(
+            "{median:.decimals$} [{:.decimals$}–{:.decimals$}]",
+            spread.min, spread.max
+        ),
+        (Some(median), _) => format!("{median:.decimals$}"),
+        _ => "-".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::scenario::MESH_WAYPOINT;
+
+    fn measured(name: &'static str, values: &[(&'static str, &[f64])]) -> ScenarioReport {
+        let mut runs = Runs::default();
+        for (key, vs) in values {
+            for v in *vs {
+                runs.push(key, *v);
+            }
+        }
+        ScenarioReport {
+            name,
+            description: "test",
+            outcome: Outcome::Measured(runs),
+            failures: Vec::new(),
+        }
+    }
+
+    fn scenarios() -> Vec<ScenarioReport> {
+        vec![
+            measured(
+                BASELINE,
+                &[
+                    (THROUGHPUT, &[10.0, 12.0, 11.0]),
+                    (RR_P50, &[30.0, 31.0, 29.0]),
+                    (RR_P99, &[60.0, 80.0, 70.0]),
+                    (CRR, &[4000.0, 4200.0, 3800.0]),
+                ],
+            ),
+            measured(
+                MESH,
+                &[
+                    (THROUGHPUT, &[5.0, 6.0, 7.0]),
+                    (RR_P50, &[100.0, 90.0, 95.0]),
+                    (RR_P99, &[300.0, 200.0, 250.0]),
+                    (CRR, &[1000.0, 900.0, 1100.0]),
+                    (RSS_IDLE, &[12.0, 13.0, 14.0]),
+                    (RSS_PER_CONN, &[20.0, 30.0, 25.0]),
+                ],
+            ),
+            measured(MESH_NO_SOCKMAP, &[(THROUGHPUT, &[4.0, 4.0, 4.0])]),
+            measured(LOOPBACK_ON, &[(THROUGHPUT, &[15.0, 16.0, 14.0])]),
+            measured(LOOPBACK_OFF, &[(THROUGHPUT, &[10.0, 10.0, 10.0])]),
+            ScenarioReport {
+                name: MESH_WAYPOINT,
+                description: "test",
+                outcome: Outcome::Skipped("no waypoint yet".to_owned()),
+                failures: Vec::new(),
+            },
+        ]
+    }
+
+    fn report() -> Report {
+        let mut scenarios = scenarios();
+        scenarios[1]
+            .failures
+            .push("bulk failed in 1 of 3 rounds: ENOMEM".to_owned());
+        Report {
+            machine: Machine::current(),
+            commit: Some("abc".to_owned()),
+            settings: json!({"rounds": 3}),
+            duration_s: 1.0,
+            scenarios,
+            notes: vec!["a note".to_owned()],
+        }
+    }
+
+    #[test]
+    fn ratios_come_from_the_medians() {
+        let r = Ratios::compute(&scenarios());
+        let close = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-9);
+        assert!(close(r.mesh_throughput_vs_baseline, 6.0 / 11.0), "{r:?}");
+        assert!(close(r.mesh_added_p50_us, 95.0 - 30.0), "{r:?}");
+        assert!(close(r.mesh_added_p99_us, 250.0 - 70.0), "{r:?}");
+        assert!(close(r.mesh_crr_vs_baseline, 1000.0 / 4000.0), "{r:?}");
+        assert!(close(r.sockmap_speedup, 1.5), "{r:?}");
+        assert!(close(r.sockmap_speedup_cross_node, 1.5), "{r:?}");
+        assert!(
+            close(r.mesh_no_sockmap_throughput_vs_baseline, 4.0 / 11.0),
+            "{r:?}"
+        );
+        assert_eq!(r.mesh_no_sockmap_added_p99_us, None);
+    }
+
+    #[test]
+    fn ratios_without_inputs_are_missing() {
+        let r = Ratios::compute(&scenarios()[1..]);
+        assert_eq!(r.mesh_throughput_vs_baseline, None);
+        assert_eq!(r.mesh_added_p99_us, None);
+        assert!(r.sockmap_speedup.is_some());
+    }
+
+    #[test]
+    fn targets_pass_miss_or_are_not_measured() {
+        let scenarios = scenarios();
+        let list = targets(&scenarios, &Ratios::compute(&scenarios));
+        let status = |name: &str| {
+            list.iter()
+                .find(|t| t.name == name)
+                .unwrap_or_else(|| panic!("no target {name}"))
+                .status
+        };
+        // 6/11 = 0.545 < 0.6.
+        assert_eq!(status("mesh_throughput_vs_baseline"), "miss");
+        // 180 µs > 150.
+        assert_eq!(status("mesh_added_p99_us"), "miss");
+        // 0.25 < 0.5.
+        assert_eq!(status("mesh_crr_vs_baseline"), "miss");
+        assert_eq!(status("mesh.rss_idle_mib"), "pass");
+        // 25 > 24.
+        assert_eq!(status("mesh.rss_kib_per_conn"), "miss");
+        assert_eq!(status("sockmap_speedup"), "pass");
+        let none = targets(&[], &Ratios::compute(&[]));
+        assert!(none.iter().all(|t| t.status == "not measured"));
+        assert_eq!(Target::new("x", "", true, 1.0, Some(1.0)).status, "pass");
+        assert_eq!(Target::new("x", "", false, 1.0, Some(1.0)).status, "pass");
+    }
+
+    #[test]
+    fn json_has_the_documented_fields() {
+        let json = report().to_json();
+        for key in [
+            "machine",
+            "commit",
+            "settings",
+            "scenarios",
+            "skipped",
+            "ratios",
+            "targets",
+            "notes",
+        ] {
+            assert!(json.get(key).is_some(), "no {key}");
+        }
+        let mesh = &json["scenarios"][MESH];
+        for key in [
+            "throughput_gbps",
+            "rr_p50_us",
+            "rr_p99_us",
+            "crr_per_s",
+            "cpu_s_per_gib",
+            "rss_idle_mib",
+            "rss_kib_per_conn",
+            "throughput_gbps_runs",
+        ] {
+            assert!(mesh.get(key).is_some(), "mesh has no {key}: {mesh}");
+        }
+        assert_eq!(mesh["throughput_gbps"], json!(6.0));
+        assert_eq!(mesh["throughput_gbps_runs"], json!([5.0, 6.0, 7.0]));
+        assert_eq!(mesh["throughput_gbps_spread"]["min"], json!(5.0));
+        assert_eq!(mesh["cpu_s_per_gib"], Value::Null);
+        assert_eq!(
+            mesh["failures"],
+            json!(["bulk failed in 1 of 3 rounds: ENOMEM"])
+        );
+        assert_eq!(json["scenarios"][BASELINE]["failures"], json!([]));
+        assert_eq!(json["scenarios"][MESH_WAYPOINT], Value::Null);
+        assert_eq!(json["skipped"][MESH_WAYPOINT], json!("no waypoint yet"));
+        for key in [
+            "mesh_throughput_vs_baseline",
+            "mesh_added_p50_us",
+            "mesh_added_p99_us",
+            "mesh_crr_vs_baseline",
+            "sockmap_speedup",
+        ] {
+            assert!(json["ratios"][key].is_number(), "ratio {key}");
+        }
+        for key in ["kernel", "cores", "cpu_model", "date"] {
+            assert!(json["machine"].get(key).is_some(), "machine has no {key}");
+        }
+        let target = &json["targets"][0];
+        for key in ["name", "comparison", "limit", "value", "status"] {
+            assert!(target.get(key).is_some(), "target has no {key}");
+        }
+    }
+
+    #[test]
+    fn markdown_lists_scenarios_metrics_and_targets() {
+        let md = report().to_markdown();
+        assert!(md.contains("| metric | baseline | mesh |"), "{md}");
+        assert!(
+            md.contains("| bulk throughput, Gbit/s | 11.00 [10.00–12.00] | 6.00 [5.00–7.00] |"),
+            "{md}"
+        );
+        assert!(md.contains("not measured"), "{md}");
+        assert!(
+            md.contains("`mesh_waypoint` is not measured: no waypoint yet"),
+            "{md}"
+        );
+        assert!(md.contains("| miss |") && md.contains("| pass |"), "{md}");
+        assert!(md.contains("a note"), "{md}");
+        assert!(
+            md.contains("**bulk failed in 1 of 3 rounds: ENOMEM**"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn cells_show_median_and_range() {
+        assert_eq!(cell(&[1.0, 3.0, 2.0], 1), "2.0 [1.0–3.0]");
+        assert_eq!(cell(&[2.0], 0), "2");
+        assert_eq!(cell(&[], 2), "-");
+    }
+}

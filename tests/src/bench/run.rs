@@ -1,0 +1,566 @@
+//! Running the scenarios on a testbed and writing the report.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+
+use super::{
+    Settings,
+    host::{self, Machine},
+    iperf,
+    latency::{self, LatencyRun},
+    plot,
+    report::{
+        CPU_PER_GIB, CRR, Outcome, RR_P50, RR_P90, RR_P99, RR_P999, RR1_P50, RR1_P90, RR1_P99,
+        RR1_P999, RSS_IDLE, RSS_PER_CONN, Report, Runs, ScenarioReport, THROUGHPUT,
+    },
+    scenario::{Dataplane, SCENARIOS, Scenario, Workload},
+    stats,
+};
+use crate::{
+    Testbed,
+    mesh::{MeshConfig, Ztunnel, ZtunnelOptions, testbin_binary},
+    testbed::Process,
+};
+
+/// Ports of the servers in every server pod.
+const ECHO_PORT: u16 = 7000;
+const SINK_PORT: u16 = 7100;
+const IPERF_PORT: u16 = 5201;
+/// How long memory and CPU readings wait for ztunnel to settle.
+const SETTLE: Duration = Duration::from_millis(500);
+/// 1 GiB.
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// What one scenario collected over the rounds.
+#[derive(Default)]
+struct Collected {
+    runs: Runs,
+    latency_1k: Vec<Histogram<u64>>,
+    latency_1b: Vec<Histogram<u64>>,
+    /// Per failed workload: in how many rounds, and the first error.
+    failures: BTreeMap<String, (usize, String)>,
+}
+
+impl Collected {
+    fn failed(&mut self, what: &str, error: String) {
+        self.failures
+            .entry(what.to_owned())
+            .and_modify(|(count, _)| *count += 1)
+            .or_insert((1, error));
+    }
+
+    /// "<what> failed in <n> of <rounds> rounds: <first error>" lines.
+    fn failure_lines(&self, rounds: usize) -> Vec<String> {
+        self.failures
+            .iter()
+            .map(|(what, (count, error))| {
+                format!("{what} failed in {count} of {rounds} rounds: {error}")
+            })
+            .collect()
+    }
+}
+
+/// The ztunnels of one dataplane, while they run.
+struct Nodes {
+    dataplane: Dataplane,
+    ztunnels: Vec<Ztunnel>,
+    /// RSS of each ztunnel right after it started (pods enrolled, no
+    /// traffic), KiB.
+    idle_rss_kib: Vec<u64>,
+}
+
+impl Nodes {
+    fn start(bed: &Testbed, config: &Path, dataplane: Dataplane) -> Result<Self, String> {
+        let mut ztunnels = Vec::new();
+        if let Dataplane::Mesh { sockmap } = dataplane {
+            let options = ZtunnelOptions {
+                sockmap,
+                drain: Duration::from_secs(1),
+                ..ZtunnelOptions::default()
+            };
+            for node in ["a", "b"] {
+                ztunnels.push(
+                    Ztunnel::start(bed, node, config, &options)
+                        .map_err(|e| format!("ztunnel on node {node}: {e}"))?,
+                );
+            }
+        }
+        std::thread::sleep(SETTLE);
+        let idle_rss_kib = ztunnels
+            .iter()
+            .map(|z| host::rss_kib(z.pid()))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            dataplane,
+            ztunnels,
+            idle_rss_kib,
+        })
+    }
+
+    fn stop(mut self) {
+        for ztunnel in &mut self.ztunnels {
+            if let Err(error) = ztunnel.stop(Duration::from_secs(10)) {
+                eprintln!("ambit-bench: stopping ztunnel: {error}");
+            }
+        }
+    }
+
+    fn cpu_seconds(&self) -> Result<f64, String> {
+        self.ztunnels
+            .iter()
+            .map(|z| host::cpu_seconds(z.pid()))
+            .sum()
+    }
+
+    fn rss_kib(&self) -> Result<Vec<u64>, String> {
+        self.ztunnels
+            .iter()
+            .map(|z| host::rss_kib(z.pid()))
+            .collect()
+    }
+}
+
+/// The testbed, its servers and the mesh configuration.
+struct Bench {
+    bed: Testbed,
+    config: std::path::PathBuf,
+    settings: Settings,
+    _servers: Vec<Process>,
+}
+
+impl Bench {
+    fn new(settings: &Settings) -> Result<Self, String> {
+        let bed = Testbed::builder("bench")
+            .node("a")
+            .node("b")
+            .pod("client", "a")
+            .pod("plainclient", "a")
+            .pod("localserver", "a")
+            .pod("server", "b")
+            .pod("plainserver", "b")
+            .build()
+            .map_err(|e| format!("testbed: {e}"))?;
+        let config = bed.workdir().join("mesh.yaml");
+        MeshConfig::default()
+            .namespace("demo", true)
+            .namespace("plain", false)
+            .pod("client", "demo")
+            .pod("server", "demo")
+            .pod("plainclient", "plain")
+            .pod("plainserver", "plain")
+            .pod("localserver", "plain")
+            .write(&bed, &config)
+            .map_err(|e| format!("mesh configuration: {e}"))?;
+        let mut servers = Vec::new();
+        for pod in ["server", "plainserver", "localserver"] {
+            for (mode, port) in [("sink", SINK_PORT), ("echo", ECHO_PORT)] {
+                let mut cmd = bed.pod_command(pod, testbin_binary());
+                cmd.args([mode, &format!("0.0.0.0:{port}")]);
+                let server = bed.spawn(cmd).map_err(|e| e.to_string())?;
+                server
+                    .wait_for_line("listening", Duration::from_secs(10))
+                    .map_err(|e| format!("{mode} server in {pod}: {e}"))?;
+                servers.push(server);
+            }
+            let mut cmd = bed.pod_command(pod, "iperf3");
+            cmd.args(["-s", "-p", &IPERF_PORT.to_string(), "--forceflush"]);
+            let server = bed.spawn(cmd).map_err(|e| e.to_string())?;
+            server
+                .wait_for_line("Server listening", Duration::from_secs(10))
+                .map_err(|e| format!("iperf3 server in {pod}: {e}"))?;
+            servers.push(server);
+        }
+        Ok(Self {
+            bed,
+            config,
+            settings: settings.clone(),
+            _servers: servers,
+        })
+    }
+
+    fn ip(&self, pod: &str) -> IpAddr {
+        IpAddr::V4(self.bed.pod(pod).ipv4())
+    }
+
+    fn testbin(&self, pod: &str, args: &[&str], timeout: Duration) -> Result<String, String> {
+        let mut cmd = self.bed.pod_command(pod, testbin_binary());
+        cmd.args(args).env("AMBIT_TESTBIN_TIMEOUT_MS", "10000");
+        let out = self.bed.run(cmd, timeout).map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// One iperf3 run from `client` to the iperf3 server of `server`.
+    fn bulk(&self, client: &str, server: &str) -> Result<iperf::Transfer, String> {
+        let seconds = self.settings.bulk_seconds;
+        let mut cmd = self.bed.pod_command(client, "iperf3");
+        cmd.args(["-c", &self.ip(server).to_string()])
+            .args(["-p", &IPERF_PORT.to_string()])
+            .args([
+                "-t",
+                &seconds.to_string(),
+                "-J",
+                "--connect-timeout",
+                "5000",
+            ]);
+        match self
+            .bed
+            .run(cmd, Duration::from_secs(u64::from(seconds) + 30))
+        {
+            Ok(out) => iperf::parse(&String::from_utf8_lossy(&out.stdout)),
+            // iperf3 exits non-zero with its JSON report (and error) on stdout.
+            Err(crate::Error::Failed { stdout, stderr, .. }) => {
+                Err(iperf::parse(&stdout).err().unwrap_or(stderr))
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// One open-loop latency run of `size`-byte requests.
+    fn latency(&self, client: &str, server: &str, size: u32) -> Result<LatencyRun, String> {
+        let s = &self.settings;
+        let dst = SocketAddr::new(self.ip(server), SINK_PORT).to_string();
+        let timeout = Duration::from_secs(u64::from(s.rr_count / s.rr_rate.max(1)) + 30);
+        let out = self.testbin(
+            client,
+            &[
+                "rr",
+                &dst,
+                &s.rr_count.to_string(),
+                &size.to_string(),
+                &s.rr_rate.to_string(),
+            ],
+            timeout,
+        )?;
+        latency::parse(&out)
+    }
+
+    /// Connections per second: connect, one request, close, `crr_count` times.
+    fn crr(&self, client: &str, server: &str) -> Result<f64, String> {
+        let dst = SocketAddr::new(self.ip(server), ECHO_PORT).to_string();
+        let out = self.testbin(
+            client,
+            &["crr", &dst, &self.settings.crr_count.to_string()],
+            Duration::from_secs(120),
+        )?;
+        field(&out, "per_s")
+    }
+
+    /// ztunnel RSS per idle proxied connection, KiB: the larger ztunnel's
+    /// growth while `idle_connections` connections are open and idle.
+    fn rss_per_connection(&self, nodes: &Nodes, client: &str, server: &str) -> Result<f64, String> {
+        let count = self.settings.idle_connections;
+        let dst = SocketAddr::new(self.ip(server), ECHO_PORT).to_string();
+        // One connection first, so the tunnel between the nodes (TLS session,
+        // HTTP/2 connection, certificates) exists: what follows is per
+        // connection only.
+        self.testbin(client, &["send", &dst, "warm-up"], Duration::from_secs(30))?;
+        std::thread::sleep(SETTLE);
+        let before = nodes.rss_kib()?;
+        // The client holds `count` sockets: its soft open-file limit goes up to
+        // the hard one first (ambit-testbin forbids the unsafe code setrlimit
+        // needs, and raising the hard limit may not be allowed).
+        let mut cmd = self.bed.pod_command(client, "sh");
+        cmd.args(["-c", r#"ulimit -Sn "$(ulimit -Hn)" && exec "$0" "$@""#])
+            .arg(testbin_binary())
+            .args(["hold", &dst, &count.to_string(), "300"]);
+        let holder = self.bed.spawn(cmd).map_err(|e| e.to_string())?;
+        if let Err(e) = holder.wait_for_line("held", Duration::from_secs(120)) {
+            return Err(format!(
+                "holding {count} connections: {e}: {}",
+                holder.stderr().join("\n")
+            ));
+        }
+        std::thread::sleep(SETTLE);
+        let after = nodes.rss_kib()?;
+        drop(holder);
+        // Let the ztunnels see the connections close before the next workload.
+        std::thread::sleep(SETTLE);
+        Ok(per_connection_kib(&before, &after, count))
+    }
+
+    /// Runs `scenario` once on `nodes` (its dataplane), adding its values to
+    /// `collected`; a failed workload is reported and leaves its value out.
+    fn measure(&self, scenario: &Scenario, nodes: &Nodes, collected: &mut Collected) {
+        let (client, server) = (scenario.client, scenario.server);
+        let mut failures = Vec::new();
+        let mut failed = |what: &str, error: String| {
+            eprintln!("ambit-bench: {}: {what} failed: {error}", scenario.name);
+            failures.push((what.to_owned(), error));
+        };
+        let mut line = format!("  {:<16}", scenario.name);
+        for workload in scenario.workloads {
+            match workload {
+                Workload::Memory => {
+                    if let Some(max) = nodes.idle_rss_kib.iter().max() {
+                        let mib = *max as f64 / 1024.0;
+                        collected.runs.push(RSS_IDLE, mib);
+                        line.push_str(&format!(" rss_idle={mib:.1}MiB"));
+                    }
+                    if !nodes.ztunnels.is_empty() {
+                        match self.rss_per_connection(nodes, client, server) {
+                            Ok(kib) => {
+                                collected.runs.push(RSS_PER_CONN, kib);
+                                line.push_str(&format!(" rss/conn={kib:.1}KiB"));
+                            }
+                            Err(e) => failed("memory per connection", e),
+                        }
+                    }
+                }
+                Workload::Bulk => {
+                    let cpu_before = nodes.cpu_seconds();
+                    match self.bulk(client, server) {
+                        Ok(transfer) => {
+                            collected.runs.push(THROUGHPUT, transfer.gbps);
+                            line.push_str(&format!(" {:.2}Gbit/s", transfer.gbps));
+                            if !nodes.ztunnels.is_empty()
+                                && let (Ok(before), Ok(after)) = (cpu_before, nodes.cpu_seconds())
+                            {
+                                let per_gib = (after - before) / (transfer.bytes as f64 / GIB);
+                                collected.runs.push(CPU_PER_GIB, per_gib);
+                                line.push_str(&format!(" cpu={per_gib:.2}s/GiB"));
+                            }
+                        }
+                        Err(e) => failed("bulk", e),
+                    }
+                }
+                Workload::Latency => {
+                    for size in [1024, 1] {
+                        match self.latency(client, server, size) {
+                            Ok(run) => {
+                                let keys = if size == 1 {
+                                    [RR1_P50, RR1_P90, RR1_P99, RR1_P999]
+                                } else {
+                                    [RR_P50, RR_P90, RR_P99, RR_P999]
+                                };
+                                for (key, value) in keys.into_iter().zip([
+                                    run.p50_us,
+                                    run.p90_us,
+                                    run.p99_us,
+                                    run.p999_us,
+                                ]) {
+                                    collected.runs.push(key, value);
+                                }
+                                line.push_str(&format!(
+                                    " rr{size}B p50/p99={:.0}/{:.0}us",
+                                    run.p50_us, run.p99_us
+                                ));
+                                if size == 1 {
+                                    collected.latency_1b.push(run.histogram);
+                                } else {
+                                    collected.latency_1k.push(run.histogram);
+                                }
+                            }
+                            Err(e) => failed(&format!("{size}-byte latency"), e),
+                        }
+                    }
+                }
+                Workload::ConnectionRate => match self.crr(client, server) {
+                    Ok(rate) => {
+                        collected.runs.push(CRR, rate);
+                        line.push_str(&format!(" crr={rate:.0}/s"));
+                    }
+                    Err(e) => failed("connection rate", e),
+                },
+            }
+        }
+        eprintln!("{line}");
+        for (what, error) in failures {
+            collected.failed(&what, error);
+        }
+    }
+}
+
+/// The larger ztunnel's RSS growth per connection, KiB.
+fn per_connection_kib(before: &[u64], after: &[u64], count: u32) -> f64 {
+    before
+        .iter()
+        .zip(after)
+        .map(|(&b, &a)| (a as f64 - b as f64) / f64::from(count.max(1)))
+        .fold(f64::NEG_INFINITY, f64::max)
+}
+
+/// `<key>=<number>` in a line of output.
+fn field(output: &str, key: &str) -> Result<f64, String> {
+    output
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no {key}= in {output:?}"))
+}
+
+/// Runs every round of every scenario, writes the report into `settings.out`
+/// and returns `bench.md`.
+pub(super) fn run(settings: &Settings) -> Result<String, String> {
+    let started = Instant::now();
+    let mut machine = Machine::current();
+    let bench = Bench::new(settings)?;
+    let mut collected: Vec<Collected> = SCENARIOS.iter().map(|_| Collected::default()).collect();
+    for round in 1..=settings.rounds {
+        eprintln!(
+            "ambit-bench: round {round}/{} ({:.0} s so far)",
+            settings.rounds,
+            started.elapsed().as_secs_f64()
+        );
+        let mut nodes: Option<Nodes> = None;
+        for (scenario, collected) in SCENARIOS.iter().zip(&mut collected) {
+            if scenario.unavailable.is_some() {
+                continue;
+            }
+            if nodes.as_ref().map(|n| n.dataplane) != Some(scenario.dataplane) {
+                if let Some(old) = nodes.take() {
+                    old.stop();
+                }
+                nodes = Some(Nodes::start(&bench.bed, &bench.config, scenario.dataplane)?);
+            }
+            let current = nodes.as_ref().expect("just started");
+            bench.measure(scenario, current, collected);
+        }
+        if let Some(old) = nodes.take() {
+            old.stop();
+        }
+    }
+    machine.load_after = host::load_average();
+    let notes = vec![
+        "HTTP requests/s applies only through the waypoint (mesh_waypoint), which is not measured yet: \
+         no scenario has HTTP, so http_rps is null everywhere."
+            .to_owned(),
+        "baseline runs between twin pods (plainclient -> plainserver) on the same two nodes, with the same \
+         veth and bridge path: enrolled pods stay captured through the pinned maps while no ztunnel runs, \
+         so they cannot carry plain traffic."
+            .to_owned(),
+        "Latency is open loop at a fixed rate, counted from each request's intended send time (no \
+         coordinated omission), one connection; ztunnel logs at info level (a JSON access log line per \
+         connection), as in the end-to-end tests."
+            .to_owned(),
+    ];
+    let scenarios: Vec<ScenarioReport> = SCENARIOS
+        .iter()
+        .zip(&collected)
+        .map(|(scenario, collected)| ScenarioReport {
+            name: scenario.name,
+            description: scenario.description,
+            outcome: match scenario.unavailable {
+                Some(reason) => Outcome::Skipped(reason.to_owned()),
+                None => Outcome::Measured(collected.runs.clone()),
+            },
+            failures: collected.failure_lines(settings.rounds),
+        })
+        .collect();
+    let report = Report {
+        machine,
+        commit: host::git_commit(Path::new(env!("CARGO_MANIFEST_DIR"))),
+        settings: serde_json::to_value(settings).map_err(|e| e.to_string())?,
+        duration_s: started.elapsed().as_secs_f64(),
+        scenarios,
+        notes,
+    };
+    write_report(&settings.out, &report, &collected)?;
+    Ok(report.to_markdown())
+}
+
+fn write_report(out: &Path, report: &Report, collected: &[Collected]) -> Result<(), String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let write = |name: &str, contents: &str| {
+        let path = out.join(name);
+        std::fs::write(&path, contents).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let json = serde_json::to_string_pretty(&report.to_json()).map_err(|e| e.to_string())?;
+    write("bench.json", &format!("{json}\n"))?;
+    write("bench.md", &report.to_markdown())?;
+    // Colors follow the scenario's place in SCENARIOS, the same in every plot.
+    // Colors follow the scenario's place in SCENARIOS, the same in every plot.
+    let measured = || {
+        SCENARIOS
+            .iter()
+            .zip(collected)
+            .enumerate()
+            .filter(|(_, (s, _))| s.unavailable.is_none())
+    };
+    for (file, title, pick) in [
+        (
+            "latency_cdf_1kib.svg",
+            "1 KiB request/response latency CDF (all rounds)",
+            (|c: &Collected| &c.latency_1k) as fn(&Collected) -> &Vec<Histogram<u64>>,
+        ),
+        (
+            "latency_cdf_1b.svg",
+            "1 B request/response latency CDF (all rounds)",
+            |c: &Collected| &c.latency_1b,
+        ),
+    ] {
+        let lines: Vec<plot::Line<'_>> = measured()
+            .filter(|(_, (_, c))| !pick(c).is_empty())
+            .map(|(i, (s, c))| plot::Line {
+                name: s.name,
+                color: i,
+                points: latency::cdf(&latency::merge(pick(c))),
+            })
+            .collect();
+        if !lines.is_empty() {
+            write(file, &plot::latency_cdf(title, &lines)?)?;
+        }
+    }
+    let bars: Vec<plot::Bar<'_>> = measured()
+        .filter(|(_, (s, _))| s.workloads.contains(&Workload::Bulk))
+        .map(|(i, (s, c))| {
+            let values = c.runs.values(THROUGHPUT);
+            plot::Bar {
+                name: s.name,
+                color: i,
+                value: stats::median(values)
+                    .zip(stats::spread(values))
+                    .map(|(median, spread)| plot::BarValue {
+                        median,
+                        min: spread.min,
+                        max: spread.max,
+                    }),
+            }
+        })
+        .collect();
+    if !bars.is_empty() {
+        write(
+            "throughput.svg",
+            &plot::throughput_bars("Single-stream bulk throughput (iperf3)", &bars)?,
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_per_connection_takes_the_larger_ztunnel() {
+        let kib = per_connection_kib(&[10_000, 20_000], &[15_000, 40_000], 1000);
+        assert!((kib - 20.0).abs() < 1e-9, "{kib}");
+    }
+
+    #[test]
+    fn failures_are_counted_per_workload() {
+        let mut c = Collected::default();
+        c.failed("bulk", "ENOMEM".to_owned());
+        c.failed("bulk", "EPIPE".to_owned());
+        c.failed("1-byte latency", "timeout".to_owned());
+        assert_eq!(
+            c.failure_lines(5),
+            [
+                "1-byte latency failed in 1 of 5 rounds: timeout",
+                "bulk failed in 2 of 5 rounds: ENOMEM"
+            ]
+        );
+    }
+
+    #[test]
+    fn fields_of_testbin_output() {
+        assert_eq!(field("crr count=300 per_s=812.5\n", "per_s"), Ok(812.5));
+        assert!(field("crr count=300", "per_s").is_err());
+        assert!(field("crr xper_s=3", "per_s").is_err());
+    }
+}
