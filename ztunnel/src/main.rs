@@ -89,6 +89,9 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Ca { ca, config }) => runtime.block_on(run_ca(ca, config)),
         None => {
             tracing::info!(settings = ?settings, "starting");
+            if settings.sockmap {
+                tracing::warn!("the sk_msg shortcut is on: it has no backpressure (a fast sender can get ENOMEM) and is not for production; see docs/architecture.md");
+            }
             runtime.block_on(run_node(settings, cli.node.ca_dir))
         }
     }
