@@ -30,9 +30,19 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
 
 /// Resident memory of process `pid` in KiB (`VmRSS`).
 pub fn rss_kib(pid: u32) -> Result<u64, String> {
+    status_kib(pid, "VmRSS")
+}
+
+/// Resident anonymous memory of process `pid` in KiB (`RssAnon`: heap and
+/// stacks, without the binary's pages mapped from the page cache).
+pub fn rss_anon_kib(pid: u32) -> Result<u64, String> {
+    status_kib(pid, "RssAnon")
+}
+
+fn status_kib(pid: u32, field: &str) -> Result<u64, String> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
-    status_field_kib(&status, "VmRSS").ok_or_else(|| format!("{path}: no VmRSS"))
+    status_field_kib(&status, field).ok_or_else(|| format!("{path}: no {field}"))
 }
 
 /// A `<field>: <n> kB` line of `/proc/<pid>/status` or `/proc/meminfo`.

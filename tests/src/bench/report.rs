@@ -50,12 +50,15 @@ pub const CPU_PER_GIB: &str = "cpu_s_per_gib";
 /// ztunnel resident memory with enrolled pods and no traffic (the larger
 /// node's), MiB.
 pub const RSS_IDLE: &str = "rss_idle_mib";
+/// Of [`RSS_IDLE`], the anonymous part (heap and stacks; the rest is the
+/// binary's pages mapped from the page cache, shared and reclaimable), MiB.
+pub const RSS_IDLE_ANON: &str = "rss_idle_anon_mib";
 /// ztunnel resident memory per idle proxied connection (the larger node's),
 /// KiB.
 pub const RSS_PER_CONN: &str = "rss_kib_per_conn";
 
 /// Every metric, in table order.
-pub const METRICS: [Metric; 14] = [
+pub const METRICS: [Metric; 15] = [
     metric(THROUGHPUT, "bulk throughput, Gbit/s", 2),
     metric(RR_P50, "1 KiB RR p50, µs", 1),
     metric(RR_P90, "1 KiB RR p90, µs", 1),
@@ -69,6 +72,7 @@ pub const METRICS: [Metric; 14] = [
     metric(HTTP_RPS, "HTTP requests/s", 0),
     metric(CPU_PER_GIB, "ztunnel CPU s/GiB", 2),
     metric(RSS_IDLE, "ztunnel RSS idle, MiB", 1),
+    metric(RSS_IDLE_ANON, "of which anonymous, MiB", 1),
     metric(RSS_PER_CONN, "ztunnel RSS per idle conn, KiB", 1),
 ];
 

@@ -17,7 +17,7 @@ use super::{
     plot,
     report::{
         CPU_PER_GIB, CRR, Outcome, RR_P50, RR_P90, RR_P99, RR_P999, RR1_P50, RR1_P90, RR1_P99,
-        RR1_P999, RSS_IDLE, RSS_PER_CONN, Report, Runs, ScenarioReport, THROUGHPUT,
+        RR1_P999, RSS_IDLE, RSS_IDLE_ANON, RSS_PER_CONN, Report, Runs, ScenarioReport, THROUGHPUT,
     },
     scenario::{Dataplane, SCENARIOS, Scenario, Workload},
     stats,
@@ -73,6 +73,8 @@ struct Nodes {
     /// RSS of each ztunnel right after it started (pods enrolled, no
     /// traffic), KiB.
     idle_rss_kib: Vec<u64>,
+    /// Of which anonymous (heap, stacks), KiB.
+    idle_anon_kib: Vec<u64>,
 }
 
 impl Nodes {
@@ -96,10 +98,15 @@ impl Nodes {
             .iter()
             .map(|z| host::rss_kib(z.pid()))
             .collect::<Result<_, _>>()?;
+        let idle_anon_kib = ztunnels
+            .iter()
+            .map(|z| host::rss_anon_kib(z.pid()))
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             dataplane,
             ztunnels,
             idle_rss_kib,
+            idle_anon_kib,
         })
     }
 
@@ -301,6 +308,11 @@ impl Bench {
                         let mib = *max as f64 / 1024.0;
                         collected.runs.push(RSS_IDLE, mib);
                         line.push_str(&format!(" rss_idle={mib:.1}MiB"));
+                    }
+                    if let Some(max) = nodes.idle_anon_kib.iter().max() {
+                        let mib = *max as f64 / 1024.0;
+                        collected.runs.push(RSS_IDLE_ANON, mib);
+                        line.push_str(&format!(" (anon {mib:.1}MiB)"));
                     }
                     if !nodes.ztunnels.is_empty() {
                         match self.rss_per_connection(nodes, client, server) {
