@@ -382,3 +382,20 @@ impl Ztunnel {
         self.process.pid()
     }
 }
+
+/// A Service `demo/web` with the VIP 198.19.0.10, port 80 (named `http`) to
+/// target port 7000 of the pods labelled `svc: web`, for the service tests.
+pub const WEB_SERVICE: &str = r"
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: demo
+spec:
+  clusterIP: 198.19.0.10
+  selector:
+    svc: web
+  ports:
+  - name: http
+    port: 80
+    targetPort: 7000";

@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, time::Duration}
 
 use ambit_tests::{
     Testbed,
-    mesh::{MeshConfig, Ztunnel, ZtunnelOptions, send, start_server},
+    mesh::{MeshConfig, WEB_SERVICE, Ztunnel, ZtunnelOptions, send, start_server},
     privileged,
     testbed::{Process, contains},
 };
@@ -361,21 +361,6 @@ fn a_gibibyte_arrives_intact_and_a_thousand_connections_complete() {
         "concurrent ok=1000"
     );
 }
-
-const WEB_SERVICE: &str = r"
-apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: demo
-spec:
-  clusterIP: 198.19.0.10
-  selector:
-    svc: web
-  ports:
-  - name: http
-    port: 80
-    targetPort: 7000";
 
 #[test]
 fn a_service_vip_spreads_over_ready_endpoints_and_prefers_the_local_node() {

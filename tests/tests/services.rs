@@ -6,27 +6,12 @@ use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
 
 use ambit_tests::{
     Testbed,
-    mesh::{MeshConfig, Ztunnel, ZtunnelOptions, send, start_server},
+    mesh::{MeshConfig, WEB_SERVICE, Ztunnel, ZtunnelOptions, send, start_server},
     privileged,
     testbed::Process,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
-
-const WEB_SERVICE: &str = r"
-apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: demo
-spec:
-  clusterIP: 198.19.0.10
-  selector:
-    svc: web
-  ports:
-  - name: http
-    port: 80
-    targetPort: 7000";
 
 /// `count` requests from `client` to the web VIP: how many each server
 /// address answered.

@@ -38,3 +38,35 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// Test helpers shared by the identity and HBONE tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{
+        Identity, TrustBundle, TrustDomain, WorkloadCert,
+        ca::{CertificateAuthority, RootCa, SigningPolicy},
+        csr,
+    };
+
+    /// A CA signing with `root` for the default trust domain.
+    pub(crate) fn ca(root: RootCa) -> CertificateAuthority {
+        CertificateAuthority::new(
+            root,
+            TrustDomain::default(),
+            SigningPolicy::default(),
+            Vec::new(),
+        )
+        .unwrap()
+    }
+
+    /// A leaf for `identity` from `ca`, through the real CSR path.
+    pub(crate) fn leaf(
+        ca: &CertificateAuthority,
+        identity: &Identity,
+        bundle: &TrustBundle,
+    ) -> WorkloadCert {
+        let (key, csr_pem) = csr::create(identity).unwrap();
+        let issued = ca.sign(&csr_pem, 3600).unwrap();
+        WorkloadCert::from_response(identity, &key, &issued.chain_pem, bundle).unwrap()
+    }
+}

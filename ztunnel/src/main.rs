@@ -90,7 +90,9 @@ fn main() -> anyhow::Result<()> {
         None => {
             tracing::info!(settings = ?settings, "starting");
             if settings.sockmap {
-                tracing::warn!("the sk_msg shortcut is on: it has no backpressure (a fast sender can get ENOMEM) and is not for production; see docs/architecture.md");
+                tracing::warn!(
+                    "the sk_msg shortcut is on: it has no backpressure (a fast sender can get ENOMEM) and is not for production; see docs/architecture.md"
+                );
             }
             runtime.block_on(run_node(settings, cli.node.ca_dir))
         }

@@ -89,12 +89,12 @@ impl Pool {
         Fut: Future<Output = Result<(TcpStream, Arc<rustls::ClientConfig>), Error>>,
     {
         let slot = self.slot(&key);
-        let (sender, active, reused) = sender(&slot, &key, &connect).await?;
+        let (sender, active, reused) = stream_slot(&slot, &key, &connect, true).await?;
         match send_connect(sender, active.clone(), authority).await {
             Err(Error::H2(error)) if reused => {
                 tracing::debug!(%error, dst = %key.addr, "pooled HBONE connection broken; replacing it");
                 evict(&slot, &active).await;
-                let (sender, active, _) = sender_fresh(&slot, &key, &connect).await?;
+                let (sender, active, _) = stream_slot(&slot, &key, &connect, false).await?;
                 send_connect(sender, active, authority).await
             }
             result => result,
@@ -176,12 +176,13 @@ async fn send_connect(
     Ok(guard.into_tunnel(send, response.into_body()))
 }
 
-/// A stream slot on a live pooled connection with room, or on a new one;
-/// the flag tells whether the connection was reused.
-async fn sender<F, Fut>(
+/// A stream slot on a live pooled connection with room (when `reuse`), or
+/// on a new one; the flag tells whether the connection was reused.
+async fn stream_slot<F, Fut>(
     slot: &Slot,
     key: &PoolKey,
     connect: &F,
+    reuse: bool,
 ) -> Result<(SendRequest<Bytes>, Arc<AtomicUsize>, bool), Error>
 where
     F: Fn() -> Fut,
@@ -192,28 +193,12 @@ where
     let limit = settings::HBONE_MAX_STREAMS as usize;
     if let Some(p) = conns
         .iter()
-        .find(|p| p.active.load(Ordering::Relaxed) < limit)
+        .find(|p| reuse && p.active.load(Ordering::Relaxed) < limit)
     {
         p.active.fetch_add(1, Ordering::Relaxed);
         p.opened.fetch_add(1, Ordering::Relaxed);
         return Ok((p.sender.clone(), p.active.clone(), true));
     }
-    let (sender, active) = open(&mut conns, key, connect).await?;
-    Ok((sender, active, false))
-}
-
-/// A stream slot on a new connection, whatever the pool holds.
-async fn sender_fresh<F, Fut>(
-    slot: &Slot,
-    key: &PoolKey,
-    connect: &F,
-) -> Result<(SendRequest<Bytes>, Arc<AtomicUsize>, bool), Error>
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<(TcpStream, Arc<rustls::ClientConfig>), Error>>,
-{
-    let mut conns = slot.lock().await;
-    conns.retain(|p| !p.closed.load(Ordering::Relaxed));
     let (sender, active) = open(&mut conns, key, connect).await?;
     Ok((sender, active, false))
 }

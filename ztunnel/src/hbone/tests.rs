@@ -19,11 +19,7 @@ use tokio::{
 };
 
 use super::{Error, Pool, PoolKey, client::Tunnel};
-use crate::identity::{
-    Identity, TrustBundle, TrustDomain, WorkloadCert,
-    ca::{CertificateAuthority, RootCa, SigningPolicy},
-    csr,
-};
+use crate::identity::{Identity, TrustBundle, TrustDomain, WorkloadCert, ca::RootCa, testing};
 
 struct Mesh {
     bundle: TrustBundle,
@@ -38,21 +34,10 @@ fn identity(sa: &str) -> Identity {
 fn mesh() -> Mesh {
     let root = RootCa::generate(&TrustDomain::default(), Duration::from_secs(3600)).unwrap();
     let bundle = TrustBundle::from_pem(root.cert_pem().as_bytes(), "test").unwrap();
-    let ca = CertificateAuthority::new(
-        root,
-        TrustDomain::default(),
-        SigningPolicy::default(),
-        Vec::new(),
-    )
-    .unwrap();
-    let leaf = |id: &Identity| {
-        let (key, csr_pem) = csr::create(id).unwrap();
-        let issued = ca.sign(&csr_pem, 3600).unwrap();
-        WorkloadCert::from_response(id, &key, &issued.chain_pem, &bundle).unwrap()
-    };
+    let ca = testing::ca(root);
     Mesh {
-        client: leaf(&identity("client")),
-        server: leaf(&identity("server")),
+        client: testing::leaf(&ca, &identity("client"), &bundle),
+        server: testing::leaf(&ca, &identity("server"), &bundle),
         bundle,
     }
 }

@@ -140,16 +140,7 @@ async fn wait_for(mut cond: impl FnMut() -> bool) {
 
 /// A leaf for `identity` issued by a CA on `root`, through the real CSR path.
 fn leaf(root: RootCa, identity: &Identity, bundle: &TrustBundle) -> WorkloadCert {
-    let ca = CertificateAuthority::new(
-        root,
-        TrustDomain::default(),
-        SigningPolicy::default(),
-        Vec::new(),
-    )
-    .unwrap();
-    let (key, csr_pem) = csr::create(identity).unwrap();
-    let issued = ca.sign(&csr_pem, 3600).unwrap();
-    WorkloadCert::from_response(identity, &key, &issued.chain_pem, bundle).unwrap()
+    crate::identity::testing::leaf(&crate::identity::testing::ca(root), identity, bundle)
 }
 
 fn uri_san(cert: &[u8]) -> String {
