@@ -1,13 +1,15 @@
 //! Fewer, larger reads under TLS. rustls asks its transport for at most 4 KiB
 //! at a time, so a 16 KiB record costs four `recv` calls; [`CoalescedReads`]
 //! reads up to [`BURST`] bytes at once and hands them out in the sizes asked
-//! for. The buffer exists only while bytes are arriving: once the socket has
-//! nothing more to give, it is freed, so an idle connection holds none.
+//! for. Small messages are read straight into the caller's buffer; only a read
+//! that fills it (a burst is arriving) brings the coalescing buffer in, and
+//! once the socket has nothing more to give it is freed again, so neither an
+//! idle connection nor request/response traffic holds or allocates one.
 
 use std::{
     io,
     pin::Pin,
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
 };
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -51,12 +53,17 @@ impl<T: AsyncRead + Unpin> AsyncRead for CoalescedReads<T> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.pos == this.cap {
-            // Large enough on its own: no point copying twice.
-            if out.remaining() >= BURST {
-                return Pin::new(&mut this.inner).poll_read(cx, out);
-            }
-            if this.buf.is_empty() {
-                this.buf = vec![0; BURST];
+            // Idle, or large enough on its own: read straight into the
+            // caller's buffer. A read that fills it means a burst is arriving:
+            // the next reads go through the coalescing buffer.
+            if this.buf.is_empty() || out.remaining() >= BURST {
+                let before = out.filled().len();
+                let wanted = out.remaining();
+                ready!(Pin::new(&mut this.inner).poll_read(cx, out))?;
+                if out.filled().len() - before == wanted && wanted < BURST {
+                    this.buf = vec![0; BURST];
+                }
+                return Poll::Ready(Ok(()));
             }
             let mut read = ReadBuf::new(&mut this.buf);
             match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
@@ -118,6 +125,16 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn a_small_message_is_read_directly_without_a_buffer() {
+        let (mut peer, inner) = duplex(4 * BURST);
+        let mut reads = CoalescedReads::new(inner);
+        peer.write_all(&[9u8; 1000]).await.unwrap();
+        let mut chunk = [0u8; 4096];
+        assert_eq!(reads.read(&mut chunk).await.unwrap(), 1000);
+        assert_eq!(reads.held(), 0, "no buffer for a message that fits");
+    }
+
+    #[tokio::test]
     async fn small_reads_are_served_from_one_large_read_and_idle_holds_nothing() {
         let (mut peer, inner) = duplex(4 * BURST);
         let mut reads = CoalescedReads::new(inner);
@@ -125,12 +142,15 @@ mod tests {
         peer.write_all(&data).await.unwrap();
         let mut got = Vec::new();
         let mut chunk = [0u8; 4096];
+        let mut coalesced = false;
         while got.len() < data.len() {
             let n = reads.read(&mut chunk).await.unwrap();
             got.extend_from_slice(&chunk[..n]);
             assert!(reads.held() <= BURST);
+            coalesced |= reads.held() == BURST;
         }
         assert!(got == data, "every byte, in order");
+        assert!(coalesced, "a burst went through the large buffer");
         // Nothing left: the next read waits, and waiting holds no buffer.
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
