@@ -307,10 +307,29 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
-fn temp_file(name: &str) -> PathBuf {
+/// A scratch configuration file whose directory is removed when the test
+/// ends, passed or failed.
+struct TempFile(PathBuf);
+
+impl std::ops::Deref for TempFile {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn temp_file(name: &str) -> TempFile {
     let dir = std::env::temp_dir().join(format!("ambit-config-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    dir.join("mesh.yaml")
+    TempFile(dir.join("mesh.yaml"))
 }
 
 #[test]
@@ -318,7 +337,7 @@ fn a_bad_edit_keeps_the_last_good_configuration_and_a_fix_applies_a_diff() {
     let path = temp_file("reload");
     write(&path, BASE);
     let reg = registry();
-    let mut source = FileSource::new(&path);
+    let mut source = FileSource::new(&*path);
     assert_eq!(
         source.load(&reg).unwrap(),
         4,
@@ -355,7 +374,6 @@ fn a_bad_edit_keeps_the_last_good_configuration_and_a_fix_applies_a_diff() {
     assert_eq!(source.load(&reg).unwrap(), 1);
     assert_eq!(reg.load().generation(), generation + 1);
     assert!(reg.snapshot().enrolled_pods("node-a").is_empty());
-    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
 
 #[tokio::test]
@@ -363,7 +381,7 @@ async fn the_file_is_watched() {
     let path = temp_file("watch");
     write(&path, BASE);
     let reg = Arc::new(registry());
-    let mut source = FileSource::new(&path).poll_interval(Duration::from_millis(20));
+    let mut source = FileSource::new(&*path).poll_interval(Duration::from_millis(20));
     source.load(&reg).unwrap();
     let mut rx = reg.subscribe();
     rx.mark_unchanged();
@@ -384,7 +402,6 @@ async fn the_file_is_watched() {
             .is_none()
     );
     task.abort();
-    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
 
 const NODES: &str = r#"
@@ -422,7 +439,7 @@ fn nodes_give_zones_and_a_bad_zone_is_refused_naming_the_node() {
     let path = temp_file("nodes");
     write(&path, &format!("{BASE}{NODES}"));
     let reg = registry();
-    let mut source = FileSource::new(&path);
+    let mut source = FileSource::new(&*path);
     source.load(&reg).unwrap();
     let snap = reg.snapshot();
     let zone = |node| snap.node_zone(node).map(|z| z.as_str().to_owned());
@@ -463,7 +480,6 @@ fn nodes_give_zones_and_a_bad_zone_is_refused_naming_the_node() {
         )
     );
     assert_eq!(reg.snapshot().dump(), good, "the running zones stay");
-    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
 
 /// The complete example of docs/configuration.md is a valid file.
