@@ -7,14 +7,17 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::{
+        TcpListener, TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
     task::JoinHandle,
 };
 
@@ -158,4 +161,59 @@ async fn a_peer_that_never_completes_the_handshake_times_out() {
         .await
         .expect_err("no tunnel through a silent peer");
     assert!(matches!(error, Error::HandshakeTimeout(_)), "{error:?}");
+}
+
+/// A TCP relay in front of `upstream` that can go silent: while `frozen`, it
+/// keeps both connections open but forwards nothing, as a peer behind a
+/// network partition would look.
+async fn freezable_relay(upstream: SocketAddr, frozen: Arc<AtomicBool>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = TcpStream::connect(upstream).await.unwrap();
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            tokio::spawn(pump(client_read, server_write, frozen.clone()));
+            tokio::spawn(pump(server_read, client_write, frozen.clone()));
+        }
+    });
+    addr
+}
+
+/// Copies `from` to `to`, dropping what it reads while `frozen`.
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, frozen: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n @ 1..) = from.read(&mut buf).await {
+        if !frozen.load(Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_goes_silent_is_noticed_by_pings_and_replaced() {
+    let mesh = mesh();
+    let server = Server::start(&mesh).await;
+    let frozen = Arc::new(AtomicBool::new(false));
+    let addr = freezable_relay(server.addr, frozen.clone()).await;
+    let pool = Pool::default();
+    round_trip(&pool, &mesh, addr, b"before").await.unwrap();
+    assert_eq!(pool.len().await, 1);
+
+    // The path goes silent: no FIN, no RST. Within one PING interval plus the
+    // PING timeout the pool drops the connection.
+    frozen.store(true, Ordering::SeqCst);
+    tokio::time::sleep(
+        crate::settings::HBONE_KEEPALIVE_INTERVAL
+            + crate::settings::HBONE_KEEPALIVE_TIMEOUT
+            + Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(pool.len().await, 0, "the silent connection was closed");
+
+    // Once the path is back, the next stream opens a new connection.
+    frozen.store(false, Ordering::SeqCst);
+    round_trip(&pool, &mesh, addr, b"after").await.unwrap();
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
 }
