@@ -217,3 +217,21 @@ async fn a_peer_that_goes_silent_is_noticed_by_pings_and_replaced() {
     round_trip(&pool, &mesh, addr, b"after").await.unwrap();
     assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_pooled_connection_without_streams_is_closed_after_the_pool_idle_time() {
+    let mesh = mesh();
+    let server = Server::start(&mesh).await;
+    let pool = Pool::default();
+    round_trip(&pool, &mesh, server.addr, b"once")
+        .await
+        .unwrap();
+    tokio::time::sleep(crate::settings::HBONE_POOL_IDLE / 2).await;
+    assert_eq!(pool.len().await, 1, "kept while recently used");
+    tokio::time::sleep(crate::settings::HBONE_POOL_IDLE * 2).await;
+    assert_eq!(
+        pool.len().await,
+        0,
+        "closed once idle for the pool idle time"
+    );
+}
