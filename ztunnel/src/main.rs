@@ -81,7 +81,13 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = settings(&cli.node)?;
     telemetry::init(settings.log_format);
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(
+            settings
+                .worker_threads
+                .unwrap_or_else(|| settings::default_worker_threads(cores)),
+        )
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

