@@ -14,7 +14,7 @@ use super::{
     Endpoint, EndpointSet, EnrolledPod, Name, Namespace, Node, ObjectKey, PeerAuthentication,
     RequestAuthentication, Service, ServicePort, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL,
     Waypoint, Workload, WorkloadPolicies,
-    policy::selects,
+    policy::{WorkloadSelector, selects},
     sharded::{IpMap, ShardedMap},
 };
 
@@ -231,30 +231,17 @@ impl Snapshot {
             let Some(policies) = self.policies_by_namespace.get(ns) else {
                 continue;
             };
+            let applies = |selector: Option<&WorkloadSelector>, attached: bool| {
+                selects(ns, selector, attached, target, root)
+            };
             out.authorization.extend(
                 (policies.authorization.iter())
-                    .filter(|p| {
-                        selects(
-                            ns,
-                            p.selector.as_ref(),
-                            !p.target_refs.is_empty(),
-                            target,
-                            root,
-                        )
-                    })
+                    .filter(|p| applies(p.selector.as_ref(), !p.target_refs.is_empty()))
                     .cloned(),
             );
             out.request_authentication.extend(
                 (policies.request.iter())
-                    .filter(|p| {
-                        selects(
-                            ns,
-                            p.selector.as_ref(),
-                            !p.target_refs.is_empty(),
-                            target,
-                            root,
-                        )
-                    })
+                    .filter(|p| applies(p.selector.as_ref(), !p.target_refs.is_empty()))
                     .cloned(),
             );
             for pa in &policies.peer {
