@@ -247,9 +247,7 @@ fn exchange(
 
 fn send(addr: &str, message: &str, count: &str) -> Result<(), String> {
     let addr = parse_addr(addr)?;
-    let count: u32 = count
-        .parse()
-        .map_err(|e| format!("bad count {count:?}: {e}"))?;
+    let count: u32 = number("count", count)?;
     for _ in 0..count {
         let mut stream = connect(addr)?;
         let peer = stream.peer_addr().map_err(|e| e.to_string())?;
@@ -263,12 +261,8 @@ fn send(addr: &str, message: &str, count: &str) -> Result<(), String> {
 
 fn session(addr: &str, count: &str, interval: &str) -> Result<(), String> {
     let addr = parse_addr(addr)?;
-    let count: u32 = count
-        .parse()
-        .map_err(|e| format!("bad count {count:?}: {e}"))?;
-    let interval: u64 = interval
-        .parse()
-        .map_err(|e| format!("bad interval {interval:?}: {e}"))?;
+    let count: u32 = number("count", count)?;
+    let interval: u64 = number("interval", interval)?;
     let mut stream = connect(addr)?;
     let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
     for i in 0..count {
@@ -278,6 +272,20 @@ fn session(addr: &str, count: &str, interval: &str) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(interval));
     }
     Ok(())
+}
+
+/// Ends an upload to the sink (half-close) and reads its one-line answer
+/// (`what` names it in the error).
+fn end_upload(stream: &mut TcpStream, what: &str) -> Result<String, String> {
+    use std::io::Read;
+    stream
+        .shutdown(Shutdown::Write)
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| format!("no {what} from the server: {e}"))?;
+    Ok(answer)
 }
 
 fn number<T: std::str::FromStr>(what: &str, value: &str) -> Result<T, String>
@@ -338,7 +346,6 @@ fn serve_benchmark(mut stream: TcpStream) -> std::io::Result<()> {
 }
 
 fn bulk(addr: &str, seconds: &str, size: &str) -> Result<(), String> {
-    use std::io::Read;
     let addr = parse_addr(addr)?;
     let seconds: f64 = number("seconds", seconds)?;
     let size: usize = number("write size", size)?;
@@ -356,13 +363,7 @@ fn bulk(addr: &str, seconds: &str, size: &str) -> Result<(), String> {
             .map_err(|e| format!("write: {e}"))?;
         sent += size as u64;
     }
-    stream
-        .shutdown(Shutdown::Write)
-        .map_err(|e| e.to_string())?;
-    let mut answer = String::new();
-    stream
-        .read_to_string(&mut answer)
-        .map_err(|e| format!("no count from the server: {e}"))?;
+    let answer = end_upload(&mut stream, "count")?;
     let elapsed = start.elapsed().as_secs_f64();
     let received: u64 = number("count", answer.trim())?;
     if received != sent {
@@ -485,7 +486,6 @@ impl Fnv {
 }
 
 fn checksum(addr: &str, bytes: &str) -> Result<(), String> {
-    use std::io::Read;
     let addr = parse_addr(addr)?;
     let total: u64 = number("bytes", bytes)?;
     let mut stream = connect(addr)?;
@@ -509,13 +509,7 @@ fn checksum(addr: &str, bytes: &str) -> Result<(), String> {
             .map_err(|e| format!("write: {e}"))?;
         sent += n as u64;
     }
-    stream
-        .shutdown(Shutdown::Write)
-        .map_err(|e| e.to_string())?;
-    let mut answer = String::new();
-    stream
-        .read_to_string(&mut answer)
-        .map_err(|e| format!("no checksum from the server: {e}"))?;
+    let answer = end_upload(&mut stream, "checksum")?;
     let mut parts = answer.split_whitespace();
     let received: u64 = number("checksum", parts.next().unwrap_or(""))?;
     let count: u64 = number("byte count", parts.next().unwrap_or(""))?;
