@@ -313,7 +313,9 @@ fn through_file(objects: &[Generated]) -> Dump {
         .iter()
         .map(|o| serde_yaml_ng::to_string(&o.value).unwrap())
         .collect();
-    let parsed = file::parse(&text.join("---\n"), Path::new("generated.yaml")).unwrap();
+    let parsed = file::parse(&text.join("---\n"), Path::new("generated.yaml"))
+        .unwrap()
+        .objects;
     let reg = registry();
     reg.apply(parsed.into_iter().map(Change::Upsert));
     reg.snapshot().dump()

@@ -253,7 +253,9 @@ fn main() {
 
 /// Measures one mesh; returns the allocations made while evaluating.
 fn run(label: &str, principals: Principals) -> u64 {
-    let objects = file::parse(&mesh(principals), Path::new("mesh.yaml")).expect("the mesh parses");
+    let objects = file::parse(&mesh(principals), Path::new("mesh.yaml"))
+        .expect("the mesh parses")
+        .objects;
     let registry = Registry::new(Options {
         node: Some("node-a".into()),
         ..Options::default()

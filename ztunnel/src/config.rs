@@ -201,7 +201,10 @@ impl Resource {
 
     /// The registry change this object makes: an upsert, or a delete when the
     /// object is not one the data path uses (a finished or unscheduled pod, a
-    /// Gateway of another class). Fails when Istio would reject the object.
+    /// Gateway of another class). Fails when Istio would reject the object,
+    /// except for security policies: those are kept in a fail-closed form with
+    /// their [`problems`](crate::registry::Object::problems), so that a
+    /// mistake never widens access.
     pub fn to_change(&self) -> Result<Change, Invalid> {
         let key = self.key();
         if key.name.is_empty() {
@@ -213,12 +216,12 @@ impl Resource {
             Self::Service(o) => Some(convert::service(o, key.clone())?),
             Self::EndpointSlice(o) => convert::endpoint_slice(o, key.clone())?,
             Self::ServiceAccount(_) => Some(crate::registry::Object::ServiceAccount(key.clone())),
-            Self::PeerAuthentication(o) => Some(validate::peer_authentication(o, key.clone())?),
+            Self::PeerAuthentication(o) => Some(validate::peer_authentication(o, key.clone())),
             Self::RequestAuthentication(o) => {
-                Some(validate::request_authentication(&o.spec, key.clone())?)
+                Some(validate::request_authentication(&o.spec, key.clone()))
             }
             Self::AuthorizationPolicy(o) => {
-                Some(validate::authorization_policy(&o.spec, key.clone())?)
+                Some(validate::authorization_policy(&o.spec, key.clone()))
             }
             Self::Gateway(o) => convert::gateway(o, key.clone())?,
             Self::Node(o) => Some(convert::node(o, &key)?),

@@ -143,6 +143,17 @@ impl Object {
         }
     }
 
+    /// Why a policy failed validation (it is kept in a fail-closed form);
+    /// empty for valid policies and for every other kind.
+    pub fn problems(&self) -> &[Box<str>] {
+        match self {
+            Self::AuthorizationPolicy(p) => &p.problems,
+            Self::PeerAuthentication(p) => &p.problems,
+            Self::RequestAuthentication(p) => &p.problems,
+            _ => &[],
+        }
+    }
+
     /// Namespace and name.
     pub fn key(&self) -> ObjectKey {
         match self {

@@ -114,7 +114,9 @@ impl Claims for Groups {
 
 #[test]
 fn evaluation_allocates_nothing() {
-    let objects = file::parse(MESH, Path::new("mesh.yaml")).expect("the mesh parses");
+    let objects = file::parse(MESH, Path::new("mesh.yaml"))
+        .expect("the mesh parses")
+        .objects;
     let registry = Registry::new(Options {
         node: Some("node-a".into()),
         ..Options::default()

@@ -50,6 +50,22 @@ pub enum Error {
         #[source]
         reason: Box<DocumentError>,
     },
+    /// A security policy failed validation: it is enforced in a fail-closed
+    /// form and the rest of the file applies (not an error that stops a load).
+    #[error("{path}:{line}: document {document} (line {start}) is enforced fail-closed")]
+    FailClosed {
+        /// The file.
+        path: PathBuf,
+        /// The document's start.
+        line: usize,
+        /// 1-based index of the document among the non-empty ones.
+        document: usize,
+        /// The line where the document starts.
+        start: usize,
+        /// What is wrong with it.
+        #[source]
+        reason: Box<DocumentError>,
+    },
 }
 
 /// Why a document is refused.
@@ -94,6 +110,17 @@ pub enum DocumentError {
         /// What is wrong.
         #[source]
         source: Invalid,
+    },
+    /// A security policy that failed validation: it is kept in a fail-closed
+    /// form (see [`Object::problems`]) and the rest of the file applies.
+    #[error("{kind:?} {key} is invalid: {problems}")]
+    FailClosed {
+        /// The kind.
+        kind: Kind,
+        /// Namespace and name.
+        key: ObjectKey,
+        /// What is wrong, `; `-separated.
+        problems: String,
     },
     /// The same object appears twice.
     #[error("{kind:?} {key} is already defined by document {first}")]
@@ -140,11 +167,34 @@ impl Located<'_> {
             reason: Box::new(reason),
         }
     }
+
+    fn fail_closed(&self, doc: usize, reason: DocumentError) -> Error {
+        let (document, start) = self.docs[doc];
+        Error::FailClosed {
+            path: self.path.to_owned(),
+            line: start,
+            document,
+            start,
+            reason: Box::new(reason),
+        }
+    }
+}
+
+/// A configuration file, parsed and validated.
+#[derive(Debug)]
+pub struct Parsed {
+    /// The objects it defines.
+    pub objects: Vec<Object>,
+    /// The security policies among them that failed validation and are
+    /// enforced fail-closed, each with its place in the file (to log).
+    pub fail_closed: Vec<Error>,
 }
 
 /// Parses and validates the text of a configuration file named `path` (for
-/// messages): the objects it defines, or the first refused document.
-pub fn parse(text: &str, path: &Path) -> Result<Vec<Object>, Error> {
+/// messages): the objects it defines, or the first refused document. An
+/// invalid security policy does not refuse the file: it is kept fail-closed
+/// and reported in [`Parsed::fail_closed`].
+pub fn parse(text: &str, path: &Path) -> Result<Parsed, Error> {
     let docs = parse::split(text);
     let located = Located {
         path,
@@ -160,6 +210,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Object>, Error> {
         resources.push(resource);
     }
     let mut objects = Vec::with_capacity(resources.len());
+    let mut fail_closed = Vec::new();
     let mut seen: HashMap<(Kind, ObjectKey), usize> = HashMap::new();
     for (i, resource) in resources.iter().enumerate() {
         let (kind, key) = (resource.kind(), resource.key());
@@ -173,7 +224,18 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Object>, Error> {
         }
         seen.insert((kind, key.clone()), i);
         match resource.to_change() {
-            Ok(Change::Upsert(object)) => objects.push((i, object)),
+            Ok(Change::Upsert(object)) => {
+                if !object.problems().is_empty() {
+                    let problems = object.problems().join("; ");
+                    let reason = DocumentError::FailClosed {
+                        kind,
+                        key,
+                        problems,
+                    };
+                    fail_closed.push(located.fail_closed(i, reason));
+                }
+                objects.push((i, object));
+            }
             Ok(Change::Delete(..)) => {}
             Err(source) => {
                 return Err(located.error(i, None, DocumentError::Invalid { kind, key, source }));
@@ -183,7 +245,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Object>, Error> {
     unique_addresses(&objects).map_err(|(i, reason)| located.error(i, None, reason))?;
     let mut objects: Vec<Object> = objects.into_iter().map(|(_, o)| o).collect();
     objects.extend(endpoints::derive(&resources, &objects));
-    Ok(objects)
+    Ok(Parsed {
+        objects,
+        fail_closed,
+    })
 }
 
 /// Refuses a second pod with the same IP (host-network pods share the node's)
@@ -257,8 +322,9 @@ impl FileSource {
             source,
         })?;
         self.last_text = Some(hash(&text));
-        let objects = parse(&text, &self.path)?;
-        Ok(self.apply(objects, registry))
+        let parsed = parse(&text, &self.path)?;
+        report_fail_closed(&parsed);
+        Ok(self.apply(parsed.objects, registry))
     }
 
     /// Applies `objects` as the complete configuration: a diff against the
@@ -313,14 +379,22 @@ impl FileSource {
         }
         self.last_text = Some(hash(&text));
         match parse(&text, &self.path) {
-            Ok(objects) => {
-                let changes = self.apply(objects, registry);
+            Ok(parsed) => {
+                report_fail_closed(&parsed);
+                let changes = self.apply(parsed.objects, registry);
                 tracing::info!(path = %self.path.display(), changes, "configuration file applied");
             }
             Err(error) => {
                 tracing::error!(error = %ErrorChain(&error), "configuration file refused; keeping the last good configuration");
             }
         }
+    }
+}
+
+/// Logs each policy of the file that is enforced fail-closed, with its place.
+fn report_fail_closed(parsed: &Parsed) {
+    for problem in &parsed.fail_closed {
+        tracing::error!(error = %ErrorChain(problem), "invalid policy enforced fail-closed");
     }
 }
 

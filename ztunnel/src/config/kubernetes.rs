@@ -110,7 +110,8 @@ impl KubeSource {
 
     /// Watches until the task is dropped. Errors of a watcher are logged and
     /// retried with backoff; invalid objects are logged and skipped, keeping
-    /// their previous version.
+    /// their previous version, except invalid security policies, which are
+    /// enforced fail-closed.
     pub async fn run(self, registry: Arc<Registry>) {
         let (tx, mut rx) = mpsc::channel(1024);
         let mut watchers = JoinSet::new();
@@ -328,10 +329,20 @@ fn record(slot: &mut Slot, change: &Change) {
     }
 }
 
-/// The change for `resource`, or `None` (logged) when it is invalid.
+/// The change for `resource`, or `None` (logged) when it is invalid. An
+/// invalid security policy is not skipped: it is applied in its fail-closed
+/// form (skipping it would drop an ALLOW policy's restriction or a DENY), and
+/// logged with what is wrong.
 fn convert(resource: &Resource) -> Option<Change> {
     match resource.to_change() {
-        Ok(change) => Some(change),
+        Ok(change) => {
+            if let Change::Upsert(object) = &change
+                && !object.problems().is_empty()
+            {
+                tracing::error!(kind = ?resource.kind(), key = %resource.key(), problems = object.problems().join("; "), "invalid policy enforced fail-closed");
+            }
+            Some(change)
+        }
         Err(error) => {
             tracing::error!(kind = ?resource.kind(), key = %resource.key(), error = %ErrorChain(&error), "invalid object ignored; its previous version stays");
             None

@@ -13,82 +13,144 @@ use crate::registry::{
     policy::{ClaimToHeader, Condition, JwtHeader, JwtRule, Operation, Rule, Source, TargetRef},
 };
 
-pub(super) fn authorization_policy(
-    spec: &crd::AuthorizationPolicySpec,
-    key: ObjectKey,
-) -> Result<Object, Invalid> {
+/// The problems found in one policy: each one makes the part it is in fail
+/// closed instead of refusing the whole policy.
+#[derive(Debug, Default)]
+struct Problems(Vec<Invalid>);
+
+impl Problems {
+    /// The value, or `None` with the problem noted.
+    fn check<T>(&mut self, result: Result<T, Invalid>) -> Option<T> {
+        result.map_err(|problem| self.0.push(problem)).ok()
+    }
+
+    fn push(&mut self, problem: Invalid) {
+        self.0.push(problem);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn into_strings(self) -> Vec<Box<str>> {
+        self.0.iter().map(|p| p.to_string().into()).collect()
+    }
+}
+
+/// An AuthorizationPolicy; when parts of it are invalid they are kept in a
+/// fail-closed form and named in its `problems` (Istio's rule that a policy
+/// which cannot be applied must not widen access):
+/// - an invalid `source`, `operation` or `when` entry is enforced as one that
+///   cannot be evaluated: an ALLOW rule with it matches nothing, a DENY rule is
+///   enforced without it (matching more);
+/// - a selector or targetRef that cannot be read makes the policy apply to its
+///   whole namespace (the scope cannot be narrowed);
+/// - a `provider` on an ALLOW policy makes it an ALLOW policy without rules
+///   (it allows nothing); CUSTOM without a provider stays CUSTOM (a match denies).
+pub(super) fn authorization_policy(spec: &crd::AuthorizationPolicySpec, key: ObjectKey) -> Object {
+    let mut problems = Problems::default();
     let (selector, target_refs) = selection(
         spec.selector.as_ref(),
         spec.target_ref.as_ref(),
         &spec.target_refs,
-    )?;
+        &mut problems,
+    );
     let action = match spec.action.unwrap_or_default() {
         crd::Action::Allow => Action::Allow,
         crd::Action::Deny => Action::Deny,
         crd::Action::Audit => Action::Audit,
         crd::Action::Custom => Action::Custom,
     };
-    let provider = spec.provider.as_ref().map(|p| p.name.as_str());
+    let provider = spec
+        .provider
+        .as_ref()
+        .map(|p| p.name.as_str())
+        .filter(|p| !p.is_empty());
+    let mut allow_nothing = false;
     match (action, provider) {
-        (Action::Custom, None | Some("")) => {
-            return Err(Invalid::new(
-                "spec.provider.name",
-                Problem::CustomWithoutProvider,
-            ));
-        }
+        (Action::Custom, None) => problems.push(Invalid::new(
+            "spec.provider.name",
+            Problem::CustomWithoutProvider,
+        )),
         (Action::Custom, Some(_)) | (_, None) => {}
-        (_, Some(_)) => {
-            return Err(Invalid::new(
+        (other, Some(_)) => {
+            problems.push(Invalid::new(
                 "spec.provider",
                 Problem::ProviderWithoutCustom,
             ));
+            allow_nothing = other == Action::Allow;
         }
     }
     let mut rules = Vec::with_capacity(spec.rules.len());
-    for (i, rule) in spec.rules.iter().enumerate() {
-        rules.push(self::rule(
+    for (i, r) in spec.rules.iter().enumerate() {
+        rules.push(rule(
             &format!("spec.rules[{i}]"),
-            rule,
+            r,
             &key.namespace,
-        )?);
+            &mut problems,
+        ));
     }
-    Ok(Object::AuthorizationPolicy(AuthorizationPolicy {
+    if allow_nothing {
+        rules.clear();
+    }
+    Object::AuthorizationPolicy(AuthorizationPolicy {
         key,
         selector,
         target_refs,
         action,
-        provider: provider.map(Into::into),
+        provider: if action == Action::Custom {
+            provider.map(Into::into)
+        } else {
+            None
+        },
         rules,
-    }))
+        problems: problems.into_strings(),
+    })
 }
 
-fn rule(field: &str, rule: &crd::Rule, namespace: &str) -> Result<Rule, Invalid> {
+fn rule(field: &str, rule: &crd::Rule, namespace: &str, problems: &mut Problems) -> Rule {
     let mut out = Rule::default();
     for (i, from) in rule.from.iter().enumerate() {
         let field = format!("{field}.from[{i}].source");
         let s = from
             .source
             .as_ref()
-            .ok_or_else(|| Invalid::new(&field, Problem::Required))?;
-        out.from.push(source(&field, s, namespace)?);
+            .ok_or_else(|| Invalid::new(&field, Problem::Required))
+            .and_then(|s| source(&field, s, namespace));
+        out.from.push(problems.check(s).unwrap_or_else(|| Source {
+            invalid: true,
+            ..Source::default()
+        }));
     }
     for (i, to) in rule.to.iter().enumerate() {
         let field = format!("{field}.to[{i}].operation");
         let o = to
             .operation
             .as_ref()
-            .ok_or_else(|| Invalid::new(&field, Problem::Required))?;
-        out.to.push(operation(&field, o)?);
+            .ok_or_else(|| Invalid::new(&field, Problem::Required))
+            .and_then(|o| operation(&field, o));
+        out.to.push(problems.check(o).unwrap_or_else(|| Operation {
+            invalid: true,
+            ..Operation::default()
+        }));
     }
     for (i, c) in rule.when.iter().enumerate() {
-        out.when.push(condition(&format!("{field}.when[{i}]"), c)?);
+        let checked = condition(&format!("{field}.when[{i}]"), c);
+        out.when
+            .push(problems.check(checked).unwrap_or_else(|| Condition {
+                key: c.key.as_str().into(),
+                values: Vec::new(),
+                not_values: Vec::new(),
+                invalid: true,
+            }));
     }
-    Ok(out)
+    out
 }
 
 /// `namespace`: the policy's, for `serviceAccounts` given without one.
 fn source(field: &str, s: &crd::Source, namespace: &str) -> Result<Source, Invalid> {
     let out = Source {
+        invalid: false,
         principals: matchers(field, "principals", &s.principals)?,
         not_principals: matchers(field, "notPrincipals", &s.not_principals)?,
         request_principals: matchers(field, "requestPrincipals", &s.request_principals)?,
@@ -174,6 +236,7 @@ fn service_accounts(
 
 fn operation(field: &str, o: &crd::Operation) -> Result<Operation, Invalid> {
     let out = Operation {
+        invalid: false,
         hosts: matchers(field, "hosts", &o.hosts)?,
         not_hosts: matchers(field, "notHosts", &o.not_hosts)?,
         ports: ports(field, "ports", &o.ports)?,
@@ -240,6 +303,7 @@ fn condition(field: &str, c: &crd::Condition) -> Result<Condition, Invalid> {
         key: key.into(),
         values: c.values.iter().map(|v| v.as_str().into()).collect(),
         not_values: c.not_values.iter().map(|v| v.as_str().into()).collect(),
+        invalid: false,
     })
 }
 
@@ -287,77 +351,98 @@ fn port(field: &str, v: &str) -> Result<u16, Invalid> {
         .ok_or_else(|| Invalid::new(field, Problem::Port(v.to_owned())))
 }
 
-/// `selector` and `targetRef(s)`: at most one of them.
+/// `selector` and `targetRef(s)`: at most one of them. When the scope cannot
+/// be read (a bad label, a bad target), the policy applies to its whole
+/// namespace; when both are set, the selector is kept (ztunnel enforces it).
 fn selection(
     selector: Option<&crd::WorkloadSelector>,
     target_ref: Option<&crd::PolicyTargetReference>,
     target_refs: &[crd::PolicyTargetReference],
-) -> Result<(Option<WorkloadSelector>, Vec<TargetRef>), Invalid> {
+    problems: &mut Problems,
+) -> (Option<WorkloadSelector>, Vec<TargetRef>) {
+    let before = problems.0.len();
+    let selector = selector.and_then(|s| {
+        let labels = labels("spec.selector.matchLabels", &s.match_labels);
+        problems
+            .check(labels)
+            .map(|match_labels| WorkloadSelector { match_labels })
+    });
     let refs: Vec<_> = target_ref.into_iter().chain(target_refs).collect();
-    if selector.is_some() && !refs.is_empty() {
-        return Err(Invalid::new(
+    let mut out = Vec::with_capacity(refs.len());
+    for (i, r) in refs.iter().enumerate() {
+        if let Some(target) = problems.check(target(i, r)) {
+            out.push(target);
+        }
+    }
+    if problems.0.len() > before {
+        return (None, Vec::new());
+    }
+    if selector.is_some() && !out.is_empty() {
+        problems.push(Invalid::new(
             "spec.selector",
             Problem::SelectorAndTargetRefs,
         ));
+        return (selector, Vec::new());
     }
-    let mut out = Vec::with_capacity(refs.len());
-    for (i, r) in refs.iter().enumerate() {
-        let field = format!("spec.targetRefs[{i}]");
-        if !matches!(
-            r.kind.as_str(),
-            "Gateway" | "GatewayClass" | "Service" | "ServiceEntry"
-        ) {
-            return Err(Invalid::new(
-                format!("{field}.kind"),
-                Problem::TargetKind(r.kind.clone()),
-            ));
-        }
-        if r.name.is_empty() {
-            return Err(Invalid::new(format!("{field}.name"), Problem::Required));
-        }
-        out.push(TargetRef {
-            group: r.group.as_str().into(),
-            kind: r.kind.as_str().into(),
-            name: r.name.as_str().into(),
-        });
-    }
-    let selector = selector
-        .map(|s| {
-            Ok::<_, Invalid>(WorkloadSelector {
-                match_labels: labels("spec.selector.matchLabels", &s.match_labels)?,
-            })
-        })
-        .transpose()?;
-    Ok((selector, out))
+    (selector, out)
 }
 
-pub(super) fn peer_authentication(
-    pa: &crd::PeerAuthentication,
-    key: ObjectKey,
-) -> Result<Object, Invalid> {
+fn target(i: usize, r: &crd::PolicyTargetReference) -> Result<TargetRef, Invalid> {
+    let field = format!("spec.targetRefs[{i}]");
+    if !matches!(
+        r.kind.as_str(),
+        "Gateway" | "GatewayClass" | "Service" | "ServiceEntry"
+    ) {
+        return Err(Invalid::new(
+            format!("{field}.kind"),
+            Problem::TargetKind(r.kind.clone()),
+        ));
+    }
+    if r.name.is_empty() {
+        return Err(Invalid::new(format!("{field}.name"), Problem::Required));
+    }
+    Ok(TargetRef {
+        group: r.group.as_str().into(),
+        kind: r.kind.as_str().into(),
+        name: r.name.as_str().into(),
+    })
+}
+
+/// A PeerAuthentication; an invalid one (a bad selector, a bad port, port
+/// levels without a selector) is kept as STRICT for every port of its scope,
+/// so a mistake never lets plaintext in.
+pub(super) fn peer_authentication(pa: &crd::PeerAuthentication, key: ObjectKey) -> Object {
     let spec = &pa.spec;
-    let (selector, _) = selection(spec.selector.as_ref(), None, &[])?;
+    let mut problems = Problems::default();
+    let (selector, _) = selection(spec.selector.as_ref(), None, &[], &mut problems);
     let has_labels = selector
         .as_ref()
         .is_some_and(|s| !s.match_labels.is_empty());
     if !spec.port_level_mtls.is_empty() && !has_labels {
-        return Err(Invalid::new(
+        problems.push(Invalid::new(
             "spec.portLevelMtls",
             Problem::PortLevelWithoutSelector,
         ));
     }
     let mut port_level_mtls = BTreeMap::new();
     for (p, m) in &spec.port_level_mtls {
-        let port = port(&format!("spec.portLevelMtls[{p}]"), p)?;
-        port_level_mtls.insert(port, mtls_mode(m.mode));
+        if let Some(port) = problems.check(port(&format!("spec.portLevelMtls[{p}]"), p)) {
+            port_level_mtls.insert(port, mtls_mode(m.mode));
+        }
     }
-    Ok(Object::PeerAuthentication(PeerAuthentication {
+    let mut mtls = spec.mtls.as_ref().map(|m| mtls_mode(m.mode));
+    if !problems.is_empty() {
+        mtls = Some(MtlsMode::Strict);
+        port_level_mtls.clear();
+    }
+    Object::PeerAuthentication(PeerAuthentication {
         key,
         created: pa.creation_timestamp().map(|t| t.0.to_string().into()),
         selector,
-        mtls: spec.mtls.as_ref().map(|m| mtls_mode(m.mode)),
+        mtls,
         port_level_mtls,
-    }))
+        problems: problems.into_strings(),
+    })
 }
 
 fn mtls_mode(mode: Option<crd::MtlsMode>) -> MtlsMode {
@@ -369,25 +454,33 @@ fn mtls_mode(mode: Option<crd::MtlsMode>) -> MtlsMode {
     }
 }
 
+/// A RequestAuthentication; a `jwtRules` entry that fails validation is left
+/// out and named in `problems` (a waypoint then refuses tokens for the
+/// workloads the policy selects).
 pub(super) fn request_authentication(
     spec: &crd::RequestAuthenticationSpec,
     key: ObjectKey,
-) -> Result<Object, Invalid> {
+) -> Object {
+    let mut problems = Problems::default();
     let (selector, target_refs) = selection(
         spec.selector.as_ref(),
         spec.target_ref.as_ref(),
         &spec.target_refs,
-    )?;
+        &mut problems,
+    );
     let mut jwt_rules = Vec::with_capacity(spec.jwt_rules.len());
     for (i, r) in spec.jwt_rules.iter().enumerate() {
-        jwt_rules.push(jwt_rule(&format!("spec.jwtRules[{i}]"), r)?);
+        if let Some(rule) = problems.check(jwt_rule(&format!("spec.jwtRules[{i}]"), r)) {
+            jwt_rules.push(rule);
+        }
     }
-    Ok(Object::RequestAuthentication(RequestAuthentication {
+    Object::RequestAuthentication(RequestAuthentication {
         key,
         selector,
         target_refs,
         jwt_rules,
-    }))
+        problems: problems.into_strings(),
+    })
 }
 
 fn jwt_rule(field: &str, r: &crd::JwtRule) -> Result<JwtRule, Invalid> {

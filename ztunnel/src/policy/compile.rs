@@ -83,7 +83,7 @@ fn rule(policy: u32, index: u32, spec: &RuleSpec, found: &mut Found) -> Rule {
     Rule {
         policy,
         index,
-        http: all().any(|c| c.test.is_http()),
+        http: all().any(|c| c.test.is_l7()),
         unsupported: all().any(|c| c.test == Test::Unsupported),
         principals: required_principals(&from, &when),
         when: when.into(),
@@ -108,7 +108,24 @@ fn pair<T>(out: &mut Vec<Check>, values: &[T], not_values: &[T], test: impl Fn(&
     }
 }
 
+/// The clause of an entry that failed validation: it cannot be evaluated, so
+/// an ALLOW rule with it matches nothing and a DENY rule is enforced without
+/// it (fail closed either way).
+fn invalid(what: &str, found: &mut Found) -> Clause {
+    found
+        .unsupported
+        .insert(format!("an invalid {what} (see the policy's problems)").into());
+    [Check {
+        test: Test::Unsupported,
+        negate: false,
+    }]
+    .into()
+}
+
 fn source(s: &Source, found: &mut Found) -> Clause {
+    if s.invalid {
+        return invalid("source", found);
+    }
     let mut out = Vec::new();
     pair(&mut out, &s.principals, &s.not_principals, |v| {
         Test::Principal(StrSet::new(v))
@@ -142,12 +159,17 @@ fn source(s: &Source, found: &mut Found) -> Clause {
         &[
             ("requestPrincipals", s.request_principals.is_empty()),
             ("notRequestPrincipals", s.not_request_principals.is_empty()),
+            ("remoteIpBlocks", s.remote_ip_blocks.is_empty()),
+            ("notRemoteIpBlocks", s.not_remote_ip_blocks.is_empty()),
         ],
     );
     out.into()
 }
 
 fn operation(o: &Operation, found: &mut Found) -> Clause {
+    if o.invalid {
+        return invalid("operation", found);
+    }
     let mut out = Vec::new();
     pair(&mut out, &o.ports, &o.not_ports, |v| {
         Test::DestinationPort(PortSet::new(v))
@@ -185,6 +207,10 @@ fn note_http(found: &mut Found, fields: &[(&str, bool)]) {
 
 /// One `when` entry: `values` (any) and `notValues` (none) of one key.
 fn condition(c: &Condition, out: &mut Vec<Check>, found: &mut Found) {
+    if c.invalid {
+        out.extend(invalid(&format!("condition on {}", c.key), found));
+        return;
+    }
     let mut checks = Vec::with_capacity(2);
     for (values, negate) in [(&c.values, false), (&c.not_values, true)] {
         if values.is_empty() {
@@ -205,7 +231,7 @@ fn condition(c: &Condition, out: &mut Vec<Check>, found: &mut Found) {
             }
         }
     }
-    if checks.iter().any(|c| c.test.is_http()) {
+    if checks.iter().any(|c| c.test.is_l7()) {
         found.http.insert(c.key.clone());
     }
     out.extend(checks);
@@ -312,6 +338,7 @@ mod tests {
             key: "destination.ip".into(),
             values: vec!["10.0.0.1".into()],
             not_values: vec!["not-an-ip".into()],
+            invalid: false,
         };
         condition(&c, &mut out, &mut found);
         assert_eq!(

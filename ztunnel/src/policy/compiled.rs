@@ -57,7 +57,7 @@ impl fmt::Display for FailSafe {
         if !self.http.is_empty() {
             write!(
                 f,
-                "uses HTTP attributes ({}) that ztunnel cannot evaluate (a waypoint can)",
+                "uses L7 attributes ({}) that ztunnel cannot evaluate (a waypoint can)",
                 self.http.join(", ")
             )?;
         }

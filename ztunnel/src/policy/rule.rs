@@ -12,14 +12,17 @@ use super::{
 pub(super) enum Test {
     // L4: known for every connection.
     SourceIp(IpSet),
-    RemoteIp(IpSet),
     DestinationIp(IpSet),
     DestinationPort(PortSet),
     Principal(StrSet),
     Namespace(StrSet),
     ServiceAccount(ServiceAccountSet),
+    // L7: known only to a proxy that terminates the request (a waypoint).
+    // The original client (`remoteIpBlocks`, `remote.ip`) comes from
+    // X-Forwarded-For or the PROXY protocol and the SNI from a TLS handshake
+    // the proxy terminates; Istio's ztunnel treats both as L7 attributes.
+    RemoteIp(IpSet),
     Sni(StrSet),
-    // L7: known only with an HTTP request.
     Host(HostSet),
     Method(StrSet),
     Path(StrSet),
@@ -40,11 +43,13 @@ pub(super) enum Test {
 }
 
 impl Test {
-    /// Whether the test needs the HTTP request.
-    pub(super) fn is_http(&self) -> bool {
+    /// Whether the test needs the L7 request (see [`Request`]).
+    pub(super) fn is_l7(&self) -> bool {
         matches!(
             self,
-            Self::Host(_)
+            Self::RemoteIp(_)
+                | Self::Sni(_)
+                | Self::Host(_)
                 | Self::Method(_)
                 | Self::Path(_)
                 | Self::RequestPrincipal(_)
@@ -59,7 +64,6 @@ impl Test {
     fn eval(&self, a: &Attributes<'_>) -> Option<bool> {
         Some(match self {
             Self::SourceIp(set) => set.contains(a.source_ip),
-            Self::RemoteIp(set) => set.contains(a.remote_ip.unwrap_or(a.source_ip)),
             Self::DestinationIp(set) => set.contains(a.destination.ip()),
             Self::DestinationPort(set) => set.contains(a.destination.port()),
             // No peer (plaintext): no principal or namespace, so nothing
@@ -69,17 +73,18 @@ impl Test {
             Self::ServiceAccount(set) => a
                 .peer
                 .is_some_and(|p| set.contains(p.namespace(), p.service_account())),
-            Self::Sni(set) => a.sni.is_some_and(|s| set.matches(s)),
             Self::Unsupported => return None,
-            http => return a.request.as_ref().map(|r| http.eval_http(r)),
+            l7 => return a.request.as_ref().map(|r| l7.eval_l7(a, r)),
         })
     }
 
-    fn eval_http(&self, r: &Request<'_>) -> bool {
+    fn eval_l7(&self, a: &Attributes<'_>, r: &Request<'_>) -> bool {
         // No verified JWT: the request is unauthenticated, so JWT attributes
         // match nothing (and their `not` forms hold).
         let auth = r.auth.as_ref();
         match self {
+            Self::RemoteIp(set) => set.contains(a.remote_ip.unwrap_or(a.source_ip)),
+            Self::Sni(set) => a.sni.is_some_and(|s| set.matches(s)),
             Self::Host(set) => set.matches(r.host),
             Self::Method(set) => set.matches(r.method),
             Self::Path(set) => set.matches(r.path),
@@ -140,7 +145,7 @@ pub(super) struct Rule {
     pub(super) policy: u32,
     /// Index of the rule in the policy's `rules`.
     pub(super) index: u32,
-    /// Some check needs the HTTP request.
+    /// Some check needs the L7 request.
     pub(super) http: bool,
     /// Some check can never be evaluated.
     pub(super) unsupported: bool,

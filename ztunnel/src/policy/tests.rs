@@ -87,6 +87,11 @@ impl Conn {
         self
     }
 
+    fn remote(mut self, ip: &str) -> Self {
+        self.remote = Some(ip.parse().unwrap());
+        self
+    }
+
     fn sni(mut self, sni: &'static str) -> Self {
         self.sni = Some(sni);
         self
@@ -201,7 +206,8 @@ fn documents(policies: &[(&str, &str)]) -> String {
 
 fn snapshot(policies: &[(&str, &str)]) -> Result<Arc<Snapshot>, String> {
     let objects = file::parse(&documents(policies), Path::new("case.yaml"))
-        .map_err(|e| crate::config::ErrorChain(&e).to_string())?;
+        .map_err(|e| crate::config::ErrorChain(&e).to_string())?
+        .objects;
     let registry = Registry::new(Options {
         node: Some("node-a".into()),
         ..Options::default()
@@ -346,6 +352,7 @@ fn conformance() {
         conditions(),
         http_at_l4(),
         http_at_l7(),
+        invalid(),
     ]
     .into_iter()
     .flatten()
@@ -405,8 +412,20 @@ fn service_accounts_are_validated_as_istio_does() {
         ),
     ];
     for (spec, reason) in rows {
-        let err = compiled(&[("shop/p", spec)]).expect_err(spec);
-        assert!(err.contains(reason), "{spec}: {err}");
+        // Invalid, so kept fail-closed: the problem is named, and the ALLOW
+        // rule with the bad source allows nobody.
+        let snap = snapshot(&[("shop/p", spec)]).expect(spec);
+        let policy = snap
+            .authorization_policy(&ObjectKey::new("shop", "p"))
+            .expect("the invalid policy is kept");
+        assert!(
+            policy.problems.iter().any(|p| p.contains(reason)),
+            "{spec}: {:?}",
+            policy.problems
+        );
+        let compiled = compiled(&[("shop/p", spec)]).expect(spec);
+        let decision = compiled.evaluate(&l4("198.18.1.10", Some(FRONTEND), 8080));
+        assert_eq!(got(&decision), "NoMatch", "{spec}");
     }
 }
 
@@ -436,7 +455,7 @@ fn policies_with_http_attributes_are_named_for_a_warning() {
     assert_eq!(notes.len(), 3, "{notes:#?}");
     assert_eq!(
         notes[0],
-        "AuthorizationPolicy shop/allow-get uses HTTP attributes (methods, notPaths) that ztunnel \
+        "AuthorizationPolicy shop/allow-get uses L7 attributes (methods, notPaths) that ztunnel \
          cannot evaluate (a waypoint can): its rules that use them match nothing"
     );
     assert!(
@@ -446,7 +465,7 @@ fn policies_with_http_attributes_are_named_for_a_warning() {
         notes[1]
     );
     assert!(
-        notes[2].contains("shop/deny-header uses HTTP attributes (request.headers[X-Debug])"),
+        notes[2].contains("shop/deny-header uses L7 attributes (request.headers[X-Debug])"),
         "{}",
         notes[2]
     );
@@ -553,7 +572,7 @@ status: {podIP: 198.18.2.21}
 ";
     let deny_all = [("shop/deny-all", "{}")];
     let text = documents(&deny_all) + extra;
-    let objects = file::parse(&text, Path::new("index.yaml")).unwrap();
+    let objects = file::parse(&text, Path::new("index.yaml")).unwrap().objects;
     registry.apply(objects.into_iter().map(Change::Upsert));
     let index = PolicyIndex::build(&registry.snapshot());
     assert_eq!(index.len(), 2, "the two enrolled pods of node-a");
@@ -595,7 +614,9 @@ status: {podIP: 198.18.1.22}
             "{selector: {matchLabels: {app: backend}}, rules: [{}]}",
         ),
     ];
-    let objects = file::parse(&(documents(&policies) + extra), Path::new("x.yaml")).unwrap();
+    let objects = file::parse(&(documents(&policies) + extra), Path::new("x.yaml"))
+        .unwrap()
+        .objects;
     let registry = Registry::new(Options {
         node: Some("node-a".into()),
         ..Options::default()
@@ -646,6 +667,7 @@ mod prefilter {
                 key: "source.principal".into(),
                 values,
                 not_values: Vec::new(),
+                invalid: false,
             })
         });
         (prop::collection::vec(source, 0..3), when).prop_map(|(from, when)| RuleSpec {
@@ -676,6 +698,7 @@ mod prefilter {
                     action,
                     provider: None,
                     rules,
+                    problems: Vec::new(),
                 })
                 .collect();
             let compiled = compile(&policies);

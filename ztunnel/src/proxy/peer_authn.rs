@@ -56,6 +56,7 @@ mod tests {
             }),
             mtls: mode,
             port_level_mtls: ports.iter().copied().collect::<BTreeMap<_, _>>(),
+            problems: Vec::new(),
         })
     }
 

@@ -140,6 +140,10 @@ pub enum Action {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[allow(missing_docs)] // the fields are Istio's, one to one
 pub struct Source {
+    /// The source failed validation (its policy's `problems` say why): it is
+    /// enforced fail-closed, as a source that cannot be evaluated.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub invalid: bool,
     pub principals: Vec<Box<str>>,
     pub not_principals: Vec<Box<str>>,
     pub request_principals: Vec<Box<str>>,
@@ -161,6 +165,10 @@ pub struct Source {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[allow(missing_docs)] // the fields are Istio's, one to one
 pub struct Operation {
+    /// The operation failed validation: enforced fail-closed, like
+    /// [`Source::invalid`].
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub invalid: bool,
     pub hosts: Vec<Box<str>>,
     pub not_hosts: Vec<Box<str>>,
     pub ports: Vec<u16>,
@@ -180,6 +188,10 @@ pub struct Condition {
     pub values: Vec<Box<str>>,
     /// `notValues`.
     pub not_values: Vec<Box<str>>,
+    /// The condition failed validation: enforced fail-closed, like
+    /// [`Source::invalid`].
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub invalid: bool,
 }
 
 /// One entry of `rules`: all present parts must match.
@@ -209,6 +221,11 @@ pub struct AuthorizationPolicy {
     pub provider: Option<Box<str>>,
     /// `rules` (empty: an ALLOW policy matches nothing, so it denies all).
     pub rules: Vec<Rule>,
+    /// Why the policy failed validation, one `field: problem` each; empty
+    /// for a valid policy. An invalid policy is kept fail-closed rather than
+    /// dropped (see `docs/policy.md`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<Box<str>>,
 }
 
 /// `mtls.mode` of a PeerAuthentication.
@@ -239,6 +256,10 @@ pub struct PeerAuthentication {
     pub mtls: Option<MtlsMode>,
     /// `portLevelMtls` (requires a selector).
     pub port_level_mtls: BTreeMap<u16, MtlsMode>,
+    /// Why the policy failed validation; an invalid PeerAuthentication is
+    /// enforced as STRICT for every port of its scope.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<Box<str>>,
 }
 
 /// `jwtRules[].fromHeaders[]`.
@@ -284,8 +305,12 @@ pub struct RequestAuthentication {
     pub selector: Option<WorkloadSelector>,
     /// `targetRefs`.
     pub target_refs: Vec<TargetRef>,
-    /// `jwtRules`.
+    /// `jwtRules` (those that passed validation).
     pub jwt_rules: Vec<JwtRule>,
+    /// Why the policy failed validation. A waypoint refuses every request
+    /// carrying a token to a workload that such a policy selects.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<Box<str>>,
 }
 
 /// A waypoint: a Gateway API `Gateway` of class `istio-waypoint`.
@@ -325,11 +350,14 @@ pub struct WorkloadPolicies {
     pub authorization: Vec<Arc<AuthorizationPolicy>>,
     /// RequestAuthentications.
     pub request_authentication: Vec<Arc<RequestAuthentication>>,
-    /// PeerAuthentication of the mesh (root namespace, no selector), oldest first.
+    /// PeerAuthentication of the mesh (root namespace, no selector or one
+    /// without labels), oldest first.
     pub peer_mesh: Vec<Arc<PeerAuthentication>>,
-    /// PeerAuthentication of the workload's namespace, no selector, oldest first.
+    /// PeerAuthentication of the workload's namespace, no selector or one
+    /// without labels, oldest first.
     pub peer_namespace: Vec<Arc<PeerAuthentication>>,
-    /// PeerAuthentication selecting the workload, oldest first.
+    /// PeerAuthentication selecting the workload by labels (never one of the
+    /// root namespace, which Istio ignores), oldest first.
     pub peer_workload: Vec<Arc<PeerAuthentication>>,
 }
 

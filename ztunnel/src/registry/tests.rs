@@ -179,6 +179,7 @@ fn authz(ns: &str, name: &str, selector: Option<&[(&str, &str)]>) -> Authorizati
         action: Action::Allow,
         provider: None,
         rules: vec![],
+        problems: vec![],
     }
 }
 
@@ -191,6 +192,7 @@ fn peer(ns: &str, name: &str, created: &str, selector: bool) -> PeerAuthenticati
         }),
         mtls: Some(MtlsMode::Strict),
         port_level_mtls: Default::default(),
+        problems: vec![],
     }
 }
 

@@ -54,7 +54,7 @@ fn registry() -> Registry {
 
 #[test]
 fn a_valid_file_fills_the_registry() {
-    let objects = parse(BASE, Path::new("mesh.yaml")).unwrap();
+    let objects = parse(BASE, Path::new("mesh.yaml")).unwrap().objects;
     let reg = registry();
     reg.apply(objects.into_iter().map(Change::Upsert));
     let snap = reg.snapshot();
@@ -139,6 +139,65 @@ const ROWS: &[Row] = &[
         line: 0,
     },
     Row {
+        name: "duplicate pod ip",
+        doc: "apiVersion: v1\nkind: Pod\nmetadata: {name: other, namespace: shop}\nspec: {nodeName: node-b, containers: []}\nstatus: {podIP: 198.18.1.2}\n",
+        reason: "Workload shop/other uses address 198.18.1.2, already used by shop/web (document 2)",
+        line: 0,
+    },
+    Row {
+        name: "duplicate vip",
+        doc: "apiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: shop}\nspec: {clusterIP: 198.19.0.10}\n",
+        reason: "uses address 198.19.0.10, already used by shop/web (document 3)",
+        line: 0,
+    },
+    Row {
+        name: "duplicate object",
+        doc: "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n",
+        reason: "Namespace shop is already defined by document 1",
+        line: 0,
+    },
+    Row {
+        name: "bad pod ip",
+        doc: "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: shop}\nspec: {nodeName: node-b, containers: []}\nstatus: {podIP: 198.18.1.999}\n",
+        reason: "status.podIPs[0]: \"198.18.1.999\" is not an IP address",
+        line: 0,
+    },
+    Row {
+        name: "bad zone label",
+        doc: "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-b\n  labels: {topology.kubernetes.io/zone: \"eu west\"}\n",
+        reason: "Node node-b is invalid: metadata.labels[topology.kubernetes.io/zone]: \"eu west\" is not a valid label value",
+        line: 0,
+    },
+    Row {
+        name: "bad legacy zone label",
+        doc: "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-b\n  labels: {failure-domain.beta.kubernetes.io/zone: \"-z1\"}\n",
+        reason: "Node node-b is invalid: metadata.labels[failure-domain.beta.kubernetes.io/zone]: \"-z1\" is not a valid label value",
+        line: 0,
+    },
+    Row {
+        name: "node field of another kind",
+        doc: "apiVersion: v1\nkind: Node\nmetadata: {name: node-b}\nspec: {nodeName: node-b}\n",
+        reason: "unknown field spec.nodeName",
+        line: 0,
+    },
+    Row {
+        name: "bad endpoint zone",
+        doc: "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-x\n  namespace: shop\n  labels: {kubernetes.io/service-name: web}\naddressType: IPv4\nendpoints:\n- addresses: [198.18.1.2]\n  zone: \"z1/a\"\n",
+        reason: "EndpointSet shop/web-x is invalid: endpoints[0].zone: \"z1/a\" is not a valid label value",
+        line: 0,
+    },
+    Row {
+        name: "bad service port",
+        doc: "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: shop}\nspec:\n  ports: [{port: 70000}]\n",
+        reason: "spec.ports[0].port: \"70000\" is not a port number",
+        line: 0,
+    },
+];
+
+/// Invalid security policies: the file still loads, and each is reported with
+/// its place and enforced fail-closed.
+const FAIL_CLOSED: &[Row] = &[
+    Row {
         name: "invalid selector",
         doc: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  selector:\n    matchLabels: {\"bad key!\": x}\n",
         reason: "AuthorizationPolicy shop/p is invalid: spec.selector.matchLabels: \"bad key!\" is not a valid label key",
@@ -210,60 +269,6 @@ const ROWS: &[Row] = &[
         reason: "spec.jwtRules[0].issuer: is required",
         line: 0,
     },
-    Row {
-        name: "duplicate pod ip",
-        doc: "apiVersion: v1\nkind: Pod\nmetadata: {name: other, namespace: shop}\nspec: {nodeName: node-b, containers: []}\nstatus: {podIP: 198.18.1.2}\n",
-        reason: "Workload shop/other uses address 198.18.1.2, already used by shop/web (document 2)",
-        line: 0,
-    },
-    Row {
-        name: "duplicate vip",
-        doc: "apiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: shop}\nspec: {clusterIP: 198.19.0.10}\n",
-        reason: "uses address 198.19.0.10, already used by shop/web (document 3)",
-        line: 0,
-    },
-    Row {
-        name: "duplicate object",
-        doc: "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n",
-        reason: "Namespace shop is already defined by document 1",
-        line: 0,
-    },
-    Row {
-        name: "bad pod ip",
-        doc: "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: shop}\nspec: {nodeName: node-b, containers: []}\nstatus: {podIP: 198.18.1.999}\n",
-        reason: "status.podIPs[0]: \"198.18.1.999\" is not an IP address",
-        line: 0,
-    },
-    Row {
-        name: "bad zone label",
-        doc: "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-b\n  labels: {topology.kubernetes.io/zone: \"eu west\"}\n",
-        reason: "Node node-b is invalid: metadata.labels[topology.kubernetes.io/zone]: \"eu west\" is not a valid label value",
-        line: 0,
-    },
-    Row {
-        name: "bad legacy zone label",
-        doc: "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-b\n  labels: {failure-domain.beta.kubernetes.io/zone: \"-z1\"}\n",
-        reason: "Node node-b is invalid: metadata.labels[failure-domain.beta.kubernetes.io/zone]: \"-z1\" is not a valid label value",
-        line: 0,
-    },
-    Row {
-        name: "node field of another kind",
-        doc: "apiVersion: v1\nkind: Node\nmetadata: {name: node-b}\nspec: {nodeName: node-b}\n",
-        reason: "unknown field spec.nodeName",
-        line: 0,
-    },
-    Row {
-        name: "bad endpoint zone",
-        doc: "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-x\n  namespace: shop\n  labels: {kubernetes.io/service-name: web}\naddressType: IPv4\nendpoints:\n- addresses: [198.18.1.2]\n  zone: \"z1/a\"\n",
-        reason: "EndpointSet shop/web-x is invalid: endpoints[0].zone: \"z1/a\" is not a valid label value",
-        line: 0,
-    },
-    Row {
-        name: "bad service port",
-        doc: "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: shop}\nspec:\n  ports: [{port: 70000}]\n",
-        reason: "spec.ports[0].port: \"70000\" is not a port number",
-        line: 0,
-    },
 ];
 
 #[test]
@@ -301,6 +306,71 @@ fn bad_documents_are_refused_with_their_place_and_reason() {
             row.name
         );
     }
+}
+
+#[test]
+fn invalid_policies_load_fail_closed_and_are_reported_with_their_place() {
+    let base_lines = BASE.lines().count();
+    for row in FAIL_CLOSED {
+        let text = format!("{BASE}---\n{}", row.doc);
+        let parsed = parse(&text, Path::new("mesh.yaml"))
+            .unwrap_or_else(|e| panic!("{}: refused: {}", row.name, ErrorChain(&e)));
+        let [report] = &parsed.fail_closed[..] else {
+            panic!("{}: {:?}", row.name, parsed.fail_closed);
+        };
+        let chain = ErrorChain(report).to_string();
+        let start = base_lines + 2;
+        assert!(
+            chain.starts_with(&format!(
+                "mesh.yaml:{start}: document 4 (line {start}) is enforced fail-closed: "
+            )),
+            "{}: {chain}",
+            row.name
+        );
+        assert!(chain.contains(row.reason), "{}: {chain}", row.name);
+        let policy = parsed
+            .objects
+            .iter()
+            .find(|o| !o.problems().is_empty())
+            .unwrap_or_else(|| panic!("{}: the policy is kept", row.name));
+        assert!(
+            policy.problems().iter().any(|p| row.reason.contains(&**p)
+                || p.contains(row.reason)
+                || chain.contains(&**p)),
+            "{}: {:?}",
+            row.name,
+            policy.problems()
+        );
+        // The rest of the file applies.
+        assert!(
+            parsed
+                .objects
+                .iter()
+                .any(|o| o.key() == ObjectKey::new("shop", "web")),
+            "{}",
+            row.name
+        );
+    }
+}
+
+#[test]
+fn an_invalid_peer_authentication_is_strict_for_every_port_of_its_scope() {
+    let bad_labels = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: shop}\nspec:\n  selector: {matchLabels: {\"bad key!\": x}}\n  mtls: {mode: PERMISSIVE}\n  portLevelMtls:\n    \"8080\": {mode: DISABLE}\n    \"0\": {mode: DISABLE}\n";
+    let parsed = parse(&format!("{BASE}---\n{bad_labels}"), Path::new("mesh.yaml")).unwrap();
+    let Some(Object::PeerAuthentication(pa)) = parsed
+        .objects
+        .iter()
+        .find(|o| o.key() == ObjectKey::new("shop", "p"))
+    else {
+        panic!("the PeerAuthentication is kept");
+    };
+    assert_eq!(pa.mtls, Some(crate::registry::MtlsMode::Strict));
+    assert!(pa.port_level_mtls.is_empty(), "{pa:?}");
+    assert_eq!(
+        pa.selector, None,
+        "the scope cannot be narrowed: the namespace"
+    );
+    assert_eq!(pa.problems.len(), 3, "{:?}", pa.problems);
 }
 
 fn write(path: &Path, text: &str) {
@@ -488,7 +558,9 @@ fn the_documented_example_is_valid() {
     let doc = include_str!("../../../../docs/configuration.md");
     let start = doc.find("```yaml\n").expect("the page has a yaml example") + 8;
     let end = start + doc[start..].find("```").unwrap();
-    let objects = parse(&doc[start..end], Path::new("docs/configuration.md")).unwrap();
+    let objects = parse(&doc[start..end], Path::new("docs/configuration.md"))
+        .unwrap()
+        .objects;
     let reg = registry();
     reg.apply(objects.into_iter().map(Change::Upsert));
     let snap = reg.snapshot();

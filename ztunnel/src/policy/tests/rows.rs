@@ -549,16 +549,28 @@ pub(super) fn addresses() -> Vec<Case> {
             Default,
         ),
         (
-            "remoteIpBlocks at L4 is the source address",
+            "ALLOW remoteIpBlocks matches nothing at L4 (an L7 attribute)",
             "{rules: [{from: [{source: {remoteIpBlocks: [198.18.1.10]}}]}]}",
             plaintext(),
-            Allowed("shop/ip", 0),
+            NoMatch,
         ),
         (
-            "DENY notRemoteIpBlocks at L4 is the source address",
-            "{action: DENY, rules: [{from: [{source: {notRemoteIpBlocks: [10.0.0.0/8]}}]}]}",
+            "DENY remoteIpBlocks of another range still denies at L4",
+            "{action: DENY, rules: [{from: [{source: {remoteIpBlocks: [10.0.0.0/8]}}]}]}",
             plaintext(),
             Denied("shop/ip", 0),
+        ),
+        (
+            "DENY notRemoteIpBlocks denies at L4",
+            "{action: DENY, rules: [{from: [{source: {notRemoteIpBlocks: [198.18.1.10]}}]}]}",
+            plaintext(),
+            Denied("shop/ip", 0),
+        ),
+        (
+            "DENY remoteIpBlocks beside namespaces spares other namespaces at L4",
+            "{action: DENY, rules: [{from: [{source: {namespaces: [other], remoteIpBlocks: [10.0.0.0/8]}}]}]}",
+            mtls(FRONTEND),
+            Default,
         ),
     ];
     rows.into_iter()
@@ -621,10 +633,16 @@ pub(super) fn conditions() -> Vec<Case> {
             NoMatch,
         ),
         (
-            "when remote.ip at L4 is the source",
+            "ALLOW when remote.ip matches nothing at L4",
             "{rules: [{when: [{key: remote.ip, values: [198.18.1.10]}]}]}",
             plaintext(),
-            Allowed("shop/w", 0),
+            NoMatch,
+        ),
+        (
+            "DENY when remote.ip of another range denies at L4",
+            "{action: DENY, rules: [{when: [{key: remote.ip, values: [10.0.0.0/8]}]}]}",
+            plaintext(),
+            Denied("shop/w", 0),
         ),
         (
             "when source.namespace",
@@ -681,16 +699,16 @@ pub(super) fn conditions() -> Vec<Case> {
             NoMatch,
         ),
         (
-            "when connection.sni",
+            "ALLOW when connection.sni matches nothing at L4",
             "{rules: [{when: [{key: connection.sni, values: [\"*.shop.svc.cluster.local\"]}]}]}",
             mtls(FRONTEND).sni("backend.shop.svc.cluster.local"),
-            Allowed("shop/w", 0),
+            NoMatch,
         ),
         (
-            "when connection.sni without SNI",
-            "{rules: [{when: [{key: connection.sni, values: [\"*\"]}]}]}",
+            "DENY when connection.sni denies at L4",
+            "{action: DENY, rules: [{when: [{key: connection.sni, values: [other.example]}]}]}",
             mtls(FRONTEND),
-            NoMatch,
+            Denied("shop/w", 0),
         ),
     ];
     rows.into_iter()
@@ -783,6 +801,36 @@ pub(super) fn http_at_l4() -> Vec<Case> {
 pub(super) fn http_at_l7() -> Vec<Case> {
     let req = || mtls(FRONTEND);
     let rows: Vec<(&str, &str, _, _)> = vec![
+        (
+            "L7 remoteIpBlocks without a forwarded client is the source",
+            "{rules: [{from: [{source: {remoteIpBlocks: [198.18.1.10]}}]}]}",
+            req().http(get("/")),
+            Allowed("shop/l7", 0),
+        ),
+        (
+            "L7 remoteIpBlocks is the forwarded client",
+            "{rules: [{from: [{source: {remoteIpBlocks: [203.0.113.0/24]}}]}]}",
+            req().remote("203.0.113.7").http(get("/")),
+            Allowed("shop/l7", 0),
+        ),
+        (
+            "L7 remote.ip of another client",
+            "{rules: [{when: [{key: remote.ip, values: [203.0.113.0/24]}]}]}",
+            req().http(get("/")),
+            NoMatch,
+        ),
+        (
+            "L7 when connection.sni",
+            "{rules: [{when: [{key: connection.sni, values: [\"*.shop.svc.cluster.local\"]}]}]}",
+            req().sni("backend.shop.svc.cluster.local").http(get("/")),
+            Allowed("shop/l7", 0),
+        ),
+        (
+            "L7 when connection.sni without SNI",
+            "{rules: [{when: [{key: connection.sni, values: [\"*\"]}]}]}",
+            req().http(get("/")),
+            NoMatch,
+        ),
         (
             "L7 methods match",
             "{rules: [{to: [{operation: {methods: [GET, HEAD]}}]}]}",
@@ -951,5 +999,98 @@ pub(super) fn service_accounts() -> Vec<Case> {
     ];
     rows.into_iter()
         .map(|(name, p, conn, want)| case(name, &[p], conn, want))
+        .collect()
+}
+
+/// Policies that fail validation are enforced fail-closed, never skipped.
+pub(super) fn invalid() -> Vec<Case> {
+    let rows: Vec<(&str, &str, _, _)> = vec![
+        (
+            "an invalid ALLOW policy still counts: nothing it does not allow gets through",
+            "{rules: [{to: [{operation: {ports: [http]}}]}]}",
+            mtls(FRONTEND),
+            NoMatch,
+        ),
+        (
+            "the valid rules of an invalid ALLOW policy still allow",
+            "{rules: [{to: [{operation: {ports: [http]}}]}, {from: [{source: {principals: [cluster.local/ns/shop/sa/frontend]}}]}]}",
+            mtls(FRONTEND),
+            Allowed("shop/bad", 1),
+        ),
+        (
+            "the invalid rule of an ALLOW policy matches nothing",
+            "{rules: [{to: [{operation: {ports: [http]}}]}, {from: [{source: {principals: [cluster.local/ns/shop/sa/frontend]}}]}]}",
+            mtls(ADMIN),
+            NoMatch,
+        ),
+        (
+            "an invalid when entry in an ALLOW rule matches nothing",
+            "{rules: [{when: [{key: source.ip}]}]}",
+            plaintext(),
+            NoMatch,
+        ),
+        (
+            "a DENY rule is enforced without its invalid entry",
+            "{action: DENY, rules: [{from: [{source: {namespaces: [shop]}}], to: [{operation: {ports: [http]}}]}]}",
+            mtls(FRONTEND),
+            Denied("shop/bad", 0),
+        ),
+        (
+            "a DENY rule without its invalid entry spares what its valid part excludes",
+            "{action: DENY, rules: [{from: [{source: {namespaces: [shop]}}], to: [{operation: {ports: [http]}}]}]}",
+            mtls(CLIENT_OTHER),
+            Default,
+        ),
+        (
+            "a DENY with an invalid source denies whatever it might have matched",
+            "{action: DENY, rules: [{from: [{source: {ipBlocks: [10.0.0.300/24]}}]}]}",
+            mtls(FRONTEND),
+            Denied("shop/bad", 0),
+        ),
+        (
+            "a DENY with an unknown when key denies",
+            "{action: DENY, rules: [{when: [{key: source.foo, values: [x]}]}]}",
+            plaintext(),
+            Denied("shop/bad", 0),
+        ),
+        (
+            "a DENY with an unreadable selector applies to the whole namespace",
+            "{action: DENY, selector: {matchLabels: {\"bad key!\": x}}, rules: [{}]}",
+            mtls(FRONTEND),
+            Denied("shop/bad", 0),
+        ),
+        (
+            "an ALLOW with an unreadable selector applies to the whole namespace",
+            "{selector: {matchLabels: {\"bad key!\": x}}, rules: [{from: [{source: {namespaces: [other]}}]}]}",
+            mtls(FRONTEND),
+            NoMatch,
+        ),
+        (
+            "a DENY with a selector and targetRefs keeps the selector",
+            "{action: DENY, selector: {matchLabels: {app: backend}}, targetRefs: [{kind: Service, name: backend}], rules: [{}]}",
+            mtls(FRONTEND),
+            Denied("shop/bad", 0),
+        ),
+        (
+            "a DENY with an unknown targetRef kind applies to the whole namespace",
+            "{action: DENY, targetRefs: [{kind: HTTPRoute, name: r}], rules: [{}]}",
+            mtls(FRONTEND),
+            Denied("shop/bad", 0),
+        ),
+        (
+            "an ALLOW with a provider allows nothing",
+            "{provider: {name: opa}, rules: [{}]}",
+            mtls(FRONTEND),
+            NoMatch,
+        ),
+        (
+            "a CUSTOM policy without a provider denies what it matches",
+            "{action: CUSTOM, rules: [{}]}",
+            mtls(FRONTEND),
+            Custom("shop/bad", 0),
+        ),
+    ];
+    rows.into_iter()
+        .map(|(name, p, conn, want)| case(name, &[("shop/bad", p)], conn, want))
         .collect()
 }
