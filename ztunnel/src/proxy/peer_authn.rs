@@ -126,3 +126,281 @@ mod tests {
         assert_eq!(mtls_mode(&policies(&[], &[older, newer], &[]), 80), Strict);
     }
 }
+
+/// The PeerAuthentication conformance table: policies as a user writes them
+/// (YAML, through the configuration parser and the registry's selection), and
+/// the mode in force for a port of `shop/backend` (labels `app: backend`).
+#[cfg(test)]
+mod conformance {
+    use std::path::Path;
+
+    use super::*;
+    use crate::{
+        config::file,
+        registry::{Change, ObjectKey, Options, Registry},
+    };
+
+    const BASE: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: istio-system}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: backend, namespace: shop, labels: {app: backend}}
+spec: {nodeName: node-a, containers: [{name: app, image: app}]}
+status: {podIP: 198.18.1.20}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pilot, namespace: istio-system, labels: {app: backend}}
+spec: {nodeName: node-a, containers: [{name: app, image: app}]}
+status: {podIP: 198.18.1.30}
+";
+
+    /// `(namespace/name, created, spec)`: one PeerAuthentication.
+    type Policy = (&'static str, &'static str, &'static str);
+
+    fn mode(policies: &[Policy], workload: (&str, &str), port: u16) -> MtlsMode {
+        let mut text = String::from(BASE);
+        for (key, created, spec) in policies {
+            let (ns, name) = key.split_once('/').expect("namespace/name");
+            text.push_str(&format!(
+                "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\n\
+                 metadata: {{namespace: {ns}, name: {name}, creationTimestamp: \"{created}\"}}\n\
+                 spec: {spec}\n"
+            ));
+        }
+        let parsed = file::parse(&text, Path::new("case.yaml")).expect("the case parses");
+        let registry = Registry::new(Options {
+            node: Some("node-a".into()),
+            ..Options::default()
+        });
+        registry.apply(parsed.objects.into_iter().map(Change::Upsert));
+        let snapshot = registry.snapshot();
+        let workload = snapshot
+            .workload(&ObjectKey::new(workload.0, workload.1))
+            .expect("the workload exists");
+        mtls_mode(&snapshot.policies_for(workload), port)
+    }
+
+    const OLD: &str = "2024-01-01T00:00:00Z";
+    const NEW: &str = "2024-06-01T00:00:00Z";
+    const BACKEND: (&str, &str) = ("shop", "backend");
+
+    use MtlsMode::{Disable, Permissive, Strict};
+
+    #[test]
+    fn rows() {
+        let rows: &[(&str, &[Policy], (&str, &str), u16, MtlsMode)] = &[
+            ("nothing set", &[], BACKEND, 80, Permissive),
+            (
+                "mesh-wide STRICT",
+                &[("istio-system/default", OLD, "{mtls: {mode: STRICT}}")],
+                BACKEND,
+                80,
+                Strict,
+            ),
+            (
+                "the namespace beats the mesh",
+                &[
+                    ("istio-system/default", OLD, "{mtls: {mode: STRICT}}"),
+                    ("shop/relaxed", OLD, "{mtls: {mode: PERMISSIVE}}"),
+                ],
+                BACKEND,
+                80,
+                Permissive,
+            ),
+            (
+                "the workload beats the namespace",
+                &[
+                    ("shop/strict", OLD, "{mtls: {mode: STRICT}}"),
+                    (
+                        "shop/backend",
+                        OLD,
+                        "{selector: {matchLabels: {app: backend}}, mtls: {mode: DISABLE}}",
+                    ),
+                ],
+                BACKEND,
+                80,
+                Disable,
+            ),
+            (
+                "a root-namespace selector is ignored: root app=backend DISABLE, namespace STRICT",
+                &[
+                    (
+                        "istio-system/backend",
+                        OLD,
+                        "{selector: {matchLabels: {app: backend}}, mtls: {mode: DISABLE}}",
+                    ),
+                    ("shop/strict", OLD, "{mtls: {mode: STRICT}}"),
+                ],
+                BACKEND,
+                80,
+                Strict,
+            ),
+            (
+                "a root-namespace selector is ignored on its own too",
+                &[(
+                    "istio-system/backend",
+                    OLD,
+                    "{selector: {matchLabels: {app: backend}}, mtls: {mode: STRICT}}",
+                )],
+                BACKEND,
+                80,
+                Permissive,
+            ),
+            (
+                "a root-namespace selector is ignored for root-namespace workloads",
+                &[(
+                    "istio-system/pilot",
+                    OLD,
+                    "{selector: {matchLabels: {app: backend}}, mtls: {mode: STRICT}}",
+                )],
+                ("istio-system", "pilot"),
+                80,
+                Permissive,
+            ),
+            (
+                "root selector {} is the mesh level: root {} PERMISSIVE, namespace STRICT",
+                &[
+                    (
+                        "istio-system/all",
+                        OLD,
+                        "{selector: {}, mtls: {mode: PERMISSIVE}}",
+                    ),
+                    ("shop/strict", NEW, "{mtls: {mode: STRICT}}"),
+                ],
+                BACKEND,
+                80,
+                Strict,
+            ),
+            (
+                "root selector {} on its own applies mesh-wide",
+                &[(
+                    "istio-system/all",
+                    OLD,
+                    "{selector: {}, mtls: {mode: STRICT}}",
+                )],
+                BACKEND,
+                80,
+                Strict,
+            ),
+            (
+                "namespace selector {} is the namespace level, so a workload policy beats it",
+                &[
+                    (
+                        "shop/all",
+                        OLD,
+                        "{selector: {matchLabels: {}}, mtls: {mode: STRICT}}",
+                    ),
+                    (
+                        "shop/backend",
+                        NEW,
+                        "{selector: {matchLabels: {app: backend}}, mtls: {mode: PERMISSIVE}}",
+                    ),
+                ],
+                BACKEND,
+                80,
+                Permissive,
+            ),
+            (
+                "two namespace-level policies, one with selector {}: the oldest wins",
+                &[
+                    ("shop/newer", NEW, "{mtls: {mode: PERMISSIVE}}"),
+                    ("shop/older", OLD, "{selector: {}, mtls: {mode: STRICT}}"),
+                ],
+                BACKEND,
+                80,
+                Strict,
+            ),
+            (
+                "a workload policy that does not select the pod",
+                &[(
+                    "shop/db",
+                    OLD,
+                    "{selector: {matchLabels: {app: db}}, mtls: {mode: STRICT}}",
+                )],
+                BACKEND,
+                80,
+                Permissive,
+            ),
+            (
+                "port level beats the policy's mode on that port",
+                &[(
+                    "shop/backend",
+                    OLD,
+                    "{selector: {matchLabels: {app: backend}}, mtls: {mode: STRICT}, portLevelMtls: {\"8080\": {mode: PERMISSIVE}}}",
+                )],
+                BACKEND,
+                8080,
+                Permissive,
+            ),
+            (
+                "port level leaves other ports alone",
+                &[(
+                    "shop/backend",
+                    OLD,
+                    "{selector: {matchLabels: {app: backend}}, mtls: {mode: STRICT}, portLevelMtls: {\"8080\": {mode: PERMISSIVE}}}",
+                )],
+                BACKEND,
+                9090,
+                Strict,
+            ),
+            (
+                "UNSET at the workload inherits the namespace",
+                &[
+                    ("shop/strict", OLD, "{mtls: {mode: STRICT}}"),
+                    (
+                        "shop/backend",
+                        OLD,
+                        "{selector: {matchLabels: {app: backend}}, mtls: {mode: UNSET}}",
+                    ),
+                ],
+                BACKEND,
+                80,
+                Strict,
+            ),
+            (
+                "an invalid policy is STRICT for its scope: port levels without a selector",
+                &[(
+                    "shop/broken",
+                    OLD,
+                    "{mtls: {mode: PERMISSIVE}, portLevelMtls: {\"8080\": {mode: DISABLE}}}",
+                )],
+                BACKEND,
+                8080,
+                Strict,
+            ),
+            (
+                "an invalid workload policy is STRICT for the namespace when its selector cannot be read",
+                &[(
+                    "shop/broken",
+                    OLD,
+                    "{selector: {matchLabels: {\"bad key!\": x}}, mtls: {mode: DISABLE}}",
+                )],
+                BACKEND,
+                80,
+                Strict,
+            ),
+        ];
+        let failures: Vec<String> = rows
+            .iter()
+            .filter_map(|(name, policies, workload, port, want)| {
+                let got = mode(policies, *workload, *port);
+                (got != *want).then(|| format!("{name}: got {got:?}, want {want:?}"))
+            })
+            .collect();
+        assert!(
+            failures.is_empty(),
+            "{} of {} rows failed:\n{}",
+            failures.len(),
+            rows.len(),
+            failures.join("\n")
+        );
+    }
+}

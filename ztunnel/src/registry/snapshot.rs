@@ -244,8 +244,13 @@ impl Snapshot {
                     .filter(|p| applies(p.selector.as_ref(), !p.target_refs.is_empty()))
                     .cloned(),
             );
+            // Istio's levels: a selector without labels is no selector (the
+            // namespace, or in the root namespace the mesh); a selector in the
+            // root namespace is ignored.
             for pa in &policies.peer {
-                match &pa.selector {
+                let selector = pa.selector.as_ref().filter(|s| !s.match_labels.is_empty());
+                match selector {
+                    Some(_) if ns == root => {}
                     Some(s) if s.matches(&workload.labels) => {
                         out.peer_workload.push(Arc::clone(pa));
                     }
