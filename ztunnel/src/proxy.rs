@@ -85,7 +85,20 @@ impl Mesh {
     ) -> Result<(), String> {
         let index = self.policies.load();
         let Some(policies) = index.get(pod) else {
-            return Ok(());
+            // Not an enrolled pod of the registry's latest view (gone, or not
+            // known yet): its policies are unknown, so nothing is allowed.
+            tracing::info!(
+                target: "audit",
+                decision = "denied: the destination workload is unknown to the policy index",
+                src.addr = %src,
+                src.identity = identity.unwrap_or(""),
+                dst.addr = %dst,
+                dst.workload = %pod,
+                "authorization"
+            );
+            return Err(format!(
+                "denied: workload {pod} is not in the registry's current view, so its policies are unknown"
+            ));
         };
         let peer = match identity.map(crate::policy::Peer::from_uri) {
             Some(Ok(peer)) => Some(peer),
@@ -220,4 +233,90 @@ pub enum ConnectionError {
     /// Looking up the original destination failed.
     #[error("cannot look up the original destination")]
     Capture(#[source] crate::capture::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, time::Duration};
+
+    use super::*;
+    use crate::{
+        config::file,
+        identity::{
+            ManagerConfig,
+            auth::BoxFuture,
+            ca::RootCa,
+            client::{CertificateSigner, Error as SignError},
+        },
+        registry::{Change, ObjectKey, Options},
+    };
+
+    /// A CA that is never reached: these decisions need no certificate.
+    struct NoSigner;
+
+    impl CertificateSigner for NoSigner {
+        fn sign<'a>(
+            &'a self,
+            _csr_pem: &'a str,
+            _validity: Duration,
+        ) -> BoxFuture<'a, Result<Vec<String>, SignError>> {
+            Box::pin(async {
+                Err(SignError::Config {
+                    reason: "no CA in this test".into(),
+                })
+            })
+        }
+    }
+
+    const MESH: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: backend, namespace: shop, annotations: {ambit.dev/netns: /var/run/netns/backend}}
+spec: {nodeName: node-a, containers: [{name: app, image: app}]}
+status: {podIP: 198.18.1.20}
+";
+
+    fn mesh(yaml: &str) -> Mesh {
+        let registry = Arc::new(Registry::new(Options {
+            node: Some("node-a".into()),
+            ..Options::default()
+        }));
+        let parsed = file::parse(yaml, Path::new("mesh.yaml")).expect("the mesh parses");
+        registry.apply(parsed.objects.into_iter().map(Change::Upsert));
+        let root = RootCa::generate(&TrustDomain::default(), Duration::from_secs(3600)).unwrap();
+        let bundle = TrustBundle::from_pem(root.cert_pem().as_bytes(), "test").unwrap();
+        let mesh = Mesh {
+            node: "node-a".into(),
+            registry: registry.clone(),
+            certs: CertManager::new(Arc::new(NoSigner), bundle.clone(), ManagerConfig::default()),
+            bundle,
+            trust_domain: TrustDomain::default(),
+            node_addrs: Vec::new(),
+            router: route::Router::default(),
+            policies: Default::default(),
+        };
+        mesh.update_policies(&registry.snapshot());
+        mesh
+    }
+
+    #[tokio::test]
+    async fn connections_to_a_workload_the_registry_does_not_know_are_refused() {
+        let mesh = mesh(MESH);
+        let src: SocketAddr = "198.18.1.10:40000".parse().unwrap();
+        let dst: SocketAddr = "198.18.1.20:8080".parse().unwrap();
+        let known = ObjectKey::new("shop", "backend");
+        let gone = ObjectKey::new("shop", "gone");
+        let peer = Some("spiffe://cluster.local/ns/shop/sa/web");
+        assert_eq!(mesh.authorize(&known, src, dst, peer), Ok(()));
+        let denied = mesh.authorize(&gone, src, dst, peer).unwrap_err();
+        assert!(denied.contains("shop/gone"), "{denied}");
+        // Plaintext: the known pod is PERMISSIVE by default; the unknown one
+        // has no PeerAuthentication that could be read, so none gets in.
+        assert!(inbound::plaintext_allowed(&mesh, &known, src, dst));
+        assert!(!inbound::plaintext_allowed(&mesh, &gone, src, dst));
+    }
 }

@@ -27,7 +27,7 @@ pub async fn handle(mut client: TcpStream, peer: SocketAddr, pod: Arc<PodContext
         if pod.inputs.own_ports.contains(&dst.port()) {
             return Err(ConnectionError::Loop(dst));
         }
-        if !plaintext_allowed(&pod, peer, dst) {
+        if !plaintext_allowed(&pod.inputs.mesh, &pod.key, peer, dst) {
             return Err(ConnectionError::Strict(dst));
         }
         // Denied before any byte reaches the application.
@@ -46,17 +46,21 @@ pub async fn handle(mut client: TcpStream, peer: SocketAddr, pod: Arc<PodContext
 
 /// Whether PeerAuthentication lets plaintext from `peer` reach `dst`: not under
 /// STRICT, except from the node itself (kubelet health probes), as in Istio. A
-/// pod the registry does not know gets the mesh default.
-fn plaintext_allowed(pod: &PodContext, peer: SocketAddr, dst: SocketAddr) -> bool {
-    let mesh = &pod.inputs.mesh;
+/// pod the registry no longer knows gets nothing: its policies are unknown.
+pub(super) fn plaintext_allowed(
+    mesh: &super::Mesh,
+    pod: &crate::registry::ObjectKey,
+    peer: SocketAddr,
+    dst: SocketAddr,
+) -> bool {
     if mesh.node_addrs.contains(&peer.ip()) {
         return true;
     }
     let snapshot = mesh.registry.snapshot();
-    let policies = snapshot
-        .workload(&pod.key)
-        .map(|workload| snapshot.policies_for(workload))
-        .unwrap_or_default();
+    let Some(workload) = snapshot.workload(pod) else {
+        return false;
+    };
+    let policies = snapshot.policies_for(workload);
     super::peer_authn::allows_plaintext(super::peer_authn::mtls_mode(&policies, dst.port()))
 }
 
