@@ -492,6 +492,14 @@ fn a_restarted_peer_is_reconnected_without_a_failed_connection() {
     let _server = start_server(&bed, "server", "echo", "[::]:7000");
     let dst = server_addr(&bed, 7000);
     send(&bed, "client", dst, "before").expect("through the pooled connection");
+    // The client has its reply once the echo is back, but the tunnel's
+    // orderly end (END_STREAM both ways) may still be in flight: a crash of
+    // node b now would cut that close handshake and fail the connection in the
+    // log, although the client saw all of it. Wait until it is over.
+    zt_a.wait_for_log(WAIT, |l| {
+        l["target"] == "access" && l["direction"] == "outbound" && l["dst.addr"] == dst.to_string()
+    })
+    .expect("the first connection ended");
 
     // Node b's ztunnel crashes and comes back: node a's pooled HBONE
     // connection to it is dead. The very next connection must not fail.
