@@ -71,10 +71,12 @@ impl Drop for Tunnel {
     }
 }
 
-/// What a reset from the peer means to the side reading or writing.
+/// What a reset from the peer means to the side reading or writing. A reset
+/// with NO_ERROR ends a stream before its END_STREAM (RFC 9113 section 8.1
+/// allows it only after one): the data is cut short, so it is a reset too.
 fn stream_error(error: h2::Error) -> io::Error {
     match error.reason() {
-        Some(Reason::CONNECT_ERROR | Reason::CANCEL) => {
+        Some(Reason::CONNECT_ERROR | Reason::CANCEL | Reason::NO_ERROR) => {
             io::Error::new(io::ErrorKind::ConnectionReset, error)
         }
         _ if error.is_io() => error
@@ -93,13 +95,13 @@ impl AsyncRead for Tunnel {
         let this = &mut *self;
         while this.pending.is_empty() {
             match ready!(this.recv.poll_data(cx)) {
-                // END_STREAM: the peer's side of the connection is done.
+                // END_STREAM: the peer's side of the connection is done. (A
+                // reset that follows it still reads as this clean end: h2
+                // keeps the received END_STREAM, since 0.4.20.)
                 None => return Poll::Ready(Ok(())),
                 Some(Ok(data)) => this.pending = data,
-                // A reset after the peer's END_STREAM ends nothing we wait for.
-                Some(Err(error)) if error.reason() == Some(Reason::NO_ERROR) => {
-                    return Poll::Ready(Ok(()));
-                }
+                // Only END_STREAM is an orderly end: any reset before it, with
+                // NO_ERROR too, cut the stream short.
                 Some(Err(error)) => return Poll::Ready(Err(stream_error(error))),
             }
         }

@@ -235,3 +235,81 @@ async fn a_pooled_connection_without_streams_is_closed_after_the_pool_idle_time(
         "closed once idle for the pool idle time"
     );
 }
+
+/// A tunnel (client side) whose peer answers the CONNECT with 200, then
+/// `data` (with or without END_STREAM) and RST_STREAM(NO_ERROR), all in one
+/// write of raw HTTP/2 frames: the reset is in before the client reads, as
+/// from a fast or hostile peer.
+async fn tunnel_ended_by(data: &'static [u8], end_stream: bool) -> Tunnel {
+    let (client_io, mut server_io) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move {
+        fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+            let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+            let mut out = vec![len[1], len[2], len[3], kind, flags];
+            out.extend(stream.to_be_bytes());
+            out.extend(payload);
+            out
+        }
+        // The client's preface, then its frames until the CONNECT's HEADERS.
+        let mut preface = [0u8; 24];
+        server_io.read_exact(&mut preface).await.unwrap();
+        loop {
+            let mut head = [0u8; 9];
+            server_io.read_exact(&mut head).await.unwrap();
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            server_io.read_exact(&mut payload).await.unwrap();
+            if head[3] == 0x1 {
+                break;
+            }
+        }
+        let mut out = frame(0x4, 0, 0, &[]); // SETTINGS
+        out.extend(frame(0x4, 0x1, 0, &[])); // SETTINGS ACK
+        out.extend(frame(0x1, 0x4, 1, &[0x88])); // HEADERS :status 200
+        out.extend(frame(0x0, u8::from(end_stream), 1, data)); // DATA
+        out.extend(frame(0x3, 0, 1, &0u32.to_be_bytes())); // RST_STREAM NO_ERROR
+        server_io.write_all(&out).await.unwrap();
+        // Keep the pipe open (and drain it) until the client is done.
+        let mut sink = [0u8; 1024];
+        while matches!(server_io.read(&mut sink).await, Ok(1..)) {}
+    });
+    let (sender, connection) = h2::client::handshake(client_io).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut sender = sender.ready().await.unwrap();
+    let request = hyper::Request::builder()
+        .method(hyper::Method::CONNECT)
+        .uri("198.18.1.20:7000")
+        .body(())
+        .unwrap();
+    let (response, send) = sender.send_request(request, false).unwrap();
+    let response = response.await.unwrap();
+    Tunnel::new(send, response.into_body(), None)
+}
+
+#[tokio::test]
+async fn a_reset_with_no_error_before_end_stream_reads_as_a_reset() {
+    let mut tunnel = tunnel_ended_by(b"partial", false).await;
+    let mut got = Vec::new();
+    let error = tunnel
+        .read_to_end(&mut got)
+        .await
+        .expect_err("a stream cut short must not look complete");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
+    assert_eq!(
+        got, b"partial",
+        "what arrived before the reset is delivered"
+    );
+}
+
+#[tokio::test]
+async fn a_reset_with_no_error_after_end_stream_keeps_the_orderly_end() {
+    let mut tunnel = tunnel_ended_by(b"complete", true).await;
+    let mut got = Vec::new();
+    tunnel
+        .read_to_end(&mut got)
+        .await
+        .expect("END_STREAM came first: an orderly end");
+    assert_eq!(got, b"complete");
+}
