@@ -68,6 +68,11 @@ pub const CA_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CA_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline of one certificate request, connection included.
 pub const CA_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Audience a ztunnel's projected service-account token must carry for the CA
+/// (`ztunnel ca --token-review-audience`, and the DaemonSet's projected token).
+/// A dedicated audience, so that no token minted for the API server (or for
+/// anything else) is accepted; Istio's equivalent is `istio-ca`.
+pub const CA_TOKEN_AUDIENCE: &str = "ambit-ca";
 /// Node token file in a local CA's directory.
 pub const CA_TOKEN_FILE: &str = "tokens";
 /// How often the trust bundle file is checked for changes.

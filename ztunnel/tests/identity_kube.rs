@@ -129,14 +129,26 @@ async fn handle(
 fn review_answer(review: &Value) -> Value {
     let token = review["spec"]["token"].as_str().unwrap_or("");
     let ztunnel = "system:serviceaccount:ambit-system:ztunnel";
+    // As the API server does: the requested audiences the token is valid for.
+    let audiences = review["spec"]["audiences"].clone();
     let status = match token {
-        "token-node-a" => json!({"authenticated": true, "user": {"username": ztunnel,
+        "token-node-a" => json!({"authenticated": true, "audiences": audiences,
+            "user": {"username": ztunnel,
             "extra": {"authentication.kubernetes.io/node-name": ["node-a"]}}}),
         "token-other-sa" => {
-            json!({"authenticated": true, "user": {"username": "system:serviceaccount:default:default",
+            json!({"authenticated": true, "audiences": audiences,
+            "user": {"username": "system:serviceaccount:default:default",
             "extra": {"authentication.kubernetes.io/node-name": ["node-a"]}}})
         }
-        "token-unbound" => json!({"authenticated": true, "user": {"username": ztunnel}}),
+        "token-unbound" => {
+            json!({"authenticated": true, "audiences": audiences, "user": {"username": ztunnel}})
+        }
+        // A token minted for the API server, from a server that does not
+        // narrow the answer to the requested audiences.
+        "token-api-audience" => json!({"authenticated": true,
+            "audiences": ["https://kubernetes.default.svc.cluster.local"],
+            "user": {"username": ztunnel,
+            "extra": {"authentication.kubernetes.io/node-name": ["node-a"]}}}),
         _ => json!({"authenticated": false, "error": "invalid bearer token"}),
     };
     json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
@@ -267,6 +279,7 @@ async fn the_ca_authenticates_nodes_with_token_review() {
             "service account default/default is not allowed",
         ),
         ("token-unbound", "not bound to a pod on a node"),
+        ("token-api-audience", "not for the CA's audience (ambit-ca)"),
         (
             "token-garbage",
             "did not authenticate it (invalid bearer token)",
@@ -284,7 +297,7 @@ async fn the_ca_authenticates_nodes_with_token_review() {
     }
     {
         let state = state.lock().unwrap();
-        assert_eq!(state.reviews.len(), 4);
+        assert_eq!(state.reviews.len(), 5);
         assert_eq!(state.reviews[0]["spec"]["audiences"], json!(["ambit-ca"]));
     }
     // With the API server gone, nobody is authenticated (fail closed).

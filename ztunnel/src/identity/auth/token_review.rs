@@ -32,7 +32,8 @@ impl std::fmt::Debug for TokenReviewAuthenticator {
 
 impl TokenReviewAuthenticator {
     /// Accepts tokens of `allowed_service_accounts` (`namespace/name`) that carry
-    /// one of `audiences` (none: the API server's default audience).
+    /// one of `audiences` (which must not be empty: the configuration's
+    /// validation refuses that, and so does every review).
     pub fn new(
         client: kube::Client,
         audiences: Vec<String>,
@@ -46,11 +47,17 @@ impl TokenReviewAuthenticator {
     }
 
     async fn review(&self, token: &str) -> Result<NodeName, Error> {
+        let invalid = |reason: String| Error::Invalid { reason };
+        if self.audiences.is_empty() {
+            return Err(invalid(
+                "no token audience is configured, so no token is accepted".to_owned(),
+            ));
+        }
         let api: Api<TokenReview> = Api::all(self.client.clone());
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: token.to_owned(),
-                audiences: (!self.audiences.is_empty()).then(|| self.audiences.clone()),
+                audiences: Some(self.audiences.clone()),
             },
             ..Default::default()
         };
@@ -58,7 +65,6 @@ impl TokenReviewAuthenticator {
             .create(&PostParams::default(), &review)
             .await
             .map_err(|err| Error::Unavailable(Box::new(err)))?;
-        let invalid = |reason: String| Error::Invalid { reason };
         let status = answer
             .status
             .ok_or_else(|| invalid("the TokenReview has no status".to_owned()))?;
@@ -66,6 +72,17 @@ impl TokenReviewAuthenticator {
             return Err(invalid(format!(
                 "the API server did not authenticate it ({})",
                 status.error.as_deref().unwrap_or("no reason given")
+            )));
+        }
+        // The API server lists the requested audiences the token is valid for;
+        // an answer without one of ours (an old server ignoring the field) is
+        // no proof the token was minted for the CA.
+        let granted = status.audiences.unwrap_or_default();
+        if !granted.iter().any(|a| self.audiences.contains(a)) {
+            return Err(invalid(format!(
+                "the token is not for the CA's audience ({}); it is for {:?}",
+                self.audiences.join(", "),
+                granted
             )));
         }
         let user = status.user.unwrap_or_default();

@@ -39,7 +39,8 @@ pub struct CaArgs {
     /// --token-review-audience and --allowed-service-account.
     #[arg(long, conflicts_with_all = ["token_review_audiences", "allowed_service_accounts"])]
     pub token_file: Option<PathBuf>,
-    /// Kubernetes: audience the ztunnel tokens must carry; repeatable.
+    /// Kubernetes: audience the ztunnel tokens must carry; repeatable
+    /// (default: `ambit-ca`; never the API server's own).
     #[arg(long = "token-review-audience")]
     pub token_review_audiences: Vec<String>,
     /// Kubernetes: service account `<namespace>/<name>` whose tokens are accepted
@@ -91,8 +92,13 @@ impl CaArgs {
                         "--allowed-service-account={bad:?} is not <namespace>/<name>"
                     )));
                 }
+                let audiences = if self.token_review_audiences.is_empty() {
+                    vec![settings::CA_TOKEN_AUDIENCE.to_owned()]
+                } else {
+                    self.token_review_audiences.clone()
+                };
                 NodeAuthConfig::TokenReview {
-                    audiences: self.token_review_audiences.clone(),
+                    audiences,
                     allowed_service_accounts: self.allowed_service_accounts.clone(),
                 }
             }
@@ -209,6 +215,31 @@ mod tests {
         );
         assert_eq!(config.max_validity, Duration::from_secs(2 * 86_400));
         assert_eq!(config.server_names, vec!["ca.example".to_owned()]);
+    }
+
+    #[test]
+    fn token_review_needs_a_dedicated_audience_by_default() {
+        let config = parse(&[
+            "--root-secret",
+            "ambit-system/ambit-ca-root",
+            "--allowed-service-account",
+            "ambit-system/ztunnel",
+        ])
+        .unwrap();
+        let NodeAuthConfig::TokenReview { audiences, .. } = &config.node_auth else {
+            panic!("{:?}", config.node_auth);
+        };
+        assert_eq!(audiences, &["ambit-ca".to_owned()]);
+        let mut without = config.clone();
+        without.node_auth = NodeAuthConfig::TokenReview {
+            audiences: Vec::new(),
+            allowed_service_accounts: vec!["ambit-system/ztunnel".to_owned()],
+        };
+        let err = without.validate().unwrap_err();
+        assert!(
+            crate::identity::error_chain(&err).contains("dedicated token audience"),
+            "{err}"
+        );
     }
 
     #[test]

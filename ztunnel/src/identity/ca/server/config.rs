@@ -101,6 +101,16 @@ impl CaServerConfig {
                 reason: "at least one server name is needed for the serving certificate".to_owned(),
             });
         }
+        if let NodeAuthConfig::TokenReview { audiences, .. } = &self.node_auth
+            && audiences.iter().all(String::is_empty)
+        {
+            // Without one, the API server checks tokens for its own audience:
+            // any token a pod holds for talking to the API server would do.
+            return Err(Error::Config {
+                reason: "TokenReview needs a dedicated token audience (--token-review-audience)"
+                    .to_owned(),
+            });
+        }
         Ok(trust_domain)
     }
 
