@@ -11,8 +11,7 @@ use std::{
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming};
 use tokio::net::TcpListener;
 
 /// The path the kubelet probes.
@@ -76,28 +75,11 @@ impl Server {
 
     /// Serves connections until the task is dropped.
     pub async fn run(self) {
-        loop {
-            let (stream, peer) = match self.listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "readiness accept failed");
-                    continue;
-                }
-            };
-            let readiness = self.readiness.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let ready = readiness.get();
-                    async move { Ok::<_, std::convert::Infallible>(respond(&req, ready)) }
-                });
-                if let Err(error) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!(%error, %peer, "readiness connection ended with an error");
-                }
-            });
-        }
+        let readiness = self.readiness;
+        ztunnel::accept::serve_http1(self.listener, "readiness", move |request| {
+            respond(request, readiness.get())
+        })
+        .await;
     }
 }
 

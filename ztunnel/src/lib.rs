@@ -12,9 +12,11 @@
 //! `config` (Kubernetes watchers and the local file) feeds `registry` (workloads,
 //! services, policies), and `proxy` (per-pod listeners) serves the captured pods;
 //! `hbone` carries them between nodes, and `policy` evaluates AuthorizationPolicy
-//! (Istio's semantics) for ztunnel and the waypoint.
+//! (Istio's semantics) for ztunnel and the waypoint; `accept` is the one accept
+//! loop (with backoff) of every listener.
 #![warn(missing_docs)]
 
+pub mod accept;
 pub mod admin;
 #[cfg(feature = "capture")]
 pub mod capture;
