@@ -73,6 +73,7 @@ struct NodeArgs {
     sockmap: bool,
     /// Local mode: run the mesh CA in-process from this directory of key material
     /// (created with a new root when empty), shared by the nodes of one mesh.
+    /// Development only: every node then holds the root key.
     #[arg(long)]
     ca_dir: Option<PathBuf>,
 }
@@ -195,6 +196,10 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
         .context("the node name is required: --node or NODE_NAME")?;
 
     let ca_dir = ca_dir.context("an identity source is required: --ca-dir (local mode)")?;
+    tracing::warn!(
+        ca_dir = %ca_dir.display(),
+        "--ca-dir runs the mesh CA inside this node process: the node holds the mesh root key and the CA's node authorization protects nothing; a development mode, not for production (docs/identity.md)"
+    );
     // Before anything else: a host that cannot run the capture stops here, with
     // the missing piece named.
     capture::check_host().context("cannot start the eBPF capture")?;
