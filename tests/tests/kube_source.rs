@@ -251,7 +251,8 @@ async fn gone_410_relists_and_leaves_no_stale_entries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_objects_are_skipped_and_the_last_good_version_stays() {
+async fn invalid_policies_are_enforced_fail_closed_and_other_invalid_objects_keep_their_last_version()
+ {
     let server = ApiServer::start().await.unwrap();
     server
         .create(&policy(
@@ -267,19 +268,29 @@ async fn invalid_objects_are_skipped_and_the_last_good_version_stays() {
             &json!({"action": "CUSTOM", "rules": [{}]}),
         ))
         .unwrap();
+    server
+        .create(&pod("shop", "web", "node-a", "198.18.1.2"))
+        .unwrap();
     let run = start(server).await;
     let snap = run.registry.snapshot();
     assert!(
         snap.authorization_policy(&ObjectKey::new("shop", "ap"))
             .is_some()
     );
+    // Skipping it would drop what it matches from the deny list: it is kept,
+    // with its problem, and a match still denies (no provider: fail closed).
+    let bad = snap
+        .authorization_policy(&ObjectKey::new("shop", "bad"))
+        .expect("the invalid CUSTOM policy is kept");
+    assert_eq!(bad.action, ztunnel::registry::Action::Custom);
     assert!(
-        snap.authorization_policy(&ObjectKey::new("shop", "bad"))
-            .is_none(),
-        "CUSTOM without provider"
+        bad.problems[0].contains("action CUSTOM requires provider.name"),
+        "{:?}",
+        bad.problems
     );
 
-    // A bad update keeps the previous version, a later good one replaces it.
+    // A bad update replaces the policy with its fail-closed form: an ALLOW
+    // whose rule with the unreadable source allows nobody.
     run.server
         .update(&policy(
             "shop",
@@ -287,11 +298,9 @@ async fn invalid_objects_are_skipped_and_the_last_good_version_stays() {
             &json!({"rules": [{"from": [{"source": {"ipBlocks": ["nope"]}}]}]}),
         ))
         .unwrap();
-    run.server
-        .create(&pod("shop", "marker", "node-a", "198.18.1.50"))
-        .unwrap();
-    eventually(&run.registry, "marker after the bad update", |s| {
-        has_pod(s, "198.18.1.50")
+    eventually(&run.registry, "the fail-closed version", |s| {
+        s.authorization_policy(&ObjectKey::new("shop", "ap"))
+            .is_some_and(|p| !p.problems.is_empty())
     })
     .await;
     let ap = run
@@ -300,10 +309,12 @@ async fn invalid_objects_are_skipped_and_the_last_good_version_stays() {
         .authorization_policy(&ObjectKey::new("shop", "ap"))
         .cloned()
         .unwrap();
-    assert_eq!(
-        ap.action,
-        ztunnel::registry::Action::Deny,
-        "the last good version stays"
+    assert_eq!(ap.action, ztunnel::registry::Action::Allow);
+    assert!(ap.rules[0].from[0].invalid, "{ap:?}");
+    assert!(
+        ap.problems[0].contains("spec.rules[0].from[0].source.ipBlocks[0]"),
+        "{:?}",
+        ap.problems
     );
     run.server
         .update(&policy(
@@ -314,9 +325,25 @@ async fn invalid_objects_are_skipped_and_the_last_good_version_stays() {
         .unwrap();
     eventually(&run.registry, "good update", |s| {
         s.authorization_policy(&ObjectKey::new("shop", "ap"))
-            .is_some_and(|p| p.action == ztunnel::registry::Action::Allow)
+            .is_some_and(|p| p.problems.is_empty() && !p.rules[0].from[0].invalid)
     })
     .await;
+
+    // Any other invalid object is skipped and its last good version stays.
+    run.server
+        .update(&pod("shop", "web", "node-a", "198.18.1.999"))
+        .unwrap();
+    run.server
+        .create(&pod("shop", "marker", "node-a", "198.18.1.50"))
+        .unwrap();
+    eventually(&run.registry, "marker after the bad update", |s| {
+        has_pod(s, "198.18.1.50")
+    })
+    .await;
+    assert!(
+        has_pod(&run.registry.snapshot(), "198.18.1.2"),
+        "the last good pod stays"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -109,6 +109,30 @@ pub enum Kind {
     Node,
 }
 
+impl Kind {
+    /// The Kubernetes kind a user writes (`Pod`, not `Workload`).
+    pub fn kubernetes_kind(self) -> &'static str {
+        match self {
+            Self::Namespace => "Namespace",
+            Self::Workload => "Pod",
+            Self::Service => "Service",
+            Self::EndpointSet => "EndpointSlice",
+            Self::ServiceAccount => "ServiceAccount",
+            Self::AuthorizationPolicy => "AuthorizationPolicy",
+            Self::PeerAuthentication => "PeerAuthentication",
+            Self::RequestAuthentication => "RequestAuthentication",
+            Self::Waypoint => "Gateway",
+            Self::Node => "Node",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kubernetes_kind())
+    }
+}
+
 /// One object, converted and validated by a source.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]

@@ -101,7 +101,7 @@ pub enum DocumentError {
     #[error("unknown field {0}")]
     UnknownField(String),
     /// The object is one Istio or Kubernetes would reject.
-    #[error("{kind:?} {key} is invalid")]
+    #[error("{kind} {key} is invalid")]
     Invalid {
         /// The kind.
         kind: Kind,
@@ -113,7 +113,7 @@ pub enum DocumentError {
     },
     /// A security policy that failed validation: it is kept in a fail-closed
     /// form (see [`Object::problems`]) and the rest of the file applies.
-    #[error("{kind:?} {key} is invalid: {problems}")]
+    #[error("{kind} {key} is invalid: {problems}")]
     FailClosed {
         /// The kind.
         kind: Kind,
@@ -123,7 +123,7 @@ pub enum DocumentError {
         problems: String,
     },
     /// The same object appears twice.
-    #[error("{kind:?} {key} is already defined by document {first}")]
+    #[error("{kind} {key} is already defined by document {first}")]
     Duplicate {
         /// The kind.
         kind: Kind,
@@ -133,9 +133,7 @@ pub enum DocumentError {
         first: usize,
     },
     /// Two pods (or two Services) share an address.
-    #[error(
-        "{kind:?} {key} uses address {ip}, already used by {other} (document {other_document})"
-    )]
+    #[error("{kind} {key} uses address {ip}, already used by {other} (document {other_document})")]
     DuplicateAddress {
         /// Pod or Service.
         kind: Kind,

@@ -339,12 +339,12 @@ fn convert(resource: &Resource) -> Option<Change> {
             if let Change::Upsert(object) = &change
                 && !object.problems().is_empty()
             {
-                tracing::error!(kind = ?resource.kind(), key = %resource.key(), problems = object.problems().join("; "), "invalid policy enforced fail-closed");
+                tracing::error!(kind = %resource.kind(), key = %resource.key(), problems = object.problems().join("; "), "invalid policy enforced fail-closed");
             }
             Some(change)
         }
         Err(error) => {
-            tracing::error!(kind = ?resource.kind(), key = %resource.key(), error = %ErrorChain(&error), "invalid object ignored; its previous version stays");
+            tracing::error!(kind = %resource.kind(), key = %resource.key(), error = %ErrorChain(&error), "invalid object ignored; its previous version stays");
             None
         }
     }

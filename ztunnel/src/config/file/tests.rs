@@ -141,7 +141,7 @@ const ROWS: &[Row] = &[
     Row {
         name: "duplicate pod ip",
         doc: "apiVersion: v1\nkind: Pod\nmetadata: {name: other, namespace: shop}\nspec: {nodeName: node-b, containers: []}\nstatus: {podIP: 198.18.1.2}\n",
-        reason: "Workload shop/other uses address 198.18.1.2, already used by shop/web (document 2)",
+        reason: "Pod shop/other uses address 198.18.1.2, already used by shop/web (document 2)",
         line: 0,
     },
     Row {
@@ -183,7 +183,7 @@ const ROWS: &[Row] = &[
     Row {
         name: "bad endpoint zone",
         doc: "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-x\n  namespace: shop\n  labels: {kubernetes.io/service-name: web}\naddressType: IPv4\nendpoints:\n- addresses: [198.18.1.2]\n  zone: \"z1/a\"\n",
-        reason: "EndpointSet shop/web-x is invalid: endpoints[0].zone: \"z1/a\" is not a valid label value",
+        reason: "EndpointSlice shop/web-x is invalid: endpoints[0].zone: \"z1/a\" is not a valid label value",
         line: 0,
     },
     Row {
@@ -585,4 +585,30 @@ fn the_documented_node_error_is_what_a_user_sees() {
                 apiVersion: v1\nkind: Node\nmetadata:\n  name: node-b\n  labels: {topology.kubernetes.io/zone: \"eu west 1\"}\n";
     let err = parse(text, Path::new("mesh.yaml")).unwrap_err();
     assert_eq!(ErrorChain(&err).to_string(), message);
+}
+
+/// The refused Pod and the fail-closed policy of docs/configuration.md are
+/// reported with those messages.
+#[test]
+fn the_documented_pod_error_and_fail_closed_policy_are_what_a_user_sees() {
+    let doc = include_str!("../../../../docs/configuration.md");
+    let shown = |needle: &str| {
+        doc.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("the page shows {needle}"))
+    };
+    let namespace = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels: {istio.io/dataplane-mode: ambient}\n---\n";
+    let pod = format!(
+        "{namespace}apiVersion: v1\nkind: Pod\nmetadata: {{name: web, namespace: shop}}\nspec: {{nodeName: node-a, containers: []}}\nstatus: {{podIP: 198.18.1.999}}\n"
+    );
+    let err = parse(&pod, Path::new("mesh.yaml")).unwrap_err();
+    assert_eq!(ErrorChain(&err).to_string(), shown("refused: Pod "));
+    let policy = format!(
+        "{namespace}apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: allow-web, namespace: shop}}\nspec:\n  rules:\n  - from:\n    - source: {{ipBlocks: [10.0.0.0/8, 10.0.0.300/24]}}\n"
+    );
+    let parsed = parse(&policy, Path::new("mesh.yaml")).unwrap();
+    assert_eq!(
+        ErrorChain(&parsed.fail_closed[0]).to_string(),
+        shown("enforced fail-closed: AuthorizationPolicy")
+    );
 }
