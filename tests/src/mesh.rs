@@ -132,10 +132,11 @@ impl MeshConfig {
                 .collect();
             yaml.push_str(&format!(
                 "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  \
-                 uid: uid-{name}\n  labels:\n{labels}  annotations:\n    ambit.dev/netns: {netns}\nspec:\n  \
+                 uid: {uid}\n  labels:\n{labels}  annotations:\n    ambit.dev/netns: {netns}\nspec:\n  \
                  nodeName: {node}\n  serviceAccountName: {sa}\nstatus:\n  podIP: {v4}\n  podIPs:\n  - ip: {v4}\n  \
                  - ip: {v6}\n  conditions:\n  - type: Ready\n    status: \"{ready}\"\n",
                 name = entry.pod,
+                uid = pod.uid(),
                 namespace = entry.namespace,
                 netns = pod.netns_path().display(),
                 node = pod.node(),
@@ -258,12 +259,13 @@ impl Ztunnel {
         options: &ZtunnelOptions,
     ) -> Result<Self, Error> {
         let spec = bed.node(node);
-        let mut cmd = bed.node_command(node, ztunnel_binary());
+        let mut cmd = bed.ztunnel_command(node, ztunnel_binary());
         cmd.arg("--config")
             .arg(config)
             .args(["--node", node])
             .arg("--node-cgroup")
             .arg(spec.cgroup())
+            .env("AMBIT_PROBE_CGROUP", spec.kubelet_cgroup())
             .arg("--pin-dir")
             .arg(spec.pin_dir())
             // One CA directory per testbed: every node's certificates chain to

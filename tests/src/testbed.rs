@@ -8,11 +8,17 @@
 //!                routes to every other node's pod subnet via that node
 //!                cbr0 ── veth vp<j> ══ eth0 in pod (198.18.(16+i).(10+j)/24, fd00:1:i::(10+j)/64)
 //!  node i cgroup: <cgroup2>/ambit-tests/<prefix>/<node name>
+//!                 ├── ztunnel/            the node's ztunnel
+//!                 ├── kubelet/            the "kubelet" (health probes)
+//!                 └── kubepods/pod<uid>/  each pod's processes, a pause first
 //! ```
 //!
 //! Interfaces are created inside their namespaces (`ip -n`), so the host
-//! namespace never sees one. Every process a test starts in a pod or on a node
-//! runs inside that node's cgroup, as pods of a real node do.
+//! namespace never sees one. Every process a test starts in a pod runs in that
+//! pod's cgroup under its node's, as on a node run by a kubelet (cgroupfs
+//! driver); each pod holds a `sleep infinity` process from its creation, as a
+//! pod sandbox holds a pause container. Other node processes run in the
+//! node's cgroup itself.
 
 mod capture;
 mod cgroup;
@@ -167,9 +173,19 @@ impl Node {
     pub fn netns_path(&self) -> PathBuf {
         Path::new(NETNS_DIR).join(&self.netns)
     }
-    /// The node's cgroup v2 directory, where every process of its pods runs.
+    /// The node's cgroup v2 directory: every process of the node runs in it
+    /// or below (the capture attaches here).
     pub fn cgroup(&self) -> &Path {
         &self.cgroup
+    }
+    /// The cgroup of the node's ztunnel.
+    pub fn ztunnel_cgroup(&self) -> PathBuf {
+        self.cgroup.join("ztunnel")
+    }
+    /// The cgroup of the node's kubelet: its connects to enrolled pods are
+    /// health probes.
+    pub fn kubelet_cgroup(&self) -> PathBuf {
+        self.cgroup.join("kubelet")
     }
     /// The bpffs directory for this node's ztunnel (maps and links), removed at
     /// teardown.
@@ -194,12 +210,15 @@ impl Node {
     }
 }
 
-/// A simulated pod: a network namespace with a veth to its node.
+/// A simulated pod: a network namespace with a veth to its node, and a cgroup
+/// named after its uid.
 #[derive(Debug, Clone)]
 pub struct Pod {
     name: String,
     node: String,
+    uid: String,
     netns: String,
+    cgroup: PathBuf,
     ipv4: Ipv4Addr,
     ipv6: Ipv6Addr,
 }
@@ -208,6 +227,14 @@ impl Pod {
     /// The name given to the builder.
     pub fn name(&self) -> &str {
         &self.name
+    }
+    /// The pod's uid (a UUID, as Kubernetes gives), unique per testbed.
+    pub fn uid(&self) -> &str {
+        &self.uid
+    }
+    /// The pod's cgroup (`<node>/kubepods/pod<uid>`), where its processes run.
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
     }
     /// The name of the node the pod runs on.
     pub fn node(&self) -> &str {
@@ -276,6 +303,7 @@ impl TestbedBuilder {
             nodes: Vec::new(),
             pods: Vec::new(),
             netns: Vec::new(),
+            pauses: Vec::new(),
             torn_down: false,
         };
         // `bed` tears down what exists so far if any step fails (Drop).
@@ -346,6 +374,9 @@ pub struct Testbed {
     pods: Vec<Pod>,
     /// Every namespace created so far, in creation order.
     netns: Vec<String>,
+    /// Each pod's `sleep infinity`, which keeps its cgroup and namespace
+    /// populated (killed at teardown).
+    pauses: Vec<Process>,
     torn_down: bool,
 }
 
@@ -416,22 +447,34 @@ impl Testbed {
         dir
     }
 
-    /// A command that runs `program` inside pod `pod`'s network namespace and its
-    /// node's cgroup.
+    /// A command that runs `program` inside pod `pod`'s network namespace and
+    /// cgroup.
     pub fn pod_command(&self, pod: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let pod = self.pod(pod);
-        enter(
-            self.node(&pod.node).cgroup(),
-            &pod.netns_path(),
-            program.as_ref(),
-        )
+        enter(pod.cgroup(), &pod.netns_path(), program.as_ref())
     }
 
-    /// A command that runs `program` in node `node`'s network namespace and cgroup
-    /// (where its ztunnel runs).
+    /// A command that runs `program` in node `node`'s network namespace and
+    /// cgroup: a process of the node that is neither its ztunnel nor its
+    /// kubelet (as a host-network pod, or sshd).
     pub fn node_command(&self, node: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let node = self.node(node);
         enter(node.cgroup(), &node.netns_path(), program.as_ref())
+    }
+
+    /// A command that runs `program` as node `node`'s ztunnel: in the node's
+    /// network namespace and the ztunnel cgroup.
+    pub fn ztunnel_command(&self, node: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let node = self.node(node);
+        enter(&node.ztunnel_cgroup(), &node.netns_path(), program.as_ref())
+    }
+
+    /// A command that runs `program` as node `node`'s kubelet: in the node's
+    /// network namespace and the kubelet cgroup (its connects to enrolled pods
+    /// are health probes).
+    pub fn kubelet_command(&self, node: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let node = self.node(node);
+        enter(&node.kubelet_cgroup(), &node.netns_path(), program.as_ref())
     }
 
     /// Runs `cmd` to completion within `timeout`; a non-zero exit is an error
@@ -459,6 +502,10 @@ impl Testbed {
         }
         self.torn_down = true;
         let mut first_error = cgroup::remove_tree(&self.cgroup).err();
+        // Already killed with their cgroups: reap them.
+        for mut pause in self.pauses.drain(..) {
+            pause.kill();
+        }
         // Pinned links hold the cgroups' programs and the pods' sk_lookup (and so
         // their namespaces) alive: unpin them before the namespaces go.
         if let Err(e) = remove_dir(&Path::new(BPF_PIN_ROOT).join(&self.prefix)) {
@@ -516,6 +563,8 @@ impl Testbed {
             ],
         )?;
         cgroup::create(&node.cgroup)?;
+        cgroup::create(&node.ztunnel_cgroup())?;
+        cgroup::create(&node.kubelet_cgroup())?;
         let (ns, fabric) = (node.netns.as_str(), self.fabric.as_str());
         let uplink = format!("vn{index}");
         sys::ip_in(
@@ -596,9 +645,12 @@ impl Testbed {
     fn create_pod(&mut self, name: &str, node_name: &str) -> Result<(), Error> {
         let node = self.node(node_name).clone();
         let slot = self.pods.iter().filter(|p| p.node == node_name).count();
+        let uid = pod_uid(&self.prefix, name);
         let pod = Pod {
             name: name.to_owned(),
             node: node_name.to_owned(),
+            cgroup: node.cgroup.join("kubepods").join(format!("pod{uid}")),
+            uid,
             netns: format!("{}-p-{name}", self.prefix),
             ipv4: Ipv4Addr::new(198, 18, octet(16 + node.index), octet(10 + slot)),
             ipv6: Ipv6Addr::new(0xfd00, 1, hextet(node.index), 0, 0, 0, 0, hextet(10 + slot)),
@@ -650,9 +702,34 @@ impl Testbed {
                 &node.pod_gateway_v6().to_string(),
             ],
         )?;
+        cgroup::create(&pod.cgroup)?;
+        let mut pause = enter(&pod.cgroup, &pod.netns_path(), "sleep".as_ref());
+        pause.arg("infinity");
+        self.pauses.push(Process::spawn(pause)?);
         self.pods.push(pod);
         Ok(())
     }
+}
+
+/// A UUID-shaped uid for pod `name` of the testbed `prefix` (unique per
+/// testbed, as the prefix is).
+fn pod_uid(prefix: &str, name: &str) -> String {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let half = |salt: u8| {
+        let mut hasher = DefaultHasher::new();
+        (salt, prefix, name).hash(&mut hasher);
+        hasher.finish()
+    };
+    let bits = (u128::from(half(1)) << 64) | u128::from(half(2));
+    let hex = format!("{bits:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 impl Drop for Testbed {

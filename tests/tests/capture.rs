@@ -383,3 +383,109 @@ fn ztunnel_refuses_to_start_without_privileges() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_pod_that_left_the_mesh_while_ztunnel_was_down_is_released_at_restart() {
+    if !privileged("a_pod_that_left_the_mesh_while_ztunnel_was_down_is_released_at_restart") {
+        return;
+    }
+    let bed = two_nodes("stale");
+    let config = write_config(&bed, &mesh(true));
+    let options = ZtunnelOptions::default();
+    let mut zt_a = Ztunnel::start(&bed, "a", &config, &options).expect("ztunnel a starts");
+    let pin_dir = bed.node("a").pin_dir().to_owned();
+    let cookie =
+        |pod: &str| ztunnel::capture::netns_cookie(&bed.pod(pod).netns_path()).expect("cookie");
+    let enrolled = || ztunnel::capture::pinned_enrollment(&pin_dir).expect("pinned map reads");
+    assert!(enrolled().contains(&cookie("outsider")), "{:?}", enrolled());
+
+    // ztunnel stops (its pods stay enrolled: their connects fail while it is
+    // down), and meanwhile the outsider's namespace leaves the mesh.
+    zt_a.stop(Duration::from_secs(30)).expect("ztunnel a stops");
+    write_config(&bed, &mesh(false));
+    let _plain = start_server(&bed, "plainserver", "echo", "[::]:7000");
+    let plain = SocketAddr::from((bed.pod("plainserver").ipv4(), 7000));
+    send(&bed, "outsider", plain, "while-down")
+        .expect_err("still enrolled while no ztunnel runs: refused");
+
+    // The next ztunnel releases it: the outsider is no longer captured, and
+    // reaches a server outside the mesh directly.
+    let zt_a = Ztunnel::start(&bed, "a", &config, &options).expect("ztunnel a restarts");
+    zt_a.wait_for_log(WAIT, |l| l["message"] == "released stale enrollments")
+        .expect("the stale enrollment is released");
+    let now = enrolled();
+    assert!(!now.contains(&cookie("outsider")), "{now:?}");
+    assert!(now.contains(&cookie("client")), "the client stays: {now:?}");
+    let reply = send(&bed, "outsider", plain, "released").expect("the outsider connects");
+    assert!(reply.contains("msg=released"), "{reply}");
+    assert!(
+        !zt_a
+            .access_logs()
+            .iter()
+            .any(|l| l["src.workload"] == "plain/outsider"),
+        "not through ztunnel"
+    );
+}
+
+#[test]
+fn a_departed_pods_certificate_is_dropped_and_the_trust_bundle_is_followed() {
+    if !privileged("a_departed_pods_certificate_is_dropped_and_the_trust_bundle_is_followed") {
+        return;
+    }
+    let bed = two_nodes("forget");
+    let config = write_config(&bed, &mesh(true));
+    let zt_a =
+        Ztunnel::start(&bed, "a", &config, &ZtunnelOptions::default()).expect("ztunnel a starts");
+    // The in-process CA of local mode is a development mode, and says so.
+    assert!(
+        zt_a.logs().iter().any(|l| l["level"] == "WARN"
+            && l["message"].as_str().is_some_and(
+                |m| m.starts_with("--ca-dir runs the mesh CA inside this node process")
+            )),
+        "{}",
+        zt_a.stderr()
+    );
+    let certs = || {
+        let mut curl = bed.node_command("a", "curl");
+        curl.args(["-sS", "--max-time", "5", "http://127.0.0.1:15000/certs"]);
+        let out = bed.run(curl, WAIT).expect("the admin endpoint answers");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON")
+    };
+    let has = |json: &serde_json::Value, sa: &str| {
+        json.as_array().is_some_and(|ids| {
+            ids.iter().any(|i| {
+                i["identity"].as_str() == Some(&format!("spiffe://cluster.local/ns/plain/sa/{sa}"))
+            })
+        })
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while !has(&certs(), "outsider") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(has(&certs(), "outsider"), "{}", certs());
+
+    // The outsider's namespace leaves the mesh: its certificate is no longer
+    // kept or renewed.
+    zt_a.after_update(WAIT, || write_config(&bed, &mesh(false)))
+        .expect("the change applies");
+    assert!(!has(&certs(), "outsider"), "{}", certs());
+    zt_a.wait_for_log(WAIT, |l| l["message"] == "certificate dropped")
+        .expect("logged");
+
+    // A second root appears in the bundle (a rotation starts): ztunnel
+    // reloads it without a restart.
+    let bundle = bed.workdir().join("ca").join("bundle.pem");
+    let before = std::fs::read_to_string(&bundle).expect("the bundle exists");
+    let root = ztunnel::identity::ca::RootCa::generate(
+        &ztunnel::identity::TrustDomain::default(),
+        Duration::from_secs(3600),
+    )
+    .expect("a root");
+    let staging = bundle.with_extension("new");
+    std::fs::write(&staging, format!("{before}{}", root.cert_pem())).expect("written");
+    std::fs::rename(&staging, &bundle).expect("replaced");
+    zt_a.wait_for_log(Duration::from_secs(20), |l| {
+        l["message"] == "trust bundle reloaded" && l["roots"] == 2
+    })
+    .expect("the new root is trusted");
+}

@@ -14,8 +14,8 @@ fn config(bed: &Testbed) -> CaptureConfig {
     CaptureConfig {
         pin_dir: bed.node("a").pin_dir().to_owned(),
         cgroup: bed.node("a").cgroup().to_owned(),
-        mark: 0x539,
-        mark_mask: 0xfff0,
+        own_cgroup: bed.node("a").ztunnel_cgroup(),
+        probe_cgroup: None,
         sockmap: false,
         outbound_port: 15001,
         hbone_port: 15008,

@@ -281,15 +281,46 @@ fn peer_authentication_strict_permissive_port_level_and_precedence() {
     })
     .expect("the refusal is logged");
     send(&bed, "client", p7000, "mtls").expect("an enrolled client still gets through over HBONE");
-    // Health probes from the node itself (the kubelet) are exempt from STRICT.
-    let mut probe = bed.node_command("b", TESTBIN);
+    // Health probes from the kubelet are exempt from STRICT: they arrive from
+    // the probe address, which the application sees.
+    let mut probe = bed.kubelet_command("b", TESTBIN);
     probe
         .args(["send", &p7000.to_string(), "probe"])
         .env("AMBIT_TESTBIN_TIMEOUT_MS", "3000");
     let out = bed
         .run(probe, WAIT)
-        .expect("a probe from the node gets through under STRICT");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("msg=probe"));
+        .expect("a kubelet probe gets through under STRICT");
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert!(reply.contains("msg=probe"), "{reply}");
+    assert!(reply.contains("169.254.7.127]:"), "{reply}");
+    let probe6 = SocketAddr::from((bed.pod("server").ipv6(), 7000));
+    let mut probe = bed.kubelet_command("b", TESTBIN);
+    probe
+        .args(["send", &probe6.to_string(), "probe6"])
+        .env("AMBIT_TESTBIN_TIMEOUT_MS", "3000");
+    let out = bed
+        .run(probe, WAIT)
+        .expect("an IPv6 kubelet probe gets through under STRICT");
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        reply.contains("from=[fd16:9254:7127:1337:ffff:ffff:ffff:ffff]"),
+        "{reply}"
+    );
+    // Any other process of the node (a host-network pod, or NodePort traffic
+    // SNATed to the node's address) is plaintext like any other: refused,
+    // whatever the port.
+    let node_ip = bed.node("b").ipv4().to_string();
+    for (port, bind) in [(7000, None), (7001, None), (7000, Some(node_ip.as_str()))] {
+        let mut host = bed.node_command("b", TESTBIN);
+        host.args(["send", &server_addr(&bed, port).to_string(), "host"])
+            .env("AMBIT_TESTBIN_TIMEOUT_MS", "3000");
+        if let Some(bind) = bind {
+            host.env("AMBIT_TESTBIN_BIND", bind);
+        }
+        bed.run(host, WAIT).expect_err(&format!(
+            "plaintext from a node process to port {port} (from {bind:?}) is refused under STRICT"
+        ));
+    }
 
     // A workload policy: STRICT, with port 7001 PERMISSIVE.
     apply(&mesh().document(STRICT_NAMESPACE).document(PERMISSIVE_PORT));
@@ -302,6 +333,42 @@ fn peer_authentication_strict_permissive_port_level_and_precedence() {
     send(&bed, "outsider", p7000, "mesh-strict").expect_err("mesh-wide STRICT applies");
     apply(&mesh().document(mesh_wide).document(namespace));
     send(&bed, "outsider", p7000, "namespace-permissive").expect("the namespace's PERMISSIVE wins");
+}
+
+#[test]
+fn a_pod_that_marks_its_socket_like_ztunnel_is_still_captured() {
+    if !privileged("a_pod_that_marks_its_socket_like_ztunnel_is_still_captured") {
+        return;
+    }
+    let bed = bed("marks");
+    let config = write(&bed, &mesh().document(STRICT_NAMESPACE), "mesh.yaml");
+    let zt_a = Ztunnel::start(&bed, "a", &config, &ZtunnelOptions::default()).expect("ztunnel a");
+    let _zt_b = Ztunnel::start(&bed, "b", &config, &ZtunnelOptions::default()).expect("ztunnel b");
+    let _server = start_server(&bed, "server", "echo", "[::]:7000");
+    let dst = server_addr(&bed, 7000);
+    // ztunnel's own marks, and one in the range the capture used to skip. The
+    // server is STRICT: only a connection carried over HBONE gets through.
+    for (round, mark) in ["0x539", "0x53a", "0x53f"].into_iter().enumerate() {
+        let mut cmd = bed.pod_command("client", TESTBIN);
+        cmd.args(["send", &dst.to_string(), &format!("marked-{mark}")])
+            .env("AMBIT_TESTBIN_MARK", mark)
+            .env("AMBIT_TESTBIN_TIMEOUT_MS", "3000");
+        let out = bed
+            .run(cmd, WAIT)
+            .unwrap_or_else(|e| panic!("mark {mark}: the connection is captured: {e}"));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&format!("msg=marked-{mark}")),
+            "{out:?}"
+        );
+        let line = zt_a
+            .wait_for_log(WAIT, |l| {
+                l["target"] == "access"
+                    && l["direction"] == "outbound"
+                    && l["src.workload"] == "demo/client"
+            })
+            .expect("node a proxied it");
+        assert_eq!(line["mode"], "hbone", "round {round}: {line}");
+    }
 }
 
 #[test]

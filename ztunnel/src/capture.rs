@@ -28,8 +28,8 @@ use std::{
 };
 
 use ambit_ebpf_common::{
-    AF_INET, AF_INET6, FlowKey, ListenerKey, OrigDst, PortKey, SETTINGS_SLOTS, flag, map_name,
-    program_name, setting,
+    AF_INET, AF_INET6, FlowKey, ListenerKey, NODE_IDS_SLOTS, OrigDst, PortKey, SETTINGS_SLOTS,
+    flag, map_name, node_id, program_name, setting,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -41,10 +41,11 @@ use aya::{
 };
 
 pub use host::{
-    HostError, MIN_KERNEL, Privileges, cgroup2_mount, check_host, raise_open_file_limit,
+    HostError, MIN_KERNEL, Privileges, cgroup_id, cgroup2_mount, check_host, own_cgroup,
+    raise_open_file_limit,
 };
-pub use netns::{Netns, NetnsCookie, in_netns, netns_cookie};
-pub use route::{local_addresses, setup_transparent_return};
+pub use netns::{Netns, NetnsCookie, in_netns, netns_cookie, own_netns_cookie};
+pub use route::{add_probe_addresses, setup_transparent_return};
 
 /// The programs and maps as built by `cargo xtask build-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AMBIT_EBPF_OBJECT"));
@@ -171,10 +172,13 @@ pub struct CaptureConfig {
     pub pin_dir: PathBuf,
     /// cgroup v2 directory whose sockets are captured (the node's pods).
     pub cgroup: PathBuf,
-    /// The `SO_MARK` of ztunnel's own sockets, never redirected.
-    pub mark: u32,
-    /// The bits of `mark` that identify ztunnel's sockets.
-    pub mark_mask: u32,
+    /// ztunnel's own cgroup v2 directory: connects from it are never
+    /// redirected.
+    pub own_cgroup: PathBuf,
+    /// The kubelet's cgroup v2 directory: its connects to enrolled pods leave
+    /// from the probe address. `None`: no process is taken for the kubelet,
+    /// so STRICT pods refuse every plaintext probe.
+    pub probe_cgroup: Option<PathBuf>,
     /// Whether `sk_msg` shortcuts the app <-> ztunnel loopback hop.
     pub sockmap: bool,
     /// Outbound listener port inside pods.
@@ -229,7 +233,45 @@ impl Capture {
         };
         capture.write_settings()?;
         capture.write_exclusions()?;
+        capture.write_node_ids()?;
         Ok(capture)
+    }
+
+    /// Tells the programs which cgroups are ztunnel's and the kubelet's, and
+    /// which network namespace is the node's. A restarted ztunnel in a new
+    /// cgroup moves its predecessor's to the previous slot, so the old one's
+    /// connects stay unredirected while it drains.
+    fn write_node_ids(&mut self) -> Result<(), Error> {
+        let cgroup_error = |path: &Path| {
+            let path = path.to_owned();
+            move |source| Error::Cgroup { path, source }
+        };
+        let own =
+            cgroup_id(&self.config.own_cgroup).map_err(cgroup_error(&self.config.own_cgroup))?;
+        let probe = match &self.config.probe_cgroup {
+            Some(path) => cgroup_id(path).map_err(cgroup_error(path))?,
+            None => 0,
+        };
+        let host = own_netns_cookie()?.get();
+        let name = map_name::NODE_IDS;
+        let mut ids: Array<_, u64> = map_mut(&mut self.ebpf, name)?;
+        let current = ids
+            .get(&node_id::ZTUNNEL_CGROUP, 0)
+            .map_err(map_error(name, "read"))?;
+        let mut values = vec![
+            (node_id::ZTUNNEL_CGROUP, own),
+            (node_id::PROBE_CGROUP, probe),
+            (node_id::HOST_NETNS, host),
+        ];
+        if current != own {
+            values.push((node_id::PREVIOUS_ZTUNNEL_CGROUP, current));
+        }
+        for (slot, value) in values {
+            debug_assert!(slot < NODE_IDS_SLOTS);
+            ids.set(slot, value, 0)
+                .map_err(map_error(name, "write an id"))?;
+        }
+        Ok(())
     }
 
     /// The configuration the capture runs with.
@@ -247,8 +289,6 @@ impl Capture {
         };
         let values = [
             (setting::FLAGS, flags),
-            (setting::ZTUNNEL_MARK, self.config.mark),
-            (setting::ZTUNNEL_MARK_MASK, self.config.mark_mask),
             (setting::OUTBOUND_PORT, u32::from(self.config.outbound_port)),
             (setting::HBONE_PORT, u32::from(self.config.hbone_port)),
             (
@@ -391,6 +431,68 @@ impl Capture {
             None => pin::remove(&path)?,
         }
         Ok(())
+    }
+
+    /// Records `ips` as addresses of an enrolled pod of this node (the
+    /// kubelet's probes to them leave from the probe address).
+    pub fn add_pod_addrs(&mut self, ips: &[IpAddr]) -> Result<(), Error> {
+        let name = map_name::POD_ADDRS;
+        let mut addrs: HashMap<_, [u8; 16], u32> = map_mut(&mut self.ebpf, name)?;
+        for ip in ips {
+            addrs
+                .insert(mapped(*ip), 0, 0)
+                .map_err(map_error(name, "add a pod address"))?;
+        }
+        Ok(())
+    }
+
+    /// Forgets `ips` as addresses of an enrolled pod.
+    pub fn remove_pod_addrs(&mut self, ips: &[IpAddr]) -> Result<(), Error> {
+        let name = map_name::POD_ADDRS;
+        let mut addrs: HashMap<_, [u8; 16], u32> = map_mut(&mut self.ebpf, name)?;
+        for ip in ips {
+            match addrs.remove(&mapped(*ip)) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(Error::Map {
+                        name,
+                        action: "remove a pod address",
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The pod addresses recorded in the (pinned) POD_ADDRS map.
+    pub fn pod_addrs(&self) -> Result<Vec<IpAddr>, Error> {
+        let name = map_name::POD_ADDRS;
+        let addrs: HashMap<_, [u8; 16], u32> = map_ref(&self.ebpf, name)?;
+        addrs
+            .keys()
+            .map(|key| {
+                key.map(|bytes| {
+                    let v6 = std::net::Ipv6Addr::from(bytes);
+                    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+                })
+                .map_err(map_error(name, "read"))
+            })
+            .collect()
+    }
+
+    /// The network namespaces enrolled in the (pinned) ENROLLED map: this
+    /// ztunnel's and any a previous one left.
+    pub fn enrolled_cookies(&self) -> Result<Vec<NetnsCookie>, Error> {
+        let name = map_name::ENROLLED;
+        let enrolled: HashMap<_, u64, u32> = map_ref(&self.ebpf, name)?;
+        enrolled
+            .keys()
+            .map(|key| {
+                key.map(NetnsCookie::from_raw)
+                    .map_err(map_error(name, "read"))
+            })
+            .collect()
     }
 
     /// Registers `listener` as the socket that takes inbound connections to `ip`

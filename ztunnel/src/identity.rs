@@ -22,7 +22,7 @@ pub mod manager;
 mod proto;
 pub mod spiffe;
 
-pub use bundle::TrustBundle;
+pub use bundle::{BundleWatcher, TrustBundle};
 pub use manager::{CertManager, CertSnapshot, ManagerConfig, WorkloadCert};
 pub use spiffe::{DEFAULT_TRUST_DOMAIN, Identity, TrustDomain};
 

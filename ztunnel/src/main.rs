@@ -12,7 +12,7 @@ use ztunnel::{
     capture::{self, Capture, CaptureConfig},
     config::{ErrorChain, file::FileSource, kubernetes::KubeSource},
     identity::{
-        CertManager, DEFAULT_TRUST_DOMAIN, ManagerConfig, TrustDomain,
+        BundleWatcher, CertManager, DEFAULT_TRUST_DOMAIN, ManagerConfig, TrustDomain,
         auth::{NodeAuthorizer, NodeName},
         ca::{
             LocalCa,
@@ -183,6 +183,15 @@ async fn local_identity(
     let bundle = ca
         .trust_bundle()
         .context("cannot read the CA's trust bundle")?;
+    // Roots change (a rotation adds one, then drops the old): follow the file.
+    tokio::spawn(
+        BundleWatcher::new(
+            bundle.clone(),
+            ca.bundle_path(),
+            settings::TRUST_BUNDLE_POLL_INTERVAL,
+        )
+        .run(),
+    );
     let client = CaClient::new(ca.client_config(token), bundle.clone())
         .context("cannot create the CA client")?;
     let certs = CertManager::new(Arc::new(client), bundle.clone(), ManagerConfig::default());
@@ -207,17 +216,7 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
         Ok(limit) => tracing::debug!(limit, "open file limit"),
         Err(error) => tracing::warn!(%error, "cannot raise the open file limit"),
     }
-    let cgroup = match settings.node_cgroup.clone() {
-        Some(path) => path,
-        None => capture::cgroup2_mount()
-            .context("cannot find the cgroup v2 hierarchy")?
-            .with_context(|| {
-                format!(
-                    "no cgroup v2 hierarchy is mounted; set {}",
-                    settings::NODE_CGROUP_ENV
-                )
-            })?,
-    };
+    let cgroups = node_cgroups(&settings)?;
     // The configuration first: a bad file stops ztunnel before it touches the
     // kernel.
     let registry = Arc::new(Registry::new(Options {
@@ -231,7 +230,13 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))
                 .context("no --config: cannot reach the Kubernetes API")?;
+            let synced = source.synced();
             tokio::spawn(source.run(registry.clone()));
+            // Enrolling from a partial view would unenroll the pods a previous
+            // ztunnel left captured: wait for the first full list.
+            if !wait_for_sync(synced).await? {
+                return Ok(());
+            }
         }
     }
     let mut updates = registry.subscribe();
@@ -243,21 +248,24 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
         bundle,
         trust_domain: TrustDomain::new(DEFAULT_TRUST_DOMAIN)
             .context("the default trust domain is valid")?,
-        node_addrs: capture::local_addresses()
-            .await
-            .context("cannot list the node's addresses")?,
         router: Default::default(),
         policies: Default::default(),
     });
     mesh.update_policies(&registry.snapshot());
 
-    let mut capture = Capture::load(capture_config(&settings, &node, cgroup))
+    capture::add_probe_addresses()
+        .await
+        .context("cannot add the health probe addresses to the node's loopback")?;
+    let mut capture = Capture::load(capture_config(&settings, &node, cgroups))
         .context("cannot start the eBPF capture")?;
     capture.attach().context("cannot attach the eBPF capture")?;
     let mut pods = PodManager::new(capture, pod_manager_config(&settings), mesh.clone())
         .context("cannot start the proxy")?;
     let desired = local_pods(&registry.snapshot(), &node);
-    report(pods.reconcile(&desired).await);
+    let mut stale_released = false;
+    let failures = pods.reconcile(&desired.pods).await;
+    release_stale(&mut pods, &mut stale_released, &desired, &failures);
+    report(failures);
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let admin_addr = SocketAddr::from(([127, 0, 0, 1], settings::ADMIN_PORT));
     match ztunnel::admin::bind(admin_addr) {
@@ -272,7 +280,7 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
         Err(error) => tracing::warn!(error = %ErrorChain(&error), "admin endpoint unavailable"),
     }
     ready.store(true, std::sync::atomic::Ordering::Release);
-    tracing::info!(pods = desired.len(), admin = %admin_addr, "ready");
+    tracing::info!(pods = desired.pods.len(), admin = %admin_addr, "ready");
 
     let shutdown = wait_for_shutdown();
     tokio::pin!(shutdown);
@@ -288,7 +296,10 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
                 }
                 let snapshot = updates.borrow_and_update().clone();
                 mesh.update_policies(&snapshot);
-                report(pods.reconcile(&local_pods(&snapshot, &node)).await);
+                let desired = local_pods(&snapshot, &node);
+                let failures = pods.reconcile(&desired.pods).await;
+                release_stale(&mut pods, &mut stale_released, &desired, &failures);
+                report(failures);
                 // From here on, new connections see this generation.
                 tracing::info!(generation = snapshot.generation(), "configuration applied");
             }
@@ -303,12 +314,52 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
     Ok(())
 }
 
-fn capture_config(settings: &Settings, node: &str, cgroup: PathBuf) -> CaptureConfig {
+/// The cgroups the capture needs to know.
+struct NodeCgroups {
+    /// Where the programs attach (the node's pods are below it).
+    node: PathBuf,
+    /// ztunnel's own.
+    own: PathBuf,
+    /// The kubelet's, if there is one.
+    probe: Option<PathBuf>,
+}
+
+fn node_cgroups(settings: &Settings) -> anyhow::Result<NodeCgroups> {
+    let mount = capture::cgroup2_mount()
+        .context("cannot find the cgroup v2 hierarchy")?
+        .with_context(|| {
+            format!(
+                "no cgroup v2 hierarchy is mounted; set {}",
+                settings::NODE_CGROUP_ENV
+            )
+        })?;
+    let own = capture::own_cgroup(&mount).context("cannot find ztunnel's own cgroup")?;
+    let probe = settings.probe_cgroup.as_ref().map(|p| mount.join(p));
+    let probe = match probe {
+        Some(path) if path.is_dir() => Some(path),
+        Some(path) => {
+            tracing::warn!(
+                probe_cgroup = %path.display(),
+                "the kubelet's cgroup does not exist: health probes get no exemption, so STRICT pods refuse them; set {}",
+                settings::PROBE_CGROUP_ENV
+            );
+            None
+        }
+        None => None,
+    };
+    Ok(NodeCgroups {
+        node: settings.node_cgroup.clone().unwrap_or(mount),
+        own,
+        probe,
+    })
+}
+
+fn capture_config(settings: &Settings, node: &str, cgroups: NodeCgroups) -> CaptureConfig {
     CaptureConfig {
         pin_dir: settings.pin_dir(node),
-        cgroup,
-        mark: settings::ZTUNNEL_MARK,
-        mark_mask: settings::ZTUNNEL_MARK_MASK,
+        cgroup: cgroups.node,
+        own_cgroup: cgroups.own,
+        probe_cgroup: cgroups.probe,
         sockmap: settings.sockmap,
         outbound_port: settings::OUTBOUND_PORT,
         hbone_port: settings::HBONE_PORT,
@@ -317,21 +368,78 @@ fn capture_config(settings: &Settings, node: &str, cgroup: PathBuf) -> CaptureCo
     }
 }
 
+/// The pods of a node to capture.
+struct Desired {
+    /// Those whose network namespace is known.
+    pods: Vec<LocalPod>,
+    /// How many more should be captured but their network namespace is not
+    /// known yet.
+    unresolved: usize,
+}
+
 /// The pods of `node` that the registry says to capture. A pod whose network
-/// namespace is not known yet (Kubernetes mode without the CNI plugin) cannot be
-/// captured and is left out.
-fn local_pods(snapshot: &Snapshot, node: &str) -> Vec<LocalPod> {
-    snapshot
-        .enrolled_pods(node)
-        .iter()
-        .filter_map(|pod| {
-            let local = LocalPod::from_enrolled(pod);
-            if local.is_none() {
+/// namespace is not known yet cannot be captured and is counted apart.
+fn local_pods(snapshot: &Snapshot, node: &str) -> Desired {
+    let mut desired = Desired {
+        pods: Vec::new(),
+        unresolved: 0,
+    };
+    for pod in snapshot.enrolled_pods(node) {
+        match LocalPod::from_enrolled(&pod) {
+            Some(local) => desired.pods.push(local),
+            None => {
                 tracing::debug!(pod = %pod.name, "enrolled pod without a known network namespace");
+                desired.unresolved += 1;
             }
-            local
-        })
-        .collect()
+        }
+    }
+    desired
+}
+
+/// Once per process, after the first reconcile that captured every pod to
+/// capture, releases what a previous ztunnel left enrolled for pods that are
+/// gone (see [`PodManager::release_stale`]).
+fn release_stale(
+    pods: &mut PodManager,
+    done: &mut bool,
+    desired: &Desired,
+    failures: &[(String, ztunnel::proxy::Error)],
+) {
+    if *done || desired.unresolved > 0 || !failures.is_empty() {
+        return;
+    }
+    *done = true;
+    match pods.release_stale() {
+        Ok(0) => {}
+        Ok(released) => tracing::info!(released, "released stale enrollments"),
+        Err(error) => {
+            tracing::warn!(error = %ztunnel::proxy::error_chain(&error), "cannot release stale enrollments");
+        }
+    }
+}
+
+/// Waits until the Kubernetes source has listed every kind once; `false`
+/// when a shutdown signal came first.
+async fn wait_for_sync(mut synced: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<bool> {
+    let shutdown = wait_for_shutdown();
+    tokio::pin!(shutdown);
+    let mut waited = 0u64;
+    loop {
+        tokio::select! {
+            result = synced.wait_for(|s| *s) => {
+                result.context("the Kubernetes source stopped")?;
+                return Ok(true);
+            }
+            result = &mut shutdown => {
+                result.context("cannot wait for signals")?;
+                return Ok(false);
+            }
+            () = tokio::time::sleep(std::time::Duration::from_secs(10)) => {
+                waited += 10;
+                tracing::warn!(waited_s = waited, "waiting for the first list from the Kubernetes API");
+            }
+        }
+    }
 }
 
 fn pod_manager_config(settings: &Settings) -> PodManagerConfig {

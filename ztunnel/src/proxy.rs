@@ -21,12 +21,7 @@ mod relay;
 pub mod route;
 mod socket;
 
-use std::{
-    io,
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-    time::Duration,
-};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 pub use pods::{LocalPod, PodManager, PodManagerConfig};
 pub use socket::{PodSockets, SocketFactory, error_chain};
@@ -51,9 +46,6 @@ pub struct Mesh {
     pub bundle: TrustBundle,
     /// The mesh's trust domain.
     pub trust_domain: TrustDomain,
-    /// Addresses of this node: plaintext from them (kubelet probes) is allowed
-    /// even under STRICT, as in Istio.
-    pub node_addrs: Vec<IpAddr>,
     /// Route decisions (round robin state).
     pub router: route::Router,
     /// AuthorizationPolicies compiled for the node's pods; swapped whole when
@@ -295,7 +287,6 @@ status: {podIP: 198.18.1.20}
             certs: CertManager::new(Arc::new(NoSigner), bundle.clone(), ManagerConfig::default()),
             bundle,
             trust_domain: TrustDomain::default(),
-            node_addrs: Vec::new(),
             router: route::Router::default(),
             policies: Default::default(),
         };

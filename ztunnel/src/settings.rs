@@ -78,14 +78,14 @@ pub const CA_TOKEN_FILE: &str = "tokens";
 /// How often the trust bundle file is checked for changes.
 pub const TRUST_BUNDLE_POLL_INTERVAL: Duration = Duration::from_secs(5);
 
-/// `SO_MARK` of ztunnel's own sockets: the capture never redirects them.
+/// `SO_MARK` of ztunnel's own sockets. The capture does not go by it (any pod
+/// with CAP_NET_ADMIN can set a mark): it knows ztunnel's sockets by ztunnel's
+/// cgroup.
 pub const ZTUNNEL_MARK: u32 = 0x539;
 /// `SO_MARK` of ztunnel's transparent sockets (connects to an app from the
 /// client's address): the pods' policy rule routes replies to them back to
-/// ztunnel. Shares the [`ZTUNNEL_MARK_MASK`] bits with [`ZTUNNEL_MARK`].
+/// ztunnel.
 pub const TRANSPARENT_MARK: u32 = 0x53a;
-/// The bits that mark a socket as ztunnel's.
-pub const ZTUNNEL_MARK_MASK: u32 = 0xfff0;
 /// Routing table, inside each pod, of the transparent return path.
 pub const ROUTE_TABLE: u32 = 0x539;
 /// How long a connection to a destination may take to establish.
@@ -131,6 +131,12 @@ pub fn default_worker_threads(cores: usize) -> usize {
 /// The cgroup v2 directory the capture programs attach to. Default: the root of
 /// the cgroup v2 hierarchy (every pod of the node); tests give one per node.
 pub const NODE_CGROUP_ENV: &str = "AMBIT_NODE_CGROUP";
+/// The kubelet's cgroup v2 directory, absolute or relative to the cgroup v2
+/// mount: its connects to enrolled pods of the node (health probes) leave from
+/// the probe address, the only plaintext a STRICT pod accepts. Empty: none.
+pub const PROBE_CGROUP_ENV: &str = "AMBIT_PROBE_CGROUP";
+/// Default of [`PROBE_CGROUP_ENV`]: the kubelet's systemd unit.
+pub const PROBE_CGROUP_DEFAULT: &str = "system.slice/kubelet.service";
 /// Log line format: `plain` (default) or `json`.
 pub const LOG_FORMAT_ENV: &str = "LOG_FORMAT";
 /// Default of [`LOG_FORMAT_ENV`].
@@ -203,6 +209,8 @@ pub struct Settings {
     pub node_cgroup: Option<PathBuf>,
     /// See [`PIN_DIR_ENV`]; `None` means `/sys/fs/bpf/ambit/<node name>`.
     pub pin_dir: Option<PathBuf>,
+    /// See [`PROBE_CGROUP_ENV`] (unset: [`PROBE_CGROUP_DEFAULT`]; empty: none).
+    pub probe_cgroup: Option<PathBuf>,
     /// See [`SOCKMAP_ENV`].
     pub sockmap: bool,
     /// See [`DRAIN_TIMEOUT_ENV`].
@@ -244,6 +252,12 @@ impl Settings {
             config_file: var(CONFIG_FILE_ENV).map(PathBuf::from),
             node_cgroup: var(NODE_CGROUP_ENV).map(PathBuf::from),
             pin_dir: var(PIN_DIR_ENV).map(PathBuf::from),
+            // Set but empty: no kubelet cgroup at all.
+            probe_cgroup: match env.var(PROBE_CGROUP_ENV) {
+                None => Some(PathBuf::from(PROBE_CGROUP_DEFAULT)),
+                Some(v) if v.is_empty() => None,
+                Some(v) => Some(PathBuf::from(v)),
+            },
             sockmap,
             drain_timeout,
             idle_timeout,
@@ -377,6 +391,7 @@ mod tests {
                 config_file: None,
                 node_cgroup: None,
                 pin_dir: None,
+                probe_cgroup: Some(PathBuf::from("system.slice/kubelet.service")),
                 sockmap: false,
                 drain_timeout: Duration::from_secs(30),
                 idle_timeout: Duration::from_secs(3600),
@@ -401,8 +416,15 @@ mod tests {
             (SOCKMAP_ENV, "true"),
             (DRAIN_TIMEOUT_ENV, "2.5"),
             (WORKER_THREADS_ENV, "4"),
+            (PROBE_CGROUP_ENV, "/sys/fs/cgroup/kubelet"),
         ]))
         .unwrap();
+        assert_eq!(
+            settings.probe_cgroup,
+            Some(PathBuf::from("/sys/fs/cgroup/kubelet"))
+        );
+        let none = Settings::from_env(&env(&[(PROBE_CGROUP_ENV, "")])).unwrap();
+        assert_eq!(none.probe_cgroup, None, "set but empty: no kubelet cgroup");
         assert_eq!(
             settings.node_cgroup,
             Some(PathBuf::from("/sys/fs/cgroup/node-a"))

@@ -40,6 +40,13 @@ pub mod map_name {
     /// `LpmTrie<[u8; 16], u8>`: destinations (IPv6 or v4-mapped prefixes) that are
     /// never redirected.
     pub const EXCLUDED_NETS: &str = "EXCLUDED_NETS";
+    /// `Array<u64>` of [`super::NODE_IDS_SLOTS`] values: the cgroups and network
+    /// namespace the capture tells apart; see [`super::node_id`].
+    pub const NODE_IDS: &str = "NODE_IDS";
+    /// `HashMap<[u8; 16], u32>`: the addresses of this node's enrolled pods
+    /// (v4-mapped for IPv4) -> flags (reserved, 0). Health probes from the
+    /// kubelet to them leave from [`super::PROBE_ADDR4`] / [`super::PROBE_ADDR6`].
+    pub const POD_ADDRS: &str = "POD_ADDRS";
 }
 
 /// Names of the programs (the Rust function names in `ambit-ebpf`).
@@ -69,12 +76,9 @@ pub mod program_name {
 pub mod setting {
     /// Bit set of [`super::flag`] values.
     pub const FLAGS: u32 = 0;
-    /// The `SO_MARK` of ztunnel's own sockets, which are never redirected (the
-    /// bits under [`ZTUNNEL_MARK_MASK`] are compared).
-    pub const ZTUNNEL_MARK: u32 = 1;
-    /// Which bits of a socket mark identify ztunnel's sockets: ztunnel uses
-    /// several marks (bypass, transparent return) that share them.
-    pub const ZTUNNEL_MARK_MASK: u32 = 5;
+    // Slots 1 and 5 held ztunnel's socket mark and its mask: any socket with
+    // the mark was taken for ztunnel's, which a pod with CAP_NET_ADMIN could
+    // set. ztunnel's sockets are now known by its cgroup ([`super::node_id`]).
     /// The outbound listener port inside each pod (15001).
     pub const OUTBOUND_PORT: u32 = 2;
     /// The inbound HBONE port (15008): `sk_lookup` keeps it, other ports go to the
@@ -86,6 +90,37 @@ pub mod setting {
 
 /// Number of slots in [`map_name::SETTINGS`].
 pub const SETTINGS_SLOTS: u32 = 8;
+
+/// Slots of the [`map_name::NODE_IDS`] array (0 in a slot: none).
+pub mod node_id {
+    /// The cgroup id (the cgroup v2 directory's inode) of this node's ztunnel:
+    /// connects of its threads are never redirected, whatever their socket's
+    /// network namespace or mark. A pod cannot join that cgroup.
+    pub const ZTUNNEL_CGROUP: u32 = 0;
+    /// The cgroup of the ztunnel it replaced, which may still be draining its
+    /// connections during a restart.
+    pub const PREVIOUS_ZTUNNEL_CGROUP: u32 = 1;
+    /// The kubelet's cgroup: its connects from the node's own network
+    /// namespace to an enrolled pod (health probes) leave from the probe
+    /// address, the only plaintext source STRICT pods accept.
+    pub const PROBE_CGROUP: u32 = 2;
+    /// The cookie of the node's own network namespace (where the kubelet and
+    /// ztunnel run).
+    pub const HOST_NETNS: u32 = 3;
+}
+
+/// Number of slots in [`map_name::NODE_IDS`].
+pub const NODE_IDS_SLOTS: u32 = 4;
+
+/// The source of the kubelet's health probes to enrolled pods (IPv4), as in
+/// Istio, whose CNI SNATs the kubelet's probes to it: link-local, so nothing
+/// routed from outside the node carries it. ztunnel adds it to the node's
+/// loopback interface.
+pub const PROBE_ADDR4: [u8; 4] = [169, 254, 7, 127];
+/// The IPv6 probe source (Istio's `fd16:9254:7127:1337:ffff:ffff:ffff:ffff`).
+pub const PROBE_ADDR6: [u8; 16] = [
+    0xfd, 0x16, 0x92, 0x54, 0x71, 0x27, 0x13, 0x37, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+];
 
 /// Bits of [`setting::FLAGS`].
 pub mod flag {
@@ -110,6 +145,8 @@ pub const LISTENERS_CAPACITY: u32 = 16_384;
 pub const TRANSPARENT_FLOWS_CAPACITY: u32 = 65_536;
 /// Capacity of [`map_name::EXCLUDED_NETS`].
 pub const EXCLUDED_NETS_CAPACITY: u32 = 256;
+/// Capacity of [`map_name::POD_ADDRS`]: two addresses per enrolled pod.
+pub const POD_ADDRS_CAPACITY: u32 = 2 * ENROLLED_CAPACITY;
 
 /// `AF_INET`, as stored in [`OrigDst::family`] and the keys.
 pub const AF_INET: u16 = 2;

@@ -2,15 +2,23 @@
 //!
 //! A TCP connect from an enrolled pod's network namespace is rewritten to the
 //! pod's outbound listener on loopback (15001), and its original destination is
-//! kept under the socket's cookie. ztunnel's own sockets (marked with its
-//! `SO_MARK`), loopback destinations and excluded networks are left alone.
-//! `getpeername` on a redirected socket returns the original destination, so the
-//! application never sees 127.0.0.1:15001.
+//! kept under the socket's cookie. ztunnel's own sockets (those of threads in
+//! ztunnel's cgroup: no pod can join it, unlike a socket mark, which any pod
+//! with CAP_NET_ADMIN can set), loopback destinations and excluded networks are
+//! left alone. `getpeername` on a redirected socket returns the original
+//! destination, so the application never sees 127.0.0.1:15001.
+//!
+//! The kubelet's connects from the node's own network namespace to an enrolled
+//! pod of the node (its health probes) are bound to the probe address
+//! (169.254.7.127, `fd16:9254:7127:1337:ffff:ffff:ffff:ffff`) with `bpf_bind`:
+//! the only plaintext source a STRICT pod accepts. Nothing else of the node
+//! gets that source, so a NodePort (SNAT to the node's address) or a
+//! host-network pod cannot pass for a probe.
 
-use ambit_ebpf_common::{AF_INET, AF_INET6, OrigDst, setting};
+use ambit_ebpf_common::{AF_INET, AF_INET6, OrigDst, PROBE_ADDR4, PROBE_ADDR6, node_id, setting};
 use aya_ebpf::{
-    bindings::{BPF_ANY, bpf_sock_addr},
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    bindings::{BPF_ANY, bpf_sock_addr, sockaddr},
+    helpers::{bpf_bind, bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::cgroup_sock_addr,
     maps::lpm_trie::Key,
     programs::SockAddrContext,
@@ -18,7 +26,7 @@ use aya_ebpf::{
 
 use crate::{
     addr,
-    maps::{ENROLLED, EXCLUDED_NETS, ORIG_DST, setting},
+    maps::{ENROLLED, EXCLUDED_NETS, ORIG_DST, POD_ADDRS, node_id, setting},
 };
 
 /// Return code that lets the syscall proceed.
@@ -60,15 +68,24 @@ fn try_redirect(ctx: &SockAddrContext, v6: bool) -> Result<(), i64> {
     if sa.protocol != IPPROTO_TCP || sa.type_ != SOCK_STREAM {
         return Ok(());
     }
+    // SAFETY: bpf_get_current_cgroup_id is allowed in sock_addr programs
+    // (5.7+); connect runs in the calling thread's context.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    if cgroup == node_id(node_id::ZTUNNEL_CGROUP)
+        || cgroup == node_id(node_id::PREVIOUS_ZTUNNEL_CGROUP)
+    {
+        // ztunnel's own socket (an unset slot is 0, never a cgroup id).
+        return Ok(());
+    }
     // SAFETY: bpf_get_netns_cookie accepts a sock_addr context (5.7+).
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
     if ENROLLED.get_ptr(netns_cookie).is_none() {
-        return Ok(());
-    }
-    // SAFETY: in sock_addr programs `sk` is always a valid socket (PTR_TO_SOCKET).
-    let mark = unsafe { (*sa.__bindgen_anon_1.sk).mark };
-    let mask = setting(setting::ZTUNNEL_MARK_MASK);
-    if mask != 0 && mark & mask == setting(setting::ZTUNNEL_MARK) & mask {
+        if netns_cookie == node_id(node_id::HOST_NETNS) {
+            let probes = node_id(node_id::PROBE_CGROUP);
+            if probes != 0 && cgroup == probes {
+                probe_source(ctx, v6);
+            }
+        }
         return Ok(());
     }
     let ptr = ctx.sock_addr;
@@ -108,6 +125,83 @@ fn try_redirect(ctx: &SockAddrContext, v6: bool) -> Result<(), i64> {
         sa.user_ip4 = u32::from_ne_bytes([127, 0, 0, 1]);
     }
     Ok(())
+}
+
+/// `struct sockaddr_in`, for `bpf_bind`.
+#[repr(C)]
+struct SockaddrIn {
+    family: u16,
+    /// Network byte order.
+    port: u16,
+    /// The octets, as the kernel stores them.
+    addr: [u8; 4],
+    zero: [u8; 8],
+}
+
+/// `struct sockaddr_in6`, for `bpf_bind`.
+#[repr(C)]
+struct SockaddrIn6 {
+    family: u16,
+    port: u16,
+    flowinfo: u32,
+    addr: [u8; 16],
+    scope_id: u32,
+}
+
+/// Binds a kubelet connect to an enrolled pod of this node to the probe
+/// address (port 0: the kernel picks one at connect). Any failure leaves the
+/// connect as it was, which a STRICT pod refuses: fail closed.
+#[inline(always)]
+fn probe_source(ctx: &SockAddrContext, v6: bool) {
+    let ptr = ctx.sock_addr;
+    // SAFETY (both reads): field addresses of the live context.
+    let dst = if v6 {
+        addr::ctx_read_ip6(unsafe { &raw const (*ptr).user_ip6 })
+    } else {
+        addr::from_ip4(addr::ctx_read(unsafe { &raw const (*ptr).user_ip4 }))
+    };
+    if POD_ADDRS.get_ptr(dst).is_none() {
+        return;
+    }
+    if !v6 {
+        let mut sin = SockaddrIn {
+            family: AF_INET,
+            port: 0,
+            addr: PROBE_ADDR4,
+            zero: [0; 8],
+        };
+        // SAFETY: a valid sockaddr_in of its own size on this program's stack.
+        let _ = unsafe {
+            bpf_bind(
+                ptr,
+                (&raw mut sin).cast::<sockaddr>(),
+                size_of::<SockaddrIn>() as i32,
+            )
+        };
+        return;
+    }
+    // An IPv6 socket to an IPv4 pod address (v4-mapped) binds the v4-mapped
+    // probe address.
+    let source = if addr::is_v4_mapped(&dst) {
+        ambit_ebpf_common::v4_mapped(PROBE_ADDR4)
+    } else {
+        PROBE_ADDR6
+    };
+    let mut sin6 = SockaddrIn6 {
+        family: AF_INET6,
+        port: 0,
+        flowinfo: 0,
+        addr: source,
+        scope_id: 0,
+    };
+    // SAFETY: a valid sockaddr_in6 of its own size on this program's stack.
+    let _ = unsafe {
+        bpf_bind(
+            ptr,
+            (&raw mut sin6).cast::<sockaddr>(),
+            size_of::<SockaddrIn6>() as i32,
+        )
+    };
 }
 
 #[cgroup_sock_addr(getpeername4)]

@@ -5,8 +5,9 @@
 
 use ambit_ebpf_common::{
     CONNECT_COUNTS_CAPACITY, ENROLLED_CAPACITY, EXCLUDED_NETS_CAPACITY, FlowKey,
-    LISTENERS_CAPACITY, LOOPBACK_SOCKS_CAPACITY, ListenerKey, ORIG_DST_CAPACITY, OrigDst, PortKey,
-    SETTINGS_SLOTS, SockKey, TRANSPARENT_FLOWS_CAPACITY, map_name,
+    LISTENERS_CAPACITY, LOOPBACK_SOCKS_CAPACITY, ListenerKey, NODE_IDS_SLOTS, ORIG_DST_CAPACITY,
+    OrigDst, POD_ADDRS_CAPACITY, PortKey, SETTINGS_SLOTS, SockKey, TRANSPARENT_FLOWS_CAPACITY,
+    map_name,
 };
 use aya_ebpf::{
     macros::map,
@@ -43,6 +44,12 @@ pub static TRANSPARENT_FLOWS: LruHashMap<FlowKey, u8> =
 #[map(name = "EXCLUDED_NETS")]
 pub static EXCLUDED_NETS: LpmTrie<[u8; 16], u8> = LpmTrie::pinned(EXCLUDED_NETS_CAPACITY, 0);
 
+#[map(name = "NODE_IDS")]
+pub static NODE_IDS: Array<u64> = Array::pinned(NODE_IDS_SLOTS, 0);
+
+#[map(name = "POD_ADDRS")]
+pub static POD_ADDRS: HashMap<[u8; 16], u32> = HashMap::pinned(POD_ADDRS_CAPACITY, 0);
+
 // The names in the attributes above must match the shared constants; these fail
 // the build when they drift apart.
 const _: () = {
@@ -55,6 +62,8 @@ const _: () = {
     assert!(eq(map_name::LISTENERS, "LISTENERS"));
     assert!(eq(map_name::EXCLUDED_NETS, "EXCLUDED_NETS"));
     assert!(eq(map_name::TRANSPARENT_FLOWS, "TRANSPARENT_FLOWS"));
+    assert!(eq(map_name::NODE_IDS, "NODE_IDS"));
+    assert!(eq(map_name::POD_ADDRS, "POD_ADDRS"));
 };
 
 const fn eq(a: &str, b: &str) -> bool {
@@ -76,4 +85,10 @@ const fn eq(a: &str, b: &str) -> bool {
 #[inline(always)]
 pub fn setting(slot: u32) -> u32 {
     SETTINGS.get(slot).copied().unwrap_or(0)
+}
+
+/// A value of the NODE_IDS array (0 when unset).
+#[inline(always)]
+pub fn node_id(slot: u32) -> u64 {
+    NODE_IDS.get(slot).copied().unwrap_or(0)
 }

@@ -220,9 +220,34 @@ fn await_end(addr: &str, message: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Connects to `addr`. With `AMBIT_TESTBIN_MARK` set, the socket carries that
+/// `SO_MARK` (as a pod with CAP_NET_ADMIN may set), and with
+/// `AMBIT_TESTBIN_BIND` it connects from that address.
 fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
-    let stream = TcpStream::connect_timeout(&addr, io_timeout())
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let fail = |e: std::io::Error| format!("cannot connect to {addr}: {e}");
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .map_err(fail)?;
+    if let Ok(mark) = std::env::var("AMBIT_TESTBIN_MARK") {
+        let mark = u32::from_str_radix(mark.trim_start_matches("0x"), 16)
+            .map_err(|e| format!("bad AMBIT_TESTBIN_MARK {mark:?}: {e}"))?;
+        socket.set_mark(mark).map_err(fail)?;
+    }
+    if let Ok(bind) = std::env::var("AMBIT_TESTBIN_BIND") {
+        let bind: std::net::IpAddr = bind
+            .parse()
+            .map_err(|e| format!("bad AMBIT_TESTBIN_BIND {bind:?}: {e}"))?;
+        socket
+            .bind(&SocketAddr::new(bind, 0).into())
+            .map_err(fail)?;
+    }
+    socket
+        .connect_timeout(&addr.into(), io_timeout())
+        .map_err(fail)?;
+    let stream: TcpStream = socket.into();
     stream
         .set_read_timeout(Some(io_timeout()))
         .map_err(|e| e.to_string())?;

@@ -4,7 +4,10 @@
 //! Each check fails with a message that names the missing piece, so an operator
 //! knows what to change instead of reading a verifier log.
 
-use std::{fs, io, path::PathBuf};
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
 
 use aya::util::KernelVersion;
 
@@ -148,6 +151,37 @@ pub fn cgroup2_mount() -> Result<Option<PathBuf>, HostError> {
     let mountinfo =
         fs::read_to_string(PATH).map_err(|source| HostError::Proc { path: PATH, source })?;
     Ok(find_cgroup2(&mountinfo))
+}
+
+/// The id of the cgroup v2 directory `path` (its inode number, what
+/// `bpf_get_current_cgroup_id` returns for a task in it).
+pub fn cgroup_id(path: &Path) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = fs::metadata(path)?;
+    if !metadata.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a cgroup directory",
+        ));
+    }
+    Ok(metadata.ino())
+}
+
+/// The cgroup v2 directory of this process, under `mount` (the hierarchy as
+/// this process sees it, so that a cgroup namespace is accounted for).
+pub fn own_cgroup(mount: &Path) -> Result<PathBuf, HostError> {
+    const PATH: &str = "/proc/self/cgroup";
+    let text = fs::read_to_string(PATH).map_err(|source| HostError::Proc { path: PATH, source })?;
+    let relative = own_cgroup_path(&text).ok_or(HostError::Proc {
+        path: PATH,
+        source: io::Error::new(io::ErrorKind::InvalidData, "no cgroup v2 entry (0::)"),
+    })?;
+    Ok(mount.join(relative.trim_start_matches('/')))
+}
+
+/// The cgroup v2 path (`0::<path>`) in the text of `/proc/<pid>/cgroup`.
+pub(crate) fn own_cgroup_path(text: &str) -> Option<&str> {
+    text.lines().find_map(|line| line.strip_prefix("0::"))
 }
 
 /// Finds the first cgroup2 mount point in the text of `/proc/self/mountinfo`.

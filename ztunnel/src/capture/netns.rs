@@ -163,6 +163,17 @@ pub fn netns_cookie(netns: &Path) -> Result<NetnsCookie, Error> {
         })
 }
 
+/// The cookie of the calling thread's network namespace (ztunnel's own, the
+/// node's, on any thread but those that entered a pod).
+pub fn own_netns_cookie() -> Result<NetnsCookie, Error> {
+    socket_netns_cookie()
+        .map(NetnsCookie)
+        .map_err(|source| Error::Netns {
+            path: "/proc/self/ns/net".into(),
+            source,
+        })
+}
+
 /// Reads `SO_NETNS_COOKIE` (Linux 5.14+) from a fresh socket of the current
 /// thread's network namespace.
 fn socket_netns_cookie() -> io::Result<u64> {

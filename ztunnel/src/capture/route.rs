@@ -105,32 +105,42 @@ fn ignore_exists(result: Result<(), rtnetlink::Error>) -> io::Result<()> {
     }
 }
 
-/// The addresses of ztunnel's own network namespace (the node's), read over
-/// netlink.
-pub async fn local_addresses() -> Result<Vec<std::net::IpAddr>, Error> {
-    use futures::TryStreamExt;
-    use rtnetlink::packet_route::address::AddressAttribute;
-    let route_error = |source| Error::Route {
-        path: "/proc/self/ns/net".into(),
-        what: "list the node's addresses",
-        source,
-    };
-    let (connection, handle, _) = rtnetlink::new_connection().map_err(route_error)?;
-    let task = tokio::spawn(connection);
-    let mut addresses = Vec::new();
-    let mut stream = handle.address().get().execute();
-    let result = loop {
-        match stream.try_next().await {
-            Ok(Some(message)) => {
-                addresses.extend(message.attributes.iter().filter_map(|a| match a {
-                    AddressAttribute::Address(ip) => Some(*ip),
-                    _ => None,
-                }));
-            }
-            Ok(None) => break Ok(addresses),
-            Err(e) => break Err(route_error(io::Error::other(e.to_string()))),
+/// Adds the probe addresses (`ambit_ebpf_common::PROBE_ADDR4`/`PROBE_ADDR6`)
+/// to the loopback interface of ztunnel's own network namespace (the node's):
+/// the kubelet's probes to enrolled pods leave from them, and the pods' replies
+/// must come back to the node. Idempotent.
+pub async fn add_probe_addresses() -> Result<(), Error> {
+    let route_error = |what| {
+        move |source| Error::Route {
+            path: "/proc/self/ns/net".into(),
+            what,
+            source,
         }
     };
+    let (connection, handle, _) =
+        rtnetlink::new_connection().map_err(route_error("open netlink"))?;
+    let task = tokio::spawn(connection);
+    let v4 = std::net::IpAddr::V4(Ipv4Addr::from(ambit_ebpf_common::PROBE_ADDR4));
+    let v6 = std::net::IpAddr::V6(Ipv6Addr::from(ambit_ebpf_common::PROBE_ADDR6));
+    let result = async {
+        ignore_exists(
+            handle
+                .address()
+                .add(LOOPBACK_IFINDEX, v4, 32)
+                .execute()
+                .await,
+        )
+        .map_err(route_error("add the IPv4 probe address to lo"))?;
+        ignore_exists(
+            handle
+                .address()
+                .add(LOOPBACK_IFINDEX, v6, 128)
+                .execute()
+                .await,
+        )
+        .map_err(route_error("add the IPv6 probe address to lo"))
+    }
+    .await;
     task.abort();
     result
 }

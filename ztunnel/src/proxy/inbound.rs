@@ -45,15 +45,18 @@ pub async fn handle(mut client: TcpStream, peer: SocketAddr, pod: Arc<PodContext
 }
 
 /// Whether PeerAuthentication lets plaintext from `peer` reach `dst`: not under
-/// STRICT, except from the node itself (kubelet health probes), as in Istio. A
-/// pod the registry no longer knows gets nothing: its policies are unknown.
+/// STRICT, except the kubelet's health probes, as in Istio. They come from the
+/// probe address, which the capture gives only to the kubelet's connects to
+/// the node's enrolled pods: other processes of the node, NodePort traffic
+/// SNATed to the node's address and host-network pods get no exemption. A pod
+/// the registry no longer knows gets nothing: its policies are unknown.
 pub(super) fn plaintext_allowed(
     mesh: &super::Mesh,
     pod: &crate::registry::ObjectKey,
     peer: SocketAddr,
     dst: SocketAddr,
 ) -> bool {
-    if mesh.node_addrs.contains(&peer.ip()) {
+    if is_probe_source(peer.ip()) {
         return true;
     }
     let snapshot = mesh.registry.snapshot();
@@ -62,6 +65,17 @@ pub(super) fn plaintext_allowed(
     };
     let policies = snapshot.policies_for(workload);
     super::peer_authn::allows_plaintext(super::peer_authn::mtls_mode(&policies, dst.port()))
+}
+
+/// Whether `ip` is the kubelet's probe source (see `ambit_ebpf_common`).
+pub(super) fn is_probe_source(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.octets() == ambit_ebpf_common::PROBE_ADDR4,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.octets() == ambit_ebpf_common::PROBE_ADDR4,
+            None => v6.octets() == ambit_ebpf_common::PROBE_ADDR6,
+        },
+    }
 }
 
 /// Connects from inside the pod to `dst`, optionally from a foreign source

@@ -164,6 +164,14 @@ status: {podIP: 198.18.1.30}
 
     /// `(namespace/name, created, spec)`: one PeerAuthentication.
     type Policy = (&'static str, &'static str, &'static str);
+    /// `(name, policies, workload (namespace, name), port, mode wanted)`.
+    type Row = (
+        &'static str,
+        &'static [Policy],
+        (&'static str, &'static str),
+        u16,
+        MtlsMode,
+    );
 
     fn mode(policies: &[Policy], workload: (&str, &str), port: u16) -> MtlsMode {
         let mut text = String::from(BASE);
@@ -196,7 +204,7 @@ status: {podIP: 198.18.1.30}
 
     #[test]
     fn rows() {
-        let rows: &[(&str, &[Policy], (&str, &str), u16, MtlsMode)] = &[
+        let rows: &[Row] = &[
             ("nothing set", &[], BACKEND, 80, Permissive),
             (
                 "mesh-wide STRICT",

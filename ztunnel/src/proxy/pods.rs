@@ -166,6 +166,7 @@ impl PodListeners {
 
 struct Enrolled {
     pod: LocalPod,
+    identity: crate::identity::Identity,
     cookie: NetnsCookie,
     stop: watch::Sender<bool>,
     accept_loops: Vec<JoinHandle<()>>,
@@ -277,6 +278,7 @@ impl PodManager {
         let listeners = self.open_listeners(&name, &pod, sockets.as_ref())?;
         // Listeners first, then the capture: a redirect never points at nothing.
         self.capture.enroll(&netns)?;
+        self.capture.add_pod_addrs(&pod.ips)?;
 
         let context = Arc::new(PodContext {
             name: name.clone(),
@@ -296,6 +298,7 @@ impl PodManager {
             uid,
             Enrolled {
                 pod,
+                identity: context.identity.clone(),
                 cookie: netns.cookie(),
                 stop,
                 accept_loops,
@@ -351,7 +354,10 @@ impl PodManager {
         let enrolled = self.pods.remove(uid).ok_or_else(|| Error::NotEnrolled {
             uid: uid.to_owned(),
         })?;
-        let result = self.capture.unenroll(enrolled.cookie);
+        let result = self
+            .capture
+            .unenroll(enrolled.cookie)
+            .and_then(|()| self.capture.remove_pod_addrs(&enrolled.pod.ips));
         let ports = [self.config.inbound_plaintext_port, self.config.hbone_port];
         for (ip, port) in enrolled
             .pod
@@ -365,7 +371,42 @@ impl PodManager {
         }
         let _ = enrolled.stop.send(true);
         tracing::info!(pod = %format!("{}/{}", enrolled.pod.namespace, enrolled.pod.name), "pod unenrolled");
+        // The last pod of its identity on this node: stop renewing its
+        // certificate (connections in flight keep theirs).
+        if !self.pods.values().any(|p| p.identity == enrolled.identity) {
+            self.inputs.mesh.certs.forget(&enrolled.identity);
+        }
         result.map_err(Error::from)
+    }
+
+    /// Removes from the pinned maps the pods that a previous ztunnel of this
+    /// node enrolled and that are not enrolled now: pods that left the mesh
+    /// while no ztunnel ran, whose connects would otherwise stay redirected to
+    /// listeners that no longer exist. Call it once the configuration source
+    /// has synced and a reconcile enrolled every desired pod: a pod that could
+    /// not be enrolled yet may be one of those entries, and keeps it.
+    pub fn release_stale(&mut self) -> Result<usize, Error> {
+        let ours: std::collections::HashSet<NetnsCookie> =
+            self.pods.values().map(|e| e.cookie).collect();
+        let mut released = 0;
+        for cookie in self.capture.enrolled_cookies()? {
+            if ours.contains(&cookie) {
+                continue;
+            }
+            self.capture.unenroll(cookie)?;
+            tracing::info!(cookie = %cookie, "released a pod a previous ztunnel enrolled that is no longer in the mesh");
+            released += 1;
+        }
+        let addrs: std::collections::HashSet<IpAddr> = self
+            .pods
+            .values()
+            .flat_map(|e| e.pod.ips.iter().copied())
+            .collect();
+        let stale: Vec<IpAddr> = (self.capture.pod_addrs()?.into_iter())
+            .filter(|ip| !addrs.contains(ip))
+            .collect();
+        self.capture.remove_pod_addrs(&stale)?;
+        Ok(released)
     }
 
     /// Whether `sk_msg` shortcuts new loopback connections.
