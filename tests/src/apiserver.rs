@@ -96,6 +96,18 @@ impl ApiServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(Error::Listen)?;
+        Self::serve_on(listener, bookmark_interval)
+    }
+
+    /// Serves on `listener`, bound by the caller (for example inside a
+    /// testbed node's network namespace, for a ztunnel process to reach).
+    pub fn start_on(listener: std::net::TcpListener) -> Result<Self, Error> {
+        listener.set_nonblocking(true).map_err(Error::Listen)?;
+        let listener = TcpListener::from_std(listener).map_err(Error::Listen)?;
+        Self::serve_on(listener, Duration::from_secs(1))
+    }
+
+    fn serve_on(listener: TcpListener, bookmark_interval: Duration) -> Result<Self, Error> {
         let addr = listener.local_addr().map_err(Error::Listen)?;
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::default()),
@@ -105,9 +117,19 @@ impl ApiServer {
         Ok(Self { addr, shared, task })
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://<address>:<port>`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// A kubeconfig file's text for this server (plain HTTP, no credentials).
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"{}\"}}\n\
+             users:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: fake}}\n\
+             current-context: fake\n",
+            self.url()
+        )
     }
 
     /// A kube client for this server (plain HTTP, no credentials).

@@ -29,6 +29,8 @@ struct PodEntry {
     service_account: String,
     labels: Vec<(String, String)>,
     ready: bool,
+    /// The `ambit.dev/netns` annotation, when not the pod's own namespace.
+    netns: Option<String>,
 }
 
 impl MeshConfig {
@@ -60,6 +62,7 @@ impl MeshConfig {
             service_account: pod.to_owned(),
             labels: vec![("app".to_owned(), pod.to_owned())],
             ready: true,
+            netns: None,
         });
         self
     }
@@ -91,6 +94,14 @@ impl MeshConfig {
     #[must_use]
     pub fn not_ready(mut self, pod: &str) -> Self {
         self.entry(pod).ready = false;
+        self
+    }
+
+    /// Makes `pod`'s `ambit.dev/netns` annotation name `path` instead of the
+    /// pod's own namespace.
+    #[must_use]
+    pub fn netns(mut self, pod: &str, path: &str) -> Self {
+        self.entry(pod).netns = Some(path.to_owned());
         self
     }
 
@@ -138,7 +149,10 @@ impl MeshConfig {
                 name = entry.pod,
                 uid = pod.uid(),
                 namespace = entry.namespace,
-                netns = pod.netns_path().display(),
+                netns = entry
+                    .netns
+                    .clone()
+                    .unwrap_or_else(|| pod.netns_path().display().to_string()),
                 node = pod.node(),
                 sa = entry.service_account,
                 v4 = pod.ipv4(),
@@ -258,11 +272,33 @@ impl Ztunnel {
         config: &Path,
         options: &ZtunnelOptions,
     ) -> Result<Self, Error> {
-        let spec = bed.node(node);
         let mut cmd = bed.ztunnel_command(node, ztunnel_binary());
-        cmd.arg("--config")
-            .arg(config)
-            .args(["--node", node])
+        cmd.arg("--config").arg(config);
+        Self::spawn(bed, node, cmd, options)
+    }
+
+    /// Starts ztunnel on `node` in Kubernetes mode: it reads the API server
+    /// that `kubeconfig` names (the fake one of a test), and waits until it is
+    /// ready.
+    pub fn start_kubernetes(
+        bed: &Testbed,
+        node: &str,
+        kubeconfig: &Path,
+        options: &ZtunnelOptions,
+    ) -> Result<Self, Error> {
+        let mut cmd = bed.ztunnel_command(node, ztunnel_binary());
+        cmd.env("KUBECONFIG", kubeconfig);
+        Self::spawn(bed, node, cmd, options)
+    }
+
+    fn spawn(
+        bed: &Testbed,
+        node: &str,
+        mut cmd: std::process::Command,
+        options: &ZtunnelOptions,
+    ) -> Result<Self, Error> {
+        let spec = bed.node(node);
+        cmd.args(["--node", node])
             .arg("--node-cgroup")
             .arg(spec.cgroup())
             .env("AMBIT_PROBE_CGROUP", spec.kubelet_cgroup())

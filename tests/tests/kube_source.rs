@@ -122,7 +122,12 @@ async fn initial_list_then_adds_updates_and_deletes() {
     let snap = run.registry.snapshot();
     assert_eq!(snap.workload_count(), 2);
     let web = snap.workload_by_ip("198.18.1.2".parse().unwrap()).unwrap();
-    assert!(web.netns().is_some(), "own node's pods are kept in full");
+    assert!(web.local.is_some(), "own node's pods are kept in full");
+    assert_eq!(
+        web.netns(),
+        None,
+        "never the netns its annotation names: anyone creating a pod writes those"
+    );
     assert!(
         snap.workload_by_ip("198.18.2.2".parse().unwrap())
             .unwrap()

@@ -136,8 +136,8 @@ fn pods_reach_each_other_across_and_within_nodes_over_ipv4_and_ipv6() {
 }
 
 #[test]
-fn processes_run_in_the_pod_netns_and_the_node_cgroup() {
-    if !privileged("processes_run_in_the_pod_netns_and_the_node_cgroup") {
+fn processes_run_in_the_pod_netns_and_the_pod_cgroup_under_the_node() {
+    if !privileged("processes_run_in_the_pod_netns_and_the_pod_cgroup_under_the_node") {
         return;
     }
     let bed = Testbed::builder("placement")
@@ -152,14 +152,23 @@ fn processes_run_in_the_pod_netns_and_the_node_cgroup() {
     let mount = ztunnel::capture::cgroup2_mount()
         .expect("mountinfo")
         .expect("cgroup v2");
-    let relative = bed
-        .node("a")
+    let pod = bed.pod("p");
+    let relative = pod
         .cgroup()
         .strip_prefix(&mount)
-        .expect("node cgroup under the mount");
+        .expect("pod cgroup under the mount");
     assert!(
-        out.contains(&format!("0::/{}", relative.display())),
-        "runs in the node cgroup: {out}"
+        pod.cgroup().starts_with(bed.node("a").cgroup()),
+        "the pod's cgroup is under its node's"
+    );
+    assert!(
+        pod.cgroup().ends_with(format!("kubepods/pod{}", pod.uid())),
+        "named after the pod's uid, as a kubelet does: {}",
+        pod.cgroup().display()
+    );
+    assert!(
+        out.contains(&format!("0::/{}\n", relative.display())),
+        "runs in the pod's cgroup: {out}"
     );
     assert!(
         out.contains(&bed.pod("p").ipv4().to_string()),
@@ -194,16 +203,18 @@ fn teardown_leaves_no_netns_veth_cgroup_or_process() {
             cmd.spawn().expect("sleep starts")
         })
         .collect();
-    // The move into the cgroup happens in the child before it execs sleep.
+    // The move into the cgroup happens in the child before it execs sleep;
+    // each pod already holds its pause process.
     let deadline = Instant::now() + WAIT;
-    while std::fs::read_to_string(cgroup.join("a/cgroup.procs"))
+    while std::fs::read_to_string(bed.pod("x").cgroup().join("cgroup.procs"))
         .unwrap_or_default()
-        .trim()
-        .is_empty()
+        .lines()
+        .count()
+        < 2
     {
         assert!(
             Instant::now() < deadline,
-            "the process never joined the node cgroup"
+            "the process never joined the pod's cgroup"
         );
         std::thread::sleep(Duration::from_millis(10));
     }

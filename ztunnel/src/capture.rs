@@ -16,6 +16,7 @@
 mod host;
 mod netns;
 mod pin;
+mod podns;
 mod route;
 
 use std::{
@@ -45,7 +46,8 @@ pub use host::{
     raise_open_file_limit,
 };
 pub use netns::{Netns, NetnsCookie, in_netns, netns_cookie, own_netns_cookie};
-pub use route::{add_probe_addresses, setup_transparent_return};
+pub use podns::{NetnsId, PodNetns, ProcessScan};
+pub use route::{add_probe_addresses, missing_addresses, setup_transparent_return};
 
 /// The programs and maps as built by `cargo xtask build-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AMBIT_EBPF_OBJECT"));

@@ -21,7 +21,8 @@ use kube::{ResourceExt, core::PartialObjectMeta};
 
 use crate::registry::{Change, Kind, ObjectKey};
 
-/// Pod annotation naming the pod's network namespace in local mode.
+/// Pod annotation naming the pod's network namespace in local mode (the file
+/// source only: in Kubernetes a pod's author writes its annotations).
 pub const NETNS_ANNOTATION: &str = "ambit.dev/netns";
 /// GatewayClass of waypoints.
 pub const WAYPOINT_CLASS: &str = "istio-waypoint";

@@ -20,8 +20,8 @@ use ztunnel::{
         },
         client::CaClient,
     },
-    proxy::{LocalPod, Mesh, PodManager, PodManagerConfig},
-    registry::{ObjectKey, Options, Registry, Snapshot},
+    proxy::{Desired, Mesh, NetnsSource, PodManager, PodManagerConfig},
+    registry::{ObjectKey, Options, Registry},
     settings::{self, ProcessEnv, Settings},
     telemetry,
 };
@@ -223,8 +223,11 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
         node: Some(node.clone()),
         ..Options::default()
     }));
-    match settings.config_file.clone() {
-        Some(path) => load_file(&registry, path).await?,
+    let mut netns_source = match settings.config_file.clone() {
+        Some(path) => {
+            load_file(&registry, path).await?;
+            NetnsSource::Config
+        }
         None => {
             let source = KubeSource::from_environment()
                 .await
@@ -237,8 +240,16 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
             if !wait_for_sync(synced).await? {
                 return Ok(());
             }
+            // A pod's object names nothing about its namespace that can be
+            // trusted: its processes do.
+            NetnsSource::processes(&settings.host_proc).with_context(|| {
+                format!(
+                    "cannot read {} to find the pods' namespaces",
+                    settings.host_proc.display()
+                )
+            })?
         }
-    }
+    };
     let mut updates = registry.subscribe();
     let (_ca, certs, bundle) = local_identity(ca_dir, &node, &registry).await?;
     let mesh = Arc::new(Mesh {
@@ -261,7 +272,7 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
     capture.attach().context("cannot attach the eBPF capture")?;
     let mut pods = PodManager::new(capture, pod_manager_config(&settings), mesh.clone())
         .context("cannot start the proxy")?;
-    let desired = local_pods(&registry.snapshot(), &node);
+    let mut desired = netns_source.desired(&registry.snapshot(), &node);
     let mut stale_released = false;
     let failures = pods.reconcile(&desired.pods).await;
     release_stale(&mut pods, &mut stale_released, &desired, &failures);
@@ -296,12 +307,20 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
                 }
                 let snapshot = updates.borrow_and_update().clone();
                 mesh.update_policies(&snapshot);
-                let desired = local_pods(&snapshot, &node);
+                desired = netns_source.desired(&snapshot, &node);
                 let failures = pods.reconcile(&desired.pods).await;
                 release_stale(&mut pods, &mut stale_released, &desired, &failures);
                 report(failures);
                 // From here on, new connections see this generation.
                 tracing::info!(generation = snapshot.generation(), "configuration applied");
+            }
+            // Pods whose namespace is not known yet (their processes have not
+            // started) are looked for again.
+            () = tokio::time::sleep(settings::POD_NETNS_RETRY), if desired.unresolved > 0 => {
+                desired = netns_source.desired(&registry.snapshot(), &node);
+                let failures = pods.reconcile(&desired.pods).await;
+                release_stale(&mut pods, &mut stale_released, &desired, &failures);
+                report(failures);
             }
         }
     }
@@ -366,34 +385,6 @@ fn capture_config(settings: &Settings, node: &str, cgroups: NodeCgroups) -> Capt
         inbound_plaintext_port: settings::INBOUND_PLAINTEXT_PORT,
         excluded_nets: Vec::new(),
     }
-}
-
-/// The pods of a node to capture.
-struct Desired {
-    /// Those whose network namespace is known.
-    pods: Vec<LocalPod>,
-    /// How many more should be captured but their network namespace is not
-    /// known yet.
-    unresolved: usize,
-}
-
-/// The pods of `node` that the registry says to capture. A pod whose network
-/// namespace is not known yet cannot be captured and is counted apart.
-fn local_pods(snapshot: &Snapshot, node: &str) -> Desired {
-    let mut desired = Desired {
-        pods: Vec::new(),
-        unresolved: 0,
-    };
-    for pod in snapshot.enrolled_pods(node) {
-        match LocalPod::from_enrolled(&pod) {
-            Some(local) => desired.pods.push(local),
-            None => {
-                tracing::debug!(pod = %pod.name, "enrolled pod without a known network namespace");
-                desired.unresolved += 1;
-            }
-        }
-    }
-    desired
 }
 
 /// Once per process, after the first reconcile that captured every pod to

@@ -12,6 +12,7 @@
 
 mod accept;
 mod access;
+mod discover;
 mod hbone_inbound;
 mod inbound;
 mod outbound;
@@ -23,6 +24,7 @@ mod socket;
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
+pub use discover::{Desired, NetnsSource};
 pub use pods::{LocalPod, PodManager, PodManagerConfig};
 pub use socket::{PodSockets, SocketFactory, error_chain};
 
@@ -153,6 +155,16 @@ pub enum Error {
         /// Why.
         #[source]
         source: crate::identity::spiffe::NameError,
+    },
+    /// The network namespace given for a pod is refused.
+    #[error("pod {pod}: network namespace {path} refused: {reason}")]
+    Netns {
+        /// The pod, as namespace/name.
+        pod: String,
+        /// The namespace file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
     },
     /// The pod is not enrolled.
     #[error("pod {uid} is not enrolled")]

@@ -88,6 +88,9 @@ pub const ZTUNNEL_MARK: u32 = 0x539;
 pub const TRANSPARENT_MARK: u32 = 0x53a;
 /// Routing table, inside each pod, of the transparent return path.
 pub const ROUTE_TABLE: u32 = 0x539;
+/// How often an enrolled pod whose network namespace is not known yet (no
+/// process of it found) is looked for again.
+pub const POD_NETNS_RETRY: Duration = Duration::from_secs(1);
 /// How long a connection to a destination may take to establish.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -137,6 +140,12 @@ pub const NODE_CGROUP_ENV: &str = "AMBIT_NODE_CGROUP";
 pub const PROBE_CGROUP_ENV: &str = "AMBIT_PROBE_CGROUP";
 /// Default of [`PROBE_CGROUP_ENV`]: the kubelet's systemd unit.
 pub const PROBE_CGROUP_DEFAULT: &str = "system.slice/kubelet.service";
+/// Kubernetes mode: the procfs of the node's processes, where pods' network
+/// namespaces are found through their processes (`/proc` with hostPID; the
+/// host's procfs mounted elsewhere, as the DaemonSet does, otherwise).
+pub const HOST_PROC_ENV: &str = "AMBIT_HOST_PROC";
+/// Default of [`HOST_PROC_ENV`].
+pub const HOST_PROC_DEFAULT: &str = "/proc";
 /// Log line format: `plain` (default) or `json`.
 pub const LOG_FORMAT_ENV: &str = "LOG_FORMAT";
 /// Default of [`LOG_FORMAT_ENV`].
@@ -211,6 +220,8 @@ pub struct Settings {
     pub pin_dir: Option<PathBuf>,
     /// See [`PROBE_CGROUP_ENV`] (unset: [`PROBE_CGROUP_DEFAULT`]; empty: none).
     pub probe_cgroup: Option<PathBuf>,
+    /// See [`HOST_PROC_ENV`].
+    pub host_proc: PathBuf,
     /// See [`SOCKMAP_ENV`].
     pub sockmap: bool,
     /// See [`DRAIN_TIMEOUT_ENV`].
@@ -258,6 +269,7 @@ impl Settings {
                 Some(v) if v.is_empty() => None,
                 Some(v) => Some(PathBuf::from(v)),
             },
+            host_proc: PathBuf::from(var(HOST_PROC_ENV).as_deref().unwrap_or(HOST_PROC_DEFAULT)),
             sockmap,
             drain_timeout,
             idle_timeout,
@@ -273,6 +285,7 @@ impl Settings {
         for (name, path) in [
             (NODE_CGROUP_ENV, &self.node_cgroup),
             (PIN_DIR_ENV, &self.pin_dir),
+            (HOST_PROC_ENV, &Some(self.host_proc.clone())),
         ] {
             if let Some(path) = path
                 && !path.is_absolute()
@@ -392,6 +405,7 @@ mod tests {
                 node_cgroup: None,
                 pin_dir: None,
                 probe_cgroup: Some(PathBuf::from("system.slice/kubelet.service")),
+                host_proc: PathBuf::from("/proc"),
                 sockmap: false,
                 drain_timeout: Duration::from_secs(30),
                 idle_timeout: Duration::from_secs(3600),

@@ -58,11 +58,22 @@ impl Netns {
             source,
         };
         let file = File::open(path).map_err(netns_error)?;
-        let cookie = netns_cookie(path)?;
-        Ok(Self {
+        let mut netns = Self {
             path: path.to_owned(),
             file,
-            cookie,
+            cookie: NetnsCookie(0),
+        };
+        // The cookie of the namespace this file is (not of whatever the path
+        // names by now).
+        netns.cookie = NetnsCookie(netns.run(socket_netns_cookie)?.map_err(netns_error)?);
+        Ok(netns)
+    }
+
+    /// The identity of the open namespace file (see [`super::NetnsId`]).
+    pub fn id(&self) -> Result<super::NetnsId, Error> {
+        super::NetnsId::of_file(&self.file).map_err(|source| Error::Netns {
+            path: self.path.clone(),
+            source,
         })
     }
 

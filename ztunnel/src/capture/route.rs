@@ -144,3 +144,42 @@ pub async fn add_probe_addresses() -> Result<(), Error> {
     task.abort();
     result
 }
+
+/// The addresses of `ips` that no interface of `netns` holds: a pod's own
+/// namespace holds all of its addresses, so any missing one means `netns` is
+/// not that pod's.
+pub async fn missing_addresses(
+    netns: &Netns,
+    ips: &[std::net::IpAddr],
+) -> Result<Vec<std::net::IpAddr>, Error> {
+    use futures::TryStreamExt;
+    use rtnetlink::packet_route::address::AddressAttribute;
+    let route_error = |source| Error::Route {
+        path: netns.path().to_owned(),
+        what: "list the addresses",
+        source,
+    };
+    let (connection, handle, _) = netns.run(rtnetlink::new_connection)?.map_err(route_error)?;
+    let task = tokio::spawn(connection);
+    let mut held = Vec::new();
+    let mut stream = handle.address().get().execute();
+    let result = loop {
+        match stream.try_next().await {
+            Ok(Some(message)) => {
+                held.extend(message.attributes.iter().filter_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                }));
+            }
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(route_error(io::Error::other(e.to_string()))),
+        }
+    };
+    task.abort();
+    result?;
+    Ok(ips
+        .iter()
+        .filter(|ip| !held.contains(ip))
+        .copied()
+        .collect())
+}

@@ -2,7 +2,7 @@
 //! to the fields the data path needs; the registry drops the local part of pods
 //! of other nodes. Nodes are reduced to their zone.
 
-use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, sync::Arc};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use k8s_openapi::{
     api::{
@@ -14,8 +14,7 @@ use k8s_openapi::{
 use kube::{ResourceExt, core::PartialObjectMeta};
 
 use super::{
-    Invalid, LEGACY_ZONE_LABEL, NETNS_ANNOTATION, Problem, SERVICE_NAME_LABEL, WAYPOINT_CLASS,
-    ZONE_LABEL, crd,
+    Invalid, LEGACY_ZONE_LABEL, Problem, SERVICE_NAME_LABEL, WAYPOINT_CLASS, ZONE_LABEL, crd,
 };
 use crate::registry::{
     self, EndpointPort, EndpointSet, Labels, LocalPod, Name, Object, ObjectKey, PodIps, Protocol,
@@ -45,7 +44,9 @@ pub(super) fn node(node: &PartialObjectMeta<Node>, key: &ObjectKey) -> Result<Ob
 
 /// A pod, or `None` when the data path has no use for it: not scheduled yet, or
 /// finished (`Succeeded`/`Failed` pods keep their IP in the status, but it may
-/// already belong to another pod).
+/// already belong to another pod). Its network namespace is never read from the
+/// object: anyone who may create a pod writes its annotations. Only the local
+/// file source, which the operator writes, names it (see `file`).
 pub(super) fn pod(pod: &Pod, key: &ObjectKey) -> Result<Option<Object>, Invalid> {
     let spec = pod.spec.as_ref();
     let status = pod.status.as_ref();
@@ -73,7 +74,6 @@ pub(super) fn pod(pod: &Pod, key: &ObjectKey) -> Result<Option<Object>, Invalid>
     let ips = pod_ips(&addresses)?;
     let ready = (status.and_then(|s| s.conditions.as_ref()))
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    let netns = pod.annotations().get(NETNS_ANNOTATION).map(PathBuf::from);
     let uid = match pod.uid() {
         Some(uid) if !uid.is_empty() => Uid::new(&uid),
         // A hand-written file may leave it out; the key is unique too.
@@ -93,7 +93,7 @@ pub(super) fn pod(pod: &Pod, key: &ObjectKey) -> Result<Option<Object>, Invalid>
         labels: Arc::new(labels("metadata.labels", pod.labels())?),
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
         ready,
-        local: Some(Box::new(LocalPod { netns })),
+        local: Some(Box::new(LocalPod { netns: None })),
     })))
 }
 
@@ -372,6 +372,22 @@ mod tests {
         }
         assert!(is_label_value(""));
         assert!(!is_label_value("a*"));
+    }
+
+    #[test]
+    fn the_netns_annotation_of_a_pod_object_is_ignored() {
+        let key = ObjectKey::new("ns", "p");
+        let p: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns",
+                         "annotations": {"ambit.dev/netns": "/proc/self/ns/net"}},
+            "spec": {"containers": [], "nodeName": "n1"},
+            "status": {"podIP": "198.18.1.1"}
+        }))
+        .unwrap();
+        let Some(Object::Workload(w)) = pod(&p, &key).unwrap() else {
+            panic!("a workload");
+        };
+        assert_eq!(w.netns(), None);
     }
 
     #[test]

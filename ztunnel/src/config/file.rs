@@ -222,7 +222,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, Error> {
         }
         seen.insert((kind, key.clone()), i);
         match resource.to_change() {
-            Ok(Change::Upsert(object)) => {
+            Ok(Change::Upsert(mut object)) => {
+                name_netns(resource, &mut object);
                 if !object.problems().is_empty() {
                     let problems = object.problems().join("; ");
                     let reason = DocumentError::FailClosed {
@@ -247,6 +248,21 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, Error> {
         objects,
         fail_closed,
     })
+}
+
+/// Local mode: the pod's network namespace is the one its `ambit.dev/netns`
+/// annotation names. The operator writes this file, so it is trusted here and
+/// nowhere else (the Kubernetes source never reads the annotation).
+fn name_netns(resource: &super::Resource, object: &mut Object) {
+    use kube::ResourceExt;
+    if let (super::Resource::Pod(pod), Object::Workload(workload)) = (resource, object)
+        && let Some(local) = workload.local.as_mut()
+    {
+        local.netns = pod
+            .annotations()
+            .get(super::NETNS_ANNOTATION)
+            .map(PathBuf::from);
+    }
 }
 
 /// Refuses a second pod with the same IP (host-network pods share the node's)

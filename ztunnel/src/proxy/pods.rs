@@ -20,7 +20,7 @@ use super::{
     socket::PodSockets,
 };
 use crate::{
-    capture::{self, Capture, Netns, NetnsCookie, OrigDstTable, TransparentFlows},
+    capture::{self, Capture, Netns, NetnsCookie, NetnsId, OrigDstTable, TransparentFlows},
     registry::EnrolledPod,
 };
 
@@ -37,20 +37,29 @@ pub struct LocalPod {
     pub service_account: String,
     /// The pod's network namespace file.
     pub netns: PathBuf,
+    /// The namespace `netns` must still be when it is opened, when it was
+    /// found through the pod's processes (a pid may be reused meanwhile).
+    pub netns_id: Option<NetnsId>,
     /// The pod's addresses.
     pub ips: Vec<IpAddr>,
 }
 
 impl LocalPod {
-    /// The pod to capture for an enrolled pod of the registry, if its network
-    /// namespace is known.
-    pub fn from_enrolled(pod: &EnrolledPod) -> Option<Self> {
+    /// The pod to capture for an enrolled pod of the registry: in the
+    /// namespace `found` (from the pod's processes), else the one the
+    /// configuration names; `None` when neither is known.
+    pub fn from_enrolled(pod: &EnrolledPod, found: Option<(PathBuf, NetnsId)>) -> Option<Self> {
+        let (netns, netns_id) = match found {
+            Some((path, id)) => (path, Some(id)),
+            None => (pod.netns.clone()?, None),
+        };
         Some(Self {
             uid: pod.uid.to_string(),
             namespace: pod.namespace.as_str().to_owned(),
             name: pod.name.to_string(),
             service_account: pod.service_account.as_str().to_owned(),
-            netns: pod.netns.clone()?,
+            netns,
+            netns_id,
             ips: pod.ips.iter().collect(),
         })
     }
@@ -179,6 +188,9 @@ pub struct PodManager {
     config: PodManagerConfig,
     inputs: Arc<ProxyInputs>,
     pods: HashMap<String, Enrolled>,
+    /// The node's own network namespaces (ztunnel's and pid 1's): never
+    /// enrolled, whatever the input names.
+    host_netns: Vec<NetnsCookie>,
 }
 
 impl std::fmt::Debug for PodManager {
@@ -202,11 +214,18 @@ impl PodManager {
             hbone_port: config.hbone_port,
             mesh,
         });
+        let mut host_netns = vec![capture::own_netns_cookie()?];
+        // pid 1's, when this process sees it (the host's, or the container's
+        // init, which is in the host's with hostNetwork).
+        if let Ok(init) = capture::netns_cookie(std::path::Path::new("/proc/1/ns/net")) {
+            host_netns.push(init);
+        }
         Ok(Self {
             capture,
             config,
             inputs,
             pods: HashMap::new(),
+            host_netns,
         })
     }
 
@@ -266,7 +285,21 @@ impl PodManager {
                 tracing::warn!(identity = %warm, error = %super::error_chain(&error), "no certificate yet");
             }
         });
-        let netns = Arc::new(Netns::open(&pod.netns)?);
+        let netns = Arc::new(self.open_netns(&name, &pod)?);
+        let missing = capture::missing_addresses(&netns, &pod.ips).await?;
+        if pod.ips.is_empty() || !missing.is_empty() {
+            let reason = if pod.ips.is_empty() {
+                "the pod has no address to check it against".to_owned()
+            } else {
+                let missing: Vec<String> = missing.iter().map(ToString::to_string).collect();
+                format!("it does not hold the pod's address {}", missing.join(", "))
+            };
+            return Err(Error::Netns {
+                pod: name,
+                path: pod.netns.clone(),
+                reason,
+            });
+        }
         let config = &self.config;
         capture::setup_transparent_return(&netns, config.transparent_mark, config.route_table)
             .await?;
@@ -305,6 +338,38 @@ impl PodManager {
             },
         );
         Ok(())
+    }
+
+    /// Opens the pod's network namespace, refusing one that is not the pod's
+    /// alone: the node's own (enrolling it would steer all of the node's
+    /// inbound TCP into ztunnel), one another enrolled pod is in (its traffic
+    /// would carry this pod's identity), or, when found through the pod's
+    /// processes, one that is not the namespace found any more. (`enroll` then
+    /// checks that it holds the pod's addresses.)
+    fn open_netns(&self, name: &str, pod: &LocalPod) -> Result<Netns, Error> {
+        let netns = Netns::open(&pod.netns)?;
+        let refuse = |reason: String| Error::Netns {
+            pod: name.to_owned(),
+            path: pod.netns.clone(),
+            reason,
+        };
+        if self.host_netns.contains(&netns.cookie()) {
+            return Err(refuse("it is the node's own network namespace".to_owned()));
+        }
+        if let Some(other) = self.pods.values().find(|e| e.cookie == netns.cookie()) {
+            return Err(refuse(format!(
+                "pod {}/{} is already enrolled in it",
+                other.pod.namespace, other.pod.name
+            )));
+        }
+        if let Some(expected) = pod.netns_id
+            && netns.id()? != expected
+        {
+            return Err(refuse(
+                "it changed since it was found through the pod's processes".to_owned(),
+            ));
+        }
+        Ok(netns)
     }
 
     /// Opens the pod's listeners and registers the inbound ones for `sk_lookup`.
