@@ -27,6 +27,20 @@ pub const HBONE_MAX_FRAME: u32 = 256 * 1024;
 pub const HBONE_SEND_BUFFER: usize = 1024 * 1024;
 /// Concurrent CONNECT streams per HBONE connection.
 pub const HBONE_MAX_STREAMS: u32 = 100;
+/// Largest header list (HPACK-decoded) an HBONE peer may send on one stream.
+/// A CONNECT carries a few hundred bytes (`:authority`, `traceparent`,
+/// `baggage`); h2's default, 16 MiB, would let one authenticated peer make
+/// the server hold gigabytes. A larger block ends the connection.
+pub const HBONE_MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Streams a peer may open and reset before the server accepts them (the
+/// HTTP/2 rapid reset attack, CVE-2023-44487) before the connection is ended.
+pub const HBONE_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams the server may reset for a peer's protocol errors before it ends
+/// the connection.
+pub const HBONE_MAX_LOCAL_ERROR_RESETS: usize = 64;
+/// How long the server may take to decide a CONNECT and connect to its target
+/// (authorization and the connect to the application) before it answers 504.
+pub const HBONE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the TLS and HTTP/2 handshakes of an HBONE connection may take
 /// (either side): a peer that accepts TCP and then stalls is dropped.
 pub const HBONE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -237,6 +237,8 @@ where
             .initial_connection_window_size(settings::HBONE_CONNECTION_WINDOW)
             .max_frame_size(settings::HBONE_MAX_FRAME)
             .max_send_buffer_size(settings::HBONE_SEND_BUFFER)
+            // The server answers a CONNECT with a status line and nothing more.
+            .max_header_list_size(settings::HBONE_MAX_HEADER_LIST)
             .handshake::<_, Bytes>(tls)
             .await
             .map_err(Error::H2)

@@ -2,6 +2,14 @@
 //! HTTP/2 whose CONNECT streams are handed to a callback that decides and
 //! connects to the target. The callback answers with the status to send: 200
 //! and a connected target, or a refusal.
+//!
+//! An authenticated peer is still bounded: the handshakes have a deadline,
+//! a connection carries at most `HBONE_MAX_STREAMS` streams whose header
+//! lists are at most `HBONE_MAX_HEADER_LIST` bytes (a larger header block,
+//! CONTINUATION floods included, ends the connection), streams reset before
+//! they are accepted (rapid reset) and protocol errors end it past their
+//! limits, and a CONNECT not decided and connected within
+//! `HBONE_CONNECT_TIMEOUT` is answered 504.
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
@@ -50,6 +58,9 @@ where
             .max_concurrent_streams(settings::HBONE_MAX_STREAMS)
             .max_frame_size(settings::HBONE_MAX_FRAME)
             .max_send_buffer_size(settings::HBONE_SEND_BUFFER)
+            .max_header_list_size(settings::HBONE_MAX_HEADER_LIST)
+            .max_pending_accept_reset_streams(settings::HBONE_MAX_PENDING_ACCEPT_RESETS)
+            .max_local_error_reset_streams(Some(settings::HBONE_MAX_LOCAL_ERROR_RESETS))
             .handshake::<_, Bytes>(tls)
             .await
             .map_err(Error::H2)?;
@@ -106,11 +117,16 @@ async fn handle<F, Fut, G>(
     else {
         return refuse(&mut respond, StatusCode::BAD_REQUEST);
     };
-    match on_stream(source, authority).await {
-        Ok(run) => match respond.send_response(Response::new(()), false) {
+    let decided = tokio::time::timeout(
+        settings::HBONE_CONNECT_TIMEOUT,
+        on_stream(source, authority),
+    );
+    match decided.await {
+        Ok(Ok(run)) => match respond.send_response(Response::new(()), false) {
             Ok(send) => run(Tunnel::new(send, request.into_body(), None)).await,
             Err(error) => tracing::debug!(%error, "HBONE stream closed before the answer"),
         },
-        Err(code) => refuse(&mut respond, code),
+        Ok(Err(code)) => refuse(&mut respond, code),
+        Err(_) => refuse(&mut respond, StatusCode::GATEWAY_TIMEOUT),
     }
 }

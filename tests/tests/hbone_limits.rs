@@ -1,0 +1,190 @@
+//! An authenticated but hostile HBONE peer: what it may cost the server, and
+//! that well-behaved peers are served meanwhile.
+
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use ambit_tests::{
+    Testbed,
+    mesh::{MeshConfig, Ztunnel, ZtunnelOptions, send, start_server},
+    privileged,
+};
+use bytes::Bytes;
+const TESTBIN: &str = env!("CARGO_BIN_EXE_ambit-testbin");
+
+use ztunnel::identity::{
+    Identity, TrustBundle, TrustDomain, WorkloadCert,
+    ca::{CertificateAuthority, RootCa, SigningPolicy},
+    csr,
+};
+
+/// The high-water mark of a process's resident memory, in KiB.
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// A certificate for `identity` signed by the testbed's mesh root: the
+/// attacker is a peer of the mesh.
+fn mesh_cert(ca_dir: &Path, identity: &Identity) -> (WorkloadCert, TrustBundle) {
+    let cert_pem = std::fs::read_to_string(ca_dir.join("ca.crt")).expect("ca.crt");
+    let key_pem = std::fs::read_to_string(ca_dir.join("ca.key")).expect("ca.key");
+    let root = RootCa::from_pem(&cert_pem, &key_pem).expect("the root");
+    let bundle = TrustBundle::from_pem(cert_pem.as_bytes(), "ca.crt").expect("bundle");
+    let ca = CertificateAuthority::new(
+        root,
+        TrustDomain::default(),
+        SigningPolicy::default(),
+        Vec::new(),
+    )
+    .expect("a CA");
+    let (key, csr_pem) = csr::create(identity).expect("a CSR");
+    let issued = ca.sign(&csr_pem, 3600).expect("signed");
+    let cert = WorkloadCert::from_response(identity, &key, &issued.chain_pem, &bundle)
+        .expect("a usable certificate");
+    (cert, bundle)
+}
+
+/// An HTTP/2 connection over mTLS to `hbone` (a pod's 15008), dialled from
+/// inside the namespace `from` (a pod outside the mesh).
+async fn connect(
+    from: &Path,
+    hbone: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> Option<h2::client::SendRequest<Bytes>> {
+    let tcp = ztunnel::capture::in_netns(from, move || std::net::TcpStream::connect(hbone))
+        .expect("enter the pod")
+        .ok()?;
+    tcp.set_nonblocking(true).ok()?;
+    let tcp = tokio::net::TcpStream::from_std(tcp).ok()?;
+    let name = rustls::pki_types::ServerName::IpAddress(hbone.ip().into());
+    let tls = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .ok()?;
+    let (sender, connection) = h2::client::handshake(tls).await.ok()?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    sender.ready().await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_huge_headers_is_refused_without_growing_the_server_and_others_are_served() {
+    if !privileged(
+        "a_peer_sending_huge_headers_is_refused_without_growing_the_server_and_others_are_served",
+    ) {
+        return;
+    }
+    let bed = Testbed::builder("hbone_headers")
+        .node("a")
+        .node("b")
+        .pod("client", "a")
+        .pod("attacker", "a")
+        .pod("server", "b")
+        .build()
+        .expect("testbed builds");
+    let mesh = MeshConfig::default()
+        .namespace("demo", true)
+        .namespace("plain", false)
+        .pod("client", "demo")
+        .pod("server", "demo")
+        .pod("attacker", "plain");
+    let config = bed.workdir().join("mesh.yaml");
+    mesh.write(&bed, &config).expect("config written");
+    let (zt_b, _zt_a, _echo) = tokio::task::block_in_place(|| {
+        let options = ZtunnelOptions::default();
+        let b = Ztunnel::start(&bed, "b", &config, &options).expect("ztunnel b");
+        let a = Ztunnel::start(&bed, "a", &config, &options).expect("ztunnel a");
+        let echo = start_server(&bed, "server", "echo", "[::]:7000");
+        (b, a, echo)
+    });
+    let server_ip = bed.pod("server").ipv4();
+    let target = SocketAddr::from((server_ip, 7000));
+    let hbone = SocketAddr::from((server_ip, 15008));
+    // Warm up: the server has its certificate and has served a connection.
+    tokio::task::block_in_place(|| send(&bed, "client", target, "warm-up")).expect("served");
+
+    let flood = Identity::new("cluster.local", "demo", "flood").unwrap();
+    let (cert, bundle) = mesh_cert(&bed.workdir().join("ca"), &flood);
+    let server_identity = Identity::new("cluster.local", "demo", "server").unwrap();
+    let tls = ztunnel::hbone::client_config(&cert, &bundle, &server_identity).expect("TLS");
+    let before = vm_hwm_kib(zt_b.pid());
+
+    // A well-behaved client of the mesh keeps connecting meanwhile.
+    let polite: Vec<std::process::Command> = (0..10)
+        .map(|i| {
+            let mut cmd = bed.pod_command("client", TESTBIN);
+            cmd.args(["send", &target.to_string(), &format!("polite-{i}")])
+                .env("AMBIT_TESTBIN_TIMEOUT_MS", "5000");
+            cmd
+        })
+        .collect();
+    let polite = tokio::task::spawn_blocking(move || {
+        polite
+            .into_iter()
+            .map(|mut cmd| cmd.output().is_ok_and(|out| out.status.success()))
+            .filter(|ok| *ok)
+            .count()
+    });
+
+    let pad = http_value_of(1 << 20);
+    let attacker = bed.pod("attacker").netns_path();
+    let (mut accepted, mut refused, mut held) = (0, 0, Vec::new());
+    let mut sender = None;
+    for _ in 0..100 {
+        if sender.is_none() {
+            sender = connect(&attacker, hbone, tls.clone()).await;
+        }
+        let Some(s) = sender.as_mut() else {
+            refused += 1;
+            continue;
+        };
+        let request = hyper::Request::builder()
+            .method(hyper::Method::CONNECT)
+            .uri(target.to_string())
+            .header("x-pad", pad.clone())
+            .body(())
+            .unwrap();
+        let outcome = match s.send_request(request, false) {
+            Ok((response, stream)) => {
+                match tokio::time::timeout(Duration::from_secs(5), response).await {
+                    Ok(Ok(r)) if r.status() == hyper::StatusCode::OK => {
+                        // Keep it open, as an attacker would.
+                        held.push(stream);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            Err(_) => false,
+        };
+        if outcome {
+            accepted += 1;
+        } else {
+            refused += 1;
+            sender = None;
+        }
+    }
+    let after = vm_hwm_kib(zt_b.pid());
+    assert_eq!(accepted, 0, "a 1 MiB header list is refused");
+    assert_eq!(refused, 100);
+    assert!(
+        after.saturating_sub(before) < 8 * 1024,
+        "ztunnel b's peak RSS grew {} KiB ({before} -> {after})",
+        after - before
+    );
+    assert_eq!(
+        polite.await.expect("the polite client ran"),
+        10,
+        "a well-behaved peer is served meanwhile"
+    );
+}
+
+/// A header value of `n` bytes.
+fn http_value_of(n: usize) -> hyper::header::HeaderValue {
+    hyper::header::HeaderValue::from_maybe_shared(Bytes::from(vec![b'a'; n])).expect("a value")
+}
