@@ -201,3 +201,94 @@ fn three_tiers_with_deny_all_allow_by_principal_deny_wins_and_audit() {
     );
     send(&bed, "frontend", backend, "tier").expect("frontend is still allowed");
 }
+
+/// A DENY policy with a typo in its ports: Istio's webhook would refuse it;
+/// here it must still deny what it might have matched.
+const DENY_WITH_TYPO: &str = r"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-other-http
+  namespace: shop
+spec:
+  selector:
+    matchLabels:
+      app: backend
+  action: DENY
+  rules:
+  - from:
+    - source:
+        namespaces: [other]
+    to:
+    - operation:
+        ports: [http]";
+
+#[test]
+fn an_invalid_policy_is_enforced_fail_closed_reported_and_counted() {
+    if !privileged("an_invalid_policy_is_enforced_fail_closed_reported_and_counted") {
+        return;
+    }
+    let bed = Testbed::builder("invalid_policy")
+        .node("a")
+        .node("b")
+        .pod("frontend", "a")
+        .pod("intruder", "a")
+        .pod("backend", "b")
+        .build()
+        .expect("testbed builds");
+    let mesh = MeshConfig::default()
+        .namespace("shop", true)
+        .namespace("other", true)
+        .pod("frontend", "shop")
+        .pod("backend", "shop")
+        .pod("intruder", "other")
+        .document(DENY_WITH_TYPO);
+    let config = bed.workdir().join("mesh.yaml");
+    mesh.write(&bed, &config).expect("config written");
+    let _zt_a = Ztunnel::start(&bed, "a", &config, &ZtunnelOptions::default()).expect("ztunnel a");
+    let zt_b = Ztunnel::start(&bed, "b", &config, &ZtunnelOptions::default()).expect("ztunnel b");
+    let _server = start_server(&bed, "backend", "echo", "[::]:7000");
+    let backend = SocketAddr::from((bed.pod("backend").ipv4(), 7000));
+
+    // The file loaded; the policy is enforced without its unreadable part:
+    // other/intruder is denied on every port, shop/frontend is not.
+    send(&bed, "intruder", backend, "x").expect_err("the DENY still denies");
+    send(&bed, "frontend", backend, "x").expect("the rest of the rule still narrows it");
+    let report = zt_b
+        .logs()
+        .into_iter()
+        .find(|l| l["message"] == "invalid policy enforced fail-closed")
+        .unwrap_or_else(|| panic!("the problem is logged:\n{}", zt_b.stderr()));
+    assert!(
+        report["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("mesh.yaml:")
+                && e.contains(
+                    "spec.rules[0].to[0].operation.ports[0]: \"http\" is not a port number"
+                )),
+        "{report}"
+    );
+    let get = |url: &str| {
+        let mut curl = bed.node_command("b", "curl");
+        curl.args(["-sS", "--max-time", "5", url]);
+        let out = bed.run(curl, WAIT).expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let node_b = bed.node("b").ipv4();
+    let metrics = get(&format!("http://{node_b}:15020/metrics"));
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "ambit_config_invalid_policies{kind=\"AuthorizationPolicy\"} 1"),
+        "{metrics}"
+    );
+    let dump: serde_json::Value =
+        serde_json::from_str(&get("http://127.0.0.1:15000/config_dump")).expect("JSON");
+    let problems = &dump["authorization_policies"]["shop/deny-other-http"]["problems"];
+    assert!(
+        problems[0]
+            .as_str()
+            .is_some_and(|p| p.contains("is not a port number")),
+        "{problems}"
+    );
+}

@@ -59,6 +59,10 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
     .map_err(bind_error)?;
     socket.set_reuse_address(true).map_err(bind_error)?;
     socket.set_reuse_port(true).map_err(bind_error)?;
+    if addr.is_ipv6() {
+        // `[::]` takes IPv4 too.
+        socket.set_only_v6(false).map_err(bind_error)?;
+    }
     socket.set_nonblocking(true).map_err(bind_error)?;
     socket.bind(&addr.into()).map_err(bind_error)?;
     socket.listen(64).map_err(bind_error)?;

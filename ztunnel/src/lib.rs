@@ -23,6 +23,7 @@ pub mod capture;
 pub mod config;
 pub mod hbone;
 pub mod identity;
+pub mod metrics;
 pub mod policy;
 #[cfg(feature = "capture")]
 pub mod proxy;

@@ -20,6 +20,7 @@ use ztunnel::{
         },
         client::CaClient,
     },
+    metrics::Metrics,
     proxy::{Desired, Mesh, NetnsSource, PodManager, PodManagerConfig},
     registry::{ObjectKey, Options, Registry},
     settings::{self, ProcessEnv, Settings},
@@ -263,6 +264,9 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
         policies: Default::default(),
     });
     mesh.update_policies(&registry.snapshot());
+    let metrics = Arc::new(Metrics::new());
+    metrics.observe_snapshot(&registry.snapshot());
+    serve_metrics(&metrics);
 
     capture::add_probe_addresses()
         .await
@@ -307,6 +311,7 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
                 }
                 let snapshot = updates.borrow_and_update().clone();
                 mesh.update_policies(&snapshot);
+                metrics.observe_snapshot(&snapshot);
                 desired = netns_source.desired(&snapshot, &node);
                 let failures = pods.reconcile(&desired.pods).await;
                 release_stale(&mut pods, &mut stale_released, &desired, &failures);
@@ -454,6 +459,19 @@ fn pod_manager_config(settings: &Settings) -> PodManagerConfig {
 fn report(failures: Vec<(String, ztunnel::proxy::Error)>) {
     for (uid, error) in failures {
         tracing::error!(pod = uid, error = %ztunnel::proxy::error_chain(&error), "pod not captured");
+    }
+}
+
+/// Serves the metrics on every address of the node (Prometheus scrapes them),
+/// IPv4 only where IPv6 is off.
+fn serve_metrics(metrics: &Arc<Metrics>) {
+    let any6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, settings::STATS_PORT));
+    let any4 = SocketAddr::from(([0, 0, 0, 0], settings::STATS_PORT));
+    match ztunnel::admin::bind(any6).or_else(|_| ztunnel::admin::bind(any4)) {
+        Ok(listener) => {
+            tokio::spawn(ztunnel::metrics::serve(listener, metrics.clone()));
+        }
+        Err(error) => tracing::warn!(error = %ErrorChain(&error), "metrics endpoint unavailable"),
     }
 }
 

@@ -276,6 +276,32 @@ impl Snapshot {
         out
     }
 
+    /// How many policies of each security kind failed validation (and are
+    /// enforced fail-closed): AuthorizationPolicy, PeerAuthentication,
+    /// RequestAuthentication.
+    pub fn invalid_policies(&self) -> [(super::Kind, usize); 3] {
+        [
+            (
+                super::Kind::AuthorizationPolicy,
+                (self.authorization.values())
+                    .filter(|p| !p.problems.is_empty())
+                    .count(),
+            ),
+            (
+                super::Kind::PeerAuthentication,
+                (self.peer.values())
+                    .filter(|p| !p.problems.is_empty())
+                    .count(),
+            ),
+            (
+                super::Kind::RequestAuthentication,
+                (self.request.values())
+                    .filter(|p| !p.problems.is_empty())
+                    .count(),
+            ),
+        ]
+    }
+
     /// The AuthorizationPolicy named `key`.
     pub fn authorization_policy(&self, key: &ObjectKey) -> Option<&Arc<AuthorizationPolicy>> {
         self.authorization.get(key)
