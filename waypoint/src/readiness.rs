@@ -90,9 +90,7 @@ fn respond(req: &Request<Incoming>, ready: bool) -> Response<Full<Bytes>> {
         (&Method::GET, READY_PATH) => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         _ => (StatusCode::NOT_FOUND, "not found\n"),
     };
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *response.status_mut() = status;
-    response
+    ztunnel::accept::reply(status, "text/plain", body.to_owned())
 }
 
 #[cfg(test)]

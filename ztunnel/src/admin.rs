@@ -19,7 +19,7 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming};
 use tokio::net::TcpListener;
 
-use crate::{identity::CertManager, registry::Registry};
+use crate::{accept::reply, identity::CertManager, registry::Registry};
 
 /// Errors of the admin endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -110,15 +110,4 @@ fn json(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
             format!("cannot serialize: {error}\n"),
         ),
     }
-}
-
-fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
-        response
-            .headers_mut()
-            .insert(hyper::header::CONTENT_TYPE, value);
-    }
-    response
 }

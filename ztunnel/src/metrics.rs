@@ -22,7 +22,7 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 
-use crate::registry::Snapshot;
+use crate::{accept::reply, registry::Snapshot};
 
 /// The `kind` label: a Kubernetes kind.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -99,34 +99,23 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
 }
 
 fn respond(request: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => (
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics.encode(),
         ),
-        _ => (
+        _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
             "not found: GET /metrics\n".to_owned(),
         ),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
-        response
-            .headers_mut()
-            .insert(hyper::header::CONTENT_TYPE, value);
     }
-    response
 }
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
-    use crate::registry::{Change, Options, Registry as Mesh};
 
     #[test]
     fn invalid_policies_are_counted_by_kind() {
@@ -150,9 +139,7 @@ kind: PeerAuthentication
 metadata: {name: bad, namespace: shop}
 spec: {portLevelMtls: {\"8080\": {mode: DISABLE}}}
 ";
-        let parsed = crate::config::file::parse(yaml, Path::new("m.yaml")).unwrap();
-        let mesh = Mesh::new(Options::default());
-        mesh.apply(parsed.objects.into_iter().map(Change::Upsert));
+        let mesh = crate::config::file::test_registry(yaml).unwrap();
         let metrics = Metrics::new();
         metrics.observe_snapshot(&mesh.snapshot());
         let text = metrics.encode();

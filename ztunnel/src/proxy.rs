@@ -241,7 +241,7 @@ pub enum ConnectionError {
 
 #[cfg(test)]
 mod tests {
-    use std::{path::Path, time::Duration};
+    use std::time::Duration;
 
     use super::*;
     use crate::{
@@ -252,7 +252,7 @@ mod tests {
             ca::RootCa,
             client::{CertificateSigner, Error as SignError},
         },
-        registry::{Change, ObjectKey, Options},
+        registry::ObjectKey,
     };
 
     /// A CA that is never reached: these decisions need no certificate.
@@ -285,12 +285,7 @@ status: {podIP: 198.18.1.20}
 ";
 
     fn mesh(yaml: &str) -> Mesh {
-        let registry = Arc::new(Registry::new(Options {
-            node: Some("node-a".into()),
-            ..Options::default()
-        }));
-        let parsed = file::parse(yaml, Path::new("mesh.yaml")).expect("the mesh parses");
-        registry.apply(parsed.objects.into_iter().map(Change::Upsert));
+        let registry = Arc::new(file::test_registry(yaml).expect("the mesh parses"));
         let root = RootCa::generate(&TrustDomain::default(), Duration::from_secs(3600)).unwrap();
         let bundle = TrustBundle::from_pem(root.cert_pem().as_bytes(), "test").unwrap();
         let mesh = Mesh {

@@ -405,6 +405,20 @@ impl FileSource {
     }
 }
 
+/// A registry of the node `node-a` holding the objects of `yaml`, as the file
+/// source would fill it (tests of what the registry and policies make of
+/// what users write).
+#[cfg(test)]
+pub(crate) fn test_registry(yaml: &str) -> Result<Registry, Error> {
+    let parsed = parse(yaml, Path::new("test.yaml"))?;
+    let registry = Registry::new(crate::registry::Options {
+        node: Some("node-a".into()),
+        ..crate::registry::Options::default()
+    });
+    registry.apply(parsed.objects.into_iter().map(Change::Upsert));
+    Ok(registry)
+}
+
 /// Logs each policy of the file that is enforced fail-closed, with its place.
 fn report_fail_closed(parsed: &Parsed) {
     for problem in &parsed.fail_closed {

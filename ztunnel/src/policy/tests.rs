@@ -205,14 +205,8 @@ fn documents(policies: &[(&str, &str)]) -> String {
 }
 
 fn snapshot(policies: &[(&str, &str)]) -> Result<Arc<Snapshot>, String> {
-    let objects = file::parse(&documents(policies), Path::new("case.yaml"))
-        .map_err(|e| crate::config::ErrorChain(&e).to_string())?
-        .objects;
-    let registry = Registry::new(Options {
-        node: Some("node-a".into()),
-        ..Options::default()
-    });
-    registry.apply(objects.into_iter().map(Change::Upsert));
+    let registry = file::test_registry(&documents(policies))
+        .map_err(|e| crate::config::ErrorChain(&e).to_string())?;
     Ok(registry.snapshot())
 }
 

@@ -132,13 +132,8 @@ mod tests {
 /// the mode in force for a port of `shop/backend` (labels `app: backend`).
 #[cfg(test)]
 mod conformance {
-    use std::path::Path;
-
     use super::*;
-    use crate::{
-        config::file,
-        registry::{Change, ObjectKey, Options, Registry},
-    };
+    use crate::{config::file, registry::ObjectKey};
 
     const BASE: &str = "
 apiVersion: v1
@@ -183,13 +178,9 @@ status: {podIP: 198.18.1.30}
                  spec: {spec}\n"
             ));
         }
-        let parsed = file::parse(&text, Path::new("case.yaml")).expect("the case parses");
-        let registry = Registry::new(Options {
-            node: Some("node-a".into()),
-            ..Options::default()
-        });
-        registry.apply(parsed.objects.into_iter().map(Change::Upsert));
-        let snapshot = registry.snapshot();
+        let snapshot = file::test_registry(&text)
+            .expect("the case parses")
+            .snapshot();
         let workload = snapshot
             .workload(&ObjectKey::new(workload.0, workload.1))
             .expect("the workload exists");
