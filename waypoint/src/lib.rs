@@ -8,4 +8,6 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod jwt;
 pub mod readiness;
+pub mod request;

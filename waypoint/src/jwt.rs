@@ -1,0 +1,2 @@
+//! RequestAuthentication: finding, verifying and forwarding JWTs (being
+//! written; see the waypoint issue).
