@@ -177,6 +177,138 @@ impl MeshConfig {
     }
 }
 
+/// The mesh CA of a testbed: `ztunnel ca` in the control plane (its own
+/// network namespace, at [`crate::testbed::CONTROL_PLANE_V4`]:15012), holding
+/// the only copy of the root key; the nodes' ztunnels and the waypoints are
+/// its clients, each with a token of its own. Its node authorization reads
+/// the mesh's configuration file or API server.
+#[derive(Debug)]
+pub struct MeshCa {
+    process: Process,
+    dir: PathBuf,
+    address: std::net::SocketAddr,
+}
+
+/// Where the mesh CA reads which pods run on which node.
+#[derive(Debug, Clone, Copy)]
+pub enum CaSource<'a> {
+    /// The mesh's configuration file.
+    File(&'a Path),
+    /// The API server this kubeconfig names.
+    Kubernetes(&'a Path),
+}
+
+impl MeshCa {
+    /// Starts the CA of `bed` (its key material in `<workdir>/ca`, created on
+    /// first use) and waits until it serves.
+    pub fn start(bed: &Testbed, source: CaSource<'_>) -> Result<Self, Error> {
+        let dir = bed.workdir().join("ca");
+        let io = |e: std::io::Error| Error::Process {
+            command: "ztunnel ca".into(),
+            reason: e.to_string(),
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let tokens = dir.join("tokens");
+        if !tokens.exists() {
+            std::fs::write(&tokens, "").map_err(io)?;
+        }
+        let address = std::net::SocketAddr::from((crate::testbed::CONTROL_PLANE_V4, 15012));
+        let mut cmd = bed.control_plane_command(ztunnel_binary());
+        cmd.arg("ca")
+            .arg("--listen")
+            .arg(address.to_string())
+            .arg("--root-dir")
+            .arg(&dir)
+            .arg("--token-file")
+            .arg(&tokens)
+            .env("RUST_LOG", "info")
+            .env("LOG_FORMAT", "json");
+        match source {
+            CaSource::File(config) => {
+                cmd.arg("--config").arg(config);
+            }
+            CaSource::Kubernetes(kubeconfig) => {
+                cmd.env("KUBECONFIG", kubeconfig);
+            }
+        }
+        let process = bed.spawn(cmd)?;
+        let line = process.wait_for_stderr(READY_TIMEOUT, |l| {
+            l.contains(r#""message":"CA serving""#) || l.starts_with("Error:")
+        })?;
+        if line.starts_with("Error:") {
+            return Err(Error::Process {
+                command: "ztunnel ca".into(),
+                reason: format!("failed to start:\n{}", process.stderr().join("\n")),
+            });
+        }
+        // What clients trust: the root, in a file they watch (a test may add
+        // a root to it to rotate).
+        std::fs::copy(dir.join("ca.crt"), dir.join("bundle.pem")).map_err(io)?;
+        Ok(Self {
+            process,
+            dir,
+            address,
+        })
+    }
+
+    /// The directory of its key material (`ca.key`, `ca.crt`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The address of its API.
+    pub fn address(&self) -> std::net::SocketAddr {
+        self.address
+    }
+
+    /// The trust bundle its clients load.
+    pub fn bundle_file(&self) -> PathBuf {
+        self.dir.join("bundle.pem")
+    }
+
+    /// A token file for the caller `holder` (a node name, or
+    /// `<namespace>/<service-account>` for a workload), registered with the CA.
+    pub fn token_file(&self, holder: &str) -> Result<PathBuf, Error> {
+        let io = |e: std::io::Error| Error::Process {
+            command: "ztunnel ca".into(),
+            reason: e.to_string(),
+        };
+        let path = self.dir.join(format!("token-{}", holder.replace('/', "-")));
+        if !path.exists() {
+            let token = ztunnel::identity::ca::new_token().map_err(io)?;
+            std::fs::write(&path, &token).map_err(io)?;
+            let mut tokens = std::fs::OpenOptions::new()
+                .append(true)
+                .open(self.dir.join("tokens"))
+                .map_err(io)?;
+            std::io::Write::write_all(&mut tokens, format!("{token} {holder}\n").as_bytes())
+                .map_err(io)?;
+        }
+        Ok(path)
+    }
+
+    /// The environment of a client of this CA holding `token_file`.
+    pub fn client_env(&self, cmd: &mut std::process::Command, token_file: &Path) {
+        cmd.env("CA_ADDRESS", self.address.to_string())
+            .env("AMBIT_CA_ROOT", self.bundle_file())
+            .env("AMBIT_CA_TOKEN_FILE", token_file);
+    }
+
+    /// Every JSON log line of the CA so far.
+    pub fn logs(&self) -> Vec<serde_json::Value> {
+        self.process
+            .stderr()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Kills it (teardown).
+    pub fn stop(&mut self) {
+        self.process.kill();
+    }
+}
+
 /// Options of a ztunnel process.
 #[derive(Debug, Clone)]
 pub struct ZtunnelOptions {
@@ -185,7 +317,9 @@ pub struct ZtunnelOptions {
     pub sockmap: bool,
     /// Drain timeout on SIGTERM.
     pub drain: Duration,
-    /// The CA directory (default: one per testbed, shared by its nodes).
+    /// Run the mesh CA in-process from this directory (`--ca-dir`, the
+    /// development mode); by default ztunnel is a client of the testbed's
+    /// [`MeshCa`].
     pub ca_dir: Option<PathBuf>,
     /// The idle timeout of proxied connections (default: ztunnel's).
     pub idle: Option<Duration>,
@@ -274,7 +408,7 @@ impl Ztunnel {
     ) -> Result<Self, Error> {
         let mut cmd = bed.ztunnel_command(node, ztunnel_binary());
         cmd.arg("--config").arg(config);
-        Self::spawn(bed, node, cmd, options)
+        Self::spawn(bed, node, cmd, options, CaSource::File(config))
     }
 
     /// Starts ztunnel on `node` in Kubernetes mode: it reads the API server
@@ -288,7 +422,7 @@ impl Ztunnel {
     ) -> Result<Self, Error> {
         let mut cmd = bed.ztunnel_command(node, ztunnel_binary());
         cmd.env("KUBECONFIG", kubeconfig);
-        Self::spawn(bed, node, cmd, options)
+        Self::spawn(bed, node, cmd, options, CaSource::Kubernetes(kubeconfig))
     }
 
     fn spawn(
@@ -296,23 +430,25 @@ impl Ztunnel {
         node: &str,
         mut cmd: std::process::Command,
         options: &ZtunnelOptions,
+        ca_source: CaSource<'_>,
     ) -> Result<Self, Error> {
         let spec = bed.node(node);
+        match &options.ca_dir {
+            Some(dir) => {
+                cmd.arg("--ca-dir").arg(dir);
+            }
+            None => {
+                let ca = bed.mesh_ca_or_start(|| MeshCa::start(bed, ca_source))?;
+                let token = ca.token_file(node)?;
+                ca.client_env(&mut cmd, &token);
+            }
+        }
         cmd.args(["--node", node])
             .arg("--node-cgroup")
             .arg(spec.cgroup())
             .env("AMBIT_PROBE_CGROUP", spec.kubelet_cgroup())
             .arg("--pin-dir")
             .arg(spec.pin_dir())
-            // One CA directory per testbed: every node's certificates chain to
-            // the same root.
-            .arg("--ca-dir")
-            .arg(
-                options
-                    .ca_dir
-                    .clone()
-                    .unwrap_or_else(|| bed.workdir().join("ca")),
-            )
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .env("RUST_BACKTRACE", "0")

@@ -3,10 +3,14 @@
 //! Layout (DESIGN.md section 10), for node `i` and its pod `j`:
 //!
 //! ```text
-//!  fabric netns: bridge br0 ── veth vn<i> ══ eth0 in node i (198.18.0.(10+i)/24, fd00:a::(10+i)/64)
+//!  fabric netns: bridge br0 (198.18.0.2/24, fd00:a::2/64: the control plane,
+//!                routes to each node's pod subnet via that node)
+//!                br0 ── veth vn<i> ══ eth0 in node i (198.18.0.(10+i)/24, fd00:a::(10+i)/64)
 //!  node i netns: bridge cbr0 (198.18.(16+i).1/24, fd00:1:i::1/64), forwarding on,
 //!                routes to every other node's pod subnet via that node
 //!                cbr0 ── veth vp<j> ══ eth0 in pod (198.18.(16+i).(10+j)/24, fd00:1:i::(10+j)/64)
+//!  control plane cgroup: <cgroup2>/ambit-tests/<prefix>/control-plane (the
+//!                mesh CA, an API server: processes in the fabric netns)
 //!  node i cgroup: <cgroup2>/ambit-tests/<prefix>/<node name>
 //!                 ├── ztunnel/            the node's ztunnel
 //!                 ├── kubelet/            the "kubelet" (health probes)
@@ -42,6 +46,10 @@ pub use process::Process;
 pub const NETNS_DIR: &str = "/var/run/netns";
 /// Where testbeds pin BPF state: `<this>/<prefix>/<node>`.
 pub const BPF_PIN_ROOT: &str = "/sys/fs/bpf/ambit-tests";
+/// The control plane's address on the fabric (IPv4 and IPv6).
+pub const CONTROL_PLANE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// See [`CONTROL_PLANE_V4`].
+pub const CONTROL_PLANE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xa, 0, 0, 0, 0, 0, 2);
 /// At most this many nodes, and this many pods per node (address plan).
 pub const MAX_NODES: usize = 200;
 /// See [`MAX_NODES`].
@@ -304,6 +312,7 @@ impl TestbedBuilder {
             pods: Vec::new(),
             netns: Vec::new(),
             pauses: Vec::new(),
+            mesh_ca: std::cell::OnceCell::new(),
             torn_down: false,
         };
         // `bed` tears down what exists so far if any step fails (Drop).
@@ -377,6 +386,8 @@ pub struct Testbed {
     /// Each pod's `sleep infinity`, which keeps its cgroup and namespace
     /// populated (killed at teardown).
     pauses: Vec<Process>,
+    /// The mesh CA, once a test started it (see `mesh::MeshCa`).
+    mesh_ca: std::cell::OnceCell<crate::mesh::MeshCa>,
     torn_down: bool,
 }
 
@@ -416,6 +427,34 @@ impl Testbed {
     /// test can watch what crosses between nodes.
     pub fn fabric_netns(&self) -> &str {
         &self.fabric
+    }
+
+    /// The mesh CA of this testbed, started by `start` the first time.
+    pub fn mesh_ca_or_start(
+        &self,
+        start: impl FnOnce() -> Result<crate::mesh::MeshCa, Error>,
+    ) -> Result<&crate::mesh::MeshCa, Error> {
+        if let Some(ca) = self.mesh_ca.get() {
+            return Ok(ca);
+        }
+        let ca = start()?;
+        Ok(self.mesh_ca.get_or_init(|| ca))
+    }
+
+    /// The mesh CA, if a test started it.
+    pub fn mesh_ca(&self) -> Option<&crate::mesh::MeshCa> {
+        self.mesh_ca.get()
+    }
+
+    /// A command that runs `program` in the control plane: the fabric's network
+    /// namespace (reachable from every node and pod at [`CONTROL_PLANE_V4`])
+    /// and the control plane's cgroup, outside every node's.
+    pub fn control_plane_command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        enter(
+            &self.cgroup.join("control-plane"),
+            &Path::new(NETNS_DIR).join(&self.fabric),
+            program.as_ref(),
+        )
     }
 
     /// Starts capturing the fabric's packets that match the tcpdump `filter`
@@ -501,6 +540,9 @@ impl Testbed {
             return Ok(());
         }
         self.torn_down = true;
+        if let Some(mut ca) = self.mesh_ca.take() {
+            ca.stop();
+        }
         let mut first_error = cgroup::remove_tree(&self.cgroup).err();
         // Already killed with their cgroups: reap them.
         for mut pause in self.pauses.drain(..) {
@@ -542,8 +584,30 @@ impl Testbed {
         let fabric = self.fabric.clone();
         self.add_netns(fabric.clone())?;
         sys::ip_in(&fabric, &["link", "add", "br0", "type", "bridge"])?;
+        sys::ip_in(
+            &fabric,
+            &[
+                "addr",
+                "add",
+                &format!("{CONTROL_PLANE_V4}/24"),
+                "dev",
+                "br0",
+            ],
+        )?;
+        sys::ip_in(
+            &fabric,
+            &[
+                "addr",
+                "add",
+                &format!("{CONTROL_PLANE_V6}/64"),
+                "dev",
+                "br0",
+                "nodad",
+            ],
+        )?;
         sys::ip_in(&fabric, &["link", "set", "br0", "up"])?;
-        cgroup::create(&self.cgroup)
+        cgroup::create(&self.cgroup)?;
+        cgroup::create(&self.cgroup.join("control-plane"))
     }
 
     fn create_node(&mut self, index: usize, name: &str) -> Result<(), Error> {
@@ -618,6 +682,26 @@ impl Testbed {
     }
 
     fn route_between_nodes(&self) -> Result<(), Error> {
+        // The control plane reaches each node's pods through that node.
+        for node in &self.nodes {
+            let subnet_v4 = format!("198.18.{}.0/24", 16 + node.index);
+            let subnet_v6 = format!("fd00:1:{:x}::/64", node.index);
+            sys::ip_in(
+                &self.fabric,
+                &["route", "add", &subnet_v4, "via", &node.ipv4().to_string()],
+            )?;
+            sys::ip_in(
+                &self.fabric,
+                &[
+                    "-6",
+                    "route",
+                    "add",
+                    &subnet_v6,
+                    "via",
+                    &node.ipv6().to_string(),
+                ],
+            )?;
+        }
         for node in &self.nodes {
             for other in self.nodes.iter().filter(|o| o.index != node.index) {
                 let subnet_v4 = format!("198.18.{}.0/24", 16 + other.index);

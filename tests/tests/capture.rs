@@ -436,15 +436,6 @@ fn a_departed_pods_certificate_is_dropped_and_the_trust_bundle_is_followed() {
     let config = write_config(&bed, &mesh(true));
     let zt_a =
         Ztunnel::start(&bed, "a", &config, &ZtunnelOptions::default()).expect("ztunnel a starts");
-    // The in-process CA of local mode is a development mode, and says so.
-    assert!(
-        zt_a.logs().iter().any(|l| l["level"] == "WARN"
-            && l["message"].as_str().is_some_and(
-                |m| m.starts_with("--ca-dir runs the mesh CA inside this node process")
-            )),
-        "{}",
-        zt_a.stderr()
-    );
     let certs = || {
         let mut curl = bed.node_command("a", "curl");
         curl.args(["-sS", "--max-time", "5", "http://127.0.0.1:15000/certs"]);

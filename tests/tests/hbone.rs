@@ -138,8 +138,20 @@ fn a_server_with_the_wrong_identity_is_refused() {
         "b.yaml",
     );
     let zt_a = Ztunnel::start(&bed, "a", &config_a, &ZtunnelOptions::default()).expect("ztunnel a");
-    let _zt_b =
-        Ztunnel::start(&bed, "b", &config_b, &ZtunnelOptions::default()).expect("ztunnel b");
+    // The mesh CA would refuse node b the impostor identity (no such pod on
+    // it, in its view): node b signs for itself with the mesh's root key, as
+    // a node of the --ca-dir development mode could. Only secure naming at
+    // the client stops it.
+    let rogue = ZtunnelOptions {
+        ca_dir: Some(
+            bed.mesh_ca()
+                .expect("node a started the mesh CA")
+                .dir()
+                .to_owned(),
+        ),
+        ..ZtunnelOptions::default()
+    };
+    let _zt_b = Ztunnel::start(&bed, "b", &config_b, &rogue).expect("ztunnel b");
     let server = start_server(&bed, "server", "echo", "[::]:7000");
 
     let error =
@@ -181,7 +193,19 @@ fn a_peer_from_an_untrusted_root_is_refused() {
         ca_dir: Some(bed.workdir().join("other-ca")),
         ..ZtunnelOptions::default()
     };
-    let _zt_b = Ztunnel::start(&bed, "b", &config, &other_ca).expect("ztunnel b");
+    let zt_b = Ztunnel::start(&bed, "b", &config, &other_ca).expect("ztunnel b");
+    // That in-process CA of --ca-dir is a development mode, and says so; a
+    // client of the mesh CA does not.
+    let warned = |zt: &Ztunnel| {
+        zt.logs().iter().any(|l| {
+            l["level"] == "WARN"
+                && l["message"].as_str().is_some_and(|m| {
+                    m.starts_with("--ca-dir runs the mesh CA inside this node process")
+                })
+        })
+    };
+    assert!(warned(&zt_b), "{}", zt_b.stderr());
+    assert!(!warned(&zt_a), "{}", zt_a.stderr());
     let server = start_server(&bed, "server", "echo", "[::]:7000");
 
     send(&bed, "client", server_addr(&bed, 7000), "hi").expect_err("the connection is refused");

@@ -9,6 +9,8 @@
 //! - [`client`]: the CA client; [`manager`]: the certificate manager that
 //!   requests, caches and rotates certificates per identity.
 //! - [`bundle`]: the trust bundle (several roots at once, reloaded on change).
+//! - [`remote`]: the identity of a client of a remote CA (ztunnel in a
+//!   cluster, the waypoint).
 //!
 //! Keys: the CA's root key lives in its file or Secret; workload keys are created
 //! by the manager and never leave the ztunnel process. No `Debug` prints a key.
@@ -20,6 +22,7 @@ pub mod client;
 pub mod csr;
 pub mod manager;
 mod proto;
+pub mod remote;
 pub mod spiffe;
 
 pub use bundle::{BundleWatcher, TrustBundle};

@@ -72,9 +72,10 @@ struct NodeArgs {
     /// AMBIT_SOCKMAP; off by default, see docs/architecture.md).
     #[arg(long)]
     sockmap: bool,
-    /// Local mode: run the mesh CA in-process from this directory of key material
-    /// (created with a new root when empty), shared by the nodes of one mesh.
-    /// Development only: every node then holds the root key.
+    /// Run the mesh CA in-process from this directory of key material (created
+    /// with a new root when empty), shared by the nodes of one mesh.
+    /// Development only: every node then holds the root key. Without it,
+    /// ztunnel is a client of the CA at CA_ADDRESS.
     #[arg(long)]
     ca_dir: Option<PathBuf>,
 }
@@ -205,11 +206,12 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
         .clone()
         .context("the node name is required: --node or NODE_NAME")?;
 
-    let ca_dir = ca_dir.context("an identity source is required: --ca-dir (local mode)")?;
-    tracing::warn!(
-        ca_dir = %ca_dir.display(),
-        "--ca-dir runs the mesh CA inside this node process: the node holds the mesh root key and the CA's node authorization protects nothing; a development mode, not for production (docs/identity.md)"
-    );
+    if let Some(dir) = &ca_dir {
+        tracing::warn!(
+            ca_dir = %dir.display(),
+            "--ca-dir runs the mesh CA inside this node process: the node holds the mesh root key and the CA's node authorization protects nothing; a development mode, not for production (docs/identity.md)"
+        );
+    }
     // Before anything else: a host that cannot run the capture stops here, with
     // the missing piece named.
     capture::check_host().context("cannot start the eBPF capture")?;
@@ -252,7 +254,24 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
         }
     };
     let mut updates = registry.subscribe();
-    let (_ca, certs, bundle) = local_identity(ca_dir, &node, &registry).await?;
+    // The in-process CA of --ca-dir lives as long as this binding.
+    let (_ca, certs, bundle) = match ca_dir {
+        Some(dir) => {
+            let (ca, certs, bundle) = local_identity(dir, &node, &registry).await?;
+            (Some(ca), certs, bundle)
+        }
+        None => {
+            let (certs, bundle) = settings.ca.start().with_context(|| {
+                format!(
+                    "cannot use the mesh CA at {} (root {}, token {})",
+                    settings.ca.address,
+                    settings.ca.root_file.display(),
+                    settings.ca.token_file.display()
+                )
+            })?;
+            (None, certs, bundle)
+        }
+    };
     let mesh = Arc::new(Mesh {
         node: node.clone(),
         registry: registry.clone(),

@@ -108,6 +108,23 @@ pub const POD_NETNS_RETRY: Duration = Duration::from_secs(1);
 /// How long a connection to a destination may take to establish.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// `host:port` of the mesh CA's API, for processes without `--ca-dir`.
+pub const CA_ADDRESS_ENV: &str = "CA_ADDRESS";
+/// Default of [`CA_ADDRESS_ENV`]: the CA's Service.
+pub const CA_ADDRESS_DEFAULT: &str = "ambit-ca.ambit-system.svc:15012";
+/// The name the CA's serving certificate must carry (default: the host of
+/// [`CA_ADDRESS_ENV`] when it is a name, else `ambit-ca`).
+pub const CA_SERVER_NAME_ENV: &str = "AMBIT_CA_SERVER_NAME";
+/// The token file a CA client authenticates with (a projected
+/// service-account token with the CA's audience).
+pub const CA_TOKEN_FILE_ENV: &str = "AMBIT_CA_TOKEN_FILE";
+/// Default of [`CA_TOKEN_FILE_ENV`].
+pub const CA_TOKEN_FILE_DEFAULT: &str = "/var/run/secrets/tokens/ambit-ca";
+/// The mesh's trust bundle (PEM roots) a CA client trusts.
+pub const CA_ROOT_ENV: &str = "AMBIT_CA_ROOT";
+/// Default of [`CA_ROOT_ENV`]: the root ConfigMap's mount.
+pub const CA_ROOT_DEFAULT: &str = "/var/run/secrets/ambit/root-cert.pem";
+
 /// This node's name (Kubernetes: the downward API's `spec.nodeName`).
 pub const NODE_NAME_ENV: &str = "NODE_NAME";
 /// Local mode: the YAML file of Kubernetes objects to run the node from.
@@ -236,6 +253,9 @@ pub struct Settings {
     pub probe_cgroup: Option<PathBuf>,
     /// See [`HOST_PROC_ENV`].
     pub host_proc: PathBuf,
+    /// The remote CA ([`CA_ADDRESS_ENV`] and the others): used unless
+    /// `--ca-dir` runs one in-process.
+    pub ca: crate::identity::remote::RemoteCa,
     /// See [`SOCKMAP_ENV`].
     pub sockmap: bool,
     /// See [`DRAIN_TIMEOUT_ENV`].
@@ -284,6 +304,16 @@ impl Settings {
                 Some(v) => Some(PathBuf::from(v)),
             },
             host_proc: PathBuf::from(var(HOST_PROC_ENV).as_deref().unwrap_or(HOST_PROC_DEFAULT)),
+            ca: crate::identity::remote::RemoteCa {
+                address: var(CA_ADDRESS_ENV).unwrap_or_else(|| CA_ADDRESS_DEFAULT.to_owned()),
+                server_name: var(CA_SERVER_NAME_ENV),
+                token_file: PathBuf::from(
+                    var(CA_TOKEN_FILE_ENV)
+                        .as_deref()
+                        .unwrap_or(CA_TOKEN_FILE_DEFAULT),
+                ),
+                root_file: PathBuf::from(var(CA_ROOT_ENV).as_deref().unwrap_or(CA_ROOT_DEFAULT)),
+            },
             sockmap,
             drain_timeout,
             idle_timeout,
@@ -420,6 +450,12 @@ mod tests {
                 pin_dir: None,
                 probe_cgroup: Some(PathBuf::from("system.slice/kubelet.service")),
                 host_proc: PathBuf::from("/proc"),
+                ca: crate::identity::remote::RemoteCa {
+                    address: "ambit-ca.ambit-system.svc:15012".into(),
+                    server_name: None,
+                    token_file: "/var/run/secrets/tokens/ambit-ca".into(),
+                    root_file: "/var/run/secrets/ambit/root-cert.pem".into(),
+                },
                 sockmap: false,
                 drain_timeout: Duration::from_secs(30),
                 idle_timeout: Duration::from_secs(3600),

@@ -199,6 +199,40 @@ async fn a_node_without_a_pod_of_the_service_account_is_denied() {
 }
 
 #[tokio::test]
+async fn a_workload_token_gets_its_own_identity_and_nothing_else() {
+    let logs = Logs::default();
+    let _guard = logs.install();
+    let mesh = Mesh::start("workload", Duration::from_secs(3600)).await;
+    let token = mesh.ca.add_workload("shop", "waypoint").unwrap();
+    let own: Identity = "spiffe://cluster.local/ns/shop/sa/waypoint"
+        .parse()
+        .unwrap();
+    let (_, own_csr) = csr::create(&own).unwrap();
+    let chain = mesh
+        .client(&token)
+        .sign(&own_csr, Duration::from_secs(60))
+        .await
+        .expect("its own identity");
+    assert_eq!(chain.len(), 2);
+    // Not another identity, even one with pods on every node.
+    mesh.authz.add(&NodeName::new("node-a"), "shop", "cart");
+    let (_, cart_csr) = csr::create(&cart()).unwrap();
+    let err = mesh
+        .client(&token)
+        .sign(&cart_csr, Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert_eq!(rpc_code(&err), tonic::Code::PermissionDenied, "{err}");
+    assert!(
+        err.to_string()
+            .contains("a workload may only obtain its own identity (shop/waypoint)"),
+        "{err}"
+    );
+    let logs = logs.text();
+    assert!(logs.contains("workload=shop/waypoint"), "{logs}");
+}
+
+#[tokio::test]
 async fn invalid_tokens_and_csrs_are_refused() {
     let logs = Logs::default();
     let _guard = logs.install();

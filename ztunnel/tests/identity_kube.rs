@@ -273,15 +273,27 @@ async fn the_ca_authenticates_nodes_with_token_review() {
         .unwrap();
     assert_eq!(chain.len(), 2);
 
-    for (token, expected) in [
+    for (token, code_wanted, expected) in [
+        // Another service account's token is a workload's: only its own
+        // identity.
         (
             "token-other-sa",
-            "service account default/default is not allowed",
+            tonic::Code::PermissionDenied,
+            "workload default/default may not obtain a certificate for spiffe://cluster.local/ns/shop/sa/cart",
         ),
-        ("token-unbound", "not bound to a pod on a node"),
-        ("token-api-audience", "not for the CA's audience (ambit-ca)"),
+        (
+            "token-unbound",
+            tonic::Code::Unauthenticated,
+            "not bound to a pod on a node",
+        ),
+        (
+            "token-api-audience",
+            tonic::Code::Unauthenticated,
+            "not for the CA's audience (ambit-ca)",
+        ),
         (
             "token-garbage",
+            tonic::Code::Unauthenticated,
             "did not authenticate it (invalid bearer token)",
         ),
     ] {
@@ -292,12 +304,22 @@ async fn the_ca_authenticates_nodes_with_token_review() {
         let client::Error::Rpc { code, message } = &err else {
             panic!("{err:?}");
         };
-        assert_eq!(*code, tonic::Code::Unauthenticated, "{token}");
+        assert_eq!(*code, code_wanted, "{token}");
         assert!(message.contains(expected), "{token}: {message}");
     }
+    // ... which it gets.
+    let own: Identity = "spiffe://cluster.local/ns/default/sa/default"
+        .parse()
+        .unwrap();
+    let (_, own_csr) = csr::create(&own).unwrap();
+    let chain = client("token-other-sa")
+        .sign(&own_csr, Duration::from_secs(60))
+        .await
+        .expect("a workload gets its own identity");
+    assert_eq!(chain.len(), 2);
     {
         let state = state.lock().unwrap();
-        assert_eq!(state.reviews.len(), 5);
+        assert_eq!(state.reviews.len(), 6);
         assert_eq!(state.reviews[0]["spec"]["audiences"], json!(["ambit-ca"]));
     }
     // With the API server gone, nobody is authenticated (fail closed).

@@ -1,6 +1,7 @@
-//! Node authorization for the CA: who is calling ([`TokenAuthenticator`]: a bearer
-//! token to a node name) and what that node may ask for ([`NodeAuthorizer`]: does a
-//! service account have a pod on that node).
+//! Authorization for the CA: who is calling ([`TokenAuthenticator`]: a bearer
+//! token to a [`Caller`], a node's ztunnel or one workload) and what it may ask
+//! for: a node, the service accounts with a pod on it ([`NodeAuthorizer`]); a
+//! workload (a waypoint), its own service account only.
 //!
 //! Implementations here: a token file for local mode ([`TokenFile`]), Kubernetes
 //! `TokenReview` ([`token_review::TokenReviewAuthenticator`]), and an in-memory authorizer
@@ -44,7 +45,57 @@ impl fmt::Display for NodeName {
     }
 }
 
-/// A token that does not authenticate a node.
+/// Who a CA caller is, as its token proves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Caller {
+    /// A node's ztunnel: it may obtain certificates for the service accounts
+    /// that have a pod on its node.
+    Node(NodeName),
+    /// A workload running as one service account (a waypoint): it may obtain
+    /// a certificate for that service account only.
+    Workload {
+        /// The service account's namespace.
+        namespace: String,
+        /// The service account.
+        service_account: String,
+    },
+}
+
+impl Caller {
+    /// The node, for a node's caller (empty otherwise): audit log field.
+    pub fn node(&self) -> &str {
+        match self {
+            Self::Node(node) => node.as_str(),
+            Self::Workload { .. } => "",
+        }
+    }
+
+    /// `namespace/service-account` for a workload caller (empty otherwise):
+    /// audit log field.
+    pub fn workload(&self) -> String {
+        match self {
+            Self::Node(_) => String::new(),
+            Self::Workload {
+                namespace,
+                service_account,
+            } => format!("{namespace}/{service_account}"),
+        }
+    }
+}
+
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Node(node) => write!(f, "node {node}"),
+            Self::Workload {
+                namespace,
+                service_account,
+            } => write!(f, "workload {namespace}/{service_account}"),
+        }
+    }
+}
+
+/// A token that does not authenticate a caller.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -70,10 +121,10 @@ pub enum Error {
     },
 }
 
-/// Maps a bearer token to the node its holder runs on.
+/// Maps a bearer token to its holder.
 pub trait TokenAuthenticator: Send + Sync {
-    /// The node `token` belongs to, or why it is refused.
-    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<NodeName, Error>>;
+    /// Who `token` belongs to, or why it is refused.
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Caller, Error>>;
 }
 
 /// Answers whether a service account has a pod scheduled on a node.
@@ -133,10 +184,12 @@ impl NodeAuthorizer for StaticNodeAuthorizer {
     }
 }
 
-/// Local-mode [`TokenAuthenticator`]: a file of `<token> <node-name>` lines (blank
-/// lines and `#` comments allowed), re-read when its modification time or size
-/// changes. A file that becomes invalid is reported and the last good tokens stay.
-/// Tokens are kept only as SHA-256 digests.
+/// Local-mode [`TokenAuthenticator`]: a file of `<token> <node-name>` lines (a
+/// node's ztunnel) and `<token> <namespace>/<service-account>` lines (a
+/// workload, such as a waypoint; node names never contain `/`). Blank lines and
+/// `#` comments are allowed. Re-read when its modification time or size
+/// changes; a file that becomes invalid is reported and the last good tokens
+/// stay. Tokens are kept only as SHA-256 digests.
 #[derive(Debug)]
 pub struct TokenFile {
     path: PathBuf,
@@ -146,7 +199,7 @@ pub struct TokenFile {
 #[derive(Debug, Default)]
 struct TokenFileState {
     stamp: Option<(SystemTime, u64)>,
-    tokens: HashMap<[u8; 32], NodeName>,
+    tokens: HashMap<[u8; 32], Caller>,
 }
 
 impl TokenFile {
@@ -175,7 +228,7 @@ impl TokenFile {
             std::fs::read_to_string(&self.path).map_err(|err| self.error(0, err.to_string()))?;
         state.tokens = parse_token_file(&self.path, &text)?;
         state.stamp = Some(stamp);
-        tracing::info!(path = %self.path.display(), nodes = state.tokens.len(), "loaded node tokens");
+        tracing::info!(path = %self.path.display(), callers = state.tokens.len(), "loaded CA tokens");
         Ok(())
     }
 
@@ -188,7 +241,7 @@ impl TokenFile {
     }
 }
 
-fn parse_token_file(path: &Path, text: &str) -> Result<HashMap<[u8; 32], NodeName>, Error> {
+fn parse_token_file(path: &Path, text: &str) -> Result<HashMap<[u8; 32], Caller>, Error> {
     let mut tokens = HashMap::new();
     for (index, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -201,13 +254,30 @@ fn parse_token_file(path: &Path, text: &str) -> Result<HashMap<[u8; 32], NodeNam
             reason: reason.to_owned(),
         };
         let mut fields = line.split_whitespace();
-        let (Some(token), Some(node), None) = (fields.next(), fields.next(), fields.next()) else {
-            return Err(err("expected `<token> <node-name>`"));
+        let (Some(token), Some(holder), None) = (fields.next(), fields.next(), fields.next())
+        else {
+            return Err(err(
+                "expected `<token> <node-name>` or `<token> <namespace>/<service-account>`",
+            ));
         };
         if token.len() < 16 {
             return Err(err("the token is shorter than 16 characters"));
         }
-        if tokens.insert(digest(token), NodeName::new(node)).is_some() {
+        let caller = match holder.split_once('/') {
+            None => Caller::Node(NodeName::new(holder)),
+            Some((namespace, service_account))
+                if !namespace.is_empty()
+                    && !service_account.is_empty()
+                    && !service_account.contains('/') =>
+            {
+                Caller::Workload {
+                    namespace: namespace.to_owned(),
+                    service_account: service_account.to_owned(),
+                }
+            }
+            Some(_) => return Err(err("expected `<namespace>/<service-account>`")),
+        };
+        if tokens.insert(digest(token), caller).is_some() {
             return Err(err("the token appears twice"));
         }
     }
@@ -222,7 +292,7 @@ fn digest(token: &str) -> [u8; 32] {
 }
 
 impl TokenAuthenticator for TokenFile {
-    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<NodeName, Error>> {
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Caller, Error>> {
         Box::pin(async move {
             if let Err(err) = self.reload_if_changed() {
                 // Keep serving with the last good tokens.
@@ -257,12 +327,19 @@ mod tests {
     async fn token_file_maps_tokens_to_nodes_and_reloads() {
         let path = temp_file(
             "reload",
-            "# nodes\naaaaaaaaaaaaaaaa node-a\n\nbbbbbbbbbbbbbbbb node-b\n",
+            "# nodes\naaaaaaaaaaaaaaaa node-a\n\nbbbbbbbbbbbbbbbb node-b\nwwwwwwwwwwwwwwww shop/waypoint\n",
         );
         let file = TokenFile::open(&path).unwrap();
         assert_eq!(
             file.authenticate("aaaaaaaaaaaaaaaa").await.unwrap(),
-            NodeName::new("node-a")
+            Caller::Node(NodeName::new("node-a"))
+        );
+        assert_eq!(
+            file.authenticate("wwwwwwwwwwwwwwww").await.unwrap(),
+            Caller::Workload {
+                namespace: "shop".into(),
+                service_account: "waypoint".into()
+            }
         );
         assert!(matches!(
             file.authenticate("nope").await,
@@ -272,14 +349,14 @@ mod tests {
         std::fs::write(&path, "cccccccccccccccccc node-c\n").unwrap();
         assert_eq!(
             file.authenticate("cccccccccccccccccc").await.unwrap(),
-            NodeName::new("node-c")
+            Caller::Node(NodeName::new("node-c"))
         );
         assert!(file.authenticate("aaaaaaaaaaaaaaaa").await.is_err());
         // A broken file keeps the last good tokens.
         std::fs::write(&path, "only-one-field\n").unwrap();
         assert_eq!(
             file.authenticate("cccccccccccccccccc").await.unwrap(),
-            NodeName::new("node-c")
+            Caller::Node(NodeName::new("node-c"))
         );
         std::fs::remove_file(&path).unwrap();
     }
@@ -291,6 +368,14 @@ mod tests {
             (
                 "aaaaaaaaaaaaaaaa n extra\n",
                 "expected `<token> <node-name>`",
+            ),
+            (
+                "aaaaaaaaaaaaaaaa shop/\n",
+                "expected `<namespace>/<service-account>`",
+            ),
+            (
+                "aaaaaaaaaaaaaaaa a/b/c\n",
+                "expected `<namespace>/<service-account>`",
             ),
             ("short n\n", "shorter than 16"),
             ("aaaaaaaaaaaaaaaa n\naaaaaaaaaaaaaaaa m\n", "appears twice"),

@@ -27,7 +27,7 @@ use super::{
     spiffe::{Identity, TrustDomain},
 };
 use crate::settings;
-pub use local::LocalCa;
+pub use local::{LocalCa, new_token};
 pub use root::RootCa;
 
 /// Errors of the signing core.

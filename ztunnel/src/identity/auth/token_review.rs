@@ -1,12 +1,15 @@
-//! Kubernetes node authentication: the ztunnel's projected service-account token
-//! is checked with a `TokenReview`; the node is read from the pod binding of the
-//! token (`extra["authentication.kubernetes.io/node-name"]`, set by the API server
-//! for pod-bound tokens since Kubernetes 1.30).
+//! Kubernetes authentication of CA callers: a projected service-account token
+//! is checked with a `TokenReview`. A token of one of the allowed service
+//! accounts (the ztunnel DaemonSet's) is a node's: the node is read from the
+//! pod binding of the token (`extra["authentication.kubernetes.io/node-name"]`,
+//! set by the API server for pod-bound tokens since Kubernetes 1.30). Any other
+//! service account's token is a workload's (a waypoint), which may obtain a
+//! certificate for that service account only.
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::{Api, api::PostParams};
 
-use super::{BoxFuture, Error, NodeName, TokenAuthenticator};
+use super::{BoxFuture, Caller, Error, NodeName, TokenAuthenticator};
 
 /// The `extra` key holding the node a pod-bound token belongs to.
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
@@ -31,9 +34,10 @@ impl std::fmt::Debug for TokenReviewAuthenticator {
 }
 
 impl TokenReviewAuthenticator {
-    /// Accepts tokens of `allowed_service_accounts` (`namespace/name`) that carry
-    /// one of `audiences` (which must not be empty: the configuration's
-    /// validation refuses that, and so does every review).
+    /// Accepts tokens that carry one of `audiences` (which must not be empty:
+    /// the configuration's validation refuses that, and so does every review):
+    /// those of `allowed_service_accounts` (`namespace/name`) as nodes', any
+    /// other as its service account's.
     pub fn new(
         client: kube::Client,
         audiences: Vec<String>,
@@ -46,7 +50,7 @@ impl TokenReviewAuthenticator {
         }
     }
 
-    async fn review(&self, token: &str) -> Result<NodeName, Error> {
+    async fn review(&self, token: &str) -> Result<Caller, Error> {
         let invalid = |reason: String| Error::Invalid { reason };
         if self.audiences.is_empty() {
             return Err(invalid(
@@ -92,9 +96,13 @@ impl TokenReviewAuthenticator {
             .map(|rest| rest.replacen(':', "/", 1))
             .ok_or_else(|| invalid(format!("{username:?} is not a service account")))?;
         if !self.allowed_service_accounts.contains(&account) {
-            return Err(invalid(format!(
-                "service account {account} is not allowed to request certificates"
-            )));
+            let (namespace, service_account) = account
+                .split_once('/')
+                .ok_or_else(|| invalid(format!("{username:?} is not a service account")))?;
+            return Ok(Caller::Workload {
+                namespace: namespace.to_owned(),
+                service_account: service_account.to_owned(),
+            });
         }
         let node = user
             .extra
@@ -109,12 +117,12 @@ impl TokenReviewAuthenticator {
                     "the token is not bound to a pod on a node (no {NODE_NAME_EXTRA} in its extra info)"
                 ))
             })?;
-        Ok(NodeName::new(node))
+        Ok(Caller::Node(NodeName::new(node)))
     }
 }
 
 impl TokenAuthenticator for TokenReviewAuthenticator {
-    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<NodeName, Error>> {
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Caller, Error>> {
         Box::pin(self.review(token))
     }
 }

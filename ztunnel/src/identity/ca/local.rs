@@ -1,8 +1,9 @@
 //! Local mode: the CA in-process, from a directory of key material, so the demo and
 //! the tests need nothing else.
 //!
-//! The directory holds `ca.key`/`ca.crt` (created when absent), `tokens` (node
-//! tokens, `<token> <node-name>` lines; created empty, see [`LocalCa::add_node`])
+//! The directory holds `ca.key`/`ca.crt` (created when absent), `tokens` (caller
+//! tokens, `<token> <node-name>` or `<token> <namespace>/<service-account>`
+//! lines; created empty, see [`LocalCa::add_node`] and [`LocalCa::add_workload`])
 //! and `bundle.pem`, the trust bundle ztunnels load (written at start: the root
 //! plus any extra roots).
 
@@ -120,15 +121,24 @@ impl LocalCa {
         Ok(TrustBundle::from_file(&self.bundle_path())?)
     }
 
-    /// Registers a new random token for `node` and returns it.
+    /// Registers a new random token for `node`'s ztunnel and returns it.
     pub fn add_node(&self, node: &NodeName) -> Result<String, Error> {
-        let mut raw = [0u8; 24];
-        aws_lc_rs::rand::fill(&mut raw).map_err(|_| Error::Io {
+        self.add_token(node.as_str())
+    }
+
+    /// Registers a new random token for a workload running as
+    /// `namespace/service_account` (a waypoint) and returns it: it may obtain
+    /// that identity only.
+    pub fn add_workload(&self, namespace: &str, service_account: &str) -> Result<String, Error> {
+        self.add_token(&format!("{namespace}/{service_account}"))
+    }
+
+    fn add_token(&self, holder: &str) -> Result<String, Error> {
+        let token = new_token().map_err(|source| Error::Io {
             path: self.token_file.clone(),
-            source: std::io::Error::other("no randomness for a token"),
+            source,
         })?;
-        let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        append(&self.token_file, &format!("{token} {node}\n"))?;
+        append(&self.token_file, &format!("{token} {holder}\n"))?;
         Ok(token)
     }
 
@@ -159,6 +169,14 @@ impl Drop for LocalCa {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A random CA token (48 hex digits) for the local token file.
+pub fn new_token() -> std::io::Result<String> {
+    let mut raw = [0u8; 24];
+    aws_lc_rs::rand::fill(&mut raw)
+        .map_err(|_| std::io::Error::other("no randomness for a token"))?;
+    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {

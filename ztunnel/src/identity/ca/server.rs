@@ -1,9 +1,9 @@
 //! The CA's gRPC server (`istio.v1.auth.IstioCertificateService/CreateCertificate`)
 //! over TLS 1.3 on its own port ([`crate::settings::CA_PORT`]).
 //!
-//! Each request goes through phases: authenticate the bearer token to a node,
-//! validate the CSR, authorize (the node must host a pod of the requested service
-//! account), sign. Refusals map to `Unauthenticated`, `InvalidArgument` or
+//! Each request goes through phases: authenticate the bearer token to a caller,
+//! validate the CSR, authorize (a node must host a pod of the requested service
+//! account; a workload may ask only for its own), sign. Refusals map to `Unauthenticated`, `InvalidArgument` or
 //! `PermissionDenied`, and every decision is an audit log line (target `audit`).
 
 mod args;
@@ -20,7 +20,7 @@ pub use config::{CaServerConfig, NodeAuthConfig, RootSource, build, run};
 
 use super::CertificateAuthority;
 use crate::identity::{
-    auth::{NodeAuthorizer, NodeName, TokenAuthenticator},
+    auth::{Caller, NodeAuthorizer, TokenAuthenticator},
     csr,
     proto::{
         IstioCertificateRequest, IstioCertificateResponse,
@@ -93,7 +93,7 @@ pub enum Error {
 pub struct CaInputs {
     /// The signing core.
     pub ca: Arc<CertificateAuthority>,
-    /// Maps bearer tokens to nodes.
+    /// Maps bearer tokens to callers.
     pub authenticator: Arc<dyn TokenAuthenticator>,
     /// Decides which node may ask for which service account.
     pub authorizer: Arc<dyn NodeAuthorizer>,
@@ -166,30 +166,39 @@ impl IstioCertificateService for Handler {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let node = self.authenticate(request.metadata()).await?;
+        let caller = self.authenticate(request.metadata()).await?;
         let request = request.into_inner();
         let csr = match csr::validate(&request.csr, self.0.ca.trust_domain()) {
             Ok(csr) => csr,
             Err(err) => {
                 let reason = error_chain(&err);
-                audit_deny(Some(&node), None, "invalid", &reason);
+                audit_deny(Some(&caller), None, "invalid", &reason);
                 return Err(Status::invalid_argument(reason));
             }
         };
         let identity = csr.identity();
-        if !self.0.authorizer.has_pod_on_node(
-            identity.namespace(),
-            identity.service_account(),
-            &node,
-        ) {
-            let reason = format!(
-                "no pod of service account {}/{} is scheduled on node {node}",
-                identity.namespace(),
-                identity.service_account()
-            );
-            audit_deny(Some(&node), Some(&identity.to_string()), "deny", &reason);
+        let (namespace, service_account) = (identity.namespace(), identity.service_account());
+        let refused = match &caller {
+            Caller::Node(node) => (!self
+                .0
+                .authorizer
+                .has_pod_on_node(namespace, service_account, node))
+            .then(|| {
+                format!(
+                    "no pod of service account {namespace}/{service_account} is scheduled on node {node}"
+                )
+            }),
+            Caller::Workload {
+                namespace: own_ns,
+                service_account: own_sa,
+            } => (own_ns != namespace || own_sa != service_account).then(|| {
+                format!("a workload may only obtain its own identity ({own_ns}/{own_sa})")
+            }),
+        };
+        if let Some(reason) = refused {
+            audit_deny(Some(&caller), Some(&identity.to_string()), "deny", &reason);
             return Err(Status::permission_denied(format!(
-                "node {node} may not obtain a certificate for {identity}: {reason}"
+                "{caller} may not obtain a certificate for {identity}: {reason}"
             )));
         }
         let issued = self
@@ -198,16 +207,21 @@ impl IstioCertificateService for Handler {
             .sign_valid(&csr, request.validity_duration, time::OffsetDateTime::now_utc())
             .map_err(|err| {
                 let reason = error_chain(&err);
-                tracing::error!(target: "audit", node = %node, identity = %identity, decision = "error", reason, "certificate signing failed");
+                tracing::error!(target: "audit", node = %caller.node(), workload = %caller.workload(), identity = %identity, decision = "error", reason, "certificate signing failed");
                 Status::internal("the CA could not sign the certificate")
             })?;
+        let reason = match caller {
+            Caller::Node(_) => "the service account has a pod on the node",
+            Caller::Workload { .. } => "the workload's own identity",
+        };
         tracing::info!(
             target: "audit",
-            node = %node,
+            node = %caller.node(),
+            workload = %caller.workload(),
             identity = %identity,
             decision = "allow",
             serial = issued.serial_hex,
-            reason = "the service account has a pod on the node",
+            reason,
             "certificate issued"
         );
         Ok(Response::new(IstioCertificateResponse {
@@ -217,7 +231,7 @@ impl IstioCertificateService for Handler {
 }
 
 impl Handler {
-    async fn authenticate(&self, metadata: &MetadataMap) -> Result<NodeName, Status> {
+    async fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
         let token = match bearer_token(metadata) {
             Ok(token) => token,
             Err(reason) => {
@@ -226,12 +240,12 @@ impl Handler {
             }
         };
         match self.0.authenticator.authenticate(token).await {
-            Ok(node) => Ok(node),
+            Ok(caller) => Ok(caller),
             Err(err) => {
                 let reason = error_chain(&err);
                 audit_deny(None, None, "unauthenticated", &reason);
                 Err(Status::unauthenticated(format!(
-                    "the caller is not an authenticated node: {reason}"
+                    "the caller is not authenticated: {reason}"
                 )))
             }
         }
@@ -257,10 +271,11 @@ fn bearer_token(metadata: &MetadataMap) -> Result<&str, &'static str> {
     Ok(token)
 }
 
-fn audit_deny(node: Option<&NodeName>, identity: Option<&str>, decision: &str, reason: &str) {
+fn audit_deny(caller: Option<&Caller>, identity: Option<&str>, decision: &str, reason: &str) {
     tracing::warn!(
         target: "audit",
-        node = node.map_or("", NodeName::as_str),
+        node = %caller.map(Caller::node).unwrap_or_default(),
+        workload = %caller.map(Caller::workload).unwrap_or_default(),
         identity = identity.unwrap_or(""),
         decision,
         reason,
