@@ -370,6 +370,12 @@ async fn node_zones_follow_the_labels_and_a_bad_zone_keeps_the_last_good_one() {
     let snap = run.registry.snapshot();
     assert_eq!(zone(&snap, "node-a").as_deref(), Some("z1"));
     assert_eq!(zone(&snap, "node-b").as_deref(), Some("z2"), "legacy label");
+    // The watch follows the list; on a loaded machine it may not be open yet
+    // when the source reports synced.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while run.server.metadata_only_count("nodes") < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
         run.server.metadata_only_count("nodes") >= 2,
         "nodes are listed and watched metadata-only"
