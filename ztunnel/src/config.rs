@@ -136,6 +136,9 @@ pub enum Problem {
     /// More than one address of one family.
     #[error("more than one {0} address")]
     SecondAddress(&'static str),
+    /// An `istio.io/waypoint-for` value Istio does not know.
+    #[error("{0:?} is not one of service, workload, all, none")]
+    WaypointFor(String),
 }
 
 /// One Kubernetes object of a kind the sources read.

@@ -228,6 +228,16 @@ pub enum ConnectionError {
     /// A Service has no ready endpoint.
     #[error("service {0} has no ready endpoint")]
     NoEndpoint(SocketAddr),
+    /// The destination uses a waypoint and none of its pods is ready.
+    #[error(
+        "{dst} uses waypoint {waypoint}, which has no ready pod: refused, never sent around it"
+    )]
+    NoWaypoint {
+        /// The destination as addressed.
+        dst: SocketAddr,
+        /// The waypoint.
+        waypoint: crate::registry::ObjectKey,
+    },
     /// PeerAuthentication requires mTLS and the connection is plaintext.
     #[error("plaintext refused: PeerAuthentication is STRICT for {0}")]
     Strict(SocketAddr),

@@ -29,7 +29,7 @@ pub use labels::{Labels, Name};
 pub use node::Node;
 pub use policy::{
     Action, AuthorizationPolicy, Cidr, MtlsMode, PeerAuthentication, RequestAuthentication,
-    Waypoint, WorkloadPolicies, WorkloadSelector,
+    Waypoint, WaypointFor, WorkloadPolicies, WorkloadSelector,
 };
 pub use service::{
     Endpoint, EndpointPort, EndpointSet, Protocol, Service, ServicePort, TargetPort,
@@ -47,6 +47,11 @@ pub const DATAPLANE_MODE_NONE: &str = "none";
 pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
 /// Label naming the namespace of the waypoint named by [`USE_WAYPOINT_LABEL`].
 pub const USE_WAYPOINT_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-namespace";
+/// Label on a waypoint's Gateway saying which traffic it takes (`service`,
+/// `workload`, `all`, `none`).
+pub const WAYPOINT_FOR_LABEL: &str = "istio.io/waypoint-for";
+/// Label on a waypoint's pods naming its Gateway (in the pod's namespace).
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 
 /// Namespace and name of an object (namespace empty for cluster-scoped kinds).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::registry::{
     self, EndpointPort, EndpointSet, Labels, LocalPod, Name, Object, ObjectKey, PodIps, Protocol,
-    ServicePort, TargetPort, Uid, Waypoint, Workload,
+    ServicePort, TargetPort, Uid, Waypoint, WaypointFor, Workload,
 };
 
 pub(super) fn namespace(ns: &Namespace, key: &ObjectKey) -> Result<Object, Invalid> {
@@ -274,11 +274,28 @@ pub(super) fn gateway(gw: &crd::Gateway, key: ObjectKey) -> Result<Option<Object
             addresses.push(ip);
         }
     }
+    let traffic = match gw
+        .labels()
+        .get(registry::WAYPOINT_FOR_LABEL)
+        .map(String::as_str)
+    {
+        None | Some("service") => WaypointFor::Service,
+        Some("workload") => WaypointFor::Workload,
+        Some("all") => WaypointFor::All,
+        Some("none") => WaypointFor::None,
+        Some(other) => {
+            return Err(Invalid::new(
+                format!("metadata.labels[{}]", registry::WAYPOINT_FOR_LABEL),
+                Problem::WaypointFor(other.to_owned()),
+            ));
+        }
+    };
     Ok(Some(Object::Waypoint(Waypoint {
         key,
         class: gw.spec.gateway_class_name.as_str().into(),
         addresses,
         ports,
+        traffic,
     })))
 }
 

@@ -42,6 +42,8 @@ pub struct Connection {
     pub dst_identity: Option<String>,
     /// How the bytes travel: `hbone`, `passthrough` or `plaintext`.
     pub mode: &'static str,
+    /// The waypoint the connection goes through, if any.
+    pub waypoint: Option<crate::registry::ObjectKey>,
     started: Instant,
 }
 
@@ -56,6 +58,7 @@ impl Connection {
             dst: None,
             dst_identity: None,
             mode: "plaintext",
+            waypoint: None,
             started: Instant::now(),
         }
     }
@@ -75,6 +78,10 @@ impl Connection {
             self.dst.map(|d| d.to_string()).unwrap_or_default(),
             self.src_identity.as_deref().unwrap_or(""),
             self.dst_identity.as_deref().unwrap_or(""),
+            self.waypoint
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
         );
         macro_rules! access {
             ($level:ident, $message:literal) => {
@@ -88,6 +95,7 @@ impl Connection {
                     dst.addr = line.0,
                     dst.workload = dst_workload,
                     dst.identity = line.2,
+                    waypoint = line.3,
                     bytes_sent,
                     bytes_received,
                     duration_ms,

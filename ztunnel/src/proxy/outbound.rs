@@ -52,14 +52,20 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
                 gateway,
                 target,
                 identity,
+                waypoint,
             } => {
                 record.mode = "hbone";
                 record.dst = Some(target);
                 record.dst_identity = Some(identity.to_string());
+                record.waypoint = waypoint;
                 let mut tunnel = open_tunnel(&pod, gateway, target, identity).await?;
                 super::relay::relay(&mut app, &mut tunnel, pod.inputs.idle_timeout).await
             }
             Route::NoEndpoint => Err(ConnectionError::NoEndpoint(dst)),
+            Route::NoWaypoint(waypoint) => {
+                record.waypoint = Some(waypoint.clone());
+                Err(ConnectionError::NoWaypoint { dst, waypoint })
+            }
         }
     }
     .await;

@@ -1,8 +1,11 @@
-//! Where an outbound connection goes, decided from the registry: a Service VIP
-//! is load-balanced over its ready endpoints (same node first, then same zone)
-//! with targetPort mapping; a destination in the mesh is reached through HBONE
-//! with the identity the registry expects for it (secure naming); anything else
-//! passes through as plain TCP.
+//! Where an outbound connection goes, decided from the registry: traffic to a
+//! Service or workload that uses a waypoint goes to one of the waypoint's pods
+//! over HBONE (the original destination as the CONNECT authority, the
+//! waypoint's identity checked), and nowhere else when it has none ready; a
+//! Service VIP is load-balanced over its ready endpoints (same node first, then
+//! same zone) with targetPort mapping; a destination in the mesh is reached
+//! through HBONE with the identity the registry expects for it (secure naming);
+//! anything else passes through as plain TCP.
 
 use std::{
     net::SocketAddr,
@@ -11,27 +14,35 @@ use std::{
 
 use crate::{
     identity::{Identity, TrustDomain},
-    registry::{Endpoint, EndpointSet, ObjectKey, Snapshot, TargetPort, Workload},
+    registry::{Endpoint, EndpointSet, ObjectKey, Snapshot, TargetPort, Waypoint, Workload},
 };
 
 /// The decision for one outbound connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    /// Through HBONE to `gateway` (the destination pod's HBONE port), asking for
-    /// `target`; the server must present `identity`.
+    /// Through HBONE to `gateway` (the destination pod's HBONE port, or a
+    /// waypoint pod's), asking for `target`; the server must present
+    /// `identity`.
     Hbone {
         /// `pod ip:15008`.
         gateway: SocketAddr,
         /// The CONNECT authority: the destination as the application meant it,
-        /// after service resolution.
+        /// after service resolution (through a waypoint: as the application
+        /// addressed it, a VIP the waypoint resolves).
         target: SocketAddr,
-        /// The destination workload's identity.
+        /// The identity the server must present (the destination workload's,
+        /// or the waypoint's).
         identity: Identity,
+        /// The waypoint it goes through, if any.
+        waypoint: Option<ObjectKey>,
     },
     /// Plain TCP to a destination outside the mesh.
     Passthrough(SocketAddr),
     /// A Service without a ready endpoint for that port.
     NoEndpoint,
+    /// The destination uses this waypoint and none of its pods is ready: the
+    /// connection is refused, never sent around it.
+    NoWaypoint(ObjectKey),
 }
 
 /// Decides routes; holds the round-robin position.
@@ -51,30 +62,92 @@ impl Router {
         dst: SocketAddr,
     ) -> Route {
         let target = match snapshot.service_port(dst) {
-            Some((service, port)) => match self.pick_endpoint(
-                snapshot,
-                node,
-                &service.key,
-                &port.target_port,
-                port.name.as_deref(),
-            ) {
-                Some(target) => target,
-                None => return Route::NoEndpoint,
-            },
+            Some((service, port)) => {
+                if let Some(waypoint) = snapshot.waypoint_for_service(service) {
+                    return self.via_waypoint(
+                        snapshot,
+                        node,
+                        trust_domain,
+                        hbone_port,
+                        waypoint,
+                        dst,
+                    );
+                }
+                match self.pick_endpoint(
+                    snapshot,
+                    node,
+                    &service.key,
+                    &port.target_port,
+                    port.name.as_deref(),
+                ) {
+                    Some(target) => target,
+                    None => return Route::NoEndpoint,
+                }
+            }
             None => dst,
         };
         match snapshot.workload_by_ip(target.ip()) {
             Some(workload) if snapshot.is_enrolled(workload) => {
+                // Addressed to the pod itself (not through a Service).
+                if target == dst
+                    && let Some(waypoint) = snapshot.waypoint_for_workload(workload)
+                {
+                    return self.via_waypoint(
+                        snapshot,
+                        node,
+                        trust_domain,
+                        hbone_port,
+                        waypoint,
+                        dst,
+                    );
+                }
                 match identity_of(workload, trust_domain) {
                     Some(identity) => Route::Hbone {
                         gateway: SocketAddr::new(target.ip(), hbone_port),
                         target,
                         identity,
+                        waypoint: None,
                     },
                     None => Route::Passthrough(target),
                 }
             }
             _ => Route::Passthrough(target),
+        }
+    }
+
+    /// To a ready pod of `waypoint` (on `node` when it has one there, round
+    /// robin otherwise), asking for `dst` as addressed.
+    fn via_waypoint(
+        &self,
+        snapshot: &Snapshot,
+        node: &str,
+        trust_domain: &TrustDomain,
+        hbone_port: u16,
+        waypoint: &Waypoint,
+        dst: SocketAddr,
+    ) -> Route {
+        let ready = || {
+            (snapshot.waypoint_instances(&waypoint.key).iter())
+                .filter(|w| w.ready)
+                .filter_map(|w| Some((w, w.ips.iter().find(|ip| ip.is_ipv4() == dst.is_ipv4())?)))
+        };
+        let local = ready().filter(|(w, _)| &*w.node == node).count();
+        let count = if local > 0 { local } else { ready().count() };
+        if count == 0 {
+            return Route::NoWaypoint(waypoint.key.clone());
+        }
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % count;
+        let picked = ready()
+            .filter(|(w, _)| local == 0 || &*w.node == node)
+            .nth(index);
+        match picked.and_then(|(w, ip)| Some((identity_of(w, trust_domain)?, ip))) {
+            Some((identity, ip)) => Route::Hbone {
+                gateway: SocketAddr::new(ip, hbone_port),
+                target: dst,
+                identity,
+                waypoint: Some(waypoint.key.clone()),
+            },
+            None => Route::NoWaypoint(waypoint.key.clone()),
         }
     }
 

@@ -106,6 +106,11 @@ impl Snapshot {
         (self.by_service_account)
             .get_or_default(w.service_account_key())
             .push(Arc::clone(&w));
+        if let Some(gateway) = waypoint_of(&w) {
+            self.waypoint_instances
+                .get_or_default(gateway)
+                .push(Arc::clone(&w));
+        }
         if self.node.as_deref() == Some(&*w.node) {
             self.local.insert(key.clone(), Arc::clone(&w));
         }
@@ -127,6 +132,14 @@ impl Snapshot {
             list.retain(|w| !Arc::ptr_eq(w, &old));
             if list.is_empty() {
                 self.by_service_account.remove(&sa);
+            }
+        }
+        if let Some(gateway) = waypoint_of(&old)
+            && let Some(list) = self.waypoint_instances.get_mut(&gateway)
+        {
+            list.retain(|w| !Arc::ptr_eq(w, &old));
+            if list.is_empty() {
+                self.waypoint_instances.remove(&gateway);
             }
         }
         self.local.remove(key);
@@ -235,4 +248,14 @@ pub(super) fn index_sizes(s: &Snapshot) -> std::collections::HashMap<&'static st
         ("sets_by_service", s.sets_by_service.len()),
         ("policies_by_namespace", s.policies_by_namespace.len()),
     ])
+}
+
+/// The Gateway a pod is an instance of (its `gateway.networking.k8s.io/gateway-name`
+/// label, in its own namespace).
+fn waypoint_of(w: &Workload) -> Option<ObjectKey> {
+    let name = w.labels.get(super::GATEWAY_NAME_LABEL)?;
+    Some(ObjectKey {
+        namespace: w.namespace.clone(),
+        name: name.into(),
+    })
 }

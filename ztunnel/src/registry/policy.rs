@@ -313,7 +313,37 @@ pub struct RequestAuthentication {
     pub problems: Vec<Box<str>>,
 }
 
-/// A waypoint: a Gateway API `Gateway` of class `istio-waypoint`.
+/// Which traffic a waypoint takes (`istio.io/waypoint-for` on its Gateway).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WaypointFor {
+    /// Traffic addressed to a Service (its VIP): the default.
+    #[default]
+    Service,
+    /// Traffic addressed to a workload (a pod IP).
+    Workload,
+    /// Both.
+    All,
+    /// Neither (declared, not used).
+    None,
+}
+
+impl WaypointFor {
+    /// Whether the waypoint takes traffic addressed to a Service.
+    pub fn services(self) -> bool {
+        matches!(self, Self::Service | Self::All)
+    }
+
+    /// Whether the waypoint takes traffic addressed to a workload.
+    pub fn workloads(self) -> bool {
+        matches!(self, Self::Workload | Self::All)
+    }
+}
+
+/// A waypoint: a Gateway API `Gateway` of class `istio-waypoint`. Its
+/// instances are the pods of its namespace labelled
+/// `gateway.networking.k8s.io/gateway-name: <name>` (what Istio's waypoint
+/// Deployment carries).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Waypoint {
     /// Namespace and name.
@@ -324,6 +354,8 @@ pub struct Waypoint {
     pub addresses: Vec<IpAddr>,
     /// `spec.listeners[].port`.
     pub ports: Vec<u16>,
+    /// `istio.io/waypoint-for`.
+    pub traffic: WaypointFor,
 }
 
 /// Whether a policy with `selector` and `target_refs` in namespace `policy_ns`

@@ -11,9 +11,9 @@ use serde::Serialize;
 
 use super::{
     AuthorizationPolicy, DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE,
-    Endpoint, EndpointSet, EnrolledPod, Name, Namespace, Node, ObjectKey, PeerAuthentication,
-    RequestAuthentication, Service, ServicePort, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL,
-    Waypoint, Workload, WorkloadPolicies,
+    Endpoint, EndpointSet, EnrolledPod, GATEWAY_NAME_LABEL, Name, Namespace, Node, ObjectKey,
+    PeerAuthentication, RequestAuthentication, Service, ServicePort, USE_WAYPOINT_LABEL,
+    USE_WAYPOINT_NAMESPACE_LABEL, Waypoint, Workload, WorkloadPolicies,
     policy::{WorkloadSelector, selects},
     sharded::{IpMap, ShardedMap},
 };
@@ -47,6 +47,9 @@ pub struct Snapshot {
     pub(super) request: ShardedMap<ObjectKey, Arc<RequestAuthentication>>,
     pub(super) policies_by_namespace: ShardedMap<Name, NamespacePolicies>,
     pub(super) waypoints: ShardedMap<ObjectKey, Arc<Waypoint>>,
+    /// The pods of each waypoint (by the Gateway they name), whether or not
+    /// the Gateway exists yet.
+    pub(super) waypoint_instances: ShardedMap<ObjectKey, Vec<Arc<Workload>>>,
     pub(super) nodes: ShardedMap<Name, Node>,
 }
 
@@ -72,6 +75,7 @@ impl Snapshot {
             request: ShardedMap::default(),
             policies_by_namespace: ShardedMap::default(),
             waypoints: ShardedMap::default(),
+            waypoint_instances: ShardedMap::default(),
             nodes: ShardedMap::default(),
         }
     }
@@ -138,10 +142,13 @@ impl Snapshot {
 
     /// Whether `workload` is in the mesh: its namespace has
     /// `istio.io/dataplane-mode=ambient`, the pod does not opt out with
-    /// `istio.io/dataplane-mode=none`, and it does not use the host network.
+    /// `istio.io/dataplane-mode=none`, it does not use the host network, and it
+    /// is not a waypoint's (a waypoint speaks HBONE itself: capturing it would
+    /// send its traffic back through ztunnel, and maybe to itself).
     pub fn is_enrolled(&self, workload: &Workload) -> bool {
         if workload.host_network
             || workload.labels.get(DATAPLANE_MODE_LABEL) == Some(DATAPLANE_MODE_NONE)
+            || workload.labels.get(GATEWAY_NAME_LABEL).is_some()
         {
             return false;
         }
@@ -324,16 +331,28 @@ impl Snapshot {
         self.waypoints.get(key)
     }
 
-    /// The waypoint of `workload`: its own `istio.io/use-waypoint` label, else its
-    /// namespace's; `none` opts out.
+    /// The waypoint that takes traffic addressed to `workload` (its pod IP):
+    /// named by the pod's own `istio.io/use-waypoint` label, else its
+    /// namespace's (`none` opts out), and taking workload traffic
+    /// (`istio.io/waypoint-for: workload` or `all`).
     pub fn waypoint_for_workload(&self, workload: &Workload) -> Option<&Arc<Waypoint>> {
         self.waypoint_by_labels(&workload.namespace, &workload.labels)
+            .filter(|w| w.traffic.workloads())
     }
 
-    /// The waypoint of `service`: its own `istio.io/use-waypoint` label, else its
-    /// namespace's; `none` opts out.
+    /// The waypoint that takes traffic addressed to `service` (its VIP): named
+    /// by the Service's own `istio.io/use-waypoint` label, else its
+    /// namespace's (`none` opts out), and taking service traffic (the
+    /// default, or `all`).
     pub fn waypoint_for_service(&self, service: &Service) -> Option<&Arc<Waypoint>> {
         self.waypoint_by_labels(&service.key.namespace, &service.labels)
+            .filter(|w| w.traffic.services())
+    }
+
+    /// The pods of the waypoint `key` (labelled with its Gateway's name), in no
+    /// particular order.
+    pub fn waypoint_instances(&self, key: &ObjectKey) -> &[Arc<Workload>] {
+        self.waypoint_instances.get(key).map_or(&[], Vec::as_slice)
     }
 
     fn waypoint_by_labels(
@@ -383,6 +402,12 @@ impl Snapshot {
             nodes: (self.nodes.iter())
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
+            service_waypoints: (self.services.iter())
+                .filter_map(|(k, s)| Some((k.clone(), self.waypoint_for_service(s)?.key.clone())))
+                .collect(),
+            workload_waypoints: (self.workloads.iter())
+                .filter_map(|(k, w)| Some((k.clone(), self.waypoint_for_workload(w)?.key.clone())))
+                .collect(),
         }
     }
 }
@@ -401,4 +426,8 @@ pub struct Dump {
     pub request_authentications: BTreeMap<ObjectKey, Arc<RequestAuthentication>>,
     pub waypoints: BTreeMap<ObjectKey, Arc<Waypoint>>,
     pub nodes: BTreeMap<String, Node>,
+    /// The waypoint each Service's traffic goes through, when it uses one.
+    pub service_waypoints: BTreeMap<ObjectKey, ObjectKey>,
+    /// The waypoint each workload's (pod-IP) traffic goes through.
+    pub workload_waypoints: BTreeMap<ObjectKey, ObjectKey>,
 }

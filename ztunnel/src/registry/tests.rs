@@ -301,6 +301,7 @@ fn services_resolve_by_vip_and_port_and_find_their_waypoint() {
         class: "istio-waypoint".into(),
         addresses: vec![],
         ports: vec![15008],
+        traffic: WaypointFor::Service,
     };
     reg.apply([
         Change::Upsert(Object::Service(svc)),
@@ -412,5 +413,99 @@ fn endpoint_node_and_zone_names_are_interned() {
         ptr(&a.zone),
         snap.node_zone("node-b").map(|z| z.as_str().as_ptr()),
         "one copy of the zone name for endpoints and nodes"
+    );
+}
+
+#[test]
+fn waypoints_serve_what_their_gateway_takes_and_their_pods_are_never_captured() {
+    let yaml = |waypoint_for: &str| {
+        format!(
+            "
+apiVersion: v1
+kind: Namespace
+metadata: {{name: shop, labels: {{istio.io/dataplane-mode: ambient, istio.io/use-waypoint: wp}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: wp, namespace: shop{waypoint_for}}}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: wp-1, namespace: shop, labels: {{gateway.networking.k8s.io/gateway-name: wp}}}}
+spec: {{nodeName: node-a, serviceAccountName: wp, containers: [{{name: w, image: w}}]}}
+status: {{podIP: 198.18.1.9}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: web-1, namespace: shop, labels: {{app: web}}}}
+spec: {{nodeName: node-a, containers: [{{name: w, image: w}}]}}
+status: {{podIP: 198.18.1.10}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: shop}}
+spec: {{clusterIP: 198.19.0.10, selector: {{app: web}}, ports: [{{port: 80}}]}}
+"
+        )
+    };
+    let web = ObjectKey::new("shop", "web");
+    let web_1 = ObjectKey::new("shop", "web-1");
+    let wp = ObjectKey::new("shop", "wp");
+    for (label, service, workload) in [
+        ("", true, false),
+        (", labels: {istio.io/waypoint-for: service}", true, false),
+        (", labels: {istio.io/waypoint-for: workload}", false, true),
+        (", labels: {istio.io/waypoint-for: all}", true, true),
+        (", labels: {istio.io/waypoint-for: none}", false, false),
+    ] {
+        let snap = crate::config::file::test_registry(&yaml(label))
+            .unwrap()
+            .snapshot();
+        let svc = snap.service(&web).unwrap();
+        let pod = snap.workload(&web_1).unwrap();
+        assert_eq!(snap.waypoint_for_service(svc).is_some(), service, "{label}");
+        assert_eq!(
+            snap.waypoint_for_workload(pod).is_some(),
+            workload,
+            "{label}"
+        );
+        let dump = snap.dump();
+        assert_eq!(
+            dump.service_waypoints.get(&web) == Some(&wp),
+            service,
+            "{label}"
+        );
+        assert_eq!(
+            dump.workload_waypoints.get(&web_1) == Some(&wp),
+            workload,
+            "{label}"
+        );
+        // The waypoint's pod is its instance, and never captured.
+        let instances: Vec<_> = snap
+            .waypoint_instances(&wp)
+            .iter()
+            .map(|w| &*w.name)
+            .collect();
+        assert_eq!(instances, ["wp-1"]);
+        let enrolled: Vec<_> = snap
+            .enrolled_pods("node-a")
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(enrolled, [Arc::from("web-1")], "{label}");
+    }
+    let err = crate::config::file::parse(
+        &yaml(", labels: {istio.io/waypoint-for: everything}"),
+        std::path::Path::new("m.yaml"),
+    )
+    .unwrap_err();
+    assert!(
+        crate::config::ErrorChain(&err)
+            .to_string()
+            .contains("\"everything\" is not one of service, workload, all, none"),
+        "{err}"
     );
 }

@@ -148,3 +148,139 @@ fn a_vip_routes_to_the_picked_endpoint() {
         "the endpoint in the client's zone (not a workload of the mesh)"
     );
 }
+
+/// Service shop/web (198.19.0.10:80 -> 8080) with pod web-1 (198.18.1.10,
+/// node b), in a namespace that uses waypoint shop/wp (`waypoint_for` its
+/// `istio.io/waypoint-for`), whose pods are `waypoints` (name, node, ready).
+fn waypoint_mesh(waypoint_for: &str, waypoints: &[(&str, &str, bool)]) -> Arc<Snapshot> {
+    let mut yaml = format!(
+        "
+apiVersion: v1
+kind: Namespace
+metadata: {{name: shop, labels: {{istio.io/dataplane-mode: ambient, istio.io/use-waypoint: wp}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: wp, namespace: shop, labels: {{istio.io/waypoint-for: {waypoint_for}}}}}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: web-1, namespace: shop, labels: {{app: web}}}}
+spec: {{nodeName: b, serviceAccountName: web, containers: [{{name: w, image: w}}]}}
+status: {{podIP: 198.18.1.10, conditions: [{{type: Ready, status: \"True\"}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: shop}}
+spec: {{clusterIP: 198.19.0.10, selector: {{app: web}}, ports: [{{port: 80, targetPort: 8080}}]}}
+"
+    );
+    for (i, (name, node, ready)) in waypoints.iter().enumerate() {
+        let ready = if *ready { "True" } else { "False" };
+        yaml.push_str(&format!(
+            "---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: shop, labels: {{gateway.networking.k8s.io/gateway-name: wp}}}}
+spec: {{nodeName: {node}, serviceAccountName: wp, containers: [{{name: w, image: w}}]}}
+status: {{podIP: 198.18.2.{}, conditions: [{{type: Ready, status: \"{ready}\"}}]}}
+",
+            i + 1
+        ));
+    }
+    crate::config::file::test_registry(&yaml)
+        .unwrap()
+        .snapshot()
+}
+
+fn route_from(snapshot: &Snapshot, node: &str, dst: &str) -> Route {
+    let trust_domain: TrustDomain = "cluster.local".parse().unwrap();
+    Router::default().route(snapshot, node, &trust_domain, 15008, dst.parse().unwrap())
+}
+
+fn through(waypoint_ip: &str, target: &str) -> Route {
+    Route::Hbone {
+        gateway: format!("{waypoint_ip}:15008").parse().unwrap(),
+        target: target.parse().unwrap(),
+        identity: "spiffe://cluster.local/ns/shop/sa/wp".parse().unwrap(),
+        waypoint: Some(ObjectKey::new("shop", "wp")),
+    }
+}
+
+#[test]
+fn service_traffic_goes_to_the_waypoint_with_the_vip_as_authority() {
+    let snapshot = waypoint_mesh("service", &[("wp-1", "c", true)]);
+    assert_eq!(
+        route_from(&snapshot, "a", "198.19.0.10:80"),
+        through("198.18.2.1", "198.19.0.10:80")
+    );
+    // waypoint-for: service leaves pod-IP traffic alone.
+    assert_eq!(
+        route_from(&snapshot, "a", "198.18.1.10:8080"),
+        Route::Hbone {
+            gateway: "198.18.1.10:15008".parse().unwrap(),
+            target: "198.18.1.10:8080".parse().unwrap(),
+            identity: "spiffe://cluster.local/ns/shop/sa/web".parse().unwrap(),
+            waypoint: None,
+        }
+    );
+}
+
+#[test]
+fn workload_traffic_goes_to_the_waypoint_when_it_takes_workloads() {
+    let snapshot = waypoint_mesh("workload", &[("wp-1", "c", true)]);
+    assert_eq!(
+        route_from(&snapshot, "a", "198.18.1.10:8080"),
+        through("198.18.2.1", "198.18.1.10:8080")
+    );
+    // ... and then not Service traffic: the VIP resolves to the pod as before.
+    assert!(matches!(
+        route_from(&snapshot, "a", "198.19.0.10:80"),
+        Route::Hbone { waypoint: None, .. }
+    ));
+    let all = waypoint_mesh("all", &[("wp-1", "c", true)]);
+    assert!(matches!(
+        route_from(&all, "a", "198.19.0.10:80"),
+        Route::Hbone {
+            waypoint: Some(_),
+            ..
+        }
+    ));
+    assert!(matches!(
+        route_from(&all, "a", "198.18.1.10:8080"),
+        Route::Hbone {
+            waypoint: Some(_),
+            ..
+        }
+    ));
+}
+
+#[test]
+fn without_a_ready_waypoint_pod_the_connection_is_refused_not_sent_around_it() {
+    let key = ObjectKey::new("shop", "wp");
+    for waypoints in [&[][..], &[("wp-1", "a", false)][..]] {
+        let snapshot = waypoint_mesh("all", waypoints);
+        assert_eq!(
+            route_from(&snapshot, "a", "198.19.0.10:80"),
+            Route::NoWaypoint(key.clone())
+        );
+        assert_eq!(
+            route_from(&snapshot, "a", "198.18.1.10:8080"),
+            Route::NoWaypoint(key.clone())
+        );
+    }
+}
+
+#[test]
+fn a_waypoint_pod_on_the_clients_node_is_preferred() {
+    let snapshot = waypoint_mesh("service", &[("wp-1", "c", true), ("wp-2", "a", true)]);
+    for _ in 0..4 {
+        assert_eq!(
+            route_from(&snapshot, "a", "198.19.0.10:80"),
+            through("198.18.2.2", "198.19.0.10:80")
+        );
+    }
+}
