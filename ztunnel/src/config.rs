@@ -136,6 +136,12 @@ pub enum Problem {
     /// More than one address of one family.
     #[error("more than one {0} address")]
     SecondAddress(&'static str),
+    /// A path template with `{*}`/`{**}` not as whole segments, or an
+    /// operator after `{**}`.
+    #[error(
+        "{0:?} is not a path template: `{{*}}` and `{{**}}` must be whole segments, `{{**}}` the last operator"
+    )]
+    PathTemplate(String),
     /// An `istio.io/waypoint-for` value Istio does not know.
     #[error("{0:?} is not one of service, workload, all, none")]
     WaypointFor(String),

@@ -70,7 +70,7 @@ mod attributes;
 mod compile;
 mod compiled;
 mod index;
-mod matcher;
+pub(crate) mod matcher;
 mod rule;
 
 pub use attributes::{Attributes, Claims, Headers, Peer, Request, RequestAuth};

@@ -243,8 +243,8 @@ fn operation(field: &str, o: &crd::Operation) -> Result<Operation, Invalid> {
         not_ports: ports(field, "notPorts", &o.not_ports)?,
         methods: matchers(field, "methods", &o.methods)?,
         not_methods: matchers(field, "notMethods", &o.not_methods)?,
-        paths: matchers(field, "paths", &o.paths)?,
-        not_paths: matchers(field, "notPaths", &o.not_paths)?,
+        paths: paths(field, "paths", &o.paths)?,
+        not_paths: paths(field, "notPaths", &o.not_paths)?,
     };
     if out == Operation::default() {
         return Err(Invalid::new(field, Problem::Empty));
@@ -305,6 +305,42 @@ fn condition(field: &str, c: &crd::Condition) -> Result<Condition, Invalid> {
         not_values: c.not_values.iter().map(|v| v.as_str().into()).collect(),
         invalid: false,
     })
+}
+
+/// `paths`: Istio's string matches, or path templates (`{*}` one segment,
+/// `{**}` one or more, the last operator) whose operators are whole segments of a path
+/// starting with `/`.
+fn paths(field: &str, name: &str, list: &[String]) -> Result<Vec<Box<str>>, Invalid> {
+    list.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            if !crate::policy::matcher::is_path_template(v) {
+                return matchers(field, name, std::slice::from_ref(v))
+                    .map(|mut one| one.remove(0))
+                    .map_err(|mut e| {
+                        e.field = format!("{field}.{name}[{i}]");
+                        e
+                    });
+            }
+            let bad = || {
+                Invalid::new(
+                    format!("{field}.{name}[{i}]"),
+                    Problem::PathTemplate(v.clone()),
+                )
+            };
+            let rest = v.strip_prefix('/').ok_or_else(bad)?;
+            let segments: Vec<&str> = rest.split('/').collect();
+            let mut after_rest = false;
+            for segment in &segments {
+                let operator = matches!(*segment, "{*}" | "{**}");
+                if (!operator && segment.contains(['{', '}', '*'])) || (operator && after_rest) {
+                    return Err(bad());
+                }
+                after_rest |= *segment == "{**}";
+            }
+            Ok(v.as_str().into())
+        })
+        .collect()
 }
 
 /// Strings matched exactly, by prefix (`abc*`), by suffix (`*abc`) or for

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use super::{
     compiled::{CompiledPolicies, FailSafe, PolicyInfo},
-    matcher::{HostSet, IpSet, PortSet, ServiceAccountSet, StrSet},
+    matcher::{HostSet, IpSet, PathSet, PortSet, ServiceAccountSet, StrSet},
     rule::{Check, Clause, Rule, Test, required_principals},
 };
 use crate::registry::{
@@ -181,7 +181,7 @@ fn operation(o: &Operation, found: &mut Found) -> Clause {
         Test::Method(StrSet::new(v))
     });
     pair(&mut out, &o.paths, &o.not_paths, |v| {
-        Test::Path(StrSet::new(v))
+        Test::Path(PathSet::new(v))
     });
     note_http(
         found,

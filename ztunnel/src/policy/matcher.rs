@@ -70,6 +70,106 @@ impl StrSet {
     }
 }
 
+/// One segment of a path template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum TemplateSegment {
+    /// A segment matched exactly.
+    Literal(Box<str>),
+    /// `{*}`: exactly one non-empty segment.
+    One,
+    /// `{**}`: one or more segments (the last operator; only literal
+    /// segments may follow it).
+    Rest,
+}
+
+/// A `paths` entry: one of Istio's string matches, or a path template with
+/// `{*}` (one segment) and `{**}` (one or more, the last operator) as whole
+/// segments, as Envoy's URI templates (`/api/{*}/users`, `/files/{**}`,
+/// `/files/{**}/raw`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum PathMatch {
+    Str(StrMatch),
+    Template(Box<[TemplateSegment]>),
+}
+
+impl PathMatch {
+    /// Parses one policy value (validated upstream: a template has `{*}` or
+    /// `{**}` as whole segments, nothing but literals after `{**}`).
+    pub(super) fn new(pattern: &str) -> Self {
+        if !is_path_template(pattern) {
+            return Self::Str(StrMatch::new(pattern));
+        }
+        let segments = (pattern.trim_start_matches('/').split('/'))
+            .map(|s| match s {
+                "{*}" => TemplateSegment::One,
+                "{**}" => TemplateSegment::Rest,
+                literal => TemplateSegment::Literal(literal.into()),
+            })
+            .collect();
+        Self::Template(segments)
+    }
+
+    /// Whether `path` (normalized, without its query) matches.
+    pub(super) fn matches(&self, path: &str) -> bool {
+        match self {
+            Self::Str(m) => m.matches(path),
+            Self::Template(template) => path.strip_prefix('/').is_some_and(|rest| {
+                template_matches(template, &rest.split('/').collect::<Vec<_>>())
+            }),
+        }
+    }
+}
+
+/// Matches whole segments: literals exactly, `{*}` one non-empty segment,
+/// `{**}` one or more segments (the first non-empty) followed by the
+/// template's literal suffix.
+fn template_matches(template: &[TemplateSegment], segments: &[&str]) -> bool {
+    let Some((expected, template_rest)) = template.split_first() else {
+        return segments.is_empty();
+    };
+    match expected {
+        TemplateSegment::Rest => {
+            // Only literals follow (validated): they match the end.
+            let Some(taken) = segments.len().checked_sub(template_rest.len()) else {
+                return false;
+            };
+            taken >= 1
+                && !segments[0].is_empty()
+                && template_matches(template_rest, &segments[taken..])
+        }
+        TemplateSegment::One => segments
+            .split_first()
+            .is_some_and(|(s, rest)| !s.is_empty() && template_matches(template_rest, rest)),
+        TemplateSegment::Literal(literal) => segments
+            .split_first()
+            .is_some_and(|(s, rest)| *s == &**literal && template_matches(template_rest, rest)),
+    }
+}
+
+/// Whether a `paths` value is a path template (has `{*}` or `{**}`).
+pub(crate) fn is_path_template(pattern: &str) -> bool {
+    pattern.contains("{*}") || pattern.contains("{**}")
+}
+
+/// A list of [`PathMatch`]es: matches when any does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct PathSet(Box<[PathMatch]>);
+
+impl PathSet {
+    pub(super) fn new<S: AsRef<str>>(patterns: &[S]) -> Self {
+        Self(
+            patterns
+                .iter()
+                .map(|p| PathMatch::new(p.as_ref()))
+                .collect(),
+        )
+    }
+
+    pub(super) fn matches(&self, path: &str) -> bool {
+        self.0.iter().any(|m| m.matches(path))
+    }
+}
+
 /// A 64-bit fingerprint of `s`, hashed eight bytes at a time. Equal strings
 /// have equal fingerprints, so different fingerprints rule out an exact match
 /// without comparing the strings.
@@ -253,6 +353,44 @@ impl PortSet {
         } else {
             self.0.binary_search(&port).is_ok()
         }
+    }
+}
+
+#[cfg(test)]
+mod template_tests {
+    use super::*;
+
+    #[test]
+    fn path_templates_match_whole_segments() {
+        let one = PathMatch::new("/api/{*}/users");
+        assert!(one.matches("/api/v1/users"));
+        assert!(!one.matches("/api/v1/v2/users"));
+        assert!(!one.matches("/api//users"));
+        assert!(!one.matches("/api/users"));
+        assert!(!one.matches("/api/v1/users/1"));
+        let rest = PathMatch::new("/files/{**}");
+        assert!(rest.matches("/files/a"));
+        assert!(rest.matches("/files/a/b/c"));
+        assert!(rest.matches("/files/a/"));
+        assert!(!rest.matches("/files/"));
+        assert!(!rest.matches("/files"));
+        assert!(!rest.matches("/filesx/a"));
+        let both = PathMatch::new("/{*}/admin/{**}");
+        assert!(both.matches("/v1/admin/x/y"));
+        assert!(!both.matches("/v1/admin"));
+        let suffix = PathMatch::new("/files/{**}/raw");
+        assert!(suffix.matches("/files/a/raw"));
+        assert!(suffix.matches("/files/a/b/raw"));
+        assert!(!suffix.matches("/files/raw"));
+        assert!(!suffix.matches("/files/a/raw/x"));
+        let slash = PathMatch::new("/foo/{**}/");
+        assert!(slash.matches("/foo/bar/"));
+        assert!(!slash.matches("/foo/bar"));
+        // Not a template: Istio's prefix match.
+        assert_eq!(
+            PathMatch::new("/api/*"),
+            PathMatch::Str(StrMatch::Prefix("/api/".into()))
+        );
     }
 }
 

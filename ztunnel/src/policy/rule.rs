@@ -4,7 +4,7 @@
 
 use super::{
     attributes::{Attributes, Request},
-    matcher::{HostSet, IpSet, PortSet, ServiceAccountSet, StrSet, fingerprint},
+    matcher::{HostSet, IpSet, PathSet, PortSet, ServiceAccountSet, StrSet, fingerprint},
 };
 
 /// One attribute tested against one set of values.
@@ -25,7 +25,7 @@ pub(super) enum Test {
     Sni(StrSet),
     Host(HostSet),
     Method(StrSet),
-    Path(StrSet),
+    Path(PathSet),
     RequestPrincipal(StrSet),
     Audience(StrSet),
     Presenter(StrSet),

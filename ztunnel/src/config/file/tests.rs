@@ -252,6 +252,24 @@ const FAIL_CLOSED: &[Row] = &[
         line: 0,
     },
     Row {
+        name: "path template operator inside a segment",
+        doc: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  rules:\n  - to: [{operation: {paths: [\"/api/*\", \"/api/v{*}/x\"]}}]\n",
+        reason: "spec.rules[0].to[0].operation.paths[1]: \"/api/v{*}/x\" is not a path template",
+        line: 0,
+    },
+    Row {
+        name: "path template operator after {**}",
+        doc: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  rules:\n  - to: [{operation: {notPaths: [\"/{**}/x/{*}\"]}}]\n",
+        reason: "spec.rules[0].to[0].operation.notPaths[0]: \"/{**}/x/{*}\" is not a path template",
+        line: 0,
+    },
+    Row {
+        name: "path template with a bare star",
+        doc: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  rules:\n  - to: [{operation: {paths: [\"/*/x/{*}\"]}}]\n",
+        reason: "\"/*/x/{*}\" is not a path template",
+        line: 0,
+    },
+    Row {
         name: "empty source",
         doc: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  rules:\n  - from: [{source: {}}]\n",
         reason: "spec.rules[0].from[0].source: must not be empty",

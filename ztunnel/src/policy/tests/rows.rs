@@ -850,6 +850,36 @@ pub(super) fn http_at_l7() -> Vec<Case> {
             Allowed("shop/l7", 0),
         ),
         (
+            "L7 path template {*} is one segment",
+            "{rules: [{to: [{operation: {paths: [\"/api/{*}/users\"]}}]}]}",
+            req().http(get("/api/v1/users")),
+            Allowed("shop/l7", 0),
+        ),
+        (
+            "L7 path template {*} is not two segments",
+            "{rules: [{to: [{operation: {paths: [\"/api/{*}/users\"]}}]}]}",
+            req().http(get("/api/v1/v2/users")),
+            NoMatch,
+        ),
+        (
+            "L7 path template {**} is the rest of the path",
+            "{rules: [{to: [{operation: {paths: [\"/files/{**}\"]}}]}]}",
+            req().http(get("/files/a/b/c")),
+            Allowed("shop/l7", 0),
+        ),
+        (
+            "L7 DENY path template {**} needs a segment",
+            "{action: DENY, rules: [{to: [{operation: {paths: [\"/files/{**}\"]}}]}]}",
+            req().http(get("/files/")),
+            Default,
+        ),
+        (
+            "L7 DENY notPaths template",
+            "{action: DENY, rules: [{to: [{operation: {notPaths: [\"/public/{**}\"]}}]}]}",
+            req().http(get("/public")),
+            Denied("shop/l7", 0),
+        ),
+        (
             "L7 DENY notPaths",
             "{action: DENY, rules: [{to: [{operation: {notPaths: [\"/public/*\"]}}]}]}",
             req().http(get("/admin")),
