@@ -13,7 +13,8 @@
 //! services, policies), and `proxy` (per-pod listeners) serves the captured pods;
 //! `hbone` carries them between nodes, and `policy` evaluates AuthorizationPolicy
 //! (Istio's semantics) for ztunnel and the waypoint; `accept` is the one accept
-//! loop (with backoff) of every listener.
+//! loop (with backoff) of every listener; `route` decides where a connection
+//! goes and `relay` moves its bytes, for ztunnel and the waypoint alike.
 #![warn(missing_docs)]
 
 pub mod accept;
@@ -28,5 +29,7 @@ pub mod policy;
 #[cfg(feature = "capture")]
 pub mod proxy;
 pub mod registry;
+pub mod relay;
+pub mod route;
 pub mod settings;
 pub mod telemetry;

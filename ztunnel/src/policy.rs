@@ -71,6 +71,7 @@ mod compile;
 mod compiled;
 mod index;
 pub(crate) mod matcher;
+pub mod peer_authn;
 mod rule;
 
 pub use attributes::{Attributes, Claims, Headers, Peer, Request, RequestAuth};

@@ -16,10 +16,7 @@ mod discover;
 mod hbone_inbound;
 mod inbound;
 mod outbound;
-pub mod peer_authn;
 mod pods;
-mod relay;
-pub mod route;
 mod socket;
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
@@ -49,7 +46,7 @@ pub struct Mesh {
     /// The mesh's trust domain.
     pub trust_domain: TrustDomain,
     /// Route decisions (round robin state).
-    pub router: route::Router,
+    pub router: crate::route::Router,
     /// AuthorizationPolicies compiled for the node's pods; swapped whole when
     /// the registry changes, so a change applies to the next connection.
     pub policies: arc_swap::ArcSwap<PolicyIndex>,
@@ -249,6 +246,15 @@ pub enum ConnectionError {
     Capture(#[source] crate::capture::Error),
 }
 
+impl From<crate::relay::RelayError> for ConnectionError {
+    fn from(error: crate::relay::RelayError) -> Self {
+        match error {
+            crate::relay::RelayError::Idle(after) => Self::Idle(after),
+            crate::relay::RelayError::Io(error) => Self::Relay(error),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -304,7 +310,7 @@ status: {podIP: 198.18.1.20}
             certs: CertManager::new(Arc::new(NoSigner), bundle.clone(), ManagerConfig::default()),
             bundle,
             trust_domain: TrustDomain::default(),
-            router: route::Router::default(),
+            router: crate::route::Router::default(),
             policies: Default::default(),
         };
         mesh.update_policies(&registry.snapshot());

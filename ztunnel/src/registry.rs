@@ -29,7 +29,7 @@ pub use labels::{Labels, Name};
 pub use node::Node;
 pub use policy::{
     Action, AuthorizationPolicy, Cidr, MtlsMode, PeerAuthentication, RequestAuthentication,
-    Waypoint, WaypointFor, WorkloadPolicies, WorkloadSelector,
+    Waypoint, WaypointFor, WaypointPolicies, WorkloadPolicies, WorkloadSelector,
 };
 pub use service::{
     Endpoint, EndpointPort, EndpointSet, Protocol, Service, ServicePort, TargetPort,

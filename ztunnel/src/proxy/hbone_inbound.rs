@@ -81,8 +81,9 @@ async fn accept_stream(
     match connect(&pod, target, Some(client.ip())).await {
         Ok(mut app) => Ok(Box::new(move |mut tunnel| {
             Box::pin(async move {
-                let result =
-                    super::relay::relay(&mut tunnel, &mut app, pod.inputs.idle_timeout).await;
+                let result = crate::relay::relay(&mut tunnel, &mut app, pod.inputs.idle_timeout)
+                    .await
+                    .map_err(ConnectionError::from);
                 record.finish(&result);
             })
         })),

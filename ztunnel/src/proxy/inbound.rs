@@ -38,7 +38,9 @@ pub async fn handle(mut client: TcpStream, peer: SocketAddr, pod: Arc<PodContext
         // Connect from the client's own address, so the application sees who
         // really called.
         let mut app = connect(&pod, dst, Some(peer.ip())).await?;
-        super::relay::relay(&mut client, &mut app, pod.inputs.idle_timeout).await
+        crate::relay::relay(&mut client, &mut app, pod.inputs.idle_timeout)
+            .await
+            .map_err(ConnectionError::from)
     }
     .await;
     record.finish(&result);
@@ -64,7 +66,10 @@ pub(super) fn plaintext_allowed(
         return false;
     };
     let policies = snapshot.policies_for(workload);
-    super::peer_authn::allows_plaintext(super::peer_authn::mtls_mode(&policies, dst.port()))
+    crate::policy::peer_authn::allows_plaintext(crate::policy::peer_authn::mtls_mode(
+        &policies,
+        dst.port(),
+    ))
 }
 
 /// Whether `ip` is the kubelet's probe source (see `ambit_ebpf_common`).

@@ -11,9 +11,11 @@ use super::{
     access::{Connection, Direction},
     inbound::connect,
     pods::PodContext,
+};
+use crate::{
+    hbone::{self, PoolKey},
     route::Route,
 };
-use crate::hbone::{self, PoolKey};
 
 /// Proxies one accepted connection and writes its access log line.
 pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) {
@@ -46,7 +48,9 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
                 record.mode = "passthrough";
                 record.dst = Some(target);
                 let mut upstream = connect(&pod, target, None).await?;
-                super::relay::relay(&mut app, &mut upstream, pod.inputs.idle_timeout).await
+                crate::relay::relay(&mut app, &mut upstream, pod.inputs.idle_timeout)
+                    .await
+                    .map_err(ConnectionError::from)
             }
             Route::Hbone {
                 gateway,
@@ -59,7 +63,9 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
                 record.dst_identity = Some(identity.to_string());
                 record.waypoint = waypoint;
                 let mut tunnel = open_tunnel(&pod, gateway, target, identity).await?;
-                super::relay::relay(&mut app, &mut tunnel, pod.inputs.idle_timeout).await
+                crate::relay::relay(&mut app, &mut tunnel, pod.inputs.idle_timeout)
+                    .await
+                    .map_err(ConnectionError::from)
             }
             Route::NoEndpoint => Err(ConnectionError::NoEndpoint(dst)),
             Route::NoWaypoint(waypoint) => {

@@ -375,6 +375,15 @@ pub(crate) fn selects(
     selector.is_none_or(|s| s.matches(workload.1))
 }
 
+/// Policies a waypoint enforces for one destination.
+#[derive(Debug, Clone, Default)]
+pub struct WaypointPolicies {
+    /// AuthorizationPolicies (any order; the engine orders them).
+    pub authorization: Vec<Arc<AuthorizationPolicy>>,
+    /// RequestAuthentications.
+    pub request_authentication: Vec<Arc<RequestAuthentication>>,
+}
+
 /// Policies that apply to one workload, split by level for PeerAuthentication.
 #[derive(Debug, Clone, Default)]
 pub struct WorkloadPolicies {

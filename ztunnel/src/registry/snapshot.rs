@@ -13,8 +13,8 @@ use super::{
     AuthorizationPolicy, DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE,
     Endpoint, EndpointSet, EnrolledPod, GATEWAY_NAME_LABEL, Name, Namespace, Node, ObjectKey,
     PeerAuthentication, RequestAuthentication, Service, ServicePort, USE_WAYPOINT_LABEL,
-    USE_WAYPOINT_NAMESPACE_LABEL, Waypoint, Workload, WorkloadPolicies,
-    policy::{WorkloadSelector, selects},
+    USE_WAYPOINT_NAMESPACE_LABEL, Waypoint, WaypointPolicies, Workload, WorkloadPolicies,
+    policy::{TargetRef, WorkloadSelector, selects},
     sharded::{IpMap, ShardedMap},
 };
 
@@ -283,6 +283,75 @@ impl Snapshot {
         out
     }
 
+    /// The policies the waypoint `waypoint` enforces for traffic addressed to
+    /// `service` (`None`: to a workload's own address), as Istio attaches
+    /// them to waypoints:
+    ///
+    /// - `targetRefs` naming the waypoint's `Gateway` (policy in the
+    ///   waypoint's namespace), its `GatewayClass` (policy in the root
+    ///   namespace), or the Service (policy in the Service's namespace);
+    /// - a RequestAuthentication without selector and targetRefs in the
+    ///   waypoint's namespace or the root namespace (namespace- and mesh-wide
+    ///   token validation);
+    /// - an AuthorizationPolicy that failed validation before its scope could
+    ///   be read (no selector, no targetRefs left) in one of those
+    ///   namespaces: enforced fail-closed here too.
+    ///
+    /// Selector policies are for ztunnel (L4), never attached to a waypoint.
+    pub fn policies_for_waypoint(
+        &self,
+        waypoint: &Waypoint,
+        service: Option<&ObjectKey>,
+    ) -> WaypointPolicies {
+        let root = &*self.root_namespace;
+        let wp_ns = &*waypoint.key.namespace;
+        let attached = |ns: &str, refs: &[TargetRef]| {
+            refs.iter().any(|r| match &*r.kind {
+                "Gateway" => {
+                    ns == wp_ns && gateway_group(&r.group) && *r.name == *waypoint.key.name
+                }
+                "GatewayClass" => ns == root && gateway_group(&r.group) && r.name == waypoint.class,
+                "Service" => service.is_some_and(|svc| {
+                    ns == &*svc.namespace && r.group.is_empty() && *r.name == *svc.name
+                }),
+                _ => false,
+            })
+        };
+        let mut namespaces = vec![wp_ns, root];
+        if let Some(svc) = service {
+            namespaces.push(&svc.namespace);
+        }
+        namespaces.sort_unstable();
+        namespaces.dedup();
+        let mut out = WaypointPolicies::default();
+        for ns in namespaces {
+            let Some(policies) = self.policies_by_namespace.get(ns) else {
+                continue;
+            };
+            let namespace_wide = ns == wp_ns || ns == root;
+            out.authorization.extend(
+                (policies.authorization.iter())
+                    .filter(|p| {
+                        attached(ns, &p.target_refs)
+                            || (namespace_wide
+                                && !p.problems.is_empty()
+                                && p.selector.is_none()
+                                && p.target_refs.is_empty())
+                    })
+                    .cloned(),
+            );
+            out.request_authentication.extend(
+                (policies.request.iter())
+                    .filter(|p| {
+                        attached(ns, &p.target_refs)
+                            || (namespace_wide && p.selector.is_none() && p.target_refs.is_empty())
+                    })
+                    .cloned(),
+            );
+        }
+        out
+    }
+
     /// How many policies of each security kind failed validation (and are
     /// enforced fail-closed): AuthorizationPolicy, PeerAuthentication,
     /// RequestAuthentication.
@@ -430,4 +499,10 @@ pub struct Dump {
     pub service_waypoints: BTreeMap<ObjectKey, ObjectKey>,
     /// The waypoint each workload's (pod-IP) traffic goes through.
     pub workload_waypoints: BTreeMap<ObjectKey, ObjectKey>,
+}
+
+/// Whether a targetRef group names the Gateway API (empty is accepted too,
+/// as Istio does for its own kinds).
+fn gateway_group(group: &str) -> bool {
+    group.is_empty() || group == "gateway.networking.k8s.io"
 }

@@ -509,3 +509,110 @@ spec: {{clusterIP: 198.19.0.10, selector: {{app: web}}, ports: [{{port: 80}}]}}
         "{err}"
     );
 }
+
+#[test]
+fn waypoint_policies_are_those_attached_to_its_gateway_class_or_service() {
+    let yaml = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: wp}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: wp, namespace: shop}
+spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: on-gateway, namespace: shop}
+spec: {targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: wp}], rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: on-other-gateway, namespace: shop}
+spec: {targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: other}], rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: on-web, namespace: shop}
+spec: {targetRefs: [{kind: Service, name: web}], rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: on-class, namespace: istio-system}
+spec: {targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint}], rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: on-class-elsewhere, namespace: shop}
+spec: {targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint}], rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: namespace-wide, namespace: shop}
+spec: {rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: by-selector, namespace: shop}
+spec: {selector: {matchLabels: {app: web}}, rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: broken, namespace: shop}
+spec: {targetRefs: [{kind: Pod, name: web-1}], rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: ns-jwt, namespace: shop}
+spec: {jwtRules: [{issuer: https://issuer.example}]}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: mesh-jwt, namespace: istio-system}
+spec: {jwtRules: [{issuer: https://mesh.example}]}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: web-jwt, namespace: shop}
+spec: {targetRefs: [{kind: Service, name: web}], jwtRules: [{issuer: https://web.example}]}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: selected-jwt, namespace: shop}
+spec: {selector: {matchLabels: {app: web}}, jwtRules: [{issuer: https://selected.example}]}
+";
+    let snap = crate::config::file::test_registry(yaml).unwrap().snapshot();
+    let wp = snap.waypoint(&ObjectKey::new("shop", "wp")).unwrap();
+    let names = |p: &WaypointPolicies| {
+        let mut authz: Vec<String> = p.authorization.iter().map(|p| p.key.to_string()).collect();
+        let mut authn: Vec<String> = (p.request_authentication.iter())
+            .map(|p| p.key.to_string())
+            .collect();
+        authz.sort();
+        authn.sort();
+        (authz, authn)
+    };
+    let web = ObjectKey::new("shop", "web");
+    let (authz, authn) = names(&snap.policies_for_waypoint(wp, Some(&web)));
+    assert_eq!(
+        authz,
+        [
+            "istio-system/on-class",
+            "shop/broken",
+            "shop/on-gateway",
+            "shop/on-web"
+        ]
+    );
+    assert_eq!(
+        authn,
+        ["istio-system/mesh-jwt", "shop/ns-jwt", "shop/web-jwt"]
+    );
+    // Another service, or a workload's own address: nothing attached to web.
+    let (authz, authn) = names(&snap.policies_for_waypoint(wp, None));
+    assert_eq!(
+        authz,
+        ["istio-system/on-class", "shop/broken", "shop/on-gateway"]
+    );
+    assert_eq!(authn, ["istio-system/mesh-jwt", "shop/ns-jwt"]);
+}

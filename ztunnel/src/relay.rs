@@ -22,7 +22,17 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
-use super::ConnectionError;
+/// Why a relay ended badly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// Neither side moved a byte for the idle timeout.
+    #[error("closed after {0:?} without traffic (idle timeout)")]
+    Idle(Duration),
+    /// Reading or writing one side failed (a reset, say).
+    #[error("relaying bytes failed")]
+    Io(#[source] io::Error),
+}
 
 /// The first buffer of a direction (and after it was released).
 pub const MIN_BUFFER: usize = 4 * 1024;
@@ -52,22 +62,18 @@ impl Abort for crate::hbone::client::Tunnel {
 }
 
 /// Copies both ways until both sides are closed; fails with
-/// [`ConnectionError::Idle`] when neither side moved a byte for `idle`.
+/// [`RelayError::Idle`] when neither side moved a byte for `idle`.
 /// Returns the bytes copied from `a` to `b` and from `b` to `a`. When either
 /// side fails (a reset, say), both are aborted: a reset on one side is a
 /// reset on the other, never a clean end that could pass a truncated stream
 /// off as complete.
-pub async fn relay<A, B>(
-    a: &mut A,
-    b: &mut B,
-    idle: Duration,
-) -> Result<(u64, u64), ConnectionError>
+pub async fn relay<A, B>(a: &mut A, b: &mut B, idle: Duration) -> Result<(u64, u64), RelayError>
 where
     A: AsyncRead + AsyncWrite + Abort + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Abort + Unpin + ?Sized,
 {
     let result = copy_both_ways(a, b, idle).await;
-    if let Err(ConnectionError::Relay(_)) = &result {
+    if let Err(RelayError::Io(_)) = &result {
         a.abort();
         b.abort();
     }
@@ -78,7 +84,7 @@ async fn copy_both_ways<A, B>(
     a: &mut A,
     b: &mut B,
     idle: Duration,
-) -> Result<(u64, u64), ConnectionError>
+) -> Result<(u64, u64), RelayError>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -98,10 +104,10 @@ where
     poll_fn(|cx| {
         let forward = a_to_b
             .poll_copy(cx, &mut *a, &mut *b)
-            .map_err(ConnectionError::Relay)?;
+            .map_err(RelayError::Io)?;
         let backward = b_to_a
             .poll_copy(cx, &mut *b, &mut *a)
-            .map_err(ConnectionError::Relay)?;
+            .map_err(RelayError::Io)?;
         if let (Poll::Ready(sent), Poll::Ready(received)) = (forward, backward) {
             return Poll::Ready(Ok((sent, received)));
         }
@@ -109,7 +115,7 @@ where
             timers.activity();
         }
         if timers.poll_idle(cx) {
-            return Poll::Ready(Err(ConnectionError::Idle(idle)));
+            return Poll::Ready(Err(RelayError::Idle(idle)));
         }
         if timers.poll_release(cx) {
             a_to_b.release();
@@ -324,10 +330,7 @@ mod tests {
         // Then silence: closed after the idle timeout.
         tokio::time::sleep(Duration::from_secs(11)).await;
         let result = relay.await.unwrap();
-        assert!(
-            matches!(result, Err(ConnectionError::Idle(_))),
-            "{result:?}"
-        );
+        assert!(matches!(result, Err(RelayError::Idle(_))), "{result:?}");
     }
 
     #[tokio::test]

@@ -284,3 +284,35 @@ fn a_waypoint_pod_on_the_clients_node_is_preferred() {
         );
     }
 }
+
+#[test]
+fn past_the_waypoint_traffic_goes_to_the_endpoint_never_back_to_a_waypoint() {
+    let trust_domain: TrustDomain = "cluster.local".parse().unwrap();
+    let snapshot = waypoint_mesh("all", &[("wp-1", "c", true)]);
+    let direct = Route::Hbone {
+        gateway: "198.18.1.10:15008".parse().unwrap(),
+        target: "198.18.1.10:8080".parse().unwrap(),
+        identity: "spiffe://cluster.local/ns/shop/sa/web".parse().unwrap(),
+        waypoint: None,
+    };
+    for dst in ["198.19.0.10:80", "198.18.1.10:8080"] {
+        let route = Router::default().past_waypoint(
+            &snapshot,
+            "c",
+            &trust_domain,
+            15008,
+            dst.parse().unwrap(),
+        );
+        assert_eq!(route, direct, "{dst}");
+    }
+    // Even without a ready waypoint pod: the waypoint itself is past it.
+    let snapshot = waypoint_mesh("all", &[]);
+    let route = Router::default().past_waypoint(
+        &snapshot,
+        "c",
+        &trust_domain,
+        15008,
+        "198.19.0.10:80".parse().unwrap(),
+    );
+    assert_eq!(route, direct);
+}

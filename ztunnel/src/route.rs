@@ -61,9 +61,35 @@ impl Router {
         hbone_port: u16,
         dst: SocketAddr,
     ) -> Route {
+        self.decide(snapshot, node, trust_domain, hbone_port, dst, true)
+    }
+
+    /// The route of a request or connection a waypoint forwards to `dst`:
+    /// as [`route`](Self::route), but never to a waypoint (the caller is the
+    /// waypoint), so traffic cannot loop.
+    pub fn past_waypoint(
+        &self,
+        snapshot: &Snapshot,
+        node: &str,
+        trust_domain: &TrustDomain,
+        hbone_port: u16,
+        dst: SocketAddr,
+    ) -> Route {
+        self.decide(snapshot, node, trust_domain, hbone_port, dst, false)
+    }
+
+    fn decide(
+        &self,
+        snapshot: &Snapshot,
+        node: &str,
+        trust_domain: &TrustDomain,
+        hbone_port: u16,
+        dst: SocketAddr,
+        waypoints: bool,
+    ) -> Route {
         let target = match snapshot.service_port(dst) {
             Some((service, port)) => {
-                if let Some(waypoint) = snapshot.waypoint_for_service(service) {
+                if waypoints && let Some(waypoint) = snapshot.waypoint_for_service(service) {
                     return self.via_waypoint(
                         snapshot,
                         node,
@@ -89,7 +115,8 @@ impl Router {
         match snapshot.workload_by_ip(target.ip()) {
             Some(workload) if snapshot.is_enrolled(workload) => {
                 // Addressed to the pod itself (not through a Service).
-                if target == dst
+                if waypoints
+                    && target == dst
                     && let Some(waypoint) = snapshot.waypoint_for_workload(workload)
                 {
                     return self.via_waypoint(
