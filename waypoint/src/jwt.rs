@@ -134,9 +134,10 @@ pub enum Error {
         policy: String,
         /// Index of the rule in `jwtRules`.
         index: usize,
-        /// Why.
+        /// What in the rule cannot be compiled (boxed: errors are off the
+        /// data path).
         #[source]
-        source: ProviderError,
+        source: Box<ProviderError>,
     },
     /// Removing the token left a request that does not parse.
     #[error("removing the token from the request failed")]
@@ -304,7 +305,7 @@ impl Authenticator {
                         problems.push(Error::Rule {
                             policy: policy.key.to_string(),
                             index,
-                            source,
+                            source: Box::new(source),
                         });
                     }
                 }

@@ -25,6 +25,14 @@ pub const MAX_JWKS_BODY: usize = 1024 * 1024;
 pub trait Fetch: Send + Sync {
     /// The body of a successful GET of `uri`.
     fn fetch<'a>(&'a self, uri: &'a str) -> BoxFuture<'a, Result<Bytes, FetchError>>;
+
+    /// Whether `uri` is one this fetcher would ever fetch (checked when a
+    /// jwtRule compiles, so that a rule that can never get keys is a
+    /// problem of its policy rather than a warning per token).
+    fn check(&self, uri: &str) -> Result<(), FetchError> {
+        let _ = uri;
+        Ok(())
+    }
 }
 
 /// A failed fetch, or a fetcher that cannot be built.
@@ -95,6 +103,15 @@ pub enum FetchError {
         #[source]
         source: serde_json::Error,
     },
+    /// A discovery document for another issuer: its keys are not this
+    /// issuer's.
+    #[error("the discovery document {uri} is for issuer {found:?}, not the one asked")]
+    DiscoveryIssuer {
+        /// The document's URI.
+        uri: Box<str>,
+        /// The `issuer` it names.
+        found: Box<str>,
+    },
     /// No root certificate to verify servers with.
     #[error("no usable root certificate")]
     NoRoots,
@@ -159,17 +176,21 @@ impl HttpsFetcher {
         self
     }
 
-    async fn get(&self, uri: &str) -> Result<Bytes, FetchError> {
+    fn parse(&self, uri: &str) -> Result<Uri, FetchError> {
         let parsed: Uri = uri.parse().map_err(|source| FetchError::Uri {
             uri: uri.into(),
             source,
         })?;
         match parsed.scheme_str() {
-            Some("https") => {}
-            Some("http") if self.allow_plain_http => {}
-            Some("http") => return Err(FetchError::PlainHttp { uri: uri.into() }),
-            _ => return Err(FetchError::NotHttps { uri: uri.into() }),
+            Some("https") => Ok(parsed),
+            Some("http") if self.allow_plain_http => Ok(parsed),
+            Some("http") => Err(FetchError::PlainHttp { uri: uri.into() }),
+            _ => Err(FetchError::NotHttps { uri: uri.into() }),
         }
+    }
+
+    async fn get(&self, uri: &str) -> Result<Bytes, FetchError> {
+        let parsed = self.parse(uri)?;
         let mut request = hyper::Request::new(Empty::new());
         *request.uri_mut() = parsed;
         request
@@ -212,6 +233,10 @@ impl HttpsFetcher {
 impl Fetch for HttpsFetcher {
     fn fetch<'a>(&'a self, uri: &'a str) -> BoxFuture<'a, Result<Bytes, FetchError>> {
         Box::pin(self.get(uri))
+    }
+
+    fn check(&self, uri: &str) -> Result<(), FetchError> {
+        self.parse(uri).map(drop)
     }
 }
 

@@ -19,7 +19,8 @@
 //!   stays in use, and the next first-use or refresh attempt waits
 //!   `min_refetch_interval`.
 //! - Fetches of one URI never overlap; a request that finds one under way waits
-//!   for it instead of starting another. A fetch runs in a task of its own, so a
+//!   for it instead of starting another (or of being rejected: a cold start
+//!   under concurrent traffic verifies every request once the keys arrive). A fetch runs in a task of its own, so a
 //!   request that goes away does not cancel it.
 //!
 //! # Cost
@@ -126,6 +127,11 @@ impl JwksCache {
         Ok(Self::new(Arc::new(HttpsFetcher::new(roots)?), settings))
     }
 
+    /// Whether the fetcher would ever fetch `uri` (see [`Fetch::check`]).
+    pub(crate) fn check(&self, uri: &str) -> Result<(), FetchError> {
+        self.inner.fetcher.check(uri)
+    }
+
     /// The shared key set of `endpoint`.
     pub(crate) fn get(&self, endpoint: Endpoint) -> Arc<RemoteJwks> {
         let mut remotes = self
@@ -181,6 +187,8 @@ struct State {
     last_attempt: Option<Instant>,
     last_kid_refetch: Option<Instant>,
     refreshing: bool,
+    /// A fetch holds `fetch_lock` and is downloading.
+    fetching: bool,
 }
 
 impl State {
@@ -202,6 +210,8 @@ enum RefreshError {
 
 #[derive(serde::Deserialize)]
 struct Discovery {
+    /// Must be the issuer asked (OpenID Connect Discovery 1.0, section 4.3).
+    issuer: Option<String>,
     jwks_uri: String,
 }
 
@@ -210,9 +220,38 @@ impl RemoteJwks {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The generation of the current keys (0 before any).
-    pub(crate) fn generation(&self) -> u64 {
-        self.state().generation
+    /// The generation of the current keys (0 before any), starting a
+    /// background refresh when they are due for one: a token served from the
+    /// verified-token cache keeps its issuer's keys fresh as well, so a key
+    /// the issuer dropped stops verifying anything within the refresh
+    /// interval.
+    pub(crate) fn generation(self: &Arc<Self>) -> u64 {
+        let mut state = self.state();
+        let generation = state.generation;
+        if state.keys.is_some() {
+            self.refresh_if_due(&mut state, Instant::now());
+        }
+        generation
+    }
+
+    /// Starts a background refresh when the keys are past the refresh
+    /// interval, no attempt failed recently and none is running. Called with
+    /// the state locked (`spawn_fetch` never waits, and the fetch takes the
+    /// lock only later).
+    fn refresh_if_due(self: &Arc<Self>, state: &mut MutexGuard<'_, State>, now: Instant) {
+        let may_try = state
+            .last_attempt
+            .is_none_or(|t| now.duration_since(t) >= self.settings.min_refetch_interval);
+        let stale = state
+            .last_success
+            .is_none_or(|t| now.duration_since(t) >= self.settings.refresh_interval);
+        if stale && may_try && !state.refreshing {
+            state.refreshing = true;
+            let seen = state.attempts;
+            if self.spawn_fetch(seen).is_none() {
+                state.refreshing = false;
+            }
+        }
     }
 
     /// The keys and their generation, fetching them first if there are none
@@ -225,25 +264,33 @@ impl RemoteJwks {
                 .last_attempt
                 .is_none_or(|t| now.duration_since(t) >= self.settings.min_refetch_interval);
             if let Some(current) = state.current() {
-                let stale = state
-                    .last_success
-                    .is_none_or(|t| now.duration_since(t) >= self.settings.refresh_interval);
-                if stale && may_try && !state.refreshing {
-                    state.refreshing = true;
-                    let seen = state.attempts;
-                    drop(state);
-                    if self.spawn_fetch(seen).is_none() {
-                        self.state().refreshing = false;
-                    }
-                }
+                self.refresh_if_due(&mut state, now);
                 return Some(current);
             }
             if !may_try {
-                return None;
+                if !state.fetching {
+                    return None;
+                }
+                // The first fetch is under way: wait for it rather than
+                // reject the token.
+                None
+            } else {
+                Some(state.attempts)
             }
-            state.attempts
         };
-        self.fetch_and_wait(seen).await;
+        match seen {
+            Some(seen) => {
+                self.fetch_and_wait(seen).await;
+                self.state().current()
+            }
+            None => self.after_fetch_under_way().await,
+        }
+    }
+
+    /// Waits for the fetch under way (it holds `fetch_lock` throughout, and
+    /// is bounded by the fetch timeout), then gives the keys it left.
+    async fn after_fetch_under_way(&self) -> Option<(Arc<KeySet>, u64)> {
+        drop(self.fetch_lock.lock().await);
         self.state().current()
     }
 
@@ -264,10 +311,21 @@ impl RemoteJwks {
                 .last_kid_refetch
                 .is_some_and(|t| now.duration_since(t) < self.settings.min_refetch_interval)
             {
-                return None;
+                if !state.fetching {
+                    return None;
+                }
+                // A refetch is under way: its keys may have the kid.
+                None
+            } else {
+                state.last_kid_refetch = Some(now);
+                Some(state.attempts)
             }
-            state.last_kid_refetch = Some(now);
-            state.attempts
+        };
+        let Some(seen) = seen else {
+            return self
+                .after_fetch_under_way()
+                .await
+                .filter(|(_, generation)| *generation != seen_generation);
         };
         self.fetch_and_wait(seen).await;
         let state = self.state();
@@ -307,6 +365,7 @@ impl RemoteJwks {
             }
             state.attempts += 1;
             state.last_attempt = Some(Instant::now());
+            state.fetching = true;
         }
         let timeout = self.settings.fetch_timeout;
         let result = match tokio::time::timeout(timeout, self.download()).await {
@@ -318,6 +377,7 @@ impl RemoteJwks {
         };
         let mut state = self.state();
         state.refreshing = false;
+        state.fetching = false;
         match result {
             Ok((body, keys)) => {
                 state.last_success = Some(Instant::now());
@@ -348,9 +408,17 @@ impl RemoteJwks {
                 let document = self.fetcher.fetch(&uri).await?;
                 let discovery: Discovery =
                     serde_json::from_slice(&document).map_err(|source| FetchError::Discovery {
-                        uri: uri.into(),
+                        uri: uri.as_str().into(),
                         source,
                     })?;
+                if let Some(found) = &discovery.issuer
+                    && found.trim_end_matches('/') != issuer.trim_end_matches('/')
+                {
+                    return Err(FetchError::DiscoveryIssuer {
+                        uri: uri.into(),
+                        found: found.as_str().into(),
+                    });
+                }
                 self.fetcher.fetch(&discovery.jwks_uri).await
             }
         }

@@ -44,6 +44,18 @@ pub enum ProviderError {
         #[source]
         source: InvalidHeaderName,
     },
+    /// The keys would come from a URI the fetcher never fetches (plain
+    /// `http://`, say).
+    #[error("jwtRule of issuer {issuer:?}: {field} cannot be fetched")]
+    Fetch {
+        /// `issuer`.
+        issuer: Box<str>,
+        /// `jwksUri`, or the issuer for discovery.
+        field: &'static str,
+        /// Why.
+        #[source]
+        source: super::fetch::FetchError,
+    },
     /// Neither `jwks` nor `jwksUri`, and the issuer is not a URL to discover
     /// the keys from.
     #[error(
@@ -87,8 +99,20 @@ impl Provider {
                     source,
                 },
             )?)),
-            (None, Some(uri)) => Keys::Remote(jwks.get(Endpoint::Uri(uri.clone()))),
+            (None, Some(uri)) => {
+                jwks.check(uri).map_err(|source| ProviderError::Fetch {
+                    issuer: issuer.clone(),
+                    field: "jwksUri",
+                    source,
+                })?;
+                Keys::Remote(jwks.get(Endpoint::Uri(uri.clone())))
+            }
             (None, None) if issuer.starts_with("https://") || issuer.starts_with("http://") => {
+                jwks.check(&issuer).map_err(|source| ProviderError::Fetch {
+                    issuer: issuer.clone(),
+                    field: "issuer (OpenID discovery)",
+                    source,
+                })?;
                 Keys::Remote(jwks.get(Endpoint::Discovery(issuer.clone())))
             }
             (None, None) => return Err(ProviderError::NoKeys { issuer }),
