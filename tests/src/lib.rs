@@ -14,6 +14,7 @@
 
 pub mod apiserver;
 pub mod bench;
+pub mod jwt;
 pub mod mesh;
 pub mod testbed;
 

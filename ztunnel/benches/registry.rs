@@ -136,6 +136,7 @@ fn service(s: usize) -> (Service, EndpointSet) {
             port: 80,
             target_port: TargetPort::Name("http".into()),
             protocol: Protocol::Tcp,
+            app_protocol: None,
         }],
         selector: Some([("app", format!("app-{s}"))].into_iter().collect()),
         labels: Arc::new(Labels::empty()),

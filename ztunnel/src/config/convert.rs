@@ -147,6 +147,9 @@ pub(super) fn service(svc: &Service, key: ObjectKey) -> Result<Object, Invalid> 
             port,
             target_port,
             protocol: protocol(&format!("{field}.protocol"), p.protocol.as_deref())?,
+            app_protocol: (p.app_protocol.as_deref())
+                .filter(|a| !a.is_empty())
+                .map(Into::into),
         });
     }
     let selector = match spec.selector {

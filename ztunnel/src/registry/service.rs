@@ -42,6 +42,10 @@ pub struct ServicePort {
     pub target_port: TargetPort,
     /// `protocol`.
     pub protocol: Protocol,
+    /// `appProtocol` (`http`, `http2`, `grpc`, `kubernetes.io/h2c`, ...): what
+    /// a waypoint parses the port's traffic as, before the port's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<Box<str>>,
 }
 
 /// A Service.
@@ -157,6 +161,7 @@ mod tests {
             port: 80,
             target_port: TargetPort::Name(name.into()),
             protocol: Protocol::Tcp,
+            app_protocol: None,
         };
         assert_eq!(set.target_port(&port("grpc")), Some(9090));
         assert_eq!(set.target_port(&port("admin")), None);

@@ -282,6 +282,7 @@ fn services_resolve_by_vip_and_port_and_find_their_waypoint() {
             port: 80,
             target_port: TargetPort::Name("http".into()),
             protocol: Protocol::Tcp,
+            app_protocol: None,
         }],
         selector: Some([("app", "web")].into_iter().collect()),
         labels: labels(&[(USE_WAYPOINT_LABEL, "wp")]),

@@ -57,6 +57,7 @@ fn snapshot(endpoints: &[Ep]) -> Arc<Snapshot> {
             port: 80,
             target_port: TargetPort::Name("http".into()),
             protocol: Protocol::Tcp,
+            app_protocol: None,
         }],
         selector: None,
         labels: Arc::new(Labels::empty()),
