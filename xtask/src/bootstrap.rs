@@ -60,8 +60,8 @@ const STEPS: [Step; 4] = [
         needs_root: false,
     },
     Step {
-        name: "test tools (tcpdump)",
-        present: || Ok(which("tcpdump").is_some()),
+        name: "test tools (tcpdump, curl)",
+        present: || Ok(TEST_PACKAGES.iter().all(|p| which(p).is_some())),
         install: install_test_tools,
         by_hand: || {
             format!(
@@ -74,8 +74,9 @@ const STEPS: [Step; 4] = [
 ];
 
 /// Debian packages the end-to-end tests use: tcpdump watches the wire between
-/// nodes (is it TLS?).
-const TEST_PACKAGES: [&str; 1] = ["tcpdump"];
+/// nodes (is it TLS?); curl is the HTTP/1.1 and HTTP/2 client of the waypoint
+/// tests (each package installs a command of its name).
+const TEST_PACKAGES: [&str; 2] = ["tcpdump", "curl"];
 
 fn install_test_tools() -> anyhow::Result<()> {
     apt_install(&TEST_PACKAGES)
@@ -144,7 +145,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     if installed.is_empty() {
         eprintln!(
-            "bootstrap: all present (nightly rust-src, LLVM {LLVM_MAJOR} dev packages, bpf-linker, tcpdump)"
+            "bootstrap: all present (nightly rust-src, LLVM {LLVM_MAJOR} dev packages, bpf-linker, tcpdump, curl)"
         );
     } else {
         eprintln!("bootstrap: installed {}", installed.join(", "));

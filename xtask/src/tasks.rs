@@ -69,11 +69,18 @@ pub fn test(root: &Path, suites: Suites) -> anyhow::Result<()> {
     }
     bootstrap::run()?;
     ebpf::build(root)?;
-    // The end-to-end suites run the ztunnel binary itself, from target/debug.
+    // The end-to-end suites run the ztunnel and waypoint binaries themselves,
+    // from target/debug; the waypoint alone, so that it links no eBPF.
     exec::run(exec::cargo(None).current_dir(root).args([
         "build",
         "--package",
         "ztunnel",
+        "--bins",
+    ]))?;
+    exec::run(exec::cargo(None).current_dir(root).args([
+        "build",
+        "--package",
+        "waypoint",
         "--bins",
     ]))?;
     let mut cargo = exec::cargo(None);

@@ -195,6 +195,11 @@ impl Snapshot {
         Some((service, service.port(addr.port())?))
     }
 
+    /// All Services, in no particular order.
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.values()
+    }
+
     /// The Service named `key`.
     pub fn service(&self, key: &ObjectKey) -> Option<&Arc<Service>> {
         self.services.get(key)

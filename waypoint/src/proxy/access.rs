@@ -1,0 +1,190 @@
+//! The waypoint's access log: one JSON line (target `access`) per request,
+//! written when its response ends (body included) or is abandoned, and one
+//! per TCP connection forwarded at L4. Field names follow ztunnel's
+//! (`src.identity`, `dst.addr`, ...), so one query reads both.
+
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+
+/// What is known of one request, filled in as it is handled.
+#[derive(Debug)]
+pub struct RequestLog {
+    started: Instant,
+    /// The client's SPIFFE identity (from the tunnel).
+    pub src_identity: String,
+    /// The client's address (the HBONE peer).
+    pub src_addr: SocketAddr,
+    /// The original destination (the CONNECT authority).
+    pub dst: SocketAddr,
+    /// The Service, `namespace/name`, when addressed to one.
+    pub service: String,
+    /// The endpoint the request was sent to.
+    pub endpoint: Option<SocketAddr>,
+    /// `:method`.
+    pub method: String,
+    /// The normalized path (no query), or the target as received when it
+    /// did not normalize.
+    pub path: String,
+    /// `HTTP/1.1`, `HTTP/2`, ...
+    pub protocol: &'static str,
+    /// `x-request-id` as forwarded.
+    pub request_id: String,
+    /// `allow`, `deny`, `unauthenticated` (a rejected JWT), `invalid` (a
+    /// malformed request) or `error` (no upstream).
+    pub decision: &'static str,
+    /// The policy and rule that decided, or why nothing did.
+    pub policy: String,
+    /// `iss/sub` of the verified JWT.
+    pub request_principal: String,
+    /// The response status.
+    pub status: u16,
+    /// `grpc-status` of a gRPC response (trailers or headers).
+    pub grpc_status: String,
+    /// Response body bytes sent to the client.
+    pub bytes_sent: u64,
+    /// What went wrong, if anything.
+    pub error: String,
+}
+
+impl RequestLog {
+    /// A record for a request from `src_identity` at `src_addr` to `dst`.
+    pub fn start(src_identity: String, src_addr: SocketAddr, dst: SocketAddr) -> Self {
+        Self {
+            started: Instant::now(),
+            src_identity,
+            src_addr,
+            dst,
+            service: String::new(),
+            endpoint: None,
+            method: String::new(),
+            path: String::new(),
+            protocol: "",
+            request_id: String::new(),
+            decision: "",
+            policy: String::new(),
+            request_principal: String::new(),
+            status: 0,
+            grpc_status: String::new(),
+            bytes_sent: 0,
+            error: String::new(),
+        }
+    }
+
+    /// Writes the line.
+    pub fn emit(&self) {
+        let duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let endpoint = self.endpoint.map(|e| e.to_string()).unwrap_or_default();
+        macro_rules! access {
+            ($level:ident) => {
+                tracing::$level!(
+                    target: "access",
+                    endpoint,
+                    src.identity = self.src_identity.as_str(),
+                    src.addr = %self.src_addr,
+                    dst.addr = %self.dst,
+                    dst.service = self.service.as_str(),
+                    method = self.method.as_str(),
+                    path = self.path.as_str(),
+                    protocol = self.protocol,
+                    request_id = self.request_id.as_str(),
+                    decision = self.decision,
+                    policy = self.policy.as_str(),
+                    request_principal = self.request_principal.as_str(),
+                    status = self.status,
+                    grpc_status = self.grpc_status.as_str(),
+                    bytes_sent = self.bytes_sent,
+                    duration_ms,
+                    error = self.error.as_str(),
+                    "request"
+                )
+            };
+        }
+        if self.status >= 500 || self.decision == "error" {
+            access!(warn);
+        } else {
+            access!(info);
+        }
+    }
+}
+
+/// A response body that counts what it yields, reads `grpc-status` from the
+/// trailers, and writes the access log line when it is dropped (at its end,
+/// or when the client went away).
+pub struct Logged<B> {
+    inner: B,
+    log: RequestLog,
+}
+
+impl<B> Logged<B> {
+    /// `inner`, logged as `log` once done.
+    pub fn new(inner: B, log: RequestLog) -> Self {
+        Self { inner, log }
+    }
+}
+
+impl<B> Drop for Logged<B> {
+    fn drop(&mut self) {
+        self.log.emit();
+    }
+}
+
+impl<B> Body for Logged<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.log.bytes_sent += data.len() as u64;
+                } else if let Some(status) = frame
+                    .trailers_ref()
+                    .and_then(|t| t.get("grpc-status"))
+                    .and_then(|v| v.to_str().ok())
+                {
+                    status.clone_into(&mut this.log.grpc_status);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                "response body failed".clone_into(&mut this.log.error);
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The response body type of the waypoint.
+pub type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// `body` as a [`ResponseBody`].
+pub fn boxed<B>(body: B) -> ResponseBody
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
+{
+    body.boxed_unsync()
+}
