@@ -17,5 +17,6 @@ pub mod bench;
 pub mod jwt;
 pub mod mesh;
 pub mod testbed;
+pub mod waypoint;
 
 pub use testbed::{Error, Node, Pod, Testbed, TestbedBuilder, privileged};
