@@ -15,12 +15,12 @@ use anyhow::Context;
 use clap::Parser;
 use waypoint::{
     jwt::{JwksCache, JwksSettings, TrustRoots},
-    proxy::{ProxyConfig, Waypoint},
+    proxy::{ProxyConfig, Waypoint, metrics::RequestMetrics},
     readiness::{Readiness, Server},
 };
 use ztunnel::{
     config::{ErrorChain, file::FileSource, kubernetes::KubeSource},
-    identity::{DEFAULT_TRUST_DOMAIN, Identity, TrustDomain},
+    identity::Identity,
     registry::{ObjectKey, Options, Registry},
     settings::{self, ProcessEnv, Settings},
 };
@@ -61,6 +61,9 @@ struct Cli {
     /// Port of the readiness endpoint.
     #[arg(long, default_value_t = settings::READINESS_PORT)]
     readiness_port: u16,
+    /// Port of the Prometheus metrics endpoint (`GET /metrics`).
+    #[arg(long, default_value_t = settings::STATS_PORT)]
+    stats_port: u16,
     /// Port of the HBONE listener.
     #[arg(long, default_value_t = settings::HBONE_PORT)]
     hbone_port: u16,
@@ -108,8 +111,8 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         .service_account
         .clone()
         .unwrap_or_else(|| gateway.name.to_string());
-    let trust_domain =
-        TrustDomain::new(DEFAULT_TRUST_DOMAIN).context("the default trust domain is valid")?;
+    // TRUST_DOMAIN, as the ztunnels and the CA read it.
+    let trust_domain = settings.trust_domain.clone();
     let identity = Identity::from_parts(trust_domain.clone(), &gateway.namespace, &service_account)
         .with_context(|| {
             format!(
@@ -173,6 +176,10 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{}", ErrorChain(&e)))
         .context("cannot set up JWKS fetching")?;
 
+    let mut metrics = ztunnel::metrics::Metrics::new();
+    let request_metrics = RequestMetrics::register(metrics.registry_mut());
+    let metrics = Arc::new(metrics);
+    metrics.observe_snapshot(&registry.snapshot());
     let waypoint = Waypoint::new(
         gateway.clone(),
         identity.clone(),
@@ -188,6 +195,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             hbone_port: settings::HBONE_PORT,
             connect_timeout: settings::CONNECT_TIMEOUT,
         },
+        request_metrics,
     );
     if !waypoint.is_declared() {
         tracing::warn!(%gateway, "the Gateway is not in the configuration (yet): streams are refused until it is");
@@ -203,9 +211,14 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         .await
         .context("cannot start the readiness endpoint")?;
     tokio::spawn(server.run());
+    let stats_addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, cli.stats_port));
+    let stats = tokio::net::TcpListener::bind(stats_addr)
+        .await
+        .with_context(|| format!("cannot listen on {stats_addr} for metrics"))?;
+    tokio::spawn(ztunnel::metrics::serve(stats, metrics.clone()));
     let serving = tokio::spawn(waypoint.clone().serve(listener));
     readiness.set(true);
-    tracing::info!(%gateway, %identity, hbone = %hbone_addr, readiness = %readiness_addr, "ready");
+    tracing::info!(%gateway, %identity, hbone = %hbone_addr, readiness = %readiness_addr, metrics = %stats_addr, "ready");
 
     let shutdown = wait_for_shutdown();
     tokio::pin!(shutdown);
@@ -221,6 +234,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                 }
                 let snapshot = updates.borrow_and_update().clone();
                 waypoint.update_policies(&snapshot);
+                metrics.observe_snapshot(&snapshot);
                 tracing::info!(generation = snapshot.generation(), "configuration applied");
             }
         }

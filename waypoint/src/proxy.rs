@@ -16,6 +16,7 @@
 
 mod access;
 mod http;
+pub mod metrics;
 mod policies;
 mod prefixed;
 mod upstream;
@@ -94,6 +95,7 @@ pub struct Waypoint {
     jwks: JwksCache,
     draining: watch::Sender<bool>,
     active: AtomicUsize,
+    metrics: metrics::RequestMetrics,
 }
 
 /// A destination this waypoint serves.
@@ -184,6 +186,7 @@ impl Waypoint {
         bundle: TrustBundle,
         jwks: JwksCache,
         config: ProxyConfig,
+        metrics: metrics::RequestMetrics,
     ) -> Arc<Self> {
         let waypoint = Arc::new(Self {
             gateway,
@@ -201,6 +204,7 @@ impl Waypoint {
             jwks,
             draining: watch::Sender::new(false),
             active: AtomicUsize::new(0),
+            metrics,
         });
         waypoint.update_policies(&waypoint.registry.snapshot());
         waypoint

@@ -81,6 +81,12 @@ impl Metrics {
         }
     }
 
+    /// The registry, for a process that adds metrics of its own (the
+    /// waypoint's request metrics) before it shares this.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// The OpenMetrics text of every metric.
     pub fn encode(&self) -> String {
         let mut text = String::new();

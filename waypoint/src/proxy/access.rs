@@ -10,9 +10,14 @@ use std::{
     time::Instant,
 };
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
+use ztunnel::registry::Snapshot;
+
+use super::metrics::{RequestLabels, RequestMetrics, fill_workloads};
 
 /// What is known of one request, filled in as it is handled.
 #[derive(Debug)]
@@ -52,6 +57,23 @@ pub struct RequestLog {
     pub bytes_sent: u64,
     /// What went wrong, if anything.
     pub error: String,
+    /// The endpoint's identity.
+    pub dst_identity: String,
+    /// Whether it is a gRPC request.
+    pub grpc: bool,
+    /// The request body's declared length (0 when not declared).
+    pub request_bytes: u64,
+    /// Where the request is counted, once the destination is known.
+    pub recorder: Option<Recorder>,
+}
+
+/// What the request metrics of one request need.
+#[derive(Debug)]
+pub struct Recorder {
+    /// The waypoint's metrics.
+    pub metrics: RequestMetrics,
+    /// The configuration the request was handled with (workload names).
+    pub snapshot: Arc<Snapshot>,
 }
 
 impl RequestLog {
@@ -75,12 +97,20 @@ impl RequestLog {
             grpc_status: String::new(),
             bytes_sent: 0,
             error: String::new(),
+            dst_identity: String::new(),
+            grpc: false,
+            request_bytes: 0,
+            recorder: None,
         }
     }
 
-    /// Writes the line.
+    /// Writes the line and counts the request.
     pub fn emit(&self) {
-        let duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let elapsed = self.started.elapsed();
+        if let Some(recorder) = &self.recorder {
+            self.record(recorder, elapsed.as_secs_f64() * 1000.0);
+        }
+        let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         let endpoint = self.endpoint.map(|e| e.to_string()).unwrap_or_default();
         macro_rules! access {
             ($level:ident) => {
@@ -112,6 +142,39 @@ impl RequestLog {
         } else {
             access!(info);
         }
+    }
+}
+
+impl RequestLog {
+    fn record(&self, recorder: &Recorder, duration_ms: f64) {
+        let mut labels = RequestLabels::unknown();
+        fill_workloads(
+            &mut labels,
+            &recorder.snapshot,
+            self.src_addr.ip().to_canonical(),
+            self.endpoint.map(|e| e.ip()),
+        );
+        labels.source_principal.clone_from(&self.src_identity);
+        if !self.dst_identity.is_empty() {
+            labels.destination_principal.clone_from(&self.dst_identity);
+        }
+        if let Some((namespace, name)) = self.service.split_once('/') {
+            labels.destination_service = format!("{name}.{namespace}.svc.cluster.local");
+            labels.destination_service_name = name.to_owned();
+            labels.destination_service_namespace = namespace.to_owned();
+        }
+        labels.request_protocol = if self.grpc { "grpc" } else { "http" };
+        labels.response_code = self.status.to_string();
+        labels.grpc_response_status.clone_from(&self.grpc_status);
+        labels.response_flags = match self.decision {
+            "error" if self.status == 504 => "UT",
+            "error" if self.endpoint.is_none() => "NR",
+            "error" => "UF",
+            _ => "-",
+        };
+        recorder
+            .metrics
+            .record(&labels, duration_ms, self.request_bytes, self.bytes_sent);
     }
 }
 

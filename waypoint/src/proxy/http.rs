@@ -47,7 +47,7 @@ use ztunnel::{
 
 use super::{
     Declared, Downstream, Waypoint,
-    access::{Logged, RequestLog, ResponseBody, boxed},
+    access::{Logged, Recorder, RequestLog, ResponseBody, boxed},
     upstream::{self, Version as UpstreamVersion},
 };
 use crate::{
@@ -126,6 +126,17 @@ async fn handle(
     log.method = request.method().as_str().to_owned();
     log.protocol = protocol(request.version());
     let grpc = is_grpc(request.headers());
+    log.grpc = grpc;
+    log.request_bytes = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    log.recorder = Some(Recorder {
+        metrics: waypoint.metrics.clone(),
+        snapshot: waypoint.registry.snapshot(),
+    });
 
     if let Err(error) = check_request(&request) {
         log.path = request.uri().path().to_owned();
@@ -248,7 +259,10 @@ async fn handle(
             target,
             identity,
             ..
-        } => (target, upstream::Via::Hbone { gateway, identity }),
+        } => {
+            log.dst_identity = identity.to_string();
+            (target, upstream::Via::Hbone { gateway, identity })
+        }
         ztunnel::route::Route::Passthrough(target) => (target, upstream::Via::Plain),
         ztunnel::route::Route::NoEndpoint | ztunnel::route::Route::NoWaypoint(_) => {
             log.decision = "error";
