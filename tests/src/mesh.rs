@@ -112,6 +112,17 @@ impl MeshConfig {
         self
     }
 
+    /// Removes a document added with [`document`](Self::document) (the same
+    /// text), to replace it.
+    #[must_use]
+    pub fn without_document(mut self, yaml: &str) -> Self {
+        let yaml = yaml.trim();
+        if let Some(i) = self.documents.iter().position(|d| d == yaml) {
+            self.documents.remove(i);
+        }
+        self
+    }
+
     /// The YAML document stream for `bed`.
     pub fn to_yaml(&self, bed: &Testbed) -> String {
         let mut yaml = String::new();
@@ -344,12 +355,20 @@ pub struct Ztunnel {
 
 /// `ambit-testbin` of this build, beside the test executable's directory.
 pub fn testbin_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable has a path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("tests run from target/<profile>/deps");
-    profile_dir.join("ambit-testbin")
+    binary_dir().join("ambit-testbin")
+}
+
+/// The directory of this build's binaries (`target/<profile>`): the
+/// executable's own for a binary there (`ambit-demo`), the parent of `deps/`
+/// for a test.
+pub fn binary_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the executable has a path");
+    let dir = exe.parent().expect("the executable is in a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("deps/ has a parent").to_owned()
+    } else {
+        dir.to_owned()
+    }
 }
 
 /// Starts `ambit-testbin <mode> <listen>` (echo or sink) in `pod` and waits until
@@ -383,12 +402,7 @@ pub fn send(
 /// The ztunnel binary of this build: next to the test executable's directory
 /// (`target/<profile>/ztunnel`). `cargo xtask test` builds it first.
 pub fn ztunnel_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable has a path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("tests run from target/<profile>/deps");
-    let binary = profile_dir.join("ztunnel");
+    let binary = binary_dir().join("ztunnel");
     assert!(
         binary.is_file(),
         "{} is missing: build it with `cargo build -p ztunnel` (cargo xtask test does)",

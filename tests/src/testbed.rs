@@ -123,6 +123,12 @@ pub enum Error {
     },
 }
 
+/// Runs `cmd` (outside any testbed) to completion within `timeout`; a
+/// non-zero exit or a timeout is an error carrying what it printed.
+pub fn run_command(cmd: &mut Command, timeout: Duration) -> Result<Output, Error> {
+    sys::output(cmd, timeout)
+}
+
 /// Whether this test may use the testbed (root, network namespaces, cgroups).
 ///
 /// Outside CI, a test without the privileges prints why and returns `false`, so

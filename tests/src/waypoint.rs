@@ -47,20 +47,10 @@ pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 /// How long a request helper lets curl or a client run in all.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The directory of this build's binaries: the parent of the test
-/// executable's `deps/`.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable has a path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("tests run from target/<profile>/deps")
-        .to_owned()
-}
-
 /// The waypoint binary of this build (`target/<profile>/waypoint`). Build it
 /// first with `cargo build -p waypoint`.
 pub fn waypoint_binary() -> PathBuf {
-    let binary = profile_dir().join("waypoint");
+    let binary = crate::mesh::binary_dir().join("waypoint");
     assert!(
         binary.is_file(),
         "{} is missing: build it with `cargo build -p waypoint`",
@@ -72,7 +62,7 @@ pub fn waypoint_binary() -> PathBuf {
 /// `ambit-httpbin` of this build; cargo builds it with the tests of
 /// ambit-tests.
 pub fn httpbin_binary() -> PathBuf {
-    let binary = profile_dir().join("ambit-httpbin");
+    let binary = crate::mesh::binary_dir().join("ambit-httpbin");
     assert!(
         binary.is_file(),
         "{} is missing: build it with `cargo build -p ambit-tests --bins`",

@@ -84,7 +84,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Test { e2e, unit } => tasks::test(&root, tasks::Suites::from_flags(e2e, unit)),
         Command::Lint => tasks::lint(&root),
         Command::Bench { quick, out } => tasks::bench(&root, quick, out.as_deref()),
-        Command::Demo => tasks::demo(),
+        Command::Demo => tasks::demo(&root),
         Command::Manifests { check } => manifests::run(&root, check),
     }
 }
