@@ -12,7 +12,7 @@ use ztunnel::{
     capture::{self, Capture, CaptureConfig},
     config::{ErrorChain, file::FileSource, kubernetes::KubeSource},
     identity::{
-        BundleWatcher, CertManager, DEFAULT_TRUST_DOMAIN, ManagerConfig, TrustDomain,
+        BundleWatcher, CertManager, ManagerConfig, TrustDomain,
         auth::{NodeAuthorizer, NodeName},
         ca::{
             LocalCa,
@@ -168,9 +168,11 @@ async fn run_ca(args: CaArgs, config: Option<PathBuf>) -> anyhow::Result<()> {
 async fn local_identity(
     dir: PathBuf,
     node: &str,
+    trust_domain: &TrustDomain,
     registry: &Arc<Registry>,
 ) -> anyhow::Result<(LocalCa, CertManager, ztunnel::identity::TrustBundle)> {
     let mut ca_config = CaServerConfig::local(&dir);
+    ca_config.trust_domain = trust_domain.to_string();
     // Each node runs its own: an ephemeral port avoids clashes between a ztunnel
     // and its successor during a restart.
     ca_config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -257,7 +259,8 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
     // The in-process CA of --ca-dir lives as long as this binding.
     let (_ca, certs, bundle) = match ca_dir {
         Some(dir) => {
-            let (ca, certs, bundle) = local_identity(dir, &node, &registry).await?;
+            let (ca, certs, bundle) =
+                local_identity(dir, &node, &settings.trust_domain, &registry).await?;
             (Some(ca), certs, bundle)
         }
         None => {
@@ -277,8 +280,7 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
         registry: registry.clone(),
         certs,
         bundle,
-        trust_domain: TrustDomain::new(DEFAULT_TRUST_DOMAIN)
-            .context("the default trust domain is valid")?,
+        trust_domain: settings.trust_domain.clone(),
         router: Default::default(),
         policies: Default::default(),
     });

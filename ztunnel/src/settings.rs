@@ -9,6 +9,8 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use serde::Serialize;
 
+use crate::identity::TrustDomain;
+
 /// Outbound listener, inside each enrolled pod, on loopback.
 pub const OUTBOUND_PORT: u16 = 15001;
 /// Inbound plaintext listener (PERMISSIVE), on the pod IP.
@@ -125,6 +127,17 @@ pub const CA_ROOT_ENV: &str = "AMBIT_CA_ROOT";
 /// Default of [`CA_ROOT_ENV`]: the root ConfigMap's mount.
 pub const CA_ROOT_DEFAULT: &str = "/var/run/secrets/ambit/root-cert.pem";
 
+/// The SPIFFE trust domain of the mesh (`spiffe://<this>/ns/<ns>/sa/<sa>`): the
+/// identities ztunnel and the waypoint ask for and accept, and those `ztunnel ca`
+/// signs (its `--trust-domain` defaults to it). Every process of one mesh must
+/// agree on it.
+pub const TRUST_DOMAIN_ENV: &str = "TRUST_DOMAIN";
+/// Default of [`TRUST_DOMAIN_ENV`].
+pub const TRUST_DOMAIN_DEFAULT: &str = crate::identity::DEFAULT_TRUST_DOMAIN;
+/// `ztunnel ca`: a plug-in CA directory in Istio's `cacerts` layout
+/// (`--cacerts-dir`; unset: the CA's own root).
+pub const CACERTS_DIR_ENV: &str = "AMBIT_CACERTS_DIR";
+
 /// This node's name (Kubernetes: the downward API's `spec.nodeName`).
 pub const NODE_NAME_ENV: &str = "NODE_NAME";
 /// Local mode: the YAML file of Kubernetes objects to run the node from.
@@ -226,6 +239,17 @@ pub enum Error {
         /// What would have been accepted.
         expected: &'static str,
     },
+    /// The trust domain is not a valid SPIFFE trust domain.
+    #[error("{name}={value:?} is invalid: expected a SPIFFE trust domain")]
+    TrustDomain {
+        /// The variable.
+        name: &'static str,
+        /// What it was set to.
+        value: String,
+        /// Which rule it breaks.
+        #[source]
+        source: crate::identity::spiffe::NameError,
+    },
 }
 
 /// Format of log lines.
@@ -241,6 +265,8 @@ pub enum LogFormat {
 /// The validated settings of a ztunnel process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Settings {
+    /// See [`TRUST_DOMAIN_ENV`].
+    pub trust_domain: TrustDomain,
     /// See [`NODE_NAME_ENV`].
     pub node_name: Option<String>,
     /// See [`CONFIG_FILE_ENV`].
@@ -292,7 +318,18 @@ impl Settings {
             None => None,
             Some(value) => Some(parse_threads(WORKER_THREADS_ENV, &value)?),
         };
+        let trust_domain = match var(TRUST_DOMAIN_ENV) {
+            None => {
+                TrustDomain::new(TRUST_DOMAIN_DEFAULT).map_err(|source| Error::TrustDomain {
+                    name: TRUST_DOMAIN_ENV,
+                    value: TRUST_DOMAIN_DEFAULT.to_owned(),
+                    source,
+                })?
+            }
+            Some(value) => parse_trust_domain(TRUST_DOMAIN_ENV, &value)?,
+        };
         let settings = Self {
+            trust_domain,
             node_name: var(NODE_NAME_ENV),
             config_file: var(CONFIG_FILE_ENV).map(PathBuf::from),
             node_cgroup: var(NODE_CGROUP_ENV).map(PathBuf::from),
@@ -414,6 +451,15 @@ pub fn parse_threads(name: &'static str, value: &str) -> Result<usize, Error> {
         })
 }
 
+/// Parses a SPIFFE trust domain named by `name` (for the error message).
+pub fn parse_trust_domain(name: &'static str, value: &str) -> Result<TrustDomain, Error> {
+    TrustDomain::new(value).map_err(|source| Error::TrustDomain {
+        name,
+        value: value.to_owned(),
+        source,
+    })
+}
+
 /// Parses a log format named by `name` (for the error message).
 pub fn parse_log_format(name: &'static str, value: &str) -> Result<LogFormat, Error> {
     match value {
@@ -444,6 +490,7 @@ mod tests {
         assert_eq!(
             settings,
             Settings {
+                trust_domain: TrustDomain::new("cluster.local").unwrap(),
                 node_name: None,
                 config_file: None,
                 node_cgroup: None,
@@ -506,6 +553,28 @@ mod tests {
         assert!(settings.sockmap);
         assert_eq!(settings.drain_timeout, Duration::from_millis(2500));
         assert_eq!(settings.worker_threads, Some(4));
+    }
+
+    #[test]
+    fn trust_domain_is_read_and_checked() {
+        let settings = Settings::from_env(&env(&[(TRUST_DOMAIN_ENV, "mesh.example")])).unwrap();
+        assert_eq!(settings.trust_domain.as_str(), "mesh.example");
+        let unset = Settings::from_env(&env(&[(TRUST_DOMAIN_ENV, "")])).unwrap();
+        assert_eq!(
+            unset.trust_domain.as_str(),
+            "cluster.local",
+            "empty: default"
+        );
+        for bad in ["Mesh.Example", "a/b", "spiffe://x", &"a".repeat(256)] {
+            let err = Settings::from_env(&env(&[(TRUST_DOMAIN_ENV, bad)])).unwrap_err();
+            let chain = crate::identity::error_chain(&err);
+            assert!(
+                chain.starts_with(&format!(
+                    "TRUST_DOMAIN={bad:?} is invalid: expected a SPIFFE trust domain: trust domain {bad:?} is invalid: "
+                )),
+                "{chain}"
+            );
+        }
     }
 
     #[test]

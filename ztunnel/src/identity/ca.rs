@@ -1,6 +1,12 @@
 //! The mesh certificate authority: the signing core ([`CertificateAuthority`]), its
-//! root key material ([`root`], [`secret`]) and the gRPC server ([`server`]) that
-//! ztunnels call.
+//! key material (a self-generated root: [`root`], [`secret`]; or an operator's
+//! intermediate in Istio's `cacerts` layout: [`cacerts`]) and the gRPC server
+//! ([`server`]) that ztunnels call.
+//!
+//! With a root of its own, the CA answers leaf + roots. With a plug-in
+//! intermediate it signs with the intermediate's key and answers leaf +
+//! `cert-chain.pem` + the roots of `root-cert.pem` not already in it; the roots it
+//! hands out as the trust bundle are those of `root-cert.pem`.
 //!
 //! Every certificate it issues is an ECDSA P-256 leaf with exactly one SAN, the
 //! caller's SPIFFE URI, `CA:false`, key usage digitalSignature + keyEncipherment,
@@ -8,6 +14,7 @@
 //! lifetime clamped to the configured maximum (valid from a little before now, see
 //! [`settings::CERT_CLOCK_SKEW`]). Nothing else from the CSR is copied.
 
+pub mod cacerts;
 pub mod local;
 pub mod root;
 pub mod secret;
@@ -19,7 +26,7 @@ use rcgen::{
     CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType, SerialNumber,
 };
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, pem::PemObject};
 use time::OffsetDateTime;
 
 use super::{
@@ -27,6 +34,7 @@ use super::{
     spiffe::{Identity, TrustDomain},
 };
 use crate::settings;
+pub use cacerts::Cacerts;
 pub use local::{LocalCa, new_token};
 pub use root::RootCa;
 
@@ -46,8 +54,8 @@ pub enum Error {
     /// rcgen could not build or sign a certificate.
     #[error("cannot sign the certificate")]
     Sign(#[source] rcgen::Error),
-    /// The root key cannot act as an issuer.
-    #[error("the root certificate cannot be used as an issuer")]
+    /// The signing certificate and key cannot act as an issuer.
+    #[error("the CA certificate cannot be used as an issuer")]
     Issuer(#[source] rcgen::Error),
     /// The system random number generator failed.
     #[error("cannot draw a random serial number")]
@@ -104,19 +112,26 @@ impl SigningPolicy {
 pub struct IssuedCert {
     /// The identity it certifies.
     pub identity: Identity,
-    /// PEM certificates: the leaf first, then the trusted roots.
+    /// PEM certificates: the leaf first, then the intermediates up to the root
+    /// (a plug-in CA's `cert-chain.pem`), then the trusted roots not already given.
     pub chain_pem: Vec<String>,
     /// The leaf's serial number, as lowercase hex.
     pub serial_hex: String,
 }
 
-/// The signing core: a root key and certificate, a trust domain and a policy.
+/// The signing core: a signing key and certificate (a root, or a plug-in
+/// intermediate), a trust domain and a policy.
 pub struct CertificateAuthority {
     trust_domain: TrustDomain,
     policy: SigningPolicy,
     issuer: Issuer<'static, KeyPair>,
-    /// The current root first, then any other roots callers should trust.
+    /// The signing certificate up to the root (empty when it is the root), served
+    /// after each leaf.
+    chain: Vec<cacerts::PemCert>,
+    /// The roots callers should trust.
     roots_pem: Vec<String>,
+    /// The roots appended to each answer: those of `roots_pem` not in `chain`.
+    trailing_roots_pem: Vec<String>,
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -125,6 +140,7 @@ impl std::fmt::Debug for CertificateAuthority {
         f.debug_struct("CertificateAuthority")
             .field("trust_domain", &self.trust_domain)
             .field("policy", &self.policy)
+            .field("chain", &self.chain.len())
             .field("roots", &self.roots_pem.len())
             .finish_non_exhaustive()
     }
@@ -139,16 +155,58 @@ impl CertificateAuthority {
         policy: SigningPolicy,
         extra_roots_pem: Vec<String>,
     ) -> Result<Self, Error> {
-        policy.validate()?;
         let (cert_der, cert_pem, key) = root.into_parts();
-        let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(Error::Issuer)?;
         let mut roots_pem = vec![cert_pem];
         roots_pem.extend(extra_roots_pem);
+        Self::with_issuer(
+            &cert_der,
+            key,
+            Vec::new(),
+            roots_pem,
+            (trust_domain, policy),
+        )
+    }
+
+    /// A CA signing with a plug-in intermediate (checked by
+    /// [`Cacerts::load_dir`]) for `trust_domain`: answers carry its
+    /// `cert-chain.pem`, and the roots handed out are its `root-cert.pem`, then
+    /// `extra_roots_pem`.
+    pub fn from_cacerts(
+        cacerts: Cacerts,
+        trust_domain: TrustDomain,
+        policy: SigningPolicy,
+        extra_roots_pem: Vec<String>,
+    ) -> Result<Self, Error> {
+        let (cert_der, key, chain, roots) = cacerts.into_parts();
+        let mut roots_pem: Vec<String> = roots.into_iter().map(|r| r.pem).collect();
+        roots_pem.extend(extra_roots_pem);
+        Self::with_issuer(&cert_der, key, chain, roots_pem, (trust_domain, policy))
+    }
+
+    fn with_issuer(
+        cert_der: &CertificateDer<'_>,
+        key: KeyPair,
+        chain: Vec<cacerts::PemCert>,
+        roots_pem: Vec<String>,
+        (trust_domain, policy): (TrustDomain, SigningPolicy),
+    ) -> Result<Self, Error> {
+        policy.validate()?;
+        let issuer = Issuer::from_ca_cert_der(cert_der, key).map_err(Error::Issuer)?;
+        let trailing_roots_pem = roots_pem
+            .iter()
+            .filter(|root| {
+                let der = CertificateDer::from_pem_slice(root.as_bytes()).ok();
+                !chain.iter().any(|c| Some(&c.der) == der.as_ref())
+            })
+            .cloned()
+            .collect();
         Ok(Self {
             trust_domain,
             policy,
             issuer,
+            chain,
             roots_pem,
+            trailing_roots_pem,
         })
     }
 
@@ -162,7 +220,8 @@ impl CertificateAuthority {
         &self.policy
     }
 
-    /// The roots callers should trust (PEM), the signing root first.
+    /// The roots callers should trust (PEM): the signing root first, or a plug-in
+    /// CA's `root-cert.pem`; then the extra roots.
     pub fn roots_pem(&self) -> &[String] {
         &self.roots_pem
     }
@@ -189,9 +248,11 @@ impl CertificateAuthority {
         let cert = params
             .signed_by(csr.public_key(), &self.issuer)
             .map_err(Error::Sign)?;
-        let mut chain_pem = Vec::with_capacity(1 + self.roots_pem.len());
+        let mut chain_pem =
+            Vec::with_capacity(1 + self.chain.len() + self.trailing_roots_pem.len());
         chain_pem.push(cert.pem());
-        chain_pem.extend(self.roots_pem.iter().cloned());
+        chain_pem.extend(self.chain.iter().map(|c| c.pem.clone()));
+        chain_pem.extend(self.trailing_roots_pem.iter().cloned());
         Ok(IssuedCert {
             identity: csr.identity().clone(),
             chain_pem,
@@ -200,7 +261,9 @@ impl CertificateAuthority {
     }
 
     /// A TLS serving certificate and key for the CA's own endpoint, with `dns_names`
-    /// as DNS SANs (IP addresses are written as IP SANs).
+    /// as DNS SANs (IP addresses are written as IP SANs); the chain is the leaf,
+    /// then a plug-in CA's `cert-chain.pem`, so that clients trusting only the
+    /// root can verify it.
     pub fn serving_cert(
         &self,
         dns_names: &[String],
@@ -213,7 +276,9 @@ impl CertificateAuthority {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params.signed_by(&key, &self.issuer).map_err(Error::Sign)?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        Ok((vec![cert.der().clone()], key))
+        let mut chain = vec![cert.der().clone()];
+        chain.extend(self.chain.iter().map(|c| c.der.clone()));
+        Ok((chain, key))
     }
 }
 
@@ -245,6 +310,20 @@ fn random_serial() -> Result<[u8; 16], Error> {
     aws_lc_rs::rand::fill(&mut serial).map_err(|_| Error::Random)?;
     serial[0] = (serial[0] & 0x7f) | 0x40;
     Ok(serial)
+}
+
+/// Splits a PEM bundle into one PEM string per certificate (callers check the
+/// result against [`PemObject::pem_slice_iter`]).
+fn split_pem_certs(text: &str) -> Vec<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    text.split_inclusive(END)
+        .filter_map(|chunk| {
+            let start = chunk.find("-----BEGIN CERTIFICATE-----")?;
+            chunk
+                .ends_with(END)
+                .then(|| format!("{}\n", &chunk[start..]))
+        })
+        .collect()
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -63,8 +63,9 @@ pub enum Error {
     Name(#[from] NameError),
 }
 
-/// A SPIFFE trust domain, such as `cluster.local`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A SPIFFE trust domain, such as `cluster.local`. Serializes as its string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
 pub struct TrustDomain(String);
 
 impl TrustDomain {

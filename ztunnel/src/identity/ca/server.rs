@@ -50,6 +50,9 @@ pub enum Error {
     /// The root in a Kubernetes Secret cannot be loaded or created.
     #[error("cannot load the CA root from its Kubernetes Secret")]
     Secret(#[from] super::secret::Error),
+    /// The plug-in intermediate (`--cacerts-dir`) is unusable.
+    #[error("cannot load the plug-in CA from its cacerts directory")]
+    Cacerts(#[from] super::cacerts::Error),
     /// The signing core cannot be built.
     #[error("cannot set up certificate signing")]
     Ca(#[from] super::Error),

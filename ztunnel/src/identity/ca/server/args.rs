@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use super::{CaServerConfig, Error, NodeAuthConfig, RootSource};
-use crate::{identity::DEFAULT_TRUST_DOMAIN, settings};
+use crate::settings;
 
 /// Flags of `ztunnel ca`.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -12,16 +12,24 @@ pub struct CaArgs {
     /// Address to serve the CA API on.
     #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], settings::CA_PORT)))]
     pub listen: SocketAddr,
-    /// Trust domain of the identities signed.
-    #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
+    /// Trust domain of the identities signed (also TRUST_DOMAIN, as the
+    /// ztunnels and waypoints read it).
+    #[arg(long, env = settings::TRUST_DOMAIN_ENV, default_value = settings::TRUST_DOMAIN_DEFAULT)]
     pub trust_domain: String,
     /// Directory with the root key and certificate (`ca.key`, `ca.crt`); created
-    /// with a new root when empty. Exclusive with --root-secret.
-    #[arg(long, conflicts_with = "root_secret")]
+    /// with a new root when empty. Exclusive with --root-secret and --cacerts-dir.
+    #[arg(long, conflicts_with_all = ["root_secret", "cacerts_dir"])]
     pub root_dir: Option<PathBuf>,
     /// Kubernetes Secret `<namespace>/<name>` holding the root; created when absent.
-    #[arg(long)]
+    /// Exclusive with --cacerts-dir.
+    #[arg(long, conflicts_with = "cacerts_dir")]
     pub root_secret: Option<String>,
+    /// Plug-in CA: a directory in Istio's `cacerts` layout (`ca-cert.pem`,
+    /// `ca-key.pem`, `root-cert.pem`, `cert-chain.pem`), e.g. the Secret
+    /// `cacerts` mounted; the CA signs with that intermediate (also
+    /// AMBIT_CACERTS_DIR).
+    #[arg(long, env = settings::CACERTS_DIR_ENV)]
+    pub cacerts_dir: Option<PathBuf>,
     /// PEM file of other roots handed out with every chain (root rotation).
     #[arg(long)]
     pub extra_roots: Option<PathBuf>,
@@ -53,9 +61,10 @@ impl CaArgs {
     /// The configuration these flags describe, checked.
     pub fn to_config(&self) -> Result<CaServerConfig, Error> {
         let config_err = |reason: String| Error::Config { reason };
-        let root = match (&self.root_dir, &self.root_secret) {
-            (Some(dir), None) => RootSource::Directory(dir.clone()),
-            (None, Some(secret)) => {
+        let root = match (&self.root_dir, &self.root_secret, &self.cacerts_dir) {
+            (Some(dir), None, None) => RootSource::Directory(dir.clone()),
+            (None, None, Some(dir)) => RootSource::Cacerts(dir.clone()),
+            (None, Some(secret), None) => {
                 let (namespace, name) = secret
                     .split_once('/')
                     .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
@@ -71,7 +80,7 @@ impl CaArgs {
             }
             _ => {
                 return Err(config_err(
-                    "give exactly one of --root-dir and --root-secret".to_owned(),
+                    "give exactly one of --root-dir, --root-secret and --cacerts-dir".to_owned(),
                 ));
             }
         };
@@ -183,6 +192,33 @@ mod tests {
     }
 
     #[test]
+    fn cacerts_flags() {
+        let config = parse(&[
+            "--cacerts-dir",
+            "/etc/cacerts",
+            "--token-file",
+            "/t",
+            "--trust-domain",
+            "mesh.example",
+        ])
+        .unwrap();
+        assert_eq!(config.root, RootSource::Cacerts("/etc/cacerts".into()));
+        assert_eq!(config.trust_domain, "mesh.example");
+        for other in [["--root-dir", "/d"], ["--root-secret", "a/b"]] {
+            let err = parse(&[
+                "--cacerts-dir",
+                "/etc/cacerts",
+                "--token-file",
+                "/t",
+                other[0],
+                other[1],
+            ])
+            .unwrap_err();
+            assert!(err.contains("cannot be used with"), "{other:?}: {err}");
+        }
+    }
+
+    #[test]
     fn kubernetes_flags() {
         let config = parse(&[
             "--root-secret",
@@ -247,7 +283,7 @@ mod tests {
         for (args, expected) in [
             (
                 &["--token-file", "/t"][..],
-                "exactly one of --root-dir and --root-secret",
+                "exactly one of --root-dir, --root-secret and --cacerts-dir",
             ),
             (
                 &["--root-dir", "/d"][..],

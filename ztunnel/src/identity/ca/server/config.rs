@@ -11,7 +11,7 @@ use crate::{
             NodeAuthorizer, TokenAuthenticator, TokenFile, token_review::TokenReviewAuthenticator,
         },
         bundle::TrustBundle,
-        ca::{CertificateAuthority, SigningPolicy, root, secret},
+        ca::{Cacerts, CertificateAuthority, SigningPolicy, root, secret},
         spiffe::TrustDomain,
     },
     settings,
@@ -30,6 +30,10 @@ pub enum RootSource {
         /// Its name.
         name: String,
     },
+    /// An operator's intermediate in Istio's `cacerts` layout (`ca-cert.pem`,
+    /// `ca-key.pem`, `root-cert.pem`, `cert-chain.pem`); never created, checked
+    /// at start (see [`crate::identity::ca::cacerts`]).
+    Cacerts(PathBuf),
 }
 
 /// How callers (ztunnels) prove which node they run on.
@@ -156,13 +160,6 @@ pub async fn build(
     let need_kube = || Error::Config {
         reason: "a Kubernetes client is needed for this configuration".to_owned(),
     };
-    let root = match &config.root {
-        RootSource::Directory(dir) => root::load_or_create_dir(dir, &trust_domain)?,
-        RootSource::KubernetesSecret { namespace, name } => {
-            let client = kube.clone().ok_or_else(need_kube)?;
-            secret::load_or_create(client, namespace, name, &trust_domain).await?
-        }
-    };
     let extra_roots = match &config.extra_roots_file {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
@@ -171,11 +168,27 @@ pub async fn build(
             })?;
             // Refuse a file that is not a usable set of roots.
             TrustBundle::from_pem(text.as_bytes(), &path.display().to_string())?;
-            split_pem_certs(&text)
+            crate::identity::ca::split_pem_certs(&text)
         }
         None => Vec::new(),
     };
-    let ca = CertificateAuthority::new(root, trust_domain, config.policy(), extra_roots)?;
+    let policy = config.policy();
+    let ca = match &config.root {
+        RootSource::Directory(dir) => {
+            let root = root::load_or_create_dir(dir, &trust_domain)?;
+            CertificateAuthority::new(root, trust_domain, policy, extra_roots)?
+        }
+        RootSource::KubernetesSecret { namespace, name } => {
+            let client = kube.clone().ok_or_else(need_kube)?;
+            let root = secret::load_or_create(client, namespace, name, &trust_domain).await?;
+            CertificateAuthority::new(root, trust_domain, policy, extra_roots)?
+        }
+        RootSource::Cacerts(dir) => {
+            let cacerts = Cacerts::load_dir(dir)?;
+            tracing::info!(dir = %dir.display(), "signing with the plug-in CA intermediate");
+            CertificateAuthority::from_cacerts(cacerts, trust_domain, policy, extra_roots)?
+        }
+    };
     let authenticator: Arc<dyn TokenAuthenticator> = match &config.node_auth {
         NodeAuthConfig::TokenFile(path) => Arc::new(TokenFile::open(path)?),
         NodeAuthConfig::TokenReview {
@@ -193,17 +206,4 @@ pub async fn build(
         authorizer,
     };
     CaServer::bind(config.listen, config.server_names.clone(), inputs).await
-}
-
-/// Splits a PEM bundle into one PEM string per certificate.
-fn split_pem_certs(text: &str) -> Vec<String> {
-    const END: &str = "-----END CERTIFICATE-----";
-    text.split_inclusive(END)
-        .filter_map(|chunk| {
-            let start = chunk.find("-----BEGIN CERTIFICATE-----")?;
-            chunk
-                .ends_with(END)
-                .then(|| format!("{}\n", &chunk[start..]))
-        })
-        .collect()
 }
