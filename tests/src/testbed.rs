@@ -41,6 +41,7 @@ use std::{
 
 pub use capture::{FabricCapture, contains};
 pub use process::Process;
+pub use sys::wait_with_timeout;
 
 /// Where `ip netns` keeps its namespace files.
 pub const NETNS_DIR: &str = "/var/run/netns";
