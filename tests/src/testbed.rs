@@ -65,7 +65,7 @@ pub enum Error {
     Spawn {
         /// The command line.
         command: String,
-        /// Why.
+        /// What the operating system reported.
         #[source]
         source: io::Error,
     },
@@ -94,7 +94,7 @@ pub enum Error {
     Cgroup {
         /// The cgroup directory.
         path: PathBuf,
-        /// Why.
+        /// What the operating system reported.
         #[source]
         source: io::Error,
     },
@@ -103,7 +103,7 @@ pub enum Error {
     Remove {
         /// The directory.
         path: PathBuf,
-        /// Why.
+        /// What the operating system reported.
         #[source]
         source: io::Error,
     },

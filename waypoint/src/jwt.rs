@@ -178,7 +178,7 @@ impl Rejection {
         }
     }
 
-    /// Why.
+    /// Why the token was rejected.
     pub fn reason(&self) -> &RejectReason {
         &self.reason
     }

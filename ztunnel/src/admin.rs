@@ -28,9 +28,9 @@ pub enum Error {
     /// The listener could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
-        /// The address.
+        /// The address it could not use.
         addr: SocketAddr,
-        /// Why.
+        /// What the operating system reported.
         #[source]
         source: std::io::Error,
     },

@@ -116,7 +116,7 @@ pub enum Error {
     Pin {
         /// The bpffs path.
         path: PathBuf,
-        /// Why.
+        /// What the operating system reported.
         #[source]
         source: io::Error,
     },
@@ -125,7 +125,7 @@ pub enum Error {
     Cgroup {
         /// The cgroup directory.
         path: PathBuf,
-        /// Why.
+        /// What the operating system reported.
         #[source]
         source: io::Error,
     },
@@ -134,7 +134,7 @@ pub enum Error {
     Netns {
         /// The namespace file (for example `/var/run/netns/<name>`).
         path: PathBuf,
-        /// Why.
+        /// What the operating system reported.
         #[source]
         source: io::Error,
     },
@@ -145,7 +145,7 @@ pub enum Error {
         path: PathBuf,
         /// The step that failed.
         what: &'static str,
-        /// Why.
+        /// What the operating system reported.
         #[source]
         source: io::Error,
     },

@@ -138,9 +138,9 @@ pub enum Error {
     Listen {
         /// The pod, as namespace/name.
         pod: String,
-        /// The address.
+        /// The address it could not use.
         addr: SocketAddr,
-        /// Why.
+        /// What the operating system reported.
         #[source]
         source: io::Error,
     },
@@ -149,7 +149,7 @@ pub enum Error {
     Identity {
         /// The pod, as namespace/name.
         pod: String,
-        /// Why.
+        /// Which naming rule it breaks.
         #[source]
         source: crate::identity::spiffe::NameError,
     },
@@ -160,7 +160,7 @@ pub enum Error {
         pod: String,
         /// The namespace file.
         path: std::path::PathBuf,
-        /// Why.
+        /// What went wrong, in words.
         reason: String,
     },
     /// The pod is not enrolled.
@@ -186,7 +186,7 @@ pub enum ConnectionError {
     Connect {
         /// The destination.
         dst: SocketAddr,
-        /// Why.
+        /// What the operating system reported.
         #[source]
         source: io::Error,
     },
@@ -209,7 +209,7 @@ pub enum ConnectionError {
     Hbone {
         /// The peer's HBONE address.
         gateway: SocketAddr,
-        /// Why.
+        /// What failed in the HBONE connection or stream.
         #[source]
         source: crate::hbone::Error,
     },
@@ -218,7 +218,7 @@ pub enum ConnectionError {
     Certificate {
         /// The identity.
         identity: String,
-        /// Why.
+        /// Why the certificate manager has none.
         #[source]
         source: crate::identity::manager::Error,
     },

@@ -52,7 +52,7 @@ pub enum ProviderError {
         issuer: Box<str>,
         /// `jwksUri`, or the issuer for discovery.
         field: &'static str,
-        /// Why.
+        /// Why the URI cannot be fetched.
         #[source]
         source: super::fetch::FetchError,
     },

@@ -53,7 +53,7 @@ pub enum HostError {
     Proc {
         /// The file.
         path: &'static str,
-        /// Why.
+        /// What the operating system reported.
         #[source]
         source: io::Error,
     },

@@ -31,7 +31,7 @@ pub enum Error {
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
+        /// What the operating system reported.
         #[source]
         source: std::io::Error,
     },
@@ -46,7 +46,7 @@ pub enum Error {
         document: usize,
         /// The line where the document starts.
         start: usize,
-        /// Why.
+        /// What is wrong with the document.
         #[source]
         reason: Box<DocumentError>,
     },
@@ -139,7 +139,7 @@ pub enum DocumentError {
         kind: Kind,
         /// The object refused.
         key: ObjectKey,
-        /// The address.
+        /// The IP address that is claimed twice.
         ip: IpAddr,
         /// The object that has it first.
         other: ObjectKey,

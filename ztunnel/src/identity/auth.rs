@@ -33,7 +33,7 @@ impl NodeName {
         Self(name.into())
     }
 
-    /// The name.
+    /// The node name as a string.
     pub fn as_str(&self) -> &str {
         &self.0
     }

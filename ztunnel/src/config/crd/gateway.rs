@@ -25,7 +25,7 @@ pub struct GatewayAddress {
     /// `IPAddress` (default) or `Hostname`.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub type_: Option<String>,
-    /// The address.
+    /// The address itself (an IP address for `IPAddress`).
     pub value: String,
 }
 

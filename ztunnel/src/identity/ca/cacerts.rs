@@ -155,7 +155,7 @@ pub enum Error {
     Roots {
         /// The file.
         path: PathBuf,
-        /// Why.
+        /// What is wrong with the roots.
         #[source]
         source: bundle::Error,
     },

@@ -86,7 +86,7 @@ pub enum Error {
     In {
         /// Where it came from (a path or a Secret).
         source_name: String,
-        /// Why.
+        /// What is wrong with the key material.
         #[source]
         source: Box<Error>,
     },

@@ -44,7 +44,7 @@ pub enum Error {
         namespace: String,
         /// Its name.
         name: String,
-        /// Why.
+        /// What is wrong with the key material in the Secret.
         #[source]
         source: root::Error,
     },

@@ -80,7 +80,7 @@ pub enum Error {
     /// The listening socket cannot be bound.
     #[error("cannot listen on {addr}")]
     Bind {
-        /// The address.
+        /// The address it could not use.
         addr: SocketAddr,
         /// The cause.
         #[source]
