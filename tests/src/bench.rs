@@ -6,16 +6,23 @@
 //! each metric's median over the rounds and the runs themselves. Workloads:
 //! single-stream bulk throughput (iperf3), open-loop request/response latency
 //! at a fixed rate (`ambit-testbin rr`, HDR histograms), new connections per
-//! second (`ambit-testbin crr`), and ztunnel CPU and memory from /proc.
+//! second (`ambit-testbin crr`), ztunnel CPU and memory from /proc, and HTTP
+//! through the ztunnels with and without the waypoint (h2load against
+//! `ambit-httpbin`: latency at a fixed rate, requests/s, the waypoint's CPU
+//! and memory).
 //!
 //! The driver is the `ambit-bench` bench target of this crate (so it runs from
-//! `target/release/deps` and finds the release `ztunnel` and `ambit-testbin`
-//! next to it); `cargo xtask bench [--quick] [--out DIR]` builds and runs it
-//! as root. It writes `DIR/bench.json`, `DIR/bench.md` and SVG plots.
+//! `target/release/deps` and finds the release `ztunnel`, `waypoint`,
+//! `ambit-testbin` and `ambit-httpbin` next to it); `cargo xtask bench
+//! [--quick] [--out DIR]` builds and runs it as root. It writes
+//! `DIR/bench.json`, `DIR/bench.md` and SVG plots.
 
+pub mod h2load;
 pub mod host;
+mod http;
 pub mod iperf;
 pub mod latency;
+mod output;
 pub mod plot;
 pub mod report;
 mod run;
@@ -44,10 +51,16 @@ pub struct Settings {
     pub crr_count: u32,
     /// Idle proxied connections opened to measure memory per connection.
     pub idle_connections: u32,
+    /// HTTP requests per second of the fixed-rate runs.
+    pub http_rate: u32,
+    /// HTTP requests per fixed-rate run (each protocol).
+    pub http_requests: u32,
+    /// Seconds of each closed-loop HTTP run (after a 0.5 s warm-up).
+    pub http_seconds: u32,
 }
 
 impl Settings {
-    /// The full run: about 6 minutes on a 2-core machine.
+    /// The full run: about 10 minutes on a 2-core machine.
     pub fn full(out: PathBuf) -> Self {
         Self {
             quick: false,
@@ -58,10 +71,13 @@ impl Settings {
             rr_count: 10_000,
             crr_count: 1000,
             idle_connections: 1000,
+            http_rate: 1000,
+            http_requests: 5000,
+            http_seconds: 3,
         }
     }
 
-    /// `--quick`: about a minute and a half.
+    /// `--quick`: about two and a half minutes.
     pub fn quick(out: PathBuf) -> Self {
         Self {
             quick: true,
@@ -72,6 +88,9 @@ impl Settings {
             rr_count: 3000,
             crr_count: 300,
             idle_connections: 1000,
+            http_rate: 1000,
+            http_requests: 2000,
+            http_seconds: 2,
         }
     }
 
@@ -164,6 +183,9 @@ mod tests {
         ] {
             assert!(s.rounds >= 3);
             assert!(s.rr_count >= 1000 && s.idle_connections >= 1000);
+            // The targets are at 1,000 requests/s; a p99 wants 10 above it.
+            assert_eq!(s.http_rate, 1000);
+            assert!(s.http_requests >= 1000);
         }
     }
 }

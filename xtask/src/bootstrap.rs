@@ -27,7 +27,7 @@ struct Step {
     needs_root: bool,
 }
 
-const STEPS: [Step; 4] = [
+const STEPS: [Step; 6] = [
     Step {
         name: "nightly rust-src",
         present: rust_src_present,
@@ -71,7 +71,66 @@ const STEPS: [Step; 4] = [
         },
         needs_root: true,
     },
+    Step {
+        name: "pip (python3-pip)",
+        // Only needed to install kubernetes-validate.
+        present: || Ok(kubernetes_validate_present() || pip_present()),
+        install: || apt_install(&["python3-pip"]),
+        by_hand: || "apt-get update && apt-get install -y python3-pip".to_owned(),
+        needs_root: true,
+    },
+    Step {
+        name: "kubernetes-validate (deploy/ schemas)",
+        present: || Ok(kubernetes_validate_present()),
+        install: install_kubernetes_validate,
+        by_hand: || format!("python3 -m pip {}", KUBERNETES_VALIDATE_INSTALL.join(" ")),
+        needs_root: false,
+    },
 ];
+
+/// kubernetes-validate (PyPI) validates the manifests of deploy/ against a
+/// Kubernetes release's schemas (tests/tests/manifests.rs). 1.37.0 carries the
+/// schemas up to Kubernetes 1.37. Installed for the user: `--user` needs no
+/// root, and Debian's Python refuses any pip install without
+/// `--break-system-packages` (PEP 668), which with `--user` touches only
+/// ~/.local. The test runs it as `python3 -m kubernetes_validate` when
+/// ~/.local/bin is not on PATH.
+const KUBERNETES_VALIDATE_INSTALL: [&str; 7] = [
+    "install",
+    "--quiet",
+    "--user",
+    "--break-system-packages",
+    "--no-warn-script-location",
+    "--root-user-action=ignore",
+    "kubernetes-validate==1.37.0",
+];
+
+fn pip_present() -> bool {
+    exec::output(Command::new("python3").args(["-m", "pip", "--version"]))
+        .ok()
+        .flatten()
+        .is_some_and(|o| o.status.success())
+}
+
+/// Whether kubernetes-validate runs, as a command or as a Python module.
+fn kubernetes_validate_present() -> bool {
+    let runs = |cmd: &mut Command| {
+        exec::output(cmd.arg("--version"))
+            .ok()
+            .flatten()
+            .is_some_and(|o| o.status.success())
+    };
+    runs(&mut Command::new("kubernetes-validate"))
+        || runs(Command::new("python3").args(["-m", "kubernetes_validate"]))
+}
+
+fn install_kubernetes_validate() -> anyhow::Result<()> {
+    exec::run(
+        Command::new("python3")
+            .args(["-m", "pip"])
+            .args(KUBERNETES_VALIDATE_INSTALL),
+    )
+}
 
 /// Debian packages the end-to-end tests use: tcpdump watches the wire between
 /// nodes (is it TLS?); curl is the HTTP/1.1 and HTTP/2 client of the waypoint
@@ -82,29 +141,47 @@ fn install_test_tools() -> anyhow::Result<()> {
     apt_install(&TEST_PACKAGES)
 }
 
-/// Debian packages `cargo xtask bench` runs: iperf3 measures bulk throughput.
-const BENCH_PACKAGES: [&str; 1] = ["iperf3"];
+/// Debian packages `cargo xtask bench` runs, each with the command it installs:
+/// iperf3 measures bulk throughput; h2load (nghttp2-client) drives the HTTP
+/// scenarios (HTTP/1.1 and HTTP/2, fixed rate and closed loop).
+const BENCH_PACKAGES: [(&str, &str); 2] = [("iperf3", "iperf3"), ("nghttp2-client", "h2load")];
 
 /// Installs the benchmark tools when missing (root needed then).
 pub fn bench_tools() -> anyhow::Result<()> {
-    if which("iperf3").is_some() {
+    let missing = || -> Vec<&str> {
+        BENCH_PACKAGES
+            .iter()
+            .filter(|(_, command)| which(command).is_none())
+            .map(|&(package, _)| package)
+            .collect()
+    };
+    let packages = missing();
+    if packages.is_empty() {
         return Ok(());
     }
     let by_hand = format!(
         "apt-get update && apt-get install -y {}",
-        BENCH_PACKAGES.join(" ")
+        packages.join(" ")
     );
     if !exec::is_root() {
         bail!(
-            "bench: iperf3 is missing and installing it needs root; run as root, or by hand: {by_hand}"
+            "bench: {} missing and installing needs root; run as root, or by hand: {by_hand}",
+            packages.join(", ")
         );
     }
-    eprintln!("bench: installing {}", BENCH_PACKAGES.join(" "));
-    apt_install(&BENCH_PACKAGES).with_context(|| {
-        format!("bench: installing iperf3 failed; to see why, run by hand: {by_hand}")
+    eprintln!("bench: installing {}", packages.join(" "));
+    apt_install(&packages).with_context(|| {
+        format!(
+            "bench: installing {} failed; to see why, run by hand: {by_hand}",
+            packages.join(" ")
+        )
     })?;
-    if which("iperf3").is_none() {
-        bail!("bench: iperf3 still missing after installing it; run by hand: {by_hand}");
+    let still = missing();
+    if !still.is_empty() {
+        bail!(
+            "bench: {} still missing after installing; run by hand: {by_hand}",
+            still.join(", ")
+        );
     }
     Ok(())
 }
@@ -145,7 +222,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     if installed.is_empty() {
         eprintln!(
-            "bootstrap: all present (nightly rust-src, LLVM {LLVM_MAJOR} dev packages, bpf-linker, tcpdump, curl)"
+            "bootstrap: all present (nightly rust-src, LLVM {LLVM_MAJOR} dev packages, bpf-linker, tcpdump, curl, kubernetes-validate)"
         );
     } else {
         eprintln!("bootstrap: installed {}", installed.join(", "));

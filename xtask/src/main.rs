@@ -54,8 +54,18 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<std::path::PathBuf>,
     },
-    /// The local two-node mesh demo.
-    Demo,
+    /// The local two-node mesh demo (needs root).
+    Demo {
+        /// Run the steps up to N (1 to 7).
+        #[arg(long, value_name = "N")]
+        step: Option<u32>,
+        /// Leave the testbed running at the end, and print how to use it.
+        #[arg(long)]
+        keep: bool,
+        /// Remove a testbed left by --keep or by an interrupted run.
+        #[arg(long)]
+        down: bool,
+    },
     /// Write the CRD manifests of deploy/crds from ztunnel's Rust types.
     Manifests {
         /// Only check that the checked-in manifests are up to date.
@@ -84,7 +94,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Test { e2e, unit } => tasks::test(&root, tasks::Suites::from_flags(e2e, unit)),
         Command::Lint => tasks::lint(&root),
         Command::Bench { quick, out } => tasks::bench(&root, quick, out.as_deref()),
-        Command::Demo => tasks::demo(&root),
+        Command::Demo { step, keep, down } => tasks::demo(&root, step, keep, down),
         Command::Manifests { check } => manifests::run(&root, check),
     }
 }

@@ -99,12 +99,15 @@ pub fn test(root: &Path, suites: Suites) -> anyhow::Result<()> {
     exec::run(&mut cargo).context("tests failed")?;
     if suites == Suites::Unit {
         // The e2e crate's own unit tests (testbed naming, the benchmark's
-        // statistics and report) need no privileges either.
+        // statistics and report) and the deploy/ manifest checks need no
+        // privileges either.
         exec::run(exec::cargo(None).current_dir(root).args([
             "test",
             "--package",
             E2E_CRATE,
             "--lib",
+            "--test",
+            "manifests",
         ]))
         .context("tests failed")?;
     }
@@ -112,13 +115,15 @@ pub fn test(root: &Path, suites: Suites) -> anyhow::Result<()> {
 }
 
 /// The benchmark driver: a bench target of the e2e crate, so that it runs from
-/// `target/release/deps` and finds the release `ztunnel` and `ambit-testbin`
-/// beside it (`ambit_tests::mesh::ztunnel_binary`).
+/// `target/release/deps` and finds the release `ztunnel`, `waypoint`,
+/// `ambit-testbin` and `ambit-httpbin` beside it
+/// (`ambit_tests::mesh::ztunnel_binary`).
 const BENCH_TARGET: &str = "ambit-bench";
 
-/// `cargo xtask bench`: builds the release binaries and the driver in one cargo
-/// invocation (one feature set, so ztunnel compiles once), then runs the
-/// driver as root.
+/// `cargo xtask bench`: builds the release `waypoint` on its own (its ztunnel
+/// library has no eBPF capture, so it never links aya), then the other
+/// release binaries and the driver in one cargo invocation (one feature set,
+/// so ztunnel compiles once more, with capture), then runs the driver as root.
 pub fn bench(root: &Path, quick: bool, out: Option<&Path>) -> anyhow::Result<()> {
     if !exec::is_root() {
         bail!(
@@ -129,6 +134,16 @@ pub fn bench(root: &Path, quick: bool, out: Option<&Path>) -> anyhow::Result<()>
     bootstrap::run()?;
     bootstrap::bench_tools()?;
     ebpf::build(root)?;
+    // Alone: built with the e2e crate, cargo would unify ztunnel's features
+    // and link the eBPF capture into the waypoint.
+    exec::run(exec::cargo(None).current_dir(root).args([
+        "build",
+        "--release",
+        "--package",
+        "waypoint",
+        "--bins",
+    ]))
+    .context("building the release waypoint failed")?;
     let mut build = exec::cargo(None);
     build
         .current_dir(root)
@@ -145,6 +160,8 @@ pub fn bench(root: &Path, quick: bool, out: Option<&Path>) -> anyhow::Result<()>
             "ztunnel",
             "--bin",
             "ambit-testbin",
+            "--bin",
+            "ambit-httpbin",
             "--bench",
             BENCH_TARGET,
         ])
@@ -244,11 +261,19 @@ fn waypoint_links_no_aya(root: &Path) -> anyhow::Result<()> {
 /// `cargo xtask demo`: installs what is missing, builds (debug: the first
 /// step comes sooner than with a release build), and runs `ambit-demo`, the
 /// step-by-step walk through the mesh on a two-node testbed.
-pub fn demo(root: &Path) -> anyhow::Result<()> {
+pub fn demo(root: &Path, step: Option<u32>, keep: bool, down: bool) -> anyhow::Result<()> {
     if !exec::is_root() {
         bail!(
             "cargo xtask demo needs root: it builds a testbed of network namespaces and cgroups and loads \
              eBPF programs. Run it as root (for example `sudo -E env PATH=\"$PATH\" cargo xtask demo`)."
+        );
+    }
+    let demo = root.join("target/debug/ambit-demo");
+    if down {
+        return exec::run(
+            std::process::Command::new(&demo)
+                .arg("--down")
+                .current_dir(root),
         );
     }
     bootstrap::run()?;
@@ -271,8 +296,15 @@ pub fn demo(root: &Path) -> anyhow::Result<()> {
         "--bins",
     ]))?;
     println!("demo: built in {:.0} s", started.elapsed().as_secs_f64());
-    exec::run(std::process::Command::new(root.join("target/debug/ambit-demo")).current_dir(root))
-        .context("the demo failed")
+    let mut command = std::process::Command::new(&demo);
+    command.current_dir(root);
+    if let Some(step) = step {
+        command.args(["--step", &step.to_string()]);
+    }
+    if keep {
+        command.arg("--keep");
+    }
+    exec::run(&mut command).context("the demo failed")
 }
 
 #[cfg(test)]

@@ -61,9 +61,12 @@ fn err(e: impl std::fmt::Display) -> PlotError {
     e.to_string()
 }
 
-/// One line per scenario, latency on a log axis, percentiles on a "nines"
-/// axis. Returns the SVG document.
-pub fn latency_cdf(title: &str, lines: &[Line<'_>]) -> Result<String, PlotError> {
+/// The latency axis of the `ambit-testbin rr` CDFs.
+pub const FROM_INTENDED_SEND: &str = "latency from the intended send time, µs (log scale)";
+
+/// One line per scenario, latency on a log axis described by `x_desc`,
+/// percentiles on a "nines" axis. Returns the SVG document.
+pub fn latency_cdf(title: &str, x_desc: &str, lines: &[Line<'_>]) -> Result<String, PlotError> {
     let latencies = || lines.iter().flat_map(|l| l.points.iter().map(|p| p.0));
     let min = latencies().fold(f64::INFINITY, f64::min).max(1.0);
     let max = latencies().fold(0.0, f64::max).max(min * 10.0);
@@ -80,7 +83,7 @@ pub fn latency_cdf(title: &str, lines: &[Line<'_>]) -> Result<String, PlotError>
             .map_err(err)?;
         chart
             .configure_mesh()
-            .x_desc("latency from the intended send time, µs (log scale)")
+            .x_desc(x_desc)
             .y_desc("percentile")
             .y_labels(5)
             .y_label_formatter(&|y| percentile_label(*y))
@@ -215,6 +218,7 @@ mod tests {
         };
         let cdf = latency_cdf(
             "1 KiB",
+            FROM_INTENDED_SEND,
             &[
                 line("baseline", 0, &[(20.0, 0.0), (30.0, 0.5), (90.0, 1.0)]),
                 line("mesh", 1, &[(60.0, 0.0), (80.0, 0.5), (400.0, 1.0)]),

@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 
 use super::{
     host::Machine,
-    scenario::{BASELINE, LOOPBACK_OFF, LOOPBACK_ON, MESH, MESH_NO_SOCKMAP},
+    scenario::{
+        BASELINE, LOOPBACK_OFF, LOOPBACK_ON, MESH, MESH_HTTP, MESH_NO_SOCKMAP, MESH_WAYPOINT,
+    },
     stats,
 };
 
@@ -43,8 +45,35 @@ pub const RR1_P99: &str = "rr_1b_p99_us";
 pub const RR1_P999: &str = "rr_1b_p999_us";
 /// New connections per second (connect, one request, close).
 pub const CRR: &str = "crr_per_s";
-/// HTTP requests per second (wrk/h2load), where HTTP applies.
-pub const HTTP_RPS: &str = "http_rps";
+/// HTTP/1.1 keep-alive requests per second, closed loop (h2load, 16
+/// connections).
+pub const HTTP1_RPS: &str = "http1_rps";
+/// HTTP/2 requests per second, closed loop (h2load, 4 connections of 4
+/// streams).
+pub const HTTP2_RPS: &str = "http2_rps";
+/// HTTP/1.1 keep-alive latency at a fixed 1,000 requests/s, percentiles in
+/// µs.
+pub const HTTP1_P50: &str = "http1_p50_us";
+/// See [`HTTP1_P50`].
+pub const HTTP1_P99: &str = "http1_p99_us";
+/// HTTP/2 latency at a fixed 1,000 requests/s, percentiles in µs.
+pub const HTTP2_P50: &str = "http2_p50_us";
+/// See [`HTTP2_P50`].
+pub const HTTP2_P99: &str = "http2_p99_us";
+/// CPU seconds (user + system) of both ztunnels per 1,000 HTTP requests,
+/// over the fixed-rate runs of both protocols.
+pub const ZTUNNEL_CPU_PER_1K: &str = "ztunnel_cpu_s_per_1k_req";
+/// CPU seconds of the waypoint per 1,000 HTTP requests, over the fixed-rate
+/// runs of both protocols.
+pub const WAYPOINT_CPU_PER_1K: &str = "waypoint_cpu_s_per_1k_req";
+/// Cores the waypoint kept busy during the closed-loop runs (CPU seconds
+/// per second; near 1 with one worker thread means the waypoint was the
+/// bottleneck).
+pub const WAYPOINT_CORES_AT_MAX: &str = "waypoint_cores_at_max";
+/// The waypoint's largest resident memory during the fixed-rate runs, MiB.
+pub const WAYPOINT_RSS: &str = "waypoint_rss_mib";
+/// Its anonymous part (heap and stacks), MiB.
+pub const WAYPOINT_RSS_ANON: &str = "waypoint_rss_anon_mib";
 /// ztunnel CPU seconds (both nodes, user + system) per GiB of bulk transfer.
 pub const CPU_PER_GIB: &str = "cpu_s_per_gib";
 /// ztunnel resident memory with enrolled pods and no traffic (the larger
@@ -58,7 +87,7 @@ pub const RSS_IDLE_ANON: &str = "rss_idle_anon_mib";
 pub const RSS_PER_CONN: &str = "rss_kib_per_conn";
 
 /// Every metric, in table order.
-pub const METRICS: [Metric; 15] = [
+pub const METRICS: [Metric; 25] = [
     metric(THROUGHPUT, "bulk throughput, Gbit/s", 2),
     metric(RR_P50, "1 KiB RR p50, µs", 1),
     metric(RR_P90, "1 KiB RR p90, µs", 1),
@@ -69,11 +98,25 @@ pub const METRICS: [Metric; 15] = [
     metric(RR1_P99, "1 B RR p99, µs", 1),
     metric(RR1_P999, "1 B RR p99.9, µs", 1),
     metric(CRR, "new connections/s", 0),
-    metric(HTTP_RPS, "HTTP requests/s", 0),
+    metric(HTTP1_RPS, "HTTP/1.1 requests/s, closed loop", 0),
+    metric(HTTP2_RPS, "HTTP/2 requests/s, closed loop", 0),
+    metric(HTTP1_P50, "HTTP/1.1 p50 at 1,000 req/s, µs", 1),
+    metric(HTTP1_P99, "HTTP/1.1 p99 at 1,000 req/s, µs", 1),
+    metric(HTTP2_P50, "HTTP/2 p50 at 1,000 req/s, µs", 1),
+    metric(HTTP2_P99, "HTTP/2 p99 at 1,000 req/s, µs", 1),
     metric(CPU_PER_GIB, "ztunnel CPU s/GiB", 2),
+    metric(
+        ZTUNNEL_CPU_PER_1K,
+        "ztunnel CPU s per 1,000 HTTP requests",
+        3,
+    ),
     metric(RSS_IDLE, "ztunnel RSS idle, MiB", 1),
     metric(RSS_IDLE_ANON, "of which anonymous, MiB", 1),
     metric(RSS_PER_CONN, "ztunnel RSS per idle conn, KiB", 1),
+    metric(WAYPOINT_CPU_PER_1K, "waypoint CPU s per 1,000 requests", 3),
+    metric(WAYPOINT_CORES_AT_MAX, "waypoint cores busy, closed loop", 2),
+    metric(WAYPOINT_RSS, "waypoint RSS at 1,000 req/s, MiB", 1),
+    metric(WAYPOINT_RSS_ANON, "of which anonymous, MiB", 1),
 ];
 
 const fn metric(key: &'static str, label: &'static str, decimals: usize) -> Metric {
@@ -148,20 +191,38 @@ pub struct Ratios {
     pub mesh_no_sockmap_throughput_vs_baseline: Option<f64>,
     /// Mesh (sk_msg off) 1 KiB RR p99 - baseline p99, µs.
     pub mesh_no_sockmap_added_p99_us: Option<f64>,
+    /// HTTP/1.1 p50 at 1,000 requests/s through the waypoint - straight
+    /// through the ztunnels, µs.
+    pub waypoint_added_http1_p50_us: Option<f64>,
+    /// The same at p99.
+    pub waypoint_added_http1_p99_us: Option<f64>,
+    /// HTTP/2 p50 at 1,000 requests/s through the waypoint - straight
+    /// through the ztunnels, µs.
+    pub waypoint_added_http2_p50_us: Option<f64>,
+    /// The same at p99.
+    pub waypoint_added_http2_p99_us: Option<f64>,
+    /// HTTP/1.1 requests/s through the waypoint / straight through the
+    /// ztunnels.
+    pub waypoint_http1_rps_vs_mesh: Option<f64>,
+    /// The same for HTTP/2.
+    pub waypoint_http2_rps_vs_mesh: Option<f64>,
+}
+
+/// The median of `key` in scenario `name`, when measured.
+fn median_of(scenarios: &[ScenarioReport], name: &str, key: &str) -> Option<f64> {
+    scenarios
+        .iter()
+        .find(|s| s.name == name)
+        .and_then(|s| match &s.outcome {
+            Outcome::Measured(runs) => runs.median(key),
+            Outcome::Skipped(_) => None,
+        })
 }
 
 impl Ratios {
     /// From the scenarios' medians; a ratio whose inputs are missing is `None`.
     pub fn compute(scenarios: &[ScenarioReport]) -> Self {
-        let median = |name: &str, key: &str| {
-            scenarios
-                .iter()
-                .find(|s| s.name == name)
-                .and_then(|s| match &s.outcome {
-                    Outcome::Measured(runs) => runs.median(key),
-                    Outcome::Skipped(_) => None,
-                })
-        };
+        let median = |name: &str, key: &str| median_of(scenarios, name, key);
         let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) if b != 0.0 => Some(a / b),
             _ => None,
@@ -190,6 +251,30 @@ impl Ratios {
             mesh_no_sockmap_added_p99_us: diff(
                 median(MESH_NO_SOCKMAP, RR_P99),
                 median(BASELINE, RR_P99),
+            ),
+            waypoint_added_http1_p50_us: diff(
+                median(MESH_WAYPOINT, HTTP1_P50),
+                median(MESH_HTTP, HTTP1_P50),
+            ),
+            waypoint_added_http1_p99_us: diff(
+                median(MESH_WAYPOINT, HTTP1_P99),
+                median(MESH_HTTP, HTTP1_P99),
+            ),
+            waypoint_added_http2_p50_us: diff(
+                median(MESH_WAYPOINT, HTTP2_P50),
+                median(MESH_HTTP, HTTP2_P50),
+            ),
+            waypoint_added_http2_p99_us: diff(
+                median(MESH_WAYPOINT, HTTP2_P99),
+                median(MESH_HTTP, HTTP2_P99),
+            ),
+            waypoint_http1_rps_vs_mesh: ratio(
+                median(MESH_WAYPOINT, HTTP1_RPS),
+                median(MESH_HTTP, HTTP1_RPS),
+            ),
+            waypoint_http2_rps_vs_mesh: ratio(
+                median(MESH_WAYPOINT, HTTP2_RPS),
+                median(MESH_HTTP, HTTP2_RPS),
             ),
         }
     }
@@ -236,17 +321,11 @@ impl Target {
     }
 }
 
-/// The issue's targets, against this run's ratios and the `mesh` scenario.
+/// The issue's targets, against this run's ratios and the `mesh` and
+/// `mesh_waypoint` scenarios.
 pub fn targets(scenarios: &[ScenarioReport], ratios: &Ratios) -> Vec<Target> {
-    let mesh = |key: &str| {
-        scenarios
-            .iter()
-            .find(|s| s.name == MESH)
-            .and_then(|s| match &s.outcome {
-                Outcome::Measured(runs) => runs.median(key),
-                Outcome::Skipped(_) => None,
-            })
-    };
+    let mesh = |key: &str| median_of(scenarios, MESH, key);
+    let waypoint = |key: &str| median_of(scenarios, MESH_WAYPOINT, key);
     vec![
         Target::new(
             "mesh_throughput_vs_baseline",
@@ -289,6 +368,41 @@ pub fn targets(scenarios: &[ScenarioReport], ratios: &Ratios) -> Vec<Target> {
             true,
             1.3,
             ratios.sockmap_speedup,
+        ),
+        Target::new(
+            "waypoint_added_http1_p99_us",
+            "p99 added by the waypoint to HTTP/1.1 keep-alive requests at 1,000 req/s, at most 0.5 ms",
+            false,
+            500.0,
+            ratios.waypoint_added_http1_p99_us,
+        ),
+        Target::new(
+            "waypoint_added_http2_p99_us",
+            "p99 added by the waypoint to HTTP/2 requests at 1,000 req/s, at most 0.5 ms",
+            false,
+            500.0,
+            ratios.waypoint_added_http2_p99_us,
+        ),
+        Target::new(
+            &format!("{MESH_WAYPOINT}.{HTTP1_RPS}"),
+            "one waypoint worker thread sustains at least 20,000 HTTP/1.1 requests/s with JWT validation",
+            true,
+            20_000.0,
+            waypoint(HTTP1_RPS),
+        ),
+        Target::new(
+            &format!("{MESH_WAYPOINT}.{HTTP2_RPS}"),
+            "one waypoint worker thread sustains at least 20,000 HTTP/2 requests/s with JWT validation",
+            true,
+            20_000.0,
+            waypoint(HTTP2_RPS),
+        ),
+        Target::new(
+            &format!("{MESH_WAYPOINT}.{WAYPOINT_RSS}"),
+            "waypoint RSS at 1,000 req/s at most 30 MiB",
+            false,
+            30.0,
+            waypoint(WAYPOINT_RSS),
         ),
     ]
 }
@@ -444,6 +558,14 @@ impl Report {
             show(ratios.mesh_no_sockmap_added_p99_us, " µs"),
             show(ratios.sockmap_speedup_cross_node, "x"),
         ));
+        md.push_str(&format!(
+            "Waypoint against the ztunnels alone: added p50 at 1,000 req/s {} (HTTP/1.1) and {} \
+             (HTTP/2); requests/s {} (HTTP/1.1) and {} (HTTP/2).\n",
+            show(ratios.waypoint_added_http1_p50_us, " µs"),
+            show(ratios.waypoint_added_http2_p50_us, " µs"),
+            show(ratios.waypoint_http1_rps_vs_mesh, "x"),
+            show(ratios.waypoint_http2_rps_vs_mesh, "x"),
+        ));
         if !self.notes.is_empty() {
             md.push_str("\n## Notes\n\n");
             for note in &self.notes {
@@ -469,7 +591,9 @@ fn cell(values: &[f64], decimals: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::scenario::MESH_WAYPOINT;
+
+    /// A scenario that cannot run yet, for the skipped-scenario paths.
+    const FUTURE: &str = "future";
 
     fn measured(name: &'static str, values: &[(&'static str, &[f64])]) -> ScenarioReport {
         let mut runs = Runs::default();
@@ -511,10 +635,31 @@ mod tests {
             measured(MESH_NO_SOCKMAP, &[(THROUGHPUT, &[4.0, 4.0, 4.0])]),
             measured(LOOPBACK_ON, &[(THROUGHPUT, &[15.0, 16.0, 14.0])]),
             measured(LOOPBACK_OFF, &[(THROUGHPUT, &[10.0, 10.0, 10.0])]),
+            measured(
+                MESH_HTTP,
+                &[
+                    (HTTP1_P50, &[200.0, 210.0, 190.0]),
+                    (HTTP1_P99, &[400.0, 500.0, 450.0]),
+                    (HTTP2_P99, &[300.0, 300.0, 300.0]),
+                    (HTTP1_RPS, &[30_000.0, 31_000.0, 29_000.0]),
+                    (HTTP2_RPS, &[40_000.0, 40_000.0, 40_000.0]),
+                ],
+            ),
+            measured(
+                MESH_WAYPOINT,
+                &[
+                    (HTTP1_P50, &[400.0, 420.0, 380.0]),
+                    (HTTP1_P99, &[900.0, 1000.0, 1100.0]),
+                    (HTTP2_P99, &[600.0, 700.0, 650.0]),
+                    (HTTP1_RPS, &[15_000.0, 16_000.0, 14_000.0]),
+                    (HTTP2_RPS, &[22_000.0, 21_000.0, 20_000.0]),
+                    (WAYPOINT_RSS, &[20.0, 21.0, 22.0]),
+                ],
+            ),
             ScenarioReport {
-                name: MESH_WAYPOINT,
+                name: FUTURE,
                 description: "test",
-                outcome: Outcome::Skipped("no waypoint yet".to_owned()),
+                outcome: Outcome::Skipped("not yet".to_owned()),
                 failures: Vec::new(),
             },
         ]
@@ -550,6 +695,15 @@ mod tests {
             "{r:?}"
         );
         assert_eq!(r.mesh_no_sockmap_added_p99_us, None);
+        assert!(close(r.waypoint_added_http1_p50_us, 200.0), "{r:?}");
+        assert!(
+            close(r.waypoint_added_http1_p99_us, 1000.0 - 450.0),
+            "{r:?}"
+        );
+        assert!(close(r.waypoint_added_http2_p99_us, 350.0), "{r:?}");
+        assert_eq!(r.waypoint_added_http2_p50_us, None);
+        assert!(close(r.waypoint_http1_rps_vs_mesh, 0.5), "{r:?}");
+        assert!(close(r.waypoint_http2_rps_vs_mesh, 21.0 / 40.0), "{r:?}");
     }
 
     #[test]
@@ -580,6 +734,12 @@ mod tests {
         // 25 > 24.
         assert_eq!(status("mesh.rss_kib_per_conn"), "miss");
         assert_eq!(status("sockmap_speedup"), "pass");
+        // 550 µs > 500; 350 µs <= 500.
+        assert_eq!(status("waypoint_added_http1_p99_us"), "miss");
+        assert_eq!(status("waypoint_added_http2_p99_us"), "pass");
+        assert_eq!(status("mesh_waypoint.http1_rps"), "miss");
+        assert_eq!(status("mesh_waypoint.http2_rps"), "pass");
+        assert_eq!(status("mesh_waypoint.waypoint_rss_mib"), "pass");
         let none = targets(&[], &Ratios::compute(&[]));
         assert!(none.iter().all(|t| t.status == "not measured"));
         assert_eq!(Target::new("x", "", true, 1.0, Some(1.0)).status, "pass");
@@ -623,8 +783,13 @@ mod tests {
             json!(["bulk failed in 1 of 3 rounds: ENOMEM"])
         );
         assert_eq!(json["scenarios"][BASELINE]["failures"], json!([]));
-        assert_eq!(json["scenarios"][MESH_WAYPOINT], Value::Null);
-        assert_eq!(json["skipped"][MESH_WAYPOINT], json!("no waypoint yet"));
+        assert_eq!(json["scenarios"][FUTURE], Value::Null);
+        assert_eq!(json["skipped"][FUTURE], json!("not yet"));
+        assert_eq!(
+            json["scenarios"][MESH_WAYPOINT]["http1_rps"],
+            json!(15_000.0)
+        );
+        assert!(json["ratios"]["waypoint_added_http1_p99_us"].is_number());
         for key in [
             "mesh_throughput_vs_baseline",
             "mesh_added_p50_us",
@@ -652,12 +817,14 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("not measured"), "{md}");
-        assert!(
-            md.contains("`mesh_waypoint` is not measured: no waypoint yet"),
-            "{md}"
-        );
+        assert!(md.contains("`future` is not measured: not yet"), "{md}");
         assert!(md.contains("| miss |") && md.contains("| pass |"), "{md}");
         assert!(md.contains("a note"), "{md}");
+        assert!(
+            md.contains("added p50 at 1,000 req/s 200.00 µs (HTTP/1.1)"),
+            "{md}"
+        );
+        assert!(md.contains("| HTTP/1.1 requests/s, closed loop |"), "{md}");
         assert!(
             md.contains("**bulk failed in 1 of 3 rounds: ENOMEM**"),
             "{md}"

@@ -11,21 +11,23 @@ use hdrhistogram::Histogram;
 
 use super::{
     Settings,
+    h2load::Protocol,
     host::{self, Machine},
+    http::{self, API_POD, API_POD_PORT, Credentials, WAYPOINT_POD},
     iperf,
     latency::{self, LatencyRun},
-    plot,
+    output,
     report::{
         CPU_PER_GIB, CRR, Outcome, RR_P50, RR_P90, RR_P99, RR_P999, RR1_P50, RR1_P90, RR1_P99,
         RR1_P999, RSS_IDLE, RSS_IDLE_ANON, RSS_PER_CONN, Report, Runs, ScenarioReport, THROUGHPUT,
     },
     scenario::{Dataplane, SCENARIOS, Scenario, Workload},
-    stats,
 };
 use crate::{
     Testbed,
     mesh::{MeshConfig, Ztunnel, ZtunnelOptions, testbin_binary},
     testbed::Process,
+    waypoint::{GATEWAY_NAME_LABEL, httpbin_binary},
 };
 
 /// Ports of the servers in every server pod.
@@ -39,10 +41,12 @@ const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
 /// What one scenario collected over the rounds.
 #[derive(Default)]
-struct Collected {
-    runs: Runs,
-    latency_1k: Vec<Histogram<u64>>,
-    latency_1b: Vec<Histogram<u64>>,
+pub(super) struct Collected {
+    pub(super) runs: Runs,
+    pub(super) latency_1k: Vec<Histogram<u64>>,
+    pub(super) latency_1b: Vec<Histogram<u64>>,
+    /// The fixed-rate HTTP runs' latencies, per protocol.
+    pub(super) latency_http: Vec<(Protocol, Histogram<u64>)>,
     /// Per failed workload: in how many rounds, and the first error.
     failures: BTreeMap<String, (usize, String)>,
 }
@@ -66,10 +70,11 @@ impl Collected {
     }
 }
 
-/// The ztunnels of one dataplane, while they run.
+/// The ztunnels (and waypoint) of one dataplane, while they run.
 struct Nodes {
     dataplane: Dataplane,
     ztunnels: Vec<Ztunnel>,
+    waypoint: Option<Process>,
     /// RSS of each ztunnel right after it started (pods enrolled, no
     /// traffic), KiB.
     idle_rss_kib: Vec<u64>,
@@ -80,7 +85,12 @@ struct Nodes {
 impl Nodes {
     fn start(bed: &Testbed, config: &Path, dataplane: Dataplane) -> Result<Self, String> {
         let mut ztunnels = Vec::new();
-        if let Dataplane::Mesh { sockmap } = dataplane {
+        let mut waypoint = None;
+        if let Dataplane::Mesh {
+            sockmap,
+            waypoint: with_waypoint,
+        } = dataplane
+        {
             let options = ZtunnelOptions {
                 sockmap,
                 drain: Duration::from_secs(1),
@@ -91,6 +101,9 @@ impl Nodes {
                     Ztunnel::start(bed, node, config, &options)
                         .map_err(|e| format!("ztunnel on node {node}: {e}"))?,
                 );
+            }
+            if with_waypoint {
+                waypoint = Some(http::start_waypoint(bed, config)?);
             }
         }
         std::thread::sleep(SETTLE);
@@ -105,12 +118,18 @@ impl Nodes {
         Ok(Self {
             dataplane,
             ztunnels,
+            waypoint,
             idle_rss_kib,
             idle_anon_kib,
         })
     }
 
     fn stop(mut self) {
+        if let Some(mut waypoint) = self.waypoint.take()
+            && let Err(error) = waypoint.terminate(Duration::from_secs(10))
+        {
+            eprintln!("ambit-bench: stopping the waypoint: {error}");
+        }
         for ztunnel in &mut self.ztunnels {
             if let Err(error) = ztunnel.stop(Duration::from_secs(10)) {
                 eprintln!("ambit-bench: stopping ztunnel: {error}");
@@ -138,33 +157,51 @@ struct Bench {
     bed: Testbed,
     config: std::path::PathBuf,
     settings: Settings,
+    credentials: Credentials,
     _servers: Vec<Process>,
 }
 
 impl Bench {
     fn new(settings: &Settings) -> Result<Self, String> {
+        check_binaries()?;
         let bed = Testbed::builder("bench")
             .node("a")
             .node("b")
             .pod("client", "a")
             .pod("plainclient", "a")
             .pod("localserver", "a")
+            .pod(WAYPOINT_POD, "a")
             .pod("server", "b")
             .pod("plainserver", "b")
+            .pod(API_POD, "b")
             .build()
             .map_err(|e| format!("testbed: {e}"))?;
         let config = bed.workdir().join("mesh.yaml");
-        MeshConfig::default()
+        let credentials = Credentials::generate();
+        let mut mesh = MeshConfig::default()
             .namespace("demo", true)
             .namespace("plain", false)
             .pod("client", "demo")
             .pod("server", "demo")
+            .pod(API_POD, "demo")
+            .pod(WAYPOINT_POD, "demo")
+            .label(WAYPOINT_POD, GATEWAY_NAME_LABEL, WAYPOINT_POD)
             .pod("plainclient", "plain")
             .pod("plainserver", "plain")
-            .pod("localserver", "plain")
-            .write(&bed, &config)
+            .pod("localserver", "plain");
+        for document in http::documents(&credentials) {
+            mesh = mesh.document(&document);
+        }
+        mesh.write(&bed, &config)
             .map_err(|e| format!("mesh configuration: {e}"))?;
         let mut servers = Vec::new();
+        let mut cmd = bed.pod_command(API_POD, httpbin_binary());
+        cmd.args(["serve", &format!("0.0.0.0:{API_POD_PORT}"), API_POD]);
+        let httpbin = bed.spawn(cmd).map_err(|e| e.to_string())?;
+        httpbin
+            .wait_for_line("listening", Duration::from_secs(10))
+            .map_err(|e| format!("httpbin in {API_POD}: {e}"))?;
+        servers.push(httpbin);
         for pod in ["server", "plainserver", "localserver"] {
             for (mode, port) in [("sink", SINK_PORT), ("echo", ECHO_PORT)] {
                 let mut cmd = bed.pod_command(pod, testbin_binary());
@@ -187,6 +224,7 @@ impl Bench {
             bed,
             config,
             settings: settings.clone(),
+            credentials,
             _servers: servers,
         })
     }
@@ -379,6 +417,29 @@ impl Bench {
                     }
                     Err(e) => failed("connection rate", e),
                 },
+                Workload::Http(route) => {
+                    let round = http::Round {
+                        bed: &self.bed,
+                        settings: &self.settings,
+                        credentials: &self.credentials,
+                        client,
+                        route: *route,
+                        watched: http::Watched {
+                            waypoint: nodes.waypoint.as_ref().map(Process::pid),
+                            ztunnels: nodes.ztunnels.iter().map(Ztunnel::pid).collect(),
+                        },
+                        waypoint: nodes.waypoint.as_ref(),
+                    };
+                    let measured = round.run();
+                    for (key, value) in measured.values {
+                        collected.runs.push(key, value);
+                    }
+                    collected.latency_http.extend(measured.latency);
+                    line.push_str(&measured.line);
+                    for (what, error) in measured.failures {
+                        failed(&what, error);
+                    }
+                }
             }
         }
         eprintln!("{line}");
@@ -386,6 +447,32 @@ impl Bench {
             collected.failed(&what, error);
         }
     }
+}
+
+/// Fails early, with the command that builds them, when a binary the run
+/// needs besides ztunnel is missing.
+fn check_binaries() -> Result<(), String> {
+    let dir = testbin_binary();
+    for (binary, build) in [
+        (
+            "ambit-testbin",
+            "cargo build --release -p ambit-tests --bins",
+        ),
+        (
+            "ambit-httpbin",
+            "cargo build --release -p ambit-tests --bins",
+        ),
+        ("waypoint", "cargo build --release -p waypoint --bins"),
+    ] {
+        let path = dir.with_file_name(binary);
+        if !path.is_file() {
+            return Err(format!(
+                "{} is missing: `cargo xtask bench` builds it (or `{build}`)",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The larger ztunnel's RSS growth per connection, KiB.
@@ -439,8 +526,19 @@ pub(super) fn run(settings: &Settings) -> Result<String, String> {
     }
     machine.load_after = host::load_average();
     let notes = vec![
-        "HTTP requests/s applies only through the waypoint (mesh_waypoint), which is not measured yet: \
-         no scenario has HTTP, so http_rps is null everywhere."
+        "HTTP (mesh_http, mesh_waypoint): h2load from the client pod to ambit-httpbin in the api pod, \
+         GET /api/items with one bearer token; mesh_http addresses the pod's IP (both ztunnels, no \
+         waypoint), mesh_waypoint the Service (client ztunnel -> waypoint -> server ztunnel), on the \
+         same ztunnels and waypoint process (sk_msg off). The waypoint runs one worker thread \
+         (AMBIT_WORKER_THREADS=1), validates the token (verified tokens are cached until exp, so \
+         after the first request of a token validation is a cache hit) and evaluates one ALLOW \
+         policy; it logs a JSON access line per request."
+            .to_owned(),
+        "HTTP latency is at a fixed 1,000 requests/s (h2load --rps: HTTP/1.1 on 10 keep-alive \
+         connections, HTTP/2 on one connection), percentiles from h2load's per-request log, counted \
+         from when h2load sent each request. Requests/s is closed loop (HTTP/1.1: 16 connections; \
+         HTTP/2: 4 connections x 4 streams) on a machine whose cores also run h2load, httpbin and \
+         both ztunnels: waypoint_cores_at_max says how busy the waypoint was meanwhile."
             .to_owned(),
         "baseline runs between twin pods (plainclient -> plainserver) on the same two nodes, with the same \
          veth and bridge path: enrolled pods stay captured through the pinned maps while no ztunnel runs, \
@@ -472,76 +570,8 @@ pub(super) fn run(settings: &Settings) -> Result<String, String> {
         scenarios,
         notes,
     };
-    write_report(&settings.out, &report, &collected)?;
+    output::write(&settings.out, &report, &collected)?;
     Ok(report.to_markdown())
-}
-
-fn write_report(out: &Path, report: &Report, collected: &[Collected]) -> Result<(), String> {
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let write = |name: &str, contents: &str| {
-        let path = out.join(name);
-        std::fs::write(&path, contents).map_err(|e| format!("{}: {e}", path.display()))
-    };
-    let json = serde_json::to_string_pretty(&report.to_json()).map_err(|e| e.to_string())?;
-    write("bench.json", &format!("{json}\n"))?;
-    write("bench.md", &report.to_markdown())?;
-    // Colors follow the scenario's place in SCENARIOS, the same in every plot.
-    // Colors follow the scenario's place in SCENARIOS, the same in every plot.
-    let measured = || {
-        SCENARIOS
-            .iter()
-            .zip(collected)
-            .enumerate()
-            .filter(|(_, (s, _))| s.unavailable.is_none())
-    };
-    for (file, title, pick) in [
-        (
-            "latency_cdf_1kib.svg",
-            "1 KiB request/response latency CDF (all rounds)",
-            (|c: &Collected| &c.latency_1k) as fn(&Collected) -> &Vec<Histogram<u64>>,
-        ),
-        (
-            "latency_cdf_1b.svg",
-            "1 B request/response latency CDF (all rounds)",
-            |c: &Collected| &c.latency_1b,
-        ),
-    ] {
-        let lines: Vec<plot::Line<'_>> = measured()
-            .filter(|(_, (_, c))| !pick(c).is_empty())
-            .map(|(i, (s, c))| plot::Line {
-                name: s.name,
-                color: i,
-                points: latency::cdf(&latency::merge(pick(c))),
-            })
-            .collect();
-        if !lines.is_empty() {
-            write(file, &plot::latency_cdf(title, &lines)?)?;
-        }
-    }
-    let bars: Vec<plot::Bar<'_>> = measured()
-        .filter(|(_, (s, _))| s.workloads.contains(&Workload::Bulk))
-        .map(|(i, (s, c))| {
-            let values = c.runs.values(THROUGHPUT);
-            plot::Bar {
-                name: s.name,
-                color: i,
-                value: stats::median(values)
-                    .zip(stats::spread(values))
-                    .map(|(median, spread)| plot::BarValue {
-                        median,
-                        min: spread.min,
-                        max: spread.max,
-                    }),
-            }
-        })
-        .collect();
-    if !bars.is_empty() {
-        write(
-            "throughput.svg",
-            &plot::throughput_bars("Single-stream bulk throughput (iperf3)", &bars)?,
-        )?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! The scenarios: who talks to whom, through what, measured how. Adding one
-//! (the waypoint, say) is an entry in [`SCENARIOS`].
+//! is an entry in [`SCENARIOS`].
 
 /// No mesh: plain TCP pod to pod across nodes.
 pub const BASELINE: &str = "baseline";
@@ -7,7 +7,11 @@ pub const BASELINE: &str = "baseline";
 pub const MESH: &str = "mesh";
 /// The same with the sk_msg shortcut off.
 pub const MESH_NO_SOCKMAP: &str = "mesh_no_sockmap";
-/// HTTP through the destination's waypoint with JWT validation on.
+/// HTTP straight to the api pod through both ztunnels: what
+/// [`MESH_WAYPOINT`] is compared with.
+pub const MESH_HTTP: &str = "mesh_http";
+/// HTTP to the api Service, through its waypoint (JWT validation and one L7
+/// ALLOW policy) and both ztunnels.
 pub const MESH_WAYPOINT: &str = "mesh_waypoint";
 /// An enrolled client to a non-enrolled server on its own node, sk_msg on:
 /// the app -> ztunnel loopback hop, then plain TCP.
@@ -24,7 +28,20 @@ pub enum Dataplane {
     Mesh {
         /// `--sockmap`.
         sockmap: bool,
+        /// Whether the waypoint `demo/wp` runs too (in pod `wp`, one worker
+        /// thread).
+        waypoint: bool,
     },
+}
+
+/// Where the HTTP requests of a scenario go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// To the api pod's own address: ztunnel sends pod-IP traffic straight to
+    /// the pod, never to a waypoint (the Gateway serves Service traffic).
+    PodIp,
+    /// To the Service `demo/api`, which uses the waypoint.
+    Service,
 }
 
 /// What is measured in a scenario.
@@ -38,6 +55,10 @@ pub enum Workload {
     ConnectionRate,
     /// ztunnel RSS idle and per idle proxied connection.
     Memory,
+    /// HTTP/1.1 keep-alive and HTTP/2 requests (h2load) to the api pod's
+    /// httpbin: latency at a fixed rate, then requests/s as fast as it goes;
+    /// the waypoint's and ztunnels' CPU and the waypoint's memory.
+    Http(Route),
 }
 
 /// One scenario.
@@ -67,9 +88,16 @@ const ALL: &[Workload] = &[
     Workload::ConnectionRate,
 ];
 
+/// The dataplane of the HTTP scenarios: sk_msg off (the shipped default), and
+/// the waypoint running for both, so the two differ only in the route.
+const HTTP_DATAPLANE: Dataplane = Dataplane::Mesh {
+    sockmap: false,
+    waypoint: true,
+};
+
 /// The scenarios, in the order each round runs them. Consecutive scenarios on
-/// the same dataplane share its ztunnels.
-pub const SCENARIOS: [Scenario; 6] = [
+/// the same dataplane share its ztunnels (and waypoint).
+pub const SCENARIOS: [Scenario; 7] = [
     Scenario {
         name: BASELINE,
         description: "no mesh: plain TCP from a pod on node a to a pod on node b",
@@ -83,7 +111,10 @@ pub const SCENARIOS: [Scenario; 6] = [
         name: MESH,
         description: "the same pods enrolled: eBPF capture, HBONE (mTLS 1.3 + HTTP/2 CONNECT) \
                       through the ztunnels of both nodes, sk_msg shortcut on",
-        dataplane: Dataplane::Mesh { sockmap: true },
+        dataplane: Dataplane::Mesh {
+            sockmap: true,
+            waypoint: false,
+        },
         client: "client",
         server: "server",
         workloads: ALL,
@@ -93,7 +124,10 @@ pub const SCENARIOS: [Scenario; 6] = [
         name: LOOPBACK_ON,
         description: "an enrolled client to a non-enrolled server on its own node \
                       (the app -> ztunnel loopback hop, then plain TCP), sk_msg on",
-        dataplane: Dataplane::Mesh { sockmap: true },
+        dataplane: Dataplane::Mesh {
+            sockmap: true,
+            waypoint: false,
+        },
         client: "client",
         server: "localserver",
         workloads: &[Workload::Bulk],
@@ -102,7 +136,10 @@ pub const SCENARIOS: [Scenario; 6] = [
     Scenario {
         name: MESH_NO_SOCKMAP,
         description: "as mesh, with the sk_msg shortcut off",
-        dataplane: Dataplane::Mesh { sockmap: false },
+        dataplane: Dataplane::Mesh {
+            sockmap: false,
+            waypoint: false,
+        },
         client: "client",
         server: "server",
         workloads: ALL,
@@ -111,23 +148,37 @@ pub const SCENARIOS: [Scenario; 6] = [
     Scenario {
         name: LOOPBACK_OFF,
         description: "as loopback_on, with the sk_msg shortcut off",
-        dataplane: Dataplane::Mesh { sockmap: false },
+        dataplane: Dataplane::Mesh {
+            sockmap: false,
+            waypoint: false,
+        },
         client: "client",
         server: "localserver",
         workloads: &[Workload::Bulk],
         unavailable: None,
     },
     Scenario {
-        name: MESH_WAYPOINT,
-        description: "HTTP through the destination's waypoint with JWT validation on",
-        dataplane: Dataplane::Mesh { sockmap: true },
+        name: MESH_HTTP,
+        description: "HTTP/1.1 keep-alive and HTTP/2 (h2c) requests with a bearer token from an \
+                      enrolled pod on a to httpbin in an enrolled pod on b, addressed to the pod's \
+                      IP: both ztunnels, no waypoint (sk_msg off)",
+        dataplane: HTTP_DATAPLANE,
         client: "client",
-        server: "server",
-        workloads: ALL,
-        unavailable: Some(
-            "the waypoint only serves its readiness endpoint so far (no L7 proxying, no JWT \
-             validation); HTTP requests/s is measured in no scenario until it does",
-        ),
+        server: "api",
+        workloads: &[Workload::Http(Route::PodIp)],
+        unavailable: None,
+    },
+    Scenario {
+        name: MESH_WAYPOINT,
+        description: "the same requests addressed to the Service demo/api, which uses the waypoint \
+                      demo/wp (pod on a, one worker thread): client ztunnel -> waypoint (JWT \
+                      validation, one L7 ALLOW policy, HTTP/1.1 or HTTP/2 to the endpoint as the \
+                      Service port says) -> server ztunnel",
+        dataplane: HTTP_DATAPLANE,
+        client: "client",
+        server: "api",
+        workloads: &[Workload::Http(Route::Service)],
+        unavailable: None,
     },
 ];
 
@@ -141,11 +192,21 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), SCENARIOS.len());
+        let find = |name: &str| SCENARIOS.iter().find(|s| s.name == name).expect(name);
         for name in [BASELINE, MESH, MESH_NO_SOCKMAP, LOOPBACK_ON, LOOPBACK_OFF] {
-            let scenario = SCENARIOS.iter().find(|s| s.name == name).expect(name);
+            let scenario = find(name);
             assert!(scenario.unavailable.is_none(), "{name}");
             assert!(scenario.workloads.contains(&Workload::Bulk), "{name}");
         }
-        assert!(SCENARIOS.iter().any(|s| s.name == MESH_WAYPOINT));
+        let (direct, waypoint) = (find(MESH_HTTP), find(MESH_WAYPOINT));
+        assert_eq!(direct.workloads, [Workload::Http(Route::PodIp)]);
+        assert_eq!(waypoint.workloads, [Workload::Http(Route::Service)]);
+        // The comparison holds only on the same processes and pods.
+        assert_eq!(direct.dataplane, waypoint.dataplane);
+        assert_eq!(
+            (direct.client, direct.server),
+            (waypoint.client, waypoint.server)
+        );
+        assert!(direct.unavailable.is_none() && waypoint.unavailable.is_none());
     }
 }
