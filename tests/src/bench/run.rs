@@ -21,7 +21,7 @@ use super::{
         CPU_PER_GIB, CRR, Outcome, RR_P50, RR_P90, RR_P99, RR_P999, RR1_P50, RR1_P90, RR1_P99,
         RR1_P999, RSS_IDLE, RSS_IDLE_ANON, RSS_PER_CONN, Report, Runs, ScenarioReport, THROUGHPUT,
     },
-    scenario::{Dataplane, SCENARIOS, Scenario, Workload},
+    scenario::{Dataplane, Route, SCENARIOS, Scenario, Workload},
 };
 use crate::{
     Testbed,
@@ -329,6 +329,23 @@ impl Bench {
         Ok(per_connection_kib(&before, &after, count))
     }
 
+    /// One round of the HTTP workload from `client` along `route`.
+    fn http(&self, client: &str, route: Route, nodes: &Nodes) -> http::Measured {
+        http::Round {
+            bed: &self.bed,
+            settings: &self.settings,
+            credentials: &self.credentials,
+            client,
+            route,
+            watched: http::Watched {
+                waypoint: nodes.waypoint.as_ref().map(Process::pid),
+                ztunnels: nodes.ztunnels.iter().map(Ztunnel::pid).collect(),
+            },
+            waypoint: nodes.waypoint.as_ref(),
+        }
+        .run()
+    }
+
     /// Runs `scenario` once on `nodes` (its dataplane), adding its values to
     /// `collected`; a failed workload is reported and leaves its value out.
     fn measure(&self, scenario: &Scenario, nodes: &Nodes, collected: &mut Collected) {
@@ -418,19 +435,7 @@ impl Bench {
                     Err(e) => failed("connection rate", e),
                 },
                 Workload::Http(route) => {
-                    let round = http::Round {
-                        bed: &self.bed,
-                        settings: &self.settings,
-                        credentials: &self.credentials,
-                        client,
-                        route: *route,
-                        watched: http::Watched {
-                            waypoint: nodes.waypoint.as_ref().map(Process::pid),
-                            ztunnels: nodes.ztunnels.iter().map(Ztunnel::pid).collect(),
-                        },
-                        waypoint: nodes.waypoint.as_ref(),
-                    };
-                    let measured = round.run();
+                    let measured = self.http(client, *route, nodes);
                     for (key, value) in measured.values {
                         collected.runs.push(key, value);
                     }
