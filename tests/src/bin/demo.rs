@@ -37,6 +37,7 @@ const HEADER: &str = "\
 ";
 
 const API_SERVICE: &str = r"
+# The api Service: a virtual IP that ztunnel resolves to api's pods.
 apiVersion: v1
 kind: Service
 metadata:
@@ -52,6 +53,7 @@ spec:
     targetPort: 8080";
 
 const API_SERVICE_WITH_WAYPOINT: &str = r"
+# Step 5: the same Service, now sending its traffic through the waypoint wp.
 apiVersion: v1
 kind: Service
 metadata:
@@ -69,6 +71,7 @@ spec:
     targetPort: 8080";
 
 const DB_SERVICE: &str = r"
+# The db Service (plain TCP to ztunnel: the port name says tcp).
 apiVersion: v1
 kind: Service
 metadata:
@@ -84,6 +87,7 @@ spec:
     targetPort: 8080";
 
 const STRICT: &str = r"
+# Step 3: mutual TLS required for every workload of the namespace.
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata:
@@ -94,6 +98,7 @@ spec:
     mode: STRICT";
 
 const DB_ONLY_FROM_API: &str = r"
+# Step 4: db accepts connections from api's identity only (L4, at db's ztunnel).
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata:
@@ -110,6 +115,8 @@ spec:
         principals: [cluster.local/ns/demo/sa/api]";
 
 const ADMINS_MAY_WRITE: &str = r"
+# Step 5: at the waypoint, POST /api/* needs a valid token whose groups hold
+# admin; GET /api/* needs any valid token; everything else is denied.
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata:
