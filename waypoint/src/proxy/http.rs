@@ -562,27 +562,10 @@ fn empty() -> ResponseBody {
 }
 
 /// The request's `x-request-id`, set to a new one when absent or not a
-/// plausible id (visible ASCII, at most 128 bytes).
+/// plausible id (visible ASCII, at most 128 bytes); a W3C `traceparent` is
+/// added too when the request has none that parses.
 fn request_id(headers: &mut HeaderMap) -> String {
-    if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
-        && !id.is_empty()
-        && id.len() <= 128
-        && id.bytes().all(|b| b.is_ascii_graphic())
-    {
-        return id.to_owned();
-    }
     let (a, b) = random_pair();
-    let id = format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0x0fff,
-        0x8000 | ((b >> 48) & 0x3fff),
-        b & 0xffff_ffff_ffff
-    );
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        headers.insert("x-request-id", value);
-    }
     if !headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
@@ -593,6 +576,24 @@ fn request_id(headers: &mut HeaderMap) -> String {
         if let Ok(value) = HeaderValue::from_str(&parent) {
             headers.insert("traceparent", value);
         }
+    }
+    if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
+        && !id.is_empty()
+        && id.len() <= 128
+        && id.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return id.to_owned();
+    }
+    let id = format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0x0fff,
+        0x8000 | ((b >> 48) & 0x3fff),
+        b & 0xffff_ffff_ffff
+    );
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        headers.insert("x-request-id", value);
     }
     id
 }
@@ -684,10 +685,17 @@ mod tests {
         assert!(is_traceparent(trace), "{trace}");
         let mut again = HeaderMap::new();
         assert_ne!(request_id(&mut again), id, "ids differ per request");
-        // Present and valid: kept.
+        // Present and valid: kept, and a trace is still started.
         let mut headers = HeaderMap::new();
         headers.insert("x-request-id", HeaderValue::from_static("abc-1"));
         assert_eq!(request_id(&mut headers), "abc-1");
+        assert!(is_traceparent(headers["traceparent"].to_str().unwrap()));
+        // A valid traceparent passes through unchanged.
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", HeaderValue::from_static(parent));
+        request_id(&mut headers);
+        assert_eq!(headers["traceparent"], parent);
     }
 
     #[test]
