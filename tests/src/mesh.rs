@@ -307,11 +307,7 @@ impl MeshCa {
 
     /// Every JSON log line of the CA so far.
     pub fn logs(&self) -> Vec<serde_json::Value> {
-        self.process
-            .stderr()
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        self.process.json_logs()
     }
 
     /// Kills it (teardown).
@@ -493,11 +489,7 @@ impl Ztunnel {
 
     /// Every JSON log line so far.
     pub fn logs(&self) -> Vec<serde_json::Value> {
-        self.process
-            .stderr()
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        self.process.json_logs()
     }
 
     /// Runs `change` (rewriting the configuration file, say), then waits up
@@ -541,13 +533,7 @@ impl Ztunnel {
         timeout: Duration,
         matches: impl Fn(&serde_json::Value) -> bool,
     ) -> Result<serde_json::Value, Error> {
-        let line = self.process.wait_for_stderr(timeout, |line| {
-            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|value| matches(&value))
-        })?;
-        serde_json::from_str(&line).map_err(|e| Error::Process {
-            command: "ztunnel".into(),
-            reason: e.to_string(),
-        })
+        self.process.wait_for_json(timeout, matches)
     }
 
     /// Raw stderr, for failure messages.

@@ -171,11 +171,7 @@ impl Waypoint {
 
     /// Every JSON log line so far.
     pub fn logs(&self) -> Vec<serde_json::Value> {
-        self.process
-            .stderr()
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        self.process.json_logs()
     }
 
     /// The access log lines so far (`target` = `access`): message `request`
@@ -202,13 +198,7 @@ impl Waypoint {
         timeout: Duration,
         matches: impl Fn(&serde_json::Value) -> bool,
     ) -> Result<serde_json::Value, Error> {
-        let line = self.process.wait_for_stderr(timeout, |line| {
-            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|value| matches(&value))
-        })?;
-        serde_json::from_str(&line).map_err(|e| Error::Process {
-            command: "waypoint".into(),
-            reason: e.to_string(),
-        })
+        self.process.wait_for_json(timeout, matches)
     }
 
     /// Raw stderr, for failure messages.

@@ -71,6 +71,31 @@ impl Process {
             .clone()
     }
 
+    /// Every stderr line that is JSON (a process logging with
+    /// `LOG_FORMAT=json`), parsed.
+    pub fn json_logs(&self) -> Vec<serde_json::Value> {
+        self.stderr()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits up to `timeout` for a JSON stderr line that satisfies `matches`,
+    /// and returns it parsed.
+    pub fn wait_for_json(
+        &self,
+        timeout: Duration,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value, Error> {
+        let line = self.wait_for_stderr(timeout, |line| {
+            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|value| matches(&value))
+        })?;
+        serde_json::from_str(&line).map_err(|e| Error::Process {
+            command: self.command.clone(),
+            reason: e.to_string(),
+        })
+    }
+
     /// Waits up to `timeout` for a stderr line that satisfies `matches`.
     pub fn wait_for_stderr(
         &self,
