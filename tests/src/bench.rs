@@ -57,6 +57,8 @@ pub struct Settings {
     pub http_requests: u32,
     /// Seconds of each closed-loop HTTP run (after a 0.5 s warm-up).
     pub http_seconds: u32,
+    /// `--only`: the scenarios to run (empty: all of them).
+    pub only: Vec<String>,
 }
 
 impl Settings {
@@ -74,6 +76,7 @@ impl Settings {
             http_rate: 1000,
             http_requests: 5000,
             http_seconds: 3,
+            only: Vec::new(),
         }
     }
 
@@ -91,19 +94,33 @@ impl Settings {
             http_rate: 1000,
             http_requests: 2000,
             http_seconds: 2,
+            only: Vec::new(),
         }
     }
 
-    /// From the command line: `[--quick] [--out DIR]` (and `--bench`, which
-    /// `cargo bench` adds).
+    /// From the command line: `[--quick] [--out DIR] [--only NAME,...]` (and
+    /// `--bench`, which `cargo bench` adds).
     pub fn from_args(args: &[String]) -> Result<Self, String> {
         let mut quick = false;
         let mut out = None;
+        let mut only = Vec::new();
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--quick" => quick = true,
                 "--bench" => {}
+                "--only" => {
+                    let list = args.next().ok_or("--only needs scenario names")?;
+                    for name in list.split(',').filter(|n| !n.is_empty()) {
+                        if !run::scenario_names().any(|known| known == name) {
+                            return Err(format!(
+                                "--only: no scenario {name:?} (there are {})",
+                                run::scenario_names().collect::<Vec<_>>().join(", ")
+                            ));
+                        }
+                        only.push(name.to_owned());
+                    }
+                }
                 "--out" => {
                     out = Some(PathBuf::from(args.next().ok_or("--out needs a directory")?));
                 }
@@ -116,11 +133,18 @@ impl Settings {
         let out = out.unwrap_or_else(|| {
             PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench"))
         });
-        Ok(if quick {
+        let mut settings = if quick {
             Self::quick(out)
         } else {
             Self::full(out)
-        })
+        };
+        settings.only = only;
+        Ok(settings)
+    }
+
+    /// Whether the scenario `name` runs.
+    pub fn selects(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|n| n == name)
     }
 }
 
@@ -130,7 +154,9 @@ pub fn main() -> std::process::ExitCode {
     let settings = match Settings::from_args(&args) {
         Ok(settings) => settings,
         Err(error) => {
-            eprintln!("ambit-bench: {error}\nusage: ambit-bench [--quick] [--out DIR]");
+            eprintln!(
+                "ambit-bench: {error}\nusage: ambit-bench [--quick] [--out DIR] [--only NAME,...]"
+            );
             return std::process::ExitCode::from(2);
         }
     };
@@ -173,6 +199,14 @@ mod tests {
         );
         assert!(Settings::from_args(&args(&["--out"])).is_err());
         assert!(Settings::from_args(&args(&["--fast"])).is_err());
+        let s = Settings::from_args(&args(&["--only", "mesh_http,mesh_waypoint"])).expect("ok");
+        assert!(s.selects("mesh_waypoint") && !s.selects("baseline"));
+        assert!(Settings::full(PathBuf::new()).selects("baseline"));
+        let error = Settings::from_args(&args(&["--only", "mesh_htp"])).expect_err("a typo");
+        assert!(
+            error.contains("mesh_htp") && error.contains("mesh_http"),
+            "{error}"
+        );
     }
 
     #[test]

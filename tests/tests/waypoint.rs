@@ -776,36 +776,44 @@ fn conflicting_framing_never_lets_a_hidden_request_through() {
          abcd{hidden}",
         4 + hidden.len()
     );
+    // hyper folds equal lengths into one before the waypoint sees the head.
+    let cl_same = format!(
+        "POST /api/c HTTP/1.1\r\nHost: api\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\n\
+         abcd{hidden}"
+    );
+    // The bad request second on a keep-alive connection, after a good one
+    // with a body: its head is found by following the first one's framing.
+    let pipelined =
+        format!("POST /api/d HTTP/1.1\r\nHost: api\r\nContent-Length: 5\r\n\r\nhello{cl_te}");
     let mut failures = Vec::new();
-    for (what, bytes) in [
-        ("Content-Length and Transfer-Encoding", &cl_te),
-        ("two different Content-Lengths", &cl_cl),
+    for (what, bytes, answers) in [
+        ("Content-Length and Transfer-Encoding", &cl_te, 1),
+        ("two different Content-Lengths", &cl_cl, 1),
+        ("two equal Content-Lengths", &cl_same, 1),
+        (
+            "Content-Length and Transfer-Encoding, second",
+            &pipelined,
+            2,
+        ),
     ] {
         let reply = send(bytes);
-        let refused = reply.response.starts_with("HTTP/1.1 400");
-        // hyper's parser drops Content-Length when Transfer-Encoding is there
-        // (RFC 9112 section 6.1 lets a server read the body as chunked if it
-        // closes the connection after): the waypoint never sees both, and the
-        // only acceptable alternative to a 400 is exactly that, with the
-        // backend getting the chunked framing alone.
-        let read_as_chunked = what.starts_with("Content-Length and")
-            && reply.response.starts_with("HTTP/1.1 200")
-            && json_body(&reply.response).is_some_and(|echo| {
-                echo["headers"].get("content-length").is_none()
-                    && echo["headers"]["transfer-encoding"] == "chunked"
-                    && echo["target"] == "/api/a"
-            });
-        if !(refused || read_as_chunked) {
+        // hyper's parser drops Content-Length when Transfer-Encoding is
+        // there: the 400 comes from the waypoint's framing guard.
+        let last = reply.response.rfind("HTTP/1.1 ").unwrap_or(0);
+        if !reply.response[last..].starts_with("HTTP/1.1 400") {
+            failures.push(format!("{what}: not refused with 400: {reply:?}"));
+        }
+        if answers == 2 && !reply.response.starts_with("HTTP/1.1 200") {
             failures.push(format!(
-                "{what}: neither a 400 nor read as chunked: {reply:?}"
+                "{what}: the good request before it failed: {reply:?}"
             ));
         }
         if !reply.closed {
             failures.push(format!("{what}: the connection stays open: {reply:?}"));
         }
-        if reply.response.matches("HTTP/1.1 ").count() != 1 {
+        if reply.response.matches("HTTP/1.1 ").count() != answers {
             failures.push(format!(
-                "{what}: more than one answer, the hidden request was read: {reply:?}"
+                "{what}: {answers} answer(s) expected, a hidden request was read: {reply:?}"
             ));
         }
     }
@@ -815,20 +823,23 @@ fn conflicting_framing_never_lets_a_hidden_request_through() {
         failures.join("\n"),
         world.waypoint.stderr()
     );
-    let smuggled: Vec<Value> = world
-        .waypoint
-        .request_logs()
-        .into_iter()
-        .filter(|l| l["path"] == "/admin")
-        .collect();
+    let logs = world.waypoint.request_logs();
+    // Each refusal is logged with its reason.
+    // (Two different lengths are hyper's own 400, before any handler.)
+    for path in ["/api/a", "/api/c"] {
+        assert!(
+            logs.iter().any(|l| l["path"] == path
+                && l["decision"] == "invalid"
+                && l["status"] == 400
+                && l["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("content-length"))),
+            "no refusal logged for {path}: {logs:?}"
+        );
+    }
+    let smuggled: Vec<&Value> = logs.iter().filter(|l| l["path"] == "/admin").collect();
     assert!(
         smuggled.is_empty(),
         "the hidden request was served: {smuggled:?}"
     );
-}
-
-/// The JSON body of a raw HTTP/1.1 response, if it has one.
-fn json_body(response: &str) -> Option<Value> {
-    let (_, body) = response.split_once("\r\n\r\n")?;
-    json(body)
 }

@@ -121,8 +121,10 @@
 //!   section 4.2.4) and, if both are present, name the same host (ASCII
 //!   case-insensitive) and port (a missing port is the scheme's default).
 
+pub mod framing;
 mod head;
 mod path;
 
+pub use framing::{Guarded, Verdicts};
 pub use head::{HeadError, check_head, check_request};
 pub use path::{NormalizedPath, PathError, normalize, normalize_uri};

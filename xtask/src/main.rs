@@ -53,6 +53,9 @@ enum Command {
         /// Where bench.json, bench.md and the SVG plots go [default: target/bench].
         #[arg(long, value_name = "DIR")]
         out: Option<std::path::PathBuf>,
+        /// Only these scenarios (comma-separated, e.g. mesh_http,mesh_waypoint).
+        #[arg(long, value_name = "NAMES")]
+        only: Option<String>,
     },
     /// The local two-node mesh demo (needs root).
     Demo {
@@ -93,7 +96,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Build { release } => tasks::build(&root, release),
         Command::Test { e2e, unit } => tasks::test(&root, tasks::Suites::from_flags(e2e, unit)),
         Command::Lint => tasks::lint(&root),
-        Command::Bench { quick, out } => tasks::bench(&root, quick, out.as_deref()),
+        Command::Bench { quick, out, only } => {
+            tasks::bench(&root, quick, out.as_deref(), only.as_deref())
+        }
         Command::Demo { step, keep, down } => tasks::demo(&root, step, keep, down),
         Command::Manifests { check } => manifests::run(&root, check),
     }

@@ -124,7 +124,12 @@ const BENCH_TARGET: &str = "ambit-bench";
 /// library has no eBPF capture, so it never links aya), then the other
 /// release binaries and the driver in one cargo invocation (one feature set,
 /// so ztunnel compiles once more, with capture), then runs the driver as root.
-pub fn bench(root: &Path, quick: bool, out: Option<&Path>) -> anyhow::Result<()> {
+pub fn bench(
+    root: &Path,
+    quick: bool,
+    out: Option<&Path>,
+    only: Option<&str>,
+) -> anyhow::Result<()> {
     if !exec::is_root() {
         bail!(
             "cargo xtask bench needs root: it builds a testbed of network namespaces and cgroups and loads \
@@ -187,6 +192,9 @@ pub fn bench(root: &Path, quick: bool, out: Option<&Path>) -> anyhow::Result<()>
     run.current_dir(root).arg("--out").arg(&out);
     if quick {
         run.arg("--quick");
+    }
+    if let Some(only) = only {
+        run.args(["--only", only]);
     }
     exec::run(&mut run).context("the benchmark failed")
 }

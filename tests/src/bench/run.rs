@@ -498,6 +498,11 @@ fn field(output: &str, key: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("no {key}= in {output:?}"))
 }
 
+/// The names of the scenarios, for `--only`.
+pub(super) fn scenario_names() -> impl Iterator<Item = &'static str> {
+    SCENARIOS.iter().map(|s| s.name)
+}
+
 /// Runs every round of every scenario, writes the report into `settings.out`
 /// and returns `bench.md`.
 pub(super) fn run(settings: &Settings) -> Result<String, String> {
@@ -513,7 +518,7 @@ pub(super) fn run(settings: &Settings) -> Result<String, String> {
         );
         let mut nodes: Option<Nodes> = None;
         for (scenario, collected) in SCENARIOS.iter().zip(&mut collected) {
-            if scenario.unavailable.is_some() {
+            if scenario.unavailable.is_some() || !settings.selects(scenario.name) {
                 continue;
             }
             if nodes.as_ref().map(|n| n.dataplane) != Some(scenario.dataplane) {

@@ -2,9 +2,10 @@
 //! through) and HTTP/2 (gRPC included) on one tunnel, each request in this
 //! order:
 //!
-//! 1. the head is checked ([`crate::request::check_request`]) and the path
-//!    normalized ([`crate::request::normalize_uri`]): a refusal is 400 and
-//!    the HTTP/1 connection closes;
+//! 1. the head is checked ([`crate::request::check_request`], and for
+//!    HTTP/1 the framing as it arrived, [`crate::request::framing`]) and the
+//!    path normalized ([`crate::request::normalize_uri`]): a refusal is 400
+//!    and the HTTP/1 connection closes;
 //! 2. RequestAuthentication: a present, invalid token is 401
 //!    [`REJECTED_BODY`] (gRPC: `grpc-status` 16);
 //! 3. AuthorizationPolicy with the request's attributes: denied is 403
@@ -52,7 +53,7 @@ use super::{
 };
 use crate::{
     jwt::{Outcome, REJECTED_BODY},
-    request::{check_request, normalize_uri},
+    request::{Guarded, HeadError, check_request, normalize_uri},
 };
 
 /// The body of the 403 of a denied request, as Envoy words it.
@@ -77,10 +78,18 @@ pub(super) async fn serve<I>(
 ) where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let service = service_fn(move |request| {
+    // HTTP/1 requests are numbered as they come, in the order the framing
+    // guard numbers their heads (HTTP/2 has no HTTP/1 framing to guard).
+    let (io, framing) = Guarded::new(io);
+    let http1_requests = Arc::new(AtomicU64::new(0));
+    let service = service_fn(move |request: Request<Incoming>| {
         let waypoint = waypoint.clone();
         let downstream = downstream.clone();
-        async move { Ok::<_, Infallible>(handle(&waypoint, &downstream, request).await) }
+        let refused = (request.version() != Version::HTTP_2)
+            .then(|| framing.refused(http1_requests.fetch_add(1, Ordering::Relaxed)))
+            .flatten()
+            .cloned();
+        async move { Ok::<_, Infallible>(handle(&waypoint, &downstream, request, refused).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -113,6 +122,7 @@ async fn handle(
     waypoint: &Waypoint,
     downstream: &Downstream,
     mut request: Request<Incoming>,
+    framing: Option<HeadError>,
 ) -> Response<ResponseBody> {
     let destination = &downstream.destination;
     let mut log = RequestLog::start(
@@ -138,6 +148,10 @@ async fn handle(
         snapshot: waypoint.registry.snapshot(),
     });
 
+    if let Some(error) = framing {
+        log.path = request.uri().path().to_owned();
+        return refuse_malformed(log, &error);
+    }
     if let Err(error) = check_request(&request) {
         log.path = request.uri().path().to_owned();
         return refuse_malformed(log, &error);
