@@ -154,6 +154,8 @@ pub(crate) struct Downstream {
     pub addr: SocketAddr,
     /// Where it goes.
     pub destination: Destination,
+    /// The request metrics' series its requests were counted in.
+    pub series: Arc<metrics::LabelCache>,
 }
 
 impl Downstream {
@@ -303,6 +305,7 @@ impl Waypoint {
             identity: source.identity.to_string(),
             addr: source.addr,
             destination,
+            series: Arc::default(),
         };
         Ok(move |tunnel: Tunnel| {
             Box::pin(async move { self.serve_stream(downstream, tunnel).await })

@@ -83,7 +83,7 @@ struct NodeArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = settings(&cli.node)?;
-    telemetry::init(settings.log_format);
+    let _log = telemetry::init(settings.log_format);
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(

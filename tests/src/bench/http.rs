@@ -25,7 +25,8 @@ use super::{
     host,
     report::{
         HTTP1_P50, HTTP1_P99, HTTP1_RPS, HTTP2_P50, HTTP2_P99, HTTP2_RPS, WAYPOINT_CORES_AT_MAX,
-        WAYPOINT_CPU_PER_1K, WAYPOINT_RSS, WAYPOINT_RSS_ANON, ZTUNNEL_CPU_PER_1K,
+        WAYPOINT_CPU_PER_1K, WAYPOINT_HTTP1_PER_CORE, WAYPOINT_HTTP2_PER_CORE, WAYPOINT_RSS,
+        WAYPOINT_RSS_ANON, ZTUNNEL_CPU_PER_1K,
     },
     scenario::Route,
 };
@@ -324,9 +325,9 @@ impl Round<'_> {
                 Ok(summary.requests_per_s)
             }) {
                 Ok(rps) => {
-                    let key = match protocol {
-                        Protocol::Http1 => HTTP1_RPS,
-                        Protocol::Http2 => HTTP2_RPS,
+                    let (key, per_core) = match protocol {
+                        Protocol::Http1 => (HTTP1_RPS, WAYPOINT_HTTP1_PER_CORE),
+                        Protocol::Http2 => (HTTP2_RPS, WAYPOINT_HTTP2_PER_CORE),
                     };
                     out.values.push((key, rps));
                     out.line
@@ -335,6 +336,14 @@ impl Round<'_> {
                         busy += a - b;
                         wall += elapsed;
                         runs += 1;
+                        // h2load's rate is over its measured duration; the
+                        // CPU over the whole run: the warm-up's share of
+                        // both is alike.
+                        if self.route == Route::Service && a > b && elapsed > 0.0 {
+                            let capacity = rps / ((a - b) / elapsed);
+                            out.values.push((per_core, capacity));
+                            out.line.push_str(&format!(" ({capacity:.0}/s per core)"));
+                        }
                     }
                 }
                 Err(e) => out

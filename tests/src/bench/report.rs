@@ -70,6 +70,13 @@ pub const WAYPOINT_CPU_PER_1K: &str = "waypoint_cpu_s_per_1k_req";
 /// per second; near 1 with one worker thread means the waypoint was the
 /// bottleneck).
 pub const WAYPOINT_CORES_AT_MAX: &str = "waypoint_cores_at_max";
+/// HTTP/1.1 requests/s per core the waypoint kept busy in the closed-loop
+/// run: the rate one worker thread sustains when the waypoint alone is the
+/// limit. On this 2-core machine the load tool, httpbin and both ztunnels
+/// share the cores with it, so the closed loop itself stops short of that.
+pub const WAYPOINT_HTTP1_PER_CORE: &str = "waypoint_http1_rps_per_core";
+/// The same for HTTP/2.
+pub const WAYPOINT_HTTP2_PER_CORE: &str = "waypoint_http2_rps_per_core";
 /// The waypoint's largest resident memory during the fixed-rate runs, MiB.
 pub const WAYPOINT_RSS: &str = "waypoint_rss_mib";
 /// Its anonymous part (heap and stacks), MiB.
@@ -87,7 +94,7 @@ pub const RSS_IDLE_ANON: &str = "rss_idle_anon_mib";
 pub const RSS_PER_CONN: &str = "rss_kib_per_conn";
 
 /// Every metric, in table order.
-pub const METRICS: [Metric; 25] = [
+pub const METRICS: [Metric; 27] = [
     metric(THROUGHPUT, "bulk throughput, Gbit/s", 2),
     metric(RR_P50, "1 KiB RR p50, µs", 1),
     metric(RR_P90, "1 KiB RR p90, µs", 1),
@@ -115,6 +122,16 @@ pub const METRICS: [Metric; 25] = [
     metric(RSS_PER_CONN, "ztunnel RSS per idle conn, KiB", 1),
     metric(WAYPOINT_CPU_PER_1K, "waypoint CPU s per 1,000 requests", 3),
     metric(WAYPOINT_CORES_AT_MAX, "waypoint cores busy, closed loop", 2),
+    metric(
+        WAYPOINT_HTTP1_PER_CORE,
+        "waypoint HTTP/1.1 requests/s per busy core",
+        0,
+    ),
+    metric(
+        WAYPOINT_HTTP2_PER_CORE,
+        "waypoint HTTP/2 requests/s per busy core",
+        0,
+    ),
     metric(WAYPOINT_RSS, "waypoint RSS at 1,000 req/s, MiB", 1),
     metric(WAYPOINT_RSS_ANON, "of which anonymous, MiB", 1),
 ];
@@ -384,18 +401,18 @@ pub fn targets(scenarios: &[ScenarioReport], ratios: &Ratios) -> Vec<Target> {
             ratios.waypoint_added_http2_p99_us,
         ),
         Target::new(
-            &format!("{MESH_WAYPOINT}.{HTTP1_RPS}"),
-            "one waypoint worker thread sustains at least 20,000 HTTP/1.1 requests/s with JWT validation",
+            &format!("{MESH_WAYPOINT}.{WAYPOINT_HTTP1_PER_CORE}"),
+            "one waypoint worker thread sustains at least 20,000 HTTP/1.1 requests/s with JWT validation (closed-loop requests/s per core the waypoint kept busy)",
             true,
             20_000.0,
-            waypoint(HTTP1_RPS),
+            waypoint(WAYPOINT_HTTP1_PER_CORE),
         ),
         Target::new(
-            &format!("{MESH_WAYPOINT}.{HTTP2_RPS}"),
-            "one waypoint worker thread sustains at least 20,000 HTTP/2 requests/s with JWT validation",
+            &format!("{MESH_WAYPOINT}.{WAYPOINT_HTTP2_PER_CORE}"),
+            "one waypoint worker thread sustains at least 20,000 HTTP/2 requests/s with JWT validation (closed-loop requests/s per core the waypoint kept busy)",
             true,
             20_000.0,
-            waypoint(HTTP2_RPS),
+            waypoint(WAYPOINT_HTTP2_PER_CORE),
         ),
         Target::new(
             &format!("{MESH_WAYPOINT}.{WAYPOINT_RSS}"),
@@ -653,6 +670,8 @@ mod tests {
                     (HTTP2_P99, &[600.0, 700.0, 650.0]),
                     (HTTP1_RPS, &[15_000.0, 16_000.0, 14_000.0]),
                     (HTTP2_RPS, &[22_000.0, 21_000.0, 20_000.0]),
+                    (WAYPOINT_HTTP1_PER_CORE, &[18_000.0, 19_000.0, 25_000.0]),
+                    (WAYPOINT_HTTP2_PER_CORE, &[22_000.0, 21_000.0, 20_000.0]),
                     (WAYPOINT_RSS, &[20.0, 21.0, 22.0]),
                 ],
             ),
@@ -737,8 +756,9 @@ mod tests {
         // 550 µs > 500; 350 µs <= 500.
         assert_eq!(status("waypoint_added_http1_p99_us"), "miss");
         assert_eq!(status("waypoint_added_http2_p99_us"), "pass");
-        assert_eq!(status("mesh_waypoint.http1_rps"), "miss");
-        assert_eq!(status("mesh_waypoint.http2_rps"), "pass");
+        // Medians: 19,000 < 20,000; 21,000 >= 20,000.
+        assert_eq!(status("mesh_waypoint.waypoint_http1_rps_per_core"), "miss");
+        assert_eq!(status("mesh_waypoint.waypoint_http2_rps_per_core"), "pass");
         assert_eq!(status("mesh_waypoint.waypoint_rss_mib"), "pass");
         let none = targets(&[], &Ratios::compute(&[]));
         assert!(none.iter().all(|t| t.status == "not measured"));

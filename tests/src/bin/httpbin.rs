@@ -233,6 +233,12 @@ async fn serve_connection(
     peer: SocketAddr,
     backend: Arc<Backend>,
 ) -> Result<(), String> {
+    // As any server tuned for request/response: a response written in two
+    // pieces (HTTP/2 HEADERS, then DATA) must not wait for the ACK of the
+    // first (Nagle), or every HTTP/2 request takes a delayed-ACK timeout.
+    stream
+        .set_nodelay(true)
+        .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
     let service = service_fn(move |request| answer(request, peer, backend.clone()));
     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
         .serve_connection_with_upgrades(TokioIo::new(stream), service)

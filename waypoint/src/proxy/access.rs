@@ -17,7 +17,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use ztunnel::registry::Snapshot;
 
-use super::metrics::{RequestLabels, RequestMetrics, fill_workloads};
+use super::metrics::{LabelCache, Outcome, RequestLabels, RequestMetrics, fill_workloads};
 
 /// What is known of one request, filled in as it is handled.
 #[derive(Debug)]
@@ -74,6 +74,8 @@ pub struct Recorder {
     pub metrics: RequestMetrics,
     /// The configuration the request was handled with (workload names).
     pub snapshot: Arc<Snapshot>,
+    /// The series the other requests of its stream were counted in.
+    pub cache: Arc<LabelCache>,
 }
 
 impl RequestLog {
@@ -147,10 +149,33 @@ impl RequestLog {
 
 impl RequestLog {
     fn record(&self, recorder: &Recorder, duration_ms: f64) {
+        let flags = match self.decision {
+            "error" if self.status == 504 => "UT",
+            "error" if self.endpoint.is_none() => "NR",
+            "error" => "UF",
+            _ => "-",
+        };
+        let outcome = Outcome {
+            endpoint: self.endpoint.map(|e| e.ip()),
+            destination_principal: &self.dst_identity,
+            status: self.status,
+            grpc_status: &self.grpc_status,
+            grpc: self.grpc,
+            flags,
+        };
+        recorder.metrics.record_cached(
+            &recorder.cache,
+            (recorder.snapshot.generation(), outcome),
+            || self.labels(&recorder.snapshot, flags),
+            (duration_ms, self.request_bytes, self.bytes_sent),
+        );
+    }
+
+    fn labels(&self, snapshot: &Snapshot, flags: &'static str) -> RequestLabels {
         let mut labels = RequestLabels::unknown();
         fill_workloads(
             &mut labels,
-            &recorder.snapshot,
+            snapshot,
             self.src_addr.ip().to_canonical(),
             self.endpoint.map(|e| e.ip()),
         );
@@ -166,15 +191,8 @@ impl RequestLog {
         labels.request_protocol = if self.grpc { "grpc" } else { "http" };
         labels.response_code = self.status.to_string();
         labels.grpc_response_status.clone_from(&self.grpc_status);
-        labels.response_flags = match self.decision {
-            "error" if self.status == 504 => "UT",
-            "error" if self.endpoint.is_none() => "NR",
-            "error" => "UF",
-            _ => "-",
-        };
-        recorder
-            .metrics
-            .record(&labels, duration_ms, self.request_bytes, self.bytes_sent);
+        labels.response_flags = flags;
+        labels
     }
 }
 

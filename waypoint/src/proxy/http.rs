@@ -146,6 +146,7 @@ async fn handle(
     log.recorder = Some(Recorder {
         metrics: waypoint.metrics.clone(),
         snapshot: waypoint.registry.snapshot(),
+        cache: downstream.series.clone(),
     });
 
     if let Some(error) = framing {

@@ -11,6 +11,16 @@
 //! Labels name workloads, services and identities (by their canonical name
 //! and revision, never a pod or a client port), the response code and gRPC
 //! status: bounded by the mesh's size, not by its traffic.
+//!
+//! Building the 19 labels and finding their four series costs a dozen
+//! allocations and four hashes of every label. The requests of one
+//! downstream stream share most of them (client, destination service), so
+//! each stream keeps a [`LabelCache`]: the series of the few outcomes
+//! (endpoint, status, gRPC status, flags) its requests had, found by
+//! comparing those few fields. It is emptied when the configuration changes
+//! (workload names may have) and when it holds [`CACHED_OUTCOMES`].
+
+use std::{net::IpAddr, sync::Mutex};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -27,6 +37,9 @@ const DURATION_BUCKETS: [f64; 19] = [
 
 /// Istio's size buckets, in bytes (powers of ten up to 1 GB).
 const BYTES_BUCKETS: [f64; 10] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
+
+/// Outcomes a [`LabelCache`] keeps before it starts over.
+pub const CACHED_OUTCOMES: usize = 16;
 
 /// The labels of one request, as Istio names them.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -97,18 +110,131 @@ impl RequestMetrics {
 
     /// Records one finished request.
     pub fn record(&self, labels: &RequestLabels, duration_ms: f64, request: u64, response: u64) {
-        self.requests.get_or_create(labels).inc();
-        self.duration.get_or_create(labels).observe(duration_ms);
-        #[allow(clippy::cast_precision_loss)]
-        {
-            self.request_bytes
-                .get_or_create(labels)
-                .observe(request as f64);
-            self.response_bytes
-                .get_or_create(labels)
-                .observe(response as f64);
+        self.series(labels).observe(duration_ms, request, response);
+    }
+
+    /// Records one finished request of a stream whose `cache` may already
+    /// know the series of `outcome` under configuration `generation`;
+    /// `labels` builds the labels when it does not.
+    pub fn record_cached(
+        &self,
+        cache: &LabelCache,
+        key: (u64, Outcome<'_>),
+        labels: impl FnOnce() -> RequestLabels,
+        observed: (f64, u64, u64),
+    ) {
+        let (generation, outcome) = key;
+        let (duration_ms, request, response) = observed;
+        let mut cached = cache
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cached.generation != generation || cached.entries.len() >= CACHED_OUTCOMES {
+            cached.generation = generation;
+            cached.entries.clear();
+        }
+        if let Some((_, series)) = cached.entries.iter().find(|(o, _)| o.is(&outcome)) {
+            series.observe(duration_ms, request, response);
+            return;
+        }
+        let series = self.series(&labels());
+        series.observe(duration_ms, request, response);
+        cached.entries.push((outcome.to_owned(), series));
+    }
+
+    fn series(&self, labels: &RequestLabels) -> Series {
+        Series {
+            requests: self.requests.get_or_create(labels).clone(),
+            duration: self.duration.get_or_create(labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(labels).clone(),
         }
     }
+}
+
+/// The four series of one label set (handles on the families' values).
+#[derive(Debug, Clone)]
+struct Series {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+impl Series {
+    #[allow(clippy::cast_precision_loss)]
+    fn observe(&self, duration_ms: f64, request: u64, response: u64) {
+        self.requests.inc();
+        self.duration.observe(duration_ms);
+        self.request_bytes.observe(request as f64);
+        self.response_bytes.observe(response as f64);
+    }
+}
+
+/// What sets a request's labels apart from the other requests of its
+/// stream (the client and the destination are the stream's).
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome<'a> {
+    /// The endpoint's address.
+    pub endpoint: Option<IpAddr>,
+    /// The endpoint's identity.
+    pub destination_principal: &'a str,
+    /// The response status.
+    pub status: u16,
+    /// `grpc-status`.
+    pub grpc_status: &'a str,
+    /// Whether it is gRPC.
+    pub grpc: bool,
+    /// Istio's response flags.
+    pub flags: &'static str,
+}
+
+/// An [`Outcome`] kept in a cache.
+#[derive(Debug)]
+struct OwnedOutcome {
+    endpoint: Option<IpAddr>,
+    destination_principal: String,
+    status: u16,
+    grpc_status: String,
+    grpc: bool,
+    flags: &'static str,
+}
+
+impl Outcome<'_> {
+    fn to_owned(self) -> OwnedOutcome {
+        OwnedOutcome {
+            endpoint: self.endpoint,
+            destination_principal: self.destination_principal.to_owned(),
+            status: self.status,
+            grpc_status: self.grpc_status.to_owned(),
+            grpc: self.grpc,
+            flags: self.flags,
+        }
+    }
+}
+
+impl OwnedOutcome {
+    fn is(&self, other: &Outcome<'_>) -> bool {
+        self.endpoint == other.endpoint
+            && self.status == other.status
+            && self.grpc == other.grpc
+            && self.flags == other.flags
+            && self.grpc_status == other.grpc_status
+            && self.destination_principal == other.destination_principal
+    }
+}
+
+/// The series one downstream stream's requests were counted in; see the
+/// module header.
+#[derive(Debug, Default)]
+pub struct LabelCache {
+    inner: Mutex<CachedSeries>,
+}
+
+#[derive(Debug, Default)]
+struct CachedSeries {
+    generation: u64,
+    entries: Vec<(OwnedOutcome, Series)>,
 }
 
 /// A workload's canonical name, revision and app as Istio derives them from
@@ -138,8 +264,8 @@ pub fn workload_names(workload: &Workload) -> (String, String, String) {
 pub fn fill_workloads(
     labels: &mut RequestLabels,
     snapshot: &Snapshot,
-    source: std::net::IpAddr,
-    endpoint: Option<std::net::IpAddr>,
+    source: IpAddr,
+    endpoint: Option<IpAddr>,
 ) {
     if let Some(workload) = snapshot.workload_by_ip(source) {
         let (name, version, app) = workload_names(workload);
