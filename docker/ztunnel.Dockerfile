@@ -20,12 +20,17 @@ COPY . .
 # script embeds in the binary (the image needs no separate object file).
 RUN cargo xtask bootstrap && cargo xtask build-ebpf
 RUN cargo build --release --locked --package ztunnel --bin ztunnel \
- && cp target/release/ztunnel /ztunnel
+ && cargo build --release --locked --package ambit-cni --bin ambit-cni \
+ && cp target/release/ztunnel /ztunnel \
+ && cp target/release/ambit-cni /ambit-cni
 
 # glibc and libgcc from Debian 12, the builder's own, and nothing else: no
 # shell, no package manager.
 FROM gcr.io/distroless/cc-debian12
 COPY --from=build /ztunnel /usr/local/bin/ztunnel
+# The CNI plugin, which the DaemonSet's init container copies to the node
+# (`ambit-cni install`).
+COPY --from=build /ambit-cni /usr/local/bin/ambit-cni
 # Root by default: the DaemonSet runs it as root with its capabilities; the CA
 # Deployment sets a non-root user.
 ENTRYPOINT ["/usr/local/bin/ztunnel"]

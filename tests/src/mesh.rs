@@ -97,6 +97,13 @@ impl MeshConfig {
         self
     }
 
+    /// Leaves `pod` without an `ambit.dev/netns` annotation: only the CNI
+    /// plugin can name its network namespace.
+    #[must_use]
+    pub fn without_netns(self, pod: &str) -> Self {
+        self.netns(pod, "")
+    }
+
     /// Makes `pod`'s `ambit.dev/netns` annotation name `path` instead of the
     /// pod's own namespace.
     #[must_use]
@@ -152,18 +159,23 @@ impl MeshConfig {
                 .iter()
                 .map(|(k, v)| format!("    {k}: \"{v}\"\n"))
                 .collect();
+            let netns = entry
+                .netns
+                .clone()
+                .unwrap_or_else(|| pod.netns_path().display().to_string());
+            let annotations = if netns.is_empty() {
+                String::new()
+            } else {
+                format!("  annotations:\n    ambit.dev/netns: {netns}\n")
+            };
             yaml.push_str(&format!(
                 "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  \
-                 uid: {uid}\n  labels:\n{labels}  annotations:\n    ambit.dev/netns: {netns}\nspec:\n  \
+                 uid: {uid}\n  labels:\n{labels}{annotations}spec:\n  \
                  nodeName: {node}\n  serviceAccountName: {sa}\nstatus:\n  podIP: {v4}\n  podIPs:\n  - ip: {v4}\n  \
                  - ip: {v6}\n  conditions:\n  - type: Ready\n    status: \"{ready}\"\n",
                 name = entry.pod,
                 uid = pod.uid(),
                 namespace = entry.namespace,
-                netns = entry
-                    .netns
-                    .clone()
-                    .unwrap_or_else(|| pod.netns_path().display().to_string()),
                 node = pod.node(),
                 sa = entry.service_account,
                 v4 = pod.ipv4(),
@@ -330,6 +342,10 @@ pub struct ZtunnelOptions {
     pub ca_dir: Option<PathBuf>,
     /// The idle timeout of proxied connections (default: ztunnel's).
     pub idle: Option<Duration>,
+    /// Where it listens for the CNI plugin (`AMBIT_CNI_SOCKET`; default: no
+    /// socket in local mode; in Kubernetes mode the testbed always sets one,
+    /// so that nodes never share the host's default path).
+    pub cni_socket: Option<PathBuf>,
 }
 
 impl Default for ZtunnelOptions {
@@ -339,6 +355,7 @@ impl Default for ZtunnelOptions {
             drain: Duration::from_secs(20),
             ca_dir: None,
             idle: None,
+            cni_socket: None,
         }
     }
 }
@@ -443,6 +460,13 @@ impl Ztunnel {
         ca_source: CaSource<'_>,
     ) -> Result<Self, Error> {
         let spec = bed.node(node);
+        let cni_socket = match (&options.cni_socket, &ca_source) {
+            (Some(path), _) => Some(path.clone()),
+            (None, CaSource::Kubernetes(_)) => {
+                Some(bed.workdir().join(format!("cni-{node}")).join("cni.sock"))
+            }
+            (None, CaSource::File(_)) => None,
+        };
         match &options.ca_dir {
             Some(dir) => {
                 cmd.arg("--ca-dir").arg(dir);
@@ -471,6 +495,9 @@ impl Ztunnel {
         }
         if let Some(idle) = options.idle {
             cmd.env("AMBIT_IDLE_TIMEOUT_SECONDS", idle.as_secs_f64().to_string());
+        }
+        if let Some(path) = cni_socket {
+            cmd.env("AMBIT_CNI_SOCKET", path);
         }
         let process = bed.spawn(cmd)?;
         // A ztunnel that cannot start prints "Error: ..." and exits: stop waiting.

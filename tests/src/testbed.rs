@@ -288,6 +288,8 @@ pub struct TestbedBuilder {
     tag: String,
     nodes: Vec<String>,
     pods: Vec<(String, String)>,
+    /// Pods whose network a CNI plugin sets up, not the testbed.
+    bare: Vec<String>,
 }
 
 impl TestbedBuilder {
@@ -303,6 +305,17 @@ impl TestbedBuilder {
     pub fn pod(mut self, name: &str, node: &str) -> Self {
         self.pods.push((name.to_owned(), node.to_owned()));
         self
+    }
+
+    /// Adds a pod on `node` whose network namespace has nothing in it but
+    /// `lo`: a container runtime's CNI plugins (run by the test) give it its
+    /// link, its addresses ([`Pod::ipv4`], [`Pod::ipv6`], as for any pod of
+    /// that slot) and its routes. Its cgroup and pause process exist as for
+    /// any pod.
+    #[must_use]
+    pub fn bare_pod(mut self, name: &str, node: &str) -> Self {
+        self.bare.push(name.to_owned());
+        self.pod(name, node)
     }
 
     /// Creates the namespaces, links, addresses, routes and cgroups. On failure,
@@ -329,7 +342,7 @@ impl TestbedBuilder {
         }
         bed.route_between_nodes()?;
         for (name, node) in &self.pods {
-            bed.create_pod(name, node)?;
+            bed.create_pod(name, node, self.bare.contains(name))?;
         }
         Ok(bed)
     }
@@ -406,6 +419,7 @@ impl Testbed {
             tag: tag.to_owned(),
             nodes: Vec::new(),
             pods: Vec::new(),
+            bare: Vec::new(),
         }
     }
 
@@ -733,7 +747,7 @@ impl Testbed {
         Ok(())
     }
 
-    fn create_pod(&mut self, name: &str, node_name: &str) -> Result<(), Error> {
+    fn create_pod(&mut self, name: &str, node_name: &str, bare: bool) -> Result<(), Error> {
         let node = self.node(node_name).clone();
         let slot = self.pods.iter().filter(|p| p.node == node_name).count();
         let uid = pod_uid(&self.prefix, name);
@@ -747,6 +761,19 @@ impl Testbed {
             ipv6: Ipv6Addr::new(0xfd00, 1, hextet(node.index), 0, 0, 0, 0, hextet(10 + slot)),
         };
         self.add_netns(pod.netns.clone())?;
+        if !bare {
+            self.link_pod(&pod, &node, slot)?;
+        }
+        cgroup::create(&pod.cgroup)?;
+        let mut pause = enter(&pod.cgroup, &pod.netns_path(), "sleep".as_ref());
+        pause.arg("infinity");
+        self.pauses.push(Process::spawn(pause)?);
+        self.pods.push(pod);
+        Ok(())
+    }
+
+    /// A veth from `node`'s bridge into `pod`, its addresses and routes.
+    fn link_pod(&self, pod: &Pod, node: &Node, slot: usize) -> Result<(), Error> {
         let (ns, node_ns) = (pod.netns.as_str(), node.netns.as_str());
         let port = format!("vp{slot}");
         sys::ip_in(
@@ -793,11 +820,6 @@ impl Testbed {
                 &node.pod_gateway_v6().to_string(),
             ],
         )?;
-        cgroup::create(&pod.cgroup)?;
-        let mut pause = enter(&pod.cgroup, &pod.netns_path(), "sleep".as_ref());
-        pause.arg("infinity");
-        self.pauses.push(Process::spawn(pause)?);
-        self.pods.push(pod);
         Ok(())
     }
 }

@@ -595,6 +595,32 @@ fn workloads_agree_with_ztunnels_settings() {
         grace > Some(settings::DRAIN_TIMEOUT_DEFAULT.as_secs()),
         "the grace period must outlast the drain"
     );
+    // The CNI plugin is installed to talk to the socket ztunnel listens on
+    // (its default), and that socket's directory is the host's.
+    let pod = &ztunnel["spec"]["template"]["spec"];
+    let install = (pod["initContainers"].as_sequence())
+        .and_then(|list| list.iter().find(|c| c["name"] == "install-cni"))
+        .expect("an install-cni init container");
+    let command = strings(install.get("command"));
+    let socket_arg = command
+        .windows(2)
+        .find(|w| w[0] == "--socket")
+        .map(|w| w[1].clone());
+    assert_eq!(socket_arg.as_deref(), Some(settings::CNI_SOCKET_DEFAULT));
+    let socket_dir = Path::new(settings::CNI_SOCKET_DEFAULT)
+        .parent()
+        .and_then(|d| d.to_str())
+        .expect("the socket is in a directory");
+    let mount = (c["volumeMounts"]
+        .as_sequence()
+        .expect("ztunnel mounts volumes")
+        .iter())
+    .find(|m| str_at(m, &["mountPath"]) == Some(socket_dir))
+    .unwrap_or_else(|| panic!("ztunnel does not mount {socket_dir}"));
+    let volume = (pod["volumes"].as_sequence().expect("volumes").iter())
+        .find(|v| v.get("name") == mount.get("name"))
+        .expect("the socket's volume");
+    assert_eq!(str_at(volume, &["hostPath", "path"]), Some(socket_dir));
 
     let ca = find(&docs, "Deployment", "ambit-ca");
     let args = strings(container(ca).get("args"));

@@ -60,12 +60,12 @@ const STEPS: [Step; 6] = [
         needs_root: false,
     },
     Step {
-        name: "test tools (tcpdump, curl)",
-        present: || Ok(TEST_PACKAGES.iter().all(|p| which(p).is_some())),
+        name: "test tools (tcpdump, curl, CNI plugins)",
+        present: || Ok(test_tools_present()),
         install: install_test_tools,
         by_hand: || {
             format!(
-                "apt-get update && apt-get install -y {}",
+                "apt-get update && apt-get install -y {} {CNI_PACKAGE}",
                 TEST_PACKAGES.join(" ")
             )
         },
@@ -137,8 +137,25 @@ fn install_kubernetes_validate() -> anyhow::Result<()> {
 /// tests (each package installs a command of its name).
 const TEST_PACKAGES: [&str; 2] = ["tcpdump", "curl"];
 
+/// The reference CNI plugins (bridge, host-local, ...), which the CNI test
+/// chains `ambit-cni` after, as a container runtime would; installed in
+/// [`CNI_PLUGIN_DIR`], not on the PATH.
+const CNI_PACKAGE: &str = "containernetworking-plugins";
+
+/// Where Debian's [`CNI_PACKAGE`] puts the plugins.
+pub const CNI_PLUGIN_DIR: &str = "/usr/lib/cni";
+
+fn test_tools_present() -> bool {
+    TEST_PACKAGES.iter().all(|p| which(p).is_some())
+        && std::path::Path::new(CNI_PLUGIN_DIR)
+            .join("bridge")
+            .is_file()
+}
+
 fn install_test_tools() -> anyhow::Result<()> {
-    apt_install(&TEST_PACKAGES)
+    let mut packages = TEST_PACKAGES.to_vec();
+    packages.push(CNI_PACKAGE);
+    apt_install(&packages)
 }
 
 /// Debian packages `cargo xtask bench` runs, each with the command it installs:
@@ -222,7 +239,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     if installed.is_empty() {
         eprintln!(
-            "bootstrap: all present (nightly rust-src, LLVM {LLVM_MAJOR} dev packages, bpf-linker, tcpdump, curl, kubernetes-validate)"
+            "bootstrap: all present (nightly rust-src, LLVM {LLVM_MAJOR} dev packages, bpf-linker, tcpdump, curl, CNI plugins, kubernetes-validate)"
         );
     } else {
         eprintln!("bootstrap: installed {}", installed.join(", "));

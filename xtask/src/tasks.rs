@@ -67,10 +67,12 @@ pub fn test(root: &Path, suites: Suites) -> anyhow::Result<()> {
              `cargo xtask test --unit` for the tests that need no privileges."
         );
     }
-    bootstrap::run()?;
-    ebpf::build(root)?;
-    // The end-to-end suites run the ztunnel and waypoint binaries themselves,
-    // from target/debug; the waypoint alone, so that it links no eBPF.
+    // The same checks as `cargo xtask lint` (fmt, clippy, the waypoint links
+    // no aya), so that CI, which runs this command, catches what lint does.
+    lint(root)?;
+    // The end-to-end suites run the ztunnel, waypoint and ambit-cni binaries
+    // themselves, from target/debug; the waypoint alone, so that it links no
+    // eBPF.
     exec::run(exec::cargo(None).current_dir(root).args([
         "build",
         "--package",
@@ -81,6 +83,12 @@ pub fn test(root: &Path, suites: Suites) -> anyhow::Result<()> {
         "build",
         "--package",
         "waypoint",
+        "--bins",
+    ]))?;
+    exec::run(exec::cargo(None).current_dir(root).args([
+        "build",
+        "--package",
+        "ambit-cni",
         "--bins",
     ]))?;
     let mut cargo = exec::cargo(None);

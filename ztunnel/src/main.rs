@@ -21,7 +21,10 @@ use ztunnel::{
         client::CaClient,
     },
     metrics::Metrics,
-    proxy::{Desired, Mesh, NetnsSource, PodManager, PodManagerConfig},
+    proxy::{
+        Desired, Mesh, NetnsSource, PodManager, PodManagerConfig,
+        cni::{self, Enrollments},
+    },
     registry::{ObjectKey, Options, Registry},
     settings::{self, ProcessEnv, Settings},
     telemetry,
@@ -231,7 +234,7 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
     let mut netns_source = match settings.config_file.clone() {
         Some(path) => {
             load_file(&registry, path).await?;
-            NetnsSource::Config
+            NetnsSource::config()
         }
         None => {
             let source = KubeSource::from_environment()
@@ -297,6 +300,9 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
     capture.attach().context("cannot attach the eBPF capture")?;
     let mut pods = PodManager::new(capture, pod_manager_config(&settings), mesh.clone())
         .context("cannot start the proxy")?;
+    let cni_socket = settings.cni_socket(settings.config_file.is_none());
+    let mut cni_requests = start_cni(cni_socket.as_deref(), &registry.snapshot())?;
+    let mut enrollments = Enrollments::default();
     let mut desired = netns_source.desired(&registry.snapshot(), &node);
     let mut stale_released = false;
     let failures = pods.reconcile(&desired.pods).await;
@@ -333,18 +339,43 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
                 let snapshot = updates.borrow_and_update().clone();
                 mesh.update_policies(&snapshot);
                 metrics.observe_snapshot(&snapshot);
-                desired = netns_source.desired(&snapshot, &node);
-                let failures = pods.reconcile(&desired.pods).await;
+                enrolled_namespaces(cni_socket.as_deref(), &snapshot);
+                let failures;
+                (desired, failures) = enrollments.settle(cni::Context {
+                    netns: &mut netns_source,
+                    pods: &mut pods,
+                    snapshot: &snapshot,
+                    node: &node,
+                }).await;
                 release_stale(&mut pods, &mut stale_released, &desired, &failures);
                 report(failures);
                 // From here on, new connections see this generation.
                 tracing::info!(generation = snapshot.generation(), "configuration applied");
             }
+            // The CNI plugin names a new pod's namespace.
+            Some(request) = cni_requests.recv() => {
+                enrollments.push(request, settings::CNI_ENROLL_TIMEOUT);
+                let failures;
+                (desired, failures) = enrollments.settle(cni::Context {
+                    netns: &mut netns_source,
+                    pods: &mut pods,
+                    snapshot: &registry.snapshot(),
+                    node: &node,
+                }).await;
+                report(failures);
+            }
             // Pods whose namespace is not known yet (their processes have not
-            // started) are looked for again.
-            () = tokio::time::sleep(settings::POD_NETNS_RETRY), if desired.unresolved > 0 => {
-                desired = netns_source.desired(&registry.snapshot(), &node);
-                let failures = pods.reconcile(&desired.pods).await;
+            // started), and CNI requests whose pod is not known yet, are
+            // looked at again.
+            () = tokio::time::sleep(settings::POD_NETNS_RETRY),
+                if desired.unresolved > 0 || enrollments.is_waiting() => {
+                let failures;
+                (desired, failures) = enrollments.settle(cni::Context {
+                    netns: &mut netns_source,
+                    pods: &mut pods,
+                    snapshot: &registry.snapshot(),
+                    node: &node,
+                }).await;
                 release_stale(&mut pods, &mut stale_released, &desired, &failures);
                 report(failures);
             }
@@ -357,6 +388,36 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
     pods.shutdown(settings.drain_timeout).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Listens on the CNI socket, when there is one; its requests arrive on
+/// the returned channel (which never yields without a socket).
+fn start_cni(
+    socket: Option<&std::path::Path>,
+    snapshot: &ztunnel::registry::Snapshot,
+) -> anyhow::Result<tokio::sync::mpsc::Receiver<cni::Incoming>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let Some(path) = socket else {
+        // Kept open: the channel stays pending instead of closing.
+        std::mem::forget(tx);
+        return Ok(rx);
+    };
+    let listener = cni::bind(path)
+        .with_context(|| format!("cannot listen on the CNI socket {}", path.display()))?;
+    enrolled_namespaces(Some(path), snapshot);
+    tracing::info!(socket = %path.display(), "CNI socket ready");
+    tokio::spawn(cni::serve(listener, tx));
+    Ok(rx)
+}
+
+/// Rewrites the enrolled-namespaces file beside the CNI socket.
+fn enrolled_namespaces(socket: Option<&std::path::Path>, snapshot: &ztunnel::registry::Snapshot) {
+    let Some(dir) = socket.and_then(std::path::Path::parent) else {
+        return;
+    };
+    if let Err(error) = cni::write_enrolled_namespaces(dir, snapshot) {
+        tracing::warn!(%error, dir = %dir.display(), "cannot write the enrolled namespaces for the CNI plugin");
+    }
 }
 
 /// The cgroups the capture needs to know.

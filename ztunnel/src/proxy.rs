@@ -9,9 +9,14 @@
 //! the mesh, with secure naming; plain TCP to anything outside it. Inbound, the
 //! HBONE server authenticates the client's SPIFFE identity and connects to the
 //! application from the client's own address.
+//!
+//! Which pods are enrolled, and in which network namespace, is `discover`'s;
+//! `cni` is the socket through which the CNI plugin names a new pod's
+//! namespace before its app starts.
 
 mod accept;
 mod access;
+pub mod cni;
 mod discover;
 mod hbone_inbound;
 mod inbound;

@@ -190,6 +190,17 @@ pub const PROBE_CGROUP_DEFAULT: &str = "system.slice/kubelet.service";
 pub const HOST_PROC_ENV: &str = "AMBIT_HOST_PROC";
 /// Default of [`HOST_PROC_ENV`].
 pub const HOST_PROC_DEFAULT: &str = "/proc";
+/// The unix socket on which the CNI plugin `ambit-cni` asks this ztunnel to
+/// enroll a new pod's network namespace (`proxy::cni`). Kubernetes mode
+/// listens on [`CNI_SOCKET_DEFAULT`] unless this is set (empty: no socket);
+/// local mode only when it is set.
+pub const CNI_SOCKET_ENV: &str = "AMBIT_CNI_SOCKET";
+/// Default of [`CNI_SOCKET_ENV`] in Kubernetes mode (a hostPath the
+/// container runtime's plugin reaches).
+pub const CNI_SOCKET_DEFAULT: &str = "/var/run/ambit/cni.sock";
+/// How long a CNI ADD may wait for its pod to appear in the registry and be
+/// enrolled before it is answered with an error (the plugin waits 30 s).
+pub const CNI_ENROLL_TIMEOUT: Duration = Duration::from_secs(25);
 /// Log line format: `plain` (default) or `json`.
 pub const LOG_FORMAT_ENV: &str = "LOG_FORMAT";
 /// Default of [`LOG_FORMAT_ENV`].
@@ -279,6 +290,8 @@ pub struct Settings {
     pub probe_cgroup: Option<PathBuf>,
     /// See [`HOST_PROC_ENV`].
     pub host_proc: PathBuf,
+    /// See [`CNI_SOCKET_ENV`]: `None` unset, `Some("")` off.
+    pub cni_socket: Option<PathBuf>,
     /// The remote CA ([`CA_ADDRESS_ENV`] and the others): used unless
     /// `--ca-dir` runs one in-process.
     pub ca: crate::identity::remote::RemoteCa,
@@ -341,6 +354,7 @@ impl Settings {
                 Some(v) => Some(PathBuf::from(v)),
             },
             host_proc: PathBuf::from(var(HOST_PROC_ENV).as_deref().unwrap_or(HOST_PROC_DEFAULT)),
+            cni_socket: env.var(CNI_SOCKET_ENV).map(PathBuf::from),
             ca: crate::identity::remote::RemoteCa {
                 address: var(CA_ADDRESS_ENV).unwrap_or_else(|| CA_ADDRESS_DEFAULT.to_owned()),
                 server_name: var(CA_SERVER_NAME_ENV),
@@ -367,6 +381,13 @@ impl Settings {
             (NODE_CGROUP_ENV, &self.node_cgroup),
             (PIN_DIR_ENV, &self.pin_dir),
             (HOST_PROC_ENV, &Some(self.host_proc.clone())),
+            (
+                CNI_SOCKET_ENV,
+                &self
+                    .cni_socket
+                    .clone()
+                    .filter(|p| !p.as_os_str().is_empty()),
+            ),
         ] {
             if let Some(path) = path
                 && !path.is_absolute()
@@ -388,6 +409,16 @@ impl Settings {
             });
         }
         Ok(())
+    }
+
+    /// The CNI socket to listen on: in Kubernetes mode (`kubernetes`) the
+    /// default unless set, in local mode only when set; never when set empty.
+    pub fn cni_socket(&self, kubernetes: bool) -> Option<PathBuf> {
+        match &self.cni_socket {
+            Some(path) if path.as_os_str().is_empty() => None,
+            Some(path) => Some(path.clone()),
+            None => kubernetes.then(|| PathBuf::from(CNI_SOCKET_DEFAULT)),
+        }
     }
 
     /// The bpffs directory of this node's pinned state.
@@ -497,6 +528,7 @@ mod tests {
                 pin_dir: None,
                 probe_cgroup: Some(PathBuf::from("system.slice/kubelet.service")),
                 host_proc: PathBuf::from("/proc"),
+                cni_socket: None,
                 ca: crate::identity::remote::RemoteCa {
                     address: "ambit-ca.ambit-system.svc:15012".into(),
                     server_name: None,

@@ -8,12 +8,21 @@
 //!   cgroup the kubelet made for the pod's uid ([`ProcessScan`]). A pod whose
 //!   processes are not there yet is retried until they are.
 //!
+//! - The CNI plugin (`ambit-cni`, through [`super::cni`]) names it when the
+//!   container runtime creates the pod, before its app starts: the runtime
+//!   made the namespace, so this is trusted in either mode and comes first.
+//!   It also brings the addresses the runtime's plugins gave the pod, used
+//!   until the registry has the pod's own (the kubelet reports them only
+//!   after the CNI ADD returns).
+//!
 //! Either way a pod waits until it has an address: `PodManager` enrolls a
 //! namespace only if it holds the pod's addresses.
 
 use std::{
     collections::{HashMap, HashSet},
     io,
+    net::IpAddr,
+    path::{Path, PathBuf},
 };
 
 use super::LocalPod;
@@ -34,7 +43,14 @@ pub struct Desired {
 
 /// Where the network namespaces of the node's pods come from.
 #[derive(Debug)]
-pub enum NetnsSource {
+pub struct NetnsSource {
+    kind: Kind,
+    /// What the CNI plugin named, by pod uid.
+    cni: HashMap<String, CniNetns>,
+}
+
+#[derive(Debug)]
+enum Kind {
     /// The configuration names them (local file).
     Config,
     /// The pods' own processes, found by their cgroups (Kubernetes).
@@ -43,17 +59,60 @@ pub enum NetnsSource {
         scan: ProcessScan,
         /// What was found, by pod uid, while the pod stays enrolled: the
         /// same path is handed out while it still names the same namespace.
-        found: HashMap<String, (std::path::PathBuf, NetnsId)>,
+        found: HashMap<String, (PathBuf, NetnsId)>,
     },
 }
 
+/// A pod's network namespace as the CNI plugin named it.
+#[derive(Debug, Clone)]
+struct CniNetns {
+    path: PathBuf,
+    id: NetnsId,
+    ips: Vec<IpAddr>,
+}
+
 impl NetnsSource {
+    /// Namespaces from the configuration (local file).
+    pub fn config() -> Self {
+        Self {
+            kind: Kind::Config,
+            cni: HashMap::new(),
+        }
+    }
+
     /// Namespaces from the pods' processes in the procfs `proc`.
-    pub fn processes(proc: &std::path::Path) -> io::Result<Self> {
-        Ok(Self::Processes {
-            scan: ProcessScan::new(proc)?,
-            found: HashMap::new(),
+    pub fn processes(proc: &Path) -> io::Result<Self> {
+        Ok(Self {
+            kind: Kind::Processes {
+                scan: ProcessScan::new(proc)?,
+                found: HashMap::new(),
+            },
+            cni: HashMap::new(),
         })
+    }
+
+    /// Takes the namespace at `path` and the addresses `ips` that the CNI
+    /// plugin gave for the pod `uid`.
+    ///
+    /// # Errors
+    ///
+    /// When `path` cannot be read (it is checked again when enrolling).
+    pub fn set_cni(&mut self, uid: &str, path: &Path, ips: Vec<IpAddr>) -> io::Result<()> {
+        let id = NetnsId::of(path)?;
+        let path = path.to_owned();
+        self.cni.insert(uid.to_owned(), CniNetns { path, id, ips });
+        Ok(())
+    }
+
+    /// Forgets what the CNI plugin said of the pod `uid`; whether it was
+    /// known.
+    pub fn remove_cni(&mut self, uid: &str) -> bool {
+        self.cni.remove(uid).is_some()
+    }
+
+    /// Whether the CNI plugin named the namespace of the pod `uid`.
+    pub fn has_cni(&self, uid: &str) -> bool {
+        self.cni.contains_key(uid)
     }
 
     /// The enrolled pods of `node` in `snapshot`, with their network
@@ -62,11 +121,40 @@ impl NetnsSource {
         let mut desired = Desired::default();
         // A pod without an address yet waits: its namespace is checked
         // against its addresses before it is enrolled.
-        let (enrolled, waiting): (Vec<_>, Vec<_>) =
+        let (mut enrolled, waiting): (Vec<_>, Vec<_>) =
             (snapshot.enrolled_pods(node).into_iter()).partition(|p| !p.ips.is_empty());
-        desired.unresolved = waiting.len();
-        match self {
-            Self::Config => {
+        // Named by the CNI plugin: its namespace and, until the registry has
+        // them, its addresses; the namespace must still be the one named.
+        self.cni
+            .retain(|_, named| NetnsId::of(&named.path).is_ok_and(|now| now == named.id));
+        enrolled.retain(|pod| {
+            let Some(named) = self.cni.get(&pod.uid.to_string()) else {
+                return true;
+            };
+            let mut local = LocalPod::from_enrolled(pod, Some((named.path.clone(), named.id)));
+            if let Some(local) = &mut local
+                && local.ips.is_empty()
+            {
+                local.ips.clone_from(&named.ips);
+            }
+            desired.pods.extend(local);
+            false
+        });
+        for pod in &waiting {
+            match self.cni.get(&pod.uid.to_string()) {
+                Some(named) if !named.ips.is_empty() => {
+                    let mut local =
+                        LocalPod::from_enrolled(pod, Some((named.path.clone(), named.id)));
+                    if let Some(local) = &mut local {
+                        local.ips.clone_from(&named.ips);
+                    }
+                    desired.pods.extend(local);
+                }
+                _ => desired.unresolved += 1,
+            }
+        }
+        match &mut self.kind {
+            Kind::Config => {
                 for pod in &enrolled {
                     match LocalPod::from_enrolled(pod, None) {
                         Some(local) => desired.pods.push(local),
@@ -77,7 +165,7 @@ impl NetnsSource {
                     }
                 }
             }
-            Self::Processes { scan, found } => {
+            Kind::Processes { scan, found } => {
                 let uids: Vec<String> = enrolled.iter().map(|p| p.uid.to_string()).collect();
                 found.retain(|uid, (path, id)| {
                     uids.contains(uid) && NetnsId::of(path).is_ok_and(|now| now == *id)

@@ -157,6 +157,32 @@ impl Snapshot {
             .is_some_and(|ns| ns.labels.get(DATAPLANE_MODE_LABEL) == Some(DATAPLANE_MODE_AMBIENT))
     }
 
+    /// Whether the namespace `name` has `istio.io/dataplane-mode=ambient`.
+    pub fn is_namespace_enrolled(&self, name: &str) -> bool {
+        self.namespaces
+            .get(name)
+            .is_some_and(|ns| ns.labels.get(DATAPLANE_MODE_LABEL) == Some(DATAPLANE_MODE_AMBIENT))
+    }
+
+    /// The names of the enrolled namespaces, sorted.
+    pub fn enrolled_namespaces(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = (self.namespaces.iter())
+            .filter(|(_, ns)| ns.labels.get(DATAPLANE_MODE_LABEL) == Some(DATAPLANE_MODE_AMBIENT))
+            .map(|(name, _)| &**name)
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The pod of `node` whose uid is `uid`.
+    pub fn pod_by_uid(&self, node: &str, uid: &str) -> Option<&Arc<Workload>> {
+        let mine = |w: &&Arc<Workload>| &*w.node == node && w.uid.to_string() == uid;
+        if self.node.as_deref() == Some(node) {
+            return self.local.values().find(mine);
+        }
+        self.workloads.values().find(mine)
+    }
+
     /// The enrolled pods of `node`, sorted by namespace and name. Fast for the
     /// registry's own node; other nodes need a scan.
     pub fn enrolled_pods(&self, node: &str) -> Vec<EnrolledPod> {
