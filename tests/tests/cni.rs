@@ -314,3 +314,101 @@ fn a_pod_created_through_cni_is_captured_from_its_first_connection() {
     );
     plain.del(legacy, "plain", Some(&result));
 }
+
+/// The pod object as the API server has it when the runtime runs the CNI
+/// chain: scheduled on its node, no address yet (the kubelet reports the
+/// addresses only after ADD returns).
+fn pending_pod(bed: &Testbed, name: &str) -> k8s_openapi::api::core::v1::Pod {
+    let p = bed.pod(name);
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "demo", "uid": p.uid()},
+        "spec": {"nodeName": p.node(), "serviceAccountName": name,
+                 "containers": [{"name": "app", "image": "app"}]},
+        "status": {"phase": "Pending"},
+    }))
+    .expect("a pod")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_kubernetes_mode_a_new_pod_is_captured_before_the_api_knows_its_address() {
+    if !privileged("in_kubernetes_mode_a_new_pod_is_captured_before_the_api_knows_its_address") {
+        return;
+    }
+    let bed = Testbed::builder("cni_kube")
+        .node("a")
+        .node("b")
+        .bare_pod("web", "a")
+        .pod("server", "b")
+        .build()
+        .expect("testbed builds");
+    // The API server listens inside node a's namespace, on its fabric
+    // address, where both nodes' ztunnels and the mesh CA reach it.
+    let node_a = bed.node("a").ipv4();
+    let listener = ztunnel::capture::in_netns(&bed.node("a").netns_path(), move || {
+        std::net::TcpListener::bind((node_a, 0))
+    })
+    .expect("enter node a")
+    .expect("listen");
+    let api = ambit_tests::apiserver::ApiServer::start_on(listener).expect("API server");
+    let kubeconfig = bed.workdir().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).expect("kubeconfig written");
+    let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "demo", "labels": {"istio.io/dataplane-mode": "ambient"}},
+    }))
+    .expect("a namespace");
+    api.create(&ns).expect("namespace created");
+    let server = bed.pod("server");
+    let running: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "server", "namespace": "demo", "uid": server.uid()},
+        "spec": {"nodeName": server.node(), "serviceAccountName": "server",
+                 "containers": [{"name": "app", "image": "app"}]},
+        "status": {"phase": "Running", "podIP": server.ipv4().to_string(),
+                   "podIPs": [{"ip": server.ipv4().to_string()}, {"ip": server.ipv6().to_string()}],
+                   "conditions": [{"type": "Ready", "status": "True"}]},
+    }))
+    .expect("a pod");
+    api.create(&running).expect("server created");
+    api.create(&pending_pod(&bed, "web")).expect("web created");
+
+    let options = ZtunnelOptions::default();
+    let (bed_ref, kube_ref) = (&bed, &kubeconfig);
+    let (zt_a, zt_b) = tokio::task::block_in_place(|| {
+        let a = Ztunnel::start_kubernetes(bed_ref, "a", kube_ref, &options).expect("ztunnel a");
+        let b = Ztunnel::start_kubernetes(bed_ref, "b", kube_ref, &options).expect("ztunnel b");
+        (a, b)
+    });
+    // Kubernetes mode listens for the plugin without being told to; the
+    // testbed gives each node a socket of its own.
+    let socket = bed.workdir().join("cni-a").join("cni.sock");
+    let enrolled = std::fs::read_to_string(socket.with_file_name("enrolled-namespaces"))
+        .expect("ztunnel lists the enrolled namespaces beside its socket");
+    assert!(enrolled.lines().any(|l| l == "demo"), "{enrolled}");
+
+    tokio::task::block_in_place(|| {
+        let web = bed.pod("web");
+        let runtime = Runtime::new(&bed, "a", web, &socket);
+        let result = runtime
+            .add(web, "demo")
+            .unwrap_or_else(|out| panic!("ADD failed: {out:?}\nztunnel a:\n{}", zt_a.stderr()));
+        let _echo = start_server(&bed, "server", "echo", "[::]:7000");
+        let dst = SocketAddr::from((server.ipv4(), 7000));
+        let reply = send(&bed, "web", dst, "early")
+            .unwrap_or_else(|e| panic!("web reaches server: {e}\nztunnel a:\n{}", zt_a.stderr()));
+        assert!(reply.contains("early"), "{reply}");
+        let inbound = zt_b
+            .wait_for_log(WAIT, |l| {
+                l["target"] == "access" && l["dst.addr"] == dst.to_string()
+            })
+            .unwrap_or_else(|e| panic!("node b logged the connection: {e}"));
+        assert_eq!(inbound["mode"], "hbone", "{inbound}");
+        assert_eq!(
+            inbound["src.identity"], "spiffe://cluster.local/ns/demo/sa/web",
+            "{inbound}"
+        );
+        runtime.del(web, "demo", Some(&result));
+    });
+    drop(api);
+}
