@@ -107,6 +107,25 @@ impl ApiServer {
         Self::serve_on(listener, Duration::from_secs(1))
     }
 
+    /// A server inside node `node`'s network namespace, on its fabric
+    /// address (where every node's ztunnel and the mesh CA reach it), and
+    /// the path of a kubeconfig for it written in the testbed's workdir.
+    pub fn start_in_node(
+        bed: &crate::Testbed,
+        node: &str,
+    ) -> Result<(Self, std::path::PathBuf), Error> {
+        let address = bed.node(node).ipv4();
+        let listener = ztunnel::capture::in_netns(&bed.node(node).netns_path(), move || {
+            std::net::TcpListener::bind((address, 0))
+        })
+        .map_err(|e| Error::Listen(std::io::Error::other(e)))?
+        .map_err(Error::Listen)?;
+        let server = Self::start_on(listener)?;
+        let kubeconfig = bed.workdir().join("kubeconfig");
+        std::fs::write(&kubeconfig, server.kubeconfig()).map_err(Error::Listen)?;
+        Ok((server, kubeconfig))
+    }
+
     fn serve_on(listener: TcpListener, bookmark_interval: Duration) -> Result<Self, Error> {
         let addr = listener.local_addr().map_err(Error::Listen)?;
         let shared = Arc::new(Shared {

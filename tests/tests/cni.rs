@@ -202,6 +202,30 @@ fn pod_addresses(bed: &Testbed, pod: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `web` sends `message` to `server`'s echo on port 7000; it must come back,
+/// and node b's ztunnel must have taken it over HBONE with web's identity.
+fn arrives_over_hbone_as_web(
+    bed: &Testbed,
+    (zt_a, zt_b): (&Ztunnel, &Ztunnel),
+    server: &Pod,
+    message: &str,
+) {
+    let dst = SocketAddr::from((server.ipv4(), 7000));
+    let reply = send(bed, "web", dst, message)
+        .unwrap_or_else(|e| panic!("web reaches server: {e}\nztunnel a:\n{}", zt_a.stderr()));
+    assert!(reply.contains(message), "{reply}");
+    let inbound = zt_b
+        .wait_for_log(WAIT, |l| {
+            l["target"] == "access" && l["dst.addr"] == dst.to_string()
+        })
+        .unwrap_or_else(|e| panic!("node b logged the connection: {e}"));
+    assert_eq!(inbound["mode"], "hbone", "{inbound}");
+    assert_eq!(
+        inbound["src.identity"], "spiffe://cluster.local/ns/demo/sa/web",
+        "{inbound}"
+    );
+}
+
 #[test]
 fn a_pod_created_through_cni_is_captured_from_its_first_connection() {
     if !privileged("a_pod_created_through_cni_is_captured_from_its_first_connection") {
@@ -254,20 +278,7 @@ fn a_pod_created_through_cni_is_captured_from_its_first_connection() {
 
     // The very first connection of the pod is captured: it arrives over
     // HBONE with web's identity.
-    let dst = SocketAddr::from((server.ipv4(), 7000));
-    let reply = send(&bed, "web", dst, "first")
-        .unwrap_or_else(|e| panic!("web reaches server: {e}\nztunnel a:\n{}", zt_a.stderr()));
-    assert!(reply.contains("first"), "{reply}");
-    let inbound = zt_b
-        .wait_for_log(WAIT, |l| {
-            l["target"] == "access" && l["dst.addr"] == dst.to_string()
-        })
-        .unwrap_or_else(|e| panic!("node b logged the connection: {e}"));
-    assert_eq!(inbound["mode"], "hbone", "{inbound}");
-    assert_eq!(
-        inbound["src.identity"], "spiffe://cluster.local/ns/demo/sa/web",
-        "{inbound}"
-    );
+    arrives_over_hbone_as_web(&bed, (&zt_a, &zt_b), server, "first");
 
     // CHECK: every plugin agrees the pod is as it should be.
     for out in runtime.check(web, "demo", &result) {
@@ -342,17 +353,8 @@ async fn in_kubernetes_mode_a_new_pod_is_captured_before_the_api_knows_its_addre
         .pod("server", "b")
         .build()
         .expect("testbed builds");
-    // The API server listens inside node a's namespace, on its fabric
-    // address, where both nodes' ztunnels and the mesh CA reach it.
-    let node_a = bed.node("a").ipv4();
-    let listener = ztunnel::capture::in_netns(&bed.node("a").netns_path(), move || {
-        std::net::TcpListener::bind((node_a, 0))
-    })
-    .expect("enter node a")
-    .expect("listen");
-    let api = ambit_tests::apiserver::ApiServer::start_on(listener).expect("API server");
-    let kubeconfig = bed.workdir().join("kubeconfig");
-    std::fs::write(&kubeconfig, api.kubeconfig()).expect("kubeconfig written");
+    let (api, kubeconfig) =
+        ambit_tests::apiserver::ApiServer::start_in_node(&bed, "a").expect("API server");
     let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": "demo", "labels": {"istio.io/dataplane-mode": "ambient"}},
@@ -394,20 +396,7 @@ async fn in_kubernetes_mode_a_new_pod_is_captured_before_the_api_knows_its_addre
             .add(web, "demo")
             .unwrap_or_else(|out| panic!("ADD failed: {out:?}\nztunnel a:\n{}", zt_a.stderr()));
         let _echo = start_server(&bed, "server", "echo", "[::]:7000");
-        let dst = SocketAddr::from((server.ipv4(), 7000));
-        let reply = send(&bed, "web", dst, "early")
-            .unwrap_or_else(|e| panic!("web reaches server: {e}\nztunnel a:\n{}", zt_a.stderr()));
-        assert!(reply.contains("early"), "{reply}");
-        let inbound = zt_b
-            .wait_for_log(WAIT, |l| {
-                l["target"] == "access" && l["dst.addr"] == dst.to_string()
-            })
-            .unwrap_or_else(|e| panic!("node b logged the connection: {e}"));
-        assert_eq!(inbound["mode"], "hbone", "{inbound}");
-        assert_eq!(
-            inbound["src.identity"], "spiffe://cluster.local/ns/demo/sa/web",
-            "{inbound}"
-        );
+        arrives_over_hbone_as_web(&bed, (&zt_a, &zt_b), server, "early");
         runtime.del(web, "demo", Some(&result));
     });
     drop(api);

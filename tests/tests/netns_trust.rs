@@ -77,17 +77,7 @@ async fn kubernetes_pods_are_enrolled_by_their_own_namespace_never_the_one_their
         return;
     }
     let bed = bed("kube_netns");
-    // The API server listens inside node a's namespace, on its fabric
-    // address, where both nodes' ztunnels reach it.
-    let node_a = bed.node("a").ipv4();
-    let listener = ztunnel::capture::in_netns(&bed.node("a").netns_path(), move || {
-        std::net::TcpListener::bind((node_a, 0))
-    })
-    .expect("enter node a")
-    .expect("listen");
-    let server = ApiServer::start_on(listener).expect("the API server starts");
-    let kubeconfig = bed.workdir().join("kubeconfig");
-    std::fs::write(&kubeconfig, server.kubeconfig()).expect("kubeconfig written");
+    let (server, kubeconfig) = ApiServer::start_in_node(&bed, "a").expect("the API server starts");
 
     let ns: Namespace = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Namespace",

@@ -327,7 +327,8 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
     let shutdown = wait_for_shutdown();
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
+        // What woke the loop; a new configuration is reported once applied.
+        let applied = tokio::select! {
             result = &mut shutdown => {
                 result.context("cannot wait for signals")?;
                 break;
@@ -340,45 +341,33 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
                 mesh.update_policies(&snapshot);
                 metrics.observe_snapshot(&snapshot);
                 enrolled_namespaces(cni_socket.as_deref(), &snapshot);
-                let failures;
-                (desired, failures) = enrollments.settle(cni::Context {
-                    netns: &mut netns_source,
-                    pods: &mut pods,
-                    snapshot: &snapshot,
-                    node: &node,
-                }).await;
-                release_stale(&mut pods, &mut stale_released, &desired, &failures);
-                report(failures);
-                // From here on, new connections see this generation.
-                tracing::info!(generation = snapshot.generation(), "configuration applied");
+                Some(snapshot.generation())
             }
             // The CNI plugin names a new pod's namespace.
             Some(request) = cni_requests.recv() => {
                 enrollments.push(request, settings::CNI_ENROLL_TIMEOUT);
-                let failures;
-                (desired, failures) = enrollments.settle(cni::Context {
-                    netns: &mut netns_source,
-                    pods: &mut pods,
-                    snapshot: &registry.snapshot(),
-                    node: &node,
-                }).await;
-                report(failures);
+                None
             }
             // Pods whose namespace is not known yet (their processes have not
             // started), and CNI requests whose pod is not known yet, are
             // looked at again.
             () = tokio::time::sleep(settings::POD_NETNS_RETRY),
-                if desired.unresolved > 0 || enrollments.is_waiting() => {
-                let failures;
-                (desired, failures) = enrollments.settle(cni::Context {
-                    netns: &mut netns_source,
-                    pods: &mut pods,
-                    snapshot: &registry.snapshot(),
-                    node: &node,
-                }).await;
-                release_stale(&mut pods, &mut stale_released, &desired, &failures);
-                report(failures);
-            }
+                if desired.unresolved > 0 || enrollments.is_waiting() => None,
+        };
+        let failures;
+        (desired, failures) = enrollments
+            .settle(cni::Context {
+                netns: &mut netns_source,
+                pods: &mut pods,
+                snapshot: &registry.snapshot(),
+                node: &node,
+            })
+            .await;
+        release_stale(&mut pods, &mut stale_released, &desired, &failures);
+        report(failures);
+        if let Some(generation) = applied {
+            // From here on, new connections see this generation.
+            tracing::info!(generation, "configuration applied");
         }
     }
     tracing::info!(
