@@ -225,12 +225,23 @@ fn plan_config(dir: &Path, socket: &str) -> Result<ConfigPlan, Error> {
     let destination = if is_single_plugin(&source, &config) {
         let conflist = source.with_extension("conflist");
         if conflist.exists() {
-            return Err(Error::ConflistExists {
-                conf: source,
-                conflist,
-            });
+            // An earlier install converted this config and stopped before it
+            // removed it: finish that (the runtime would keep reading the
+            // `.conf`, which sorts first). Any other conflist of that name is
+            // not ours to overwrite.
+            let existing = read_object(&conflist)?;
+            let chained = (existing.get("plugins").and_then(Value::as_array))
+                .is_some_and(|plugins| plugins.iter().any(is_ours));
+            if !chained {
+                return Err(Error::ConflistExists {
+                    conf: source,
+                    conflist,
+                });
+            }
+            config = existing;
+        } else {
+            config = to_conflist(&source, config)?;
         }
-        config = to_conflist(&source, config)?;
         conflist
     } else {
         source.clone()

@@ -285,8 +285,21 @@ fn a_pod_created_through_cni_is_captured_from_its_first_connection() {
         assert!(out.success, "CHECK: {out:?}");
     }
 
-    // DEL: unenrolled, and the link is gone.
+    // DEL: unenrolled (its namespace leaves the pinned enrollment map), and
+    // the link is gone.
+    let cookie = ztunnel::capture::netns_cookie(&web.netns_path()).expect("web's cookie");
+    let pinned = || ztunnel::capture::pinned_enrollment(bed.node("a").pin_dir()).expect("map");
+    assert!(pinned().contains(&cookie), "web is enrolled before DEL");
     runtime.del(web, "demo", Some(&result));
+    let deadline = std::time::Instant::now() + WAIT;
+    while pinned().contains(&cookie) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "web is still enrolled after DEL\n{}",
+            zt_a.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     zt_a.wait_for_log(WAIT, |l| {
         l["message"] == "CNI request: not enrolled"
             && l["pod"] == "demo/web"

@@ -309,15 +309,20 @@ fn jwt_and_l7_policy_decide_http1_http2_and_grpc_requests() {
         world.waypoint.stderr()
     );
 
-    // The access log says who asked and why it was decided so.
-    let logs = world.waypoint.request_logs();
+    // The access log says who asked and why it was decided so (a line is
+    // written as its response ends, which may be just after the client has
+    // it: wait for it).
     let find = |what: &str, pred: &dyn Fn(&Value) -> bool| {
-        logs.iter().find(|l| pred(l)).cloned().unwrap_or_else(|| {
-            panic!(
-                "no access log line for {what}:\n{}",
-                world.waypoint.stderr()
-            )
-        })
+        (world.waypoint)
+            .wait_for_log(Duration::from_secs(5), |l| {
+                l["target"] == "access" && l["message"] == "request" && pred(l)
+            })
+            .unwrap_or_else(|e| {
+                panic!(
+                    "no access log line for {what} ({e}):\n{}",
+                    world.waypoint.stderr()
+                )
+            })
     };
     let admin = find("the admin's HTTP/2 POST", &|l| {
         l["method"] == "POST"
@@ -823,9 +828,15 @@ fn conflicting_framing_never_lets_a_hidden_request_through() {
         failures.join("\n"),
         world.waypoint.stderr()
     );
-    let logs = world.waypoint.request_logs();
     // Each refusal is logged with its reason.
     // (Two different lengths are hyper's own 400, before any handler.)
+    for path in ["/api/a", "/api/c"] {
+        let refusal = world.waypoint.wait_for_log(Duration::from_secs(5), |l| {
+            l["target"] == "access" && l["path"] == path && l["decision"] == "invalid"
+        });
+        assert!(refusal.is_ok(), "no refusal logged for {path}");
+    }
+    let logs = world.waypoint.request_logs();
     for path in ["/api/a", "/api/c"] {
         assert!(
             logs.iter().any(|l| l["path"] == path

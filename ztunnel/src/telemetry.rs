@@ -3,8 +3,10 @@
 //! `RUST_LOG` selects what is logged (default `info`), `LOG_FORMAT` how.
 //!
 //! Lines are formatted on the thread that logs and appended to a buffer in
-//! memory; a writer thread wakes when the buffer stops being empty, lets
-//! lines gather for [`LINGER`], and writes them to stderr in one `write(2)`.
+//! memory; a writer thread wakes when the buffer stops being empty, writes
+//! what is there to stderr in one `write(2)`, then rests for [`LINGER`]
+//! while the next lines gather (a line logged at rest leaves at once; under
+//! load, one write per [`LINGER`]).
 //! An access line per request or connection thus costs its formatting and a
 //! copy under a lock, not a system call and the wake-up of whatever reads
 //! stderr (measured at the waypoint: a write and a channel wake-up per line,
@@ -25,7 +27,7 @@ use tracing_subscriber::{EnvFilter, fmt, fmt::MakeWriter};
 
 use crate::settings::LogFormat;
 
-/// How long the writer thread lets lines gather after the first one.
+/// How long the writer thread rests after a write, letting lines gather.
 pub const LINGER: Duration = Duration::from_millis(5);
 
 /// Bytes of lines that may wait before the thread that logs writes them.
@@ -131,13 +133,11 @@ impl Batched {
                         }
                         state.closed
                     };
-                    if !closed {
-                        std::thread::sleep(LINGER);
-                    }
                     shared.write_out(&mut spare);
                     if closed {
                         return;
                     }
+                    std::thread::sleep(LINGER);
                 }
             })
     }

@@ -277,6 +277,20 @@ fn install_refuses_to_overwrite_a_conflist_when_converting() {
 }
 
 #[test]
+fn an_interrupted_conversion_is_finished_by_the_next_install() {
+    let node = Node::new();
+    let conf = json!({"cniVersion": "1.0.0", "name": "n", "type": "bridge"});
+    node.write("10-bridge.conf", &conf);
+    node.install().expect("install");
+    // As if the first install had died between its rename and its removal.
+    node.write("10-bridge.conf", &conf);
+    node.install()
+        .expect("the next install finishes the conversion");
+    assert!(!node.conf("10-bridge.conf").exists(), "the .conf is gone");
+    assert_eq!(ambit_entries(&node.read("10-bridge.conflist")).len(), 1);
+}
+
+#[test]
 fn uninstall_removes_the_entries_and_the_binary() {
     let node = Node::new();
     node.write("10-bridge.conflist", &bridge_conflist());

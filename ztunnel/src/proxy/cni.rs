@@ -19,8 +19,13 @@
 //! root reaches), so what it names is trusted: the runtime created that
 //! namespace. Which pod it is, and whether it is in the mesh, still comes
 //! from the registry: an ADD waits (up to `settings::CNI_ENROLL_TIMEOUT`)
-//! for its pod, by uid, to appear on this node; a pod whose namespace is not
-//! enrolled is answered at once. Beside the socket, `enrolled-namespaces`
+//! for its pod, by uid, to appear on this node (the pod watch may lag the
+//! kubelet), then is answered at once for a pod outside the mesh. Entries
+//! are per sandbox (the runtime's container id): a recreated sandbox's ADD
+//! replaces the old one's namespace, a late DEL of the old sandbox leaves the
+//! new one alone and fails the old one's ADDs that still wait, and an ADD is
+//! answered `enrolled` only when its own sandbox's namespace is the one
+//! enrolled. Beside the socket, `enrolled-namespaces`
 //! lists the enrolled namespaces, rewritten on every configuration change,
 //! so that the plugin can refuse a pod of the mesh when ztunnel is down
 //! (fail closed) and let the others start.
@@ -242,7 +247,8 @@ pub struct Context<'a> {
 
 impl Enrollments {
     /// Takes a new request, to be answered by the next [`Self::settle`]
-    /// (within `timeout`).
+    /// (within `timeout`). A DEL first fails the ADDs of its sandbox that
+    /// still wait: the sandbox they would enroll is gone.
     pub fn push(&mut self, (request, reply): Incoming, timeout: Duration) {
         tracing::info!(
             command = ?request.command,
@@ -252,6 +258,21 @@ impl Enrollments {
             container = request.container_id.as_str(),
             "CNI request"
         );
+        if request.command == Command::Del {
+            let (gone, kept) =
+                std::mem::take(&mut self.waiting)
+                    .into_iter()
+                    .partition(|(waiting, _, _)| {
+                        waiting.command == Command::Add
+                            && waiting.pod.uid == request.pod.uid
+                            && waiting.container_id == request.container_id
+                    });
+            self.waiting = kept;
+            for (waiting, reply, _) in gone {
+                let error = "the sandbox was deleted before the pod was enrolled".to_owned();
+                answer_with(&waiting, reply, Reply::Error(error));
+            }
+        }
         self.waiting
             .push((request, reply, Instant::now() + timeout));
     }
@@ -264,9 +285,14 @@ impl Enrollments {
     /// Applies what the waiting requests say, reconciles the enrolled pods
     /// with the registry, and answers every request that can be answered.
     /// Returns what was reconciled to, and the failures of the reconcile.
-    pub async fn settle(&mut self, ctx: Context<'_>) -> (Desired, Vec<(String, super::Error)>) {
+    pub async fn settle(&mut self, mut ctx: Context<'_>) -> (Desired, Vec<(String, super::Error)>) {
         let mut open = Vec::new();
         for (request, reply, deadline) in std::mem::take(&mut self.waiting) {
+            // The plugin gave up (its own timeout): the runtime tears the
+            // sandbox down and sends DEL.
+            if reply.is_closed() {
+                continue;
+            }
             match prepare(&request, ctx.netns, ctx.snapshot, ctx.node) {
                 Some(answer) => answer_with(&request, reply, answer),
                 None => open.push((request, reply, deadline)),
@@ -276,40 +302,67 @@ impl Enrollments {
         let failures = ctx.pods.reconcile(&desired.pods).await;
         let now = Instant::now();
         for (request, reply, deadline) in open {
-            let uid = request.pod.uid.as_str();
-            let enrolled = ctx.pods.enrolled().any(|u| u == uid);
-            let answer = if request.command == Command::Check {
-                let in_mesh = (ctx.snapshot.pod_by_uid(ctx.node, uid))
-                    .is_some_and(|w| ctx.snapshot.is_enrolled(w));
-                Some(match (enrolled, in_mesh) {
-                    (true, _) => Reply::Enrolled,
-                    (false, true) => Reply::Error(format!(
-                        "pod {}/{} is in the mesh but not captured",
-                        request.pod.namespace, request.pod.name
-                    )),
-                    (false, false) => Reply::NotEnrolled("not in the mesh".to_owned()),
-                })
-            } else if enrolled {
-                Some(Reply::Enrolled)
-            } else if let Some((_, error)) = failures.iter().find(|(u, _)| u == uid) {
-                ctx.netns.remove_cni(uid);
-                Some(Reply::Error(crate::config::ErrorChain(error).to_string()))
-            } else if now >= deadline {
-                ctx.netns.remove_cni(uid);
-                Some(Reply::Error(format!(
-                    "pod {}/{} (uid {uid}) was not enrolled in time: ztunnel has not seen it on node {} yet",
-                    request.pod.namespace, request.pod.name, ctx.node
-                )))
-            } else {
-                None
-            };
-            match answer {
+            match conclude(&request, &mut ctx, &failures, now >= deadline) {
                 Some(answer) => answer_with(&request, reply, answer),
                 None => self.waiting.push((request, reply, deadline)),
             }
         }
         (desired, failures)
     }
+}
+
+/// The answer to `request` after the reconcile, if there is one yet; with
+/// `expired`, there must be.
+fn conclude(
+    request: &Request,
+    ctx: &mut Context<'_>,
+    failures: &[(String, super::Error)],
+    expired: bool,
+) -> Option<Reply> {
+    let pod = &request.pod;
+    let uid = pod.uid.as_str();
+    let name = format!("{}/{}", pod.namespace, pod.name);
+    let enrolled = ctx.pods.enrolled().any(|u| u == uid);
+    let sandbox = ctx.netns.cni_sandbox(uid);
+    let ours = sandbox == Some(request.container_id.as_str());
+    let known = ctx.snapshot.pod_by_uid(ctx.node, uid);
+    if request.command == Command::Check {
+        let in_mesh = known.is_some_and(|w| ctx.snapshot.is_enrolled(w));
+        return Some(match (enrolled && (ours || sandbox.is_none()), in_mesh) {
+            (true, _) => Reply::Enrolled,
+            (false, true) => Reply::Error(format!("pod {name} is in the mesh but not captured")),
+            (false, false) => Reply::NotEnrolled("not in the mesh".to_owned()),
+        });
+    }
+    if known.is_some() && !ours {
+        return Some(Reply::Error(format!(
+            "pod {name}: sandbox {} was replaced by {} before it was enrolled",
+            request.container_id,
+            sandbox.unwrap_or("none")
+        )));
+    }
+    if enrolled && ours {
+        return Some(Reply::Enrolled);
+    }
+    if let Some((_, error)) = failures.iter().find(|(u, _)| u == uid) {
+        ctx.netns.remove_cni(uid, &request.container_id);
+        return Some(Reply::Error(crate::config::ErrorChain(error).to_string()));
+    }
+    if !expired {
+        return None;
+    }
+    ctx.netns.remove_cni(uid, &request.container_id);
+    Some(match known {
+        // Never seen: in the mesh only if its namespace is.
+        None if !ctx.snapshot.is_namespace_enrolled(&pod.namespace) => {
+            Reply::NotEnrolled(format!("namespace {} is not enrolled", pod.namespace))
+        }
+        None => Reply::Error(format!(
+            "pod {name} (uid {uid}) is not on node {} in ztunnel's configuration yet",
+            ctx.node
+        )),
+        Some(_) => Reply::Error(format!("pod {name} was not enrolled in time")),
+    })
 }
 
 /// Applies `request` to `netns`; its answer when known before reconciling.
@@ -320,45 +373,40 @@ fn prepare(
     node: &str,
 ) -> Option<Reply> {
     let pod = &request.pod;
-    let known = snapshot.pod_by_uid(node, &pod.uid);
+    let name = format!("{}/{}", pod.namespace, pod.name);
     match request.command {
-        Command::Del => {
-            netns.remove_cni(&pod.uid);
-            Some(Reply::NotEnrolled("unenrolled".to_owned()))
-        }
+        Command::Del => Some(if netns.remove_cni(&pod.uid, &request.container_id) {
+            Reply::NotEnrolled("unenrolled".to_owned())
+        } else {
+            Reply::NotEnrolled("no enrollment of this sandbox".to_owned())
+        }),
         // Answered after the reconcile, from what is enrolled then.
         Command::Check => None,
         Command::Add => {
-            if !snapshot.is_namespace_enrolled(&pod.namespace) {
-                return Some(Reply::NotEnrolled(format!(
-                    "namespace {} is not enrolled",
-                    pod.namespace
-                )));
-            }
-            if let Some(workload) = known
-                && !snapshot.is_enrolled(workload)
-            {
-                return Some(Reply::NotEnrolled(format!(
-                    "pod {}/{} opts out of the mesh",
-                    pod.namespace, pod.name
-                )));
-            }
-            if known.is_some_and(|w| w.namespace.as_str() != pod.namespace || *w.name != *pod.name)
-            {
+            // Not known yet (the pod watch lags the kubelet): wait, even if
+            // its namespace looks unenrolled, since that may lag too.
+            let workload = snapshot.pod_by_uid(node, &pod.uid)?;
+            if workload.namespace.as_str() != pod.namespace || *workload.name != *pod.name {
                 return Some(Reply::Error(format!(
-                    "uid {} belongs to another pod than {}/{}",
-                    pod.uid, pod.namespace, pod.name
+                    "uid {} belongs to another pod than {name}",
+                    pod.uid
                 )));
             }
-            if !netns.has_cni(&pod.uid)
-                && let Err(error) = netns.set_cni(&pod.uid, &request.netns, request.ips.clone())
-            {
-                return Some(Reply::Error(format!(
+            if !snapshot.is_enrolled(workload) {
+                return Some(Reply::NotEnrolled(format!("pod {name} is not in the mesh")));
+            }
+            match netns.set_cni(
+                &pod.uid,
+                &request.container_id,
+                &request.netns,
+                request.ips.clone(),
+            ) {
+                Ok(_) => None,
+                Err(error) => Some(Reply::Error(format!(
                     "cannot open the network namespace {}: {error}",
                     request.netns.display()
-                )));
+                ))),
             }
-            None
         }
     }
 }
@@ -383,6 +431,126 @@ fn answer_with(request: &Request, reply: oneshot::Sender<Reply>, answer: Reply) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::file::test_registry;
+
+    const MESH: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: plain}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, uid: uid-web}
+spec: {nodeName: node-a, containers: [{name: app, image: app}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: legacy, namespace: plain, uid: uid-legacy}
+spec: {nodeName: node-a, containers: [{name: app, image: app}]}
+";
+
+    fn request(command: Command, name: &str, uid: &str, sandbox: &str, netns: &Path) -> Request {
+        let namespace = if name == "legacy" { "plain" } else { "shop" };
+        Request {
+            command,
+            pod: PodRef {
+                namespace: namespace.into(),
+                name: name.into(),
+                uid: uid.into(),
+            },
+            netns: netns.to_owned(),
+            container_id: sandbox.into(),
+            ips: vec!["198.18.1.10".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn sandboxes_of_one_pod_do_not_undo_each_other() {
+        let registry = test_registry(MESH).unwrap();
+        let snapshot = registry.snapshot();
+        // Two files stand for two namespaces (only their identity matters).
+        let dir = std::env::temp_dir().join(format!("ambit-cni-sandboxes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (old_ns, new_ns) = (dir.join("ns-1"), dir.join("ns-2"));
+        std::fs::write(&old_ns, b"").unwrap();
+        std::fs::write(&new_ns, b"").unwrap();
+        let mut netns = NetnsSource::config();
+        let prep = |netns: &mut NetnsSource, r: &Request| prepare(r, netns, &snapshot, "node-a");
+
+        // ADD of sandbox s1 names its namespace and waits for the reconcile.
+        let add1 = request(Command::Add, "web", "uid-web", "s1", &old_ns);
+        assert_eq!(prep(&mut netns, &add1), None);
+        assert_eq!(netns.cni_sandbox("uid-web"), Some("s1"));
+        // The pod's sandbox is recreated: s2's ADD replaces s1's entry.
+        let add2 = request(Command::Add, "web", "uid-web", "s2", &new_ns);
+        assert_eq!(prep(&mut netns, &add2), None);
+        assert_eq!(netns.cni_sandbox("uid-web"), Some("s2"));
+        // A late DEL of s1 leaves s2 enrolled.
+        let del1 = request(Command::Del, "web", "uid-web", "s1", &old_ns);
+        assert_eq!(
+            prep(&mut netns, &del1),
+            Some(Reply::NotEnrolled("no enrollment of this sandbox".into()))
+        );
+        assert_eq!(netns.cni_sandbox("uid-web"), Some("s2"));
+        // s2's own DEL removes it.
+        let del2 = request(Command::Del, "web", "uid-web", "s2", &new_ns);
+        assert_eq!(
+            prep(&mut netns, &del2),
+            Some(Reply::NotEnrolled("unenrolled".into()))
+        );
+        assert_eq!(netns.cni_sandbox("uid-web"), None);
+
+        // A pod outside the mesh is answered at once and names nothing.
+        let legacy = request(Command::Add, "legacy", "uid-legacy", "s9", &old_ns);
+        assert!(matches!(
+            prep(&mut netns, &legacy),
+            Some(Reply::NotEnrolled(_))
+        ));
+        assert_eq!(netns.cni_sandbox("uid-legacy"), None);
+        // A pod the registry does not have yet waits (its namespace may lag).
+        let unknown = request(Command::Add, "web", "uid-later", "s3", &old_ns);
+        assert_eq!(prep(&mut netns, &unknown), None);
+        assert_eq!(netns.cni_sandbox("uid-later"), None);
+        // A uid under another pod's name is refused.
+        let mut liar = request(Command::Add, "web", "uid-legacy", "s4", &old_ns);
+        liar.pod.namespace = "shop".into();
+        assert!(matches!(prep(&mut netns, &liar), Some(Reply::Error(_))));
+        // A namespace file that is not there is an error, not a wait.
+        let missing = request(Command::Add, "web", "uid-web", "s5", &dir.join("gone"));
+        assert!(matches!(prep(&mut netns, &missing), Some(Reply::Error(e)) if e.contains("gone")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_del_fails_the_adds_of_its_sandbox_that_still_wait() {
+        let mut enrollments = Enrollments::default();
+        let path = Path::new("/nonexistent");
+        let (tx1, mut rx1) = oneshot::channel();
+        let (tx2, mut rx2) = oneshot::channel();
+        let (tx3, _rx3) = oneshot::channel();
+        enrollments.push(
+            (request(Command::Add, "web", "uid-web", "s1", path), tx1),
+            READ_TIMEOUT,
+        );
+        enrollments.push(
+            (request(Command::Add, "web", "uid-web", "s2", path), tx2),
+            READ_TIMEOUT,
+        );
+        enrollments.push(
+            (request(Command::Del, "web", "uid-web", "s1", path), tx3),
+            READ_TIMEOUT,
+        );
+        assert!(
+            matches!(rx1.try_recv(), Ok(Reply::Error(e)) if e.contains("deleted")),
+            "s1's ADD is failed by s1's DEL"
+        );
+        assert!(rx2.try_recv().is_err(), "s2's ADD still waits");
+        assert_eq!(enrollments.waiting.len(), 2, "s2's ADD and the DEL");
+    }
 
     #[test]
     fn replies_are_the_lines_the_plugin_reads() {

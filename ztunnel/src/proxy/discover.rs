@@ -47,6 +47,8 @@ pub struct NetnsSource {
     kind: Kind,
     /// What the CNI plugin named, by pod uid.
     cni: HashMap<String, CniNetns>,
+    /// The host's procfs, when it is not ztunnel's `/proc`.
+    proc: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -63,12 +65,24 @@ enum Kind {
     },
 }
 
-/// A pod's network namespace as the CNI plugin named it.
+/// A pod's network namespace as the CNI plugin named it, for one sandbox.
 #[derive(Debug, Clone)]
 struct CniNetns {
+    /// The runtime's sandbox id: a DEL removes only its own sandbox's entry.
+    sandbox: String,
     path: PathBuf,
     id: NetnsId,
+    /// Sorted, so that the same set compares equal however it was listed.
     ips: Vec<IpAddr>,
+}
+
+/// What [`NetnsSource::set_cni`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CniSet {
+    /// A new entry, or one that replaced an older sandbox's.
+    Named,
+    /// The same sandbox and namespace were already named.
+    Unchanged,
 }
 
 impl NetnsSource {
@@ -77,6 +91,7 @@ impl NetnsSource {
         Self {
             kind: Kind::Config,
             cni: HashMap::new(),
+            proc: None,
         }
     }
 
@@ -88,31 +103,66 @@ impl NetnsSource {
                 found: HashMap::new(),
             },
             cni: HashMap::new(),
+            proc: (proc != Path::new("/proc")).then(|| proc.to_owned()),
         })
     }
 
     /// Takes the namespace at `path` and the addresses `ips` that the CNI
-    /// plugin gave for the pod `uid`.
+    /// plugin gave for the pod `uid` in the runtime's sandbox `sandbox`. A
+    /// later sandbox of the same pod replaces the earlier one's entry. A
+    /// `/proc/<pid>/ns/net` path (some runtimes hand that over) is read in
+    /// the host's procfs when ztunnel has its own.
     ///
     /// # Errors
     ///
     /// When `path` cannot be read (it is checked again when enrolling).
-    pub fn set_cni(&mut self, uid: &str, path: &Path, ips: Vec<IpAddr>) -> io::Result<()> {
-        let id = NetnsId::of(path)?;
-        let path = path.to_owned();
-        self.cni.insert(uid.to_owned(), CniNetns { path, id, ips });
-        Ok(())
+    pub fn set_cni(
+        &mut self,
+        uid: &str,
+        sandbox: &str,
+        path: &Path,
+        mut ips: Vec<IpAddr>,
+    ) -> io::Result<CniSet> {
+        let path = match (&self.proc, path.strip_prefix("/proc")) {
+            (Some(host), Ok(rest)) => host.join(rest),
+            _ => path.to_owned(),
+        };
+        let id = NetnsId::of(&path)?;
+        if let Some(named) = self.cni.get(uid)
+            && named.sandbox == sandbox
+            && named.id == id
+        {
+            return Ok(CniSet::Unchanged);
+        }
+        ips.sort_unstable();
+        ips.dedup();
+        let sandbox = sandbox.to_owned();
+        self.cni.insert(
+            uid.to_owned(),
+            CniNetns {
+                sandbox,
+                path,
+                id,
+                ips,
+            },
+        );
+        Ok(CniSet::Named)
     }
 
-    /// Forgets what the CNI plugin said of the pod `uid`; whether it was
-    /// known.
-    pub fn remove_cni(&mut self, uid: &str) -> bool {
-        self.cni.remove(uid).is_some()
+    /// Forgets what the CNI plugin said of the pod `uid` in `sandbox`;
+    /// whether there was such an entry (a DEL of an older sandbox leaves the
+    /// newer one's alone).
+    pub fn remove_cni(&mut self, uid: &str, sandbox: &str) -> bool {
+        let mine = self.cni.get(uid).is_some_and(|n| n.sandbox == sandbox);
+        if mine {
+            self.cni.remove(uid);
+        }
+        mine
     }
 
-    /// Whether the CNI plugin named the namespace of the pod `uid`.
-    pub fn has_cni(&self, uid: &str) -> bool {
-        self.cni.contains_key(uid)
+    /// The sandbox whose namespace the CNI plugin named for the pod `uid`.
+    pub fn cni_sandbox(&self, uid: &str) -> Option<&str> {
+        self.cni.get(uid).map(|n| n.sandbox.as_str())
     }
 
     /// The enrolled pods of `node` in `snapshot`, with their network
@@ -123,34 +173,32 @@ impl NetnsSource {
         // against its addresses before it is enrolled.
         let (mut enrolled, waiting): (Vec<_>, Vec<_>) =
             (snapshot.enrolled_pods(node).into_iter()).partition(|p| !p.ips.is_empty());
-        // Named by the CNI plugin: its namespace and, until the registry has
-        // them, its addresses; the namespace must still be the one named.
+        // Named by the CNI plugin: its namespace, and the addresses the
+        // runtime's plugins gave it (the registry's may still be another
+        // sandbox's, or come later); the namespace must still be the one
+        // named.
         self.cni
             .retain(|_, named| NetnsId::of(&named.path).is_ok_and(|now| now == named.id));
-        enrolled.retain(|pod| {
-            let Some(named) = self.cni.get(&pod.uid.to_string()) else {
-                return true;
-            };
-            let mut local = LocalPod::from_enrolled(pod, Some((named.path.clone(), named.id)));
-            if let Some(local) = &mut local
-                && local.ips.is_empty()
-            {
+        let cni = &self.cni;
+        let named_pod = |pod: &crate::registry::EnrolledPod| {
+            let named = cni.get(&pod.uid.to_string())?;
+            let mut local = LocalPod::from_enrolled(pod, Some((named.path.clone(), named.id)))?;
+            if !named.ips.is_empty() {
                 local.ips.clone_from(&named.ips);
             }
-            desired.pods.extend(local);
-            false
+            (!local.ips.is_empty()).then_some(local)
+        };
+        enrolled.retain(|pod| match named_pod(pod) {
+            Some(local) => {
+                desired.pods.push(local);
+                false
+            }
+            None => true,
         });
         for pod in &waiting {
-            match self.cni.get(&pod.uid.to_string()) {
-                Some(named) if !named.ips.is_empty() => {
-                    let mut local =
-                        LocalPod::from_enrolled(pod, Some((named.path.clone(), named.id)));
-                    if let Some(local) = &mut local {
-                        local.ips.clone_from(&named.ips);
-                    }
-                    desired.pods.extend(local);
-                }
-                _ => desired.unresolved += 1,
+            match named_pod(pod) {
+                Some(local) => desired.pods.push(local),
+                None => desired.unresolved += 1,
             }
         }
         match &mut self.kind {
