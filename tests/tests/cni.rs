@@ -260,6 +260,17 @@ fn a_pod_created_through_cni_is_captured_from_its_first_connection() {
         Ztunnel::start(&bed, "b", &config, &ZtunnelOptions::default()).expect("ztunnel b starts");
     let _server = start_server(&bed, "server", "echo", "[::]:7000");
     let (web, legacy, server) = (bed.pod("web"), bed.pod("legacy"), bed.pod("server"));
+    // The kubelet's readiness probe: ztunnel is ready (its pods enrolled).
+    let probe = || {
+        let mut curl = bed.node_command("a", "curl");
+        curl.args(["-s", "--max-time", "3"]).arg(format!(
+            "http://{}:15021/healthz/ready",
+            bed.node("a").ipv4()
+        ));
+        bed.run(curl, WAIT)
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    assert_eq!(probe().expect("the probe is answered").trim(), "ready");
     let runtime = Runtime::new(&bed, "a", web, &socket);
 
     // ADD: the pod gets its network from bridge + host-local, and ztunnel
@@ -311,6 +322,10 @@ fn a_pod_created_through_cni_is_captured_from_its_first_connection() {
     // ztunnel down: a pod of the mesh is refused (code 11, try again later)
     // and keeps no network; a pod outside the mesh starts as usual.
     zt_a.kill();
+    assert!(
+        probe().is_err(),
+        "nothing answers the probe once ztunnel is gone"
+    );
     let refused = runtime
         .add(web, "demo")
         .expect_err("no pod of the mesh starts uncaptured");

@@ -584,7 +584,7 @@ fn workloads_agree_with_ztunnels_settings() {
     let probe = &c["readinessProbe"]["httpGet"];
     assert_eq!(
         probe["port"].as_u64(),
-        Some(u64::from(settings::ADMIN_PORT))
+        Some(u64::from(settings::READINESS_PORT))
     );
     assert_eq!(str_at(probe, &["path"]), Some("/healthz/ready"));
     let strategy = &ztunnel["spec"]["updateStrategy"]["rollingUpdate"];

@@ -11,5 +11,6 @@
 
 pub mod jwt;
 pub mod proxy;
-pub mod readiness;
+/// The readiness endpoint, shared with ztunnel.
+pub use ztunnel::readiness;
 pub mod request;

@@ -6,13 +6,7 @@
 //! - `GET /certs`: per identity, the certificate state (serial, validity, last
 //!   error). Private keys are never shown.
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -44,7 +38,7 @@ pub struct AdminState {
     /// The certificates.
     pub certs: CertManager,
     /// Set once the node's pods are enrolled.
-    pub ready: Arc<AtomicBool>,
+    pub ready: crate::readiness::Readiness,
 }
 
 /// Binds `addr` with SO_REUSEPORT, so a ztunnel and its successor can both
@@ -83,7 +77,7 @@ fn respond(request: &Request<Incoming>, state: &AdminState) -> Response<Full<Byt
         );
     }
     match request.uri().path() {
-        "/healthz/ready" if state.ready.load(Ordering::Acquire) => {
+        "/healthz/ready" if state.ready.get() => {
             reply(StatusCode::OK, "text/plain", "ready\n".into())
         }
         "/healthz/ready" => reply(

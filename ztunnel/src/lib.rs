@@ -14,7 +14,8 @@
 //! `hbone` carries them between nodes, and `policy` evaluates AuthorizationPolicy
 //! (Istio's semantics) for ztunnel and the waypoint; `accept` is the one accept
 //! loop (with backoff) of every listener; `route` decides where a connection
-//! goes and `relay` moves its bytes, for ztunnel and the waypoint alike.
+//! goes and `relay` moves its bytes, for ztunnel and the waypoint alike;
+//! `readiness` answers the kubelet's probe on 15021 for both.
 #![warn(missing_docs)]
 
 pub mod accept;
@@ -28,6 +29,7 @@ pub mod metrics;
 pub mod policy;
 #[cfg(feature = "capture")]
 pub mod proxy;
+pub mod readiness;
 pub mod registry;
 pub mod relay;
 pub mod route;

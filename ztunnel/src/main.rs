@@ -25,6 +25,7 @@ use ztunnel::{
         Desired, Mesh, NetnsSource, PodManager, PodManagerConfig,
         cni::{self, Enrollments},
     },
+    readiness::Readiness,
     registry::{ObjectKey, Options, Registry},
     settings::{self, ProcessEnv, Settings},
     telemetry,
@@ -308,7 +309,16 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
     let failures = pods.reconcile(&desired.pods).await;
     release_stale(&mut pods, &mut stale_released, &desired, &failures);
     report(failures);
-    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ready = Readiness::default();
+    // The kubelet's probe (15021, all addresses: the node's own with
+    // hostNetwork); a ztunnel that cannot bind it still runs.
+    let probe_addr = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, settings::READINESS_PORT));
+    match ztunnel::readiness::Server::bind(probe_addr, ready.clone()).await {
+        Ok(server) => {
+            tokio::spawn(server.run());
+        }
+        Err(error) => tracing::warn!(error = %ErrorChain(&error), "readiness endpoint unavailable"),
+    }
     let admin_addr = SocketAddr::from(([127, 0, 0, 1], settings::ADMIN_PORT));
     match ztunnel::admin::bind(admin_addr) {
         Ok(listener) => {
@@ -321,8 +331,8 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
         }
         Err(error) => tracing::warn!(error = %ErrorChain(&error), "admin endpoint unavailable"),
     }
-    ready.store(true, std::sync::atomic::Ordering::Release);
-    tracing::info!(pods = desired.pods.len(), admin = %admin_addr, "ready");
+    ready.set(true);
+    tracing::info!(pods = desired.pods.len(), admin = %admin_addr, readiness = %probe_addr, "ready");
 
     let shutdown = wait_for_shutdown();
     tokio::pin!(shutdown);
@@ -370,6 +380,8 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
             tracing::info!(generation, "configuration applied");
         }
     }
+    // Unready first, so that no probe sends a new pod's traffic here.
+    ready.set(false);
     tracing::info!(
         drain_s = settings.drain_timeout.as_secs_f64(),
         "shutting down"

@@ -1,5 +1,7 @@
-//! The readiness endpoint (`/healthz/ready` on the readiness port), which the
-//! kubelet probes before it sends traffic to the waypoint.
+//! The readiness endpoint (`/healthz/ready` on the readiness port, 15021),
+//! which the kubelet probes: a waypoint is ready once it can serve, a ztunnel
+//! once the node's ambient pods are enrolled. The same flag answers the
+//! admin endpoint's `/healthz/ready`.
 
 use std::{
     net::SocketAddr,
@@ -76,7 +78,7 @@ impl Server {
     /// Serves connections until the task is dropped.
     pub async fn run(self) {
         let readiness = self.readiness;
-        ztunnel::accept::serve_http1(self.listener, "readiness", move |request| {
+        crate::accept::serve_http1(self.listener, "readiness", move |request| {
             respond(request, readiness.get())
         })
         .await;
@@ -90,7 +92,7 @@ fn respond(req: &Request<Incoming>, ready: bool) -> Response<Full<Bytes>> {
         (&Method::GET, READY_PATH) => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         _ => (StatusCode::NOT_FOUND, "not found\n"),
     };
-    ztunnel::accept::reply(status, "text/plain", body.to_owned())
+    crate::accept::reply(status, "text/plain", body.to_owned())
 }
 
 #[cfg(test)]
@@ -101,7 +103,7 @@ mod tests {
 
     async fn get(addr: SocketAddr, path: &str) -> String {
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nhost: waypoint\r\nconnection: close\r\n\r\n");
+        let request = format!("GET {path} HTTP/1.1\r\nhost: probe\r\nconnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).await.unwrap();
