@@ -1,11 +1,24 @@
 //! The binary's own command line, used only when it is run with arguments
-//! (the runtime runs CNI plugins without any): `install`, `uninstall` and
-//! `--help`. A handful of flags, parsed by hand; each flag may be written
-//! `--flag VALUE` or `--flag=VALUE`.
+//! (the runtime runs CNI plugins without any): `install` (once, or with
+//! `--watch` for the life of the container), `installed` (the container's
+//! readiness probe), `uninstall` and `--help`. A handful of flags, parsed by
+//! hand; each flag may be written `--flag VALUE` or `--flag=VALUE`.
+//!
+//! Every command but `install --watch` is one [`Outcome`]. `install --watch`
+//! hands `main` a [`Watch`] after its first install: a loop that sleeps and
+//! makes one [`install::reconcile`] pass per tick, printing a line to stdout
+//! for each repair and one to stderr for each new error, and never returns.
 
-use std::{fmt, path::PathBuf};
+use std::{
+    fmt,
+    io::Write,
+    path::{Path, PathBuf},
+    thread,
+    time::Duration,
+};
 
 use crate::{
+    PLUGIN_TYPE,
     config::DEFAULT_ZTUNNEL_SOCKET,
     install::{self, InstallOptions},
     outcome::{Outcome, chain},
@@ -16,14 +29,27 @@ pub const USAGE: &str = "\
 ambit-cni: CNI plugin that has the node's ztunnel enroll each new pod before it starts.
 
 Run without arguments by the container runtime, as a CNI plugin chained after the
-primary one. Run with arguments to install or remove it on a node:
+primary one. Run with arguments to install it on a node, keep it installed, check
+it or remove it:
 
   ambit-cni install --cni-bin-dir DIR --cni-conf-dir DIR [--socket PATH] [--binary PATH]
+                    [--watch SECONDS]
       Copies the binary (this one, or --binary) to DIR/ambit-cni and appends
       {\"type\":\"ambit-cni\",\"ztunnelSocket\":PATH} to the primary network config
       (the first *.conflist, *.conf or *.json of --cni-conf-dir; a single-plugin
       config becomes a conflist). --socket defaults to /var/run/ambit/cni.sock.
       Running it again changes nothing.
+      With --watch, it then runs until killed: every SECONDS (at least 1) it
+      checks that the primary config still chains ambit-cni with that socket
+      and that DIR/ambit-cni is still a copy of the binary, installs again when
+      not (a primary plugin rewrites its config when it restarts or upgrades),
+      and prints a line for each repair. Errors after the first install are
+      printed (once while the same error repeats) and retried at the next check.
+
+  ambit-cni installed --cni-bin-dir DIR --cni-conf-dir DIR [--socket PATH]
+      Exits 0 when the primary config chains ambit-cni with that socket and
+      DIR/ambit-cni is present; otherwise prints why and exits 1. Meant as the
+      readiness probe of the container that runs install --watch.
 
   ambit-cni uninstall --cni-bin-dir DIR --cni-conf-dir DIR
       Removes the ambit-cni entries from every config of --cni-conf-dir and
@@ -48,6 +74,17 @@ pub enum Invocation {
         socket: String,
         /// The binary to copy, from `--binary`.
         binary: Option<PathBuf>,
+        /// From `--watch`: after installing, check this often and repair.
+        watch: Option<Duration>,
+    },
+    /// Check that the plugin is installed (the readiness probe).
+    Installed {
+        /// The runtime's CNI binary directory.
+        cni_bin_dir: PathBuf,
+        /// The runtime's CNI config directory.
+        cni_conf_dir: PathBuf,
+        /// The socket the plugin's entry must name.
+        socket: String,
     },
     /// Uninstall.
     Uninstall {
@@ -85,6 +122,8 @@ pub enum Error {
     /// `--socket` is not absolute; the runtime runs the plugin in no particular
     /// directory.
     RelativeSocket(String),
+    /// `--watch` is not a whole number of seconds of at least 1.
+    BadInterval(String),
 }
 
 impl fmt::Display for Error {
@@ -100,6 +139,10 @@ impl fmt::Display for Error {
             Error::RelativeSocket(socket) => {
                 write!(f, "--socket {socket:?} is not an absolute path")
             }
+            Error::BadInterval(value) => write!(
+                f,
+                "--watch takes a whole number of seconds, at least 1, not {value:?}"
+            ),
         }
     }
 }
@@ -110,6 +153,7 @@ const BIN_DIR: &str = "--cni-bin-dir";
 const CONF_DIR: &str = "--cni-conf-dir";
 const SOCKET: &str = "--socket";
 const BINARY: &str = "--binary";
+const WATCH: &str = "--watch";
 
 /// Parses the arguments after the program name.
 pub fn parse(args: &[String]) -> Result<Invocation, Error> {
@@ -122,17 +166,22 @@ pub fn parse(args: &[String]) -> Result<Invocation, Error> {
     match command.as_str() {
         "--help" | "-h" | "help" => Ok(Invocation::Help),
         "install" => {
-            let [bin, conf, socket, binary] =
-                flags("install", rest, [BIN_DIR, CONF_DIR, SOCKET, BINARY])?;
-            let socket = socket.unwrap_or_else(|| DEFAULT_ZTUNNEL_SOCKET.to_owned());
-            if !socket.starts_with('/') {
-                return Err(Error::RelativeSocket(socket));
-            }
+            let [bin, conf, socket, binary, watch] =
+                flags("install", rest, [BIN_DIR, CONF_DIR, SOCKET, BINARY, WATCH])?;
             Ok(Invocation::Install {
                 cni_bin_dir: required("install", BIN_DIR, bin)?,
                 cni_conf_dir: required("install", CONF_DIR, conf)?,
-                socket,
+                socket: socket_or_default(socket)?,
                 binary: binary.map(PathBuf::from),
+                watch: watch.map(interval).transpose()?,
+            })
+        }
+        "installed" => {
+            let [bin, conf, socket] = flags("installed", rest, [BIN_DIR, CONF_DIR, SOCKET])?;
+            Ok(Invocation::Installed {
+                cni_bin_dir: required("installed", BIN_DIR, bin)?,
+                cni_conf_dir: required("installed", CONF_DIR, conf)?,
+                socket: socket_or_default(socket)?,
             })
         }
         "uninstall" => {
@@ -180,6 +229,25 @@ fn flags<const N: usize>(
     Ok(values)
 }
 
+/// `--socket`, absolute, or the default.
+fn socket_or_default(socket: Option<String>) -> Result<String, Error> {
+    let socket = socket.unwrap_or_else(|| DEFAULT_ZTUNNEL_SOCKET.to_owned());
+    if socket.starts_with('/') {
+        Ok(socket)
+    } else {
+        Err(Error::RelativeSocket(socket))
+    }
+}
+
+/// `--watch`'s seconds: a check at least every second is already more than a
+/// primary plugin's restart needs, and 0 would spin.
+fn interval(value: String) -> Result<Duration, Error> {
+    match value.parse::<u64>() {
+        Ok(seconds) if seconds >= 1 => Ok(Duration::from_secs(seconds)),
+        _ => Err(Error::BadInterval(value)),
+    }
+}
+
 fn required(
     command: &'static str,
     flag: &'static str,
@@ -190,47 +258,106 @@ fn required(
         .ok_or(Error::MissingFlag { command, flag })
 }
 
-/// Runs the command line `args` (after the program name): exit 0 on success, 1
-/// when install or uninstall fails, 2 for a command line that cannot be run.
-pub fn run(args: &[String]) -> Outcome {
+/// What [`run`] leaves to `main`.
+#[derive(Debug)]
+#[must_use]
+pub enum Run {
+    /// Write the outcome to the process's streams and exit with its code.
+    Exit(Outcome),
+    /// `install --watch` whose first install succeeded: print `report`, then
+    /// hand the process to [`Watch::forever`].
+    Watch {
+        /// What the first install did, a line each.
+        report: String,
+        /// The loop to run.
+        watch: Watch,
+    },
+}
+
+/// Runs the command line `args` (after the program name). Exit codes: 0 on
+/// success, 1 when install or uninstall fails or `installed` finds the plugin
+/// missing, 2 for a command line that cannot be run.
+pub fn run(args: &[String]) -> Run {
     let invocation = match parse(args) {
         Ok(invocation) => invocation,
         Err(error) => {
-            return Outcome {
+            return Run::Exit(Outcome {
                 stdout: String::new(),
                 stderr: format!("ambit-cni: {error}\n\n{USAGE}"),
                 exit_code: 2,
-            };
+            });
         }
     };
     let report = match invocation {
-        Invocation::Help => return Outcome::success(USAGE.to_owned()),
+        Invocation::Help => return Run::Exit(Outcome::success(USAGE.to_owned())),
         Invocation::Install {
             cni_bin_dir,
             cni_conf_dir,
             socket,
             binary,
+            watch,
         } => {
             let binary = match binary.map_or_else(std::env::current_exe, Ok) {
                 Ok(binary) => binary,
-                Err(error) => return failed(&format!("cannot find the running binary: {error}")),
+                Err(error) => {
+                    return Run::Exit(failed(&format!("cannot find the running binary: {error}")));
+                }
             };
-            install::install(&InstallOptions {
+            let options = InstallOptions {
                 cni_bin_dir,
                 cni_conf_dir,
                 socket,
                 binary,
-            })
+            };
+            match (install::install(&options), watch) {
+                (Ok(mut report), Some(interval)) => {
+                    report.push(format!(
+                        "checking every {}s that {PLUGIN_TYPE} stays installed",
+                        interval.as_secs()
+                    ));
+                    return Run::Watch {
+                        report: lines(&report),
+                        watch: Watch::new(options, interval),
+                    };
+                }
+                (report, _) => report,
+            }
         }
+        Invocation::Installed {
+            cni_bin_dir,
+            cni_conf_dir,
+            socket,
+        } => return Run::Exit(installed(&cni_bin_dir, &cni_conf_dir, &socket)),
         Invocation::Uninstall {
             cni_bin_dir,
             cni_conf_dir,
         } => install::uninstall(&cni_bin_dir, &cni_conf_dir),
     };
-    match report {
-        Ok(lines) => Outcome::success(lines.iter().map(|line| format!("{line}\n")).collect()),
+    Run::Exit(match report {
+        Ok(report) => Outcome::success(lines(&report)),
         Err(error) => failed(&chain(&error)),
+    })
+}
+
+/// The `installed` probe: nothing on stdout but a line when installed, the
+/// drifts or the error on stderr with exit 1 when not.
+fn installed(cni_bin_dir: &Path, cni_conf_dir: &Path, socket: &str) -> Outcome {
+    match install::check(cni_bin_dir, cni_conf_dir, socket, None) {
+        Ok(drifts) if drifts.is_empty() => Outcome::success(format!(
+            "{PLUGIN_TYPE} is installed in {} and chained in {}\n",
+            cni_bin_dir.display(),
+            cni_conf_dir.display()
+        )),
+        Ok(drifts) => {
+            let why: Vec<String> = drifts.iter().map(ToString::to_string).collect();
+            failed(&format!("not installed: {}", why.join("; ")))
+        }
+        Err(error) => failed(&format!("cannot tell whether installed: {}", chain(&error))),
     }
+}
+
+fn lines(report: &[String]) -> String {
+    report.iter().map(|line| format!("{line}\n")).collect()
 }
 
 fn failed(message: &str) -> Outcome {
@@ -241,129 +368,65 @@ fn failed(message: &str) -> Outcome {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The loop of `install --watch` after its first install: sleep for the
+/// interval, make one [`install::reconcile`] pass, repeat. Nothing a pass meets
+/// ends the loop: the primary plugin may leave a half-written or invalid config
+/// for a moment, and the container must outlive that.
+#[derive(Debug)]
+pub struct Watch {
+    options: InstallOptions,
+    interval: Duration,
+    /// The last pass's error, so that one that persists (a config install
+    /// refuses) is printed once rather than at every tick.
+    last_error: Option<String>,
+}
 
-    fn args(line: &str) -> Vec<String> {
-        line.split_whitespace().map(str::to_owned).collect()
-    }
-
-    #[test]
-    fn install_with_all_flags() {
-        assert_eq!(
-            parse(&args(
-                "install --cni-bin-dir /opt/cni/bin --cni-conf-dir=/etc/cni/net.d --socket /run/a.sock --binary /b"
-            )),
-            Ok(Invocation::Install {
-                cni_bin_dir: "/opt/cni/bin".into(),
-                cni_conf_dir: "/etc/cni/net.d".into(),
-                socket: "/run/a.sock".into(),
-                binary: Some("/b".into()),
-            })
-        );
-    }
-
-    #[test]
-    fn install_defaults_the_socket_and_binary() {
-        assert_eq!(
-            parse(&args("install --cni-conf-dir /c --cni-bin-dir /b")),
-            Ok(Invocation::Install {
-                cni_bin_dir: "/b".into(),
-                cni_conf_dir: "/c".into(),
-                socket: DEFAULT_ZTUNNEL_SOCKET.into(),
-                binary: None,
-            })
-        );
-    }
-
-    #[test]
-    fn uninstall_takes_the_two_directories() {
-        assert_eq!(
-            parse(&args("uninstall --cni-bin-dir /b --cni-conf-dir /c")),
-            Ok(Invocation::Uninstall {
-                cni_bin_dir: "/b".into(),
-                cni_conf_dir: "/c".into(),
-            })
-        );
-    }
-
-    #[test]
-    fn help_in_any_position() {
-        for line in ["--help", "-h", "help", "install --help", "uninstall -h"] {
-            assert_eq!(parse(&args(line)), Ok(Invocation::Help), "{line}");
+impl Watch {
+    /// A loop that keeps `options` installed, checking every `interval`.
+    pub fn new(options: InstallOptions, interval: Duration) -> Self {
+        Self {
+            options,
+            interval,
+            last_error: None,
         }
     }
 
-    #[test]
-    fn bad_command_lines_are_refused() {
-        let cases = [
-            ("frobnicate", Error::UnknownCommand("frobnicate".into())),
-            (
-                "uninstall --cni-bin-dir /b --cni-conf-dir /c --socket /s",
-                Error::UnknownFlag {
-                    command: "uninstall",
-                    flag: "--socket".into(),
-                },
-            ),
-            ("install --cni-bin-dir", Error::MissingValue(BIN_DIR)),
-            (
-                "install --cni-bin-dir= --cni-conf-dir /c",
-                Error::MissingValue(BIN_DIR),
-            ),
-            (
-                "install --cni-bin-dir /a --cni-bin-dir /b",
-                Error::Repeated(BIN_DIR),
-            ),
-            (
-                "install --cni-bin-dir /b",
-                Error::MissingFlag {
-                    command: "install",
-                    flag: CONF_DIR,
-                },
-            ),
-            (
-                "install --cni-bin-dir /b --cni-conf-dir /c --socket run/a.sock",
-                Error::RelativeSocket("run/a.sock".into()),
-            ),
-        ];
-        for (line, expected) in cases {
-            assert_eq!(parse(&args(line)), Err(expected), "{line}");
+    /// One tick without the sleep: writes the repair line to `out`, or the
+    /// error to `err` unless the previous tick wrote the same one, or nothing
+    /// when everything was in place. Failed writes are ignored: there is no
+    /// one left to tell.
+    pub fn tick(&mut self, out: &mut dyn Write, err: &mut dyn Write) {
+        match install::reconcile(&self.options) {
+            Ok(repair) => {
+                self.last_error = None;
+                if let Some(line) = repair {
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
+                }
+            }
+            Err(error) => {
+                let text = chain(&error);
+                if self.last_error.as_ref() != Some(&text) {
+                    let _ = writeln!(
+                        err,
+                        "ambit-cni: {text} (trying again in {}s)",
+                        self.interval.as_secs()
+                    );
+                    let _ = err.flush();
+                    self.last_error = Some(text);
+                }
+            }
         }
     }
 
-    #[test]
-    fn usage_errors_exit_2_with_the_usage() {
-        let outcome = run(&args("frobnicate"));
-        assert_eq!(outcome.exit_code, 2);
-        assert!(
-            outcome.stderr.contains("unknown command"),
-            "{}",
-            outcome.stderr
-        );
-        assert!(
-            outcome.stderr.contains("ambit-cni install"),
-            "{}",
-            outcome.stderr
-        );
-        assert_eq!(run(&args("--help")), Outcome::success(USAGE.to_owned()));
-    }
-
-    #[test]
-    fn install_failure_exits_1_naming_the_directory() {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let missing = dir.path().join("net.d");
-        let line = format!(
-            "install --cni-bin-dir {} --cni-conf-dir {} --binary /nonexistent",
-            dir.path().display(),
-            missing.display()
-        );
-        let outcome = run(&args(&line));
-        assert_eq!(outcome.exit_code, 1, "{outcome:?}");
-        assert!(
-            outcome.stderr.contains(&missing.display().to_string()),
-            "{}",
-            outcome.stderr
-        );
+    /// Ticks every interval until the process is killed.
+    pub fn forever(mut self, out: &mut dyn Write, err: &mut dyn Write) -> ! {
+        loop {
+            thread::sleep(self.interval);
+            self.tick(out, err);
+        }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -13,6 +13,10 @@
 //! edits the config, and uninstall edits the configs before it removes the
 //! binary, so a config never names a plugin that is not there. Both are
 //! idempotent: a second run changes nothing.
+//!
+//! The primary plugin may rewrite its config at any time (on a restart or an
+//! upgrade), dropping the entry; [`drift`] finds what install put in place and
+//! is gone, for `install --watch` and the `installed` probe.
 
 use std::{
     fmt, fs,
@@ -24,6 +28,10 @@ use std::{
 use serde_json::{Map, Value};
 
 use crate::{PLUGIN_TYPE, config::SUPPORTED_VERSIONS};
+
+pub mod drift;
+
+pub use drift::{Drift, check, reconcile};
 
 /// The name of the binary in the CNI bin directory, which is also the `type`
 /// of its conflist entry.
@@ -175,7 +183,7 @@ pub fn install(options: &InstallOptions) -> Result<Vec<String>, Error> {
         target.display()
     )];
 
-    let converted = plan.source != plan.destination;
+    let converted = plan.converts();
     if converted || plan.change != Change::Unchanged {
         write_json(&plan.destination, &plan.config, plan.mode)?;
     }
@@ -193,7 +201,7 @@ pub fn install(options: &InstallOptions) -> Result<Vec<String>, Error> {
     let destination = plan.destination.display();
     report.push(match plan.change {
         Change::Added => format!("chained {PLUGIN_TYPE} into {destination}"),
-        Change::SocketSet => format!(
+        Change::SocketSet { .. } => format!(
             "set the ztunnelSocket of {PLUGIN_TYPE} in {destination} to {}",
             options.socket
         ),
@@ -217,6 +225,13 @@ struct ConfigPlan {
     change: Change,
 }
 
+impl ConfigPlan {
+    /// Whether `source` is a single-plugin config that becomes `destination`.
+    fn converts(&self) -> bool {
+        self.source != self.destination
+    }
+}
+
 fn plan_config(dir: &Path, socket: &str) -> Result<ConfigPlan, Error> {
     let source = primary_config(dir)?;
     let mode = file_mode(&source)?;
@@ -224,23 +239,35 @@ fn plan_config(dir: &Path, socket: &str) -> Result<ConfigPlan, Error> {
     check_version(&source, &config)?;
     let destination = if is_single_plugin(&source, &config) {
         let conflist = source.with_extension("conflist");
+        config = to_conflist(&source, config)?;
         if conflist.exists() {
-            // An earlier install converted this config and stopped before it
-            // removed it: finish that (the runtime would keep reading the
-            // `.conf`, which sorts first). Any other conflist of that name is
-            // not ours to overwrite.
+            // A conflist that chains the plugin is one an earlier install made
+            // from this config: that install stopped before it removed the
+            // `.conf`, or the primary plugin has since written the `.conf`
+            // again (the runtime reads the `.conf`, which sorts first). Either
+            // way the `.conf` is the primary plugin's latest word; convert it
+            // again and keep the old conflist's entries of the plugin, with any
+            // fields an operator added. Any other conflist of that name is not
+            // ours to overwrite.
             let existing = read_object(&conflist)?;
-            let chained = (existing.get("plugins").and_then(Value::as_array))
-                .is_some_and(|plugins| plugins.iter().any(is_ours));
-            if !chained {
+            let ours: Vec<Value> = (existing.get("plugins").and_then(Value::as_array))
+                .map(|plugins| {
+                    plugins
+                        .iter()
+                        .filter(|plugin| is_ours(plugin))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            if ours.is_empty() {
                 return Err(Error::ConflistExists {
                     conf: source,
                     conflist,
                 });
             }
-            config = existing;
-        } else {
-            config = to_conflist(&source, config)?;
+            if let Some(Value::Array(plugins)) = config.get_mut("plugins") {
+                plugins.extend(ours);
+            }
         }
         conflist
     } else {
@@ -296,10 +323,14 @@ pub fn uninstall(cni_bin_dir: &Path, cni_conf_dir: &Path) -> Result<Vec<String>,
 }
 
 /// What [`ensure_entry`] did to the plugin list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Change {
     Added,
-    SocketSet,
+    /// An entry named another socket: `previous` is its `ztunnelSocket` as
+    /// JSON text, `None` when it had none.
+    SocketSet {
+        previous: Option<String>,
+    },
     Unchanged,
 }
 
@@ -420,7 +451,7 @@ fn ensure_entry(
     };
     let socket_value = Value::String(socket.to_owned());
     let mut found = false;
-    let mut updated = false;
+    let mut updated = None;
     for plugin in plugins.iter_mut() {
         let Value::Object(entry) = plugin else {
             continue;
@@ -430,13 +461,13 @@ fn ensure_entry(
         }
         found = true;
         if entry.get("ztunnelSocket") != Some(&socket_value) {
-            entry.insert("ztunnelSocket".to_owned(), socket_value.clone());
-            updated = true;
+            let previous = entry.insert("ztunnelSocket".to_owned(), socket_value.clone());
+            updated.get_or_insert(previous.map(|value| value.to_string()));
         }
     }
     Ok(match (found, updated) {
-        (true, true) => Change::SocketSet,
-        (true, false) => Change::Unchanged,
+        (true, Some(previous)) => Change::SocketSet { previous },
+        (true, None) => Change::Unchanged,
         (false, _) => {
             let mut entry = Map::new();
             entry.insert("type".to_owned(), Value::String(PLUGIN_TYPE.to_owned()));

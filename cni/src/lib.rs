@@ -42,7 +42,13 @@
 //! [`Outcome`] (stdout, stderr, exit code), so every path is tested in-process;
 //! `main.rs` only wires it to the process. [`cni_args`] reads the pod from
 //! `CNI_ARGS`, [`config`] the network config, [`client`] talks to ztunnel, and
-//! [`install`] with [`cli`] is the `install`/`uninstall` command line.
+//! [`install`] with [`cli`] is the node's command line: `install`, `uninstall`,
+//! `installed` (exit 0 when the primary config chains the plugin and the binary
+//! is in place: the install container's readiness probe) and `install --watch`,
+//! which stays running and installs again whenever the primary plugin's rewrite
+//! of its config drops the entry or the binary goes missing or changes
+//! ([`install::drift`]; [`install::reconcile`] is one pass, [`cli::Watch`] the
+//! loop).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

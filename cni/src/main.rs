@@ -1,7 +1,8 @@
 //! The `ambit-cni` binary. Without arguments it is a CNI plugin: it reads the
 //! `CNI_*` variables and the network config on stdin, and writes the result or
 //! error JSON to stdout (see the library's docs for when a pod may start). With
-//! arguments it is the node installer (`install`, `uninstall`, `--help`).
+//! arguments it is the node installer (`install`, `installed`, `uninstall`,
+//! `--help`); `install --watch` runs until the container is stopped.
 //!
 //! All the logic is in the library; this file only connects it to the process's
 //! environment, streams and exit code.
@@ -25,7 +26,13 @@ fn main() -> ExitCode {
         .collect();
     let outcome = match args {
         Ok(args) if args.is_empty() => cni(),
-        Ok(args) => cli::run(&args),
+        Ok(args) => match cli::run(&args) {
+            cli::Run::Exit(outcome) => outcome,
+            cli::Run::Watch { report, watch } => {
+                let _ = io::stdout().lock().write_all(report.as_bytes());
+                watch.forever(&mut io::stdout(), &mut io::stderr())
+            }
+        },
         Err(arg) => Outcome {
             stdout: String::new(),
             stderr: format!("ambit-cni: argument {arg:?} is not UTF-8\n"),

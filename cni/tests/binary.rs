@@ -132,3 +132,78 @@ fn add_with_ztunnel_unreachable_fails_closed() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+/// Kills the child when the test ends, passed or not.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn install_watch_chains_the_plugin_again_after_the_primary_rewrites_its_config() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (bin, conf_dir) = (dir.path().join("bin"), dir.path().join("net.d"));
+    std::fs::create_dir(&bin).expect("mkdir bin");
+    std::fs::create_dir(&conf_dir).expect("mkdir net.d");
+    let binary = dir.path().join("ambit-cni-build");
+    std::fs::write(&binary, b"\x7fELF pretend").expect("binary");
+    let conflist = conf_dir.join("10-bridge.conflist");
+    let bridge = json!({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "bridge"}]});
+    std::fs::write(&conflist, bridge.to_string()).expect("write config");
+
+    let dirs = [
+        "--cni-bin-dir".into(),
+        bin.clone().into_os_string(),
+        "--cni-conf-dir".into(),
+        conf_dir.into_os_string(),
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ambit-cni"))
+        .arg("install")
+        .args(&dirs)
+        .arg("--binary")
+        .arg(&binary)
+        .args(["--watch", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run ambit-cni install --watch");
+    let stdout = child.stdout.take().expect("stdout");
+    let _running = Running(child);
+    let (sender, lines) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Each wait is bounded, so a loop that never prints fails the test.
+    let wait_for = |wanted: &str| loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|error| panic!("no line containing {wanted:?}: {error}"));
+        if line.contains(wanted) {
+            return line;
+        }
+    };
+    wait_for("checking every 1s");
+    let installed = || {
+        Command::new(env!("CARGO_BIN_EXE_ambit-cni"))
+            .arg("installed")
+            .args(&dirs)
+            .output()
+            .expect("run ambit-cni installed")
+    };
+    assert!(installed().status.success(), "{:?}", installed());
+
+    std::fs::write(&conflist, bridge.to_string()).expect("rewrite config");
+    let line = wait_for("no longer chained ambit-cni");
+    assert!(line.ends_with("chained it again"), "{line}");
+    assert!(installed().status.success(), "{:?}", installed());
+}

@@ -1,5 +1,5 @@
 //! install and uninstall on a node's CNI directories laid out in a temporary
-//! directory.
+//! directory. The `Node` helper is shared with the tests of [`super::drift`].
 
 use std::fs;
 
@@ -7,15 +7,15 @@ use serde_json::json;
 
 use super::*;
 
-const SOCKET: &str = "/var/run/ambit/cni.sock";
+pub(super) const SOCKET: &str = "/var/run/ambit/cni.sock";
 
 /// `bin/`, `net.d/` and a binary to install.
-struct Node {
+pub(super) struct Node {
     dir: tempfile::TempDir,
 }
 
 impl Node {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         fs::create_dir(dir.path().join("bin")).expect("mkdir bin");
         fs::create_dir(dir.path().join("net.d")).expect("mkdir net.d");
@@ -23,28 +23,28 @@ impl Node {
         Self { dir }
     }
 
-    fn bin(&self) -> PathBuf {
+    pub(super) fn bin(&self) -> PathBuf {
         self.dir.path().join("bin")
     }
 
-    fn conf_dir(&self) -> PathBuf {
+    pub(super) fn conf_dir(&self) -> PathBuf {
         self.dir.path().join("net.d")
     }
 
-    fn conf(&self, name: &str) -> PathBuf {
+    pub(super) fn conf(&self, name: &str) -> PathBuf {
         self.conf_dir().join(name)
     }
 
-    fn write(&self, name: &str, config: &Value) {
+    pub(super) fn write(&self, name: &str, config: &Value) {
         fs::write(self.conf(name), config.to_string()).expect("write config");
     }
 
-    fn read(&self, name: &str) -> Value {
+    pub(super) fn read(&self, name: &str) -> Value {
         let text = fs::read(self.conf(name)).expect("read config");
         serde_json::from_slice(&text).expect("config is JSON")
     }
 
-    fn options(&self, socket: &str) -> InstallOptions {
+    pub(super) fn options(&self, socket: &str) -> InstallOptions {
         InstallOptions {
             cni_bin_dir: self.bin(),
             cni_conf_dir: self.conf_dir(),
@@ -53,16 +53,16 @@ impl Node {
         }
     }
 
-    fn install(&self) -> Result<Vec<String>, Error> {
+    pub(super) fn install(&self) -> Result<Vec<String>, Error> {
         install(&self.options(SOCKET))
     }
 
-    fn uninstall(&self) -> Result<Vec<String>, Error> {
+    pub(super) fn uninstall(&self) -> Result<Vec<String>, Error> {
         uninstall(&self.bin(), &self.conf_dir())
     }
 
     /// The names in net.d, sorted; temporary files would show up here.
-    fn conf_names(&self) -> Vec<String> {
+    pub(super) fn conf_names(&self) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(self.conf_dir())
             .expect("list net.d")
             .map(|entry| {
@@ -78,7 +78,7 @@ impl Node {
     }
 }
 
-fn bridge_conflist() -> Value {
+pub(super) fn bridge_conflist() -> Value {
     json!({
         "cniVersion": "1.0.0",
         "name": "k8s-pod-network",
@@ -90,7 +90,7 @@ fn bridge_conflist() -> Value {
     })
 }
 
-fn ambit_entries(config: &Value) -> Vec<&Value> {
+pub(super) fn ambit_entries(config: &Value) -> Vec<&Value> {
     config["plugins"]
         .as_array()
         .expect("plugins")
@@ -288,6 +288,37 @@ fn an_interrupted_conversion_is_finished_by_the_next_install() {
         .expect("the next install finishes the conversion");
     assert!(!node.conf("10-bridge.conf").exists(), "the .conf is gone");
     assert_eq!(ambit_entries(&node.read("10-bridge.conflist")).len(), 1);
+}
+
+#[test]
+fn a_conf_rewritten_by_the_primary_plugin_replaces_the_old_conflist() {
+    let node = Node::new();
+    node.write(
+        "10-bridge.conf",
+        &json!({"cniVersion": "1.0.0", "name": "n", "type": "bridge", "mtu": 1500}),
+    );
+    node.install().expect("install");
+    let mut conflist = node.read("10-bridge.conflist");
+    conflist["plugins"][1]["timeoutSeconds"] = json!(5);
+    node.write("10-bridge.conflist", &conflist);
+    // The primary plugin restarts with a new setting and writes its .conf.
+    node.write(
+        "10-bridge.conf",
+        &json!({"cniVersion": "1.0.0", "name": "n", "type": "bridge", "mtu": 9000}),
+    );
+    node.install().expect("install again");
+    assert_eq!(node.conf_names(), ["10-bridge.conflist"]);
+    assert_eq!(
+        node.read("10-bridge.conflist"),
+        json!({
+            "cniVersion": "1.0.0",
+            "name": "n",
+            "plugins": [
+                {"type": "bridge", "mtu": 9000},
+                {"type": "ambit-cni", "ztunnelSocket": SOCKET, "timeoutSeconds": 5},
+            ],
+        })
+    );
 }
 
 #[test]
