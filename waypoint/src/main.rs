@@ -76,12 +76,19 @@ fn main() -> anyhow::Result<()> {
     settings.node_name = cli.node.clone().or(settings.node_name);
     let _log = ztunnel::telemetry::init(settings.log_format);
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(
-            settings
-                .worker_threads
-                .unwrap_or_else(|| settings::default_worker_threads(cores)),
-        )
+    let workers = settings
+        .worker_threads
+        .unwrap_or_else(|| settings::default_worker_threads(cores));
+    // One worker: the current-thread scheduler, which runs every task on
+    // the thread that drives the I/O (no hand-off between threads).
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
