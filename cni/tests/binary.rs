@@ -5,13 +5,33 @@
 use std::{
     io::{BufRead, BufReader, Write},
     os::unix::net::UnixListener,
-    process::{Command, Stdio},
+    process::{Command, Output, Stdio},
     sync::mpsc,
     thread,
     time::Duration,
 };
 
 use serde_json::{Value, json};
+
+/// Runs the built plugin as a runtime does: only the `CNI_*` variables of
+/// `env`, `conf` on stdin, no arguments.
+fn run_plugin(env: &[(&str, &str)], conf: &Value) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ambit-cni"))
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ambit-cni");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(conf.to_string().as_bytes())
+        .expect("write the config");
+    child.wait_with_output().expect("wait for ambit-cni")
+}
 
 #[test]
 fn add_against_a_fake_ztunnel() {
@@ -46,29 +66,20 @@ fn add_against_a_fake_ztunnel() {
         "prevResult": prev_result,
     });
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ambit-cni"))
-        .env_clear()
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", "e2e-container")
-        .env("CNI_NETNS", "/var/run/netns/cni-e2e")
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/opt/cni/bin")
-        .env(
-            "CNI_ARGS",
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME=web-1;K8S_POD_UID=uid-1",
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run ambit-cni");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(conf.to_string().as_bytes())
-        .expect("write the config");
-    let output = child.wait_with_output().expect("wait for ambit-cni");
+    let output = run_plugin(
+        &[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "e2e-container"),
+            ("CNI_NETNS", "/var/run/netns/cni-e2e"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/opt/cni/bin"),
+            (
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME=web-1;K8S_POD_UID=uid-1",
+            ),
+        ],
+        &conf,
+    );
 
     // Bounded, so a binary that never connects fails the test instead of
     // leaving it stuck with the server in accept.
@@ -105,27 +116,18 @@ fn add_with_ztunnel_unreachable_fails_closed() {
         "type": "ambit-cni",
         "ztunnelSocket": dir.path().join("cni.sock"),
     });
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ambit-cni"))
-        .env_clear()
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", "c")
-        .env("CNI_NETNS", "/var/run/netns/x")
-        .env(
-            "CNI_ARGS",
-            "K8S_POD_NAMESPACE=demo;K8S_POD_NAME=web-1;K8S_POD_UID=u",
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run ambit-cni");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(conf.to_string().as_bytes())
-        .expect("write the config");
-    let output = child.wait_with_output().expect("wait for ambit-cni");
+    let output = run_plugin(
+        &[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c"),
+            ("CNI_NETNS", "/var/run/netns/x"),
+            (
+                "CNI_ARGS",
+                "K8S_POD_NAMESPACE=demo;K8S_POD_NAME=web-1;K8S_POD_UID=u",
+            ),
+        ],
+        &conf,
+    );
     assert!(!output.status.success());
     let error: Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
     assert_eq!(error["code"], 11, "{error}");

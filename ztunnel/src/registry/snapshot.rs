@@ -152,22 +152,18 @@ impl Snapshot {
         {
             return false;
         }
-        self.namespaces
-            .get(&workload.namespace)
-            .is_some_and(|ns| ns.labels.get(DATAPLANE_MODE_LABEL) == Some(DATAPLANE_MODE_AMBIENT))
+        self.is_namespace_enrolled(&workload.namespace)
     }
 
     /// Whether the namespace `name` has `istio.io/dataplane-mode=ambient`.
     pub fn is_namespace_enrolled(&self, name: &str) -> bool {
-        self.namespaces
-            .get(name)
-            .is_some_and(|ns| ns.labels.get(DATAPLANE_MODE_LABEL) == Some(DATAPLANE_MODE_AMBIENT))
+        self.namespaces.get(name).is_some_and(|ns| is_ambient(ns))
     }
 
     /// The names of the enrolled namespaces, sorted.
     pub fn enrolled_namespaces(&self) -> Vec<&str> {
         let mut names: Vec<&str> = (self.namespaces.iter())
-            .filter(|(_, ns)| ns.labels.get(DATAPLANE_MODE_LABEL) == Some(DATAPLANE_MODE_AMBIENT))
+            .filter(|(_, ns)| is_ambient(ns))
             .map(|(name, _)| &**name)
             .collect();
         names.sort_unstable();
@@ -510,6 +506,11 @@ impl Snapshot {
                 .collect(),
         }
     }
+}
+
+/// Whether `ns` has `istio.io/dataplane-mode=ambient`.
+fn is_ambient(ns: &Namespace) -> bool {
+    ns.labels.get(DATAPLANE_MODE_LABEL) == Some(DATAPLANE_MODE_AMBIENT)
 }
 
 /// Every object of a snapshot, sorted by key; equal dumps mean equal registries.
