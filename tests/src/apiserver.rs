@@ -6,9 +6,14 @@
 //! `PartialObjectMeta`) get `PartialObjectMetadata` objects. kube-rs runs
 //! against it unmodified.
 //!
-//! It serves GET list and watch only (no selectors, no paging: a list returns
-//! every item); tests change objects through the typed helpers
-//! ([`ApiServer::create`], [`ApiServer::update`], [`ApiServer::delete`]).
+//! It serves list and watch (equality label selectors, no field selectors,
+//! no paging: a list returns every item), GET of one object, create (POST),
+//! server-side apply (PATCH, which replaces the whole object: one field
+//! manager), DELETE (no garbage collection of owned objects) and
+//! `TokenReview`s, answered from a tokens file in `ztunnel ca --token-file`'s
+//! format (see [`ApiServer::answer_token_reviews_from`]). Tests change objects
+//! through the typed helpers ([`ApiServer::create`], [`ApiServer::update`],
+//! [`ApiServer::delete`]) and read them with [`ApiServer::get`].
 
 mod http;
 mod store;
@@ -121,6 +126,7 @@ impl ApiServer {
         .map_err(|e| Error::Listen(std::io::Error::other(e)))?
         .map_err(Error::Listen)?;
         let server = Self::start_on(listener)?;
+        server.answer_token_reviews_from(crate::mesh::MeshCa::tokens_path(bed));
         let kubeconfig = bed.workdir().join("kubeconfig");
         std::fs::write(&kubeconfig, server.kubeconfig()).map_err(Error::Listen)?;
         Ok((server, kubeconfig))
@@ -200,6 +206,59 @@ impl ApiServer {
             .cloned()
             .ok_or_else(|| Error::NotFound(format!("{}/{}/{}", resource.plural, key.0, key.1)))?;
         Ok(store.record(&resource, key, EventType::Deleted, old))
+    }
+
+    /// Answers TokenReviews from `path`: lines `<token> <holder>`, a holder
+    /// being a node name (the token is then the ztunnel DaemonSet's, bound to
+    /// a pod on that node) or `<namespace>/<service account>`. Read at each
+    /// review; other tokens are not authenticated.
+    pub fn answer_token_reviews_from(&self, path: std::path::PathBuf) {
+        self.shared.lock().tokens_file = Some(path);
+    }
+
+    /// The object `name` of kind `K` in `namespace` (`None` for cluster-scoped
+    /// kinds), as stored.
+    pub fn get<K: Resource<DynamicType = ()> + serde::de::DeserializeOwned>(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<K> {
+        let key = (namespace.unwrap_or("").to_owned(), name.to_owned());
+        let store = self.shared.lock();
+        let value = store.objects.get(&resource_type::<K>())?.get(&key)?.clone();
+        serde_json::from_value(value).ok()
+    }
+
+    /// The names (`namespace/name`, or `name` for cluster-scoped kinds) of
+    /// every object of kind `K`.
+    pub fn names<K: Resource<DynamicType = ()>>(&self) -> Vec<String> {
+        let store = self.shared.lock();
+        store
+            .objects
+            .get(&resource_type::<K>())
+            .map(|objects| {
+                objects
+                    .keys()
+                    .map(|(ns, name)| {
+                        if ns.is_empty() {
+                            name.clone()
+                        } else {
+                            format!("{ns}/{name}")
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `METHOD path` of every request other than a GET, in order.
+    pub fn writes(&self) -> Vec<String> {
+        self.shared.lock().writes.clone()
+    }
+
+    /// How many TokenReviews were answered.
+    pub fn token_reviews(&self) -> usize {
+        self.shared.lock().reviews
     }
 
     /// Forgets the history: every watch resuming from a resourceVersion older

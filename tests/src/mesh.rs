@@ -231,7 +231,7 @@ impl MeshCa {
             reason: e.to_string(),
         };
         std::fs::create_dir_all(&dir).map_err(io)?;
-        let tokens = dir.join("tokens");
+        let tokens = Self::tokens_path(bed);
         if !tokens.exists() {
             std::fs::write(&tokens, "").map_err(io)?;
         }
@@ -242,16 +242,27 @@ impl MeshCa {
             .arg(address.to_string())
             .arg("--root-dir")
             .arg(&dir)
-            .arg("--token-file")
-            .arg(&tokens)
             .env("RUST_LOG", "info")
             .env("LOG_FORMAT", "json");
         match source {
             CaSource::File(config) => {
-                cmd.arg("--config").arg(config);
+                cmd.arg("--token-file")
+                    .arg(&tokens)
+                    .arg("--config")
+                    .arg(config);
             }
+            // As deploy/ca/deployment.yaml runs it: callers authenticated by
+            // TokenReview (the fake API server answers from the same tokens
+            // file), the roots published, waypoints deployed from the
+            // PodTemplate `ambit-waypoint` when a test creates one.
             CaSource::Kubernetes(kubeconfig) => {
-                cmd.env("KUBECONFIG", kubeconfig);
+                cmd.env("KUBECONFIG", kubeconfig).args([
+                    "--allowed-service-account=ambit-system/ztunnel",
+                    "--token-review-audience=ambit-ca",
+                    "--root-configmap=ambit-ca-root-cert",
+                    "--waypoint-template=ambit-waypoint",
+                    "--namespace=ambit-system",
+                ]);
             }
         }
         let process = bed.spawn(cmd)?;
@@ -272,6 +283,11 @@ impl MeshCa {
             dir,
             address,
         })
+    }
+
+    /// The tokens file of `bed`'s CA: `<token> <holder>` lines.
+    pub fn tokens_path(bed: &Testbed) -> PathBuf {
+        bed.workdir().join("ca").join("tokens")
     }
 
     /// The directory of its key material (`ca.key`, `ca.crt`).

@@ -427,5 +427,12 @@ async fn in_kubernetes_mode_a_new_pod_is_captured_before_the_api_knows_its_addre
         arrives_over_hbone_as_web(&bed, (&zt_a, &zt_b), server, "early");
         runtime.del(web, "demo", Some(&result));
     });
+    // The ztunnels' certificates came from the CA, which authenticated them
+    // with TokenReviews, as in a cluster.
+    assert!(
+        api.token_reviews() >= 2,
+        "{} TokenReviews",
+        api.token_reviews()
+    );
     drop(api);
 }

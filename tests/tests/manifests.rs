@@ -124,6 +124,45 @@ fn find<'a>(docs: &'a [(PathBuf, Value)], kind_: &str, name_: &str) -> &'a Value
     found[0]
 }
 
+/// What the CA's waypoint controller makes from deploy/'s PodTemplate for
+/// the example Gateway of deploy/waypoint/ (the objects a cluster gets).
+fn rendered_waypoint() -> Vec<Value> {
+    use ztunnel::controller::objects::{self, Inputs, WaypointGateway};
+    let docs = all_documents();
+    let template: k8s_openapi::api::core::v1::PodTemplate =
+        serde_yaml_ng::from_value(find(&docs, "PodTemplate", "ambit-waypoint").clone())
+            .expect("the waypoint template is a PodTemplate");
+    let gateway: ztunnel::config::crd::gateway::Gateway = {
+        let mut gateway = find(&docs, "Gateway", "waypoint").clone();
+        // The API server gives every object a uid.
+        gateway["metadata"]["uid"] = Value::from("00000000-0000-4000-8000-000000000001");
+        serde_yaml_ng::from_value(gateway).expect("the example Gateway parses")
+    };
+    let gateway = WaypointGateway::from_gateway(&gateway)
+        .expect("the example Gateway is a waypoint")
+        .expect("the example Gateway is deployable");
+    let (desired, problem) = objects::desired(Inputs {
+        gateways: std::slice::from_ref(&gateway),
+        template: Some(&template),
+        trust_domain: "cluster.local",
+        roots: Some(("ambit-ca-root-cert", "-----BEGIN CERTIFICATE-----\n")),
+        system_namespace: "ambit-system",
+    });
+    assert_eq!(problem, None, "the controller refuses deploy/'s template");
+    fn yaml<T: serde::Serialize>(objects: &[T]) -> Vec<Value> {
+        (objects.iter())
+            .map(|o| serde_yaml_ng::to_value(o).expect("a Kubernetes object serializes"))
+            .collect()
+    }
+    [
+        yaml(&desired.service_accounts),
+        yaml(&desired.bindings),
+        yaml(&desired.deployments),
+        yaml(&desired.config_maps),
+    ]
+    .concat()
+}
+
 #[test]
 fn every_document_parses_and_names_its_kind() {
     let docs = all_documents();
@@ -180,10 +219,22 @@ fn kubernetes_kinds_validate_against_the_schemas_of_a_release() {
         eprintln!("skipping the schema validation: {reason}");
         return;
     };
-    let files = manifest_files();
+    let mut files = manifest_files();
+    // And what the waypoint controller makes from them.
+    let rendered = rendered_waypoint();
+    let rendered_file = std::env::temp_dir().join(format!(
+        "ambit-manifests-{}-controller.yaml",
+        std::process::id()
+    ));
+    let text: Vec<String> = (rendered.iter())
+        .map(|doc| serde_yaml_ng::to_string(doc).expect("serializes"))
+        .collect();
+    std::fs::write(&rendered_file, text.join("---\n")).expect("the temp dir is writable");
+    files.push(rendered_file.clone());
     cmd.args(["-k", KUBERNETES_VERSION, "--strict"])
         .args(&files);
     let output = cmd.output().expect("kubernetes-validate runs");
+    let _ = std::fs::remove_file(&rendered_file);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -216,7 +267,7 @@ fn kubernetes_kinds_validate_against_the_schemas_of_a_release() {
         .count();
     assert_eq!(
         passed + custom,
-        all_documents().len(),
+        all_documents().len() + rendered.len(),
         "every document is either validated or a custom resource:\n{stdout}"
     );
 }
@@ -378,10 +429,18 @@ fn rbac_is_least_privilege() {
             assert!(
                 !verbs
                     .iter()
-                    .any(|v| matches!(v.as_str(), "escalate" | "bind" | "impersonate")),
+                    .any(|v| matches!(v.as_str(), "escalate" | "impersonate")),
                 "{} may {verbs:?}",
                 name(role)
             );
+            // `bind` lets a role grant what it does not hold: only the
+            // waypoint controller has it, for the waypoints' role alone.
+            if verbs.iter().any(|v| v == "bind") {
+                assert_eq!(name(role), "ambit-waypoint-controller");
+                assert_eq!(verbs, ["bind"]);
+                assert_eq!(resources, ["clusterroles"]);
+                assert_eq!(strings(rule.get("resourceNames")), ["ambit-waypoint"]);
+            }
         }
     }
 
@@ -444,6 +503,36 @@ fn rbac_is_least_privilege() {
         );
         assert_eq!(strings(rule.get("resourceNames")), [ROOT_SECRET]);
     }
+    // The waypoint controller: writes what a waypoint is made of, changes no
+    // ConfigMap but the root's, and reads its template by name.
+    let controller = find(&docs, "ClusterRole", "ambit-waypoint-controller");
+    let pair = |g: &str, r: &str| (g.to_owned(), r.to_owned());
+    assert_eq!(
+        grants(controller, "create"),
+        BTreeSet::from([
+            pair("", "serviceaccounts"),
+            pair("", "configmaps"),
+            pair("apps", "deployments"),
+            pair("rbac.authorization.k8s.io", "clusterrolebindings"),
+        ])
+    );
+    assert!(grants(controller, "get").is_empty() && grants(controller, "watch").is_empty());
+    for rule in rules(controller) {
+        if strings(rule.get("resources")) == ["configmaps"]
+            && strings(rule.get("verbs")) != ["create"]
+        {
+            assert_eq!(strings(rule.get("resourceNames")), ["ambit-ca-root-cert"]);
+        }
+    }
+    let template_role = find(&docs, "Role", "ambit-waypoint-template");
+    assert_eq!(
+        grants(template_role, "get"),
+        BTreeSet::from([pair("", "podtemplates")])
+    );
+    assert_eq!(
+        strings(rules(template_role)[0].get("resourceNames")),
+        ["ambit-waypoint"]
+    );
     // Any other Role touching Secrets must name them.
     for role in roles.iter().filter(|r| kind(r) == "Role") {
         for rule in rules(role) {
@@ -554,10 +643,24 @@ fn one_trust_domain_for_the_whole_mesh() {
         !args.iter().any(|a| a.starts_with("--trust-domain")),
         "{args:?}"
     );
-    let waypoint = container(find(&docs, "Deployment", "waypoint"));
+    // Waypoints get the CA's: the template must not pretend to set it.
+    let template = find(&docs, "PodTemplate", "ambit-waypoint");
+    assert!(
+        env(
+            &template["template"]["spec"]["containers"][0],
+            TRUST_DOMAIN_ENV
+        )
+        .is_none(),
+        "the waypoint template sets {TRUST_DOMAIN_ENV}, which the controller replaces"
+    );
+    let rendered = rendered_waypoint();
+    let waypoint = (rendered.iter())
+        .find(|d| kind(d) == "Deployment")
+        .expect("a waypoint Deployment");
     assert_eq!(
-        env_value(waypoint, TRUST_DOMAIN_ENV),
-        Some(trust_domain.as_str())
+        env_value(container(waypoint), TRUST_DOMAIN_ENV),
+        Some("cluster.local"),
+        "the CA's trust domain ({trust_domain} in the kustomization) reaches the waypoint"
     );
 }
 
@@ -645,8 +748,27 @@ fn workloads_agree_with_ztunnels_settings() {
     );
     assert!(settings::CA_SERVER_NAMES.contains(&"ambit-ca.ambit-system.svc"));
 
-    let waypoint = find(&docs, "Deployment", "waypoint");
+    for flag in [
+        "--root-configmap=ambit-ca-root-cert",
+        "--waypoint-template=ambit-waypoint",
+    ] {
+        assert!(
+            args.contains(&flag.to_owned()),
+            "the CA lacks {flag}: {args:?}"
+        );
+    }
+    let rendered = rendered_waypoint();
+    let waypoint = (rendered.iter())
+        .find(|d| kind(d) == "Deployment")
+        .expect("a waypoint Deployment");
     assert_ca_token(waypoint, "waypoint");
+    // The root the waypoint mounts is published in its namespace.
+    let published = (rendered.iter()).any(|d| {
+        kind(d) == "ConfigMap"
+            && name(d) == "ambit-ca-root-cert"
+            && str_at(d, &["metadata", "namespace"]) == Some("demo")
+    });
+    assert!(published, "no root ConfigMap for the waypoint's namespace");
     let pod = &waypoint["spec"]["template"];
     let gateway = str_at(
         pod,
@@ -716,4 +838,87 @@ fn the_policies_of_the_install_guide_are_accepted_by_ztunnel() {
             ),
         }
     }
+}
+
+#[test]
+fn kustomize_renders_the_mesh_and_sets_every_image() {
+    if Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_err()
+    {
+        let reason = "kubectl is not installed (`cargo xtask bootstrap` installs it)";
+        if std::env::var_os("CI").is_some() {
+            panic!("{reason}; CI is set, so this fails instead of skipping");
+        }
+        eprintln!("skipping the kustomize rendering: {reason}");
+        return;
+    }
+    // An overlay as docs/install.md describes: the images from a registry.
+    let overlay = std::env::temp_dir().join(format!("ambit-overlay-{}", std::process::id()));
+    std::fs::create_dir_all(&overlay).expect("the temp dir is writable");
+    let overlay = overlay.canonicalize().expect("the overlay exists");
+    // Kustomize takes relative paths only: up to / and down to deploy/.
+    let base = deploy_dir().canonicalize().expect("deploy/ exists");
+    let up = "../".repeat(overlay.components().count() - 1);
+    let base = format!(
+        "{up}{}",
+        base.strip_prefix("/").expect("absolute").display()
+    );
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- {base}\n\
+             images:\n- name: ambit/ztunnel\n  newName: registry.example/ztunnel\n  newTag: v9\n\
+             - name: ambit/waypoint\n  newName: registry.example/waypoint\n  newTag: v9\n"
+        ),
+    )
+    .expect("the overlay is writable");
+    let output = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&overlay)
+        .output()
+        .expect("kubectl runs");
+    let _ = std::fs::remove_dir_all(&overlay);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "kubectl kustomize fails:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&stdout)
+        .map(|d| Value::deserialize(d).expect("kustomize's output parses"))
+        .collect();
+    // Every container of the mesh, the waypoint template's included, runs
+    // the overlay's images.
+    let images: Vec<String> = (docs.iter())
+        .flat_map(|d| {
+            let pod = match kind(d) {
+                "PodTemplate" => &d["template"]["spec"],
+                _ => &d["spec"]["template"]["spec"],
+            };
+            let containers = pod["containers"].as_sequence().into_iter().flatten();
+            let init = pod["initContainers"].as_sequence().into_iter().flatten();
+            containers
+                .chain(init)
+                .filter_map(|c| str_at(c, &["image"]).map(str::to_owned))
+        })
+        .collect();
+    assert!(images.len() >= 4, "{images:?}");
+    for image in &images {
+        assert!(
+            image.starts_with("registry.example/") && image.ends_with(":v9"),
+            "{images:?}"
+        );
+    }
+    assert!(
+        images.iter().any(|i| i == "registry.example/waypoint:v9"),
+        "{images:?}"
+    );
+    // The trust domain's ConfigMap gets its hash suffix, and its users follow.
+    assert!(
+        stdout.contains("name: ambit-mesh-"),
+        "no generated ambit-mesh ConfigMap"
+    );
 }

@@ -60,7 +60,7 @@ const STEPS: [Step; 6] = [
         needs_root: false,
     },
     Step {
-        name: "test tools (tcpdump, curl, CNI plugins)",
+        name: "test tools (tcpdump, curl, kubectl, CNI plugins)",
         present: || Ok(test_tools_present()),
         install: install_test_tools,
         by_hand: || {
@@ -134,8 +134,9 @@ fn install_kubernetes_validate() -> anyhow::Result<()> {
 
 /// Debian packages the end-to-end tests use: tcpdump watches the wire between
 /// nodes (is it TLS?); curl is the HTTP/1.1 and HTTP/2 client of the waypoint
-/// tests (each package installs a command of its name).
-const TEST_PACKAGES: [&str; 2] = ["tcpdump", "curl"];
+/// tests; kubectl renders deploy/'s kustomizations (`kubectl kustomize`, in
+/// tests/tests/manifests.rs). Each package installs a command of its name.
+const TEST_PACKAGES: [&str; 3] = ["tcpdump", "curl", "kubectl"];
 
 /// The reference CNI plugins (bridge, host-local, ...), which the CNI test
 /// chains `ambit-cni` after, as a container runtime would; installed in
@@ -239,7 +240,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     if installed.is_empty() {
         eprintln!(
-            "bootstrap: all present (nightly rust-src, LLVM {LLVM_MAJOR} dev packages, bpf-linker, tcpdump, curl, CNI plugins, kubernetes-validate)"
+            "bootstrap: all present (nightly rust-src, LLVM {LLVM_MAJOR} dev packages, bpf-linker, tcpdump, curl, kubectl, CNI plugins, kubernetes-validate)"
         );
     } else {
         eprintln!("bootstrap: installed {}", installed.join(", "));

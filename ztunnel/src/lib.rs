@@ -23,6 +23,7 @@ pub mod admin;
 #[cfg(feature = "capture")]
 pub mod capture;
 pub mod config;
+pub mod controller;
 pub mod hbone;
 pub mod identity;
 pub mod metrics;

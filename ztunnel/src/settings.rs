@@ -137,6 +137,15 @@ pub const TRUST_DOMAIN_DEFAULT: &str = crate::identity::DEFAULT_TRUST_DOMAIN;
 /// `ztunnel ca`: a plug-in CA directory in Istio's `cacerts` layout
 /// (`--cacerts-dir`; unset: the CA's own root).
 pub const CACERTS_DIR_ENV: &str = "AMBIT_CACERTS_DIR";
+/// `ztunnel ca`: its own namespace (the downward API's `metadata.namespace`).
+pub const POD_NAMESPACE_ENV: &str = "POD_NAMESPACE";
+/// The mesh's namespace: default of [`POD_NAMESPACE_ENV`] for the CA.
+pub const SYSTEM_NAMESPACE: &str = "ambit-system";
+/// `ztunnel ca`: publish the roots as this ConfigMap (`--root-configmap`).
+pub const ROOT_CONFIGMAP_ENV: &str = "AMBIT_ROOT_CONFIGMAP";
+/// `ztunnel ca`: the PodTemplate waypoints are deployed from
+/// (`--waypoint-template`; unset: no waypoint controller).
+pub const WAYPOINT_TEMPLATE_ENV: &str = "AMBIT_WAYPOINT_TEMPLATE";
 
 /// This node's name (Kubernetes: the downward API's `spec.nodeName`).
 pub const NODE_NAME_ENV: &str = "NODE_NAME";

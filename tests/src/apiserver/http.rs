@@ -10,7 +10,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::{
     Shared,
-    store::{ResourceType, StoredEvent},
+    store::{EventType, ResourceType, StoredEvent},
 };
 
 /// The body type of every response.
@@ -32,52 +32,348 @@ pub async fn handle(
                 .collect()
         })
         .unwrap_or_default();
-    if req.method() != hyper::Method::GET {
-        return Ok(status(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            "the fake serves list and watch only",
-        ));
+    let method = req.method().clone();
+    if method != hyper::Method::GET {
+        shared.lock().writes.push(format!("{method} {path}"));
     }
-    let Some((resource, namespace)) = route(&path) else {
+    let Some(target) = route(&path) else {
         return Ok(status(
             StatusCode::NOT_FOUND,
             "NotFound",
             &format!("no route for {path}"),
         ));
     };
-    for selector in ["labelSelector", "fieldSelector"] {
-        if query.get(selector).is_some_and(|s| !s.is_empty()) {
-            return Ok(status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                &format!("{selector} is not supported by the fake"),
-            ));
-        }
+    if query.get("fieldSelector").is_some_and(|s| !s.is_empty()) {
+        return Ok(status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "fieldSelector is not supported by the fake",
+        ));
     }
+    let selector = match query.get("labelSelector").map(|s| parse_selector(s)) {
+        None => Vec::new(),
+        Some(Ok(selector)) => selector,
+        Some(Err(message)) => return Ok(status(StatusCode::BAD_REQUEST, "BadRequest", &message)),
+    };
+    let content_type = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     // kube asks for `PartialObjectMetadata` when it watches metadata only.
     let metadata_only = req
         .headers()
         .get(hyper::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("as=PartialObjectMetadata"));
-    if metadata_only {
-        *shared
-            .lock()
-            .metadata_only
-            .entry(resource.plural.clone())
-            .or_default() += 1;
-    }
-    if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
-        Ok(watch(&shared, resource, namespace, &query, metadata_only))
-    } else {
-        Ok(list(
+    let body = match req.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) => {
+            return Ok(status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &e.to_string(),
+            ));
+        }
+    };
+    let Target {
+        resource,
+        namespace,
+        name,
+    } = target;
+    match (method, name) {
+        (hyper::Method::GET, Some(name)) => Ok(get(&shared, &resource, namespace, &name)),
+        (hyper::Method::GET, None) => {
+            if metadata_only {
+                *shared
+                    .lock()
+                    .metadata_only
+                    .entry(resource.plural.clone())
+                    .or_default() += 1;
+            }
+            let filter = Filter {
+                namespace,
+                selector,
+            };
+            if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+                Ok(watch(&shared, resource, filter, &query, metadata_only))
+            } else {
+                Ok(list(&shared, &resource, &filter, metadata_only))
+            }
+        }
+        (hyper::Method::POST, None) if resource.plural == "tokenreviews" => {
+            Ok(token_review(&shared, &body))
+        }
+        (hyper::Method::POST, None) => Ok(write(
             &shared,
             &resource,
-            namespace.as_deref(),
-            metadata_only,
-        ))
+            namespace,
+            None,
+            &body,
+            Write::Create,
+        )),
+        (hyper::Method::PATCH, Some(name))
+            if content_type.starts_with("application/apply-patch") =>
+        {
+            Ok(write(
+                &shared,
+                &resource,
+                namespace,
+                Some(name),
+                &body,
+                Write::Apply,
+            ))
+        }
+        (hyper::Method::PATCH, Some(_)) => Ok(status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            &format!("the fake supports server-side apply patches only, not {content_type:?}"),
+        )),
+        (hyper::Method::DELETE, Some(name)) => Ok(delete(&shared, &resource, namespace, &name)),
+        (method, _) => Ok(status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            &format!("the fake does not serve {method} {path}"),
+        )),
     }
+}
+
+/// What a request addresses.
+struct Target {
+    resource: ResourceType,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+/// Which objects a list or watch covers.
+#[derive(Debug, Clone)]
+struct Filter {
+    namespace: Option<String>,
+    /// `key=value` pairs that must all be labels of the object.
+    selector: Vec<(String, String)>,
+}
+
+impl Filter {
+    fn covers(&self, namespace: &str, object: &Value) -> bool {
+        self.namespace.as_deref().is_none_or(|n| n == namespace)
+            && self.selector.iter().all(|(k, v)| {
+                object
+                    .pointer("/metadata/labels")
+                    .and_then(|l| l.get(k))
+                    .and_then(Value::as_str)
+                    == Some(v.as_str())
+            })
+    }
+}
+
+/// Equality-based label selectors only (`a=b,c==d`).
+fn parse_selector(text: &str) -> Result<Vec<(String, String)>, String> {
+    text.split(',')
+        .filter(|term| !term.is_empty())
+        .map(|term| {
+            let (k, v) = term
+                .split_once("==")
+                .or_else(|| term.split_once('='))
+                .filter(|(k, _)| !k.ends_with('!'))
+                .ok_or_else(|| {
+                    format!("label selector term {term:?}: the fake supports key=value only")
+                })?;
+            Ok((k.trim().to_owned(), v.trim().to_owned()))
+        })
+        .collect()
+}
+
+fn get(
+    shared: &Shared,
+    resource: &ResourceType,
+    namespace: Option<String>,
+    name: &str,
+) -> Response<Body> {
+    let key = (namespace.unwrap_or_default(), name.to_owned());
+    let store = shared.lock();
+    match store.objects.get(resource).and_then(|o| o.get(&key)) {
+        Some(object) => json_response(StatusCode::OK, object),
+        None => not_found(resource, &key),
+    }
+}
+
+fn not_found(resource: &ResourceType, key: &(String, String)) -> Response<Body> {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        &format!("{} \"{}\" not found", resource.plural, key.1),
+    )
+}
+
+/// How a write treats an existing object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// POST: refused when it exists.
+    Create,
+    /// Server-side apply: creates or replaces (the fake does not merge
+    /// fields of several managers: the last apply is the object).
+    Apply,
+}
+
+fn write(
+    shared: &Shared,
+    resource: &ResourceType,
+    namespace: Option<String>,
+    name: Option<String>,
+    body: &[u8],
+    mode: Write,
+) -> Response<Body> {
+    let mut object: Value = match serde_json::from_slice(body) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "the body is not a JSON object",
+            );
+        }
+        Err(e) => {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!("the body is not JSON: {e}"),
+            );
+        }
+    };
+    let body_name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let Some(name) = name.or(body_name.clone()) else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "metadata.name is required",
+        );
+    };
+    if body_name.as_deref().is_some_and(|n| n != name) {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "metadata.name does not match the URL",
+        );
+    }
+    let namespace = namespace.unwrap_or_default();
+    let key = (namespace.clone(), name.clone());
+    let mut store = shared.lock();
+    let old = store
+        .objects
+        .get(resource)
+        .and_then(|o| o.get(&key))
+        .cloned();
+    if mode == Write::Create && old.is_some() {
+        return status(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            &format!("{} \"{name}\" already exists", resource.plural),
+        );
+    }
+    let uid = match old.as_ref().and_then(|o| o.pointer("/metadata/uid")) {
+        Some(uid) => uid.clone(),
+        None => Value::String(store.next_uid()),
+    };
+    let Some(meta) = object
+        .as_object_mut()
+        .map(|o| o.entry("metadata").or_insert_with(|| json!({})))
+        .and_then(Value::as_object_mut)
+    else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "metadata is not an object",
+        );
+    };
+    meta.insert("name".into(), Value::String(name));
+    if !namespace.is_empty() {
+        meta.insert("namespace".into(), Value::String(namespace));
+    }
+    meta.insert("uid".into(), uid);
+    let (kind, code) = if old.is_some() {
+        (EventType::Modified, StatusCode::OK)
+    } else {
+        (EventType::Added, StatusCode::CREATED)
+    };
+    store.record(resource, key.clone(), kind, object);
+    match store.objects.get(resource).and_then(|o| o.get(&key)) {
+        Some(object) => json_response(code, object),
+        None => not_found(resource, &key),
+    }
+}
+
+fn delete(
+    shared: &Shared,
+    resource: &ResourceType,
+    namespace: Option<String>,
+    name: &str,
+) -> Response<Body> {
+    let key = (namespace.unwrap_or_default(), name.to_owned());
+    let mut store = shared.lock();
+    let Some(old) = store
+        .objects
+        .get(resource)
+        .and_then(|o| o.get(&key))
+        .cloned()
+    else {
+        return not_found(resource, &key);
+    };
+    store.record(resource, key, EventType::Deleted, old.clone());
+    json_response(StatusCode::OK, &old)
+}
+
+/// A `TokenReview`, answered from the tokens file (`<token> <holder>` lines,
+/// as `ztunnel ca --token-file` reads them): a node's token is the ztunnel
+/// DaemonSet's service account bound to a pod on that node, a
+/// `<namespace>/<service account>` holder's is that service account's.
+fn token_review(shared: &Shared, body: &[u8]) -> Response<Body> {
+    let review: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!("the body is not JSON: {e}"),
+            );
+        }
+    };
+    let token = review
+        .pointer("/spec/token")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let tokens_file = shared.lock().tokens_file.clone();
+    let holder = tokens_file.as_ref().and_then(|path| {
+        let text = std::fs::read_to_string(path).ok()?;
+        text.lines().find_map(|line| {
+            let (t, holder) = line.split_once(' ')?;
+            (!token.is_empty() && t == token).then(|| holder.trim().to_owned())
+        })
+    });
+    let answer = match holder {
+        Some(holder) => {
+            let (username, extra) = match holder.split_once('/') {
+                Some((ns, sa)) => (format!("system:serviceaccount:{ns}:{sa}"), json!({})),
+                None => (
+                    "system:serviceaccount:ambit-system:ztunnel".to_owned(),
+                    json!({"authentication.kubernetes.io/node-name": [holder]}),
+                ),
+            };
+            // As the API server does: the requested audiences the token is valid for.
+            json!({"authenticated": true, "audiences": review.pointer("/spec/audiences").cloned().unwrap_or(json!([])),
+                   "user": {"username": username, "extra": extra}})
+        }
+        None => json!({"authenticated": false, "error": "invalid bearer token"}),
+    };
+    shared.lock().reviews += 1;
+    json_response(
+        StatusCode::CREATED,
+        &json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                "metadata": {}, "spec": review.get("spec").cloned().unwrap_or(json!({})), "status": answer}),
+    )
 }
 
 /// `object` as a metadata-only request sees it: `PartialObjectMetadata`.
@@ -89,31 +385,37 @@ fn partial(object: &Value) -> Value {
     })
 }
 
-/// `/api/v1[/namespaces/{ns}]/{plural}` or `/apis/{g}/{v}[/namespaces/{ns}]/{plural}`.
-fn route(path: &str) -> Option<(ResourceType, Option<String>)> {
+/// `/api/v1[/namespaces/{ns}]/{plural}[/{name}]` or
+/// `/apis/{g}/{v}[/namespaces/{ns}]/{plural}[/{name}]`.
+fn route(path: &str) -> Option<Target> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest) = match parts.as_slice() {
         ["api", version, rest @ ..] => ("", *version, rest),
         ["apis", group, version, rest @ ..] => (*group, *version, rest),
         _ => return None,
     };
-    let (namespace, plural) = match rest {
-        [plural] => (None, *plural),
-        ["namespaces", ns, plural] => (Some((*ns).to_owned()), *plural),
+    let (namespace, plural, name) = match rest {
+        ["namespaces", ns, plural, name] => (Some(*ns), *plural, Some(*name)),
+        ["namespaces", ns, plural] => (Some(*ns), *plural, None),
+        [plural, name] => (None, *plural, Some(*name)),
+        [plural] => (None, *plural, None),
         _ => return None,
     };
-    let resource = ResourceType {
-        group: group.to_owned(),
-        version: version.to_owned(),
-        plural: plural.to_owned(),
-    };
-    Some((resource, namespace))
+    Some(Target {
+        resource: ResourceType {
+            group: group.to_owned(),
+            version: version.to_owned(),
+            plural: plural.to_owned(),
+        },
+        namespace: namespace.map(str::to_owned),
+        name: name.map(str::to_owned),
+    })
 }
 
 fn list(
     shared: &Shared,
     resource: &ResourceType,
-    namespace: Option<&str>,
+    filter: &Filter,
     metadata_only: bool,
 ) -> Response<Body> {
     let mut store = shared.lock();
@@ -124,7 +426,7 @@ fn list(
         .map(|objects| {
             objects
                 .iter()
-                .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
+                .filter(|((ns, _), o)| filter.covers(ns, o))
                 .map(|(_, o)| if metadata_only { partial(o) } else { o.clone() })
                 .collect()
         })
@@ -148,7 +450,7 @@ fn list(
 fn watch(
     shared: &Arc<Shared>,
     resource: ResourceType,
-    namespace: Option<String>,
+    filter: Filter,
     query: &HashMap<String, String>,
     metadata_only: bool,
 ) -> Response<Body> {
@@ -192,7 +494,7 @@ fn watch(
     let replay: Vec<StoredEvent> = store
         .history
         .iter()
-        .filter(|e| e.rv > from && matches(e, &resource, namespace.as_deref()))
+        .filter(|e| e.rv > from && matches(e, &resource, &filter))
         .cloned()
         .collect();
     let current = store.rv;
@@ -200,7 +502,7 @@ fn watch(
     let stream = WatchStream {
         tx,
         resource,
-        namespace,
+        filter,
         bookmarks,
         metadata_only,
         last_rv: from,
@@ -209,8 +511,11 @@ fn watch(
     stream_response(rx)
 }
 
-fn matches(event: &StoredEvent, resource: &ResourceType, namespace: Option<&str>) -> bool {
-    event.resource == *resource && namespace.is_none_or(|n| n == event.namespace)
+/// A watch with a label selector sees the changes of objects that carry the
+/// labels after the change (the fake sends no DELETED for an object whose
+/// labels stop matching).
+fn matches(event: &StoredEvent, resource: &ResourceType, filter: &Filter) -> bool {
+    event.resource == *resource && filter.covers(&event.namespace, &event.object)
 }
 
 /// One open watch: replays the history, then forwards live events, with
@@ -218,7 +523,7 @@ fn matches(event: &StoredEvent, resource: &ResourceType, namespace: Option<&str>
 struct WatchStream {
     tx: mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
     resource: ResourceType,
-    namespace: Option<String>,
+    filter: Filter,
     bookmarks: bool,
     metadata_only: bool,
     last_rv: u64,
@@ -259,7 +564,7 @@ impl WatchStream {
                     if !self.bookmark(rv).await { return; }
                 }
                 event = live.recv() => match event {
-                    Ok(event) if event.rv > self.last_rv && matches(&event, &self.resource, self.namespace.as_deref()) => {
+                    Ok(event) if event.rv > self.last_rv && matches(&event, &self.resource, &self.filter) => {
                         if !self.send_event(&event).await { return; }
                     }
                     Ok(_) => {}

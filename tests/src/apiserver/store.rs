@@ -79,6 +79,12 @@ pub struct Store {
     pub uids: u64,
     /// While set, watch requests fail with 503 (the client backs off).
     pub paused: bool,
+    /// `METHOD path` of every request that is not a GET.
+    pub writes: Vec<String>,
+    /// TokenReviews answered.
+    pub reviews: usize,
+    /// Where TokenReviews are answered from.
+    pub tokens_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Store {
@@ -95,6 +101,9 @@ impl Default for Store {
             metadata_only: BTreeMap::new(),
             uids: 0,
             paused: false,
+            writes: Vec::new(),
+            reviews: 0,
+            tokens_file: None,
         }
     }
 }

@@ -55,6 +55,23 @@ pub struct CaArgs {
     /// (the ztunnel DaemonSet's); repeatable.
     #[arg(long = "allowed-service-account")]
     pub allowed_service_accounts: Vec<String>,
+    /// Kubernetes: the CA's own namespace, where it publishes the roots and
+    /// reads the waypoint template (also POD_NAMESPACE).
+    #[arg(long, env = settings::POD_NAMESPACE_ENV, default_value = settings::SYSTEM_NAMESPACE)]
+    pub namespace: String,
+    /// Kubernetes: publish the roots as this ConfigMap (key `root-cert.pem`)
+    /// in the CA's namespace and in each namespace with a waypoint (also
+    /// AMBIT_ROOT_CONFIGMAP).
+    #[arg(long, env = settings::ROOT_CONFIGMAP_ENV)]
+    pub root_configmap: Option<String>,
+    /// Kubernetes: deploy a waypoint for each Gateway of class
+    /// `istio-waypoint`, from this PodTemplate of the CA's namespace (also
+    /// AMBIT_WAYPOINT_TEMPLATE).
+    #[arg(long, env = settings::WAYPOINT_TEMPLATE_ENV)]
+    pub waypoint_template: Option<String>,
+    /// How often the controller applies everything again (e.g. `5m`).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub controller_resync: Duration,
 }
 
 impl CaArgs {
@@ -129,6 +146,12 @@ impl CaArgs {
             max_validity: self.max_validity,
             server_names,
             node_auth,
+            controller: crate::controller::ControllerConfig {
+                namespace: self.namespace.clone(),
+                root_config_map: self.root_configmap.clone().filter(|n| !n.is_empty()),
+                waypoint_template: self.waypoint_template.clone().filter(|n| !n.is_empty()),
+                resync: self.controller_resync,
+            },
         };
         config.validate()?;
         Ok(config)

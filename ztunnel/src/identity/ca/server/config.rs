@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::{CaInputs, CaServer, Error};
 use crate::{
+    controller::{self, ControllerConfig, MeshFacts},
     identity::{
         auth::{
             NodeAuthorizer, TokenAuthenticator, TokenFile, token_review::TokenReviewAuthenticator,
@@ -73,6 +74,8 @@ pub struct CaServerConfig {
     pub server_names: Vec<String>,
     /// Node authentication.
     pub node_auth: NodeAuthConfig,
+    /// The root ConfigMap and the waypoint controller (Kubernetes only).
+    pub controller: ControllerConfig,
 }
 
 impl CaServerConfig {
@@ -91,6 +94,12 @@ impl CaServerConfig {
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
+            controller: ControllerConfig {
+                namespace: settings::SYSTEM_NAMESPACE.to_owned(),
+                root_config_map: None,
+                waypoint_template: None,
+                resync: controller::RESYNC_DEFAULT,
+            },
         }
     }
 
@@ -136,7 +145,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let needs_kube = matches!(config.root, RootSource::KubernetesSecret { .. })
-        || matches!(config.node_auth, NodeAuthConfig::TokenReview { .. });
+        || matches!(config.node_auth, NodeAuthConfig::TokenReview { .. })
+        || config.controller.enabled();
     let kube = if needs_kube {
         Some(
             kube::Client::try_default()
@@ -146,8 +156,36 @@ pub async fn run(
     } else {
         None
     };
-    let server = build(&config, authorizer, kube).await?;
+    let server = build(&config, authorizer, kube.clone()).await?;
+    // Stops with the process: it holds no state worth a graceful end.
+    let _controller = match kube {
+        Some(client) if config.controller.enabled() => {
+            let facts = MeshFacts {
+                trust_domain: config.trust_domain.clone(),
+                roots_pem: server
+                    .roots_pem()
+                    .iter()
+                    .map(|pem| format!("{}\n", pem.trim_end()))
+                    .collect(),
+            };
+            Some(AbortOnDrop(tokio::spawn(controller::run(
+                client,
+                config.controller.clone(),
+                facts,
+            ))))
+        }
+        _ => None,
+    };
     server.serve(shutdown).await
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Builds and binds the server; `kube` must be given when the config needs it.
