@@ -677,6 +677,25 @@ fn workloads_agree_with_ztunnels_settings() {
         ),
         Some("spec.nodeName")
     );
+    // Not privileged: the pods' sysctl goes through the host's /proc/sys/net,
+    // mounted writable where AMBIT_SYSCTL_NET says (tests/tests/sysctl.rs).
+    assert_ne!(c["securityContext"]["privileged"].as_bool(), Some(true));
+    let sysctl_net = env_value(c, settings::SYSCTL_NET_ENV).expect("AMBIT_SYSCTL_NET is set");
+    let mount = (c["volumeMounts"].as_sequence().into_iter().flatten())
+        .find(|m| str_at(m, &["mountPath"]) == Some(sysctl_net))
+        .unwrap_or_else(|| panic!("nothing is mounted at {sysctl_net}"));
+    assert_ne!(
+        mount["readOnly"].as_bool(),
+        Some(true),
+        "{sysctl_net} is read-only"
+    );
+    let volume = (ztunnel["spec"]["template"]["spec"]["volumes"]
+        .as_sequence()
+        .into_iter()
+        .flatten())
+    .find(|v| v.get("name") == mount.get("name"))
+    .expect("the sysctl volume");
+    assert_eq!(str_at(volume, &["hostPath", "path"]), Some("/proc/sys/net"));
     let caps = strings(c["securityContext"]["capabilities"].get("add"));
     for needed in ["BPF", "NET_ADMIN", "SYS_ADMIN"] {
         assert!(

@@ -149,6 +149,21 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// `net.ipv4.tcp_fwmark_accept` could not be set in a pod's namespace.
+    #[error(
+        "cannot set net.ipv4.tcp_fwmark_accept in network namespace {netns} through {file} \
+         (AMBIT_SYSCTL_NET: the host's /proc/sys/net mounted writable; a container runtime \
+         mounts the container's own /proc/sys read-only)"
+    )]
+    Sysctl {
+        /// The namespace file.
+        netns: PathBuf,
+        /// The sysctl file written.
+        file: PathBuf,
+        /// What the operating system reported.
+        #[source]
+        source: io::Error,
+    },
 }
 
 fn map_error(name: &'static str, action: &'static str) -> impl FnOnce(MapError) -> Error {

@@ -526,6 +526,7 @@ fn pod_manager_config(settings: &Settings) -> PodManagerConfig {
         mark: settings::ZTUNNEL_MARK,
         transparent_mark: settings::TRANSPARENT_MARK,
         route_table: settings::ROUTE_TABLE,
+        sysctl_net: settings.sysctl_net.clone(),
         outbound_port: settings::OUTBOUND_PORT,
         inbound_plaintext_port: settings::INBOUND_PLAINTEXT_PORT,
         hbone_port: settings::HBONE_PORT,

@@ -199,6 +199,15 @@ pub const PROBE_CGROUP_DEFAULT: &str = "system.slice/kubelet.service";
 pub const HOST_PROC_ENV: &str = "AMBIT_HOST_PROC";
 /// Default of [`HOST_PROC_ENV`].
 pub const HOST_PROC_DEFAULT: &str = "/proc";
+/// The network sysctls (`/proc/sys/net`) ztunnel writes in an enrolled pod's
+/// network namespace (`ipv4/tcp_fwmark_accept`). Which namespace a file under
+/// it shows is the opener's, whatever procfs mount it is reached through, so
+/// a container that is not privileged (whose runtime mounts `/proc/sys`
+/// read-only) writes through the host's `/proc/sys/net` mounted writable
+/// elsewhere, as the DaemonSet does.
+pub const SYSCTL_NET_ENV: &str = "AMBIT_SYSCTL_NET";
+/// Default of [`SYSCTL_NET_ENV`].
+pub const SYSCTL_NET_DEFAULT: &str = "/proc/sys/net";
 /// The unix socket on which the CNI plugin `ambit-cni` asks this ztunnel to
 /// enroll a new pod's network namespace (`proxy::cni`). Kubernetes mode
 /// listens on [`CNI_SOCKET_DEFAULT`] unless this is set (empty: no socket);
@@ -299,6 +308,8 @@ pub struct Settings {
     pub probe_cgroup: Option<PathBuf>,
     /// See [`HOST_PROC_ENV`].
     pub host_proc: PathBuf,
+    /// See [`SYSCTL_NET_ENV`].
+    pub sysctl_net: PathBuf,
     /// See [`CNI_SOCKET_ENV`]: `None` unset, `Some("")` off.
     pub cni_socket: Option<PathBuf>,
     /// The remote CA ([`CA_ADDRESS_ENV`] and the others): used unless
@@ -363,6 +374,7 @@ impl Settings {
                 Some(v) => Some(PathBuf::from(v)),
             },
             host_proc: PathBuf::from(var(HOST_PROC_ENV).as_deref().unwrap_or(HOST_PROC_DEFAULT)),
+            sysctl_net: PathBuf::from(var(SYSCTL_NET_ENV).as_deref().unwrap_or(SYSCTL_NET_DEFAULT)),
             cni_socket: env.var(CNI_SOCKET_ENV).map(PathBuf::from),
             ca: crate::identity::remote::RemoteCa {
                 address: var(CA_ADDRESS_ENV).unwrap_or_else(|| CA_ADDRESS_DEFAULT.to_owned()),
@@ -390,6 +402,7 @@ impl Settings {
             (NODE_CGROUP_ENV, &self.node_cgroup),
             (PIN_DIR_ENV, &self.pin_dir),
             (HOST_PROC_ENV, &Some(self.host_proc.clone())),
+            (SYSCTL_NET_ENV, &Some(self.sysctl_net.clone())),
             (
                 CNI_SOCKET_ENV,
                 &self
@@ -537,6 +550,7 @@ mod tests {
                 pin_dir: None,
                 probe_cgroup: Some(PathBuf::from("system.slice/kubelet.service")),
                 host_proc: PathBuf::from("/proc"),
+                sysctl_net: PathBuf::from("/proc/sys/net"),
                 cni_socket: None,
                 ca: crate::identity::remote::RemoteCa {
                     address: "ambit-ca.ambit-system.svc:15012".into(),

@@ -12,6 +12,7 @@
 use std::{
     fs, io,
     net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
 };
 
 use rtnetlink::{
@@ -29,10 +30,16 @@ const NETLINK_EEXIST: i32 = -libc::EEXIST;
 /// Priority of the policy rule: before the main table (32766).
 const RULE_PRIORITY: u32 = 100;
 
-/// Sets up the return path for transparent connects in `netns`: the sysctl, the
-/// rules (IPv4 and IPv6) and the local routes of `table`. Idempotent: a restarted
-/// ztunnel finds them in place.
-pub async fn setup_transparent_return(netns: &Netns, mark: u32, table: u32) -> Result<(), Error> {
+/// Sets up the return path for transparent connects in `netns`: the sysctl
+/// (written under `sysctl_net`, a view of `/proc/sys/net`, opened from inside
+/// `netns`), the rules (IPv4 and IPv6) and the local routes of `table`.
+/// Idempotent: a restarted ztunnel finds them in place.
+pub async fn setup_transparent_return(
+    netns: &Netns,
+    sysctl_net: &Path,
+    mark: u32,
+    table: u32,
+) -> Result<(), Error> {
     let route_error = |what| {
         move |source| Error::Route {
             path: netns.path().to_owned(),
@@ -40,9 +47,14 @@ pub async fn setup_transparent_return(netns: &Netns, mark: u32, table: u32) -> R
             source,
         }
     };
+    let sysctl = sysctl_net.join("ipv4/tcp_fwmark_accept");
     netns
-        .run(|| fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", "1"))?
-        .map_err(route_error("set net.ipv4.tcp_fwmark_accept"))?;
+        .run(|| fs::write(&sysctl, "1"))?
+        .map_err(|source| Error::Sysctl {
+            netns: netns.path().to_owned(),
+            file: sysctl.clone(),
+            source,
+        })?;
     // The netlink socket belongs to the namespace it is created in.
     let (connection, handle, _) = netns
         .run(rtnetlink::new_connection)?

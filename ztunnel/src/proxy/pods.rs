@@ -74,6 +74,8 @@ pub struct PodManagerConfig {
     pub transparent_mark: u32,
     /// Routing table for the transparent return path inside pods.
     pub route_table: u32,
+    /// Where the network sysctls are written (`settings::SYSCTL_NET_ENV`).
+    pub sysctl_net: PathBuf,
     /// Outbound listener port.
     pub outbound_port: u16,
     /// Inbound plaintext listener port.
@@ -301,8 +303,13 @@ impl PodManager {
             });
         }
         let config = &self.config;
-        capture::setup_transparent_return(&netns, config.transparent_mark, config.route_table)
-            .await?;
+        capture::setup_transparent_return(
+            &netns,
+            &config.sysctl_net,
+            config.transparent_mark,
+            config.route_table,
+        )
+        .await?;
         let sockets: Arc<dyn SocketFactory> = Arc::new(PodSockets::new(
             netns.clone(),
             config.mark,
