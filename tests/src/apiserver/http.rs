@@ -167,6 +167,16 @@ impl Filter {
     }
 }
 
+/// `400 Bad Request` saying `message`.
+fn bad_request(message: &str) -> Response<Body> {
+    status(StatusCode::BAD_REQUEST, "BadRequest", message)
+}
+
+/// The request body as JSON, or why it is not.
+fn json_body(body: &[u8]) -> Result<Value, String> {
+    serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))
+}
+
 /// Equality-based label selectors only (`a=b,c==d`).
 fn parse_selector(text: &str) -> Result<Vec<(String, String)>, String> {
     text.split(',')
@@ -224,22 +234,10 @@ fn write(
     body: &[u8],
     mode: Write,
 ) -> Response<Body> {
-    let mut object: Value = match serde_json::from_slice(body) {
+    let mut object = match json_body(body) {
         Ok(v @ Value::Object(_)) => v,
-        Ok(_) => {
-            return status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                "the body is not a JSON object",
-            );
-        }
-        Err(e) => {
-            return status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                &format!("the body is not JSON: {e}"),
-            );
-        }
+        Ok(_) => return bad_request("the body is not a JSON object"),
+        Err(message) => return bad_request(&message),
     };
     let body_name = object
         .pointer("/metadata/name")
@@ -331,15 +329,9 @@ fn delete(
 /// DaemonSet's service account bound to a pod on that node, a
 /// `<namespace>/<service account>` holder's is that service account's.
 fn token_review(shared: &Shared, body: &[u8]) -> Response<Body> {
-    let review: Value = match serde_json::from_slice(body) {
+    let review = match json_body(body) {
         Ok(v) => v,
-        Err(e) => {
-            return status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                &format!("the body is not JSON: {e}"),
-            );
-        }
+        Err(message) => return bad_request(&message),
     };
     let token = review
         .pointer("/spec/token")
