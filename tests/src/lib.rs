@@ -15,6 +15,7 @@
 pub mod apiserver;
 pub mod bench;
 pub mod jwt;
+pub mod load;
 pub mod mesh;
 pub mod testbed;
 pub mod waypoint;

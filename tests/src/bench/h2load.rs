@@ -1,18 +1,10 @@
-//! h2load (Debian's nghttp2-client): the command lines of the HTTP workloads
-//! and what h2load reports.
+//! h2load (Debian's nghttp2-client), the closed-loop HTTP load: its command
+//! line and what it reports. As fast as it goes (`-D`), h2load's own
+//! requests/s over the main duration, after a warm-up.
 //!
-//! Two loads. At a fixed rate, h2load's `--rps` paces each connection on a
-//! timer (open loop while the connection has a free slot) and `--log-file`
-//! writes each request's latency; h2load itself prints only min, max, mean
-//! and sd, so the percentiles come from that file, in an HDR histogram.
-//! Latency counts from when h2load sent the request: a request held back
-//! because its connection had no free slot (HTTP/1.1 keep-alive sends one at
-//! a time) starts late, so the fixed-rate runs spread the rate over enough
-//! connections that a slot is free unless one request takes 10 ms. As fast as
-//! it goes (`-D`, closed loop), h2load's own requests/s over the main
-//! duration, after a warm-up.
-
-use std::path::Path;
+//! The fixed-rate runs use `ambit-httpbin load` instead ([`crate::load`]):
+//! h2load's `--rps` sends in bursts about every 10 ms. Both write the same
+//! per-request log, read by [`parse_log`] into an HDR histogram.
 
 use hdrhistogram::Histogram;
 
@@ -40,11 +32,11 @@ impl Protocol {
     }
 
     /// Connections and streams per connection at a fixed rate. HTTP/1.1: ten
-    /// keep-alive connections, so each paces 1/10 of the rate and a request
-    /// starts late only behind one that took 10 ms (at 1,000/s). HTTP/2: one
-    /// connection with up to 100 streams in flight, as an HTTP/2 client
-    /// multiplexes.
-    fn fixed_rate_shape(self) -> (u32, u32) {
+    /// keep-alive connections taking the requests in turn, so each carries
+    /// 1/10 of the rate and a request waits only behind one that took 10 ms
+    /// (at 1,000/s). HTTP/2: one connection, a stream per request, as an
+    /// HTTP/2 client multiplexes.
+    pub(crate) fn fixed_rate_shape(self) -> (u32, u32) {
         match self {
             Self::Http1 => (10, 1),
             Self::Http2 => (1, 100),
@@ -62,47 +54,19 @@ impl Protocol {
     }
 }
 
-/// How h2load loads the server.
+/// A closed-loop run: as fast as it goes for `seconds`, after `warm_up_ms`
+/// that are not counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Load {
-    /// Open loop: `requests` in all at `rate` requests/s.
-    Fixed {
-        /// Requests per second, all connections together.
-        rate: u32,
-        /// Requests in all.
-        requests: u32,
-    },
-    /// Closed loop: as fast as it goes for `seconds`, after `warm_up_ms`
-    /// that are not counted.
-    Max {
-        /// The measured duration.
-        seconds: u32,
-        /// The warm-up before it.
-        warm_up_ms: u32,
-    },
-}
-
-/// How many requests a run of `load` sends: `Fixed` rounds up to a whole
-/// number per connection; `Max` sends as many as it can.
-pub fn requests(protocol: Protocol, load: Load) -> Option<u64> {
-    match load {
-        Load::Fixed { requests, .. } => {
-            let (connections, _) = protocol.fixed_rate_shape();
-            Some(u64::from(requests.div_ceil(connections) * connections))
-        }
-        Load::Max { .. } => None,
-    }
+pub struct ClosedLoop {
+    /// The measured duration.
+    pub seconds: u32,
+    /// The warm-up before it.
+    pub warm_up_ms: u32,
 }
 
 /// The arguments of one h2load run (after the program name): one thread,
-/// `header` on every request, GET `url`; with `log_file`, a line per request.
-pub fn args(
-    protocol: Protocol,
-    load: Load,
-    url: &str,
-    header: &str,
-    log_file: Option<&Path>,
-) -> Vec<String> {
+/// `header` on every request, GET `url`.
+pub fn args(protocol: Protocol, load: ClosedLoop, url: &str, header: &str) -> Vec<String> {
     let mut args: Vec<String> = Vec::new();
     if protocol == Protocol::Http1 {
         args.push("--h1".to_owned());
@@ -110,34 +74,13 @@ pub fn args(
     // A connection silent for 5 s is a stall: h2load counts its requests as
     // timed out instead of waiting until the driver kills it.
     args.extend(["-t1", "-N5s"].map(str::to_owned));
-    match load {
-        Load::Fixed { rate, .. } => {
-            let (connections, streams) = protocol.fixed_rate_shape();
-            // --rps paces each connection; the rate is split evenly.
-            let per_connection = (rate / connections).max(1);
-            args.extend([
-                format!("-c{connections}"),
-                format!("-m{streams}"),
-                format!("--rps={per_connection}"),
-                format!("-n{}", requests(protocol, load).unwrap_or(0)),
-            ]);
-        }
-        Load::Max {
-            seconds,
-            warm_up_ms,
-        } => {
-            let (connections, streams) = protocol.closed_loop_shape();
-            args.extend([
-                format!("-c{connections}"),
-                format!("-m{streams}"),
-                format!("-D{seconds}"),
-                format!("--warm-up-time={warm_up_ms}ms"),
-            ]);
-        }
-    }
-    if let Some(file) = log_file {
-        args.push(format!("--log-file={}", file.display()));
-    }
+    let (connections, streams) = protocol.closed_loop_shape();
+    args.extend([
+        format!("-c{connections}"),
+        format!("-m{streams}"),
+        format!("-D{}", load.seconds),
+        format!("--warm-up-time={}ms", load.warm_up_ms),
+    ]);
     args.extend(["-H".to_owned(), header.to_owned(), url.to_owned()]);
     args
 }
@@ -347,44 +290,32 @@ time for request:      334us      6.78ms       888us       971us    94.00%
 
     #[test]
     fn command_lines() {
-        let fixed = args(
-            Protocol::Http1,
-            Load::Fixed {
-                rate: 1000,
-                requests: 2995,
-            },
-            "http://198.19.0.20/api/items",
-            "authorization: Bearer t",
-            Some(Path::new("/tmp/log")),
-        );
-        assert_eq!(
-            requests(
-                Protocol::Http1,
-                Load::Fixed {
-                    rate: 1000,
-                    requests: 2995
-                }
-            ),
-            Some(3000)
-        );
-        assert_eq!(
-            fixed.join(" "),
-            "--h1 -t1 -N5s -c10 -m1 --rps=100 -n3000 --log-file=/tmp/log \
-             -H authorization: Bearer t http://198.19.0.20/api/items"
-        );
         let max = args(
             Protocol::Http2,
-            Load::Max {
+            ClosedLoop {
                 seconds: 2,
                 warm_up_ms: 500,
             },
             "http://x/",
             "h: v",
-            None,
         );
         assert_eq!(
             max.join(" "),
             "-t1 -N5s -c4 -m4 -D2 --warm-up-time=500ms -H h: v http://x/"
+        );
+        let h1 = args(
+            Protocol::Http1,
+            ClosedLoop {
+                seconds: 3,
+                warm_up_ms: 0,
+            },
+            "http://198.19.0.20/api/items",
+            "authorization: Bearer t",
+        );
+        assert_eq!(
+            h1.join(" "),
+            "--h1 -t1 -N5s -c16 -m1 -D3 --warm-up-time=0ms -H authorization: Bearer t \
+             http://198.19.0.20/api/items"
         );
     }
 }

@@ -21,7 +21,7 @@ use hdrhistogram::Histogram;
 
 use super::{
     Settings,
-    h2load::{self, Load, Protocol},
+    h2load::{self, ClosedLoop, Protocol},
     host,
     report::{
         HTTP1_P50, HTTP1_P99, HTTP1_RPS, HTTP2_P50, HTTP2_P99, HTTP2_RPS, WAYPOINT_CORES_AT_MAX,
@@ -311,13 +311,13 @@ impl Round<'_> {
     fn closed_loops(&self, working: &[Protocol], out: &mut Measured) {
         let (mut busy, mut wall, mut runs) = (0.0, 0.0, 0);
         for &protocol in working {
-            let load = Load::Max {
+            let load = ClosedLoop {
                 seconds: self.settings.http_seconds,
                 warm_up_ms: WARM_UP_MS,
             };
             let before = self.watched.cpu();
             let started = Instant::now();
-            let result = self.h2load(protocol, load, None);
+            let result = self.h2load(protocol, load);
             let elapsed = started.elapsed().as_secs_f64();
             match result.and_then(|stdout| {
                 let summary = h2load::parse_summary(&stdout)?;
@@ -360,19 +360,15 @@ impl Round<'_> {
     /// and counts CPU time (the warm-up does neither).
     fn fixed(&self, protocol: Protocol, requests: u32, measure: bool) -> Result<FixedRun, String> {
         let log_file = self.log_file(protocol);
-        let load = Load::Fixed {
-            rate: self.settings.http_rate,
-            requests,
-        };
         let before = if measure {
             self.watched.cpu()?
         } else {
             (0.0, 0.0)
         };
-        let (stdout, peak_rss_kib) = if measure {
-            self.sampling_rss(|| self.h2load(protocol, load, Some(&log_file)))
+        let (run, peak_rss_kib) = if measure {
+            self.sampling_rss(|| self.paced(protocol, requests, &log_file))
         } else {
-            (self.h2load(protocol, load, Some(&log_file)), None)
+            (self.paced(protocol, requests, &log_file), None)
         };
         let after = if measure {
             self.watched.cpu()?
@@ -381,24 +377,20 @@ impl Round<'_> {
         };
         let text = std::fs::read_to_string(&log_file);
         let _ = std::fs::remove_file(&log_file);
-        let summary = h2load::parse_summary(&stdout?)?;
-        summary
-            .check(h2load::requests(protocol, load))
-            .map_err(|e| self.explain(e))?;
+        run?;
         let text = text.map_err(|e| format!("{}: {e}", log_file.display()))?;
         let log = h2load::parse_log(&text)?;
-        if log.not_ok > 0 || log.histogram.len() != summary.total {
+        if log.not_ok > 0 || log.histogram.len() != u64::from(requests) {
             return Err(self.explain(format!(
-                "h2load's log has {} requests with a 2xx and {} without (the first: status {:?}) \
-                 of {}",
+                "the load's log has {} requests with a 2xx and {} without (the first: status {:?}) \
+                 of {requests}",
                 log.histogram.len(),
                 log.not_ok,
                 log.first_not_ok,
-                summary.total
             )));
         }
         Ok(FixedRun {
-            requests: summary.total,
+            requests: u64::from(requests),
             log,
             waypoint_cpu: after.0 - before.0,
             ztunnel_cpu: after.1 - before.1,
@@ -431,19 +423,46 @@ impl Round<'_> {
         })
     }
 
-    /// Runs h2load in the client pod; its stdout, or why it failed.
-    fn h2load(
-        &self,
-        protocol: Protocol,
-        load: Load,
-        log_file: Option<&Path>,
-    ) -> Result<String, String> {
-        let url = self.url(protocol);
-        let args = h2load::args(protocol, load, &url, &self.credentials.header, log_file);
-        let seconds = match load {
-            Load::Fixed { rate, requests } => requests / rate.max(1),
-            Load::Max { seconds, .. } => seconds + 1,
+    /// Runs `ambit-httpbin load` in the client pod: `requests` at the fixed
+    /// rate, paced per request (see [`crate::load`]), each latency in
+    /// `log_file`.
+    fn paced(&self, protocol: Protocol, requests: u32, log_file: &Path) -> Result<(), String> {
+        let (connections, _) = protocol.fixed_rate_shape();
+        let (addr, path) = self
+            .url(protocol)
+            .strip_prefix("http://")
+            .and_then(|rest| {
+                rest.split_once('/')
+                    .map(|(a, p)| (a.to_owned(), format!("/{p}")))
+            })
+            .ok_or_else(|| "the URL is not http://<addr>/<path>".to_owned())?;
+        let version = match protocol {
+            Protocol::Http1 => "h1",
+            Protocol::Http2 => "h2",
         };
+        let rate = self.settings.http_rate;
+        let mut cmd = self
+            .bed
+            .pod_command(self.client, crate::waypoint::httpbin_binary());
+        cmd.args(["load", &addr, version])
+            .arg(connections.to_string())
+            .arg(rate.to_string())
+            .arg(requests.to_string())
+            .arg(log_file)
+            .arg(&path)
+            .arg(&self.credentials.header);
+        let timeout = Duration::from_secs(u64::from(requests / rate.max(1)) + 30);
+        self.bed
+            .run(cmd, timeout)
+            .map(drop)
+            .map_err(|e| self.credentials.redact(&e.to_string()))
+    }
+
+    /// Runs h2load in the client pod; its stdout, or why it failed.
+    fn h2load(&self, protocol: Protocol, load: ClosedLoop) -> Result<String, String> {
+        let url = self.url(protocol);
+        let args = h2load::args(protocol, load, &url, &self.credentials.header);
+        let seconds = load.seconds + 1;
         let mut cmd = self.bed.pod_command(self.client, "h2load");
         cmd.args(&args);
         let timeout = Duration::from_secs(u64::from(seconds) + 30);
@@ -467,8 +486,8 @@ impl Round<'_> {
 
     fn log_file(&self, protocol: Protocol) -> PathBuf {
         let name = match protocol {
-            Protocol::Http1 => "h2load-http1.log",
-            Protocol::Http2 => "h2load-http2.log",
+            Protocol::Http1 => "load-http1.log",
+            Protocol::Http2 => "load-http2.log",
         };
         self.bed.workdir().join(name)
     }

@@ -35,6 +35,14 @@
 //!     came back (then a newline if it did not end with one) and a last line
 //!     "closed=<true|false>": true when the server closed the connection (FIN or
 //!     reset)
+//! ambit-httpbin load <addr> <h1|h2> <connections> <rate> <count> <log-file> <path> [<name>:<value> ...]
+//!     an open-loop load at a fixed rate, paced per request (ambit_tests::load):
+//!     <count> GETs of <path> with those headers, <rate> per second, HTTP/1.1
+//!     over <connections> keep-alive connections in turn or HTTP/2 on one;
+//!     each latency counts from the request's due time. Writes <log-file> in
+//!     h2load's --log-file format (due time in µs since the epoch, status or
+//!     -1, latency in µs) and prints "load count=<n> ok=<2xx> p50_us=..
+//!     p99_us=.. max_us=.."
 //! ```
 //! Exit status 0 on success, 1 with a message on stderr otherwise. Every client
 //! wait is bounded: 10 s, or AMBIT_TESTBIN_TIMEOUT_MS (the servers run until
@@ -94,7 +102,8 @@ use proto::{
 
 const USAGE: &str = "usage: ambit-httpbin serve <addr> <name> | \
                      grpc-call <addr> <message> [<key>=<value> ...] | \
-                     jwks <addr> <cert.pem> <key.pem> <body-file> | raw <addr> <hex-or-@file>";
+                     jwks <addr> <cert.pem> <key.pem> <body-file> | raw <addr> <hex-or-@file> | \
+                     load <addr> <h1|h2> <connections> <rate> <count> <log-file> <path> [<name>:<value> ...]";
 
 /// The protocol token a client names in `Upgrade` to get a byte echo.
 const ECHO_UPGRADE: &str = "ambit-echo";
@@ -125,6 +134,17 @@ async fn run(args: &[&str]) -> Result<(), String> {
         ["grpc-call", addr, message, metadata @ ..] => grpc_call(addr, message, metadata).await,
         ["jwks", addr, cert, key, body] => jwks(addr, Path::new(cert), Path::new(key), body).await,
         ["raw", addr, bytes] => raw(addr, bytes).await,
+        [
+            "load",
+            addr,
+            version,
+            connections,
+            rate,
+            count,
+            log,
+            path,
+            headers @ ..,
+        ] => load(addr, version, connections, rate, count, log, path, headers).await,
         _ => Err(USAGE.to_owned()),
     }
 }
@@ -687,4 +707,63 @@ fn decode_hex(hex: &str) -> Result<Vec<u8>, String> {
                 .expect("two hex digits fit in a byte"))
         })
         .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn load(
+    addr: &str,
+    version: &str,
+    connections: &str,
+    rate: &str,
+    count: &str,
+    log: &str,
+    path: &str,
+    headers: &[&str],
+) -> Result<(), String> {
+    use ambit_tests::load::{Plan, Version as LoadVersion, log_lines, run};
+    let number = |what: &str, v: &str| -> Result<f64, String> {
+        v.parse::<f64>().map_err(|e| format!("{what} {v:?}: {e}"))
+    };
+    let plan = Plan {
+        addr: parse_addr(addr)?,
+        path: path.to_owned(),
+        headers: headers
+            .iter()
+            .map(|h| {
+                h.split_once(':')
+                    .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+                    .ok_or_else(|| format!("header {h:?} is not <name>:<value>"))
+            })
+            .collect::<Result<_, _>>()?,
+        version: match version {
+            "h1" => LoadVersion::Http1,
+            "h2" => LoadVersion::Http2,
+            other => return Err(format!("version {other:?} is not h1 or h2")),
+        },
+        connections: number("connections", connections)? as usize,
+        rate: number("rate", rate)?,
+        count: number("count", count)? as u32,
+        timeout: io_timeout(),
+    };
+    let outcomes = run(&plan).await?;
+    std::fs::write(log, log_lines(&outcomes)).map_err(|e| format!("{log}: {e}"))?;
+    let mut ok: Vec<Duration> = outcomes
+        .iter()
+        .filter(|o| o.status.is_some_and(|s| (200..300).contains(&s)))
+        .map(|o| o.latency)
+        .collect();
+    ok.sort();
+    let at = |q: f64| {
+        ok.get(((ok.len() as f64 * q) as usize).min(ok.len().saturating_sub(1)))
+            .map_or(0, Duration::as_micros)
+    };
+    println!(
+        "load count={} ok={} p50_us={} p99_us={} max_us={}",
+        outcomes.len(),
+        ok.len(),
+        at(0.5),
+        at(0.99),
+        ok.last().map_or(0, Duration::as_micros)
+    );
+    Ok(())
 }

@@ -405,10 +405,6 @@ fn bulk(addr: &str, seconds: &str, size: &str) -> Result<(), String> {
 
 /// The largest latency the histograms record: a minute, in nanoseconds.
 const MAX_LATENCY_NS: u64 = 60_000_000_000;
-/// How long before a send the pacer stops sleeping and spins: a sleep can
-/// overshoot by the timer slack (50 us), and the spin costs a little CPU.
-const PACE_SPIN: Duration = Duration::from_micros(60);
-
 fn rr(addr: &str, count: &str, size: &str, rate: &str) -> Result<(), String> {
     use std::io::Read;
     let addr = parse_addr(addr)?;
@@ -448,7 +444,7 @@ fn rr(addr: &str, count: &str, size: &str, rate: &str) -> Result<(), String> {
     });
     let message = vec![0x5au8; size as usize];
     for i in 0..count {
-        pace_until(start + interval * i);
+        ambit_tests::load::pace_until(start + interval * i);
         if let Err(e) = stream.write_all(&message) {
             // The receiver's error (the connection closed, say) says more.
             return Err(match receiver.join() {
@@ -478,21 +474,6 @@ fn rr(addr: &str, count: &str, size: &str, rate: &str) -> Result<(), String> {
 }
 
 /// Sleeps until shortly before `deadline`, then spins up to it.
-fn pace_until(deadline: std::time::Instant) {
-    loop {
-        let now = std::time::Instant::now();
-        if now >= deadline {
-            return;
-        }
-        let left = deadline - now;
-        if left > PACE_SPIN {
-            std::thread::sleep(left - PACE_SPIN);
-        } else {
-            std::hint::spin_loop();
-        }
-    }
-}
-
 /// FNV-1a, 64 bit: a checksum both ends compute the same way.
 struct Fnv(u64);
 
