@@ -536,7 +536,7 @@ pub(super) fn run(settings: &Settings) -> Result<String, String> {
     }
     machine.load_after = host::load_average();
     let notes = vec![
-        "HTTP (mesh_http, mesh_waypoint): h2load from the client pod to ambit-httpbin in the api pod, \
+        "HTTP (mesh_http, mesh_waypoint): from the client pod to ambit-httpbin in the api pod, \
          GET /api/items with one bearer token; mesh_http addresses the pod's IP (both ztunnels, no \
          waypoint), mesh_waypoint the Service (client ztunnel -> waypoint -> server ztunnel), on the \
          same ztunnels and waypoint process (sk_msg off). The waypoint runs one worker thread \
@@ -544,9 +544,10 @@ pub(super) fn run(settings: &Settings) -> Result<String, String> {
          after the first request of a token validation is a cache hit) and evaluates one ALLOW \
          policy; it logs a JSON access line per request."
             .to_owned(),
-        "HTTP latency is at a fixed 1,000 requests/s (h2load --rps: HTTP/1.1 on 10 keep-alive \
-         connections, HTTP/2 on one connection), percentiles from h2load's per-request log, counted \
-         from when h2load sent each request. Requests/s is closed loop (HTTP/1.1: 16 connections; \
+        "HTTP latency is at a fixed 1,000 requests/s, open loop and paced per request \
+         (ambit-httpbin load: request i due at i ms, its latency counted from then; HTTP/1.1 on 10 \
+         keep-alive connections in turn, HTTP/2 a stream per request on one connection). \
+         Requests/s is h2load, closed loop (HTTP/1.1: 16 connections; \
          HTTP/2: 4 connections x 4 streams) on a machine whose cores also run h2load, httpbin and \
          both ztunnels: waypoint_cores_at_max says how busy the waypoint was meanwhile."
             .to_owned(),
