@@ -87,20 +87,26 @@ pub struct Outcome {
     pub status: Option<u16>,
     /// From when it was due to the end of its response (or its failure).
     pub latency: Duration,
+    /// From when it was due to when this generator handed it to its
+    /// connection: the generator's own lateness (a descheduled pacer or
+    /// runtime), part of `latency`.
+    pub late: Duration,
 }
 
 /// The outcomes in h2load's `--log-file` format: a line per request, tab
 /// separated: due time (µs since the epoch), status (-1 for none), latency
-/// in µs.
+/// in µs; then a fourth field h2load does not have, the generator's own
+/// lateness in µs.
 pub fn log_lines(outcomes: &[Outcome]) -> String {
     outcomes
         .iter()
         .map(|o| {
             format!(
-                "{}\t{}\t{}\n",
+                "{}\t{}\t{}\t{}\n",
                 o.due_unix_us,
                 o.status.map_or(-1, i32::from),
-                o.latency.as_micros()
+                o.latency.as_micros(),
+                o.late.as_micros()
             )
         })
         .collect()
@@ -171,7 +177,11 @@ pub async fn run(plan: &Plan) -> Result<Vec<Outcome>, String> {
             }
         }
     });
+    let mut late = vec![Duration::ZERO; plan.count as usize];
     while let Some(i) = due_rx.recv().await {
+        if let Some(slot) = late.get_mut(i as usize) {
+            *slot = Instant::now().saturating_duration_since(start + interval * i);
+        }
         let req = request(plan)?;
         match (&h2, plan.version) {
             (Some(sender), _) => {
@@ -202,6 +212,7 @@ pub async fn run(plan: &Plan) -> Result<Vec<Outcome>, String> {
                 due_unix_us: (start_unix + interval * i).as_micros(),
                 status,
                 latency: end.saturating_duration_since(due),
+                late: late.get(i as usize).copied().unwrap_or_default(),
             });
         }
     }
@@ -272,11 +283,13 @@ mod tests {
                 due_unix_us: 1_000,
                 status: Some(200),
                 latency: Duration::from_micros(850),
+                late: Duration::from_micros(3),
             },
             Outcome {
                 due_unix_us: 2_000,
                 status: None,
                 latency: Duration::from_millis(10),
+                late: Duration::ZERO,
             },
         ];
         let log = crate::bench::h2load::parse_log(&log_lines(&outcomes)).expect("parses");
