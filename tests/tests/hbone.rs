@@ -632,7 +632,7 @@ fn a_reset_on_either_side_reaches_the_other_as_a_reset() {
     }
     let bed = bed("resets");
     let config = write(&bed, &mesh(), "mesh.yaml");
-    let _zt_a = Ztunnel::start(&bed, "a", &config, &ZtunnelOptions::default()).expect("ztunnel a");
+    let zt_a = Ztunnel::start(&bed, "a", &config, &ZtunnelOptions::default()).expect("ztunnel a");
     let _zt_b = Ztunnel::start(&bed, "b", &config, &ZtunnelOptions::default()).expect("ztunnel b");
     let _resetter = start_server(&bed, "server", "resetter", "[::]:7000");
     let watcher = start_server(&bed, "server", "watch", "[::]:7001");
@@ -644,6 +644,25 @@ fn a_reset_on_either_side_reaches_the_other_as_a_reset() {
     let out = bed.run(cmd, WAIT).expect("the client runs");
     let seen = String::from_utf8_lossy(&out.stdout);
     assert!(seen.contains("ended=reset"), "the client saw: {seen}");
+    // The access log still counts what the connection carried: "hello\n"
+    // out, "partial" back, then the reset.
+    let port = format!(":{}", 7000);
+    let line = zt_a
+        .wait_for_log(WAIT, |l| {
+            l["target"] == "access"
+                && l["direction"] == "outbound"
+                && l["dst.addr"].as_str().is_some_and(|d| d.ends_with(&port))
+        })
+        .expect("node a logged the reset connection");
+    assert!(
+        line["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{line}"
+    );
+    assert_eq!(
+        (line["bytes_sent"].as_u64(), line["bytes_received"].as_u64()),
+        (Some(6), Some(7)),
+        "{line}"
+    );
 
     // The client resets: so does the server's side.
     let mut cmd = bed.pod_command("client", TESTBIN);

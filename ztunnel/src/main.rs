@@ -279,6 +279,8 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
             (None, certs, bundle)
         }
     };
+    let metrics = Arc::new(Metrics::new());
+    metrics.observe_snapshot(&registry.snapshot());
     let mesh = Arc::new(Mesh {
         node: node.clone(),
         registry: registry.clone(),
@@ -287,10 +289,9 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
         trust_domain: settings.trust_domain.clone(),
         router: Default::default(),
         policies: Default::default(),
+        tcp: metrics.tcp().clone(),
     });
     mesh.update_policies(&registry.snapshot());
-    let metrics = Arc::new(Metrics::new());
-    metrics.observe_snapshot(&registry.snapshot());
     serve_metrics(&metrics);
 
     capture::add_probe_addresses()

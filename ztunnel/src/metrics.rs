@@ -9,6 +9,14 @@
 //! |---|---|---|---|
 //! | `ambit_config_generation` | gauge | | the registry generation in force |
 //! | `ambit_config_invalid_policies` | gauge | `kind` | policies that failed validation and are enforced fail-closed |
+//! | `istio_tcp_connections_opened_total` | counter | [`TcpLabels`] | connections proxied (once authorized and connected) |
+//! | `istio_tcp_connections_closed_total` | counter | [`TcpLabels`] | of those, the ones that ended |
+//! | `istio_tcp_received_bytes_total` | counter | [`TcpLabels`] | bytes from the client to the server, counted as they move |
+//! | `istio_tcp_sent_bytes_total` | counter | [`TcpLabels`] | bytes from the server to the client, counted as they move |
+//!
+//! The `istio_tcp_*` metrics carry Istio's names and labels, so existing
+//! dashboards read them: `reporter="source"` from the client's ztunnel,
+//! `reporter="destination"` from the server's.
 
 use std::sync::Arc;
 
@@ -17,12 +25,15 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming};
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{family::Family, gauge::Gauge},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 use tokio::net::TcpListener;
 
-use crate::{accept::reply, registry::Snapshot};
+use crate::{
+    accept::reply,
+    registry::{Service, Snapshot, Workload},
+};
 
 /// The `kind` label: a Kubernetes kind.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,6 +48,7 @@ pub struct Metrics {
     registry: Registry,
     config_generation: Gauge,
     invalid_policies: Family<KindLabel, Gauge>,
+    tcp: TcpMetrics,
 }
 
 impl Default for Metrics {
@@ -61,11 +73,18 @@ impl Metrics {
             "Security policies that failed validation and are enforced fail-closed",
             invalid_policies.clone(),
         );
+        let tcp = TcpMetrics::register(&mut registry);
         Self {
             registry,
             config_generation,
             invalid_policies,
+            tcp,
         }
+    }
+
+    /// The connection metrics, for the proxy.
+    pub fn tcp(&self) -> &TcpMetrics {
+        &self.tcp
     }
 
     /// Records what a new registry snapshot holds.
@@ -96,6 +115,206 @@ impl Metrics {
     }
 }
 
+/// A workload's canonical name, revision and app as Istio derives them from
+/// its labels (`service.istio.io/canonical-name`, `app.kubernetes.io/name`,
+/// `app`, else the pod's name; revision `latest` when none says).
+pub fn workload_names(workload: &Workload) -> (String, String, String) {
+    let labels = &workload.labels;
+    let name = labels
+        .get("service.istio.io/canonical-name")
+        .or_else(|| labels.get("app.kubernetes.io/name"))
+        .or_else(|| labels.get("app"))
+        .unwrap_or(&workload.name)
+        .to_owned();
+    let version = labels
+        .get("service.istio.io/canonical-revision")
+        .or_else(|| labels.get("app.kubernetes.io/version"))
+        .or_else(|| labels.get("version"))
+        .unwrap_or("latest")
+        .to_owned();
+    let app = labels.get("app").unwrap_or(&name).to_owned();
+    (name, version, app)
+}
+
+/// A Service's name as Istio's `destination_service` writes it.
+pub fn service_host(service: &Service) -> String {
+    format!(
+        "{}.{}.svc.cluster.local",
+        service.key.name, service.key.namespace
+    )
+}
+
+/// The labels of a proxied connection, as Istio names them. Every value
+/// names a workload, service or identity (never a pod address or a client
+/// port), so the series are bounded by the mesh's size.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[allow(missing_docs)]
+pub struct TcpLabels {
+    pub reporter: &'static str,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub source_app: String,
+    pub source_version: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+    pub destination_service: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
+    pub destination_app: String,
+    pub destination_version: String,
+    pub request_protocol: &'static str,
+    pub response_flags: &'static str,
+    pub connection_security_policy: &'static str,
+}
+
+impl TcpLabels {
+    /// `reporter` (`source` or `destination`), every other value `unknown`
+    /// (as Istio writes what it does not know), protocol `tcp`, no flags,
+    /// no mutual TLS.
+    pub fn new(reporter: &'static str) -> Self {
+        let unknown = || "unknown".to_owned();
+        Self {
+            reporter,
+            source_workload: unknown(),
+            source_workload_namespace: unknown(),
+            source_principal: unknown(),
+            source_app: unknown(),
+            source_version: unknown(),
+            destination_workload: unknown(),
+            destination_workload_namespace: unknown(),
+            destination_principal: unknown(),
+            destination_service: unknown(),
+            destination_service_name: unknown(),
+            destination_service_namespace: unknown(),
+            destination_app: unknown(),
+            destination_version: unknown(),
+            request_protocol: "tcp",
+            response_flags: "-",
+            connection_security_policy: "none",
+        }
+    }
+
+    /// The client: its workload (when the registry knows the address) and
+    /// identity (when it has one).
+    pub fn source(&mut self, workload: Option<&Workload>, principal: Option<&str>) {
+        if let Some(workload) = workload {
+            let (name, version, app) = workload_names(workload);
+            self.source_workload = name;
+            self.source_version = version;
+            self.source_app = app;
+            self.source_workload_namespace = workload.namespace.to_string();
+        }
+        if let Some(principal) = principal {
+            self.source_principal = principal.to_owned();
+        }
+    }
+
+    /// The server: its workload and identity, when known.
+    pub fn destination(&mut self, workload: Option<&Workload>, principal: Option<&str>) {
+        if let Some(workload) = workload {
+            let (name, version, app) = workload_names(workload);
+            self.destination_workload = name;
+            self.destination_version = version;
+            self.destination_app = app;
+            self.destination_workload_namespace = workload.namespace.to_string();
+        }
+        if let Some(principal) = principal {
+            self.destination_principal = principal.to_owned();
+        }
+    }
+
+    /// The Service the client addressed, when it addressed one.
+    pub fn service(&mut self, service: Option<&Service>) {
+        if let Some(service) = service {
+            self.destination_service = service_host(service);
+            self.destination_service_name = service.key.name.to_string();
+            self.destination_service_namespace = service.key.namespace.to_string();
+        }
+    }
+}
+
+/// The connection metrics.
+#[derive(Debug, Clone, Default)]
+pub struct TcpMetrics {
+    opened: Family<TcpLabels, Counter>,
+    closed: Family<TcpLabels, Counter>,
+    received: Family<TcpLabels, Counter>,
+    sent: Family<TcpLabels, Counter>,
+}
+
+impl TcpMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        // prometheus-client appends `_total` to counters.
+        for (name, help, family) in [
+            (
+                "istio_tcp_connections_opened",
+                "TCP connections opened",
+                &metrics.opened,
+            ),
+            (
+                "istio_tcp_connections_closed",
+                "TCP connections closed",
+                &metrics.closed,
+            ),
+            (
+                "istio_tcp_received_bytes",
+                "Bytes received from the client (the request), counted as they move",
+                &metrics.received,
+            ),
+            (
+                "istio_tcp_sent_bytes",
+                "Bytes sent to the client (the response), counted as they move",
+                &metrics.sent,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
+        metrics
+    }
+
+    /// Counts a connection opened with `labels`; the handle counts its bytes
+    /// and its close.
+    pub fn open(&self, labels: &TcpLabels) -> TcpConnection {
+        self.opened.get_or_create(labels).inc();
+        TcpConnection {
+            received: self.received.get_or_create(labels).clone(),
+            sent: self.sent.get_or_create(labels).clone(),
+            closed: self.closed.get_or_create(labels).clone(),
+        }
+    }
+}
+
+/// The series of one open connection.
+#[derive(Debug)]
+pub struct TcpConnection {
+    received: Counter,
+    sent: Counter,
+    closed: Counter,
+}
+
+impl TcpConnection {
+    /// Bytes moved from the client to the server.
+    pub fn received(&self, bytes: u64) {
+        self.received.inc_by(bytes);
+    }
+
+    /// Bytes moved from the server to the client.
+    pub fn sent(&self, bytes: u64) {
+        self.sent.inc_by(bytes);
+    }
+}
+
+impl Drop for TcpConnection {
+    /// However the connection ended, it is counted closed.
+    fn drop(&mut self) {
+        self.closed.inc();
+    }
+}
+
 /// Serves `GET /metrics` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     crate::accept::serve_http1(listener, "metrics", move |request| {
@@ -106,7 +325,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
 
 fn respond(request: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
     match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => reply(
+        (&Method::GET, "/metrics" | "/stats/prometheus") => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics.encode(),
@@ -114,7 +333,7 @@ fn respond(request: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Byte
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: GET /metrics\n".to_owned(),
+            "not found: GET /metrics (or /stats/prometheus)\n".to_owned(),
         ),
     }
 }

@@ -55,6 +55,8 @@ pub struct Mesh {
     /// AuthorizationPolicies compiled for the node's pods; swapped whole when
     /// the registry changes, so a change applies to the next connection.
     pub policies: arc_swap::ArcSwap<PolicyIndex>,
+    /// The connection metrics (`istio_tcp_*`).
+    pub tcp: crate::metrics::TcpMetrics,
 }
 
 impl Mesh {
@@ -317,6 +319,7 @@ status: {podIP: 198.18.1.20}
             trust_domain: TrustDomain::default(),
             router: crate::route::Router::default(),
             policies: Default::default(),
+            tcp: Default::default(),
         };
         mesh.update_policies(&registry.snapshot());
         mesh

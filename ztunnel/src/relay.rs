@@ -61,6 +61,23 @@ impl Abort for crate::hbone::client::Tunnel {
     }
 }
 
+/// Told of the bytes a relay moves, as they move (so a long connection shows
+/// its traffic before it ends, and one that ends in a reset still counts
+/// what it carried).
+pub trait Meter: Sync {
+    /// `forward` more bytes went from the first side to the second,
+    /// `backward` more the other way; one of them is not zero.
+    fn moved(&self, forward: u64, backward: u64);
+}
+
+/// A [`Meter`] that counts nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoMeter;
+
+impl Meter for NoMeter {
+    fn moved(&self, _: u64, _: u64) {}
+}
+
 /// Copies both ways until both sides are closed; fails with
 /// [`RelayError::Idle`] when neither side moved a byte for `idle`.
 /// Returns the bytes copied from `a` to `b` and from `b` to `a`. When either
@@ -72,7 +89,21 @@ where
     A: AsyncRead + AsyncWrite + Abort + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Abort + Unpin + ?Sized,
 {
-    let result = copy_both_ways(a, b, idle).await;
+    relay_metered(a, b, idle, &NoMeter).await
+}
+
+/// [`relay`], telling `meter` of every byte as it moves.
+pub async fn relay_metered<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Duration,
+    meter: &dyn Meter,
+) -> Result<(u64, u64), RelayError>
+where
+    A: AsyncRead + AsyncWrite + Abort + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Abort + Unpin + ?Sized,
+{
+    let result = copy_both_ways(a, b, idle, meter).await;
     if let Err(RelayError::Io(_)) = &result {
         a.abort();
         b.abort();
@@ -84,6 +115,7 @@ async fn copy_both_ways<A, B>(
     a: &mut A,
     b: &mut B,
     idle: Duration,
+    meter: &dyn Meter,
 ) -> Result<(u64, u64), RelayError>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -102,12 +134,20 @@ where
         holding: true,
     };
     poll_fn(|cx| {
-        let forward = a_to_b
-            .poll_copy(cx, &mut *a, &mut *b)
-            .map_err(RelayError::Io)?;
-        let backward = b_to_a
-            .poll_copy(cx, &mut *b, &mut *a)
-            .map_err(RelayError::Io)?;
+        let before = (a_to_b.amount, b_to_a.amount);
+        let forward = a_to_b.poll_copy(cx, &mut *a, &mut *b);
+        let backward = if matches!(forward, Poll::Ready(Err(_))) {
+            Poll::Pending
+        } else {
+            b_to_a.poll_copy(cx, &mut *b, &mut *a)
+        };
+        // Before any error returns: what moved until then counts.
+        let moved = (a_to_b.amount - before.0, b_to_a.amount - before.1);
+        if moved != (0, 0) {
+            meter.moved(moved.0, moved.1);
+        }
+        let forward = forward.map_err(RelayError::Io)?;
+        let backward = backward.map_err(RelayError::Io)?;
         if let (Poll::Ready(sent), Poll::Ready(received)) = (forward, backward) {
             return Poll::Ready(Ok((sent, received)));
         }
@@ -311,6 +351,47 @@ mod tests {
 
     impl Abort for DuplexStream {
         fn abort(&mut self) {}
+    }
+
+    /// Sums what it is told.
+    #[derive(Default)]
+    struct Sum(std::sync::Mutex<(u64, u64, usize)>);
+
+    impl Meter for Sum {
+        fn moved(&self, forward: u64, backward: u64) {
+            let mut sum = self.0.lock().unwrap();
+            assert!(forward + backward > 0, "told of nothing");
+            sum.0 += forward;
+            sum.1 += backward;
+            sum.2 += 1;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_meter_hears_of_bytes_as_they_move_and_of_those_before_an_idle_end() {
+        let (mut client, mut a) = duplex(1024);
+        let (mut b, mut server) = duplex(1024);
+        let meter = std::sync::Arc::new(Sum::default());
+        let seen = meter.clone();
+        let relay = tokio::spawn(async move {
+            relay_metered(&mut a, &mut b, Duration::from_secs(10), &*meter).await
+        });
+        client.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 5];
+        server.read_exact(&mut buf).await.unwrap();
+        server.write_all(b"hi").await.unwrap();
+        client.read_exact(&mut buf[..2]).await.unwrap();
+        // While the connection is open.
+        let sum = *seen.0.lock().unwrap();
+        assert_eq!((sum.0, sum.1), (5, 2));
+        client.write_all(b"more").await.unwrap();
+        server.read_exact(&mut buf[..4]).await.unwrap();
+        // It ends badly (idle), and the counts stand.
+        let result = relay.await.unwrap();
+        assert!(matches!(result, Err(RelayError::Idle(_))), "{result:?}");
+        let sum = *seen.0.lock().unwrap();
+        assert_eq!((sum.0, sum.1), (9, 2));
+        assert!(sum.2 >= 3, "told as it moved, not once at the end");
     }
 
     #[tokio::test(start_paused = true)]

@@ -27,7 +27,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
-use ztunnel::registry::{Snapshot, Workload};
+use ztunnel::registry::Snapshot;
 
 /// Istio's duration buckets, in milliseconds.
 const DURATION_BUCKETS: [f64; 19] = [
@@ -237,26 +237,7 @@ struct CachedSeries {
     entries: Vec<(OwnedOutcome, Series)>,
 }
 
-/// A workload's canonical name, revision and app as Istio derives them from
-/// its labels (`service.istio.io/canonical-name`, `app.kubernetes.io/name`,
-/// `app`, else the pod's name).
-pub fn workload_names(workload: &Workload) -> (String, String, String) {
-    let labels = &workload.labels;
-    let name = labels
-        .get("service.istio.io/canonical-name")
-        .or_else(|| labels.get("app.kubernetes.io/name"))
-        .or_else(|| labels.get("app"))
-        .unwrap_or(&workload.name)
-        .to_owned();
-    let version = labels
-        .get("service.istio.io/canonical-revision")
-        .or_else(|| labels.get("app.kubernetes.io/version"))
-        .or_else(|| labels.get("version"))
-        .unwrap_or("latest")
-        .to_owned();
-    let app = labels.get("app").unwrap_or(&name).to_owned();
-    (name, version, app)
-}
+pub use ztunnel::metrics::workload_names;
 
 /// Fills the source and destination workload labels from `snapshot`: the
 /// workloads at `source` and `endpoint` (unknown stays `unknown`, as in

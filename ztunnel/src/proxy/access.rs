@@ -2,9 +2,42 @@
 //! dotted fields (`src.addr`, `src.identity`, `dst.addr`, `bytes_sent`, ...).
 //! With `LOG_FORMAT=json` each is one JSON object.
 
-use std::{net::SocketAddr, time::Instant};
+use std::{
+    net::SocketAddr,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Instant,
+};
 
 use super::ConnectionError;
+use crate::metrics::{TcpConnection, TcpLabels, TcpMetrics};
+
+/// The bytes of one connection, counted as they move: into the access log
+/// line however the connection ends, and into the connection metrics while
+/// it runs.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// From the client to the server.
+    forward: AtomicU64,
+    /// From the server to the client.
+    backward: AtomicU64,
+    /// Its series, once it is counted.
+    metrics: Option<TcpConnection>,
+}
+
+impl crate::relay::Meter for Traffic {
+    fn moved(&self, forward: u64, backward: u64) {
+        self.forward.fetch_add(forward, Ordering::Relaxed);
+        self.backward.fetch_add(backward, Ordering::Relaxed);
+        if let Some(metrics) = &self.metrics {
+            if forward > 0 {
+                metrics.received(forward);
+            }
+            if backward > 0 {
+                metrics.sent(backward);
+            }
+        }
+    }
+}
 
 /// Which listener took the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +77,8 @@ pub struct Connection {
     pub mode: &'static str,
     /// The waypoint the connection goes through, if any.
     pub waypoint: Option<crate::registry::ObjectKey>,
+    /// Its bytes: the relay's [`Meter`](crate::relay::Meter).
+    pub traffic: Traffic,
     started: Instant,
 }
 
@@ -59,21 +94,28 @@ impl Connection {
             dst_identity: None,
             mode: "plaintext",
             waypoint: None,
+            traffic: Traffic::default(),
             started: Instant::now(),
         }
     }
 
-    /// Logs the outcome: bytes each way on success, the error otherwise.
+    /// Counts the connection in the connection metrics under `labels`, from
+    /// now until the record is dropped.
+    pub fn count(&mut self, metrics: &TcpMetrics, labels: &TcpLabels) {
+        self.traffic.metrics = Some(metrics.open(labels));
+    }
+
+    /// Logs the outcome: the bytes each way (what moved, also when it ended
+    /// in an error) and the error.
     pub fn finish(&self, result: &Result<(u64, u64), ConnectionError>) {
         let duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let (src_workload, dst_workload) = match self.direction {
             Direction::Outbound => (self.workload.as_str(), ""),
             Direction::Inbound => ("", self.workload.as_str()),
         };
-        let (bytes_sent, bytes_received, error) = match result {
-            Ok((sent, received)) => (*sent, *received, None),
-            Err(error) => (0, 0, Some(super::error_chain(error))),
-        };
+        let bytes_sent = self.traffic.forward.load(Ordering::Relaxed);
+        let bytes_received = self.traffic.backward.load(Ordering::Relaxed);
+        let error = result.as_ref().err().map(|e| super::error_chain(e));
         let line = (
             self.dst.map(|d| d.to_string()).unwrap_or_default(),
             self.src_identity.as_deref().unwrap_or(""),

@@ -14,7 +14,10 @@ use super::{
     inbound::{canonical, connect},
     pods::PodContext,
 };
-use crate::hbone::{self, server::StreamSource};
+use crate::{
+    hbone::{self, server::StreamSource},
+    metrics::TcpLabels,
+};
 
 /// Serves one accepted HBONE connection.
 pub async fn handle(tcp: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) {
@@ -81,9 +84,29 @@ async fn accept_stream(
     match connect(&pod, target, Some(client.ip())).await {
         Ok(mut app) => Ok(Box::new(move |mut tunnel| {
             Box::pin(async move {
-                let result = crate::relay::relay(&mut tunnel, &mut app, pod.inputs.idle_timeout)
-                    .await
-                    .map_err(ConnectionError::from);
+                // The destination's ztunnel reports it: the client (its
+                // workload by address, its identity from the tunnel) to this pod.
+                let mesh = &pod.inputs.mesh;
+                let snapshot = mesh.registry.snapshot();
+                let mut labels = TcpLabels::new("destination");
+                labels.source(
+                    snapshot.workload_by_ip(client.ip()).map(|w| &**w),
+                    Some(&identity),
+                );
+                labels.destination(
+                    snapshot.workload(&pod.key).map(|w| &**w),
+                    Some(&pod.identity.to_string()),
+                );
+                labels.connection_security_policy = "mutual_tls";
+                record.count(&mesh.tcp, &labels);
+                let result = crate::relay::relay_metered(
+                    &mut tunnel,
+                    &mut app,
+                    pod.inputs.idle_timeout,
+                    &record.traffic,
+                )
+                .await
+                .map_err(ConnectionError::from);
                 record.finish(&result);
             })
         })),

@@ -14,6 +14,7 @@ use super::{
     access::{Connection, Direction},
     pods::PodContext,
 };
+use crate::metrics::TcpLabels;
 
 /// Proxies one accepted connection and writes its access log line.
 pub async fn handle(mut client: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) {
@@ -38,9 +39,24 @@ pub async fn handle(mut client: TcpStream, peer: SocketAddr, pod: Arc<PodContext
         // Connect from the client's own address, so the application sees who
         // really called.
         let mut app = connect(&pod, dst, Some(peer.ip())).await?;
-        crate::relay::relay(&mut client, &mut app, pod.inputs.idle_timeout)
-            .await
-            .map_err(ConnectionError::from)
+        // Plaintext: the client has no identity to report.
+        let mesh = &pod.inputs.mesh;
+        let snapshot = mesh.registry.snapshot();
+        let mut labels = TcpLabels::new("destination");
+        labels.source(snapshot.workload_by_ip(peer.ip()).map(|w| &**w), None);
+        labels.destination(
+            snapshot.workload(&pod.key).map(|w| &**w),
+            Some(&pod.identity.to_string()),
+        );
+        record.count(&mesh.tcp, &labels);
+        crate::relay::relay_metered(
+            &mut client,
+            &mut app,
+            pod.inputs.idle_timeout,
+            &record.traffic,
+        )
+        .await
+        .map_err(ConnectionError::from)
     }
     .await;
     record.finish(&result);

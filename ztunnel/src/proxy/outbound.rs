@@ -14,6 +14,7 @@ use super::{
 };
 use crate::{
     hbone::{self, PoolKey},
+    metrics::TcpLabels,
     route::Route,
 };
 
@@ -43,14 +44,29 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
             pod.inputs.hbone_port,
             dst,
         );
+        // The source's ztunnel reports the connection: this pod to what it
+        // addressed (a Service's VIP, or a workload).
+        let mut labels = TcpLabels::new("source");
+        labels.source(
+            snapshot.workload(&pod.key).map(|w| &**w),
+            Some(&pod.identity.to_string()),
+        );
+        labels.service(snapshot.service_by_vip(dst.ip()).map(|s| &**s));
         match route {
             Route::Passthrough(target) => {
                 record.mode = "passthrough";
                 record.dst = Some(target);
                 let mut upstream = connect(&pod, target, None).await?;
-                crate::relay::relay(&mut app, &mut upstream, pod.inputs.idle_timeout)
-                    .await
-                    .map_err(ConnectionError::from)
+                labels.destination(snapshot.workload_by_ip(target.ip()).map(|w| &**w), None);
+                record.count(&mesh.tcp, &labels);
+                crate::relay::relay_metered(
+                    &mut app,
+                    &mut upstream,
+                    pod.inputs.idle_timeout,
+                    &record.traffic,
+                )
+                .await
+                .map_err(ConnectionError::from)
             }
             Route::Hbone {
                 gateway,
@@ -62,10 +78,22 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
                 record.dst = Some(target);
                 record.dst_identity = Some(identity.to_string());
                 record.waypoint = waypoint;
+                let principal = identity.to_string();
                 let mut tunnel = open_tunnel(&pod, gateway, target, identity).await?;
-                crate::relay::relay(&mut app, &mut tunnel, pod.inputs.idle_timeout)
-                    .await
-                    .map_err(ConnectionError::from)
+                labels.destination(
+                    snapshot.workload_by_ip(target.ip()).map(|w| &**w),
+                    Some(&principal),
+                );
+                labels.connection_security_policy = "mutual_tls";
+                record.count(&mesh.tcp, &labels);
+                crate::relay::relay_metered(
+                    &mut app,
+                    &mut tunnel,
+                    pod.inputs.idle_timeout,
+                    &record.traffic,
+                )
+                .await
+                .map_err(ConnectionError::from)
             }
             Route::NoEndpoint => Err(ConnectionError::NoEndpoint(dst)),
             Route::NoWaypoint(waypoint) => {

@@ -1,0 +1,207 @@
+//! ztunnel's connection metrics end to end: after a known set of connections
+//! (HBONE between two nodes, passthrough to a pod outside the mesh), both
+//! ztunnels' `/metrics` show exactly the expected counts and byte totals
+//! under Istio's names and labels, from the source and the destination
+//! reporter; a long connection's bytes show while it runs; the exposition
+//! parses as Prometheus text.
+
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+use ambit_tests::{
+    Testbed,
+    mesh::{MeshConfig, Ztunnel, ZtunnelOptions, send, start_server, testbin_binary},
+    privileged,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+const CLIENT: &str = "spiffe://cluster.local/ns/demo/sa/client";
+const SERVER: &str = "spiffe://cluster.local/ns/demo/sa/server";
+
+/// The samples of one scrape of `node`'s ztunnel, parsed.
+fn scrape(bed: &Testbed, node: &str) -> Vec<prometheus_parse::Sample> {
+    let mut cmd = bed.node_command(node, "curl");
+    cmd.args(["-sf", "http://127.0.0.1:15020/metrics"]);
+    let out = bed.run(cmd, WAIT).expect("the metrics endpoint answers");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    prometheus_parse::Scrape::parse(lines)
+        .unwrap_or_else(|e| panic!("the exposition does not parse: {e}\n{text}"))
+        .samples
+}
+
+/// The value of `metric` in the series whose labels include `want`; 0 when
+/// there is none, a panic when several match.
+fn value(samples: &[prometheus_parse::Sample], metric: &str, want: &[(&str, &str)]) -> f64 {
+    let found: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .filter(|s| want.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{metric} is not a number"),
+        })
+        .collect();
+    assert!(found.len() <= 1, "{metric} {want:?} matches {found:?}");
+    found.first().copied().unwrap_or(0.0)
+}
+
+/// What a `send` moved: the bytes the client wrote (its line) and read
+/// (the echo server's line), each with its newline.
+fn exchange(bed: &Testbed, to: SocketAddr, message: &str) -> (f64, f64) {
+    let out = send(bed, "client", to, message).expect("the client gets a reply");
+    let line = out
+        .strip_prefix("reply ")
+        .and_then(|rest| rest.split(" peer=").next())
+        .unwrap_or_else(|| panic!("unexpected reply {out}"));
+    ((message.len() + 1) as f64, (line.len() + 1) as f64)
+}
+
+#[test]
+fn both_reporters_count_connections_and_bytes_with_istio_labels() {
+    if !privileged("both_reporters_count_connections_and_bytes_with_istio_labels") {
+        return;
+    }
+    let bed = Testbed::builder("metrics")
+        .node("a")
+        .node("b")
+        .pod("client", "a")
+        .pod("outsider", "a")
+        .pod("server", "b")
+        .build()
+        .expect("testbed builds");
+    let config = MeshConfig::default()
+        .namespace("demo", true)
+        .namespace("plain", false)
+        .pod("client", "demo")
+        .pod("server", "demo")
+        .pod("outsider", "plain");
+    let path = bed.workdir().join("mesh.yaml");
+    config.write(&bed, &path).expect("config written");
+    let options = ZtunnelOptions::default();
+    let _zt_a = Ztunnel::start(&bed, "a", &path, &options).expect("ztunnel a");
+    let _zt_b = Ztunnel::start(&bed, "b", &path, &options).expect("ztunnel b");
+    let _echo = start_server(&bed, "server", "echo", "[::]:7000");
+    let _outside = start_server(&bed, "outsider", "echo", "[::]:7000");
+    let server = SocketAddr::from((bed.pod("server").ipv4(), 7000));
+    let outsider = SocketAddr::from((bed.pod("outsider").ipv4(), 7000));
+
+    let mesh: HashMap<&str, &str> = [
+        ("source_workload", "client"),
+        ("source_workload_namespace", "demo"),
+        ("source_principal", CLIENT),
+        ("destination_workload", "server"),
+        ("destination_workload_namespace", "demo"),
+        ("destination_principal", SERVER),
+        ("connection_security_policy", "mutual_tls"),
+        ("request_protocol", "tcp"),
+        ("destination_service", "unknown"),
+    ]
+    .into();
+    let labels = |reporter: &'static str| -> Vec<(&str, &str)> {
+        let mut l: Vec<(&str, &str)> = mesh.iter().map(|(k, v)| (*k, *v)).collect();
+        l.push(("reporter", reporter));
+        l
+    };
+
+    // A long connection: its bytes show before it ends.
+    let mut session = bed.pod_command("client", testbin_binary());
+    session.args(["session", &server.to_string(), "30", "100"]);
+    let session = bed.spawn(session).expect("session starts");
+    session
+        .wait_for_line("reply ", WAIT)
+        .expect("the session gets a first reply");
+    std::thread::sleep(Duration::from_millis(300));
+    for (node, reporter) in [("a", "source"), ("b", "destination")] {
+        let samples = scrape(&bed, node);
+        let l = labels(reporter);
+        assert_eq!(
+            value(&samples, "istio_tcp_connections_opened_total", &l),
+            1.0,
+            "{node}"
+        );
+        assert_eq!(
+            value(&samples, "istio_tcp_connections_closed_total", &l),
+            0.0,
+            "{node}: the session is still open"
+        );
+        assert!(
+            value(&samples, "istio_tcp_received_bytes_total", &l) > 0.0
+                && value(&samples, "istio_tcp_sent_bytes_total", &l) > 0.0,
+            "{node}: bytes of the open session are counted as they move"
+        );
+    }
+    session
+        .wait(Duration::from_secs(15))
+        .expect("the session ends");
+
+    // Known exchanges on top of the session's.
+    let before: Vec<Vec<prometheus_parse::Sample>> = ["a", "b"].map(|n| scrape(&bed, n)).into();
+    let mut expected = (0.0, 0.0);
+    for i in 0..3 {
+        let (up, down) = exchange(
+            &bed,
+            server,
+            &format!("metrics-{i}-{}", "x".repeat(i * 100)),
+        );
+        expected.0 += up;
+        expected.1 += down;
+    }
+    let (out_up, out_down) = exchange(&bed, outsider, "to-the-outside");
+    for ((node, reporter), before) in [("a", "source"), ("b", "destination")]
+        .into_iter()
+        .zip(&before)
+    {
+        let after = scrape(&bed, node);
+        let l = labels(reporter);
+        let delta = |metric: &str| value(&after, metric, &l) - value(before, metric, &l);
+        assert_eq!(delta("istio_tcp_connections_opened_total"), 3.0, "{node}");
+        assert_eq!(delta("istio_tcp_connections_closed_total"), 3.0, "{node}");
+        assert_eq!(
+            delta("istio_tcp_received_bytes_total"),
+            expected.0,
+            "{node}: the client's bytes"
+        );
+        assert_eq!(
+            delta("istio_tcp_sent_bytes_total"),
+            expected.1,
+            "{node}: the server's bytes"
+        );
+    }
+    // Passthrough, reported by the source only, without mutual TLS.
+    let a = scrape(&bed, "a");
+    let passthrough = [
+        ("reporter", "source"),
+        ("source_workload", "client"),
+        ("destination_workload", "outsider"),
+        ("destination_workload_namespace", "plain"),
+        ("destination_principal", "unknown"),
+        ("connection_security_policy", "none"),
+    ];
+    assert_eq!(
+        value(&a, "istio_tcp_connections_opened_total", &passthrough),
+        1.0
+    );
+    assert_eq!(
+        value(&a, "istio_tcp_connections_closed_total", &passthrough),
+        1.0
+    );
+    assert_eq!(
+        value(&a, "istio_tcp_received_bytes_total", &passthrough),
+        out_up
+    );
+    assert_eq!(
+        value(&a, "istio_tcp_sent_bytes_total", &passthrough),
+        out_down
+    );
+    // Every series names workloads, never an address or a port.
+    for sample in a.iter().filter(|s| s.metric.starts_with("istio_tcp_")) {
+        for (key, value) in sample.labels.iter() {
+            assert!(
+                !value.contains(&bed.pod("client").ipv4().to_string()),
+                "{key}={value}: an address in a label"
+            );
+        }
+    }
+}
