@@ -1,9 +1,10 @@
-//! ztunnel's connection metrics end to end: after a known set of connections
-//! (HBONE between two nodes, passthrough to a pod outside the mesh), both
-//! ztunnels' `/metrics` show exactly the expected counts and byte totals
-//! under Istio's names and labels, from the source and the destination
-//! reporter; a long connection's bytes show while it runs; the exposition
-//! parses as Prometheus text.
+//! Observability end to end. ztunnel's connection metrics: after a known set
+//! of connections (HBONE between two nodes, passthrough to a pod outside the
+//! mesh), both ztunnels' `/metrics` show exactly the expected counts and byte
+//! totals under Istio's names and labels, from the source and the
+//! destination reporter; a long connection's bytes show while it runs; the
+//! exposition parses as Prometheus text. The log filter changes through the
+//! admin endpoint's `/logging` without a restart, and only by a POST.
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
@@ -204,4 +205,82 @@ fn both_reporters_count_connections_and_bytes_with_istio_labels() {
             );
         }
     }
+}
+
+/// `curl` on node `node`: the status code and the body.
+fn admin(bed: &Testbed, node: &str, method: &str, path: &str) -> (u16, String) {
+    let mut cmd = bed.node_command(node, "curl");
+    cmd.args([
+        "-s",
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+        &format!("http://127.0.0.1:15000{path}"),
+    ]);
+    let out = bed.run(cmd, WAIT).expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("a status code");
+    (code.trim().parse().expect("a number"), body.trim().to_owned())
+}
+
+#[test]
+fn the_log_level_changes_at_run_time_by_post_only() {
+    if !privileged("the_log_level_changes_at_run_time_by_post_only") {
+        return;
+    }
+    let bed = Testbed::builder("logging")
+        .node("a")
+        .node("b")
+        .pod("client", "a")
+        .pod("server", "b")
+        .build()
+        .expect("testbed builds");
+    let config = MeshConfig::default()
+        .namespace("demo", true)
+        .pod("client", "demo")
+        .pod("server", "demo");
+    let path = bed.workdir().join("mesh.yaml");
+    config.write(&bed, &path).expect("config written");
+    let options = ZtunnelOptions::default();
+    let zt_a = Ztunnel::start(&bed, "a", &path, &options).expect("ztunnel a");
+    let _zt_b = Ztunnel::start(&bed, "b", &path, &options).expect("ztunnel b");
+    let _quiet = start_server(&bed, "server", "echo", "[::]:7000");
+    let _loud = start_server(&bed, "server", "echo", "[::]:7001");
+    let server = |port| SocketAddr::from((bed.pod("server").ipv4(), port));
+
+    assert_eq!(
+        admin(&bed, "a", "GET", "/logging"),
+        (200, "level=info".into())
+    );
+    // A GET never changes it, whatever it asks.
+    let (code, body) = admin(&bed, "a", "GET", "/logging?level=access%3Doff%2Cinfo");
+    assert_eq!(code, 405, "{body}");
+    assert_eq!(admin(&bed, "a", "GET", "/logging").1, "level=info");
+    // An invalid filter changes nothing and says why.
+    let (code, body) = admin(&bed, "a", "POST", "/logging?level=access%3Dloud");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("invalid log level"), "{body}");
+    assert_eq!(admin(&bed, "a", "POST", "/logging").0, 400);
+
+    // Access lines off: a connection now leaves none; back on: the next does.
+    let (code, body) = admin(&bed, "a", "POST", "/logging?level=access%3Doff%2Cinfo");
+    assert_eq!((code, body.as_str()), (200, "level=access=off,info"));
+    send(&bed, "client", server(7000), "unlogged").expect("a reply");
+    assert_eq!(admin(&bed, "a", "POST", "/logging?level=info").0, 200);
+    send(&bed, "client", server(7001), "logged").expect("a reply");
+    let to = |port: u16| {
+        move |l: &serde_json::Value| {
+            l["target"] == "access"
+                && l["dst.addr"]
+                    .as_str()
+                    .is_some_and(|d| d.ends_with(&format!(":{port}")))
+        }
+    };
+    zt_a.wait_for_log(WAIT, to(7001))
+        .expect("access lines are back without a restart");
+    assert!(
+        !zt_a.logs().iter().any(to(7000)),
+        "the connection made while access lines were off was logged"
+    );
 }

@@ -5,6 +5,9 @@
 //! - `GET /config_dump`: the registry (workloads, services, policies).
 //! - `GET /certs`: per identity, the certificate state (serial, validity, last
 //!   error). Private keys are never shown.
+//! - `GET /logging`: the log filter in force; `POST /logging?level=<directives>`
+//!   replaces it at once (`RUST_LOG`'s syntax: `debug`, `access=warn,info`).
+//!   Only a POST changes it: a GET never does.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -39,6 +42,9 @@ pub struct AdminState {
     pub certs: CertManager,
     /// Set once the node's pods are enrolled.
     pub ready: crate::readiness::Readiness,
+    /// Changes the log filter (`None`: this process did not install the
+    /// subscriber, so `/logging` cannot change it).
+    pub log_level: Option<crate::telemetry::LogLevel>,
 }
 
 /// Binds `addr` with SO_REUSEPORT, so a ztunnel and its successor can both
@@ -69,6 +75,9 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
 }
 
 fn respond(request: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    if request.uri().path() == "/logging" {
+        return logging(request, state.log_level.as_ref());
+    }
     if request.method() != Method::GET {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -90,7 +99,58 @@ fn respond(request: &Request<Incoming>, state: &AdminState) -> Response<Full<Byt
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: /healthz/ready, /config_dump, /certs\n".into(),
+            "not found: /healthz/ready, /config_dump, /certs, /logging\n".into(),
+        ),
+    }
+}
+
+/// `/logging`: GET shows the filter, POST `?level=` replaces it.
+fn logging(
+    request: &Request<Incoming>,
+    level: Option<&crate::telemetry::LogLevel>,
+) -> Response<Full<Bytes>> {
+    let Some(level) = level else {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "the log filter of this process cannot be changed\n".into(),
+        );
+    };
+    let wanted = request.uri().query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "level")
+            .map(|(_, v)| v.into_owned())
+    });
+    match (request.method(), wanted) {
+        (&Method::GET, None) => reply(
+            StatusCode::OK,
+            "text/plain",
+            format!("level={}\n", level.current()),
+        ),
+        (&Method::GET, Some(_)) => reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            format!(
+                "a GET does not change the log level: POST /logging?level=...\nlevel={}\n",
+                level.current()
+            ),
+        ),
+        (&Method::POST, Some(wanted)) => match level.set(&wanted) {
+            Ok(()) => {
+                tracing::info!(level = %wanted, "log level changed through the admin endpoint");
+                reply(StatusCode::OK, "text/plain", format!("level={wanted}\n"))
+            }
+            Err(reason) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{reason}\n")),
+        },
+        (&Method::POST, None) => reply(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "POST /logging needs ?level=<directives> (for example level=debug)\n".into(),
+        ),
+        _ => reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET or POST /logging\n".into(),
         ),
     }
 }

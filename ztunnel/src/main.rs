@@ -87,7 +87,7 @@ struct NodeArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = settings(&cli.node)?;
-    let _log = telemetry::init(settings.log_format);
+    let log = telemetry::init(settings.log_format);
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(
@@ -107,7 +107,7 @@ fn main() -> anyhow::Result<()> {
                     "the sk_msg shortcut is on: it has no backpressure (a fast sender can get ENOMEM) and is not for production; see docs/architecture.md"
                 );
             }
-            runtime.block_on(run_node(settings, cli.node.ca_dir))
+            runtime.block_on(run_node(settings, cli.node.ca_dir, log.level()))
         }
     }
 }
@@ -206,7 +206,11 @@ async fn local_identity(
     Ok((ca, certs, bundle))
 }
 
-async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result<()> {
+async fn run_node(
+    settings: Settings,
+    ca_dir: Option<PathBuf>,
+    log_level: Option<telemetry::LogLevel>,
+) -> anyhow::Result<()> {
     let node = settings
         .node_name
         .clone()
@@ -327,6 +331,7 @@ async fn run_node(settings: Settings, ca_dir: Option<PathBuf>) -> anyhow::Result
                 registry: registry.clone(),
                 certs: mesh.certs.clone(),
                 ready: ready.clone(),
+                log_level: log_level.clone(),
             };
             tokio::spawn(ztunnel::admin::serve(listener, state));
         }

@@ -37,6 +37,69 @@ pub const MAX_PENDING: usize = 1024 * 1024;
 #[must_use = "dropping the guard stops the log writer"]
 pub struct LogGuard {
     writer: Option<(Batched, JoinHandle<()>)>,
+    level: Option<LogLevel>,
+}
+
+impl LogGuard {
+    /// The handle that changes the log filter, when this call installed the
+    /// subscriber.
+    pub fn level(&self) -> Option<LogLevel> {
+        self.level.clone()
+    }
+}
+
+type Reload = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+/// Changes the process's log filter while it runs (the admin endpoint's
+/// `/logging`): the same directives as `RUST_LOG` (`info`,
+/// `access=warn,ztunnel::hbone=debug`, ...).
+#[derive(Clone)]
+pub struct LogLevel(Arc<LevelInner>);
+
+struct LevelInner {
+    current: Mutex<String>,
+    reload: Reload,
+}
+
+impl std::fmt::Debug for LogLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LogLevel").field(&self.current()).finish()
+    }
+}
+
+impl LogLevel {
+    fn new(current: String, reload: Reload) -> Self {
+        Self(Arc::new(LevelInner {
+            current: Mutex::new(current),
+            reload,
+        }))
+    }
+
+    /// The directives in force.
+    pub fn current(&self) -> String {
+        self.0
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the directives; an invalid one changes nothing and says why.
+    pub fn set(&self, directives: &str) -> Result<(), String> {
+        let directives = directives.trim();
+        if directives.is_empty() {
+            return Err("no level given (for example level=info or level=access=warn,info)".into());
+        }
+        let filter = EnvFilter::try_new(directives)
+            .map_err(|e| format!("invalid log level {directives:?}: {e}"))?;
+        (self.0.reload)(filter)?;
+        *self
+            .0
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = directives.to_owned();
+        Ok(())
+    }
 }
 
 impl Drop for LogGuard {
@@ -52,17 +115,37 @@ impl Drop for LogGuard {
 /// Installs the process-wide subscriber. Safe to call more than once (later calls
 /// do nothing), so tests and binaries can both call it.
 pub fn init(format: LogFormat) -> LogGuard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|d| EnvFilter::try_new(d).is_ok());
+    let directives = from_env.unwrap_or_else(|| "info".to_owned());
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
     let batched = Batched::new(io::stderr());
     let builder = fmt().with_env_filter(filter).with_writer(batched.clone());
     // try_init fails only when a subscriber is already installed: keep that one.
-    let installed = match format {
-        LogFormat::Plain => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let (installed, reload): (_, Reload) = match format {
+        LogFormat::Plain => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            (
+                builder.try_init(),
+                Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())),
+            )
+        }
+        LogFormat::Json => {
+            let builder = builder.json().flatten_event(true).with_filter_reloading();
+            let handle = builder.reload_handle();
+            (
+                builder.try_init(),
+                Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())),
+            )
+        }
     };
-    let thread = installed.ok().and_then(|()| batched.spawn_writer().ok());
+    let installed = installed.is_ok();
+    let thread = installed.then(|| batched.spawn_writer().ok()).flatten();
     LogGuard {
         writer: thread.map(|thread| (batched, thread)),
+        level: installed.then(|| LogLevel::new(directives, reload)),
     }
 }
 
@@ -219,6 +302,7 @@ mod tests {
         writer.write_all(b"last\n").unwrap();
         let guard = LogGuard {
             writer: Some((batched, thread)),
+            level: None,
         };
         drop(guard);
         assert!(sink.0.lock().unwrap().0.ends_with(b"line 99\nlast\n"));
