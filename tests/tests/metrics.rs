@@ -132,6 +132,15 @@ fn both_reporters_count_connections_and_bytes_with_istio_labels() {
                 && value(&samples, "istio_tcp_sent_bytes_total", &l) > 0.0,
             "{node}: bytes of the open session are counted as they move"
         );
+        assert_eq!(
+            value(
+                &samples,
+                "ambit_connections_active",
+                &[("reporter", reporter)]
+            ),
+            1.0,
+            "{node}"
+        );
     }
     session
         .wait(Duration::from_secs(15))
@@ -196,6 +205,71 @@ fn both_reporters_count_connections_and_bytes_with_istio_labels() {
         value(&a, "istio_tcp_sent_bytes_total", &passthrough),
         out_down
     );
+    // ambit's own: pods, certificates, decisions, failures.
+    let b = scrape(&bed, "b");
+    assert_eq!(
+        value(&a, "ambit_enrolled_pods", &[]),
+        1.0,
+        "the outsider is not enrolled"
+    );
+    assert_eq!(value(&b, "ambit_enrolled_pods", &[]), 1.0);
+    assert_eq!(
+        value(&a, "ambit_connections_active", &[("reporter", "source")]),
+        0.0
+    );
+    let expiry = value(
+        &a,
+        "ambit_certificate_expiry_seconds",
+        &[("identity", CLIENT)],
+    );
+    assert!(expiry > 3600.0 && expiry <= 7.0 * 86400.0, "{expiry}");
+    let allowed = [("action", "none"), ("result", "allowed")];
+    assert!(
+        value(&b, "ambit_policy_decisions_total", &allowed) >= 4.0,
+        "the session and three exchanges were authorized at b"
+    );
+    // A server that resets: a failure at both ends, by reason.
+    let _resetter = start_server(&bed, "server", "resetter", "[::]:7002");
+    let mut cmd = bed.pod_command("client", testbin_binary());
+    cmd.args([
+        "await-end",
+        &SocketAddr::from((bed.pod("server").ipv4(), 7002)).to_string(),
+        "hi",
+    ]);
+    let out = bed.run(cmd, WAIT).expect("the client runs");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ended=reset"));
+    for node in ["a", "b"] {
+        let reset = || {
+            value(
+                &scrape(&bed, node),
+                "ambit_connection_failures_total",
+                &[("reason", "reset")],
+            )
+        };
+        let deadline = std::time::Instant::now() + WAIT;
+        while reset() < 1.0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(reset(), 1.0, "{node}");
+    }
+    // A closed port is refused at once (the pod's RST finds its way back to
+    // ztunnel), and counted at the destination.
+    let started = std::time::Instant::now();
+    let closed_port = SocketAddr::from((bed.pod("server").ipv4(), 7999));
+    assert!(send(&bed, "client", closed_port, "nobody").is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a closed port took {:?} to refuse",
+        started.elapsed()
+    );
+    assert_eq!(
+        value(
+            &scrape(&bed, "b"),
+            "ambit_connection_failures_total",
+            &[("reason", "connect")]
+        ),
+        1.0
+    );
     // Every series names workloads, never an address or a port.
     for sample in a.iter().filter(|s| s.metric.starts_with("istio_tcp_")) {
         for (key, value) in sample.labels.iter() {
@@ -221,7 +295,10 @@ fn admin(bed: &Testbed, node: &str, method: &str, path: &str) -> (u16, String) {
     let out = bed.run(cmd, WAIT).expect("curl runs");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').expect("a status code");
-    (code.trim().parse().expect("a number"), body.trim().to_owned())
+    (
+        code.trim().parse().expect("a number"),
+        body.trim().to_owned(),
+    )
 }
 
 #[test]

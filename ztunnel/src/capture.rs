@@ -149,9 +149,10 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// `net.ipv4.tcp_fwmark_accept` could not be set in a pod's namespace.
+    /// A network sysctl of the transparent return path could not be set in a
+    /// pod's namespace.
     #[error(
-        "cannot set net.ipv4.tcp_fwmark_accept in network namespace {netns} through {file} \
+        "cannot set {file} in network namespace {netns} \
          (AMBIT_SYSCTL_NET: the host's /proc/sys/net mounted writable; a container runtime \
          mounts the container's own /proc/sys read-only)"
     )]

@@ -293,9 +293,28 @@ async fn run_node(
         trust_domain: settings.trust_domain.clone(),
         router: Default::default(),
         policies: Default::default(),
-        tcp: metrics.tcp().clone(),
+        metrics: metrics.proxy().clone(),
     });
     mesh.update_policies(&registry.snapshot());
+    {
+        // Certificate expiry, read at each scrape (identities come and go
+        // with the node's pods: the gauge holds those of now).
+        let (certs, proxy) = (mesh.certs.clone(), metrics.proxy().clone());
+        metrics.on_scrape(move || {
+            let now = std::time::SystemTime::now();
+            proxy.certificate_expiry.clear();
+            for (identity, not_after) in certs.expiries() {
+                let left = match not_after.duration_since(now) {
+                    Ok(left) => i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+                    Err(past) => -i64::try_from(past.duration().as_secs()).unwrap_or(i64::MAX),
+                };
+                proxy
+                    .certificate_expiry
+                    .get_or_create(&ztunnel::metrics::IdentityLabel { identity })
+                    .set(left);
+            }
+        });
+    }
     serve_metrics(&metrics);
 
     capture::add_probe_addresses()

@@ -14,6 +14,12 @@
 //! | `istio_tcp_received_bytes_total` | counter | [`TcpLabels`] | bytes from the client to the server, counted as they move |
 //! | `istio_tcp_sent_bytes_total` | counter | [`TcpLabels`] | bytes from the server to the client, counted as they move |
 //!
+//! | `ambit_connections_active` | gauge | `reporter` | connections being proxied now |
+//! | `ambit_connection_failures_total` | counter | `reason` | connections that failed or were refused |
+//! | `ambit_policy_decisions_total` | counter | `action`, `result` | authorization decisions |
+//! | `ambit_enrolled_pods` | gauge | | pods of the node whose traffic is captured |
+//! | `ambit_certificate_expiry_seconds` | gauge | `identity` | until each local identity's certificate expires |
+//!
 //! The `istio_tcp_*` metrics carry Istio's names and labels, so existing
 //! dashboards read them: `reporter="source"` from the client's ztunnel,
 //! `reporter="destination"` from the server's.
@@ -43,12 +49,20 @@ pub struct KindLabel {
 }
 
 /// Every metric of the process.
-#[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     config_generation: Gauge,
     invalid_policies: Family<KindLabel, Gauge>,
-    tcp: TcpMetrics,
+    proxy: ProxyMetrics,
+    /// Run before each encoding, to read gauges that are cheaper to read
+    /// than to keep up to date (certificate expiry, enrolled pods).
+    on_scrape: std::sync::Mutex<Vec<Box<dyn Fn() + Send>>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 impl Default for Metrics {
@@ -73,18 +87,27 @@ impl Metrics {
             "Security policies that failed validation and are enforced fail-closed",
             invalid_policies.clone(),
         );
-        let tcp = TcpMetrics::register(&mut registry);
+        let proxy = ProxyMetrics::register(&mut registry);
         Self {
             registry,
             config_generation,
             invalid_policies,
-            tcp,
+            proxy,
+            on_scrape: std::sync::Mutex::new(Vec::new()),
         }
     }
 
-    /// The connection metrics, for the proxy.
-    pub fn tcp(&self) -> &TcpMetrics {
-        &self.tcp
+    /// The proxy's metrics.
+    pub fn proxy(&self) -> &ProxyMetrics {
+        &self.proxy
+    }
+
+    /// Runs `update` before every scrape.
+    pub fn on_scrape(&self, update: impl Fn() + Send + 'static) {
+        self.on_scrape
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Box::new(update));
     }
 
     /// Records what a new registry snapshot holds.
@@ -108,6 +131,14 @@ impl Metrics {
 
     /// The OpenMetrics text of every metric.
     pub fn encode(&self) -> String {
+        for update in self
+            .on_scrape
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            update();
+        }
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
@@ -235,16 +266,54 @@ impl TcpLabels {
     }
 }
 
-/// The connection metrics.
+/// `reporter` alone.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReporterLabel {
+    /// `source` or `destination`.
+    pub reporter: &'static str,
+}
+
+/// Why a connection failed (`ConnectionError::reason`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// A short fixed word: `denied`, `strict`, `no_endpoint`, `connect`, ...
+    pub reason: &'static str,
+}
+
+/// An authorization decision.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// The action of the policy that decided: `ALLOW`, `DENY`, `CUSTOM`, or
+    /// `none` when no policy did (the default).
+    pub action: &'static str,
+    /// `allowed` or `denied`.
+    pub result: &'static str,
+}
+
+/// A workload identity.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IdentityLabel {
+    /// The SPIFFE URI.
+    pub identity: String,
+}
+
+/// The proxy's metrics: Istio's connection metrics and ambit's own.
 #[derive(Debug, Clone, Default)]
-pub struct TcpMetrics {
+pub struct ProxyMetrics {
     opened: Family<TcpLabels, Counter>,
     closed: Family<TcpLabels, Counter>,
     received: Family<TcpLabels, Counter>,
     sent: Family<TcpLabels, Counter>,
+    active: Family<ReporterLabel, Gauge>,
+    failures: Family<ReasonLabel, Counter>,
+    decisions: Family<DecisionLabels, Counter>,
+    /// Enrolled pods of the node.
+    pub enrolled_pods: Gauge,
+    /// Seconds until each local identity's certificate expires.
+    pub certificate_expiry: Family<IdentityLabel, Gauge>,
 }
 
-impl TcpMetrics {
+impl ProxyMetrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self::default();
@@ -273,17 +342,63 @@ impl TcpMetrics {
         ] {
             registry.register(name, help, family.clone());
         }
+        registry.register(
+            "ambit_connections_active",
+            "Connections being proxied now",
+            metrics.active.clone(),
+        );
+        registry.register(
+            "ambit_connection_failures",
+            "Connections that failed or were refused, by reason",
+            metrics.failures.clone(),
+        );
+        registry.register(
+            "ambit_policy_decisions",
+            "Authorization decisions, by the action that decided and the result",
+            metrics.decisions.clone(),
+        );
+        registry.register(
+            "ambit_enrolled_pods",
+            "Pods of this node whose traffic is captured",
+            metrics.enrolled_pods.clone(),
+        );
+        registry.register(
+            "ambit_certificate_expiry_seconds",
+            "Seconds until the certificate of each local identity expires (negative: expired)",
+            metrics.certificate_expiry.clone(),
+        );
         metrics
+    }
+
+    /// Counts a failed or refused connection.
+    pub fn failed(&self, reason: &'static str) {
+        self.failures.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Counts an authorization decision.
+    pub fn decided(&self, action: &'static str, allowed: bool) {
+        let result = if allowed { "allowed" } else { "denied" };
+        self.decisions
+            .get_or_create(&DecisionLabels { action, result })
+            .inc();
     }
 
     /// Counts a connection opened with `labels`; the handle counts its bytes
     /// and its close.
     pub fn open(&self, labels: &TcpLabels) -> TcpConnection {
         self.opened.get_or_create(labels).inc();
+        let active = self
+            .active
+            .get_or_create(&ReporterLabel {
+                reporter: labels.reporter,
+            })
+            .clone();
+        active.inc();
         TcpConnection {
             received: self.received.get_or_create(labels).clone(),
             sent: self.sent.get_or_create(labels).clone(),
             closed: self.closed.get_or_create(labels).clone(),
+            active,
         }
     }
 }
@@ -294,6 +409,7 @@ pub struct TcpConnection {
     received: Counter,
     sent: Counter,
     closed: Counter,
+    active: Gauge,
 }
 
 impl TcpConnection {
@@ -312,6 +428,7 @@ impl Drop for TcpConnection {
     /// However the connection ended, it is counted closed.
     fn drop(&mut self) {
         self.closed.inc();
+        self.active.dec();
     }
 }
 

@@ -56,7 +56,7 @@ pub struct Mesh {
     /// the registry changes, so a change applies to the next connection.
     pub policies: arc_swap::ArcSwap<PolicyIndex>,
     /// The connection metrics (`istio_tcp_*`).
-    pub tcp: crate::metrics::TcpMetrics,
+    pub metrics: crate::metrics::ProxyMetrics,
 }
 
 impl Mesh {
@@ -94,6 +94,7 @@ impl Mesh {
                 dst.workload = %pod,
                 "authorization"
             );
+            self.metrics.decided("none", false);
             return Err(format!(
                 "denied: workload {pod} is not in the registry's current view, so its policies are unknown"
             ));
@@ -125,10 +126,38 @@ impl Mesh {
                 "authorization"
             );
         }
+        let action = match decision.reason {
+            crate::policy::Reason::Custom(_) => "CUSTOM",
+            crate::policy::Reason::Denied(_) => "DENY",
+            crate::policy::Reason::Allowed(_) | crate::policy::Reason::NoAllowMatched => "ALLOW",
+            crate::policy::Reason::NoAllowPolicy => "none",
+        };
+        self.metrics.decided(action, decision.is_allowed());
         if decision.is_allowed() {
             Ok(())
         } else {
             Err(decision.to_string())
+        }
+    }
+}
+
+impl ConnectionError {
+    /// A short fixed word for why the connection failed: the `reason` label of
+    /// `ambit_connection_failures_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoOriginalDestination | Self::Capture(_) => "no_original_destination",
+            Self::Loop(_) => "loop",
+            Self::Connect { .. } => "connect",
+            Self::ConnectTimeout { .. } => "connect_timeout",
+            Self::Idle(_) => "idle",
+            Self::Relay(_) => "reset",
+            Self::Hbone { .. } => "hbone",
+            Self::Certificate { .. } => "certificate",
+            Self::NoEndpoint(_) => "no_endpoint",
+            Self::NoWaypoint { .. } => "no_waypoint",
+            Self::Strict(_) => "strict",
+            Self::Denied(_) => "denied",
         }
     }
 }
@@ -319,7 +348,7 @@ status: {podIP: 198.18.1.20}
             trust_domain: TrustDomain::default(),
             router: crate::route::Router::default(),
             policies: Default::default(),
-            tcp: Default::default(),
+            metrics: Default::default(),
         };
         mesh.update_policies(&registry.snapshot());
         mesh

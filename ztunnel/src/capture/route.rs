@@ -47,14 +47,30 @@ pub async fn setup_transparent_return(
             source,
         }
     };
-    let sysctl = sysctl_net.join("ipv4/tcp_fwmark_accept");
-    netns
-        .run(|| fs::write(&sysctl, "1"))?
-        .map_err(|source| Error::Sysctl {
-            netns: netns.path().to_owned(),
-            file: sysctl.clone(),
-            source,
-        })?;
+    // tcp_fwmark_accept: the app's accepted socket, and its replies, carry
+    // the mark of ztunnel's transparent SYN. fwmark_reflect: so do the
+    // kernel's own answers (the RST of a closed port, ICMP errors), which
+    // would otherwise leave the pod for the client's real address and leave
+    // ztunnel's connect waiting for its timeout. Packets from outside carry
+    // no mark, so nothing else changes. IPv6 may be off in a pod.
+    for (file, required) in [
+        ("ipv4/tcp_fwmark_accept", true),
+        ("ipv4/fwmark_reflect", true),
+        ("ipv6/fwmark_reflect", false),
+    ] {
+        let sysctl = sysctl_net.join(file);
+        match netns.run(|| fs::write(&sysctl, "1"))? {
+            Ok(()) => {}
+            Err(e) if !required && e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Sysctl {
+                    netns: netns.path().to_owned(),
+                    file: sysctl,
+                    source,
+                });
+            }
+        }
+    }
     // The netlink socket belongs to the namespace it is created in.
     let (connection, handle, _) = netns
         .run(rtnetlink::new_connection)?

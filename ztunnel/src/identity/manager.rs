@@ -224,6 +224,17 @@ impl CertManager {
         out
     }
 
+    /// The end of validity of each identity's current certificate.
+    pub fn expiries(&self) -> Vec<(String, SystemTime)> {
+        self.lock_entries()
+            .iter()
+            .filter_map(|(identity, entry)| match &*entry.state.borrow() {
+                CertState::Available { cert, .. } => Some((identity.to_string(), cert.not_after())),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn lock_entries(&self) -> std::sync::MutexGuard<'_, HashMap<Identity, Entry>> {
         self.inner
             .entries

@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::ConnectionError;
-use crate::metrics::{TcpConnection, TcpLabels, TcpMetrics};
+use crate::metrics::{ProxyMetrics, TcpConnection, TcpLabels};
 
 /// The bytes of one connection, counted as they move: into the access log
 /// line however the connection ends, and into the connection metrics while
@@ -79,12 +79,18 @@ pub struct Connection {
     pub waypoint: Option<crate::registry::ObjectKey>,
     /// Its bytes: the relay's [`Meter`](crate::relay::Meter).
     pub traffic: Traffic,
+    metrics: ProxyMetrics,
     started: Instant,
 }
 
 impl Connection {
-    /// Starts the record of a connection accepted now.
-    pub fn new(direction: Direction, workload: String, src: SocketAddr) -> Self {
+    /// Starts the record of a connection accepted now; `metrics` count it.
+    pub fn new(
+        direction: Direction,
+        workload: String,
+        src: SocketAddr,
+        metrics: &ProxyMetrics,
+    ) -> Self {
         Self {
             direction,
             workload,
@@ -95,14 +101,15 @@ impl Connection {
             mode: "plaintext",
             waypoint: None,
             traffic: Traffic::default(),
+            metrics: metrics.clone(),
             started: Instant::now(),
         }
     }
 
     /// Counts the connection in the connection metrics under `labels`, from
     /// now until the record is dropped.
-    pub fn count(&mut self, metrics: &TcpMetrics, labels: &TcpLabels) {
-        self.traffic.metrics = Some(metrics.open(labels));
+    pub fn count(&mut self, labels: &TcpLabels) {
+        self.traffic.metrics = Some(self.metrics.open(labels));
     }
 
     /// Logs the outcome: the bytes each way (what moved, also when it ended
@@ -115,6 +122,9 @@ impl Connection {
         };
         let bytes_sent = self.traffic.forward.load(Ordering::Relaxed);
         let bytes_received = self.traffic.backward.load(Ordering::Relaxed);
+        if let Err(error) = result {
+            self.metrics.failed(error.reason());
+        }
         let error = result.as_ref().err().map(|e| super::error_chain(e));
         let line = (
             self.dst.map(|d| d.to_string()).unwrap_or_default(),

@@ -62,7 +62,12 @@ async fn accept_stream(
     target: SocketAddr,
 ) -> Result<RunStream, StatusCode> {
     let client = canonical(source.addr);
-    let mut record = Connection::new(Direction::Inbound, pod.name.clone(), client);
+    let mut record = Connection::new(
+        Direction::Inbound,
+        pod.name.clone(),
+        client,
+        &pod.inputs.mesh.metrics,
+    );
     record.mode = "hbone";
     record.src_identity = Some(source.identity.to_string());
     record.dst = Some(target);
@@ -98,7 +103,7 @@ async fn accept_stream(
                     Some(&pod.identity.to_string()),
                 );
                 labels.connection_security_policy = "mutual_tls";
-                record.count(&mesh.tcp, &labels);
+                record.count(&labels);
                 let result = crate::relay::relay_metered(
                     &mut tunnel,
                     &mut app,

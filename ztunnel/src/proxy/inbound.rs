@@ -19,7 +19,12 @@ use crate::metrics::TcpLabels;
 /// Proxies one accepted connection and writes its access log line.
 pub async fn handle(mut client: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) {
     let peer = canonical(peer);
-    let mut record = Connection::new(Direction::Inbound, pod.name.clone(), peer);
+    let mut record = Connection::new(
+        Direction::Inbound,
+        pod.name.clone(),
+        peer,
+        &pod.inputs.mesh.metrics,
+    );
     let result = async {
         // A proxy must not add Nagle's delay to small writes.
         client.set_nodelay(true).map_err(ConnectionError::Relay)?;
@@ -48,7 +53,7 @@ pub async fn handle(mut client: TcpStream, peer: SocketAddr, pod: Arc<PodContext
             snapshot.workload(&pod.key).map(|w| &**w),
             Some(&pod.identity.to_string()),
         );
-        record.count(&mesh.tcp, &labels);
+        record.count(&labels);
         crate::relay::relay_metered(
             &mut client,
             &mut app,

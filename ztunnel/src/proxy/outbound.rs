@@ -20,7 +20,12 @@ use crate::{
 
 /// Proxies one accepted connection and writes its access log line.
 pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) {
-    let mut record = Connection::new(Direction::Outbound, pod.name.clone(), peer);
+    let mut record = Connection::new(
+        Direction::Outbound,
+        pod.name.clone(),
+        peer,
+        &pod.inputs.mesh.metrics,
+    );
     record.src_identity = Some(pod.identity.to_string());
     let result = async {
         // A proxy must not add Nagle's delay to small writes.
@@ -58,7 +63,7 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
                 record.dst = Some(target);
                 let mut upstream = connect(&pod, target, None).await?;
                 labels.destination(snapshot.workload_by_ip(target.ip()).map(|w| &**w), None);
-                record.count(&mesh.tcp, &labels);
+                record.count(&labels);
                 crate::relay::relay_metered(
                     &mut app,
                     &mut upstream,
@@ -85,7 +90,7 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
                     Some(&principal),
                 );
                 labels.connection_security_policy = "mutual_tls";
-                record.count(&mesh.tcp, &labels);
+                record.count(&labels);
                 crate::relay::relay_metered(
                     &mut app,
                     &mut tunnel,

@@ -344,7 +344,16 @@ impl PodManager {
                 accept_loops,
             },
         );
+        self.count_enrolled();
         Ok(())
+    }
+
+    fn count_enrolled(&self) {
+        self.inputs
+            .mesh
+            .metrics
+            .enrolled_pods
+            .set(i64::try_from(self.pods.len()).unwrap_or(i64::MAX));
     }
 
     /// Opens the pod's network namespace, refusing one that is not the pod's
@@ -426,6 +435,7 @@ impl PodManager {
         let enrolled = self.pods.remove(uid).ok_or_else(|| Error::NotEnrolled {
             uid: uid.to_owned(),
         })?;
+        self.count_enrolled();
         let result = self
             .capture
             .unenroll(enrolled.cookie)
