@@ -362,6 +362,8 @@ pub struct ZtunnelOptions {
     /// socket in local mode; in Kubernetes mode the testbed always sets one,
     /// so that nodes never share the host's default path).
     pub cni_socket: Option<PathBuf>,
+    /// More environment variables, set last.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ZtunnelOptions {
@@ -372,6 +374,7 @@ impl Default for ZtunnelOptions {
             ca_dir: None,
             idle: None,
             cni_socket: None,
+            env: Vec::new(),
         }
     }
 }
@@ -512,6 +515,7 @@ impl Ztunnel {
         if let Some(idle) = options.idle {
             cmd.env("AMBIT_IDLE_TIMEOUT_SECONDS", idle.as_secs_f64().to_string());
         }
+        cmd.envs(options.env.iter().map(|(k, v)| (k, v)));
         if let Some(path) = cni_socket {
             cmd.env("AMBIT_CNI_SOCKET", path);
         }

@@ -941,3 +941,93 @@ fn kustomize_renders_the_mesh_and_sets_every_image() {
         "no generated ambit-mesh ConfigMap"
     );
 }
+
+/// The metric names of a PromQL expression: identifiers that start like
+/// ambit's or Istio's, without the histogram series suffixes.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = expr;
+    while let Some(start) = rest.find(|c: char| c.is_ascii_lowercase()) {
+        rest = &rest[start..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        let word = &rest[..end];
+        if word.starts_with("istio_") || word.starts_with("ambit_") {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| word.strip_suffix(s))
+                .unwrap_or(word);
+            names.insert(base.to_owned());
+        }
+        rest = &rest[end..];
+    }
+    names
+}
+
+#[test]
+fn the_grafana_dashboard_uses_only_metrics_that_exist() {
+    let path = deploy_dir().join("grafana/ambit-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("the dashboard exists"))
+            .expect("the dashboard is JSON");
+    // What ztunnel exports (every family, empty or not), and the waypoint's
+    // request metrics (docs/metrics.md; waypoint/src/proxy/metrics.rs).
+    // A family without a series prints nothing: give each one.
+    let metrics = ztunnel::metrics::Metrics::new();
+    let registry = ztunnel::registry::Registry::new(ztunnel::registry::Options::default());
+    metrics.observe_snapshot(&registry.snapshot());
+    let proxy = metrics.proxy();
+    let connection = proxy.open(&ztunnel::metrics::TcpLabels::new("source"));
+    connection.received(1);
+    connection.sent(1);
+    proxy.failed("reset");
+    proxy.decided("ALLOW", true);
+    proxy
+        .certificate_expiry
+        .get_or_create(&ztunnel::metrics::IdentityLabel {
+            identity: "spiffe://cluster.local/ns/a/sa/b".into(),
+        })
+        .set(1);
+    let exposition = metrics.encode();
+    drop(connection);
+    let mut exported: BTreeSet<String> = exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| {
+            let (name, kind) = l.split_once(' ')?;
+            Some(if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_owned()
+            })
+        })
+        .collect();
+    exported.extend(
+        [
+            "istio_requests_total",
+            "istio_request_duration_milliseconds",
+            "istio_request_bytes",
+            "istio_response_bytes",
+        ]
+        .map(str::to_owned),
+    );
+    let mut used = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("an expression");
+            used.extend(metric_names(expr));
+        }
+    }
+    used.extend(metric_names(
+        dashboard["templating"]["list"][1]["query"]
+            .as_str()
+            .unwrap_or_default(),
+    ));
+    assert!(used.len() >= 8, "{used:?}");
+    let missing: Vec<&String> = used.difference(&exported).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries {missing:?}, which nothing exports: {exported:?}"
+    );
+}

@@ -361,3 +361,65 @@ fn the_log_level_changes_at_run_time_by_post_only() {
         "the connection made while access lines were off was logged"
     );
 }
+
+#[test]
+fn access_lines_are_sampled_but_failures_are_always_written() {
+    if !privileged("access_lines_are_sampled_but_failures_are_always_written") {
+        return;
+    }
+    let bed = Testbed::builder("sampling")
+        .node("a")
+        .node("b")
+        .pod("client", "a")
+        .pod("server", "b")
+        .build()
+        .expect("testbed builds");
+    let config = MeshConfig::default()
+        .namespace("demo", true)
+        .pod("client", "demo")
+        .pod("server", "demo");
+    let path = bed.workdir().join("mesh.yaml");
+    config.write(&bed, &path).expect("config written");
+    let sampled = ZtunnelOptions {
+        env: vec![("AMBIT_ACCESS_LOG_SAMPLE".into(), "0".into())],
+        ..ZtunnelOptions::default()
+    };
+    let zt_a = Ztunnel::start(&bed, "a", &path, &sampled).expect("ztunnel a");
+    let zt_b = Ztunnel::start(&bed, "b", &path, &ZtunnelOptions::default()).expect("ztunnel b");
+    let _echo = start_server(&bed, "server", "echo", "[::]:7000");
+    let server = |port| SocketAddr::from((bed.pod("server").ipv4(), port));
+    for i in 0..5 {
+        send(&bed, "client", server(7000), &format!("sampled-{i}")).expect("a reply");
+    }
+    // A failure: always written.
+    assert!(send(&bed, "client", server(7999), "closed").is_err());
+    let failed = zt_a
+        .wait_for_log(WAIT, |l| l["target"] == "access" && l["error"] != "")
+        .expect("the failed connection is written at a");
+    assert!(
+        failed["dst.addr"]
+            .as_str()
+            .is_some_and(|d| d.ends_with(":7999")),
+        "{failed}"
+    );
+    // Node b (every line) wrote all five; node a (none) wrote no success.
+    let complete = |zt: &Ztunnel| {
+        zt.logs()
+            .iter()
+            .filter(|l| l["target"] == "access" && l["error"] == "")
+            .count()
+    };
+    zt_b.wait_for_log(WAIT, |_| complete(&zt_b) >= 5)
+        .expect("node b logged every connection");
+    assert_eq!(complete(&zt_a), 0, "node a sampled at 0");
+    // The metrics still count every connection.
+    let a = scrape(&bed, "a");
+    assert_eq!(
+        value(
+            &a,
+            "istio_tcp_connections_opened_total",
+            &[("reporter", "source"), ("destination_workload", "server")]
+        ),
+        5.0
+    );
+}

@@ -147,6 +147,39 @@ fn three_tiers_with_deny_all_allow_by_principal_deny_wins_and_audit() {
         denied["src.identity"], "spiffe://cluster.local/ns/shop/sa/frontend",
         "{denied}"
     );
+    // The access line of each connection says what decided it.
+    let zt_of = |pod: &str| {
+        if bed.pod(pod).node() == "a" {
+            &zt_a
+        } else {
+            &zt_b
+        }
+    };
+    let to = |addr: SocketAddr| {
+        move |l: &serde_json::Value| {
+            l["target"] == "access"
+                && l["direction"] == "inbound"
+                && l["dst.addr"] == addr.to_string()
+        }
+    };
+    let allowed = zt_of("backend")
+        .wait_for_log(WAIT, to(backend))
+        .expect("the allowed connection is logged");
+    assert!(
+        allowed["decision"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("allowed") && d.contains("shop/")),
+        "{allowed}"
+    );
+    let refused = zt_of("db")
+        .wait_for_log(WAIT, |l| to(db)(l) && l["error"] != "")
+        .expect("the denied connection is logged");
+    assert!(
+        refused["decision"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("denied")),
+        "{refused}"
+    );
     // The denied connection never reached the db.
     let db_lines: Vec<String> =
         std::iter::from_fn(|| servers[1].next_line(Duration::from_millis(300)).ok()).collect();

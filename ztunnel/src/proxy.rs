@@ -71,8 +71,8 @@ impl Mesh {
     }
 
     /// Decides a connection to `dst` of the pod `pod` from `src` (with the
-    /// client's SPIFFE identity, when it has one): `Err` names the policy and
-    /// rule that denied it. Every decision that a DENY, CUSTOM or AUDIT policy
+    /// client's SPIFFE identity, when it has one): `Ok` and `Err` say what
+    /// decided (the policy and rule, or the default) for the access log. Every decision that a DENY, CUSTOM or AUDIT policy
     /// took part in, and every denial, is an `audit` log line.
     pub fn authorize(
         &self,
@@ -80,7 +80,7 @@ impl Mesh {
         src: SocketAddr,
         dst: SocketAddr,
         identity: Option<&str>,
-    ) -> Result<(), String> {
+    ) -> Result<String, String> {
         let index = self.policies.load();
         let Some(policies) = index.get(pod) else {
             // Not an enrolled pod of the registry's latest view (gone, or not
@@ -134,7 +134,7 @@ impl Mesh {
         };
         self.metrics.decided(action, decision.is_allowed());
         if decision.is_allowed() {
-            Ok(())
+            Ok(decision.to_string())
         } else {
             Err(decision.to_string())
         }
@@ -362,7 +362,8 @@ status: {podIP: 198.18.1.20}
         let known = ObjectKey::new("shop", "backend");
         let gone = ObjectKey::new("shop", "gone");
         let peer = Some("spiffe://cluster.local/ns/shop/sa/web");
-        assert_eq!(mesh.authorize(&known, src, dst, peer), Ok(()));
+        let allowed = mesh.authorize(&known, src, dst, peer).expect("allowed");
+        assert!(allowed.starts_with("allowed"), "{allowed}");
         let denied = mesh.authorize(&gone, src, dst, peer).unwrap_err();
         assert!(denied.contains("shop/gone"), "{denied}");
         // Plaintext: the known pod is PERMISSIVE by default; the unknown one

@@ -173,6 +173,10 @@ pub const IDLE_TIMEOUT_ENV: &str = "AMBIT_IDLE_TIMEOUT_SECONDS";
 /// Default of [`IDLE_TIMEOUT_ENV`]: one hour.
 pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(3600);
 
+/// The share of successful connections (and, at the waypoint, requests)
+/// that get an access log line, from 0 to 1 (default 1: all). Failures,
+/// denials and audit lines are always written.
+pub const ACCESS_LOG_SAMPLE_ENV: &str = "AMBIT_ACCESS_LOG_SAMPLE";
 /// Threads of the proxy's async runtime (1 to 64).
 pub const WORKER_THREADS_ENV: &str = "AMBIT_WORKER_THREADS";
 /// Default of [`WORKER_THREADS_ENV`] on a node with `cores` cores: half of
@@ -292,7 +296,7 @@ pub enum LogFormat {
 }
 
 /// The validated settings of a ztunnel process.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Settings {
     /// See [`TRUST_DOMAIN_ENV`].
     pub trust_domain: TrustDomain,
@@ -325,6 +329,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// See [`WORKER_THREADS_ENV`]; `None` means [`default_worker_threads`].
     pub worker_threads: Option<usize>,
+    /// See [`ACCESS_LOG_SAMPLE_ENV`].
+    pub access_log_sample: f64,
 }
 
 impl Settings {
@@ -346,6 +352,10 @@ impl Settings {
         let idle_timeout = match var(IDLE_TIMEOUT_ENV) {
             None => IDLE_TIMEOUT_DEFAULT,
             Some(value) => parse_seconds(IDLE_TIMEOUT_ENV, &value)?,
+        };
+        let access_log_sample = match var(ACCESS_LOG_SAMPLE_ENV) {
+            None => 1.0,
+            Some(value) => parse_fraction(ACCESS_LOG_SAMPLE_ENV, &value)?,
         };
         let worker_threads = match var(WORKER_THREADS_ENV) {
             None => None,
@@ -391,6 +401,7 @@ impl Settings {
             idle_timeout,
             log_format,
             worker_threads,
+            access_log_sample,
         };
         settings.validate()?;
         Ok(settings)
@@ -478,6 +489,19 @@ pub fn parse_bool(name: &'static str, value: &str) -> Result<bool, Error> {
     }
 }
 
+/// Parses a fraction from 0 to 1 named by `name`.
+pub fn parse_fraction(name: &'static str, value: &str) -> Result<f64, Error> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|f| (0.0..=1.0).contains(f))
+        .ok_or_else(|| Error::Invalid {
+            name,
+            value: value.to_owned(),
+            expected: "a fraction from 0 to 1",
+        })
+}
+
 /// Parses a non-negative number of seconds named by `name`.
 pub fn parse_seconds(name: &'static str, value: &str) -> Result<Duration, Error> {
     value
@@ -563,6 +587,7 @@ mod tests {
                 idle_timeout: Duration::from_secs(3600),
                 log_format: LogFormat::Plain,
                 worker_threads: None,
+                access_log_sample: 1.0,
             }
         );
         assert_eq!(

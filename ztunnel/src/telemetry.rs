@@ -112,6 +112,24 @@ impl Drop for LogGuard {
     }
 }
 
+/// The share of successful connections or requests that get an access line
+/// (`settings::ACCESS_LOG_SAMPLE_ENV`), in millionths; all by default.
+static ACCESS_SAMPLE_PPM: std::sync::atomic::AtomicU32 =
+    std::sync::atomic::AtomicU32::new(1_000_000);
+
+/// Sets the share of successful connections or requests that are logged
+/// (0 to 1).
+pub fn set_access_sample(share: f64) {
+    let ppm = (share.clamp(0.0, 1.0) * 1e6).round() as u32;
+    ACCESS_SAMPLE_PPM.store(ppm, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether this successful connection or request gets its access line.
+pub fn sample_access() -> bool {
+    let ppm = ACCESS_SAMPLE_PPM.load(std::sync::atomic::Ordering::Relaxed);
+    ppm >= 1_000_000 || fastrand::u32(0..1_000_000) < ppm
+}
+
 /// Installs the process-wide subscriber. Safe to call more than once (later calls
 /// do nothing), so tests and binaries can both call it.
 pub fn init(format: LogFormat) -> LogGuard {

@@ -141,7 +141,10 @@ impl RequestLog {
         }
         if self.status >= 500 || self.decision == "error" {
             access!(warn);
-        } else {
+        } else if self.decision != "allow" || self.status >= 400 {
+            // Denials and refusals are always written.
+            access!(info);
+        } else if ztunnel::telemetry::sample_access() {
             access!(info);
         }
     }

@@ -77,6 +77,8 @@ pub struct Connection {
     pub mode: &'static str,
     /// The waypoint the connection goes through, if any.
     pub waypoint: Option<crate::registry::ObjectKey>,
+    /// The authorization decision and what took it (at the destination).
+    pub decision: Option<String>,
     /// Its bytes: the relay's [`Meter`](crate::relay::Meter).
     pub traffic: Traffic,
     metrics: ProxyMetrics,
@@ -100,6 +102,7 @@ impl Connection {
             dst_identity: None,
             mode: "plaintext",
             waypoint: None,
+            decision: None,
             traffic: Traffic::default(),
             metrics: metrics.clone(),
             started: Instant::now(),
@@ -126,6 +129,10 @@ impl Connection {
             self.metrics.failed(error.reason());
         }
         let error = result.as_ref().err().map(|e| super::error_chain(e));
+        let decision = match result {
+            Err(ConnectionError::Denied(reason)) => reason.as_str(),
+            _ => self.decision.as_deref().unwrap_or(""),
+        };
         let line = (
             self.dst.map(|d| d.to_string()).unwrap_or_default(),
             self.src_identity.as_deref().unwrap_or(""),
@@ -148,6 +155,7 @@ impl Connection {
                     dst.workload = dst_workload,
                     dst.identity = line.2,
                     waypoint = line.3,
+                    decision,
                     bytes_sent,
                     bytes_received,
                     duration_ms,
@@ -158,7 +166,7 @@ impl Connection {
         }
         if error.is_some() {
             access!(warn, "connection failed");
-        } else {
+        } else if crate::telemetry::sample_access() {
             access!(info, "connection complete");
         }
     }

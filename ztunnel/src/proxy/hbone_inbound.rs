@@ -77,14 +77,17 @@ async fn accept_stream(
         return Err(StatusCode::BAD_REQUEST);
     }
     let identity = source.identity.to_string();
-    if let Err(reason) = pod
+    match pod
         .inputs
         .mesh
         .authorize(&pod.key, client, target, Some(&identity))
     {
-        // Refused before the application sees a connection.
-        record.finish(&Err(ConnectionError::Denied(reason)));
-        return Err(StatusCode::FORBIDDEN);
+        Ok(decision) => record.decision = Some(decision),
+        Err(reason) => {
+            // Refused before the application sees a connection.
+            record.finish(&Err(ConnectionError::Denied(reason)));
+            return Err(StatusCode::FORBIDDEN);
+        }
     }
     match connect(&pod, target, Some(client.ip())).await {
         Ok(mut app) => Ok(Box::new(move |mut tunnel| {

@@ -37,10 +37,12 @@ pub async fn handle(mut client: TcpStream, peer: SocketAddr, pod: Arc<PodContext
             return Err(ConnectionError::Strict(dst));
         }
         // Denied before any byte reaches the application.
-        pod.inputs
-            .mesh
-            .authorize(&pod.key, peer, dst, None)
-            .map_err(ConnectionError::Denied)?;
+        record.decision = Some(
+            pod.inputs
+                .mesh
+                .authorize(&pod.key, peer, dst, None)
+                .map_err(ConnectionError::Denied)?,
+        );
         // Connect from the client's own address, so the application sees who
         // really called.
         let mut app = connect(&pod, dst, Some(peer.ip())).await?;
