@@ -453,6 +453,39 @@ fn service_traffic_goes_through_the_waypoint_and_pod_traffic_does_not() {
         peer_ip(&echo).is_some_and(|ip| wp_ips.contains(&ip)),
         "api sees the waypoint as its peer: {echo}"
     );
+    // Trace context: the client's traceparent (same trace id), tracestate
+    // and baggage reach the destination through the waypoint; a request
+    // without one gets a traceparent and an x-request-id.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let (status, traced) = curl(
+        bed,
+        "client",
+        &[
+            "-H",
+            &format!("traceparent: {traceparent}"),
+            "-H",
+            "tracestate: vendor=opaque",
+            "-H",
+            "baggage: tenant=blue",
+            &World::url(API_HTTP_PORT, "/api/traced"),
+        ],
+    )
+    .expect("the Service answers");
+    let traced = json(&traced).unwrap_or_else(|| panic!("JSON from api: {status} {traced:?}"));
+    let headers = &traced["headers"];
+    assert!(
+        text(&headers["traceparent"]).contains(trace_id),
+        "the trace id reaches the destination: {traced}"
+    );
+    assert_eq!(text(&headers["tracestate"]), "vendor=opaque", "{traced}");
+    assert_eq!(text(&headers["baggage"]), "tenant=blue", "{traced}");
+    let untraced = &echo["headers"];
+    assert!(
+        text(&untraced["traceparent"]).starts_with("00-"),
+        "the waypoint starts a trace: {echo}"
+    );
+    assert!(!text(&untraced["x-request-id"]).is_empty(), "{echo}");
     let line = world
         .waypoint
         .wait_for_log(WAIT, |l| {
