@@ -51,7 +51,7 @@ fn bytes_between_nodes_are_tls_with_the_client_identity() {
     }
     let bed = bed("hbone_wire");
     let config = write(&bed, &mesh(), "mesh.yaml");
-    let _zt_a = Ztunnel::start(&bed, "a", &config, &ZtunnelOptions::default()).expect("ztunnel a");
+    let zt_a = Ztunnel::start(&bed, "a", &config, &ZtunnelOptions::default()).expect("ztunnel a");
     let zt_b = Ztunnel::start(&bed, "b", &config, &ZtunnelOptions::default()).expect("ztunnel b");
     let _server = start_server(&bed, "server", "echo", "[::]:7000");
 
@@ -91,6 +91,13 @@ fn bytes_between_nodes_are_tls_with_the_client_identity() {
         inbound["src.identity"], "spiffe://cluster.local/ns/demo/sa/client",
         "{inbound}"
     );
+    // Both ends' lines share the trace id the CONNECT carried.
+    let trace_id = inbound["trace_id"].as_str().unwrap_or_default();
+    assert_eq!(trace_id.len(), 32, "{inbound}");
+    zt_a.wait_for_log(WAIT, |l| {
+        l["target"] == "access" && l["direction"] == "outbound" && l["trace_id"] == trace_id
+    })
+    .expect("node a logged the same trace id");
 
     // The admin endpoint shows the node's certificates (never a key) and the
     // registry.

@@ -480,11 +480,20 @@ fn service_traffic_goes_through_the_waypoint_and_pod_traffic_does_not() {
     );
     assert_eq!(text(&headers["tracestate"]), "vendor=opaque", "{traced}");
     assert_eq!(text(&headers["baggage"]), "tenant=blue", "{traced}");
+    // Without one, the request continues the trace of its connection: the
+    // id the client's ztunnel logged and sent in the CONNECT.
     let untraced = &echo["headers"];
-    assert!(
-        text(&untraced["traceparent"]).starts_with("00-"),
-        "the waypoint starts a trace: {echo}"
-    );
+    let continued = text(&untraced["traceparent"]);
+    let connection_trace = continued.split('-').nth(1).unwrap_or_default().to_owned();
+    assert_eq!(connection_trace.len(), 32, "{echo}");
+    world
+        .zt_a
+        .wait_for_log(WAIT, |l| {
+            l["target"] == "access"
+                && l["direction"] == "outbound"
+                && l["trace_id"] == connection_trace
+        })
+        .expect("the request's trace is its connection's");
     assert!(!text(&untraced["x-request-id"]).is_empty(), "{echo}");
     let line = world
         .waypoint

@@ -156,6 +156,9 @@ pub(crate) struct Downstream {
     pub destination: Destination,
     /// The request metrics' series its requests were counted in.
     pub series: Arc<metrics::LabelCache>,
+    /// The stream's trace (its CONNECT's `traceparent`): requests that come
+    /// without one continue it.
+    pub trace: Option<ztunnel::trace::TraceParent>,
 }
 
 impl Downstream {
@@ -306,6 +309,7 @@ impl Waypoint {
             addr: source.addr,
             destination,
             series: Arc::default(),
+            trace: source.trace,
         };
         Ok(move |tunnel: Tunnel| {
             Box::pin(async move { self.serve_stream(downstream, tunnel).await })
@@ -524,7 +528,7 @@ impl Waypoint {
                 };
                 let tunnel = self
                     .tunnels
-                    .tunnel(key, target, dial)
+                    .tunnel(key, target, None, dial)
                     .await
                     .map_err(|e| upstream::Error::Connect(Box::new(e)))?;
                 Ok(Box::new(tunnel))

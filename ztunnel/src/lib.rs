@@ -36,3 +36,4 @@ pub mod relay;
 pub mod route;
 pub mod settings;
 pub mod telemetry;
+pub mod trace;

@@ -44,6 +44,7 @@ use tokio::{
 use ztunnel::{
     config::ErrorChain,
     policy::{Attributes, Headers, Request as PolicyRequest},
+    trace::{self, TraceParent},
 };
 
 use super::{
@@ -165,7 +166,7 @@ async fn handle(
         }
     };
     log.path = normalized.path().to_owned();
-    log.request_id = request_id(request.headers_mut());
+    log.request_id = request_id(request.headers_mut(), downstream.trace.as_ref());
 
     let Some(policies) = waypoint.policies_for(destination) else {
         log.decision = "error";
@@ -578,18 +579,19 @@ fn empty() -> ResponseBody {
 
 /// The request's `x-request-id`, set to a new one when absent or not a
 /// plausible id (visible ASCII, at most 128 bytes); a W3C `traceparent` is
-/// added too when the request has none that parses.
-fn request_id(headers: &mut HeaderMap) -> String {
+/// added too when the request has none that parses: the next span of the
+/// stream's trace (`stream`, from the tunnel's CONNECT) when there is one,
+/// else a new trace.
+fn request_id(headers: &mut HeaderMap, stream: Option<&TraceParent>) -> String {
     let (a, b) = random_pair();
     if !headers
-        .get("traceparent")
+        .get(trace::HEADER)
         .and_then(|v| v.to_str().ok())
         .is_some_and(is_traceparent)
     {
-        let (c, d) = random_pair();
-        let parent = format!("00-{a:016x}{b:016x}-{:016x}-01", c ^ d.rotate_left(17) | 1);
-        if let Ok(value) = HeaderValue::from_str(&parent) {
-            headers.insert("traceparent", value);
+        let parent = stream.map_or_else(TraceParent::new_root, TraceParent::child);
+        if let Ok(value) = HeaderValue::from_str(&parent.to_string()) {
+            headers.insert(trace::HEADER, value);
         }
     }
     if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
@@ -613,16 +615,9 @@ fn request_id(headers: &mut HeaderMap) -> String {
     id
 }
 
-/// Whether `value` is a W3C `traceparent` (version 00): `00-<32 hex>-<16
-/// hex>-<2 hex>`, ids not all zero.
+/// Whether `value` is a W3C `traceparent` (version 00).
 fn is_traceparent(value: &str) -> bool {
-    let parts: Vec<&str> = value.split('-').collect();
-    let hex = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    matches!(parts.as_slice(), [version, trace, parent, flags]
-        if *version == "00" && hex(trace, 32) && hex(parent, 16) && hex(flags, 2)
-            && trace.bytes().any(|b| b != b'0') && parent.bytes().any(|b| b != b'0'))
+    TraceParent::parse(value).is_some()
 }
 
 /// Two pseudo-random words for ids (not secrets): a per-process random key
@@ -693,24 +688,31 @@ mod tests {
     #[test]
     fn a_request_gets_an_id_and_a_trace_when_it_has_none() {
         let mut headers = HeaderMap::new();
-        let id = request_id(&mut headers);
+        let id = request_id(&mut headers, None);
         assert_eq!(headers["x-request-id"], id.as_str());
         assert_eq!(id.len(), 36);
         let trace = headers["traceparent"].to_str().unwrap();
         assert!(is_traceparent(trace), "{trace}");
         let mut again = HeaderMap::new();
-        assert_ne!(request_id(&mut again), id, "ids differ per request");
+        assert_ne!(request_id(&mut again, None), id, "ids differ per request");
         // Present and valid: kept, and a trace is still started.
         let mut headers = HeaderMap::new();
         headers.insert("x-request-id", HeaderValue::from_static("abc-1"));
-        assert_eq!(request_id(&mut headers), "abc-1");
+        assert_eq!(request_id(&mut headers, None), "abc-1");
         assert!(is_traceparent(headers["traceparent"].to_str().unwrap()));
         // A valid traceparent passes through unchanged.
         let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let mut headers = HeaderMap::new();
         headers.insert("traceparent", HeaderValue::from_static(parent));
-        request_id(&mut headers);
+        let stream = TraceParent::new_root();
+        request_id(&mut headers, Some(&stream));
         assert_eq!(headers["traceparent"], parent);
+        // Without one, the stream's trace goes on, in a new span.
+        let mut headers = HeaderMap::new();
+        request_id(&mut headers, Some(&stream));
+        let continued = TraceParent::parse(headers["traceparent"].to_str().unwrap()).unwrap();
+        assert_eq!(continued.trace_id(), stream.trace_id());
+        assert_ne!(continued, stream);
     }
 
     #[test]

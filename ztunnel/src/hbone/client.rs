@@ -82,6 +82,7 @@ impl Pool {
         &self,
         key: PoolKey,
         authority: SocketAddr,
+        trace: Option<&crate::trace::TraceParent>,
         connect: F,
     ) -> Result<Tunnel, Error>
     where
@@ -90,12 +91,12 @@ impl Pool {
     {
         let slot = self.slot(&key);
         let (sender, active, reused) = stream_slot(&slot, &key, &connect, true).await?;
-        match send_connect(sender, active.clone(), authority).await {
+        match send_connect(sender, active.clone(), authority, trace).await {
             Err(Error::H2(error)) if reused => {
                 tracing::debug!(%error, dst = %key.addr, "pooled HBONE connection broken; replacing it");
                 evict(&slot, &active).await;
                 let (sender, active, _) = stream_slot(&slot, &key, &connect, false).await?;
-                send_connect(sender, active, authority).await
+                send_connect(sender, active, authority, trace).await
             }
             result => result,
         }
@@ -157,14 +158,17 @@ async fn send_connect(
     sender: SendRequest<Bytes>,
     active: Arc<AtomicUsize>,
     authority: SocketAddr,
+    trace: Option<&crate::trace::TraceParent>,
 ) -> Result<Tunnel, Error> {
     // Counted from here, released by the Tunnel (or now, on failure).
     let guard = StreamGuard(Some(active));
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(Method::CONNECT)
-        .uri(authority.to_string())
-        .body(())
-        .map_err(Error::Request)?;
+        .uri(authority.to_string());
+    if let Some(trace) = trace {
+        request = request.header(crate::trace::HEADER, trace.to_string());
+    }
+    let request = request.body(()).map_err(Error::Request)?;
     let mut sender = sender.ready().await.map_err(Error::H2)?;
     let (response, send) = sender.send_request(request, false).map_err(Error::H2)?;
     let response = response.await.map_err(Error::H2)?;

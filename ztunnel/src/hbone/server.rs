@@ -28,6 +28,9 @@ pub struct StreamSource {
     pub identity: Identity,
     /// The TCP peer of the HBONE connection (the client pod's address).
     pub addr: SocketAddr,
+    /// The stream's trace context (the CONNECT's `traceparent`), if it
+    /// carried a valid one.
+    pub trace: Option<crate::trace::TraceParent>,
 }
 
 /// Serves one accepted TCP connection as HBONE until the client closes it or
@@ -70,7 +73,11 @@ where
         tokio::time::timeout(settings::HBONE_HANDSHAKE_TIMEOUT, handshake)
             .await
             .map_err(|_| Error::HandshakeTimeout(settings::HBONE_HANDSHAKE_TIMEOUT))??;
-    let source = StreamSource { identity, addr };
+    let source = StreamSource {
+        identity,
+        addr,
+        trace: None,
+    };
     let keepalive = super::keepalive(connection.ping_pong());
     tokio::pin!(keepalive);
     loop {
@@ -93,7 +100,7 @@ where
 async fn handle<F, Fut, G>(
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
-    source: StreamSource,
+    mut source: StreamSource,
     on_stream: F,
 ) where
     F: Fn(StreamSource, SocketAddr) -> Fut,
@@ -117,6 +124,11 @@ async fn handle<F, Fut, G>(
     else {
         return refuse(&mut respond, StatusCode::BAD_REQUEST);
     };
+    source.trace = request
+        .headers()
+        .get(crate::trace::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::trace::TraceParent::parse);
     let decided = tokio::time::timeout(
         settings::HBONE_CONNECT_TIMEOUT,
         on_stream(source, authority),

@@ -105,7 +105,7 @@ async fn round_trip(pool: &Pool, mesh: &Mesh, addr: SocketAddr, text: &[u8]) -> 
     };
     let config = super::client_config(&mesh.client, &mesh.bundle, mesh.server.identity())?;
     let mut tunnel = pool
-        .tunnel(key, "198.18.0.1:80".parse().unwrap(), || async {
+        .tunnel(key, "198.18.0.1:80".parse().unwrap(), None, || async {
             Ok((
                 TcpStream::connect(addr).await.map_err(Error::Io)?,
                 config.clone(),

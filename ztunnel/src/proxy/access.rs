@@ -79,6 +79,8 @@ pub struct Connection {
     pub waypoint: Option<crate::registry::ObjectKey>,
     /// The authorization decision and what took it (at the destination).
     pub decision: Option<String>,
+    /// The connection's trace id (the CONNECT's `traceparent`), over HBONE.
+    pub trace_id: Option<String>,
     /// Its bytes: the relay's [`Meter`](crate::relay::Meter).
     pub traffic: Traffic,
     metrics: ProxyMetrics,
@@ -103,6 +105,7 @@ impl Connection {
             mode: "plaintext",
             waypoint: None,
             decision: None,
+            trace_id: None,
             traffic: Traffic::default(),
             metrics: metrics.clone(),
             started: Instant::now(),
@@ -156,6 +159,7 @@ impl Connection {
                     dst.identity = line.2,
                     waypoint = line.3,
                     decision,
+                    trace_id = self.trace_id.as_deref().unwrap_or(""),
                     bytes_sent,
                     bytes_received,
                     duration_ms,

@@ -84,7 +84,10 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
                 record.dst_identity = Some(identity.to_string());
                 record.waypoint = waypoint;
                 let principal = identity.to_string();
-                let mut tunnel = open_tunnel(&pod, gateway, target, identity).await?;
+                // A trace per connection: the destination's lines carry it too.
+                let trace = crate::trace::TraceParent::new_root();
+                record.trace_id = Some(trace.trace_id());
+                let mut tunnel = open_tunnel(&pod, gateway, target, identity, &trace).await?;
                 labels.destination(
                     snapshot.workload_by_ip(target.ip()).map(|w| &**w),
                     Some(&principal),
@@ -118,6 +121,7 @@ async fn open_tunnel(
     gateway: SocketAddr,
     target: SocketAddr,
     identity: crate::identity::Identity,
+    trace: &crate::trace::TraceParent,
 ) -> Result<hbone::client::Tunnel, ConnectionError> {
     let mesh = &pod.inputs.mesh;
     let key = PoolKey {
@@ -141,7 +145,7 @@ async fn open_tunnel(
         Ok((tcp, config))
     };
     pod.pool
-        .tunnel(key, target, dial)
+        .tunnel(key, target, Some(trace), dial)
         .await
         .map_err(|source| ConnectionError::Hbone { gateway, source })
 }
