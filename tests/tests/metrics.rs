@@ -142,9 +142,25 @@ fn both_reporters_count_connections_and_bytes_with_istio_labels() {
             "{node}"
         );
     }
+    // The admin endpoint lists it, with its identities, bytes and age.
+    let (code, body) = admin(&bed, "a", "GET", "/debug/connections");
+    assert_eq!(code, 200, "{body}");
+    let open: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let open = open.as_array().expect("a list");
+    assert_eq!(open.len(), 1, "{body}");
+    let session_line = &open[0];
+    assert_eq!(session_line["direction"], "outbound");
+    assert_eq!(session_line["mode"], "hbone");
+    assert_eq!(session_line["src_identity"], CLIENT);
+    assert_eq!(session_line["dst_identity"], SERVER);
+    assert_eq!(session_line["dst"], server.to_string());
+    assert!(session_line["bytes_sent"].as_u64() > Some(0), "{body}");
+    assert!(session_line["age_ms"].as_u64() > Some(100), "{body}");
     session
         .wait(Duration::from_secs(15))
         .expect("the session ends");
+    let (_, body) = admin(&bed, "a", "GET", "/debug/connections");
+    assert_eq!(body, "[]", "the ended session left the table");
 
     // Known exchanges on top of the session's.
     let before: Vec<Vec<prometheus_parse::Sample>> = ["a", "b"].map(|n| scrape(&bed, n)).into();

@@ -5,6 +5,9 @@
 //! - `GET /config_dump`: the registry (workloads, services, policies).
 //! - `GET /certs`: per identity, the certificate state (serial, validity, last
 //!   error). Private keys are never shown.
+//! - `GET /debug/connections`: the connections being proxied now, oldest
+//!   first: direction, mode, workload, both ends and identities, bytes so far
+//!   and age.
 //! - `GET /logging`: the log filter in force; `POST /logging?level=<directives>`
 //!   replaces it at once (`RUST_LOG`'s syntax: `debug`, `access=warn,info`).
 //!   Only a POST changes it: a GET never does.
@@ -45,6 +48,19 @@ pub struct AdminState {
     /// Changes the log filter (`None`: this process did not install the
     /// subscriber, so `/logging` cannot change it).
     pub log_level: Option<crate::telemetry::LogLevel>,
+    /// The open connections, as JSON (`/debug/connections`).
+    pub connections: Option<ConnectionsView>,
+}
+
+/// Lists the open connections (the proxy's table, which this module cannot
+/// name: it is built without the capture).
+#[derive(Clone)]
+pub struct ConnectionsView(pub Arc<dyn Fn() -> serde_json::Value + Send + Sync>);
+
+impl std::fmt::Debug for ConnectionsView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectionsView")
+    }
 }
 
 /// Binds `addr` with SO_REUSEPORT, so a ztunnel and its successor can both
@@ -96,10 +112,19 @@ fn respond(request: &Request<Incoming>, state: &AdminState) -> Response<Full<Byt
         ),
         "/config_dump" => json(&state.registry.snapshot().dump()),
         "/certs" => json(&state.certs.snapshot()),
+        "/debug/connections" => match &state.connections {
+            Some(connections) => json(&(connections.0)()),
+            None => reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "no connection table in this process\n".into(),
+            ),
+        },
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: /healthz/ready, /config_dump, /certs, /logging\n".into(),
+            "not found: /healthz/ready, /config_dump, /certs, /debug/connections, /logging\n"
+                .into(),
         ),
     }
 }

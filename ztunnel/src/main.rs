@@ -295,6 +295,7 @@ async fn run_node(
         router: Default::default(),
         policies: Default::default(),
         metrics: metrics.proxy().clone(),
+        open: Default::default(),
     });
     mesh.update_policies(&registry.snapshot());
     {
@@ -352,6 +353,12 @@ async fn run_node(
                 certs: mesh.certs.clone(),
                 ready: ready.clone(),
                 log_level: log_level.clone(),
+                connections: Some({
+                    let open = mesh.open.clone();
+                    ztunnel::admin::ConnectionsView(Arc::new(move || {
+                        serde_json::to_value(open.snapshot()).unwrap_or_default()
+                    }))
+                }),
             };
             tokio::spawn(ztunnel::admin::serve(listener, state));
         }

@@ -15,7 +15,7 @@
 //! namespace before its app starts.
 
 mod accept;
-mod access;
+pub mod access;
 pub mod cni;
 mod discover;
 mod hbone_inbound;
@@ -57,6 +57,8 @@ pub struct Mesh {
     pub policies: arc_swap::ArcSwap<PolicyIndex>,
     /// The connection metrics (`istio_tcp_*`).
     pub metrics: crate::metrics::ProxyMetrics,
+    /// The connections being proxied now.
+    pub open: access::OpenConnections,
 }
 
 impl Mesh {
@@ -349,6 +351,7 @@ status: {podIP: 198.18.1.20}
             router: crate::route::Router::default(),
             policies: Default::default(),
             metrics: Default::default(),
+            open: Default::default(),
         };
         mesh.update_policies(&registry.snapshot());
         mesh

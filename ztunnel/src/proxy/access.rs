@@ -3,10 +3,16 @@
 //! With `LOG_FORMAT=json` each is one JSON object.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc, Mutex, OnceLock, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Instant,
 };
+
+use serde::Serialize;
 
 use super::ConnectionError;
 use crate::metrics::{ProxyMetrics, TcpConnection, TcpLabels};
@@ -21,14 +27,14 @@ pub struct Traffic {
     /// From the server to the client.
     backward: AtomicU64,
     /// Its series, once it is counted.
-    metrics: Option<TcpConnection>,
+    metrics: OnceLock<TcpConnection>,
 }
 
 impl crate::relay::Meter for Traffic {
     fn moved(&self, forward: u64, backward: u64) {
         self.forward.fetch_add(forward, Ordering::Relaxed);
         self.backward.fetch_add(backward, Ordering::Relaxed);
-        if let Some(metrics) = &self.metrics {
+        if let Some(metrics) = self.metrics.get() {
             if forward > 0 {
                 metrics.received(forward);
             }
@@ -36,6 +42,90 @@ impl crate::relay::Meter for Traffic {
                 metrics.sent(backward);
             }
         }
+    }
+}
+
+/// The connections being proxied now, for the admin endpoint's
+/// `/debug/connections`.
+#[derive(Debug, Default, Clone)]
+pub struct OpenConnections(Arc<OpenInner>);
+
+#[derive(Debug, Default)]
+struct OpenInner {
+    next: AtomicU64,
+    open: Mutex<BTreeMap<u64, Open>>,
+}
+
+#[derive(Debug)]
+struct Open {
+    direction: Direction,
+    mode: &'static str,
+    workload: String,
+    src: SocketAddr,
+    src_identity: String,
+    dst: String,
+    dst_identity: String,
+    started: Instant,
+    traffic: Arc<Traffic>,
+}
+
+/// One open connection, as `/debug/connections` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpenConnection {
+    /// `outbound` or `inbound`.
+    pub direction: &'static str,
+    /// `hbone`, `passthrough` or `plaintext`.
+    pub mode: &'static str,
+    /// The pod of this node it belongs to.
+    pub workload: String,
+    /// The client.
+    pub src: String,
+    /// The client's identity, if any.
+    pub src_identity: String,
+    /// The destination.
+    pub dst: String,
+    /// The destination's identity, if any.
+    pub dst_identity: String,
+    /// Bytes from the client so far.
+    pub bytes_sent: u64,
+    /// Bytes to the client so far.
+    pub bytes_received: u64,
+    /// Since it was accepted, milliseconds.
+    pub age_ms: u64,
+}
+
+impl OpenConnections {
+    fn insert(&self, open: Open) -> u64 {
+        let id = self.0.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(id, open);
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Open>> {
+        self.0.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every open connection, oldest first.
+    pub fn snapshot(&self) -> Vec<OpenConnection> {
+        self.lock()
+            .values()
+            .map(|o| OpenConnection {
+                direction: o.direction.as_str(),
+                mode: o.mode,
+                workload: o.workload.clone(),
+                src: o.src.to_string(),
+                src_identity: o.src_identity.clone(),
+                dst: o.dst.clone(),
+                dst_identity: o.dst_identity.clone(),
+                bytes_sent: o.traffic.forward.load(Ordering::Relaxed),
+                bytes_received: o.traffic.backward.load(Ordering::Relaxed),
+                age_ms: u64::try_from(o.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            })
+            .collect()
     }
 }
 
@@ -82,18 +172,30 @@ pub struct Connection {
     /// The connection's trace id (the CONNECT's `traceparent`), over HBONE.
     pub trace_id: Option<String>,
     /// Its bytes: the relay's [`Meter`](crate::relay::Meter).
-    pub traffic: Traffic,
+    pub traffic: Arc<Traffic>,
     metrics: ProxyMetrics,
+    open: OpenConnections,
+    /// Its entry in `open`, once counted.
+    open_id: Option<u64>,
     started: Instant,
 }
 
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(id) = self.open_id.take() {
+            self.open.remove(id);
+        }
+    }
+}
+
 impl Connection {
-    /// Starts the record of a connection accepted now; `metrics` count it.
+    /// Starts the record of a connection accepted now; `mesh`'s metrics
+    /// count it, and its table of open connections lists it while it runs.
     pub fn new(
         direction: Direction,
         workload: String,
         src: SocketAddr,
-        metrics: &ProxyMetrics,
+        mesh: &super::Mesh,
     ) -> Self {
         Self {
             direction,
@@ -106,8 +208,10 @@ impl Connection {
             waypoint: None,
             decision: None,
             trace_id: None,
-            traffic: Traffic::default(),
-            metrics: metrics.clone(),
+            traffic: Arc::default(),
+            metrics: mesh.metrics.clone(),
+            open: mesh.open.clone(),
+            open_id: None,
             started: Instant::now(),
         }
     }
@@ -115,7 +219,18 @@ impl Connection {
     /// Counts the connection in the connection metrics under `labels`, from
     /// now until the record is dropped.
     pub fn count(&mut self, labels: &TcpLabels) {
-        self.traffic.metrics = Some(self.metrics.open(labels));
+        let _ = self.traffic.metrics.set(self.metrics.open(labels));
+        self.open_id = Some(self.open.insert(Open {
+            direction: self.direction,
+            mode: self.mode,
+            workload: self.workload.clone(),
+            src: self.src,
+            src_identity: self.src_identity.clone().unwrap_or_default(),
+            dst: self.dst.map(|d| d.to_string()).unwrap_or_default(),
+            dst_identity: self.dst_identity.clone().unwrap_or_default(),
+            started: self.started,
+            traffic: self.traffic.clone(),
+        }));
     }
 
     /// Logs the outcome: the bytes each way (what moved, also when it ended

@@ -66,7 +66,7 @@ async fn accept_stream(
         Direction::Inbound,
         pod.name.clone(),
         client,
-        &pod.inputs.mesh.metrics,
+        &pod.inputs.mesh,
     );
     record.mode = "hbone";
     record.src_identity = Some(source.identity.to_string());
@@ -112,7 +112,7 @@ async fn accept_stream(
                     &mut tunnel,
                     &mut app,
                     pod.inputs.idle_timeout,
-                    &record.traffic,
+                    &*record.traffic,
                 )
                 .await
                 .map_err(ConnectionError::from);

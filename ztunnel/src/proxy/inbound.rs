@@ -19,12 +19,7 @@ use crate::metrics::TcpLabels;
 /// Proxies one accepted connection and writes its access log line.
 pub async fn handle(mut client: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) {
     let peer = canonical(peer);
-    let mut record = Connection::new(
-        Direction::Inbound,
-        pod.name.clone(),
-        peer,
-        &pod.inputs.mesh.metrics,
-    );
+    let mut record = Connection::new(Direction::Inbound, pod.name.clone(), peer, &pod.inputs.mesh);
     let result = async {
         // A proxy must not add Nagle's delay to small writes.
         client.set_nodelay(true).map_err(ConnectionError::Relay)?;
@@ -60,7 +55,7 @@ pub async fn handle(mut client: TcpStream, peer: SocketAddr, pod: Arc<PodContext
             &mut client,
             &mut app,
             pod.inputs.idle_timeout,
-            &record.traffic,
+            &*record.traffic,
         )
         .await
         .map_err(ConnectionError::from)

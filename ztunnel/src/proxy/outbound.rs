@@ -24,7 +24,7 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
         Direction::Outbound,
         pod.name.clone(),
         peer,
-        &pod.inputs.mesh.metrics,
+        &pod.inputs.mesh,
     );
     record.src_identity = Some(pod.identity.to_string());
     let result = async {
@@ -68,7 +68,7 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
                     &mut app,
                     &mut upstream,
                     pod.inputs.idle_timeout,
-                    &record.traffic,
+                    &*record.traffic,
                 )
                 .await
                 .map_err(ConnectionError::from)
@@ -98,7 +98,7 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
                     &mut app,
                     &mut tunnel,
                     pod.inputs.idle_timeout,
-                    &record.traffic,
+                    &*record.traffic,
                 )
                 .await
                 .map_err(ConnectionError::from)
