@@ -306,6 +306,76 @@ fn restart_keeps_a_long_lived_connection_and_reuses_pinned_state() {
     );
 }
 
+/// The readiness port of node `node`, as the kubelet probes it.
+fn probe_ready(bed: &Testbed, node: &str) -> String {
+    let mut cmd = bed.node_command(node, "curl");
+    cmd.args(["-s", "http://127.0.0.1:15021/healthz/ready"]);
+    String::from_utf8_lossy(&bed.run(cmd, WAIT).expect("curl runs").stdout)
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn replaced_three_times_under_load_without_a_failed_connection() {
+    if !privileged("replaced_three_times_under_load_without_a_failed_connection") {
+        return;
+    }
+    let bed = two_nodes("replace3");
+    let config = write_config(&bed, &mesh(false));
+    let options = ZtunnelOptions {
+        drain: Duration::from_secs(30),
+        ..ZtunnelOptions::default()
+    };
+    let mut current = Ztunnel::start(&bed, "a", &config, &options).expect("ztunnel a starts");
+    let _zt_b = Ztunnel::start(&bed, "b", &config, &options).expect("ztunnel b starts");
+    let _server = start_server(&bed, "server", "echo", "[::]:7000");
+    let dst = SocketAddr::from((bed.pod("server").ipv4(), 7000));
+
+    // Ten long-lived streams, and new connections one after the other, as
+    // fast as they go, for the whole time.
+    let sessions: Vec<Process> = (0..10)
+        .map(|_| start_session(&bed, "client", dst, 60, 100))
+        .collect();
+    let mut churn = bed.pod_command("client", TESTBIN);
+    churn.args(["crr", &dst.to_string(), "3000"]);
+    let churn = bed.spawn(churn).expect("the connection churn starts");
+
+    for round in 0..3 {
+        // A DaemonSet surge: the new one starts beside the old, takes the
+        // node, and the old one is stopped and drains.
+        let next = Ztunnel::start(&bed, "a", &config, &options)
+            .unwrap_or_else(|e| panic!("replacement {round} starts: {e}"));
+        current
+            .wait_for_log(WAIT, |l| {
+                l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("a newer ztunnel takes over"))
+            })
+            .unwrap_or_else(|e| panic!("round {round}: the old one steps aside: {e}"));
+        assert_eq!(probe_ready(&bed, "a"), "ready", "round {round}");
+        let status = current
+            .stop(Duration::from_secs(40))
+            .expect("the old ztunnel drains and exits");
+        assert!(
+            status.success(),
+            "round {round}: {status}\n{}",
+            current.stderr()
+        );
+        current = next;
+    }
+    for session in sessions {
+        assert_session_complete(session, 60);
+    }
+    let out = churn
+        .wait(Duration::from_secs(120))
+        .expect("the churn ends");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && printed.contains("crr count=3000"),
+        "a new connection failed while ztunnel was replaced: {out:?}"
+    );
+}
+
 #[test]
 fn connections_fail_instead_of_leaking_while_ztunnel_is_down() {
     if !privileged("connections_fail_instead_of_leaking_while_ztunnel_is_down") {

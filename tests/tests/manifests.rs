@@ -710,8 +710,9 @@ fn workloads_agree_with_ztunnels_settings() {
     );
     assert_eq!(str_at(probe, &["path"]), Some("/healthz/ready"));
     let strategy = &ztunnel["spec"]["updateStrategy"]["rollingUpdate"];
-    assert_eq!(strategy["maxUnavailable"].as_u64(), Some(1));
-    assert_eq!(strategy["maxSurge"].as_u64(), Some(0));
+    // A surge: the new ztunnel takes over before the old one drains.
+    assert_eq!(strategy["maxUnavailable"].as_u64(), Some(0));
+    assert_eq!(strategy["maxSurge"].as_u64(), Some(1));
     let grace = ztunnel["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].as_u64();
     assert!(
         grace > Some(settings::DRAIN_TIMEOUT_DEFAULT.as_secs()),

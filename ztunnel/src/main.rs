@@ -339,12 +339,13 @@ async fn run_node(
     // The kubelet's probe (15021, all addresses: the node's own with
     // hostNetwork); a ztunnel that cannot bind it still runs.
     let probe_addr = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, settings::READINESS_PORT));
-    match ztunnel::readiness::Server::bind(probe_addr, ready.clone()).await {
-        Ok(server) => {
-            tokio::spawn(server.run());
+    let probe_server = match ztunnel::readiness::Server::bind(probe_addr, ready.clone()).await {
+        Ok(server) => Some(tokio::spawn(server.run()).abort_handle()),
+        Err(error) => {
+            tracing::warn!(error = %ErrorChain(&error), "readiness endpoint unavailable");
+            None
         }
-        Err(error) => tracing::warn!(error = %ErrorChain(&error), "readiness endpoint unavailable"),
-    }
+    };
     let admin_addr = SocketAddr::from(([127, 0, 0, 1], settings::ADMIN_PORT));
     match ztunnel::admin::bind(admin_addr) {
         Ok(listener) => {
@@ -365,6 +366,7 @@ async fn run_node(
         Err(error) => tracing::warn!(error = %ErrorChain(&error), "admin endpoint unavailable"),
     }
     ready.set(true);
+    claim_node(&node, ready.clone(), probe_server);
     tracing::info!(pods = desired.pods.len(), admin = %admin_addr, readiness = %probe_addr, "ready");
 
     let shutdown = wait_for_shutdown();
@@ -581,6 +583,69 @@ fn report(failures: Vec<(String, ztunnel::proxy::Error)>) {
 
 /// Serves the metrics on every address of the node (Prometheus scrapes them),
 /// IPv4 only where IPv6 is off.
+/// Claims node `node` for this ztunnel: an abstract unix socket named after
+/// the node, in the node's network namespace, is held by the ztunnel that
+/// runs the node now. A newer one finds it taken, connects to it (the
+/// signal), and takes the name once the older one has let it go. The older
+/// one then turns unready and closes its readiness port (during a surge both
+/// listen on it: from then on only the newest answers), and keeps proxying
+/// its connections until it is stopped and drains.
+fn claim_node(node: &str, ready: Readiness, probe_server: Option<tokio::task::AbortHandle>) {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("ambit/ztunnel/{node}");
+    let addr = match std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()) {
+        Ok(addr) => addr,
+        Err(error) => {
+            tracing::warn!(%error, "cannot name the node's ztunnel socket");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let listener = loop {
+            match std::os::unix::net::UnixListener::bind_addr(&addr) {
+                Ok(listener) => break listener,
+                Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+                    if tokio::time::Instant::now() > deadline {
+                        tracing::warn!(
+                            "the ztunnel running this node does not let go of it; readiness stays with both"
+                        );
+                        return;
+                    }
+                    // Tell the one holding it, then try again.
+                    let _ = std::os::unix::net::UnixStream::connect_addr(&addr);
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot claim the node for this ztunnel");
+                    return;
+                }
+            }
+        };
+        let listener = match listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixListener::from_std(listener))
+        {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::warn!(%error, "cannot claim the node for this ztunnel");
+                return;
+            }
+        };
+        if listener.accept().await.is_ok() {
+            ready.set(false);
+            // Every probe goes to the successor from now on.
+            if let Some(server) = probe_server {
+                server.abort();
+            }
+            tracing::info!(
+                "a newer ztunnel takes over this node: unready; connections keep running until this one is stopped"
+            );
+        }
+        // Dropped: the name is free for the successor.
+    });
+}
+
 fn serve_metrics(metrics: &Arc<Metrics>) {
     let any6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, settings::STATS_PORT));
     let any4 = SocketAddr::from(([0, 0, 0, 0], settings::STATS_PORT));

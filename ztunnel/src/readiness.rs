@@ -61,9 +61,11 @@ pub struct Server {
 impl Server {
     /// Binds `addr` (port 0 picks a free port).
     pub async fn bind(addr: SocketAddr, readiness: Readiness) -> Result<Self, Error> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Bind { addr, source })?;
+        // SO_REUSEPORT: a ztunnel and its successor (a DaemonSet surge, both
+        // on the host network) both answer while they overlap.
+        let listener = crate::admin::bind(addr).map_err(|e| match e {
+            crate::admin::Error::Bind { source, .. } => Error::Bind { addr, source },
+        })?;
         Ok(Self {
             listener,
             readiness,

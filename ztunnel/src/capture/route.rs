@@ -53,10 +53,15 @@ pub async fn setup_transparent_return(
     // would otherwise leave the pod for the client's real address and leave
     // ztunnel's connect waiting for its timeout. Packets from outside carry
     // no mark, so nothing else changes. IPv6 may be off in a pod.
+    // tcp_migrate_req (5.14+, TCP of both families): when a ztunnel that is
+    // being replaced closes its listeners, the connections waiting in their
+    // accept queues move to its successor's listener of the same
+    // SO_REUSEPORT group instead of being reset.
     for (file, required) in [
         ("ipv4/tcp_fwmark_accept", true),
         ("ipv4/fwmark_reflect", true),
         ("ipv6/fwmark_reflect", false),
+        ("ipv4/tcp_migrate_req", false),
     ] {
         let sysctl = sysctl_net.join(file);
         match netns.run(|| fs::write(&sysctl, "1"))? {
