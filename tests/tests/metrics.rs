@@ -141,6 +141,10 @@ fn both_reporters_count_connections_and_bytes_with_istio_labels() {
             1.0,
             "{node}"
         );
+        if node == "a" {
+            assert_eq!(value(&samples, "ambit_hbone_connections", &[]), 1.0);
+            assert_eq!(value(&samples, "ambit_hbone_streams", &[]), 1.0);
+        }
     }
     // The admin endpoint lists it, with its identities, bytes and age.
     let (code, body) = admin(&bed, "a", "GET", "/debug/connections");
@@ -286,6 +290,24 @@ fn both_reporters_count_connections_and_bytes_with_istio_labels() {
         ),
         1.0
     );
+    // A configuration that does not parse is refused, counted, and changes
+    // nothing that runs.
+    let good = std::fs::read_to_string(&path).expect("the config");
+    std::fs::write(&path, "apiVersion: v1\nkind: [not, a, kind\n").expect("writable");
+    let refused = || {
+        value(
+            &scrape(&bed, "a"),
+            "ambit_config_rejected_updates_total",
+            &[],
+        )
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while refused() < 1.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(refused() >= 1.0, "the bad configuration was counted");
+    send(&bed, "client", server, "still-works").expect("the last good configuration runs");
+    std::fs::write(&path, good).expect("writable");
     // Every series names workloads, never an address or a port.
     for sample in a.iter().filter(|s| s.metric.starts_with("istio_tcp_")) {
         for (key, value) in sample.labels.iter() {

@@ -239,3 +239,12 @@ impl Resource {
         Ok(object.map_or_else(|| Change::Delete(self.kind(), key), Change::Upsert))
     }
 }
+
+/// Configuration updates refused (a file that does not parse or validate, an
+/// invalid Kubernetes object): the last good version stayed in force. The
+/// `ambit_config_rejected_updates_total` counter.
+pub fn rejected_updates() -> &'static prometheus_client::metrics::counter::Counter {
+    static REJECTED: std::sync::OnceLock<prometheus_client::metrics::counter::Counter> =
+        std::sync::OnceLock::new();
+    REJECTED.get_or_init(Default::default)
+}

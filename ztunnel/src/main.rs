@@ -303,6 +303,7 @@ async fn run_node(
         // with the node's pods: the gauge holds those of now).
         let (certs, proxy) = (mesh.certs.clone(), metrics.proxy().clone());
         metrics.on_scrape(move || {
+            proxy.observe_pools();
             let now = std::time::SystemTime::now();
             proxy.certificate_expiry.clear();
             for (identity, not_after) in certs.expiries() {

@@ -19,6 +19,8 @@
 //! | `ambit_policy_decisions_total` | counter | `action`, `result` | authorization decisions |
 //! | `ambit_enrolled_pods` | gauge | | pods of the node whose traffic is captured |
 //! | `ambit_certificate_expiry_seconds` | gauge | `identity` | until each local identity's certificate expires |
+//! | `ambit_hbone_connections`, `ambit_hbone_streams` | gauge | | HBONE client connections and streams open |
+//! | `ambit_config_rejected_updates_total` | counter | | configuration updates refused, the last good version kept |
 //!
 //! The `istio_tcp_*` metrics carry Istio's names and labels, so existing
 //! dashboards read them: `reporter="source"` from the client's ztunnel,
@@ -86,6 +88,11 @@ impl Metrics {
             "ambit_config_invalid_policies",
             "Security policies that failed validation and are enforced fail-closed",
             invalid_policies.clone(),
+        );
+        registry.register(
+            "ambit_config_rejected_updates",
+            "Configuration updates refused (the last good version stayed in force)",
+            crate::config::rejected_updates().clone(),
         );
         let proxy = ProxyMetrics::register(&mut registry);
         Self {
@@ -311,6 +318,8 @@ pub struct ProxyMetrics {
     pub enrolled_pods: Gauge,
     /// Seconds until each local identity's certificate expires.
     pub certificate_expiry: Family<IdentityLabel, Gauge>,
+    hbone_connections: Gauge,
+    hbone_streams: Gauge,
 }
 
 impl ProxyMetrics {
@@ -363,11 +372,30 @@ impl ProxyMetrics {
             metrics.enrolled_pods.clone(),
         );
         registry.register(
+            "ambit_hbone_connections",
+            "HBONE client connections open (the pools of every pod)",
+            metrics.hbone_connections.clone(),
+        );
+        registry.register(
+            "ambit_hbone_streams",
+            "HBONE client streams (tunnels) open",
+            metrics.hbone_streams.clone(),
+        );
+        registry.register(
             "ambit_certificate_expiry_seconds",
             "Seconds until the certificate of each local identity expires (negative: expired)",
             metrics.certificate_expiry.clone(),
         );
         metrics
+    }
+
+    /// Reads the HBONE pools' usage into their gauges (before a scrape).
+    pub fn observe_pools(&self) {
+        let (connections, streams) = crate::hbone::client::pool_usage();
+        self.hbone_connections
+            .set(i64::try_from(connections).unwrap_or(i64::MAX));
+        self.hbone_streams
+            .set(i64::try_from(streams).unwrap_or(i64::MAX));
     }
 
     /// Counts a failed or refused connection.

@@ -383,6 +383,7 @@ impl FileSource {
             Ok(text) => text,
             Err(error) => {
                 if self.last_text.take().is_some() {
+                    super::rejected_updates().inc();
                     tracing::error!(path = %self.path.display(), error = %ErrorChain(&error), "cannot read the configuration file; keeping the last good configuration");
                 }
                 return;
@@ -399,6 +400,7 @@ impl FileSource {
                 tracing::info!(path = %self.path.display(), changes, "configuration file applied");
             }
             Err(error) => {
+                super::rejected_updates().inc();
                 tracing::error!(error = %ErrorChain(&error), "configuration file refused; keeping the last good configuration");
             }
         }

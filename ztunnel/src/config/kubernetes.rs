@@ -344,6 +344,7 @@ fn convert(resource: &Resource) -> Option<Change> {
             Some(change)
         }
         Err(error) => {
+            super::rejected_updates().inc();
             tracing::error!(kind = %resource.kind(), key = %resource.key(), error = %ErrorChain(&error), "invalid object ignored; its previous version stays");
             None
         }

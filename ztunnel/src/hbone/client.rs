@@ -58,6 +58,37 @@ struct Pooled {
 /// destinations go on.
 type Slot = Arc<Mutex<Vec<Pooled>>>;
 
+/// HBONE client connections open in this process, all pools together.
+static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+/// Client streams (tunnels) open in this process.
+static STREAMS: AtomicUsize = AtomicUsize::new(0);
+
+/// The HBONE client connections and streams open in this process now (the
+/// `ambit_hbone_*` gauges).
+pub fn pool_usage() -> (usize, usize) {
+    (
+        CONNECTIONS.load(Ordering::Relaxed),
+        STREAMS.load(Ordering::Relaxed),
+    )
+}
+
+/// Counts one open client stream until dropped.
+#[derive(Debug)]
+pub(super) struct StreamCount;
+
+impl StreamCount {
+    fn new() -> Self {
+        STREAMS.fetch_add(1, Ordering::Relaxed);
+        Self
+    }
+}
+
+impl Drop for StreamCount {
+    fn drop(&mut self) {
+        STREAMS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The pool of HBONE connections of one ztunnel.
 #[derive(Debug, Default, Clone)]
 pub struct Pool {
@@ -255,6 +286,7 @@ where
     let closed = Arc::new(AtomicBool::new(false));
     let span = tracing::debug_span!("hbone_client", dst = %key.addr, identity = %key.dst);
     let usage = (active.clone(), opened.clone(), closed.clone());
+    CONNECTIONS.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(drive(connection, usage).instrument(span));
     conns.push(Pooled {
         sender: sender.clone(),
@@ -300,6 +332,7 @@ async fn drive<T>(
         }
     }
     closed.store(true, Ordering::Relaxed);
+    CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// A stream slot taken on a pooled connection, released on drop unless it
@@ -308,7 +341,9 @@ struct StreamGuard(Option<Arc<AtomicUsize>>);
 
 impl StreamGuard {
     fn into_tunnel(mut self, send: h2::SendStream<Bytes>, recv: h2::RecvStream) -> Tunnel {
-        Tunnel::new(send, recv, self.0.take())
+        let mut tunnel = Tunnel::new(send, recv, self.0.take());
+        tunnel.count = Some(StreamCount::new());
+        tunnel
     }
 }
 

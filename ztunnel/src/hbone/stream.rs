@@ -35,6 +35,8 @@ pub struct Tunnel {
     pending: Bytes,
     write_closed: bool,
     active: Option<Arc<AtomicUsize>>,
+    /// Counts the stream in the process's open client streams.
+    pub(super) count: Option<super::client::StreamCount>,
 }
 
 impl Tunnel {
@@ -51,6 +53,7 @@ impl Tunnel {
             pending: Bytes::new(),
             write_closed: false,
             active,
+            count: None,
         }
     }
 

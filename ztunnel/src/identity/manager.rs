@@ -198,7 +198,7 @@ impl CertManager {
             .remove(identity);
         if let Some(entry) = removed {
             entry.task.abort();
-            tracing::info!(identity = %identity, "certificate dropped");
+            tracing::info!(target: "audit", identity = %identity, "certificate dropped");
         }
     }
 
@@ -323,7 +323,7 @@ impl Worker {
             });
             let delay = match result {
                 Ok(cert) => {
-                    tracing::info!(identity = %self.identity, serial = cert.serial(), not_after = %cert::rfc3339(cert.not_after()), "certificate issued");
+                    tracing::info!(target: "audit", identity = %self.identity, serial = cert.serial(), not_after = %cert::rfc3339(cert.not_after()), "certificate issued");
                     let cert = Arc::new(cert);
                     let delay = renewal_delay(&cert, SystemTime::now());
                     current = Some(cert.clone());
@@ -348,14 +348,14 @@ impl Worker {
     fn publish_failure(&self, current: Option<&Arc<WorkloadCert>>, error: String) {
         match current {
             Some(cert) if !cert.is_expired_at(SystemTime::now()) => {
-                tracing::warn!(identity = %self.identity, serial = cert.serial(), error, "certificate renewal failed; the current certificate stays in use until it expires");
+                tracing::warn!(target: "audit", identity = %self.identity, serial = cert.serial(), error, "certificate renewal failed; the current certificate stays in use until it expires");
                 self.state.send_replace(CertState::Available {
                     cert: cert.clone(),
                     last_error: Some(error),
                 });
             }
             _ => {
-                tracing::warn!(identity = %self.identity, error, "cannot obtain a certificate");
+                tracing::warn!(target: "audit", identity = %self.identity, error, "cannot obtain a certificate");
                 self.state.send_replace(CertState::Unavailable { error });
             }
         }
