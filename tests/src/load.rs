@@ -241,16 +241,11 @@ async fn http1_lane(
     timeout: Duration,
 ) {
     while let Some((i, req)) = requests.recv().await {
-        let status = tokio::time::timeout(timeout, async {
+        let exchange = async {
             sender.ready().await.ok()?;
-            let response = sender.send_request(req).await.ok()?;
-            let status = response.status().as_u16();
-            response.into_body().collect().await.ok()?;
-            Some(status)
-        })
-        .await
-        .ok()
-        .flatten();
+            sender.send_request(req).await.ok()
+        };
+        let status = complete(exchange, timeout).await;
         let _ = done.send((i, status, Instant::now()));
     }
 }
@@ -260,9 +255,21 @@ async fn http2_request(
     req: Request<Empty<Bytes>>,
     timeout: Duration,
 ) -> Option<u16> {
-    tokio::time::timeout(timeout, async {
+    let exchange = async {
         sender.ready().await.ok()?;
-        let response = sender.send_request(req).await.ok()?;
+        sender.send_request(req).await.ok()
+    };
+    complete(exchange, timeout).await
+}
+
+/// The status of the response `exchange` brings, once its body is read, or
+/// `None` when it fails or `timeout` passes first.
+async fn complete(
+    exchange: impl Future<Output = Option<hyper::Response<hyper::body::Incoming>>>,
+    timeout: Duration,
+) -> Option<u16> {
+    tokio::time::timeout(timeout, async {
+        let response = exchange.await?;
         let status = response.status().as_u16();
         response.into_body().collect().await.ok()?;
         Some(status)

@@ -339,12 +339,10 @@ fn admin(bed: &Testbed, node: &str, method: &str, path: &str) -> (u16, String) {
     )
 }
 
-#[test]
-fn the_log_level_changes_at_run_time_by_post_only() {
-    if !privileged("the_log_level_changes_at_run_time_by_post_only") {
-        return;
-    }
-    let bed = Testbed::builder("logging")
+/// Nodes a and b, `client` on a and `server` on b, both in the ambient
+/// namespace `demo`; and the mesh file.
+fn client_and_server(tag: &str) -> (Testbed, std::path::PathBuf) {
+    let bed = Testbed::builder(tag)
         .node("a")
         .node("b")
         .pod("client", "a")
@@ -357,6 +355,15 @@ fn the_log_level_changes_at_run_time_by_post_only() {
         .pod("server", "demo");
     let path = bed.workdir().join("mesh.yaml");
     config.write(&bed, &path).expect("config written");
+    (bed, path)
+}
+
+#[test]
+fn the_log_level_changes_at_run_time_by_post_only() {
+    if !privileged("the_log_level_changes_at_run_time_by_post_only") {
+        return;
+    }
+    let (bed, path) = client_and_server("logging");
     let options = ZtunnelOptions::default();
     let zt_a = Ztunnel::start(&bed, "a", &path, &options).expect("ztunnel a");
     let _zt_b = Ztunnel::start(&bed, "b", &path, &options).expect("ztunnel b");
@@ -405,19 +412,7 @@ fn access_lines_are_sampled_but_failures_are_always_written() {
     if !privileged("access_lines_are_sampled_but_failures_are_always_written") {
         return;
     }
-    let bed = Testbed::builder("sampling")
-        .node("a")
-        .node("b")
-        .pod("client", "a")
-        .pod("server", "b")
-        .build()
-        .expect("testbed builds");
-    let config = MeshConfig::default()
-        .namespace("demo", true)
-        .pod("client", "demo")
-        .pod("server", "demo");
-    let path = bed.workdir().join("mesh.yaml");
-    config.write(&bed, &path).expect("config written");
+    let (bed, path) = client_and_server("sampling");
     let sampled = ZtunnelOptions {
         env: vec![("AMBIT_ACCESS_LOG_SAMPLE".into(), "0".into())],
         ..ZtunnelOptions::default()
