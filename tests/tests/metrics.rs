@@ -405,6 +405,23 @@ fn the_log_level_changes_at_run_time_by_post_only() {
         !zt_a.logs().iter().any(to(7000)),
         "the connection made while access lines were off was logged"
     );
+
+    // Raised to debug, ztunnel says how it routed each connection, with the
+    // connection's id, the same as in its access line.
+    assert_eq!(
+        admin(&bed, "a", "POST", "/logging?level=ztunnel%3Ddebug%2Cinfo").0,
+        200
+    );
+    send(&bed, "client", server(7000), "traced").expect("a reply");
+    let line = zt_a.wait_for_log(WAIT, to(7000)).expect("the access line");
+    let id = line["conn_id"].to_string();
+    let routed = zt_a
+        .wait_for_log(WAIT, |l| {
+            l["message"] == "routed" && l["conn_id"].to_string() == id
+        })
+        .expect("the debug line of the route");
+    assert_eq!(routed["level"], "DEBUG", "{routed}");
+    assert_eq!(admin(&bed, "a", "POST", "/logging?level=info").0, 200);
 }
 
 #[test]

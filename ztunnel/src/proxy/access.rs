@@ -148,9 +148,15 @@ impl Direction {
     }
 }
 
+/// Connection ids, unique in the process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 /// A connection being proxied; [`Connection::finish`] writes its log line.
 #[derive(Debug)]
 pub struct Connection {
+    /// Unique in this process: in its access line (`conn_id`) and in the
+    /// debug spans of its steps.
+    pub id: u64,
     /// Which way it goes.
     pub direction: Direction,
     /// The pod it belongs to on this node, as namespace/name.
@@ -198,6 +204,7 @@ impl Connection {
         mesh: &super::Mesh,
     ) -> Self {
         Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             direction,
             workload,
             src,
@@ -264,6 +271,7 @@ impl Connection {
             ($level:ident, $message:literal) => {
                 tracing::$level!(
                     target: "access",
+                    conn_id = self.id,
                     direction = self.direction.as_str(),
                     mode = self.mode,
                     src.addr = %self.src,

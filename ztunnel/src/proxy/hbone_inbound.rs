@@ -7,6 +7,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 use hyper::StatusCode;
 use tokio::net::TcpStream;
+use tracing::Instrument;
 
 use super::{
     ConnectionError,
@@ -78,11 +79,13 @@ async fn accept_stream(
         return Err(StatusCode::BAD_REQUEST);
     }
     let identity = source.identity.to_string();
-    match pod
-        .inputs
-        .mesh
-        .authorize(&pod.key, client, target, Some(&identity))
-    {
+    let decided =
+        tracing::debug_span!("authorize", conn_id = record.id, dst = %target).in_scope(|| {
+            pod.inputs
+                .mesh
+                .authorize(&pod.key, client, target, Some(&identity))
+        });
+    match decided {
         Ok(decision) => record.decision = Some(decision),
         Err(reason) => {
             // Refused before the application sees a connection.
@@ -90,7 +93,9 @@ async fn accept_stream(
             return Err(StatusCode::FORBIDDEN);
         }
     }
-    match connect(&pod, target, Some(client.ip())).await {
+    let connecting = connect(&pod, target, Some(client.ip()))
+        .instrument(tracing::debug_span!("connect", conn_id = record.id, dst = %target));
+    match connecting.await {
         Ok(mut app) => Ok(Box::new(move |mut tunnel| {
             Box::pin(async move {
                 // The destination's ztunnel reports it: the client (its

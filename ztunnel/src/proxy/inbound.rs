@@ -8,6 +8,7 @@ use std::{
 };
 
 use tokio::net::TcpStream;
+use tracing::Instrument;
 
 use super::{
     ConnectionError,
@@ -33,14 +34,15 @@ pub async fn handle(mut client: TcpStream, peer: SocketAddr, pod: Arc<PodContext
         }
         // Denied before any byte reaches the application.
         record.decision = Some(
-            pod.inputs
-                .mesh
-                .authorize(&pod.key, peer, dst, None)
+            tracing::debug_span!("authorize", conn_id = record.id, dst = %dst)
+                .in_scope(|| pod.inputs.mesh.authorize(&pod.key, peer, dst, None))
                 .map_err(ConnectionError::Denied)?,
         );
         // Connect from the client's own address, so the application sees who
         // really called.
-        let mut app = connect(&pod, dst, Some(peer.ip())).await?;
+        let mut app = connect(&pod, dst, Some(peer.ip()))
+            .instrument(tracing::debug_span!("connect", conn_id = record.id, dst = %dst))
+            .await?;
         // Plaintext: the client has no identity to report.
         let mesh = &pod.inputs.mesh;
         let snapshot = mesh.registry.snapshot();

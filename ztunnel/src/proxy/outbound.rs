@@ -5,6 +5,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpStream;
+use tracing::Instrument;
 
 use super::{
     ConnectionError,
@@ -42,13 +43,16 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
         }
         let mesh = &pod.inputs.mesh;
         let snapshot = mesh.registry.snapshot();
-        let route = mesh.router.route(
-            &snapshot,
-            &mesh.node,
-            &mesh.trust_domain,
-            pod.inputs.hbone_port,
-            dst,
-        );
+        let route = tracing::debug_span!("route", conn_id = record.id, dst = %dst).in_scope(|| {
+            mesh.router.route(
+                &snapshot,
+                &mesh.node,
+                &mesh.trust_domain,
+                pod.inputs.hbone_port,
+                dst,
+            )
+        });
+        tracing::debug!(conn_id = record.id, dst = %dst, route = ?route, "routed");
         // The source's ztunnel reports the connection: this pod to what it
         // addressed (a Service's VIP, or a workload).
         let mut labels = TcpLabels::new("source");
@@ -61,7 +65,9 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
             Route::Passthrough(target) => {
                 record.mode = "passthrough";
                 record.dst = Some(target);
-                let mut upstream = connect(&pod, target, None).await?;
+                let mut upstream = connect(&pod, target, None)
+                    .instrument(tracing::debug_span!("connect", conn_id = record.id, dst = %target))
+                    .await?;
                 labels.destination(snapshot.workload_by_ip(target.ip()).map(|w| &**w), None);
                 record.count(&labels);
                 crate::relay::relay_metered(
@@ -87,7 +93,10 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
                 // A trace per connection: the destination's lines carry it too.
                 let trace = crate::trace::TraceParent::new_root();
                 record.trace_id = Some(trace.trace_id());
-                let mut tunnel = open_tunnel(&pod, gateway, target, identity, &trace).await?;
+                let span = tracing::debug_span!("tunnel", conn_id = record.id, gateway = %gateway, dst = %target);
+                let mut tunnel = open_tunnel(&pod, gateway, target, identity, &trace)
+                    .instrument(span)
+                    .await?;
                 labels.destination(
                     snapshot.workload_by_ip(target.ip()).map(|w| &**w),
                     Some(&principal),
