@@ -414,11 +414,10 @@ fn the_log_level_changes_at_run_time_by_post_only() {
     );
     send(&bed, "client", server(7000), "traced").expect("a reply");
     let line = zt_a.wait_for_log(WAIT, to(7000)).expect("the access line");
-    let id = line["conn_id"].to_string();
+    let id = line["conn_id"].clone();
+    assert!(id.is_u64(), "{line}");
     let routed = zt_a
-        .wait_for_log(WAIT, |l| {
-            l["message"] == "routed" && l["conn_id"].to_string() == id
-        })
+        .wait_for_log(WAIT, |l| l["message"] == "routed" && l["conn_id"] == id)
         .expect("the debug line of the route");
     assert_eq!(routed["level"], "DEBUG", "{routed}");
     assert_eq!(admin(&bed, "a", "POST", "/logging?level=info").0, 200);
