@@ -40,7 +40,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     accept::reply,
-    registry::{Service, Snapshot, Workload},
+    registry::{Snapshot, Workload},
 };
 
 /// The `kind` label: a Kubernetes kind.
@@ -174,21 +174,14 @@ pub fn workload_names(workload: &Workload) -> (String, String, String) {
     (name, version, app)
 }
 
-/// A Service's name as Istio's `destination_service` writes it.
-pub fn service_host(service: &Service) -> String {
-    format!(
-        "{}.{}.svc.cluster.local",
-        service.key.name, service.key.namespace
-    )
-}
-
-/// The labels of a proxied connection, as Istio names them. Every value
-/// names a workload, service or identity (never a pod address or a client
-/// port), so the series are bounded by the mesh's size.
+/// Who connected to whom, with Istio's label names: the part that the
+/// connection metrics ([`TcpLabels`]) and the waypoint's request metrics share
+/// (each flattens it into its own labels). Every value names a workload,
+/// service or identity (never a pod address or a client port), so the series
+/// are bounded by the mesh's size.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 #[allow(missing_docs)]
-pub struct TcpLabels {
-    pub reporter: &'static str,
+pub struct PeerLabels {
     pub source_workload: String,
     pub source_workload_namespace: String,
     pub source_principal: String,
@@ -202,19 +195,13 @@ pub struct TcpLabels {
     pub destination_service_namespace: String,
     pub destination_app: String,
     pub destination_version: String,
-    pub request_protocol: &'static str,
-    pub response_flags: &'static str,
-    pub connection_security_policy: &'static str,
 }
 
-impl TcpLabels {
-    /// `reporter` (`source` or `destination`), every other value `unknown`
-    /// (as Istio writes what it does not know), protocol `tcp`, no flags,
-    /// no mutual TLS.
-    pub fn new(reporter: &'static str) -> Self {
+impl PeerLabels {
+    /// Every value `unknown`, as Istio writes what it does not know.
+    pub fn unknown() -> Self {
         let unknown = || "unknown".to_owned();
         Self {
-            reporter,
             source_workload: unknown(),
             source_workload_namespace: unknown(),
             source_principal: unknown(),
@@ -228,9 +215,6 @@ impl TcpLabels {
             destination_service_namespace: unknown(),
             destination_app: unknown(),
             destination_version: unknown(),
-            request_protocol: "tcp",
-            response_flags: "-",
-            connection_security_policy: "none",
         }
     }
 
@@ -263,12 +247,36 @@ impl TcpLabels {
         }
     }
 
-    /// The Service the client addressed, when it addressed one.
-    pub fn service(&mut self, service: Option<&Service>) {
-        if let Some(service) = service {
-            self.destination_service = service_host(service);
-            self.destination_service_name = service.key.name.to_string();
-            self.destination_service_namespace = service.key.namespace.to_string();
+    /// The Service `namespace/name` the client addressed.
+    pub fn service(&mut self, namespace: &str, name: &str) {
+        self.destination_service = format!("{name}.{namespace}.svc.cluster.local");
+        self.destination_service_name = name.to_owned();
+        self.destination_service_namespace = namespace.to_owned();
+    }
+}
+
+/// The labels of a proxied connection, as Istio names them.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[allow(missing_docs)]
+pub struct TcpLabels {
+    pub reporter: &'static str,
+    #[prometheus(flatten)]
+    pub peers: PeerLabels,
+    pub request_protocol: &'static str,
+    pub response_flags: &'static str,
+    pub connection_security_policy: &'static str,
+}
+
+impl TcpLabels {
+    /// `reporter` (`source` or `destination`), the peers `unknown`, protocol
+    /// `tcp`, no flags, no mutual TLS.
+    pub fn new(reporter: &'static str) -> Self {
+        Self {
+            reporter,
+            peers: PeerLabels::unknown(),
+            request_protocol: "tcp",
+            response_flags: "-",
+            connection_security_policy: "none",
         }
     }
 }

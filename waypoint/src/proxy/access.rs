@@ -182,14 +182,15 @@ impl RequestLog {
             self.src_addr.ip().to_canonical(),
             self.endpoint.map(|e| e.ip()),
         );
-        labels.source_principal.clone_from(&self.src_identity);
+        labels.peers.source_principal.clone_from(&self.src_identity);
         if !self.dst_identity.is_empty() {
-            labels.destination_principal.clone_from(&self.dst_identity);
+            labels
+                .peers
+                .destination_principal
+                .clone_from(&self.dst_identity);
         }
         if let Some((namespace, name)) = self.service.split_once('/') {
-            labels.destination_service = format!("{name}.{namespace}.svc.cluster.local");
-            labels.destination_service_name = name.to_owned();
-            labels.destination_service_namespace = namespace.to_owned();
+            labels.peers.service(namespace, name);
         }
         labels.request_protocol = if self.grpc { "grpc" } else { "http" };
         labels.response_code = self.status.to_string();

@@ -27,7 +27,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
-use ztunnel::registry::Snapshot;
+use ztunnel::{metrics::PeerLabels, registry::Snapshot};
 
 /// Istio's duration buckets, in milliseconds.
 const DURATION_BUCKETS: [f64; 19] = [
@@ -46,19 +46,8 @@ pub const CACHED_OUTCOMES: usize = 16;
 #[allow(missing_docs)]
 pub struct RequestLabels {
     pub reporter: &'static str,
-    pub source_workload: String,
-    pub source_workload_namespace: String,
-    pub source_principal: String,
-    pub source_app: String,
-    pub source_version: String,
-    pub destination_workload: String,
-    pub destination_workload_namespace: String,
-    pub destination_principal: String,
-    pub destination_service: String,
-    pub destination_service_name: String,
-    pub destination_service_namespace: String,
-    pub destination_app: String,
-    pub destination_version: String,
+    #[prometheus(flatten)]
+    pub peers: PeerLabels,
     pub request_protocol: &'static str,
     pub response_code: String,
     pub grpc_response_status: String,
@@ -237,8 +226,6 @@ struct CachedSeries {
     entries: Vec<(OwnedOutcome, Series)>,
 }
 
-pub use ztunnel::metrics::workload_names;
-
 /// Fills the source and destination workload labels from `snapshot`: the
 /// workloads at `source` and `endpoint` (unknown stays `unknown`, as in
 /// Istio).
@@ -248,41 +235,17 @@ pub fn fill_workloads(
     source: IpAddr,
     endpoint: Option<IpAddr>,
 ) {
-    if let Some(workload) = snapshot.workload_by_ip(source) {
-        let (name, version, app) = workload_names(workload);
-        labels.source_workload = name;
-        labels.source_version = version;
-        labels.source_app = app;
-        labels.source_workload_namespace = workload.namespace.to_string();
-    }
-    if let Some(workload) = endpoint.and_then(|ip| snapshot.workload_by_ip(ip)) {
-        let (name, version, app) = workload_names(workload);
-        labels.destination_workload = name;
-        labels.destination_version = version;
-        labels.destination_app = app;
-        labels.destination_workload_namespace = workload.namespace.to_string();
-    }
+    let workload = |ip| snapshot.workload_by_ip(ip).map(|w| &**w);
+    labels.peers.source(workload(source), None);
+    labels.peers.destination(endpoint.and_then(workload), None);
 }
 
 impl RequestLabels {
     /// Labels with every workload field `unknown`.
     pub fn unknown() -> Self {
-        let unknown = || "unknown".to_owned();
         Self {
             reporter: "waypoint",
-            source_workload: unknown(),
-            source_workload_namespace: unknown(),
-            source_principal: unknown(),
-            source_app: unknown(),
-            source_version: unknown(),
-            destination_workload: unknown(),
-            destination_workload_namespace: unknown(),
-            destination_principal: unknown(),
-            destination_service: unknown(),
-            destination_service_name: unknown(),
-            destination_service_namespace: unknown(),
-            destination_app: unknown(),
-            destination_version: unknown(),
+            peers: PeerLabels::unknown(),
             request_protocol: "http",
             response_code: "0".to_owned(),
             grpc_response_status: String::new(),
@@ -301,7 +264,7 @@ mod tests {
         let mut registry = Registry::default();
         let metrics = RequestMetrics::register(&mut registry);
         let mut labels = RequestLabels::unknown();
-        labels.destination_service_name = "api".to_owned();
+        labels.peers.destination_service_name = "api".to_owned();
         labels.response_code = "403".to_owned();
         metrics.record(&labels, 0.7, 0, 19);
         metrics.record(&labels, 3.0, 10, 19);

@@ -103,11 +103,11 @@ async fn accept_stream(
                 let mesh = &pod.inputs.mesh;
                 let snapshot = mesh.registry.snapshot();
                 let mut labels = TcpLabels::new("destination");
-                labels.source(
+                labels.peers.source(
                     snapshot.workload_by_ip(client.ip()).map(|w| &**w),
                     Some(&identity),
                 );
-                labels.destination(
+                labels.peers.destination(
                     snapshot.workload(&pod.key).map(|w| &**w),
                     Some(&pod.identity.to_string()),
                 );

@@ -47,8 +47,10 @@ pub async fn handle(mut client: TcpStream, peer: SocketAddr, pod: Arc<PodContext
         let mesh = &pod.inputs.mesh;
         let snapshot = mesh.registry.snapshot();
         let mut labels = TcpLabels::new("destination");
-        labels.source(snapshot.workload_by_ip(peer.ip()).map(|w| &**w), None);
-        labels.destination(
+        labels
+            .peers
+            .source(snapshot.workload_by_ip(peer.ip()).map(|w| &**w), None);
+        labels.peers.destination(
             snapshot.workload(&pod.key).map(|w| &**w),
             Some(&pod.identity.to_string()),
         );

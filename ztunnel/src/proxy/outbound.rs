@@ -56,11 +56,15 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
         // The source's ztunnel reports the connection: this pod to what it
         // addressed (a Service's VIP, or a workload).
         let mut labels = TcpLabels::new("source");
-        labels.source(
+        labels.peers.source(
             snapshot.workload(&pod.key).map(|w| &**w),
             Some(&pod.identity.to_string()),
         );
-        labels.service(snapshot.service_by_vip(dst.ip()).map(|s| &**s));
+        if let Some(service) = snapshot.service_by_vip(dst.ip()) {
+            labels
+                .peers
+                .service(&service.key.namespace, &service.key.name);
+        }
         match route {
             Route::Passthrough(target) => {
                 record.mode = "passthrough";
@@ -68,7 +72,7 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
                 let mut upstream = connect(&pod, target, None)
                     .instrument(tracing::debug_span!("connect", conn_id = record.id, dst = %target))
                     .await?;
-                labels.destination(snapshot.workload_by_ip(target.ip()).map(|w| &**w), None);
+                labels.peers.destination(snapshot.workload_by_ip(target.ip()).map(|w| &**w), None);
                 record.count(&labels);
                 crate::relay::relay_metered(
                     &mut app,
@@ -97,7 +101,7 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
                 let mut tunnel = open_tunnel(&pod, gateway, target, identity, &trace)
                     .instrument(span)
                     .await?;
-                labels.destination(
+                labels.peers.destination(
                     snapshot.workload_by_ip(target.ip()).map(|w| &**w),
                     Some(&principal),
                 );
