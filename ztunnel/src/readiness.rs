@@ -19,20 +19,9 @@ use tokio::net::TcpListener;
 /// The path the kubelet probes.
 pub const READY_PATH: &str = "/healthz/ready";
 
-/// Errors of the readiness server.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// The listener could not be bound.
-    #[error("cannot listen on {addr}")]
-    Bind {
-        /// The address it could not use.
-        addr: SocketAddr,
-        /// What the operating system reported.
-        #[source]
-        source: std::io::Error,
-    },
-}
+/// Errors of the readiness server: those of binding its listener, as the
+/// admin endpoint binds its own.
+pub use crate::admin::Error;
 
 /// Whether the process is ready to take traffic; shared with the parts that
 /// decide it.
@@ -63,9 +52,7 @@ impl Server {
     pub async fn bind(addr: SocketAddr, readiness: Readiness) -> Result<Self, Error> {
         // SO_REUSEPORT: a ztunnel and its successor (a DaemonSet surge, both
         // on the host network) both answer while they overlap.
-        let listener = crate::admin::bind(addr).map_err(|e| match e {
-            crate::admin::Error::Bind { source, .. } => Error::Bind { addr, source },
-        })?;
+        let listener = crate::admin::bind(addr)?;
         Ok(Self {
             listener,
             readiness,
