@@ -119,7 +119,7 @@ impl Controller {
     async fn run(&mut self) {
         tracing::info!(config = ?self.config, "controller starting");
         let waypoints = self.config.waypoint_template.is_some();
-        let gateways = if waypoints {
+        let mut gateways = if waypoints {
             watcher(
                 Api::<Gateway>::all(self.client.clone()),
                 watcher::Config::default(),
@@ -129,7 +129,6 @@ impl Controller {
         } else {
             futures::stream::pending().boxed()
         };
-        let mut gateways = gateways;
         // Until the first list of Gateways, a pass would take "none" for the
         // truth and delete every waypoint.
         let mut synced = !waypoints;

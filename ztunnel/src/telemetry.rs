@@ -133,11 +133,12 @@ pub fn sample_access() -> bool {
 /// Installs the process-wide subscriber. Safe to call more than once (later calls
 /// do nothing), so tests and binaries can both call it.
 pub fn init(format: LogFormat) -> LogGuard {
-    let from_env = std::env::var("RUST_LOG")
+    // RUST_LOG when it parses, else `info`; the directives are kept for
+    // `/logging` to show.
+    let (directives, filter) = std::env::var("RUST_LOG")
         .ok()
-        .filter(|d| EnvFilter::try_new(d).is_ok());
-    let directives = from_env.unwrap_or_else(|| "info".to_owned());
-    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
+        .and_then(|d| EnvFilter::try_new(&d).ok().map(|filter| (d, filter)))
+        .unwrap_or_else(|| ("info".to_owned(), EnvFilter::new("info")));
     let batched = Batched::new(io::stderr());
     let builder = fmt().with_env_filter(filter).with_writer(batched.clone());
     // try_init fails only when a subscriber is already installed: keep that one.
