@@ -77,7 +77,12 @@ fn both_reporters_count_connections_and_bytes_with_istio_labels() {
         .namespace("plain", false)
         .pod("client", "demo")
         .pod("server", "demo")
-        .pod("outsider", "plain");
+        .pod("outsider", "plain")
+        .document(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+             metadata: {name: no-7001, namespace: demo}\n\
+             spec:\n  action: DENY\n  rules:\n  - to:\n    - operation: {ports: [\"7001\"]}\n",
+        );
     let path = bed.workdir().join("mesh.yaml");
     config.write(&bed, &path).expect("config written");
     let options = ZtunnelOptions::default();
@@ -98,6 +103,7 @@ fn both_reporters_count_connections_and_bytes_with_istio_labels() {
         ("connection_security_policy", "mutual_tls"),
         ("request_protocol", "tcp"),
         ("destination_service", "unknown"),
+        ("response_flags", "-"),
     ]
     .into();
     let labels = |reporter: &'static str| -> Vec<(&str, &str)> {
@@ -248,6 +254,39 @@ fn both_reporters_count_connections_and_bytes_with_istio_labels() {
         value(&b, "ambit_policy_decisions_total", &allowed) >= 4.0,
         "the session and three exchanges were authorized at b"
     );
+    // A denied connection: counted as opened and closed with the DENY flag
+    // by the destination, which refused it, and as a CONNECT failure by the
+    // source, whose tunnel was refused.
+    assert!(
+        send(
+            &bed,
+            "client",
+            SocketAddr::from((bed.pod("server").ipv4(), 7001)),
+            "no"
+        )
+        .is_err()
+    );
+    let refused = |node: &str, reporter: &'static str, flag: &'static str| {
+        let samples = scrape(&bed, node);
+        let mut l = labels(reporter);
+        l.retain(|(k, _)| *k != "response_flags");
+        l.push(("response_flags", flag));
+        (
+            value(&samples, "istio_tcp_connections_opened_total", &l),
+            value(&samples, "istio_tcp_connections_closed_total", &l),
+            value(&samples, "istio_tcp_received_bytes_total", &l),
+        )
+    };
+    assert_eq!(refused("b", "destination", "DENY"), (1.0, 1.0, 0.0));
+    assert_eq!(refused("a", "source", "CONNECT"), (1.0, 1.0, 0.0));
+    assert_eq!(
+        value(
+            &scrape(&bed, "b"),
+            "ambit_policy_decisions_total",
+            &[("action", "DENY"), ("result", "denied")]
+        ),
+        1.0
+    );
     // A server that resets: a failure at both ends, by reason.
     let _resetter = start_server(&bed, "server", "resetter", "[::]:7002");
     let mut cmd = bed.pod_command("client", testbin_binary());
@@ -290,6 +329,8 @@ fn both_reporters_count_connections_and_bytes_with_istio_labels() {
         ),
         1.0
     );
+    assert_eq!(refused("b", "destination", "CONNECT"), (1.0, 1.0, 0.0));
+    assert_eq!(refused("a", "source", "CONNECT"), (2.0, 2.0, 0.0));
     // A configuration that does not parse is refused, counted, and changes
     // nothing that runs.
     let good = std::fs::read_to_string(&path).expect("the config");
@@ -467,7 +508,11 @@ fn access_lines_are_sampled_but_failures_are_always_written() {
         value(
             &a,
             "istio_tcp_connections_opened_total",
-            &[("reporter", "source"), ("destination_workload", "server")]
+            &[
+                ("reporter", "source"),
+                ("destination_workload", "server"),
+                ("response_flags", "-")
+            ]
         ),
         5.0
     );

@@ -419,6 +419,19 @@ impl ProxyMetrics {
             .inc();
     }
 
+    /// Counts a connection refused before it carried a byte (by policy, or
+    /// because its destination could not be reached) as opened and closed at
+    /// once under `labels` with `response_flags` set to `flag`, as Istio does:
+    /// dashboards see refusals per source and destination.
+    pub fn refused(&self, labels: &TcpLabels, flag: &'static str) {
+        let labels = TcpLabels {
+            response_flags: flag,
+            ..labels.clone()
+        };
+        self.opened.get_or_create(&labels).inc();
+        self.closed.get_or_create(&labels).inc();
+    }
+
     /// Counts a connection opened with `labels`; the handle counts its bytes
     /// and its close.
     pub fn open(&self, labels: &TcpLabels) -> TcpConnection {

@@ -162,6 +162,29 @@ impl ConnectionError {
             Self::Denied(_) => "denied",
         }
     }
+
+    /// The `response_flags` of a connection refused with this error before
+    /// it carried a byte, as Istio's ztunnel reports them: `DENY` for a
+    /// policy refusal, `CONNECT` when the destination (or the tunnel to it)
+    /// could not be reached; `None` for errors that are no refusal of a
+    /// routed connection (a loop, a connection without destination) or that
+    /// end one already counted.
+    pub fn response_flag(&self) -> Option<&'static str> {
+        match self {
+            Self::Strict(_) | Self::Denied(_) => Some("DENY"),
+            Self::Connect { .. }
+            | Self::ConnectTimeout { .. }
+            | Self::Hbone { .. }
+            | Self::Certificate { .. }
+            | Self::NoEndpoint(_)
+            | Self::NoWaypoint { .. } => Some("CONNECT"),
+            Self::NoOriginalDestination
+            | Self::Capture(_)
+            | Self::Loop(_)
+            | Self::Idle(_)
+            | Self::Relay(_) => None,
+        }
+    }
 }
 
 /// Errors of the proxy layer.

@@ -146,6 +146,15 @@ impl Direction {
             Self::Inbound => "inbound",
         }
     }
+
+    /// Istio's `reporter` for a connection seen this way: the client's
+    /// ztunnel reports outbound connections, the server's inbound ones.
+    pub fn reporter(self) -> &'static str {
+        match self {
+            Self::Outbound => "source",
+            Self::Inbound => "destination",
+        }
+    }
 }
 
 /// Connection ids, unique in the process.
@@ -179,6 +188,10 @@ pub struct Connection {
     pub trace_id: Option<String>,
     /// Its bytes: the relay's [`Meter`](crate::relay::Meter).
     pub traffic: Arc<Traffic>,
+    /// Its connection metric labels, once its peers are known: counted from
+    /// [`count`](Self::count), or, if it is refused before that, counted as
+    /// opened and closed with the refusal's `response_flags`.
+    pub labels: Option<TcpLabels>,
     metrics: ProxyMetrics,
     open: OpenConnections,
     /// Its entry in `open`, once counted.
@@ -216,6 +229,7 @@ impl Connection {
             decision: None,
             trace_id: None,
             traffic: Arc::default(),
+            labels: None,
             metrics: mesh.metrics.clone(),
             open: mesh.open.clone(),
             open_id: None,
@@ -223,9 +237,13 @@ impl Connection {
         }
     }
 
-    /// Counts the connection in the connection metrics under `labels`, from
-    /// now until the record is dropped.
-    pub fn count(&mut self, labels: &TcpLabels) {
+    /// Counts the connection in the connection metrics under its
+    /// [`labels`](Self::labels) (`reporter` unknown if unset), from now until
+    /// the record is dropped.
+    pub fn count(&mut self) {
+        let labels = self
+            .labels
+            .get_or_insert_with(|| TcpLabels::new(self.direction.reporter()));
         let _ = self.traffic.metrics.set(self.metrics.open(labels));
         self.open_id = Some(self.open.insert(Open {
             direction: self.direction,
@@ -252,6 +270,11 @@ impl Connection {
         let bytes_received = self.traffic.backward.load(Ordering::Relaxed);
         if let Err(error) = result {
             self.metrics.failed(error.reason());
+            if let (None, Some(labels), Some(flag)) =
+                (self.open_id, &self.labels, error.response_flag())
+            {
+                self.metrics.refused(labels, flag);
+            }
         }
         let error = result.as_ref().err().map(|e| super::error_chain(e));
         let decision = match result {

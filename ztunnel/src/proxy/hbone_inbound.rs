@@ -79,12 +79,24 @@ async fn accept_stream(
         return Err(StatusCode::BAD_REQUEST);
     }
     let identity = source.identity.to_string();
-    let decided =
-        tracing::debug_span!("authorize", conn_id = record.id, dst = %target).in_scope(|| {
-            pod.inputs
-                .mesh
-                .authorize(&pod.key, client, target, Some(&identity))
-        });
+    // The destination's ztunnel reports it: the client (its workload by
+    // address, its identity from the tunnel) to this pod.
+    let mesh = &pod.inputs.mesh;
+    let snapshot = mesh.registry.snapshot();
+    let mut labels = TcpLabels::new("destination");
+    labels.peers.source(
+        snapshot.workload_by_ip(client.ip()).map(|w| &**w),
+        Some(&identity),
+    );
+    labels.peers.destination(
+        snapshot.workload(&pod.key).map(|w| &**w),
+        Some(&pod.identity.to_string()),
+    );
+    labels.connection_security_policy = "mutual_tls";
+    record.labels = Some(labels);
+    drop(snapshot);
+    let decided = tracing::debug_span!("authorize", conn_id = record.id, dst = %target)
+        .in_scope(|| mesh.authorize(&pod.key, client, target, Some(&identity)));
     match decided {
         Ok(decision) => record.decision = Some(decision),
         Err(reason) => {
@@ -98,21 +110,7 @@ async fn accept_stream(
     match connecting.await {
         Ok(mut app) => Ok(Box::new(move |mut tunnel| {
             Box::pin(async move {
-                // The destination's ztunnel reports it: the client (its
-                // workload by address, its identity from the tunnel) to this pod.
-                let mesh = &pod.inputs.mesh;
-                let snapshot = mesh.registry.snapshot();
-                let mut labels = TcpLabels::new("destination");
-                labels.peers.source(
-                    snapshot.workload_by_ip(client.ip()).map(|w| &**w),
-                    Some(&identity),
-                );
-                labels.peers.destination(
-                    snapshot.workload(&pod.key).map(|w| &**w),
-                    Some(&pod.identity.to_string()),
-                );
-                labels.connection_security_policy = "mutual_tls";
-                record.count(&labels);
+                record.count();
                 let result = crate::relay::relay_metered(
                     &mut tunnel,
                     &mut app,

@@ -29,20 +29,6 @@ pub async fn handle(mut client: TcpStream, peer: SocketAddr, pod: Arc<PodContext
         if pod.inputs.own_ports.contains(&dst.port()) {
             return Err(ConnectionError::Loop(dst));
         }
-        if !plaintext_allowed(&pod.inputs.mesh, &pod.key, peer, dst) {
-            return Err(ConnectionError::Strict(dst));
-        }
-        // Denied before any byte reaches the application.
-        record.decision = Some(
-            tracing::debug_span!("authorize", conn_id = record.id, dst = %dst)
-                .in_scope(|| pod.inputs.mesh.authorize(&pod.key, peer, dst, None))
-                .map_err(ConnectionError::Denied)?,
-        );
-        // Connect from the client's own address, so the application sees who
-        // really called.
-        let mut app = connect(&pod, dst, Some(peer.ip()))
-            .instrument(tracing::debug_span!("connect", conn_id = record.id, dst = %dst))
-            .await?;
         // Plaintext: the client has no identity to report.
         let mesh = &pod.inputs.mesh;
         let snapshot = mesh.registry.snapshot();
@@ -54,7 +40,22 @@ pub async fn handle(mut client: TcpStream, peer: SocketAddr, pod: Arc<PodContext
             snapshot.workload(&pod.key).map(|w| &**w),
             Some(&pod.identity.to_string()),
         );
-        record.count(&labels);
+        record.labels = Some(labels);
+        if !plaintext_allowed(mesh, &pod.key, peer, dst) {
+            return Err(ConnectionError::Strict(dst));
+        }
+        // Denied before any byte reaches the application.
+        record.decision = Some(
+            tracing::debug_span!("authorize", conn_id = record.id, dst = %dst)
+                .in_scope(|| mesh.authorize(&pod.key, peer, dst, None))
+                .map_err(ConnectionError::Denied)?,
+        );
+        // Connect from the client's own address, so the application sees who
+        // really called.
+        let mut app = connect(&pod, dst, Some(peer.ip()))
+            .instrument(tracing::debug_span!("connect", conn_id = record.id, dst = %dst))
+            .await?;
+        record.count();
         crate::relay::relay_metered(
             &mut client,
             &mut app,

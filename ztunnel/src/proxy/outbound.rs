@@ -69,11 +69,12 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
             Route::Passthrough(target) => {
                 record.mode = "passthrough";
                 record.dst = Some(target);
+                labels.peers.destination(snapshot.workload_by_ip(target.ip()).map(|w| &**w), None);
+                record.labels = Some(labels);
                 let mut upstream = connect(&pod, target, None)
                     .instrument(tracing::debug_span!("connect", conn_id = record.id, dst = %target))
                     .await?;
-                labels.peers.destination(snapshot.workload_by_ip(target.ip()).map(|w| &**w), None);
-                record.count(&labels);
+                record.count();
                 crate::relay::relay_metered(
                     &mut app,
                     &mut upstream,
@@ -97,16 +98,17 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
                 // A trace per connection: the destination's lines carry it too.
                 let trace = crate::trace::TraceParent::new_root();
                 record.trace_id = Some(trace.trace_id());
-                let span = tracing::debug_span!("tunnel", conn_id = record.id, gateway = %gateway, dst = %target);
-                let mut tunnel = open_tunnel(&pod, gateway, target, identity, &trace)
-                    .instrument(span)
-                    .await?;
                 labels.peers.destination(
                     snapshot.workload_by_ip(target.ip()).map(|w| &**w),
                     Some(&principal),
                 );
                 labels.connection_security_policy = "mutual_tls";
-                record.count(&labels);
+                record.labels = Some(labels);
+                let span = tracing::debug_span!("tunnel", conn_id = record.id, gateway = %gateway, dst = %target);
+                let mut tunnel = open_tunnel(&pod, gateway, target, identity, &trace)
+                    .instrument(span)
+                    .await?;
+                record.count();
                 crate::relay::relay_metered(
                     &mut app,
                     &mut tunnel,
@@ -116,8 +118,12 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
                 .await
                 .map_err(ConnectionError::from)
             }
-            Route::NoEndpoint => Err(ConnectionError::NoEndpoint(dst)),
+            Route::NoEndpoint => {
+                record.labels = Some(labels);
+                Err(ConnectionError::NoEndpoint(dst))
+            }
             Route::NoWaypoint(waypoint) => {
+                record.labels = Some(labels);
                 record.waypoint = Some(waypoint.clone());
                 Err(ConnectionError::NoWaypoint { dst, waypoint })
             }
