@@ -243,6 +243,44 @@ fn both_reporters_count_connections_and_bytes_with_istio_labels() {
         value(&a, "ambit_connections_active", &[("reporter", "source")]),
         0.0
     );
+    // The eBPF maps' occupancy (read every few seconds) and the enrolled
+    // pods, in the metrics and in /config_dump.
+    let enrolled_entries = || {
+        value(
+            &scrape(&bed, "a"),
+            "ambit_ebpf_map_entries",
+            &[("map", "ENROLLED")],
+        )
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while enrolled_entries() < 1.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(enrolled_entries(), 1.0, "one pod of node a is enrolled");
+    let a_now = scrape(&bed, "a");
+    assert_eq!(
+        value(&a_now, "ambit_ebpf_map_capacity", &[("map", "ENROLLED")]),
+        4096.0
+    );
+    assert!(
+        value(&a_now, "ambit_ebpf_map_entries", &[("map", "LISTENERS")]) >= 1.0,
+        "the client's listeners are registered"
+    );
+    let (code, body) = admin(&bed, "a", "GET", "/config_dump");
+    assert_eq!(code, 200, "{body}");
+    let dump: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let pods = dump["capture"]["enrolled_pods"]
+        .as_array()
+        .expect("the enrolled pods");
+    assert_eq!(pods.len(), 1, "{body}");
+    assert_eq!(pods[0]["pod"], "demo/client");
+    assert_eq!(pods[0]["identity"], CLIENT);
+    let maps = dump["capture"]["maps"].as_array().expect("the maps");
+    assert!(
+        maps.iter()
+            .any(|m| m["name"] == "ENROLLED" && m["entries"] == 1 && m["capacity"] == 4096),
+        "{body}"
+    );
     let expiry = value(
         &a,
         "ambit_certificate_expiry_seconds",

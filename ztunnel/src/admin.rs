@@ -2,7 +2,9 @@
 //! knows and holds, as JSON, for operators.
 //!
 //! - `GET /healthz/ready`: 200 once the node's pods are enrolled.
-//! - `GET /config_dump`: the registry (workloads, services, policies).
+//! - `GET /config_dump`: the registry (workloads, services, policies, the
+//!   waypoints) and, in ztunnel, the capture: the enrolled pods and how full
+//!   the eBPF maps are.
 //! - `GET /certs`: per identity, the certificate state (serial, validity, last
 //!   error). Private keys are never shown.
 //! - `GET /debug/connections`: the connections being proxied now, oldest
@@ -49,17 +51,20 @@ pub struct AdminState {
     /// subscriber, so `/logging` cannot change it).
     pub log_level: Option<crate::telemetry::LogLevel>,
     /// The open connections, as JSON (`/debug/connections`).
-    pub connections: Option<ConnectionsView>,
+    pub connections: Option<JsonView>,
+    /// The capture's state, as JSON: `/config_dump`'s `capture` (the enrolled
+    /// pods and the eBPF maps' occupancy).
+    pub capture: Option<JsonView>,
 }
 
-/// Lists the open connections (the proxy's table, which this module cannot
-/// name: it is built without the capture).
+/// Shows state this module cannot name (the proxy's and the capture's: it is
+/// built without them), as JSON.
 #[derive(Clone)]
-pub struct ConnectionsView(pub Arc<dyn Fn() -> serde_json::Value + Send + Sync>);
+pub struct JsonView(pub Arc<dyn Fn() -> serde_json::Value + Send + Sync>);
 
-impl std::fmt::Debug for ConnectionsView {
+impl std::fmt::Debug for JsonView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ConnectionsView")
+        f.write_str("JsonView")
     }
 }
 
@@ -110,7 +115,19 @@ fn respond(request: &Request<Incoming>, state: &AdminState) -> Response<Full<Byt
             "text/plain",
             "not ready\n".into(),
         ),
-        "/config_dump" => json(&state.registry.snapshot().dump()),
+        "/config_dump" => match serde_json::to_value(state.registry.snapshot().dump()) {
+            Ok(mut dump) => {
+                if let (Some(capture), Some(fields)) = (&state.capture, dump.as_object_mut()) {
+                    fields.insert("capture".into(), (capture.0)());
+                }
+                json(&dump)
+            }
+            Err(error) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("cannot serialize: {error}\n"),
+            ),
+        },
         "/certs" => json(&state.certs.snapshot()),
         "/debug/connections" => match &state.connections {
             Some(connections) => json(&(connections.0)()),

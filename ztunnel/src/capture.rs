@@ -621,6 +621,68 @@ pub fn pinned_enrollment(pin_dir: &Path) -> Result<Vec<NetnsCookie>, Error> {
         .collect()
 }
 
+/// How full one of the node's eBPF maps is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MapOccupancy {
+    /// The map's name (`ENROLLED`, `LOOPBACK_SOCKS`, ...).
+    pub name: &'static str,
+    /// Entries in it now.
+    pub entries: u64,
+    /// Its `max_entries`.
+    pub capacity: u32,
+}
+
+/// The occupancy of the node's maps whose entries are live state, read from
+/// their pins under `pin_dir` (one key walk each: call it off the data path).
+/// `ORIG_DST_BY_PORT` is left out: an LRU map overwritten as ports are
+/// reused, it fills by design; so are the fixed-size arrays.
+pub fn map_occupancy(pin_dir: &Path) -> Result<Vec<MapOccupancy>, Error> {
+    fn walk<T>(
+        pin_dir: &Path,
+        name: &'static str,
+        count: fn(&T, usize) -> usize,
+    ) -> Result<MapOccupancy, Error>
+    where
+        T: TryFrom<aya::maps::Map, Error = MapError>,
+    {
+        let data = MapData::from_pin(pin_dir.join("maps").join(name))
+            .map_err(map_error(name, "open its pin"))?;
+        let capacity = data
+            .info()
+            .map_err(map_error(name, "read its description"))?
+            .max_entries();
+        let map = aya::maps::Map::from_map_data(data)
+            .and_then(T::try_from)
+            .map_err(map_error(name, "open"))?;
+        // A walk that races with deletions may restart: never past capacity.
+        let cap = usize::try_from(capacity).unwrap_or(usize::MAX);
+        let entries = count(&map, cap).min(cap);
+        Ok(MapOccupancy {
+            name,
+            entries: u64::try_from(entries).unwrap_or(u64::MAX),
+            capacity,
+        })
+    }
+    fn hash<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>, cap: usize) -> usize {
+        map.keys().take(cap).take_while(Result::is_ok).count()
+    }
+    fn sock<K: aya::Pod>(map: &SockHash<MapData, K>, cap: usize) -> usize {
+        map.keys().take(cap).take_while(Result::is_ok).count()
+    }
+    Ok(vec![
+        walk(pin_dir, map_name::ENROLLED, hash::<u64, u32>)?,
+        walk(pin_dir, map_name::POD_ADDRS, hash::<[u8; 16], u32>)?,
+        walk(pin_dir, map_name::LISTENERS, sock::<ListenerKey>)?,
+        walk(
+            pin_dir,
+            map_name::LOOPBACK_SOCKS,
+            sock::<ambit_ebpf_common::SockKey>,
+        )?,
+        walk(pin_dir, map_name::ORIG_DST, hash::<u64, OrigDst>)?,
+        walk(pin_dir, map_name::TRANSPARENT_FLOWS, hash::<FlowKey, u8>)?,
+    ])
+}
+
 /// Where redirected connections meant to go, as published by the `sockops`
 /// program: read by the outbound listeners for each accepted connection.
 #[derive(Debug, Clone)]

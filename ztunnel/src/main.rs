@@ -284,7 +284,9 @@ async fn run_node(
             (None, certs, bundle)
         }
     };
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    let map_metrics = ztunnel::metrics::MapMetrics::register(metrics.registry_mut());
+    let metrics = Arc::new(metrics);
     metrics.observe_snapshot(&registry.snapshot());
     let mesh = Arc::new(Mesh {
         node: node.clone(),
@@ -326,8 +328,10 @@ async fn run_node(
     let mut capture = Capture::load(capture_config(&settings, &node, cgroups))
         .context("cannot start the eBPF capture")?;
     capture.attach().context("cannot attach the eBPF capture")?;
+    let pin_dir = capture.config().pin_dir.clone();
     let mut pods = PodManager::new(capture, pod_manager_config(&settings), mesh.clone())
         .context("cannot start the proxy")?;
+    let maps = watch_maps(pin_dir, map_metrics);
     let cni_socket = settings.cni_socket(settings.config_file.is_none());
     let mut cni_requests = start_cni(cni_socket.as_deref(), &registry.snapshot())?;
     let mut enrollments = Enrollments::default();
@@ -357,8 +361,17 @@ async fn run_node(
                 log_level: log_level.clone(),
                 connections: Some({
                     let open = mesh.open.clone();
-                    ztunnel::admin::ConnectionsView(Arc::new(move || {
+                    ztunnel::admin::JsonView(Arc::new(move || {
                         serde_json::to_value(open.snapshot()).unwrap_or_default()
+                    }))
+                }),
+                capture: Some({
+                    let enrolled = pods.enrolled_view();
+                    ztunnel::admin::JsonView(Arc::new(move || {
+                        serde_json::json!({
+                            "enrolled_pods": &**enrolled.load(),
+                            "maps": &**maps.load(),
+                        })
                     }))
                 }),
             };
@@ -645,6 +658,44 @@ fn claim_node(node: &str, ready: Readiness, probe_server: Option<tokio::task::Ab
         }
         // Dropped: the name is free for the successor.
     });
+}
+
+/// Reads how full the capture's maps are every [`settings::MAP_OCCUPANCY_PERIOD`],
+/// on a blocking thread (a walk costs a system call per entry), into the
+/// gauges and the returned view. A failing read is logged once until it works
+/// again.
+fn watch_maps(
+    pin_dir: PathBuf,
+    metrics: ztunnel::metrics::MapMetrics,
+) -> Arc<arc_swap::ArcSwap<Vec<capture::MapOccupancy>>> {
+    let view = Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new()));
+    let published = view.clone();
+    tokio::spawn(async move {
+        let mut failing = false;
+        let mut period = tokio::time::interval(settings::MAP_OCCUPANCY_PERIOD);
+        period.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            period.tick().await;
+            let dir = pin_dir.clone();
+            let read = tokio::task::spawn_blocking(move || capture::map_occupancy(&dir)).await;
+            match read {
+                Ok(Ok(maps)) => {
+                    for map in &maps {
+                        metrics.observe(map.name, map.entries, map.capacity);
+                    }
+                    published.store(Arc::new(maps));
+                    failing = false;
+                }
+                Ok(Err(error)) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %ErrorChain(&error), "cannot read the eBPF maps' occupancy");
+                }
+                Ok(Err(_)) => {}
+                Err(error) => tracing::warn!(%error, "the eBPF map reader failed"),
+            }
+        }
+    });
+    view
 }
 
 fn serve_metrics(metrics: &Arc<Metrics>) {

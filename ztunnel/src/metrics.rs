@@ -312,6 +312,48 @@ pub struct IdentityLabel {
     pub identity: String,
 }
 
+/// An eBPF map.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabel {
+    /// Its name (`ENROLLED`, `LOOPBACK_SOCKS`, ...).
+    pub map: &'static str,
+}
+
+/// How full the capture's eBPF maps are (ztunnel only; read periodically
+/// off the data path, see `capture::map_occupancy`).
+#[derive(Debug, Clone, Default)]
+pub struct MapMetrics {
+    entries: Family<MapLabel, Gauge>,
+    capacity: Family<MapLabel, Gauge>,
+}
+
+impl MapMetrics {
+    /// Creates the gauges and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "ambit_ebpf_map_entries",
+            "Entries in each eBPF map of the capture",
+            metrics.entries.clone(),
+        );
+        registry.register(
+            "ambit_ebpf_map_capacity",
+            "Maximum entries of each eBPF map of the capture",
+            metrics.capacity.clone(),
+        );
+        metrics
+    }
+
+    /// Records that `map` holds `entries` of at most `capacity`.
+    pub fn observe(&self, map: &'static str, entries: u64, capacity: u32) {
+        let label = MapLabel { map };
+        self.entries
+            .get_or_create(&label)
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        self.capacity.get_or_create(&label).set(i64::from(capacity));
+    }
+}
+
 /// The proxy's metrics: Istio's connection metrics and ambit's own.
 #[derive(Debug, Clone, Default)]
 pub struct ProxyMetrics {

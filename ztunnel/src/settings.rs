@@ -104,6 +104,9 @@ pub const ZTUNNEL_MARK: u32 = 0x539;
 pub const TRANSPARENT_MARK: u32 = 0x53a;
 /// Routing table, inside each pod, of the transparent return path.
 pub const ROUTE_TABLE: u32 = 0x539;
+/// How often the occupancy of the eBPF maps is read (`ambit_ebpf_map_entries`,
+/// `/config_dump`): a walk of the live maps, a system call per entry.
+pub const MAP_OCCUPANCY_PERIOD: Duration = Duration::from_secs(5);
 /// How often an enrolled pod whose network namespace is not known yet (no
 /// process of it found) is looked for again.
 pub const POD_NETNS_RETRY: Duration = Duration::from_secs(1);

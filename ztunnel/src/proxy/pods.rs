@@ -175,6 +175,27 @@ impl PodListeners {
     }
 }
 
+/// An enrolled pod, as `/config_dump` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CapturedPod {
+    /// `namespace/name`.
+    pub pod: String,
+    /// The pod's uid.
+    pub uid: String,
+    /// The identity its connections carry.
+    pub identity: String,
+    /// Its network namespace file.
+    pub netns: PathBuf,
+    /// Its network namespace's cookie (the `ENROLLED` map's key).
+    pub netns_cookie: u64,
+    /// Its addresses.
+    pub ips: Vec<IpAddr>,
+}
+
+/// The enrolled pods, for readers outside the task that owns the
+/// [`PodManager`] (the admin endpoint).
+pub type EnrolledView = Arc<arc_swap::ArcSwap<Vec<CapturedPod>>>;
+
 struct Enrolled {
     pod: LocalPod,
     identity: crate::identity::Identity,
@@ -190,6 +211,8 @@ pub struct PodManager {
     config: PodManagerConfig,
     inputs: Arc<ProxyInputs>,
     pods: HashMap<String, Enrolled>,
+    /// `pods`, published after each change.
+    view: EnrolledView,
     /// The node's own network namespaces (ztunnel's and pid 1's): never
     /// enrolled, whatever the input names.
     host_netns: Vec<NetnsCookie>,
@@ -227,6 +250,7 @@ impl PodManager {
             config,
             inputs,
             pods: HashMap::new(),
+            view: EnrolledView::default(),
             host_netns,
         })
     }
@@ -234,6 +258,11 @@ impl PodManager {
     /// The uids of the enrolled pods.
     pub fn enrolled(&self) -> impl Iterator<Item = &str> {
         self.pods.keys().map(String::as_str)
+    }
+
+    /// The enrolled pods, kept up to date, sorted by `namespace/name`.
+    pub fn enrolled_view(&self) -> EnrolledView {
+        self.view.clone()
     }
 
     /// Makes the enrolled set equal to `desired`: pods that left or changed are
@@ -348,12 +377,27 @@ impl PodManager {
         Ok(())
     }
 
+    /// Publishes the enrolled pods: their count and their view.
     fn count_enrolled(&self) {
         self.inputs
             .mesh
             .metrics
             .enrolled_pods
             .set(i64::try_from(self.pods.len()).unwrap_or(i64::MAX));
+        let mut view: Vec<CapturedPod> = self
+            .pods
+            .values()
+            .map(|e| CapturedPod {
+                pod: format!("{}/{}", e.pod.namespace, e.pod.name),
+                uid: e.pod.uid.clone(),
+                identity: e.identity.to_string(),
+                netns: e.pod.netns.clone(),
+                netns_cookie: e.cookie.get(),
+                ips: e.pod.ips.clone(),
+            })
+            .collect();
+        view.sort_by(|a, b| a.pod.cmp(&b.pod));
+        self.view.store(Arc::new(view));
     }
 
     /// Opens the pod's network namespace, refusing one that is not the pod's
