@@ -20,6 +20,7 @@ use std::{
 
 use ambit_tests::{
     jwt::Issuer,
+    mesh::{send, start_server},
     privileged,
     waypoint::{
         API_GRPC_PORT, API_HTTP_PORT, API_VIP, CLIENT_IDENTITY, ISSUER, KID, WAYPOINT_IDENTITY,
@@ -895,4 +896,67 @@ fn conflicting_framing_never_lets_a_hidden_request_through() {
         smuggled.is_empty(),
         "the hidden request was served: {smuggled:?}"
     );
+}
+
+/// A Service of the api pods with one opaque TCP port, through the waypoint.
+const RELAY_SERVICE: &str = r"
+apiVersion: v1
+kind: Service
+metadata:
+  name: relay
+  namespace: demo
+  labels:
+    istio.io/use-waypoint: wp
+spec:
+  clusterIP: 198.19.0.21
+  selector:
+    app: api
+  ports:
+  - name: tcp
+    port: 7000
+    targetPort: 7000";
+
+#[test]
+fn a_tcp_stream_through_the_waypoint_keeps_its_trace() {
+    if !privileged("a_tcp_stream_through_the_waypoint_keeps_its_trace") {
+        return;
+    }
+    let world = World::builder("wptcp").document(RELAY_SERVICE).build();
+    let bed = &world.bed;
+    let _echo = start_server(bed, "api", "echo", "[::]:7000");
+    let relay = SocketAddr::from(([198, 19, 0, 21], 7000));
+    let reply = send(bed, "client", relay, "opaque-bytes").expect("the echo answers");
+    assert!(reply.contains("opaque-bytes"), "{reply}");
+    // The client's ztunnel starts the trace in its CONNECT to the waypoint;
+    // the waypoint relays at L4 and carries it in its own CONNECT; the api
+    // node's ztunnel logs the same trace id.
+    let outbound = world
+        .zt_a
+        .wait_for_log(WAIT, |l| {
+            l["target"] == "access"
+                && l["direction"] == "outbound"
+                && l["dst.addr"] == relay.to_string()
+        })
+        .expect("the client's ztunnel logged the connection");
+    assert_eq!(outbound["waypoint"], "demo/wp", "{outbound}");
+    let trace_id = text(&outbound["trace_id"]);
+    assert_eq!(trace_id.len(), 32, "{outbound}");
+    let relayed = world
+        .waypoint
+        .wait_for_log(WAIT, |l| {
+            l["target"] == "access" && l["dst.addr"] == relay.to_string()
+        })
+        .expect("the waypoint logged the stream");
+    assert_eq!(relayed["trace_id"], trace_id.as_str(), "{relayed}");
+    assert_eq!(relayed["decision"], "allow", "{relayed}");
+    let inbound = world
+        .zt_b
+        .wait_for_log(WAIT, |l| {
+            l["target"] == "access"
+                && l["direction"] == "inbound"
+                && l["dst.addr"].as_str().is_some_and(|d| d.ends_with(":7000"))
+        })
+        .expect("the api node's ztunnel logged the stream");
+    assert_eq!(inbound["src.identity"], WAYPOINT_IDENTITY, "{inbound}");
+    assert_eq!(inbound["trace_id"], trace_id.as_str(), "{inbound}");
 }

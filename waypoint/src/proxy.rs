@@ -156,9 +156,10 @@ pub(crate) struct Downstream {
     pub destination: Destination,
     /// The request metrics' series its requests were counted in.
     pub series: Arc<metrics::LabelCache>,
-    /// The stream's trace (its CONNECT's `traceparent`): requests that come
-    /// without one continue it.
-    pub trace: Option<ztunnel::trace::TraceParent>,
+    /// The stream's trace (its CONNECT's `traceparent`, `tracestate` and
+    /// `baggage`): requests that come without one continue it, and a TCP
+    /// stream's next hop carries it on.
+    pub trace: Option<ztunnel::trace::TraceContext>,
 }
 
 impl Downstream {
@@ -309,7 +310,7 @@ impl Waypoint {
             addr: source.addr,
             destination,
             series: Arc::default(),
-            trace: source.trace,
+            trace: source.trace.clone(),
         };
         Ok(move |tunnel: Tunnel| {
             Box::pin(async move { self.serve_stream(downstream, tunnel).await })
@@ -417,8 +418,19 @@ impl Waypoint {
             return;
         }
         let started = std::time::Instant::now();
+        // The stream's trace: in the access line, and on to the next hop.
+        let trace_id = downstream
+            .trace
+            .as_ref()
+            .map(|t| t.parent.trace_id())
+            .unwrap_or_default();
         let result = async {
-            let (target, mut upstream) = self.connect_route(destination.addr).await?;
+            let next = downstream
+                .trace
+                .as_ref()
+                .map(ztunnel::trace::TraceContext::child);
+            let (target, mut upstream) =
+                self.connect_route(destination.addr, next.as_ref()).await?;
             let bytes = ztunnel::relay::relay(&mut io, &mut upstream, self.config.idle_timeout)
                 .await
                 .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
@@ -435,6 +447,7 @@ impl Waypoint {
                 dst.addr = %destination.addr,
                 dst.service = service.as_str(),
                 decision = "allow",
+                trace_id = trace_id.as_str(),
                 bytes_sent = sent,
                 bytes_received = received,
                 duration_ms,
@@ -447,6 +460,7 @@ impl Waypoint {
                 src.addr = %downstream.addr,
                 dst.addr = %destination.addr,
                 dst.service = service.as_str(),
+                trace_id = trace_id.as_str(),
                 duration_ms,
                 error = %ErrorChain(&*error),
                 "connection failed"
@@ -466,10 +480,12 @@ impl Waypoint {
         )
     }
 
-    /// A byte stream to the endpoint the router picks for `addr`.
+    /// A byte stream to the endpoint the router picks for `addr`, whose
+    /// CONNECT (over HBONE) carries `trace`.
     async fn connect_route(
         &self,
         addr: SocketAddr,
+        trace: Option<&ztunnel::trace::TraceContext>,
     ) -> Result<(SocketAddr, upstream::BoxIo), Box<dyn std::error::Error + Send + Sync>> {
         let (target, via) = match self.route(addr) {
             Route::Hbone {
@@ -483,15 +499,17 @@ impl Waypoint {
                 return Err(format!("no ready endpoint for {addr}").into());
             }
         };
-        let io = self.connect(target, &via).await?;
+        let io = self.connect(target, &via, trace).await?;
         Ok((target, io))
     }
 
-    /// A byte stream to `target` by `via`.
+    /// A byte stream to `target` by `via`; over HBONE, its CONNECT carries
+    /// `trace` (a TCP stream's; HTTP requests carry their own).
     pub(crate) async fn connect(
         &self,
         target: SocketAddr,
         via: &upstream::Via,
+        trace: Option<&ztunnel::trace::TraceContext>,
     ) -> Result<upstream::BoxIo, upstream::Error> {
         let connect_tcp = |addr: SocketAddr| async move {
             let tcp = tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr))
@@ -528,7 +546,7 @@ impl Waypoint {
                 };
                 let tunnel = self
                     .tunnels
-                    .tunnel(key, target, None, dial)
+                    .tunnel(key, target, trace, dial)
                     .await
                     .map_err(|e| upstream::Error::Connect(Box::new(e)))?;
                 Ok(Box::new(tunnel))

@@ -44,7 +44,7 @@ use tokio::{
 use ztunnel::{
     config::ErrorChain,
     policy::{Attributes, Headers, Request as PolicyRequest},
-    trace::{self, TraceParent},
+    trace::{self, TraceContext, TraceParent},
 };
 
 use super::{
@@ -322,7 +322,7 @@ async fn handle(
     let sent = tokio::time::timeout(
         waypoint.config.request_timeout,
         waypoint.upstreams.send(&key, request, || async {
-            waypoint.connect(target, &via).await
+            waypoint.connect(target, &via, None).await
         }),
     )
     .await;
@@ -581,18 +581,20 @@ fn empty() -> ResponseBody {
 /// plausible id (visible ASCII, at most 128 bytes); a W3C `traceparent` is
 /// added too when the request has none that parses: the next span of the
 /// stream's trace (`stream`, from the tunnel's CONNECT) when there is one,
-/// else a new trace.
-fn request_id(headers: &mut HeaderMap, stream: Option<&TraceParent>) -> String {
+/// with the stream's `tracestate` (replacing one that came without a parent)
+/// and its `baggage` unless the request has its own; else a new trace.
+fn request_id(headers: &mut HeaderMap, stream: Option<&TraceContext>) -> String {
     let (a, b) = random_pair();
     if !headers
         .get(trace::HEADER)
         .and_then(|v| v.to_str().ok())
         .is_some_and(is_traceparent)
     {
-        let parent = stream.map_or_else(TraceParent::new_root, TraceParent::child);
-        if let Ok(value) = HeaderValue::from_str(&parent.to_string()) {
-            headers.insert(trace::HEADER, value);
+        let mut next = stream.map_or_else(TraceContext::new_root, TraceContext::child);
+        if let Some(own) = headers.get(trace::BAGGAGE_HEADER) {
+            next.baggage = Some(own.clone());
         }
+        next.insert_into(headers);
     }
     if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
         && !id.is_empty()
@@ -704,15 +706,34 @@ mod tests {
         let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let mut headers = HeaderMap::new();
         headers.insert("traceparent", HeaderValue::from_static(parent));
-        let stream = TraceParent::new_root();
+        let stream = TraceContext {
+            parent: TraceParent::new_root(),
+            state: Some(HeaderValue::from_static("mesh=1")),
+            baggage: Some(HeaderValue::from_static("tenant=a")),
+        };
         request_id(&mut headers, Some(&stream));
         assert_eq!(headers["traceparent"], parent);
-        // Without one, the stream's trace goes on, in a new span.
+        assert!(
+            headers.get("tracestate").is_none() && headers.get("baggage").is_none(),
+            "a request with its own trace keeps it alone"
+        );
+        // Without one, the stream's trace goes on, in a new span, with its
+        // state and baggage.
         let mut headers = HeaderMap::new();
         request_id(&mut headers, Some(&stream));
         let continued = TraceParent::parse(headers["traceparent"].to_str().unwrap()).unwrap();
-        assert_eq!(continued.trace_id(), stream.trace_id());
-        assert_ne!(continued, stream);
+        assert_eq!(continued.trace_id(), stream.parent.trace_id());
+        assert_ne!(continued, stream.parent);
+        assert_eq!(headers["tracestate"], "mesh=1");
+        assert_eq!(headers["baggage"], "tenant=a");
+        // The request's own baggage is kept; a stray state (no parent) is
+        // replaced by the stream's.
+        let mut headers = HeaderMap::new();
+        headers.insert("baggage", HeaderValue::from_static("user=b"));
+        headers.insert("tracestate", HeaderValue::from_static("stray=1"));
+        request_id(&mut headers, Some(&stream));
+        assert_eq!(headers["baggage"], "user=b");
+        assert_eq!(headers["tracestate"], "mesh=1");
     }
 
     #[test]

@@ -113,7 +113,7 @@ impl Pool {
         &self,
         key: PoolKey,
         authority: SocketAddr,
-        trace: Option<&crate::trace::TraceParent>,
+        trace: Option<&crate::trace::TraceContext>,
         connect: F,
     ) -> Result<Tunnel, Error>
     where
@@ -189,17 +189,17 @@ async fn send_connect(
     sender: SendRequest<Bytes>,
     active: Arc<AtomicUsize>,
     authority: SocketAddr,
-    trace: Option<&crate::trace::TraceParent>,
+    trace: Option<&crate::trace::TraceContext>,
 ) -> Result<Tunnel, Error> {
     // Counted from here, released by the Tunnel (or now, on failure).
     let guard = StreamGuard(Some(active));
-    let mut request = Request::builder()
+    let request = Request::builder()
         .method(Method::CONNECT)
         .uri(authority.to_string());
+    let mut request = request.body(()).map_err(Error::Request)?;
     if let Some(trace) = trace {
-        request = request.header(crate::trace::HEADER, trace.to_string());
+        trace.insert_into(request.headers_mut());
     }
-    let request = request.body(()).map_err(Error::Request)?;
     let mut sender = sender.ready().await.map_err(Error::H2)?;
     let (response, send) = sender.send_request(request, false).map_err(Error::H2)?;
     let response = response.await.map_err(Error::H2)?;

@@ -28,9 +28,9 @@ pub struct StreamSource {
     pub identity: Identity,
     /// The TCP peer of the HBONE connection (the client pod's address).
     pub addr: SocketAddr,
-    /// The stream's trace context (the CONNECT's `traceparent`), if it
-    /// carried a valid one.
-    pub trace: Option<crate::trace::TraceParent>,
+    /// The stream's trace context (the CONNECT's `traceparent`, with its
+    /// `tracestate` and `baggage`), if it carried a valid one.
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 /// Serves one accepted TCP connection as HBONE until the client closes it or
@@ -124,11 +124,7 @@ async fn handle<F, Fut, G>(
     else {
         return refuse(&mut respond, StatusCode::BAD_REQUEST);
     };
-    source.trace = request
-        .headers()
-        .get(crate::trace::HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::trace::TraceParent::parse);
+    source.trace = crate::trace::TraceContext::from_headers(request.headers());
     let decided = tokio::time::timeout(
         settings::HBONE_CONNECT_TIMEOUT,
         on_stream(source, authority),

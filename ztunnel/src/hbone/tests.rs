@@ -313,3 +313,54 @@ async fn a_reset_with_no_error_after_end_stream_keeps_the_orderly_end() {
         .expect("END_STREAM came first: an orderly end");
     assert_eq!(got, b"complete");
 }
+
+#[tokio::test]
+async fn the_trace_context_travels_in_the_connect() {
+    let mesh = mesh();
+    let config = super::server_config(&mesh.server, &mesh.bundle).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (config, seen_tx) = (config.clone(), seen_tx.clone());
+            tokio::spawn(async move {
+                let _ = super::server::serve(tcp, config, move |source, _authority| {
+                    let _ = seen_tx.send(source.trace);
+                    async { Ok::<_, hyper::StatusCode>(echo) }
+                })
+                .await;
+            });
+        }
+    });
+    let key = PoolKey {
+        src: mesh.client.identity().clone(),
+        dst: mesh.server.identity().clone(),
+        addr,
+    };
+    let client = super::client_config(&mesh.client, &mesh.bundle, mesh.server.identity()).unwrap();
+    let open = |trace: Option<crate::trace::TraceContext>| {
+        let (pool, key, client) = (Pool::default(), key.clone(), client.clone());
+        async move {
+            let dial = || async {
+                Ok((
+                    TcpStream::connect(addr).await.map_err(Error::Io)?,
+                    client.clone(),
+                ))
+            };
+            pool.tunnel(key, "198.18.0.1:80".parse().unwrap(), trace.as_ref(), dial)
+                .await
+                .unwrap()
+        }
+    };
+    let sent = crate::trace::TraceContext {
+        parent: crate::trace::TraceParent::new_root(),
+        state: Some(hyper::http::HeaderValue::from_static("ambit=1,other=x")),
+        baggage: Some(hyper::http::HeaderValue::from_static("tenant=a,user=b")),
+    };
+    let _tunnel = open(Some(sent.clone())).await;
+    assert_eq!(seen.recv().await.unwrap(), Some(sent.clone()));
+    // Without a context, the stream has none.
+    let _tunnel = open(None).await;
+    assert_eq!(seen.recv().await.unwrap(), None);
+}

@@ -71,7 +71,7 @@ async fn accept_stream(
     );
     record.mode = "hbone";
     record.src_identity = Some(source.identity.to_string());
-    record.trace_id = source.trace.map(|t| t.trace_id());
+    record.trace_id = source.trace.as_ref().map(|t| t.parent.trace_id());
     record.dst = Some(target);
     record.dst_identity = Some(pod.identity.to_string());
     if !pod.ips.contains(&target.ip()) || pod.inputs.own_ports.contains(&target.port()) {

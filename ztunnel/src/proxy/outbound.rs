@@ -96,8 +96,8 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
                 record.waypoint = waypoint;
                 let principal = identity.to_string();
                 // A trace per connection: the destination's lines carry it too.
-                let trace = crate::trace::TraceParent::new_root();
-                record.trace_id = Some(trace.trace_id());
+                let trace = crate::trace::TraceContext::new_root();
+                record.trace_id = Some(trace.parent.trace_id());
                 labels.peers.destination(
                     snapshot.workload_by_ip(target.ip()).map(|w| &**w),
                     Some(&principal),
@@ -140,7 +140,7 @@ async fn open_tunnel(
     gateway: SocketAddr,
     target: SocketAddr,
     identity: crate::identity::Identity,
-    trace: &crate::trace::TraceParent,
+    trace: &crate::trace::TraceContext,
 ) -> Result<hbone::client::Tunnel, ConnectionError> {
     let mesh = &pod.inputs.mesh;
     let key = PoolKey {
