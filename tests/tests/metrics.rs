@@ -555,3 +555,106 @@ fn access_lines_are_sampled_but_failures_are_always_written() {
         5.0
     );
 }
+
+#[test]
+fn spans_are_exported_over_otlp_in_the_connections_trace() {
+    if !privileged("spans_are_exported_over_otlp_in_the_connections_trace") {
+        return;
+    }
+    let (bed, path) = client_and_server("otlp");
+    // The collector, in the control plane (reachable from both nodes).
+    let collector_addr = SocketAddr::from((ambit_tests::testbed::CONTROL_PLANE_V4, 4317));
+    let mut cmd = bed.control_plane_command(ambit_tests::waypoint::httpbin_binary());
+    cmd.args(["otlp-collector", &collector_addr.to_string()]);
+    let collector = bed.spawn(cmd).expect("the collector starts");
+    collector
+        .wait_for_line("listening", WAIT)
+        .expect("the collector listens");
+    let options = ZtunnelOptions {
+        env: vec![
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                format!("http://{collector_addr}"),
+            ),
+            // Batches leave every 200 ms instead of 5 s.
+            ("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into()),
+        ],
+        ..ZtunnelOptions::default()
+    };
+    let zt_a = Ztunnel::start(&bed, "a", &path, &options).expect("ztunnel a");
+    let _zt_b = Ztunnel::start(&bed, "b", &path, &options).expect("ztunnel b");
+    let _echo = start_server(&bed, "server", "echo", "[::]:7000");
+    let server = SocketAddr::from((bed.pod("server").ipv4(), 7000));
+    send(&bed, "client", server, "traced").expect("a reply");
+    let access = zt_a
+        .wait_for_log(WAIT, |l| {
+            l["target"] == "access" && l["direction"] == "outbound"
+        })
+        .expect("the outbound access line");
+    let trace_id = access["trace_id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(trace_id.len(), 32, "{access}");
+    // The spans of the connection, from both nodes, in its trace: the
+    // client's connection span (a child of the trace's root, which the
+    // CONNECT started), its tunnel span, and the destination's connection
+    // span, a child of the tunnel's.
+    let mut spans: Vec<serde_json::Value> = Vec::new();
+    let wanted = |spans: &[serde_json::Value]| {
+        let find = |name: &str, direction: Option<&str>| {
+            spans
+                .iter()
+                .find(|s| {
+                    s["name"] == name && direction.is_none_or(|d| s["attributes"]["direction"] == d)
+                })
+                .cloned()
+        };
+        Some((
+            find("connection", Some("outbound"))?,
+            find("tunnel", None)?,
+            find("connection", Some("inbound"))?,
+        ))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (outbound, tunnel, inbound) = loop {
+        if let Some(found) = wanted(&spans) {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection's spans were not all exported: {spans:#?}"
+        );
+        let line = collector
+            .wait_for_line("span ", Duration::from_secs(20))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "no span: {e}\ncollector: {:?}\n{}",
+                    collector.stderr(),
+                    zt_a.stderr()
+                        .lines()
+                        .filter(|l| !l.contains("ztunnel::"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            });
+        let span: serde_json::Value =
+            serde_json::from_str(line.trim_start_matches("span ")).expect("JSON");
+        if span["trace_id"] == trace_id.as_str() {
+            spans.push(span);
+        }
+    };
+    assert_eq!(outbound["service"], "ztunnel", "{outbound}");
+    assert_eq!(
+        outbound["attributes"]["conn_id"],
+        access["conn_id"].to_string(),
+        "the span is the access line's connection: {outbound}"
+    );
+    assert_eq!(
+        outbound["attributes"]["dst"],
+        server.to_string(),
+        "{outbound}"
+    );
+    assert_eq!(tunnel["parent_span_id"], outbound["span_id"], "{tunnel}");
+    assert_eq!(
+        inbound["parent_span_id"], tunnel["span_id"],
+        "the destination's span is the tunnel's child: {inbound}"
+    );
+}

@@ -74,7 +74,7 @@ fn main() -> anyhow::Result<()> {
     let mut settings = Settings::from_env(&ProcessEnv).context("invalid settings")?;
     settings.config_file = cli.config.clone().or(settings.config_file);
     settings.node_name = cli.node.clone().or(settings.node_name);
-    let _log = ztunnel::telemetry::init(settings.log_format);
+    let _log = ztunnel::telemetry::init(settings.log_format, settings.otlp("waypoint").as_ref());
     ztunnel::telemetry::set_access_sample(settings.access_log_sample);
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let workers = settings

@@ -87,7 +87,7 @@ struct NodeArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = settings(&cli.node)?;
-    let log = telemetry::init(settings.log_format);
+    let log = telemetry::init(settings.log_format, settings.otlp("ztunnel").as_ref());
     telemetry::set_access_sample(settings.access_log_sample);
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -231,6 +231,15 @@ pub const LOG_FORMAT_ENV: &str = "LOG_FORMAT";
 /// Default of [`LOG_FORMAT_ENV`].
 pub const LOG_FORMAT_DEFAULT: LogFormat = LogFormat::Plain;
 
+/// The OTLP/gRPC collector that spans are exported to (`http://host:4317`);
+/// unset: no export. [`OTLP_TRACES_ENDPOINT_ENV`] wins when both are set, as
+/// in OpenTelemetry's SDKs.
+pub const OTLP_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// The collector for spans alone (see [`OTLP_ENDPOINT_ENV`]).
+pub const OTLP_TRACES_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+/// `service.name` of exported spans (default: `ztunnel` or `waypoint`).
+pub const OTEL_SERVICE_NAME_ENV: &str = "OTEL_SERVICE_NAME";
+
 // Mesh configuration sources (`config`, `registry`).
 /// The root namespace of the mesh: its policies without a selector apply mesh-wide.
 pub const ROOT_NAMESPACE_DEFAULT: &str = "istio-system";
@@ -288,6 +297,21 @@ pub enum Error {
     },
 }
 
+/// An OTLP/gRPC endpoint: `http://host:port` (plaintext gRPC, as to a
+/// collector agent on the node; TLS to a collector is not built in).
+pub fn parse_otlp_endpoint(name: &'static str, value: &str) -> Result<String, Error> {
+    let invalid = || Error::Invalid {
+        name,
+        value: value.to_owned(),
+        expected: "an http:// URL of an OTLP/gRPC collector (http://host:4317)",
+    };
+    let uri: hyper::Uri = value.parse().map_err(|_| invalid())?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http"), Some(authority)) if !authority.host().is_empty() => Ok(value.to_owned()),
+        _ => Err(invalid()),
+    }
+}
+
 /// Format of log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -334,6 +358,10 @@ pub struct Settings {
     pub worker_threads: Option<usize>,
     /// See [`ACCESS_LOG_SAMPLE_ENV`].
     pub access_log_sample: f64,
+    /// See [`OTLP_ENDPOINT_ENV`].
+    pub otlp_endpoint: Option<String>,
+    /// See [`OTEL_SERVICE_NAME_ENV`].
+    pub otel_service: Option<String>,
 }
 
 impl Settings {
@@ -359,6 +387,11 @@ impl Settings {
         let access_log_sample = match var(ACCESS_LOG_SAMPLE_ENV) {
             None => 1.0,
             Some(value) => parse_fraction(ACCESS_LOG_SAMPLE_ENV, &value)?,
+        };
+        let otlp_endpoint = match (var(OTLP_TRACES_ENDPOINT_ENV), var(OTLP_ENDPOINT_ENV)) {
+            (Some(value), _) => Some(parse_otlp_endpoint(OTLP_TRACES_ENDPOINT_ENV, &value)?),
+            (None, Some(value)) => Some(parse_otlp_endpoint(OTLP_ENDPOINT_ENV, &value)?),
+            (None, None) => None,
         };
         let worker_threads = match var(WORKER_THREADS_ENV) {
             None => None,
@@ -405,9 +438,23 @@ impl Settings {
             log_format,
             worker_threads,
             access_log_sample,
+            otlp_endpoint,
+            otel_service: var(OTEL_SERVICE_NAME_ENV),
         };
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Where and as what spans are exported, if anywhere; `service` names
+    /// them unless [`OTEL_SERVICE_NAME_ENV`] does.
+    pub fn otlp(&self, service: &str) -> Option<crate::telemetry::Otlp> {
+        Some(crate::telemetry::Otlp {
+            endpoint: self.otlp_endpoint.clone()?,
+            service: self
+                .otel_service
+                .clone()
+                .unwrap_or_else(|| service.to_owned()),
+        })
     }
 
     /// Cross-field checks.
@@ -591,6 +638,8 @@ mod tests {
                 log_format: LogFormat::Plain,
                 worker_threads: None,
                 access_log_sample: 1.0,
+                otlp_endpoint: None,
+                otel_service: None,
             }
         );
         assert_eq!(
@@ -636,6 +685,42 @@ mod tests {
         assert!(settings.sockmap);
         assert_eq!(settings.drain_timeout, Duration::from_millis(2500));
         assert_eq!(settings.worker_threads, Some(4));
+    }
+
+    #[test]
+    fn the_otlp_endpoint_is_read_and_checked() {
+        let off = Settings::from_env(&env(&[])).unwrap();
+        assert_eq!(off.otlp("ztunnel"), None, "no endpoint: no export");
+        let on = Settings::from_env(&env(&[(OTLP_ENDPOINT_ENV, "http://collector:4317")])).unwrap();
+        let otlp = on.otlp("ztunnel").unwrap();
+        assert_eq!(
+            (otlp.endpoint.as_str(), otlp.service.as_str()),
+            ("http://collector:4317", "ztunnel")
+        );
+        let both = Settings::from_env(&env(&[
+            (OTLP_ENDPOINT_ENV, "http://collector:4317"),
+            (OTLP_TRACES_ENDPOINT_ENV, "http://traces:4317"),
+            (OTEL_SERVICE_NAME_ENV, "ztunnel-eu"),
+        ]))
+        .unwrap();
+        let otlp = both.otlp("ztunnel").unwrap();
+        assert_eq!(
+            (otlp.endpoint.as_str(), otlp.service.as_str()),
+            ("http://traces:4317", "ztunnel-eu"),
+            "the traces endpoint and the service name win"
+        );
+        for bad in [
+            "collector:4317",
+            "https://collector:4317",
+            "http://",
+            "not a url",
+        ] {
+            let err = Settings::from_env(&env(&[(OTLP_ENDPOINT_ENV, bad)])).unwrap_err();
+            assert!(
+                err.to_string().contains(OTLP_ENDPOINT_ENV) && err.to_string().contains("http://"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -2,6 +2,13 @@
 //!
 //! `RUST_LOG` selects what is logged (default `info`), `LOG_FORMAT` how.
 //!
+//! With an OTLP endpoint ([`Otlp`], `OTEL_EXPORTER_OTLP_ENDPOINT`), the spans
+//! of ambit's crates, debug level included (a connection and its steps:
+//! route, authorize, connect, tunnel), are also exported over OTLP/gRPC, in
+//! batches, from a thread of their own; `RUST_LOG` does not filter them.
+//! A connection's span continues its W3C trace ([`set_trace_parent`]), so the
+//! exported spans share the `trace_id` of the access lines.
+//!
 //! Lines are formatted on the thread that logs and appended to a buffer in
 //! memory; a writer thread wakes when the buffer stops being empty, writes
 //! what is there to stderr in one `write(2)`, then rests for [`LINGER`]
@@ -23,9 +30,58 @@ use std::{
     time::Duration,
 };
 
-use tracing_subscriber::{EnvFilter, fmt, fmt::MakeWriter};
+use opentelemetry::trace::TracerProvider as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::{
+    EnvFilter, Layer as _, filter::filter_fn, fmt, fmt::MakeWriter, layer::SubscriberExt as _,
+    reload, util::SubscriberInitExt as _,
+};
 
-use crate::settings::LogFormat;
+use crate::{settings::LogFormat, trace::TraceParent};
+
+/// Where spans are exported (OTLP over gRPC), and as which service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Otlp {
+    /// The collector, `http://host:4317`.
+    pub endpoint: String,
+    /// `service.name` of the spans (`OTEL_SERVICE_NAME`, else the binary's).
+    pub service: String,
+}
+
+/// Whether spans are exported: set once the exporter is installed.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes `span` a child of `parent` (a remote span: the CONNECT's, or the
+/// root a connection starts), so its exported trace is the connection's.
+/// Does nothing when spans are not exported.
+pub fn set_trace_parent(span: &tracing::Span, parent: &TraceParent) {
+    use opentelemetry::trace::TraceContextExt as _;
+    if !EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let (trace_id, span_id, flags) = parent.ids();
+    let remote = opentelemetry::trace::SpanContext::new(
+        opentelemetry::trace::TraceId::from(trace_id),
+        opentelemetry::trace::SpanId::from(span_id),
+        opentelemetry::trace::TraceFlags::new(flags),
+        true,
+        opentelemetry::trace::TraceState::NONE,
+    );
+    // A span the filter disabled has nothing to export.
+    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+}
+
+/// `parent` with the id of `span` as exported, so the next hop's span is its
+/// child; `parent` unchanged when spans are not exported.
+pub fn next_hop(span: &tracing::Span, parent: &TraceParent) -> TraceParent {
+    if !EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
+        return *parent;
+    }
+    use opentelemetry::trace::TraceContextExt as _;
+    let context = span.context();
+    let id = context.span().span_context().span_id();
+    parent.with_span_id(u64::from_be_bytes(id.to_bytes()))
+}
 
 /// How long the writer thread rests after a write, letting lines gather.
 pub const LINGER: Duration = Duration::from_millis(5);
@@ -33,11 +89,13 @@ pub const LINGER: Duration = Duration::from_millis(5);
 /// Bytes of lines that may wait before the thread that logs writes them.
 pub const MAX_PENDING: usize = 1024 * 1024;
 
-/// Keeps the writer thread; dropping it writes out what is pending.
+/// Keeps the writer thread; dropping it writes out what is pending (and
+/// exports the spans that wait).
 #[must_use = "dropping the guard stops the log writer"]
 pub struct LogGuard {
     writer: Option<(Batched, JoinHandle<()>)>,
     level: Option<LogLevel>,
+    spans: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
 }
 
 impl LogGuard {
@@ -104,6 +162,12 @@ impl LogLevel {
 
 impl Drop for LogGuard {
     fn drop(&mut self) {
+        if let Some(provider) = self.spans.take() {
+            EXPORTING.store(false, std::sync::atomic::Ordering::Relaxed);
+            if let Err(error) = provider.shutdown() {
+                tracing::warn!(%error, "the last spans could not be exported");
+            }
+        }
         if let Some((batched, thread)) = self.writer.take() {
             batched.0.state().closed = true;
             batched.0.wake.notify_one();
@@ -130,9 +194,11 @@ pub fn sample_access() -> bool {
     ppm >= 1_000_000 || fastrand::u32(0..1_000_000) < ppm
 }
 
-/// Installs the process-wide subscriber. Safe to call more than once (later calls
-/// do nothing), so tests and binaries can both call it.
-pub fn init(format: LogFormat) -> LogGuard {
+/// Installs the process-wide subscriber, with span export to `otlp` when
+/// given. Safe to call more than once (later calls do nothing), so tests and
+/// binaries can both call it. An exporter that cannot be set up is reported
+/// on stderr and left out: logging goes on.
+pub fn init(format: LogFormat, otlp: Option<&Otlp>) -> LogGuard {
     // RUST_LOG when it parses, else `info`; the directives are kept for
     // `/logging` to show.
     let (directives, filter) = std::env::var("RUST_LOG")
@@ -140,32 +206,81 @@ pub fn init(format: LogFormat) -> LogGuard {
         .and_then(|d| EnvFilter::try_new(&d).ok().map(|filter| (d, filter)))
         .unwrap_or_else(|| ("info".to_owned(), EnvFilter::new("info")));
     let batched = Batched::new(io::stderr());
-    let builder = fmt().with_env_filter(filter).with_writer(batched.clone());
-    // try_init fails only when a subscriber is already installed: keep that one.
-    let (installed, reload): (_, Reload) = match format {
-        LogFormat::Plain => {
-            let builder = builder.with_filter_reloading();
-            let handle = builder.reload_handle();
-            (
-                builder.try_init(),
-                Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())),
-            )
-        }
-        LogFormat::Json => {
-            let builder = builder.json().flatten_event(true).with_filter_reloading();
-            let handle = builder.reload_handle();
-            (
-                builder.try_init(),
-                Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())),
-            )
-        }
+    let (filter, handle) = reload::Layer::new(filter);
+    let lines = match format {
+        LogFormat::Plain => fmt::layer().with_writer(batched.clone()).boxed(),
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(batched.clone())
+            .boxed(),
     };
-    let installed = installed.is_ok();
+    let provider = otlp.and_then(|otlp| match span_exporter(otlp) {
+        Ok(provider) => Some(provider),
+        Err(error) => {
+            eprintln!(
+                "spans are not exported: cannot set up OTLP export to {}: {error}",
+                otlp.endpoint
+            );
+            None
+        }
+    });
+    let spans = provider.as_ref().map(|provider| {
+        let tracer = provider.tracer("ambit");
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(filter_fn(|meta| {
+                meta.is_span()
+                    && *meta.level() <= tracing::Level::DEBUG
+                    && (meta.target().starts_with("ztunnel")
+                        || meta.target().starts_with("waypoint"))
+            }))
+    });
+    // try_init fails only when a subscriber is already installed: keep that one.
+    let installed = tracing_subscriber::registry()
+        .with(lines.with_filter(filter))
+        .with(spans)
+        .try_init()
+        .is_ok();
+    let reload: Reload = Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()));
     let thread = installed.then(|| batched.spawn_writer().ok()).flatten();
+    let spans = provider.filter(|_| installed);
+    if spans.is_some() {
+        EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     LogGuard {
         writer: thread.map(|thread| (batched, thread)),
         level: installed.then(|| LogLevel::new(directives, reload)),
+        spans,
     }
+}
+
+/// The span pipeline to `otlp`: an OTLP/gRPC exporter whose connection runs
+/// on a runtime of its own (one thread, `otlp-export`), apart from the data
+/// path, behind the SDK's batching processor.
+fn span_exporter(
+    otlp: &Otlp,
+) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, Box<dyn std::error::Error>> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let exporter = runtime.block_on(async {
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(otlp.endpoint.clone())
+            .build()
+    })?;
+    std::thread::Builder::new()
+        .name("otlp-export".into())
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(otlp.service.clone())
+        .build();
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
 }
 
 /// Log lines gathered for one writer thread (see the module header).
@@ -322,6 +437,7 @@ mod tests {
         let guard = LogGuard {
             writer: Some((batched, thread)),
             level: None,
+            spans: None,
         };
         drop(guard);
         assert!(sink.0.lock().unwrap().0.ends_with(b"line 99\nlast\n"));

@@ -180,6 +180,20 @@ impl TraceParent {
     pub fn trace_id(&self) -> String {
         format!("{:032x}", self.trace_id)
     }
+
+    /// The trace id, parent id and flags as numbers.
+    pub fn ids(&self) -> (u128, u64, u8) {
+        (self.trace_id, self.span_id, self.flags)
+    }
+
+    /// The same trace and flags with `span_id` as the parent (the span a
+    /// process exports for this hop; 0 keeps the current one).
+    pub fn with_span_id(&self, span_id: u64) -> Self {
+        Self {
+            span_id: if span_id == 0 { self.span_id } else { span_id },
+            ..*self
+        }
+    }
 }
 
 impl fmt::Display for TraceParent {

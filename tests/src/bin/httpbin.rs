@@ -43,6 +43,9 @@
 //!     h2load's --log-file format (due time in µs since the epoch, status or
 //!     -1, latency in µs) and prints "load count=<n> ok=<2xx> p50_us=..
 //!     p99_us=.. max_us=.."
+//! ambit-httpbin otlp-collector <addr>
+//!     An OTLP/gRPC trace collector: prints "span {json}" per span received
+//!     (service, name, trace_id, span_id, parent_span_id, attributes).
 //! ```
 //! Exit status 0 on success, 1 with a message on stderr otherwise. Every client
 //! wait is bounded: 10 s, or AMBIT_TESTBIN_TIMEOUT_MS (the servers run until
@@ -103,7 +106,8 @@ use proto::{
 const USAGE: &str = "usage: ambit-httpbin serve <addr> <name> | \
                      grpc-call <addr> <message> [<key>=<value> ...] | \
                      jwks <addr> <cert.pem> <key.pem> <body-file> | raw <addr> <hex-or-@file> | \
-                     load <addr> <h1|h2> <connections> <rate> <count> <log-file> <path> [<name>:<value> ...]";
+                     load <addr> <h1|h2> <connections> <rate> <count> <log-file> <path> [<name>:<value> ...] | \
+                     otlp-collector <addr>";
 
 /// The protocol token a client names in `Upgrade` to get a byte echo.
 const ECHO_UPGRADE: &str = "ambit-echo";
@@ -145,6 +149,7 @@ async fn run(args: &[&str]) -> Result<(), String> {
             path,
             headers @ ..,
         ] => load(addr, version, connections, rate, count, log, path, headers).await,
+        ["otlp-collector", addr] => otlp_collector(addr).await,
         _ => Err(USAGE.to_owned()),
     }
 }
@@ -220,6 +225,98 @@ where
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
+    }
+}
+
+// === otlp-collector ===
+
+/// An OTLP/gRPC trace collector: prints "listening <addr>", then one line
+/// per received span: "span " and a JSON object with `service`, `name`,
+/// `trace_id`, `span_id`, `parent_span_id` (hex, empty for a root) and
+/// `attributes` (as strings).
+async fn otlp_collector(addr: &str) -> Result<(), String> {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+    let listener = listen(addr)?;
+    let service = TraceServiceServer::new(Collector);
+    accept_loop(listener, "otlp-collector", move |stream, _peer| {
+        let service = service.clone();
+        async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let mut service = service.clone();
+                async move { service.call(request).await }
+            });
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+                .map_err(|e| format!("OTLP connection failed: {e}"))
+        }
+    })
+    .await
+}
+
+/// Prints the spans of each export request.
+struct Collector;
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for Collector
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+        let text = |value: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>| match value
+            .as_ref()
+            .and_then(|v| v.value.as_ref())
+        {
+            Some(Any::StringValue(s)) => s.clone(),
+            Some(Any::IntValue(i)) => i.to_string(),
+            Some(Any::BoolValue(b)) => b.to_string(),
+            Some(Any::DoubleValue(d)) => d.to_string(),
+            _ => String::new(),
+        };
+        let hex = |bytes: &[u8]| {
+            bytes.iter().fold(String::new(), |mut s, b| {
+                let _ = write!(s, "{b:02x}");
+                s
+            })
+        };
+        let mut out = std::io::stdout().lock();
+        for resource in &request.get_ref().resource_spans {
+            let service = resource
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .map(|kv| text(&kv.value))
+                .unwrap_or_default();
+            for span in resource.scope_spans.iter().flat_map(|s| &s.spans) {
+                let attributes: serde_json::Map<String, Value> = span
+                    .attributes
+                    .iter()
+                    .map(|kv| (kv.key.clone(), Value::from(text(&kv.value))))
+                    .collect();
+                let line = json!({
+                    "service": service,
+                    "name": span.name,
+                    "trace_id": hex(&span.trace_id),
+                    "span_id": hex(&span.span_id),
+                    "parent_span_id": hex(&span.parent_span_id),
+                    "attributes": attributes,
+                });
+                let _ = writeln!(out, "span {line}");
+            }
+        }
+        let _ = out.flush();
+        Ok(tonic::Response::new(Default::default()))
     }
 }
 

@@ -167,6 +167,9 @@ async fn handle(
     };
     log.path = normalized.path().to_owned();
     log.request_id = request_id(request.headers_mut(), downstream.trace.as_ref());
+    // The request's span, exported with OTLP (up to the response head): a
+    // child of the request's trace, and the parent the upstream sees.
+    let _span = request_span(&mut request, &log);
 
     let Some(policies) = waypoint.policies_for(destination) else {
         log.decision = "error";
@@ -615,6 +618,33 @@ fn request_id(headers: &mut HeaderMap, stream: Option<&TraceContext>) -> String 
         headers.insert("x-request-id", value);
     }
     id
+}
+
+/// The request's span (debug level: exported when spans are), continuing
+/// the request's `traceparent`, which is then rewritten to name the span as
+/// the upstream's parent.
+fn request_span(request: &mut Request<Incoming>, log: &RequestLog) -> tracing::Span {
+    let span = tracing::debug_span!(
+        "request",
+        method = log.method.as_str(),
+        path = log.path.as_str(),
+        request_id = log.request_id.as_str(),
+    );
+    let parent = request
+        .headers()
+        .get(trace::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse);
+    if let Some(parent) = parent {
+        ztunnel::telemetry::set_trace_parent(&span, &parent);
+        let next = ztunnel::telemetry::next_hop(&span, &parent);
+        if next != parent
+            && let Ok(value) = HeaderValue::from_str(&next.to_string())
+        {
+            request.headers_mut().insert(trace::HEADER, value);
+        }
+    }
+    span
 }
 
 /// Whether `value` is a W3C `traceparent` (version 00).

@@ -259,6 +259,11 @@ where
 {
     let (tcp, config) = connect().await?;
     tcp.set_nodelay(true).map_err(Error::Io)?;
+    // The pooled connection outlives the stream that opened it: its span
+    // (and h2's, made in the handshake) must not be a child of that stream's,
+    // which would then stay open, unexported, as long as the connection.
+    let span =
+        tracing::debug_span!(parent: None, "hbone_client", dst = %key.addr, identity = %key.dst);
     let handshake = async {
         let connector = tokio_rustls::TlsConnector::from(config);
         // The name is not checked (identities are URI SANs); any valid one does.
@@ -278,13 +283,15 @@ where
             .await
             .map_err(Error::H2)
     };
-    let (sender, connection) = tokio::time::timeout(settings::HBONE_HANDSHAKE_TIMEOUT, handshake)
-        .await
-        .map_err(|_| Error::HandshakeTimeout(settings::HBONE_HANDSHAKE_TIMEOUT))??;
+    let (sender, connection) = tokio::time::timeout(
+        settings::HBONE_HANDSHAKE_TIMEOUT,
+        handshake.instrument(span.clone()),
+    )
+    .await
+    .map_err(|_| Error::HandshakeTimeout(settings::HBONE_HANDSHAKE_TIMEOUT))??;
     let active = Arc::new(AtomicUsize::new(1));
     let opened = Arc::new(AtomicUsize::new(1));
     let closed = Arc::new(AtomicBool::new(false));
-    let span = tracing::debug_span!("hbone_client", dst = %key.addr, identity = %key.dst);
     let usage = (active.clone(), opened.clone(), closed.clone());
     CONNECTIONS.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(drive(connection, usage).instrument(span));

@@ -62,6 +62,32 @@ async fn accept_stream(
     source: StreamSource,
     target: SocketAddr,
 ) -> Result<RunStream, StatusCode> {
+    // The stream's span continues the CONNECT's trace (exported with OTLP).
+    let connection = tracing::debug_span!(
+        "connection",
+        conn_id = tracing::field::Empty,
+        direction = "inbound",
+        src = %canonical(source.addr),
+        dst = %target,
+    );
+    if let Some(trace) = &source.trace {
+        crate::telemetry::set_trace_parent(&connection, &trace.parent);
+    }
+    let run = decide_stream(pod, source, target, &connection)
+        .instrument(connection.clone())
+        .await?;
+    Ok(Box::new(move |tunnel| {
+        Box::pin(run(tunnel).instrument(connection))
+    }))
+}
+
+/// [`accept_stream`] within the stream's span.
+async fn decide_stream(
+    pod: Arc<PodContext>,
+    source: StreamSource,
+    target: SocketAddr,
+    connection: &tracing::Span,
+) -> Result<RunStream, StatusCode> {
     let client = canonical(source.addr);
     let mut record = Connection::new(
         Direction::Inbound,
@@ -69,6 +95,7 @@ async fn accept_stream(
         client,
         &pod.inputs.mesh,
     );
+    connection.record("conn_id", record.id);
     record.mode = "hbone";
     record.src_identity = Some(source.identity.to_string());
     record.trace_id = source.trace.as_ref().map(|t| t.parent.trace_id());

@@ -21,11 +21,19 @@ use crate::metrics::TcpLabels;
 pub async fn handle(mut client: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) {
     let peer = canonical(peer);
     let mut record = Connection::new(Direction::Inbound, pod.name.clone(), peer, &pod.inputs.mesh);
+    let connection = tracing::debug_span!(
+        "connection",
+        conn_id = record.id,
+        direction = "inbound",
+        src = %peer,
+        dst = tracing::field::Empty,
+    );
     let result = async {
         // A proxy must not add Nagle's delay to small writes.
         client.set_nodelay(true).map_err(ConnectionError::Relay)?;
         let dst = canonical(client.local_addr().map_err(ConnectionError::Relay)?);
         record.dst = Some(dst);
+        connection.record("dst", tracing::field::display(dst));
         if pod.inputs.own_ports.contains(&dst.port()) {
             return Err(ConnectionError::Loop(dst));
         }
@@ -65,8 +73,9 @@ pub async fn handle(mut client: TcpStream, peer: SocketAddr, pod: Arc<PodContext
         .await
         .map_err(ConnectionError::from)
     }
+    .instrument(connection.clone())
     .await;
-    record.finish(&result);
+    connection.in_scope(|| record.finish(&result));
 }
 
 /// Whether PeerAuthentication lets plaintext from `peer` reach `dst`: not under

@@ -28,6 +28,17 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
         &pod.inputs.mesh,
     );
     record.src_identity = Some(pod.identity.to_string());
+    // A trace per connection (the destination's lines carry it too, over
+    // HBONE); the connection's span, exported with OTLP, is its root.
+    let trace = crate::trace::TraceContext::new_root();
+    let connection = tracing::debug_span!(
+        "connection",
+        conn_id = record.id,
+        direction = "outbound",
+        src = %peer,
+        dst = tracing::field::Empty,
+    );
+    crate::telemetry::set_trace_parent(&connection, &trace.parent);
     let result = async {
         // A proxy must not add Nagle's delay to small writes.
         app.set_nodelay(true).map_err(ConnectionError::Relay)?;
@@ -38,6 +49,7 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
             .map_err(ConnectionError::Capture)?
             .ok_or(ConnectionError::NoOriginalDestination)?;
         record.dst = Some(dst);
+        connection.record("dst", tracing::field::display(dst));
         if dst.ip().is_loopback() || dst.ip().is_unspecified() {
             return Err(ConnectionError::Loop(dst));
         }
@@ -95,8 +107,6 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
                 record.dst_identity = Some(identity.to_string());
                 record.waypoint = waypoint;
                 let principal = identity.to_string();
-                // A trace per connection: the destination's lines carry it too.
-                let trace = crate::trace::TraceContext::new_root();
                 record.trace_id = Some(trace.parent.trace_id());
                 labels.peers.destination(
                     snapshot.workload_by_ip(target.ip()).map(|w| &**w),
@@ -105,7 +115,13 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
                 labels.connection_security_policy = "mutual_tls";
                 record.labels = Some(labels);
                 let span = tracing::debug_span!("tunnel", conn_id = record.id, gateway = %gateway, dst = %target);
-                let mut tunnel = open_tunnel(&pod, gateway, target, identity, &trace)
+                // The CONNECT names the tunnel's span as the parent of the
+                // next hop's (when spans are exported).
+                let next = crate::trace::TraceContext {
+                    parent: crate::telemetry::next_hop(&span, &trace.parent),
+                    ..trace.clone()
+                };
+                let mut tunnel = open_tunnel(&pod, gateway, target, identity, &next)
                     .instrument(span)
                     .await?;
                 record.count();
@@ -129,8 +145,9 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
             }
         }
     }
+    .instrument(connection.clone())
     .await;
-    record.finish(&result);
+    connection.in_scope(|| record.finish(&result));
 }
 
 /// A CONNECT stream to `target` through the HBONE server at `gateway`, which
