@@ -27,7 +27,7 @@ struct Step {
     needs_root: bool,
 }
 
-const STEPS: [Step; 6] = [
+const STEPS: [Step; 8] = [
     Step {
         name: "nightly rust-src",
         present: rust_src_present,
@@ -86,7 +86,34 @@ const STEPS: [Step; 6] = [
         by_hand: || format!("python3 -m pip {}", KUBERNETES_VALIDATE_INSTALL.join(" ")),
         needs_root: false,
     },
+    Step {
+        name: "chromium (the traffic view's browser test)",
+        present: || Ok(std::path::Path::new(CHROMIUM).is_file()),
+        install: || apt_install(&["chromium"]),
+        by_hand: || "apt-get update && apt-get install -y chromium".to_owned(),
+        needs_root: true,
+    },
+    Step {
+        name: "playwright-core (tests/ui, npm)",
+        present: || Ok(exec::workspace_root()?.join(PLAYWRIGHT_PROBE).is_file()),
+        install: || {
+            exec::run(
+                Command::new("npm")
+                    .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+                    .arg(exec::workspace_root()?.join("tests/ui")),
+            )
+        },
+        by_hand: || "npm ci --prefix tests/ui".to_owned(),
+        needs_root: false,
+    },
 ];
+
+/// Debian's Chromium, which tests/tests/ui.rs drives headless.
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// A file of the Playwright client that `npm ci` puts under tests/ui (the
+/// version pinned in tests/ui/package-lock.json).
+const PLAYWRIGHT_PROBE: &str = "tests/ui/node_modules/playwright-core/package.json";
 
 /// kubernetes-validate (PyPI) validates the manifests of deploy/ against a
 /// Kubernetes release's schemas (tests/tests/manifests.rs). 1.37.0 carries the
@@ -240,7 +267,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     if installed.is_empty() {
         eprintln!(
-            "bootstrap: all present (nightly rust-src, LLVM {LLVM_MAJOR} dev packages, bpf-linker, tcpdump, curl, kubectl, CNI plugins, kubernetes-validate)"
+            "bootstrap: all present (nightly rust-src, LLVM {LLVM_MAJOR} dev packages, bpf-linker, tcpdump, curl, kubectl, CNI plugins, kubernetes-validate, chromium, playwright-core)"
         );
     } else {
         eprintln!("bootstrap: installed {}", installed.join(", "));

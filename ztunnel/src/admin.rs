@@ -13,6 +13,10 @@
 //! - `GET /logging`: the log filter in force; `POST /logging?level=<directives>`
 //!   replaces it at once (`RUST_LOG`'s syntax: `debug`, `access=warn,info`).
 //!   Only a POST changes it: a GET never does.
+//! - `GET /ui`: the traffic view (see [`ui`]), with `GET /api/graph`,
+//!   `/api/flows?since=` and `/api/workloads/<namespace>/<name>`.
+
+pub mod ui;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -55,6 +59,10 @@ pub struct AdminState {
     /// The capture's state, as JSON: `/config_dump`'s `capture` (the enrolled
     /// pods and the eBPF maps' occupancy).
     pub capture: Option<JsonView>,
+    /// The recent flows (`/ui` and `/api/*`; `None`: no traffic view).
+    pub flows: Option<crate::flows::FlowLog>,
+    /// The mesh's trust domain, to name identities.
+    pub trust_domain: String,
 }
 
 /// Shows state this module cannot name (the proxy's and the capture's: it is
@@ -106,6 +114,9 @@ fn respond(request: &Request<Incoming>, state: &AdminState) -> Response<Full<Byt
             "only GET\n".into(),
         );
     }
+    if let Some(response) = traffic_view(request, state) {
+        return response;
+    }
     match request.uri().path() {
         "/healthz/ready" if state.ready.get() => {
             reply(StatusCode::OK, "text/plain", "ready\n".into())
@@ -140,10 +151,62 @@ fn respond(request: &Request<Incoming>, state: &AdminState) -> Response<Full<Byt
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: /healthz/ready, /config_dump, /certs, /debug/connections, /logging\n"
+            "not found: /healthz/ready, /config_dump, /certs, /debug/connections, /logging, /ui\n"
                 .into(),
         ),
     }
+}
+
+/// `/ui` and `/api/*` (GET), when this process keeps flows; `None` for
+/// other paths.
+fn traffic_view(request: &Request<Incoming>, state: &AdminState) -> Option<Response<Full<Bytes>>> {
+    let path = request.uri().path();
+    if path != "/ui" && !path.starts_with("/api/") {
+        return None;
+    }
+    let Some(flows) = &state.flows else {
+        return Some(reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "no traffic view in this process\n".into(),
+        ));
+    };
+    let query = request.uri().query();
+    let bad = |reason: String| reply(StatusCode::BAD_REQUEST, "text/plain", reason + "\n");
+    Some(match path {
+        "/ui" => reply(StatusCode::OK, "text/html; charset=utf-8", ui::PAGE.into()),
+        "/api/graph" => ui::graph(flows, query).map_or_else(bad, |g| json(&g)),
+        "/api/flows" => ui::flows(flows, query).map_or_else(bad, |f| json(&f)),
+        _ => match path
+            .strip_prefix("/api/workloads/")
+            .and_then(|rest| rest.split_once('/'))
+        {
+            Some((namespace, name)) if !name.contains('/') => {
+                let certs = state.certs.snapshot();
+                let snapshot = state.registry.snapshot();
+                match ui::workload(
+                    &snapshot,
+                    &certs,
+                    flows,
+                    &state.trust_domain,
+                    namespace,
+                    name,
+                ) {
+                    Some(view) => json(&view),
+                    None => reply(
+                        StatusCode::NOT_FOUND,
+                        "text/plain",
+                        format!("no workload {namespace}/{name} in the registry\n"),
+                    ),
+                }
+            }
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found: /api/graph, /api/flows, /api/workloads/<namespace>/<name>\n".into(),
+            ),
+        },
+    })
 }
 
 /// `/logging`: GET shows the filter, POST `?level=` replaces it.

@@ -24,6 +24,7 @@ pub mod admin;
 pub mod capture;
 pub mod config;
 pub mod controller;
+pub mod flows;
 pub mod hbone;
 pub mod identity;
 pub mod metrics;

@@ -298,6 +298,7 @@ async fn run_node(
         policies: Default::default(),
         metrics: metrics.proxy().clone(),
         open: Default::default(),
+        flows: Default::default(),
     });
     mesh.update_policies(&registry.snapshot());
     {
@@ -365,6 +366,8 @@ async fn run_node(
                         serde_json::to_value(open.snapshot()).unwrap_or_default()
                     }))
                 }),
+                flows: Some(mesh.flows.clone()),
+                trust_domain: settings.trust_domain.to_string(),
                 capture: Some({
                     let enrolled = pods.enrolled_view();
                     ztunnel::admin::JsonView(Arc::new(move || {

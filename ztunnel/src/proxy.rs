@@ -59,6 +59,8 @@ pub struct Mesh {
     pub metrics: crate::metrics::ProxyMetrics,
     /// The connections being proxied now.
     pub open: access::OpenConnections,
+    /// The recent flows, for the traffic view.
+    pub flows: crate::flows::FlowLog,
 }
 
 impl Mesh {
@@ -375,6 +377,7 @@ status: {podIP: 198.18.1.20}
             policies: Default::default(),
             metrics: Default::default(),
             open: Default::default(),
+            flows: Default::default(),
         };
         mesh.update_policies(&registry.snapshot());
         mesh

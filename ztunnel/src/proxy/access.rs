@@ -194,6 +194,7 @@ pub struct Connection {
     pub labels: Option<TcpLabels>,
     metrics: ProxyMetrics,
     open: OpenConnections,
+    flows: crate::flows::FlowLog,
     /// Its entry in `open`, once counted.
     open_id: Option<u64>,
     started: Instant,
@@ -232,6 +233,7 @@ impl Connection {
             labels: None,
             metrics: mesh.metrics.clone(),
             open: mesh.open.clone(),
+            flows: mesh.flows.clone(),
             open_id: None,
             started: Instant::now(),
         }
@@ -319,5 +321,108 @@ impl Connection {
         } else if crate::telemetry::sample_access() {
             access!(info, "connection complete");
         }
+        self.record_flow(result, bytes_sent, bytes_received, duration_ms);
+    }
+
+    /// Adds the connection to the recent flows of the traffic view, with its
+    /// ends as the metrics name them (workload and namespace, else the
+    /// address).
+    fn record_flow(
+        &self,
+        result: &Result<(u64, u64), ConnectionError>,
+        bytes_sent: u64,
+        bytes_received: u64,
+        duration_ms: u64,
+    ) {
+        let known = |value: &str| (value != "unknown").then(|| value.to_owned());
+        let end = |workload: Option<&String>,
+                   namespace: Option<&String>,
+                   identity: Option<&str>,
+                   addr: Option<SocketAddr>| {
+            let addr = addr.map(|a| a.to_string()).unwrap_or_default();
+            match (
+                workload.and_then(|w| known(w)),
+                namespace.and_then(|n| known(n)),
+            ) {
+                (Some(workload), Some(namespace)) => crate::flows::Endpoint {
+                    namespace,
+                    workload,
+                    identity: identity.unwrap_or_default().to_owned(),
+                    addr,
+                },
+                _ => crate::flows::Endpoint {
+                    namespace: String::new(),
+                    workload: addr
+                        .rsplit_once(':')
+                        .map_or(addr.as_str(), |(ip, _)| ip)
+                        .trim_matches(['[', ']'])
+                        .to_owned(),
+                    identity: identity.unwrap_or_default().to_owned(),
+                    addr,
+                },
+            }
+        };
+        let peers = self.labels.as_ref().map(|l| &l.peers);
+        let src = end(
+            peers.map(|p| &p.source_workload),
+            peers.map(|p| &p.source_workload_namespace),
+            self.src_identity.as_deref(),
+            Some(self.src),
+        );
+        let dst = end(
+            peers.map(|p| &p.destination_workload),
+            peers.map(|p| &p.destination_workload_namespace),
+            self.dst_identity.as_deref(),
+            self.dst,
+        );
+        let (decision, policy) = match result {
+            Ok(_) => ("allow", self.decision.clone().unwrap_or_default()),
+            Err(ConnectionError::Denied(reason)) => ("deny", reason.clone()),
+            Err(ConnectionError::Strict(_)) => (
+                "deny",
+                "PeerAuthentication STRICT: plaintext refused".to_owned(),
+            ),
+            Err(ConnectionError::Hbone {
+                source: crate::hbone::Error::Refused { status },
+                ..
+            }) if *status == hyper::StatusCode::FORBIDDEN => (
+                "deny",
+                "refused by the destination's policy (403)".to_owned(),
+            ),
+            Err(_) => ("error", String::new()),
+        };
+        let waypoint = self
+            .waypoint
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        self.flows.record(crate::flows::Flow {
+            direction: self.direction.as_str(),
+            src,
+            dst,
+            route: if waypoint.is_empty() {
+                self.mode.to_owned()
+            } else {
+                "waypoint".to_owned()
+            },
+            waypoint,
+            security: if self.mode == "hbone" {
+                "mtls"
+            } else {
+                "plaintext"
+            },
+            decision,
+            policy,
+            bytes_sent,
+            bytes_received,
+            duration_ms,
+            error: result
+                .as_ref()
+                .err()
+                .map(|e| super::error_chain(e))
+                .unwrap_or_default(),
+            trace_id: self.trace_id.clone().unwrap_or_default(),
+            ..crate::flows::Flow::default()
+        });
     }
 }
