@@ -504,6 +504,24 @@ fn service_traffic_goes_through_the_waypoint_and_pod_traffic_does_not() {
         .expect("the waypoint logged the request");
     assert_eq!(line["decision"], "allow", "{line}");
     assert_eq!(line["dst.service"], "demo/api", "{line}");
+    // Its traffic view lists the request, to the api workload.
+    let (code, body) = waypoint_admin(bed, "/api/flows");
+    assert_eq!(code, "200", "{body}");
+    let flows: Value = serde_json::from_str(&body).expect("JSON");
+    let request = flows["flows"]
+        .as_array()
+        .and_then(|f| {
+            f.iter().find(|f| {
+                f["direction"] == "request"
+                    && f["route"]
+                        .as_str()
+                        .is_some_and(|r| r.ends_with("GET /api/via-service"))
+            })
+        })
+        .unwrap_or_else(|| panic!("no request flow: {body}"));
+    assert_eq!(request["src"]["identity"], CLIENT_IDENTITY, "{request}");
+    assert_eq!(request["dst"]["workload"], "api", "{request}");
+    assert_eq!(request["decision"], "allow", "{request}");
     assert_eq!(
         line["dst.addr"],
         format!("{API_VIP}:{API_HTTP_PORT}"),
@@ -959,4 +977,36 @@ fn a_tcp_stream_through_the_waypoint_keeps_its_trace() {
         .expect("the api node's ztunnel logged the stream");
     assert_eq!(inbound["src.identity"], WAYPOINT_IDENTITY, "{inbound}");
     assert_eq!(inbound["trace_id"], trace_id.as_str(), "{inbound}");
+    // The waypoint's own traffic view lists the stream.
+    let admin = |path: &str| waypoint_admin(bed, path);
+    let (code, page) = admin("/ui");
+    assert_eq!(code, "200");
+    assert!(page.contains("ambit traffic"), "{page:.200}");
+    let (code, body) = admin("/api/flows");
+    assert_eq!(code, "200", "{body}");
+    let flows: Value = serde_json::from_str(&body).expect("JSON");
+    let stream = flows["flows"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["direction"] == "stream"))
+        .unwrap_or_else(|| panic!("no stream flow: {body}"));
+    assert_eq!(stream["src"]["workload"], "client", "{stream}");
+    assert_eq!(stream["dst"]["workload"], "api", "{stream}");
+    assert_eq!(stream["decision"], "allow", "{stream}");
+    assert_eq!(stream["trace_id"], trace_id.as_str(), "{stream}");
+}
+
+/// `GET <path>` on the waypoint's admin endpoint (localhost of pod `wp`):
+/// the status code and the body.
+fn waypoint_admin(bed: &ambit_tests::Testbed, path: &str) -> (String, String) {
+    let mut cmd = bed.pod_command("wp", "curl");
+    cmd.args([
+        "-s",
+        "-w",
+        "\n%{http_code}",
+        &format!("http://127.0.0.1:15000{path}"),
+    ]);
+    let out = bed.run(cmd, WAIT).expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or_default();
+    (code.to_owned(), body.to_owned())
 }

@@ -67,6 +67,10 @@ struct Cli {
     /// Port of the HBONE listener.
     #[arg(long, default_value_t = settings::HBONE_PORT)]
     hbone_port: u16,
+    /// Port of the admin endpoint (localhost): `/ui`, `/config_dump`,
+    /// `/certs`, `/logging`.
+    #[arg(long, default_value_t = settings::ADMIN_PORT)]
+    admin_port: u16,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -74,7 +78,7 @@ fn main() -> anyhow::Result<()> {
     let mut settings = Settings::from_env(&ProcessEnv).context("invalid settings")?;
     settings.config_file = cli.config.clone().or(settings.config_file);
     settings.node_name = cli.node.clone().or(settings.node_name);
-    let _log = ztunnel::telemetry::init(settings.log_format, settings.otlp("waypoint").as_ref());
+    let log = ztunnel::telemetry::init(settings.log_format, settings.otlp("waypoint").as_ref());
     ztunnel::telemetry::set_access_sample(settings.access_log_sample);
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let workers = settings
@@ -93,7 +97,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(cli, settings))
+    runtime.block_on(run(cli, settings, log.level()))
 }
 
 fn gateway_key(value: &str) -> anyhow::Result<ObjectKey> {
@@ -107,7 +111,11 @@ fn gateway_key(value: &str) -> anyhow::Result<ObjectKey> {
     }
 }
 
-async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
+async fn run(
+    cli: Cli,
+    settings: Settings,
+    log_level: Option<ztunnel::telemetry::LogLevel>,
+) -> anyhow::Result<()> {
     let gateway = gateway_key(&cli.gateway)?;
     if !(cli.request_timeout.is_finite() && cli.request_timeout > 0.0) {
         anyhow::bail!(
@@ -224,9 +232,26 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {stats_addr} for metrics"))?;
     tokio::spawn(ztunnel::metrics::serve(stats, metrics.clone()));
+    let admin_addr = SocketAddr::from(([127, 0, 0, 1], cli.admin_port));
+    match ztunnel::admin::bind(admin_addr) {
+        Ok(admin) => {
+            let state = ztunnel::admin::AdminState {
+                registry: registry.clone(),
+                certs: waypoint.certs.clone(),
+                ready: readiness.clone(),
+                log_level,
+                connections: None,
+                capture: None,
+                flows: Some(waypoint.flows.clone()),
+                trust_domain: waypoint.trust_domain.to_string(),
+            };
+            tokio::spawn(ztunnel::admin::serve(admin, state));
+        }
+        Err(error) => tracing::warn!(error = %ErrorChain(&error), "admin endpoint unavailable"),
+    }
     let serving = tokio::spawn(waypoint.clone().serve(listener));
     readiness.set(true);
-    tracing::info!(%gateway, %identity, hbone = %hbone_addr, readiness = %readiness_addr, metrics = %stats_addr, "ready");
+    tracing::info!(%gateway, %identity, hbone = %hbone_addr, readiness = %readiness_addr, metrics = %stats_addr, admin = %admin_addr, "ready");
 
     let shutdown = wait_for_shutdown();
     tokio::pin!(shutdown);

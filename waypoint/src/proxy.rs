@@ -96,6 +96,8 @@ pub struct Waypoint {
     draining: watch::Sender<bool>,
     active: AtomicUsize,
     metrics: metrics::RequestMetrics,
+    /// The recent requests and streams, for the traffic view.
+    pub flows: ztunnel::flows::FlowLog,
 }
 
 /// A destination this waypoint serves.
@@ -211,6 +213,7 @@ impl Waypoint {
             draining: watch::Sender::new(false),
             active: AtomicUsize::new(0),
             metrics,
+            flows: ztunnel::flows::FlowLog::default(),
         });
         waypoint.update_policies(&waypoint.registry.snapshot());
         waypoint
@@ -403,7 +406,19 @@ impl Waypoint {
             .as_ref()
             .map(ToString::to_string)
             .unwrap_or_default();
+        let decision_reason = decision.reason.to_string();
         if !decision.is_allowed() {
+            let snapshot = self.registry.snapshot();
+            self.flows.record(ztunnel::flows::Flow {
+                direction: "stream",
+                src: access::flow_end(&snapshot, downstream.addr, &downstream.identity),
+                dst: access::flow_end(&snapshot, destination.addr, ""),
+                route: "tcp".to_owned(),
+                security: "mtls",
+                decision: "deny",
+                policy: decision_reason.clone(),
+                ..ztunnel::flows::Flow::default()
+            });
             tracing::info!(
                 target: "access",
                 decision = "deny",
@@ -438,6 +453,28 @@ impl Waypoint {
         }
         .await;
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let snapshot = self.registry.snapshot();
+        let (decision, endpoint, sent, received, error) = match &result {
+            Ok((target, (sent, received))) => {
+                ("allow", Some(*target), *sent, *received, String::new())
+            }
+            Err(error) => ("error", None, 0, 0, ErrorChain(&**error).to_string()),
+        };
+        self.flows.record(ztunnel::flows::Flow {
+            direction: "stream",
+            src: access::flow_end(&snapshot, downstream.addr, &downstream.identity),
+            dst: access::flow_end(&snapshot, endpoint.unwrap_or(destination.addr), ""),
+            route: "tcp".to_owned(),
+            security: "mtls",
+            decision,
+            policy: decision_reason.clone(),
+            bytes_sent: sent,
+            bytes_received: received,
+            duration_ms,
+            error,
+            trace_id: trace_id.clone(),
+            ..ztunnel::flows::Flow::default()
+        });
         match result {
             Ok((target, (sent, received))) => tracing::info!(
                 target: "access",

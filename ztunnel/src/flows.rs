@@ -55,7 +55,8 @@ pub struct Flow {
     pub seq: u64,
     /// When it ended, milliseconds since the Unix epoch.
     pub time_ms: u64,
-    /// `outbound`, `inbound` (ztunnel) or `request` (waypoint).
+    /// `outbound`, `inbound` (ztunnel), `request` or `stream` (waypoint: an
+    /// HTTP request, a TCP stream relayed at L4).
     pub direction: &'static str,
     /// The client.
     pub src: Endpoint,

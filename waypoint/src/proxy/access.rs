@@ -15,7 +15,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
-use ztunnel::registry::Snapshot;
+use ztunnel::{
+    flows::{Endpoint, Flow},
+    registry::Snapshot,
+};
 
 use super::metrics::{LabelCache, Outcome, RequestLabels, RequestMetrics, fill_workloads};
 
@@ -76,6 +79,8 @@ pub struct Recorder {
     pub snapshot: Arc<Snapshot>,
     /// The series the other requests of its stream were counted in.
     pub cache: Arc<LabelCache>,
+    /// The traffic view's flows.
+    pub flows: ztunnel::flows::FlowLog,
 }
 
 impl RequestLog {
@@ -109,10 +114,13 @@ impl RequestLog {
     /// Writes the line and counts the request.
     pub fn emit(&self) {
         let elapsed = self.started.elapsed();
+        let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         if let Some(recorder) = &self.recorder {
             self.record(recorder, elapsed.as_secs_f64() * 1000.0);
+            recorder
+                .flows
+                .record(self.flow(&recorder.snapshot, duration_ms));
         }
-        let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         let endpoint = self.endpoint.map(|e| e.to_string()).unwrap_or_default();
         macro_rules! access {
             ($level:ident) => {
@@ -150,7 +158,64 @@ impl RequestLog {
     }
 }
 
+/// A flow end: the workload at `addr` as the metrics name it, else the
+/// address.
+pub(crate) fn flow_end(snapshot: &Snapshot, addr: SocketAddr, identity: &str) -> Endpoint {
+    match snapshot.workload_by_ip(addr.ip().to_canonical()) {
+        Some(workload) => Endpoint {
+            namespace: workload.namespace.to_string(),
+            workload: ztunnel::metrics::workload_names(workload).0,
+            identity: identity.to_owned(),
+            addr: addr.to_string(),
+        },
+        None => Endpoint {
+            namespace: String::new(),
+            workload: addr.ip().to_canonical().to_string(),
+            identity: identity.to_owned(),
+            addr: addr.to_string(),
+        },
+    }
+}
+
 impl RequestLog {
+    /// The request as a flow of the traffic view: to the endpoint's
+    /// workload, or to the Service when no endpoint was chosen.
+    fn flow(&self, snapshot: &Snapshot, duration_ms: u64) -> Flow {
+        let dst = match (self.endpoint, self.service.split_once('/')) {
+            (Some(endpoint), _) => flow_end(snapshot, endpoint, &self.dst_identity),
+            (None, Some((namespace, name))) => Endpoint {
+                namespace: namespace.to_owned(),
+                workload: name.to_owned(),
+                identity: String::new(),
+                addr: self.dst.to_string(),
+            },
+            (None, None) => flow_end(snapshot, self.dst, ""),
+        };
+        let decision = match self.decision {
+            "allow" if self.status < 500 => "allow",
+            "deny" | "unauthenticated" => "deny",
+            _ => "error",
+        };
+        Flow {
+            direction: "request",
+            src: flow_end(snapshot, self.src_addr, &self.src_identity),
+            dst,
+            route: format!("{} {} {}", self.protocol, self.method, self.path),
+            security: "mtls",
+            decision,
+            policy: if self.decision == "unauthenticated" {
+                format!("RequestAuthentication: {}", self.error)
+            } else {
+                self.policy.clone()
+            },
+            bytes_sent: self.request_bytes,
+            bytes_received: self.bytes_sent,
+            duration_ms,
+            error: self.error.clone(),
+            ..Flow::default()
+        }
+    }
+
     fn record(&self, recorder: &Recorder, duration_ms: f64) {
         let flags = match self.decision {
             "error" if self.status == 504 => "UT",

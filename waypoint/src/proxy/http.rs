@@ -148,6 +148,7 @@ async fn handle(
         metrics: waypoint.metrics.clone(),
         snapshot: waypoint.registry.snapshot(),
         cache: downstream.series.clone(),
+        flows: waypoint.flows.clone(),
     });
 
     if let Some(error) = framing {
