@@ -3,6 +3,7 @@
 //! CA, reads the mesh's configuration (the Kubernetes API, or a local file
 //! of the same objects), and serves HBONE on 15008 until SIGTERM or SIGINT,
 //! then drains.
+#![forbid(unsafe_code)]
 
 use std::{
     net::{Ipv6Addr, SocketAddr},

@@ -2,6 +2,7 @@
 //!
 //! Every command that builds or tests first runs `bootstrap`, so a fresh machine
 //! needs nothing but `cargo xtask test` (or `demo`) to get going.
+#![forbid(unsafe_code)]
 
 mod bootstrap;
 mod ebpf;

@@ -17,10 +17,15 @@
 //! goes and `relay` moves its bytes, for ztunnel and the waypoint alike;
 //! `readiness` answers the kubelet's probe on 15021 for both.
 #![warn(missing_docs)]
+// `unsafe` only in `capture` (eBPF maps, netns and socket options); the
+// library without it (the waypoint's) forbids it outright.
+#![cfg_attr(feature = "capture", deny(unsafe_code))]
+#![cfg_attr(not(feature = "capture"), forbid(unsafe_code))]
 
 pub mod accept;
 pub mod admin;
 #[cfg(feature = "capture")]
+#[allow(unsafe_code)]
 pub mod capture;
 pub mod config;
 pub mod controller;

@@ -2,6 +2,7 @@
 //! node's cgroup, enrolls the node's ambient pods and carries their connections
 //! (HBONE with mTLS into the mesh) until SIGTERM or SIGINT, then drains.
 //! `ztunnel ca` runs the mesh certificate authority instead.
+#![forbid(unsafe_code)]
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 

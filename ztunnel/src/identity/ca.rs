@@ -312,16 +312,21 @@ fn random_serial() -> Result<[u8; 16], Error> {
     Ok(serial)
 }
 
-/// Splits a PEM bundle into one PEM string per certificate (callers check the
-/// result against [`PemObject::pem_slice_iter`]).
-fn split_pem_certs(text: &str) -> Vec<String> {
-    const END: &str = "-----END CERTIFICATE-----";
-    text.split_inclusive(END)
-        .filter_map(|chunk| {
-            let start = chunk.find("-----BEGIN CERTIFICATE-----")?;
-            chunk
-                .ends_with(END)
-                .then(|| format!("{}\n", &chunk[start..]))
+/// The certificates of a PEM bundle, each as its DER and a PEM text of its
+/// own (encoded again from the DER: nothing of the input but the certificates
+/// is kept). Parsing is rustls-pki-types'; blocks of other types are skipped.
+pub(crate) fn pem_certs(
+    text: &str,
+) -> Result<Vec<(String, CertificateDer<'static>)>, rustls_pki_types::pem::Error> {
+    CertificateDer::pem_slice_iter(text.as_bytes())
+        .map(|der| {
+            der.map(|der| {
+                let pem = pem::encode_config(
+                    &pem::Pem::new("CERTIFICATE", der.as_ref()),
+                    pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+                );
+                (pem, der)
+            })
         })
         .collect()
 }

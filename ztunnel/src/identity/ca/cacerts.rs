@@ -22,7 +22,7 @@ use std::{
 };
 
 use rcgen::{KeyPair, PublicKeyData};
-use rustls_pki_types::{CertificateDer, pem::PemObject};
+use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::identity::bundle::{self, TrustBundle};
@@ -288,25 +288,16 @@ fn certs(path: &Path, text: &str) -> Result<Vec<PemCert>, Error> {
         path: path.to_owned(),
         source,
     };
-    let ders = CertificateDer::pem_slice_iter(text.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(pem_err)?;
-    let texts = super::split_pem_certs(text);
-    // The text split and the PEM parser must agree, certificate by certificate.
-    let agree = texts.len() == ders.len()
-        && texts.iter().zip(&ders).all(|(pem, der)| {
-            CertificateDer::from_pem_slice(pem.as_bytes()).is_ok_and(|d| &d == der)
-        });
-    if ders.is_empty() || !agree {
+    let certs = super::pem_certs(text).map_err(pem_err)?;
+    if certs.is_empty() {
         return Err(Error::Count {
             path: path.to_owned(),
-            found: ders.len(),
+            found: 0,
             expected: "at least one, each a complete PEM CERTIFICATE block",
         });
     }
-    Ok(texts
+    Ok(certs
         .into_iter()
-        .zip(ders)
         .map(|(pem, der)| PemCert { pem, der })
         .collect())
 }

@@ -184,3 +184,33 @@ fn debug_never_prints_the_key() {
     let text = format!("{ca:?}");
     assert!(!text.contains("PRIVATE"), "{text}");
 }
+
+#[test]
+fn a_pem_bundle_splits_into_its_certificates_only() {
+    let td = TrustDomain::default();
+    let (a, b) = (
+        RootCa::generate(&td, HOUR).unwrap(),
+        RootCa::generate(&td, HOUR).unwrap(),
+    );
+    let bundle = format!(
+        "# two roots\n{}\nsome text between\r\n{}-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        a.cert_pem(),
+        b.cert_pem()
+    );
+    let certs = pem_certs(&bundle).unwrap();
+    assert_eq!(certs.len(), 2, "the key block is not a certificate");
+    for ((pem, der), root) in certs.iter().zip([&a, &b]) {
+        assert_eq!(der, root.cert_der());
+        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\n"), "{pem}");
+        assert!(pem.ends_with("-----END CERTIFICATE-----\n"), "{pem}");
+        assert!(!pem.contains('\r') && !pem.contains("text"), "{pem}");
+        assert_eq!(
+            &CertificateDer::from_pem_slice(pem.as_bytes()).unwrap(),
+            der
+        );
+    }
+    // A block without its end is an error, not a shorter bundle.
+    let cut = &bundle[..bundle.find("-----END CERTIFICATE-----").unwrap()];
+    assert!(pem_certs(cut).is_err());
+    assert!(pem_certs("no certificate here").unwrap().is_empty());
+}

@@ -206,7 +206,13 @@ pub async fn build(
             })?;
             // Refuse a file that is not a usable set of roots.
             TrustBundle::from_pem(text.as_bytes(), &path.display().to_string())?;
-            crate::identity::ca::split_pem_certs(&text)
+            crate::identity::ca::pem_certs(&text)
+                .map_err(|e| Error::Config {
+                    reason: format!("{}: {e}", path.display()),
+                })?
+                .into_iter()
+                .map(|(pem, _)| pem)
+                .collect()
         }
         None => Vec::new(),
     };
