@@ -27,7 +27,7 @@ struct Step {
     needs_root: bool,
 }
 
-const STEPS: [Step; 8] = [
+const STEPS: [Step; 9] = [
     Step {
         name: "nightly rust-src",
         present: rust_src_present,
@@ -87,6 +87,21 @@ const STEPS: [Step; 8] = [
         needs_root: false,
     },
     Step {
+        name: "cargo-deny (lint: licenses, bans, sources)",
+        present: || Ok(cargo_deny_present()),
+        install: || {
+            exec::run(Command::new("cargo").args([
+                "install",
+                "--locked",
+                "cargo-deny",
+                "--version",
+                CARGO_DENY_VERSION,
+            ]))
+        },
+        by_hand: || format!("cargo install --locked cargo-deny --version {CARGO_DENY_VERSION}"),
+        needs_root: false,
+    },
+    Step {
         name: "chromium (the traffic view's browser test)",
         present: || Ok(std::path::Path::new(CHROMIUM).is_file()),
         install: || apt_install(&["chromium"]),
@@ -107,6 +122,16 @@ const STEPS: [Step; 8] = [
         needs_root: false,
     },
 ];
+
+/// cargo-deny checks deny.toml in `cargo xtask lint`.
+const CARGO_DENY_VERSION: &str = "0.20.2";
+
+fn cargo_deny_present() -> bool {
+    exec::output(Command::new("cargo").args(["deny", "--version"]))
+        .ok()
+        .flatten()
+        .is_some_and(|o| o.status.success())
+}
 
 /// Debian's Chromium, which tests/tests/ui.rs drives headless.
 pub const CHROMIUM: &str = "/usr/bin/chromium";
@@ -267,7 +292,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     if installed.is_empty() {
         eprintln!(
-            "bootstrap: all present (nightly rust-src, LLVM {LLVM_MAJOR} dev packages, bpf-linker, tcpdump, curl, kubectl, CNI plugins, kubernetes-validate, chromium, playwright-core)"
+            "bootstrap: all present (nightly rust-src, LLVM {LLVM_MAJOR} dev packages, bpf-linker, tcpdump, curl, kubectl, CNI plugins, kubernetes-validate, cargo-deny, chromium, playwright-core)"
         );
     } else {
         eprintln!("bootstrap: installed {}", installed.join(", "));

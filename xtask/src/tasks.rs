@@ -242,6 +242,14 @@ pub fn lint(root: &Path) -> anyhow::Result<()> {
         "warnings",
     ]))?;
     ebpf::clippy(root)?;
+    // Licenses, banned crates and sources of the dependency tree (deny.toml);
+    // no advisory database: that needs the internet.
+    exec::run(
+        exec::cargo(None)
+            .current_dir(root)
+            .args(["deny", "--locked", "check", "licenses", "bans", "sources"]),
+    )
+    .context("cargo deny refused a dependency: see deny.toml")?;
     waypoint_links_no_aya(root)
 }
 
