@@ -431,6 +431,29 @@ pub fn send(
         .map_err(|e| e.to_string())
 }
 
+/// The usual two-node bed: nodes a and b, `client` on a and `server` on b,
+/// both in the ambient namespace `demo`, with `documents` (policies, ...)
+/// added; and the mesh file, written.
+pub fn client_and_server(tag: &str, documents: &[&str]) -> (Testbed, PathBuf) {
+    let bed = Testbed::builder(tag)
+        .node("a")
+        .node("b")
+        .pod("client", "a")
+        .pod("server", "b")
+        .build()
+        .expect("testbed builds");
+    let mut config = MeshConfig::default()
+        .namespace("demo", true)
+        .pod("client", "demo")
+        .pod("server", "demo");
+    for document in documents {
+        config = config.document(document);
+    }
+    let path = bed.workdir().join("mesh.yaml");
+    config.write(&bed, &path).expect("config written");
+    (bed, path)
+}
+
 /// The ztunnel binary of this build: next to the test executable's directory
 /// (`target/<profile>/ztunnel`). `cargo xtask test` builds it first.
 pub fn ztunnel_binary() -> PathBuf {

@@ -10,7 +10,9 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use ambit_tests::{
     Testbed,
-    mesh::{MeshConfig, Ztunnel, ZtunnelOptions, send, start_server, testbin_binary},
+    mesh::{
+        MeshConfig, Ztunnel, ZtunnelOptions, client_and_server, send, start_server, testbin_binary,
+    },
     privileged,
 };
 
@@ -418,31 +420,12 @@ fn admin(bed: &Testbed, node: &str, method: &str, path: &str) -> (u16, String) {
     )
 }
 
-/// Nodes a and b, `client` on a and `server` on b, both in the ambient
-/// namespace `demo`; and the mesh file.
-fn client_and_server(tag: &str) -> (Testbed, std::path::PathBuf) {
-    let bed = Testbed::builder(tag)
-        .node("a")
-        .node("b")
-        .pod("client", "a")
-        .pod("server", "b")
-        .build()
-        .expect("testbed builds");
-    let config = MeshConfig::default()
-        .namespace("demo", true)
-        .pod("client", "demo")
-        .pod("server", "demo");
-    let path = bed.workdir().join("mesh.yaml");
-    config.write(&bed, &path).expect("config written");
-    (bed, path)
-}
-
 #[test]
 fn the_log_level_changes_at_run_time_by_post_only() {
     if !privileged("the_log_level_changes_at_run_time_by_post_only") {
         return;
     }
-    let (bed, path) = client_and_server("logging");
+    let (bed, path) = client_and_server("logging", &[]);
     let options = ZtunnelOptions::default();
     let zt_a = Ztunnel::start(&bed, "a", &path, &options).expect("ztunnel a");
     let _zt_b = Ztunnel::start(&bed, "b", &path, &options).expect("ztunnel b");
@@ -507,7 +490,7 @@ fn access_lines_are_sampled_but_failures_are_always_written() {
     if !privileged("access_lines_are_sampled_but_failures_are_always_written") {
         return;
     }
-    let (bed, path) = client_and_server("sampling");
+    let (bed, path) = client_and_server("sampling", &[]);
     let sampled = ZtunnelOptions {
         env: vec![("AMBIT_ACCESS_LOG_SAMPLE".into(), "0".into())],
         ..ZtunnelOptions::default()
@@ -561,7 +544,7 @@ fn spans_are_exported_over_otlp_in_the_connections_trace() {
     if !privileged("spans_are_exported_over_otlp_in_the_connections_trace") {
         return;
     }
-    let (bed, path) = client_and_server("otlp");
+    let (bed, path) = client_and_server("otlp", &[]);
     // The collector, in the control plane (reachable from both nodes).
     let collector_addr = SocketAddr::from((ambit_tests::testbed::CONTROL_PLANE_V4, 4317));
     let mut cmd = bed.control_plane_command(ambit_tests::waypoint::httpbin_binary());

@@ -10,8 +10,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use ambit_tests::{
-    Testbed,
-    mesh::{MeshConfig, Ztunnel, ZtunnelOptions, send, start_server},
+    mesh::{Ztunnel, ZtunnelOptions, client_and_server, send, start_server},
     privileged,
 };
 use serde_json::Value;
@@ -70,20 +69,7 @@ fn the_traffic_view_shows_the_graph_flows_and_denials_in_a_browser() {
     if !privileged(test) || !browser_present(test) {
         return;
     }
-    let bed = Testbed::builder("ui")
-        .node("a")
-        .node("b")
-        .pod("client", "a")
-        .pod("server", "b")
-        .build()
-        .expect("testbed builds");
-    let config = MeshConfig::default()
-        .namespace("demo", true)
-        .pod("client", "demo")
-        .pod("server", "demo")
-        .document(DENY_7001);
-    let path = bed.workdir().join("mesh.yaml");
-    config.write(&bed, &path).expect("config written");
+    let (bed, path) = client_and_server("ui", &[DENY_7001]);
     let options = ZtunnelOptions::default();
     let _zt_a = Ztunnel::start(&bed, "a", &path, &options).expect("ztunnel a");
     let zt_b = Ztunnel::start(&bed, "b", &path, &options).expect("ztunnel b");
