@@ -7,6 +7,7 @@
 mod bootstrap;
 mod ebpf;
 mod exec;
+mod fuzz;
 mod manifests;
 mod tasks;
 
@@ -70,6 +71,16 @@ enum Command {
         #[arg(long)]
         down: bool,
     },
+    /// Run the fuzz targets of fuzz/ (cargo-fuzz on nightly; installs it when
+    /// missing): 10 minutes each, or 10^6 executions each with --quick.
+    Fuzz {
+        /// 10^6 executions per target instead of 10 minutes.
+        #[arg(long)]
+        quick: bool,
+        /// Only this target.
+        #[arg(value_name = "TARGET")]
+        target: Option<String>,
+    },
     /// Write the CRD manifests of deploy/crds from ztunnel's Rust types.
     Manifests {
         /// Only check that the checked-in manifests are up to date.
@@ -102,5 +113,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Demo { step, keep, down } => tasks::demo(&root, step, keep, down),
         Command::Manifests { check } => manifests::run(&root, check),
+        Command::Fuzz { quick, target } => {
+            bootstrap::run()?;
+            fuzz::run(&root, quick, target.as_deref())
+        }
     }
 }

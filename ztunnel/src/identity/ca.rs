@@ -315,7 +315,7 @@ fn random_serial() -> Result<[u8; 16], Error> {
 /// The certificates of a PEM bundle, each as its DER and a PEM text of its
 /// own (encoded again from the DER: nothing of the input but the certificates
 /// is kept). Parsing is rustls-pki-types'; blocks of other types are skipped.
-pub(crate) fn pem_certs(
+pub fn pem_certs(
     text: &str,
 ) -> Result<Vec<(String, CertificateDer<'static>)>, rustls_pki_types::pem::Error> {
     CertificateDer::pem_slice_iter(text.as_bytes())
