@@ -364,3 +364,177 @@ async fn the_trace_context_travels_in_the_connect() {
     let _tunnel = open(None).await;
     assert_eq!(seen.recv().await.unwrap(), None);
 }
+
+/// A client that trusts any server: these tests are about what the server
+/// accepts.
+#[derive(Debug)]
+struct AnyServer;
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::aws_lc_rs::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A leaf for `sans` (URIs, or `dns:` names) signed by `issuer`, valid
+/// `from`..`to` seconds from now.
+fn hostile_leaf(
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    sans: &[&str],
+    from: i64,
+    to: i64,
+) -> (
+    rustls::pki_types::CertificateDer<'static>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = sans
+        .iter()
+        .map(|san| match san.strip_prefix("dns:") {
+            Some(name) => rcgen::SanType::DnsName(name.try_into().unwrap()),
+            None => rcgen::SanType::URI((*san).try_into().unwrap()),
+        })
+        .collect();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now + time::Duration::seconds(from);
+    params.not_after = now + time::Duration::seconds(to);
+    let cert = params.signed_by(&key, issuer).unwrap();
+    (
+        cert.der().clone(),
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+}
+
+#[tokio::test]
+async fn clients_without_a_valid_spiffe_identity_are_refused_with_the_reason() {
+    let td = TrustDomain::default();
+    let root = RootCa::generate(&td, Duration::from_secs(3600)).unwrap();
+    let (root_pem, key_pem) = (root.cert_pem().to_owned(), root.key_pem());
+    let bundle = TrustBundle::from_pem(root_pem.as_bytes(), "test").unwrap();
+    let ca = testing::ca(RootCa::from_pem(&root_pem, &key_pem).unwrap());
+    let server = testing::leaf(&ca, &identity("server"), &bundle);
+    let config = super::server_config(&server, &bundle).unwrap();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&root_pem, rcgen::KeyPair::from_pem(&key_pem).unwrap())
+            .unwrap();
+    // Another mesh's root (another subject): its leaves chain to nothing here.
+    let foreign = RootCa::generate(
+        &TrustDomain::new("foreign.example").unwrap(),
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let foreign_issuer = rcgen::Issuer::from_ca_cert_pem(
+        foreign.cert_pem(),
+        rcgen::KeyPair::from_pem(&foreign.key_pem()).unwrap(),
+    )
+    .unwrap();
+    let good = "spiffe://cluster.local/ns/demo/sa/client";
+    let cases = [
+        (
+            "no URI SAN",
+            hostile_leaf(&issuer, &["dns:client.demo"], -60, 3600),
+            "no URI SAN",
+        ),
+        (
+            "two URI SANs",
+            hostile_leaf(
+                &issuer,
+                &[good, "spiffe://cluster.local/ns/demo/sa/admin"],
+                -60,
+                3600,
+            ),
+            "2 URI SANs",
+        ),
+        (
+            "another trust domain",
+            hostile_leaf(
+                &issuer,
+                &["spiffe://other.example/ns/demo/sa/client"],
+                -60,
+                3600,
+            ),
+            "trust domain other.example, not this mesh's cluster.local",
+        ),
+        (
+            "a URI that is no SPIFFE ID",
+            hostile_leaf(&issuer, &["https://evil.example/client"], -60, 3600),
+            "is not a SPIFFE ID",
+        ),
+        (
+            "expired",
+            hostile_leaf(&issuer, &[good], -7200, -3600),
+            "xpired",
+        ),
+        (
+            "an unknown root",
+            hostile_leaf(&foreign_issuer, &[good], -60, 3600),
+            "UnknownIssuer",
+        ),
+    ];
+    for (case, (cert, key), expected) in cases {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = config.clone();
+        let served = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            super::server::serve(tcp, config, |_source, _authority| async {
+                Ok::<_, hyper::StatusCode>(echo)
+            })
+            .await
+        });
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer))
+        .with_client_auth_cert(vec![cert], key)
+        .unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        // The client may finish its half of the handshake; the server refuses.
+        let _ = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(name, tcp)
+            .await;
+        let error = tokio::time::timeout(Duration::from_secs(5), served)
+            .await
+            .unwrap_or_else(|_| panic!("{case}: the server did not refuse in time"))
+            .unwrap()
+            .expect_err(case);
+        let chain = crate::identity::error_chain(&error);
+        assert!(chain.contains(expected), "{case}: {chain}");
+    }
+}

@@ -6,10 +6,13 @@
 use std::sync::Arc;
 
 use rustls::{
-    DigitallySignedStruct, SignatureScheme,
+    DigitallySignedStruct, DistinguishedName, SignatureScheme,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     pki_types::{CertificateDer, ServerName, UnixTime},
-    server::ParsedCertificate,
+    server::{
+        ParsedCertificate,
+        danger::{ClientCertVerified, ClientCertVerifier},
+    },
 };
 use x509_parser::{extensions::GeneralName, prelude::FromDer};
 
@@ -29,9 +32,13 @@ pub fn server_config(
     cert: &WorkloadCert,
     bundle: &TrustBundle,
 ) -> Result<Arc<rustls::ServerConfig>, Error> {
-    let verifier = bundle
+    let chains = bundle
         .client_verifier()
         .map_err(|e| Error::Tls(rustls::Error::General(e.to_string())))?;
+    let verifier = Arc::new(SpiffeClientVerifier {
+        chains,
+        trust_domain: cert.identity().trust_domain().to_string(),
+    });
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(Error::Tls)?
@@ -66,21 +73,38 @@ pub fn client_config(
 
 /// The SPIFFE identity in a leaf certificate: its single URI SAN.
 pub fn identity_of(cert: &CertificateDer<'_>) -> Option<Identity> {
-    let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert).ok()?;
-    let san = parsed.subject_alternative_name().ok()??;
-    let mut uris = san
+    spiffe_id_of(cert).ok()
+}
+
+/// The SPIFFE identity in a leaf certificate, or what is wrong with it: no
+/// subjectAltName, no URI SAN, several, or one that is no SPIFFE ID.
+pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Result<Identity, String> {
+    let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert)
+        .map_err(|e| format!("the certificate does not parse: {e}"))?;
+    let san = parsed
+        .subject_alternative_name()
+        .map_err(|e| format!("its subjectAltName does not parse: {e}"))?
+        .ok_or("it has no subjectAltName, so no SPIFFE ID")?;
+    let uris: Vec<&str> = san
         .value
         .general_names
         .iter()
         .filter_map(|name| match name {
             GeneralName::URI(uri) => Some(*uri),
             _ => None,
-        });
-    let uri = uris.next()?;
-    if uris.next().is_some() {
-        return None;
+        })
+        .collect();
+    match uris.as_slice() {
+        [] => Err("it has no URI SAN, so no SPIFFE ID".to_owned()),
+        [uri] => uri
+            .parse()
+            .map_err(|e| format!("its URI SAN {uri:?} is not a SPIFFE ID: {e}")),
+        more => Err(format!(
+            "it has {} URI SANs ({}); a SPIFFE certificate has exactly one",
+            more.len(),
+            more.join(", ")
+        )),
     }
-    uri.parse().ok()
 }
 
 /// The identity the peer of a TLS connection authenticated with.
@@ -89,6 +113,65 @@ pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Result<Identity, E
         .and_then(|c| c.first())
         .and_then(identity_of)
         .ok_or(Error::NoPeerIdentity)
+}
+
+/// Verifies a client's chain against the bundle (rustls' WebPKI verifier:
+/// TLS 1.3 signatures, validity dates, an unknown issuer), then its SPIFFE
+/// identity: exactly one URI SAN, a SPIFFE ID of the mesh's trust domain.
+/// Each refusal names what was wrong, for the server's log line.
+#[derive(Debug)]
+struct SpiffeClientVerifier {
+    chains: Arc<dyn ClientCertVerifier>,
+    trust_domain: String,
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.chains.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.chains
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let identity = spiffe_id_of(end_entity).map_err(|reason| {
+            rustls::Error::General(format!("client certificate refused: {reason}"))
+        })?;
+        if identity.trust_domain().as_str() != self.trust_domain {
+            return Err(rustls::Error::General(format!(
+                "client certificate refused: {identity} is of trust domain {}, not this mesh's {}",
+                identity.trust_domain().as_str(),
+                self.trust_domain
+            )));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chains.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chains.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.chains.supported_verify_schemes()
+    }
 }
 
 /// Verifies the server chain against the bundle and its SPIFFE identity
