@@ -406,19 +406,22 @@ impl Waypoint {
             .as_ref()
             .map(ToString::to_string)
             .unwrap_or_default();
-        let decision_reason = decision.reason.to_string();
-        if !decision.is_allowed() {
+        // The stream as a flow of the traffic view, to `dst`.
+        let stream_flow = |dst: SocketAddr, outcome: &'static str| {
             let snapshot = self.registry.snapshot();
-            self.flows.record(ztunnel::flows::Flow {
+            ztunnel::flows::Flow {
                 direction: "stream",
                 src: access::flow_end(&snapshot, downstream.addr, &downstream.identity),
-                dst: access::flow_end(&snapshot, destination.addr, ""),
+                dst: access::flow_end(&snapshot, dst, ""),
                 route: "tcp".to_owned(),
                 security: "mtls",
-                decision: "deny",
-                policy: decision_reason.clone(),
+                decision: outcome,
+                policy: decision.reason.to_string(),
                 ..ztunnel::flows::Flow::default()
-            });
+            }
+        };
+        if !decision.is_allowed() {
+            self.flows.record(stream_flow(destination.addr, "deny"));
             tracing::info!(
                 target: "access",
                 decision = "deny",
@@ -453,27 +456,19 @@ impl Waypoint {
         }
         .await;
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let snapshot = self.registry.snapshot();
-        let (decision, endpoint, sent, received, error) = match &result {
+        let (outcome, endpoint, sent, received, error) = match &result {
             Ok((target, (sent, received))) => {
                 ("allow", Some(*target), *sent, *received, String::new())
             }
             Err(error) => ("error", None, 0, 0, ErrorChain(&**error).to_string()),
         };
         self.flows.record(ztunnel::flows::Flow {
-            direction: "stream",
-            src: access::flow_end(&snapshot, downstream.addr, &downstream.identity),
-            dst: access::flow_end(&snapshot, endpoint.unwrap_or(destination.addr), ""),
-            route: "tcp".to_owned(),
-            security: "mtls",
-            decision,
-            policy: decision_reason.clone(),
             bytes_sent: sent,
             bytes_received: received,
             duration_ms,
             error,
             trace_id: trace_id.clone(),
-            ..ztunnel::flows::Flow::default()
+            ..stream_flow(endpoint.unwrap_or(destination.addr), outcome)
         });
         match result {
             Ok((target, (sent, received))) => tracing::info!(

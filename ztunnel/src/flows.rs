@@ -9,11 +9,14 @@
 
 use std::{
     collections::{BTreeMap, HashSet, VecDeque},
+    net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use serde::Serialize;
+
+use crate::registry::Workload;
 
 /// Flows kept.
 pub const CAPACITY: usize = 2048;
@@ -38,6 +41,29 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// The workload `(namespace, name)` at `addr`, or, when it is not known,
+    /// the bare address (no namespace, the IP as the workload).
+    pub fn new(named: Option<(String, String)>, addr: Option<SocketAddr>, identity: &str) -> Self {
+        let (namespace, workload) = named.unwrap_or_else(|| {
+            let ip = addr.map(|a| a.ip().to_canonical().to_string());
+            (String::new(), ip.unwrap_or_default())
+        });
+        Self {
+            namespace,
+            workload,
+            identity: identity.to_owned(),
+            addr: addr.map(|a| a.to_string()).unwrap_or_default(),
+        }
+    }
+
+    /// `workload` at `addr`, named as the metrics' `*_workload` labels name
+    /// it; the bare address when there is none.
+    pub fn of(workload: Option<&Workload>, addr: SocketAddr, identity: &str) -> Self {
+        let named =
+            workload.map(|w| (w.namespace.to_string(), crate::metrics::workload_names(w).0));
+        Self::new(named, Some(addr), identity)
+    }
+
     /// The graph node's id: `namespace/workload`, or the address alone.
     pub fn id(&self) -> String {
         if self.namespace.is_empty() {

@@ -161,20 +161,8 @@ impl RequestLog {
 /// A flow end: the workload at `addr` as the metrics name it, else the
 /// address.
 pub(crate) fn flow_end(snapshot: &Snapshot, addr: SocketAddr, identity: &str) -> Endpoint {
-    match snapshot.workload_by_ip(addr.ip().to_canonical()) {
-        Some(workload) => Endpoint {
-            namespace: workload.namespace.to_string(),
-            workload: ztunnel::metrics::workload_names(workload).0,
-            identity: identity.to_owned(),
-            addr: addr.to_string(),
-        },
-        None => Endpoint {
-            namespace: String::new(),
-            workload: addr.ip().to_canonical().to_string(),
-            identity: identity.to_owned(),
-            addr: addr.to_string(),
-        },
-    }
+    let workload = snapshot.workload_by_ip(addr.ip().to_canonical());
+    Endpoint::of(workload.map(|w| &**w), addr, identity)
 }
 
 impl RequestLog {
@@ -183,12 +171,11 @@ impl RequestLog {
     fn flow(&self, snapshot: &Snapshot, duration_ms: u64) -> Flow {
         let dst = match (self.endpoint, self.service.split_once('/')) {
             (Some(endpoint), _) => flow_end(snapshot, endpoint, &self.dst_identity),
-            (None, Some((namespace, name))) => Endpoint {
-                namespace: namespace.to_owned(),
-                workload: name.to_owned(),
-                identity: String::new(),
-                addr: self.dst.to_string(),
-            },
+            (None, Some((namespace, name))) => Endpoint::new(
+                Some((namespace.to_owned(), name.to_owned())),
+                Some(self.dst),
+                "",
+            ),
             (None, None) => flow_end(snapshot, self.dst, ""),
         };
         let decision = match self.decision {

@@ -167,10 +167,11 @@ async fn handle(
         }
     };
     log.path = normalized.path().to_owned();
-    log.request_id = request_id(request.headers_mut(), downstream.trace.as_ref());
+    let (id, parent) = request_id(request.headers_mut(), downstream.trace.as_ref());
+    log.request_id = id;
     // The request's span, exported with OTLP (up to the response head): a
     // child of the request's trace, and the parent the upstream sees.
-    let _span = request_span(&mut request, &log);
+    let _span = request_span(&mut request, &log, parent);
 
     let Some(policies) = waypoint.policies_for(destination) else {
         log.decision = "error";
@@ -587,25 +588,27 @@ fn empty() -> ResponseBody {
 /// stream's trace (`stream`, from the tunnel's CONNECT) when there is one,
 /// with the stream's `tracestate` (replacing one that came without a parent)
 /// and its `baggage` unless the request has its own; else a new trace.
-fn request_id(headers: &mut HeaderMap, stream: Option<&TraceContext>) -> String {
+/// Returns the id and the request's `traceparent`, as it now is.
+fn request_id(headers: &mut HeaderMap, stream: Option<&TraceContext>) -> (String, TraceParent) {
     let (a, b) = random_pair();
-    if !headers
+    let own = headers
         .get(trace::HEADER)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(is_traceparent)
-    {
+        .and_then(TraceParent::parse);
+    let parent = own.unwrap_or_else(|| {
         let mut next = stream.map_or_else(TraceContext::new_root, TraceContext::child);
         if let Some(own) = headers.get(trace::BAGGAGE_HEADER) {
             next.baggage = Some(own.clone());
         }
         next.insert_into(headers);
-    }
+        next.parent
+    });
     if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
         && !id.is_empty()
         && id.len() <= 128
         && id.bytes().all(|b| b.is_ascii_graphic())
     {
-        return id.to_owned();
+        return (id.to_owned(), parent);
     }
     let id = format!(
         "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
@@ -618,39 +621,31 @@ fn request_id(headers: &mut HeaderMap, stream: Option<&TraceContext>) -> String 
     if let Ok(value) = HeaderValue::from_str(&id) {
         headers.insert("x-request-id", value);
     }
-    id
+    (id, parent)
 }
 
 /// The request's span (debug level: exported when spans are), continuing
-/// the request's `traceparent`, which is then rewritten to name the span as
-/// the upstream's parent.
-fn request_span(request: &mut Request<Incoming>, log: &RequestLog) -> tracing::Span {
+/// the request's `traceparent` (`parent`), which is then rewritten to name
+/// the span as the upstream's parent.
+fn request_span(
+    request: &mut Request<Incoming>,
+    log: &RequestLog,
+    parent: TraceParent,
+) -> tracing::Span {
     let span = tracing::debug_span!(
         "request",
         method = log.method.as_str(),
         path = log.path.as_str(),
         request_id = log.request_id.as_str(),
     );
-    let parent = request
-        .headers()
-        .get(trace::HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse);
-    if let Some(parent) = parent {
-        ztunnel::telemetry::set_trace_parent(&span, &parent);
-        let next = ztunnel::telemetry::next_hop(&span, &parent);
-        if next != parent
-            && let Ok(value) = HeaderValue::from_str(&next.to_string())
-        {
-            request.headers_mut().insert(trace::HEADER, value);
-        }
+    ztunnel::telemetry::set_trace_parent(&span, &parent);
+    let next = ztunnel::telemetry::next_hop(&span, &parent);
+    if next != parent
+        && let Ok(value) = HeaderValue::from_str(&next.to_string())
+    {
+        request.headers_mut().insert(trace::HEADER, value);
     }
     span
-}
-
-/// Whether `value` is a W3C `traceparent` (version 00).
-fn is_traceparent(value: &str) -> bool {
-    TraceParent::parse(value).is_some()
 }
 
 /// Two pseudo-random words for ids (not secrets): a per-process random key
@@ -704,6 +699,11 @@ impl Headers for HeaderView<'_> {
 mod tests {
     use super::*;
 
+    /// Whether `value` is a W3C `traceparent` (version 00).
+    fn is_traceparent(value: &str) -> bool {
+        TraceParent::parse(value).is_some()
+    }
+
     #[test]
     fn traceparent_shapes() {
         assert!(is_traceparent(
@@ -721,17 +721,22 @@ mod tests {
     #[test]
     fn a_request_gets_an_id_and_a_trace_when_it_has_none() {
         let mut headers = HeaderMap::new();
-        let id = request_id(&mut headers, None);
+        let (id, parent) = request_id(&mut headers, None);
         assert_eq!(headers["x-request-id"], id.as_str());
         assert_eq!(id.len(), 36);
         let trace = headers["traceparent"].to_str().unwrap();
         assert!(is_traceparent(trace), "{trace}");
+        assert_eq!(
+            parent.to_string(),
+            trace,
+            "the parent returned is the one set"
+        );
         let mut again = HeaderMap::new();
-        assert_ne!(request_id(&mut again, None), id, "ids differ per request");
+        assert_ne!(request_id(&mut again, None).0, id, "ids differ per request");
         // Present and valid: kept, and a trace is still started.
         let mut headers = HeaderMap::new();
         headers.insert("x-request-id", HeaderValue::from_static("abc-1"));
-        assert_eq!(request_id(&mut headers, None), "abc-1");
+        assert_eq!(request_id(&mut headers, None).0, "abc-1");
         assert!(is_traceparent(headers["traceparent"].to_str().unwrap()));
         // A valid traceparent passes through unchanged.
         let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";

@@ -334,46 +334,21 @@ impl Connection {
         bytes_received: u64,
         duration_ms: u64,
     ) {
-        let known = |value: &str| (value != "unknown").then(|| value.to_owned());
-        let end = |workload: Option<&String>,
-                   namespace: Option<&String>,
-                   identity: Option<&str>,
-                   addr: Option<SocketAddr>| {
-            let addr = addr.map(|a| a.to_string()).unwrap_or_default();
-            match (
-                workload.and_then(|w| known(w)),
-                namespace.and_then(|n| known(n)),
-            ) {
-                (Some(workload), Some(namespace)) => crate::flows::Endpoint {
-                    namespace,
-                    workload,
-                    identity: identity.unwrap_or_default().to_owned(),
-                    addr,
-                },
-                _ => crate::flows::Endpoint {
-                    namespace: String::new(),
-                    workload: addr
-                        .rsplit_once(':')
-                        .map_or(addr.as_str(), |(ip, _)| ip)
-                        .trim_matches(['[', ']'])
-                        .to_owned(),
-                    identity: identity.unwrap_or_default().to_owned(),
-                    addr,
-                },
-            }
+        // The ends as the metrics named them ("unknown": not a workload).
+        let named = |workload: &str, namespace: &str| {
+            (workload != "unknown" && namespace != "unknown")
+                .then(|| (namespace.to_owned(), workload.to_owned()))
         };
         let peers = self.labels.as_ref().map(|l| &l.peers);
-        let src = end(
-            peers.map(|p| &p.source_workload),
-            peers.map(|p| &p.source_workload_namespace),
-            self.src_identity.as_deref(),
+        let src = crate::flows::Endpoint::new(
+            peers.and_then(|p| named(&p.source_workload, &p.source_workload_namespace)),
             Some(self.src),
+            self.src_identity.as_deref().unwrap_or_default(),
         );
-        let dst = end(
-            peers.map(|p| &p.destination_workload),
-            peers.map(|p| &p.destination_workload_namespace),
-            self.dst_identity.as_deref(),
+        let dst = crate::flows::Endpoint::new(
+            peers.and_then(|p| named(&p.destination_workload, &p.destination_workload_namespace)),
             self.dst,
+            self.dst_identity.as_deref().unwrap_or_default(),
         );
         let (decision, policy) = match result {
             Ok(_) => ("allow", self.decision.clone().unwrap_or_default()),
