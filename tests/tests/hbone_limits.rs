@@ -182,9 +182,125 @@ async fn a_peer_sending_huge_headers_is_refused_without_growing_the_server_and_o
         10,
         "a well-behaved peer is served meanwhile"
     );
+    let counted = tokio::task::block_in_place(|| rejections(&bed, "b", "flood"));
+    assert_eq!(
+        counted, 100,
+        "each connection ended is counted (a CONTINUATION flood)"
+    );
 }
 
 /// A header value of `n` bytes.
 fn http_value_of(n: usize) -> hyper::header::HeaderValue {
     hyper::header::HeaderValue::from_maybe_shared(Bytes::from(vec![b'a'; n])).expect("a value")
+}
+
+/// The value of `ambit_hbone_rejections_total{reason}` in `node`'s ztunnel
+/// metrics, 0 when the series does not exist.
+fn rejections(bed: &Testbed, node: &str, reason: &str) -> u64 {
+    let mut cmd = bed.node_command(node, "curl");
+    cmd.args(["-sf", "http://127.0.0.1:15020/metrics"]);
+    let out = bed
+        .run(cmd, Duration::from_secs(10))
+        .expect("the metrics endpoint answers");
+    let series = format!("ambit_hbone_rejections_total{{reason=\"{reason}\"}} ");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |v| v.trim().parse().expect("a count"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_stalling_tls_handshakes_is_held_to_its_share_counted_and_logged_once() {
+    if !privileged("a_pod_stalling_tls_handshakes_is_held_to_its_share_counted_and_logged_once") {
+        return;
+    }
+    let bed = Testbed::builder("hbone_slow")
+        .node("a")
+        .node("b")
+        .pod("client", "a")
+        .pod("attacker", "a")
+        .pod("server", "b")
+        .build()
+        .expect("testbed builds");
+    let mesh = MeshConfig::default()
+        .namespace("demo", true)
+        .namespace("plain", false)
+        .pod("client", "demo")
+        .pod("server", "demo")
+        .pod("attacker", "plain");
+    let config = bed.workdir().join("mesh.yaml");
+    mesh.write(&bed, &config).expect("config written");
+    let (zt_b, _zt_a, _echo) = tokio::task::block_in_place(|| {
+        let limits = ZtunnelOptions {
+            env: vec![
+                ("AMBIT_HBONE_MAX_HANDSHAKES_PER_PEER".into(), "4".into()),
+                ("AMBIT_HBONE_HANDSHAKE_TIMEOUT_SECONDS".into(), "2".into()),
+            ],
+            ..ZtunnelOptions::default()
+        };
+        let b = Ztunnel::start(&bed, "b", &config, &limits).expect("ztunnel b");
+        let a = Ztunnel::start(&bed, "a", &config, &ZtunnelOptions::default()).expect("ztunnel a");
+        let echo = start_server(&bed, "server", "echo", "[::]:7000");
+        (b, a, echo)
+    });
+    let server_ip = bed.pod("server").ipv4();
+    let target = SocketAddr::from((server_ip, 7000));
+    let hbone = SocketAddr::from((server_ip, 15008));
+    tokio::task::block_in_place(|| send(&bed, "client", target, "warm-up")).expect("served");
+
+    // Ten TCP connections to the server's HBONE port that never say hello.
+    let attacker = bed.pod("attacker").netns_path();
+    let stalled: Vec<std::net::TcpStream> = (0..10)
+        .map(|_| {
+            ztunnel::capture::in_netns(&attacker, move || std::net::TcpStream::connect(hbone))
+                .expect("enter the pod")
+                .expect("the TCP handshake completes")
+        })
+        .collect();
+    // The mesh client (its own peer address) is served meanwhile.
+    for i in 0..5 {
+        tokio::task::block_in_place(|| send(&bed, "client", target, &format!("polite-{i}")))
+            .expect("a well-behaved peer is served");
+    }
+    // Six were closed at once; the four admitted are cut at the deadline.
+    for mut tcp in stalled {
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 1];
+        let read = std::io::Read::read(&mut tcp, &mut buf);
+        assert!(
+            matches!(read, Ok(0) | Err(_))
+                && !read
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+            "closed by the server, not left hanging: {read:?}"
+        );
+    }
+    let counted = tokio::task::block_in_place(|| {
+        (
+            rejections(&bed, "b", "handshakes_per_peer"),
+            rejections(&bed, "b", "handshake_timeout"),
+        )
+    });
+    assert_eq!(counted, (6, 4), "(handshakes_per_peer, handshake_timeout)");
+    // One log line per reason for the attacker, not one per connection.
+    let attacker_ip = bed.pod("attacker").ipv4().to_string();
+    let refused: Vec<String> = zt_b
+        .access_logs()
+        .iter()
+        .filter(|l| l["message"] == "HBONE connection refused")
+        .filter(|l| {
+            l["src.addr"]
+                .as_str()
+                .is_some_and(|a| a.starts_with(&format!("{attacker_ip}:")))
+        })
+        .map(|l| l["reason"].as_str().unwrap_or("?").to_owned())
+        .collect();
+    let mut sorted = refused.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["handshake_timeout", "handshakes_per_peer"],
+        "{}",
+        zt_b.stderr()
+    );
 }

@@ -211,6 +211,10 @@ async fn run(
             idle_timeout: settings.idle_timeout,
             hbone_port: settings::HBONE_PORT,
             connect_timeout: settings::CONNECT_TIMEOUT,
+            hbone_guard: Arc::new(ztunnel::hbone::Guard::new(
+                settings.hbone.clone(),
+                metrics.proxy().hbone_rejections.clone(),
+            )),
         },
         request_metrics,
     );

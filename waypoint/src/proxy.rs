@@ -68,6 +68,8 @@ pub struct ProxyConfig {
     pub hbone_port: u16,
     /// How long to wait for a TCP connection to an endpoint.
     pub connect_timeout: Duration,
+    /// What each HBONE peer may cost the listener.
+    pub hbone_guard: Arc<hbone::Guard>,
 }
 
 /// One waypoint: its identity, the registry it routes by, its policies.
@@ -278,7 +280,10 @@ impl Waypoint {
                 async move { waypoint.accept_stream(&source, authority) }
             }
         };
-        if let Err(error) = hbone::server::serve(tcp, config, on_stream).await {
+        // Refusals are counted and logged by the guard.
+        if let Err(error) =
+            hbone::server::serve(tcp, config, &self.config.hbone_guard, on_stream).await
+        {
             tracing::debug!(%peer, error = %ErrorChain(&error), "HBONE connection ended");
         }
     }

@@ -10,6 +10,7 @@
 
 pub mod client;
 mod coalesce;
+pub mod guard;
 pub mod server;
 mod stream;
 pub mod tls;
@@ -19,6 +20,7 @@ mod tests;
 
 pub use client::{Pool, PoolKey};
 pub(crate) use coalesce::CoalescedReads;
+pub use guard::{Guard, Limits};
 pub use tls::{client_config, peer_identity, server_config};
 
 use crate::settings;
@@ -39,6 +41,14 @@ pub enum Error {
     /// The TLS or HTTP/2 handshake took too long.
     #[error("HBONE handshake did not finish within {0:?}")]
     HandshakeTimeout(std::time::Duration),
+    /// The peer is past a per-peer limit of the server.
+    #[error("{0}")]
+    PeerLimit(guard::Rejection),
+    /// The peer reset more streams than allowed before they were answered.
+    #[error(
+        "the peer reset more than {0} streams before they were answered within 10s (rapid reset); the connection is ended with ENHANCE_YOUR_CALM"
+    )]
+    RapidReset(u32),
     /// The HTTP/2 layer failed.
     #[error("HBONE HTTP/2")]
     H2(#[source] h2::Error),

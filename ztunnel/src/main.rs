@@ -300,6 +300,10 @@ async fn run_node(
         metrics: metrics.proxy().clone(),
         open: Default::default(),
         flows: Default::default(),
+        hbone_guard: Arc::new(ztunnel::hbone::Guard::new(
+            settings.hbone.clone(),
+            metrics.proxy().hbone_rejections.clone(),
+        )),
     });
     mesh.update_policies(&registry.snapshot());
     {

@@ -370,6 +370,9 @@ pub struct ProxyMetrics {
     pub certificate_expiry: Family<IdentityLabel, Gauge>,
     hbone_connections: Gauge,
     hbone_streams: Gauge,
+    /// HBONE peers refused or cut off by the server, by reason
+    /// (`hbone::guard::Rejection`).
+    pub hbone_rejections: Family<ReasonLabel, Counter>,
 }
 
 impl ProxyMetrics {
@@ -430,6 +433,11 @@ impl ProxyMetrics {
             "ambit_hbone_streams",
             "HBONE client streams (tunnels) open",
             metrics.hbone_streams.clone(),
+        );
+        registry.register(
+            "ambit_hbone_rejections",
+            "HBONE connections the server refused or ended for what the peer did, by reason",
+            metrics.hbone_rejections.clone(),
         );
         registry.register(
             "ambit_certificate_expiry_seconds",

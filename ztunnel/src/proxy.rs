@@ -61,6 +61,8 @@ pub struct Mesh {
     pub open: access::OpenConnections,
     /// The recent flows, for the traffic view.
     pub flows: crate::flows::FlowLog,
+    /// What each HBONE peer may cost the inbound listeners.
+    pub hbone_guard: Arc<crate::hbone::Guard>,
 }
 
 impl Mesh {
@@ -378,6 +380,10 @@ status: {podIP: 198.18.1.20}
             metrics: Default::default(),
             open: Default::default(),
             flows: Default::default(),
+            hbone_guard: Arc::new(crate::hbone::Guard::new(
+                Default::default(),
+                Default::default(),
+            )),
         };
         mesh.update_policies(&registry.snapshot());
         mesh

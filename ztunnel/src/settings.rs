@@ -362,6 +362,9 @@ pub struct Settings {
     pub otlp_endpoint: Option<String>,
     /// See [`OTEL_SERVICE_NAME_ENV`].
     pub otel_service: Option<String>,
+    /// What one HBONE peer may cost the server (`AMBIT_HBONE_*`, see
+    /// [`crate::hbone::guard`]).
+    pub hbone: crate::hbone::Limits,
 }
 
 impl Settings {
@@ -440,6 +443,7 @@ impl Settings {
             access_log_sample,
             otlp_endpoint,
             otel_service: var(OTEL_SERVICE_NAME_ENV),
+            hbone: crate::hbone::Limits::from_env(env)?,
         };
         settings.validate()?;
         Ok(settings)
@@ -640,6 +644,7 @@ mod tests {
                 access_log_sample: 1.0,
                 otlp_endpoint: None,
                 otel_service: None,
+                hbone: crate::hbone::Limits::default(),
             }
         );
         assert_eq!(

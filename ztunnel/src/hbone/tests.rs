@@ -34,6 +34,11 @@ fn identity(sa: &str) -> Identity {
     Identity::new("cluster.local", "demo", sa).unwrap()
 }
 
+/// A guard with the default limits, counting for no registry.
+fn guard() -> Arc<super::Guard> {
+    Arc::new(super::Guard::new(Default::default(), Default::default()))
+}
+
 fn mesh() -> Mesh {
     let root = RootCa::generate(&TrustDomain::default(), Duration::from_secs(3600)).unwrap();
     let bundle = TrustBundle::from_pem(root.cert_pem().as_bytes(), "test").unwrap();
@@ -74,10 +79,11 @@ impl Server {
                 count.fetch_add(1, Ordering::SeqCst);
                 let config = config.clone();
                 let task = tokio::spawn(async move {
-                    let _ = super::server::serve(tcp, config, |_source, _authority| async {
-                        Ok::<_, hyper::StatusCode>(echo)
-                    })
-                    .await;
+                    let _ =
+                        super::server::serve(tcp, config, &guard(), |_source, _authority| async {
+                            Ok::<_, hyper::StatusCode>(echo)
+                        })
+                        .await;
                 });
                 tasks.lock().unwrap().push(task);
             }
@@ -325,7 +331,7 @@ async fn the_trace_context_travels_in_the_connect() {
         while let Ok((tcp, _)) = listener.accept().await {
             let (config, seen_tx) = (config.clone(), seen_tx.clone());
             tokio::spawn(async move {
-                let _ = super::server::serve(tcp, config, move |source, _authority| {
+                let _ = super::server::serve(tcp, config, &guard(), move |source, _authority| {
                     let _ = seen_tx.send(source.trace);
                     async { Ok::<_, hyper::StatusCode>(echo) }
                 })
@@ -509,7 +515,7 @@ async fn clients_without_a_valid_spiffe_identity_are_refused_with_the_reason() {
         let config = config.clone();
         let served = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
-            super::server::serve(tcp, config, |_source, _authority| async {
+            super::server::serve(tcp, config, &guard(), |_source, _authority| async {
                 Ok::<_, hyper::StatusCode>(echo)
             })
             .await
@@ -537,4 +543,264 @@ async fn clients_without_a_valid_spiffe_identity_are_refused_with_the_reason() {
         let chain = crate::identity::error_chain(&error);
         assert!(chain.contains(expected), "{case}: {chain}");
     }
+}
+
+/// An HBONE server held to `limits` whose streams to port 1 take `slow` to
+/// decide (a slow connect to the application) and count the decisions
+/// started and dropped; streams to any other port echo.
+struct GuardedServer {
+    addr: SocketAddr,
+    guard: Arc<super::Guard>,
+    started: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
+}
+
+/// Counts a decision dropped (finished or cancelled).
+struct CountDrop(Arc<AtomicUsize>);
+
+impl Drop for CountDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl GuardedServer {
+    async fn start(mesh: &Mesh, limits: super::Limits, slow: Duration) -> Self {
+        let config = super::server_config(&mesh.server, &mesh.bundle).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let guard = Arc::new(super::Guard::new(limits, Default::default()));
+        let (started, dropped) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (g, s, d) = (guard.clone(), started.clone(), dropped.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (config, guard, started, dropped) =
+                    (config.clone(), g.clone(), s.clone(), d.clone());
+                tokio::spawn(async move {
+                    let _ = super::server::serve(tcp, config, &guard, move |_source, target| {
+                        let (started, dropped) = (started.clone(), dropped.clone());
+                        async move {
+                            if target.port() == 1 {
+                                started.fetch_add(1, Ordering::SeqCst);
+                                let _counted = CountDrop(dropped);
+                                tokio::time::sleep(slow).await;
+                            }
+                            Ok::<_, hyper::StatusCode>(echo)
+                        }
+                    })
+                    .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            guard,
+            started,
+            dropped,
+        }
+    }
+}
+
+/// An HTTP/2 connection over mutual TLS to `addr` as the mesh's client,
+/// from the local address `from`; the connection's task is returned too.
+async fn h2_client(
+    mesh: &Mesh,
+    from: std::net::IpAddr,
+    addr: SocketAddr,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    JoinHandle<Result<(), h2::Error>>,
+) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let config = super::client_config(&mesh.client, &mesh.bundle, mesh.server.identity()).unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (sender, connection) = h2::client::handshake(tls).await.unwrap();
+    (sender, tokio::spawn(connection))
+}
+
+fn connect_to(target: &str) -> hyper::Request<()> {
+    hyper::Request::builder()
+        .method(hyper::Method::CONNECT)
+        .uri(target)
+        .body(())
+        .unwrap()
+}
+
+/// A CONNECT through `sender` whose tunnel echoes `text`.
+async fn echoed(sender: &mut h2::client::SendRequest<bytes::Bytes>, text: &'static [u8]) -> bool {
+    let Ok(mut ready) = sender.clone().ready().await else {
+        return false;
+    };
+    let Ok((response, mut send)) = ready.send_request(connect_to("198.18.0.1:2"), false) else {
+        return false;
+    };
+    let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(5), response).await else {
+        return false;
+    };
+    if response.status() != hyper::StatusCode::OK
+        || send
+            .send_data(bytes::Bytes::from_static(text), true)
+            .is_err()
+    {
+        return false;
+    }
+    let mut body = response.into_body();
+    let mut got = Vec::new();
+    while let Some(Ok(chunk)) = body.data().await {
+        let _ = body.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    got == text
+}
+
+/// Opens up to 1,000 streams to port 1 on a new connection and resets each,
+/// once the server started deciding it (`paced`) or at once; returns how
+/// many were sent and how the connection ended.
+async fn reset_flood(mesh: &Mesh, server: &GuardedServer, paced: bool) -> (usize, h2::Error) {
+    let (mut attacker, attack) = h2_client(mesh, "127.0.0.1".parse().unwrap(), server.addr).await;
+    let mut sent = 0;
+    for _ in 0..1000 {
+        let Ok(ready) = attacker.clone().ready().await else {
+            break;
+        };
+        attacker = ready;
+        let started = server.started.load(Ordering::SeqCst);
+        let Ok((_response, mut send)) = attacker.send_request(connect_to("198.18.0.1:1"), false)
+        else {
+            break;
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while paced
+            && server.started.load(Ordering::SeqCst) == started
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        send.send_reset(h2::Reason::CANCEL);
+        sent += 1;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(5), attack)
+        .await
+        .expect("the server ends the attacker's connection")
+        .expect("the connection task");
+    (sent, ended.expect_err("ended by the server"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rapid_reset_flood_stops_its_streams_work_and_loses_the_connection_and_others_are_served()
+{
+    let mesh = mesh();
+    let limits = super::Limits {
+        max_early_resets: 50,
+        ..Default::default()
+    };
+    let server = GuardedServer::start(&mesh, limits, Duration::from_secs(30)).await;
+    let local = "127.0.0.1".parse().unwrap();
+    let (mut polite, _polite_task) = h2_client(&mesh, local, server.addr).await;
+    assert!(echoed(&mut polite, b"before").await);
+
+    // Each stream starts a decision that would take 30 s (a slow connect to
+    // the application), and is reset as soon as the server works on it.
+    use super::guard::Rejection;
+    let (sent, error) = reset_flood(&mesh, &server, true).await;
+    assert!(
+        error.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || error.is_io(),
+        "ended by the server's GOAWAY (or the reset of the socket it closed): {error:?}"
+    );
+    assert!(
+        sent > 50 && sent < 1000,
+        "the connection ended past the limit ({sent} streams sent)"
+    );
+    assert_eq!(server.guard.rejected(Rejection::RapidReset), 1);
+    // A burst: streams reset before the server took them end the
+    // connection by h2's own limit, those it took by the guard's (the
+    // client may have written them all before the server read the first).
+    let _ = reset_flood(&mesh, &server, false).await;
+    assert_eq!(
+        server.guard.rejected(Rejection::Flood) + server.guard.rejected(Rejection::RapidReset),
+        2,
+        "the burst's connection was ended too"
+    );
+    // No decision outlives its reset stream.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while server.dropped.load(Ordering::SeqCst) < server.started.load(Ordering::SeqCst)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (started, dropped) = (
+        server.started.load(Ordering::SeqCst),
+        server.dropped.load(Ordering::SeqCst),
+    );
+    assert!(started > 0, "the streams reached the server");
+    assert_eq!(
+        dropped, started,
+        "every reset stream's work stopped with it"
+    );
+    assert!(
+        echoed(&mut polite, b"after").await,
+        "a well-behaved connection of the same peer is still served"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_stalling_its_handshakes_is_held_to_its_share_and_another_is_served() {
+    let mesh = mesh();
+    let limits = super::Limits {
+        max_handshakes_per_peer: 4,
+        handshake_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let server = GuardedServer::start(&mesh, limits, Duration::ZERO).await;
+    // Four connections from 127.0.0.1 that never send a ClientHello.
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        stalled.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The fifth is closed at once, with no handshake.
+    let mut fifth = TcpStream::connect(server.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_millis(500), fifth.read(&mut buf))
+        .await
+        .expect("the fifth connection is closed at once");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "closed, not answered: {read:?}"
+    );
+    // Another peer address is not held to 127.0.0.1's share.
+    let (mut other, _task) = h2_client(&mesh, "127.0.0.2".parse().unwrap(), server.addr).await;
+    assert!(echoed(&mut other, b"served").await);
+    // The stalled handshakes are cut at the deadline, and free their slots.
+    for mut tcp in stalled {
+        let read = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut buf))
+            .await
+            .expect("a stalled handshake is cut at its deadline");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    use super::guard::Rejection;
+    let counted = || {
+        (
+            server.guard.rejected(Rejection::HandshakesPerPeer),
+            server.guard.rejected(Rejection::HandshakeTimeout),
+        )
+    };
+    // The socket closes as the handshake is dropped, just before the count.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while counted() != (1, 4) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        counted(),
+        (1, 4),
+        "(handshakes_per_peer, handshake_timeout)"
+    );
+    let (mut again, _task) = h2_client(&mesh, "127.0.0.1".parse().unwrap(), server.addr).await;
+    assert!(echoed(&mut again, b"again").await, "the slots were freed");
 }

@@ -44,10 +44,10 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) {
             async move { accept_stream(pod, source, target).await }
         }
     };
-    if let Err(error) = hbone::server::serve(tcp, config, on_stream).await {
-        // Untrusted peers, wrong identities and resets end up here: the
-        // connection carried no stream to log, so this is its only trace.
-        tracing::warn!(target: "access", direction = "inbound", mode = "hbone", src.addr = %canonical(peer), dst.workload = %pod.name, error = %super::error_chain(&error), "HBONE connection refused");
+    // Refusals (untrusted peers, wrong identities, limits) are counted and
+    // logged by the guard, at most once per peer and reason per minute.
+    if let Err(error) = hbone::server::serve(tcp, config, &mesh.hbone_guard, on_stream).await {
+        tracing::debug!(pod = %pod.name, peer = %canonical(peer), error = %super::error_chain(&error), "HBONE connection ended");
     }
 }
 
