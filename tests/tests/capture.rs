@@ -550,3 +550,146 @@ fn a_departed_pods_certificate_is_dropped_and_the_trust_bundle_is_followed() {
     })
     .expect("the new root is trusted");
 }
+
+/// Open file descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// One connection of the load: when it started, how long it took, whether
+/// it got its echo.
+#[derive(Debug)]
+struct Attempt {
+    at: std::time::SystemTime,
+    took: Duration,
+    ok: bool,
+}
+
+/// The attempts of an `ambit-testbin churn` run, from its output.
+fn attempts(stdout: &[u8]) -> Vec<Attempt> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut fields = l.strip_prefix("attempt ")?.split(' ');
+            let at: u64 = fields.next()?.parse().ok()?;
+            let took: u64 = fields.next()?.parse().ok()?;
+            Some(Attempt {
+                at: std::time::UNIX_EPOCH + Duration::from_millis(at),
+                took: Duration::from_micros(took),
+                ok: fields.next()? == "ok",
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_crash_under_load_leaks_no_plaintext_fails_fast_and_recovers_within_a_second() {
+    if !privileged("a_crash_under_load_leaks_no_plaintext_fails_fast_and_recovers_within_a_second")
+    {
+        return;
+    }
+    let bed = two_nodes("crash_load");
+    let config = write_config(&bed, &mesh(false));
+    let options = ZtunnelOptions::default();
+    let mut zt_a = Ztunnel::start(&bed, "a", &config, &options).expect("ztunnel a starts");
+    let zt_b = Ztunnel::start(&bed, "b", &config, &options).expect("ztunnel b starts");
+    let _server = start_server(&bed, "server", "echo", "[::]:7000");
+    let dst = SocketAddr::from((bed.pod("server").ipv4(), 7000));
+    send(&bed, "client", dst, "warm-up").expect("served");
+    let fds_b = open_fds(zt_b.pid());
+    let dump = bed
+        .capture_fabric("fabric", "tcp")
+        .expect("tcpdump starts (cargo xtask bootstrap installs it)");
+    let marker = "CRASH-PLAINTEXT-5b7e";
+
+    // Two clients open connections in a loop, one marked message on each,
+    // while ztunnel a is killed and, two seconds later, started again.
+    let loaders: Vec<Process> = (0..2)
+        .map(|_| {
+            let mut cmd = bed.pod_command("client", TESTBIN);
+            cmd.args(["churn", &dst.to_string(), marker, "6", "5"])
+                .env("AMBIT_TESTBIN_TIMEOUT_MS", "3000");
+            bed.spawn(cmd).expect("the load starts")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let killing = std::time::SystemTime::now();
+    zt_a.kill();
+    let killed = std::time::SystemTime::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let _zt_a = Ztunnel::start(&bed, "a", &config, &options).expect("ztunnel a restarts");
+    let ready = std::time::SystemTime::now();
+    let attempts: Vec<Attempt> = loaders
+        .into_iter()
+        .flat_map(|l| {
+            attempts(
+                &l.wait(Duration::from_secs(20))
+                    .expect("the load ends")
+                    .stdout,
+            )
+        })
+        .collect();
+    let bytes = dump.stop();
+    assert!(bytes.len() > 24, "tcpdump captured packets");
+    assert!(
+        !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        "no byte of the pods' traffic crossed the fabric in plaintext"
+    );
+    // Connections open when the process died are cut with it.
+    let before: Vec<&Attempt> = attempts
+        .iter()
+        .filter(|a| a.at + a.took < killing)
+        .collect();
+    let down: Vec<&Attempt> = attempts
+        .iter()
+        .filter(|a| a.at > killed + Duration::from_millis(100) && a.at + a.took < ready)
+        .collect();
+    let after: Vec<&Attempt> = attempts
+        .iter()
+        .filter(|a| a.at > ready + Duration::from_secs(1))
+        .collect();
+    let failed = |list: &[&Attempt]| list.iter().filter(|a| !a.ok).count();
+    assert!(
+        !before.is_empty() && failed(&before) == 0,
+        "served before the crash: {} of {} failed",
+        failed(&before),
+        before.len()
+    );
+    assert!(!down.is_empty(), "connections were tried during the outage");
+    assert!(
+        down.iter()
+            .all(|a| !a.ok && a.took < Duration::from_secs(1)),
+        "during the outage every connect is refused within a second: {down:?}"
+    );
+    let first_ok = attempts
+        .iter()
+        .filter(|a| a.at >= ready && a.ok)
+        .map(|a| a.at + a.took)
+        .min()
+        .expect("a connection succeeded after the restart");
+    assert!(
+        first_ok < ready + Duration::from_secs(1),
+        "served within a second of the restart ({:?})",
+        first_ok.duration_since(ready)
+    );
+    assert!(
+        !after.is_empty() && failed(&after) == 0,
+        "every connection is served once ztunnel is back: {} of {} failed",
+        failed(&after),
+        after.len()
+    );
+    // The surviving ztunnel holds no descriptor of the connections the crash
+    // cut (the HBONE connection from node a closed with the process).
+    let mut fds = open_fds(zt_b.pid());
+    for _ in 0..50 {
+        if fds <= fds_b + 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        fds = open_fds(zt_b.pid());
+    }
+    assert!(
+        fds <= fds_b + 2,
+        "ztunnel b's descriptors are back to their baseline: {fds_b} before, {fds} after"
+    );
+}

@@ -57,7 +57,7 @@ use std::{
     io::{BufRead, BufReader, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     process::ExitCode,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 fn main() -> ExitCode {
@@ -68,6 +68,7 @@ fn main() -> ExitCode {
         ["send", addr, message] => send(addr, message, "1"),
         ["send", addr, message, count] => send(addr, message, count),
         ["session", addr, count, interval] => session(addr, count, interval),
+        ["churn", addr, message, seconds, interval] => churn(addr, message, seconds, interval),
         ["sink", addr] => sink(addr),
         ["bulk", addr, seconds, size] => bulk(addr, seconds, size),
         ["rr", addr, count, size, rate] => rr(addr, count, size, rate),
@@ -81,7 +82,7 @@ fn main() -> ExitCode {
         ["await-end", addr, message] => await_end(addr, message),
         _ => Err(
             "usage: ambit-testbin echo <addr> | send <addr> <message> [count] | \
-                  session <addr> <count> <interval-ms> | sink <addr> | bulk <addr> <s> <size> | \
+                  session <addr> <count> <interval-ms> | churn <addr> <message> <s> <interval-ms> | sink <addr> | bulk <addr> <s> <size> | \
                   rr <addr> <count> <size> <rate> | checksum <addr> <bytes> | concurrent <addr> <count> | \
                   crr <addr> <count> | hold <addr> <count> <seconds>"
                 .to_owned(),
@@ -299,6 +300,41 @@ fn session(addr: &str, count: &str, interval: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// New connections for `seconds`, one `message` exchanged on each and
+/// `interval` ms apart; a line per connection: `attempt <start, ms since the
+/// Unix epoch> <duration µs> ok` or `... err <reason>`. Exits 0 whatever the
+/// outcomes: the caller judges them against what it did meanwhile.
+fn churn(addr: &str, message: &str, seconds: &str, interval: &str) -> Result<(), String> {
+    let addr = parse_addr(addr)?;
+    let seconds: u64 = number("seconds", seconds)?;
+    let interval: u64 = number("interval", interval)?;
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let mut out = std::io::stdout().lock();
+    while Instant::now() < end {
+        let start_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let started = Instant::now();
+        let outcome = connect(addr).and_then(|mut stream| {
+            let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+            exchange(&mut stream, &mut reader, message)
+        });
+        let took = started.elapsed().as_micros();
+        match outcome {
+            Ok(reply) if reply.contains(message) => writeln!(out, "attempt {start_ms} {took} ok"),
+            Ok(reply) => writeln!(
+                out,
+                "attempt {start_ms} {took} err unexpected reply {reply}"
+            ),
+            Err(error) => writeln!(out, "attempt {start_ms} {took} err {error}"),
+        }
+        .and_then(|()| out.flush())
+        .map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_millis(interval));
+    }
+    Ok(())
+}
+
 /// Ends an upload to the sink (half-close) and reads its one-line answer
 /// (`what` names it in the error).
 fn end_upload(stream: &mut TcpStream, what: &str) -> Result<String, String> {
@@ -380,7 +416,7 @@ fn bulk(addr: &str, seconds: &str, size: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let chunk = vec![0x5au8; size];
     stream.write_all(b"b").map_err(|e| e.to_string())?;
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     let mut sent: u64 = 0;
     while start.elapsed().as_secs_f64() < seconds {
         stream
@@ -423,7 +459,7 @@ fn rr(addr: &str, count: &str, size: &str, rate: &str) -> Result<(), String> {
     let interval = Duration::from_secs_f64(1.0 / rate);
     // Request i is due at start + i * interval; its reply is the i-th reply (one
     // connection, in order).
-    let start = std::time::Instant::now() + Duration::from_millis(5);
+    let start = Instant::now() + Duration::from_millis(5);
     let mut reader = stream.try_clone().map_err(|e| e.to_string())?;
     let receiver = std::thread::spawn(move || -> Result<hdrhistogram::Histogram<u64>, String> {
         let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_NS, 3)
@@ -549,7 +585,7 @@ fn concurrent(addr: &str, count: &str) -> Result<(), String> {
 fn crr(addr: &str, count: &str) -> Result<(), String> {
     let addr = parse_addr(addr)?;
     let count: u32 = number("count", count)?;
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     for i in 0..count {
         let mut stream = connect(addr).map_err(|e| format!("connection {i}: {e}"))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
