@@ -339,19 +339,50 @@ fn peer_authentication_strict_permissive_port_level_and_precedence() {
     );
     // Any other process of the node (a host-network pod, or NodePort traffic
     // SNATed to the node's address) is plaintext like any other: refused,
-    // whatever the port.
+    // whatever the port, and it cannot take the probe address as its source.
     let node_ip = bed.node("b").ipv4().to_string();
-    for (port, bind) in [(7000, None), (7001, None), (7000, Some(node_ip.as_str()))] {
+    let server6 = SocketAddr::from((bed.pod("server").ipv6(), 7000));
+    for (dst, bind) in [
+        (server_addr(&bed, 7000), None),
+        (server_addr(&bed, 7001), None),
+        (server_addr(&bed, 7000), Some(node_ip.as_str())),
+        (server_addr(&bed, 7000), Some("169.254.7.127")),
+        (server6, Some("fd16:9254:7127:1337:ffff:ffff:ffff:ffff")),
+    ] {
+        let port = dst.port();
         let mut host = bed.node_command("b", TESTBIN);
-        host.args(["send", &server_addr(&bed, port).to_string(), "host"])
+        host.args(["send", &dst.to_string(), "host"])
             .env("AMBIT_TESTBIN_TIMEOUT_MS", "3000");
         if let Some(bind) = bind {
             host.env("AMBIT_TESTBIN_BIND", bind);
         }
-        bed.run(host, WAIT).expect_err(&format!(
+        let error = bed.run(host, WAIT).expect_err(&format!(
             "plaintext from a node process to port {port} (from {bind:?}) is refused under STRICT"
         ));
+        if bind.is_some_and(|b| b != node_ip) {
+            assert!(
+                error.to_string().contains("Operation not permitted"),
+                "the probe address cannot be bound: {error}"
+            );
+        }
     }
+    // Nor can a pod that gives itself the probe address.
+    let mut add = bed.pod_command("outsider", "ip");
+    add.args(["addr", "add", "169.254.7.127/32", "dev", "lo"]);
+    bed.run(add, WAIT)
+        .expect("the pod adds the address to its lo");
+    let mut spoof = bed.pod_command("outsider", TESTBIN);
+    spoof
+        .args(["send", &p7000.to_string(), "spoofed-probe"])
+        .env("AMBIT_TESTBIN_TIMEOUT_MS", "3000")
+        .env("AMBIT_TESTBIN_BIND", "169.254.7.127");
+    let error = bed
+        .run(spoof, WAIT)
+        .expect_err("a pod cannot send from the probe address");
+    assert!(
+        error.to_string().contains("Operation not permitted"),
+        "{error}"
+    );
 
     // A workload policy: STRICT, with port 7001 PERMISSIVE.
     apply(&mesh().document(STRICT_NAMESPACE).document(PERMISSIVE_PORT));

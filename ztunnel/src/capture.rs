@@ -53,7 +53,9 @@ pub use route::{add_probe_addresses, missing_addresses, setup_transparent_return
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AMBIT_EBPF_OBJECT"));
 
 /// The cgroup programs of the capture, in attach order.
-const CGROUP_PROGRAMS: [&str; 5] = [
+const CGROUP_PROGRAMS: [&str; 7] = [
+    program_name::GUARD_BIND4,
+    program_name::GUARD_BIND6,
     program_name::TRACK_SOCKETS,
     program_name::PEER_ORIG4,
     program_name::PEER_ORIG6,

@@ -64,6 +64,10 @@ pub mod program_name {
     pub const PEER_ORIG4: &str = "peer_orig4";
     /// `cgroup/getpeername6`: the same for IPv6 sockets.
     pub const PEER_ORIG6: &str = "peer_orig6";
+    /// `cgroup/bind4`: refuses a bind to the probe address.
+    pub const GUARD_BIND4: &str = "guard_bind4";
+    /// `cgroup/bind6`: the same for IPv6 sockets.
+    pub const GUARD_BIND6: &str = "guard_bind6";
     /// `sockops`: publishes original destinations by port and fills the SockHash.
     pub const TRACK_SOCKETS: &str = "track_sockets";
     /// `sk_msg`: moves loopback payload straight to the peer socket.

@@ -13,7 +13,9 @@
 //! (169.254.7.127, `fd16:9254:7127:1337:ffff:ffff:ffff:ffff`) with `bpf_bind`:
 //! the only plaintext source a STRICT pod accepts. Nothing else of the node
 //! gets that source, so a NodePort (SNAT to the node's address) or a
-//! host-network pod cannot pass for a probe.
+//! host-network pod cannot pass for a probe: `cgroup/bind4|6` refuse every
+//! `bind()` to the probe address but ztunnel's own (`bpf_bind` does not run
+//! them), so no process of the node or of a pod can choose it as its source.
 
 use ambit_ebpf_common::{AF_INET, AF_INET6, OrigDst, PROBE_ADDR4, PROBE_ADDR6, node_id, setting};
 use aya_ebpf::{
@@ -31,6 +33,8 @@ use crate::{
 
 /// Return code that lets the syscall proceed.
 const ALLOW: i32 = 1;
+/// Return code that fails the syscall with `EPERM`.
+const DENY: i32 = 0;
 const IPPROTO_TCP: u32 = 6;
 const SOCK_STREAM: u32 = 1;
 /// `::1` as the four `u32` words of `user_ip6`.
@@ -202,6 +206,56 @@ fn probe_source(ctx: &SockAddrContext, v6: bool) {
             size_of::<SockaddrIn6>() as i32,
         )
     };
+}
+
+#[cgroup_sock_addr(bind4)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the macro defines the entry signature"
+)]
+pub fn guard_bind4(ctx: SockAddrContext) -> i32 {
+    if binds_probe_address(&ctx, false) {
+        DENY
+    } else {
+        ALLOW
+    }
+}
+
+#[cgroup_sock_addr(bind6)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the macro defines the entry signature"
+)]
+pub fn guard_bind6(ctx: SockAddrContext) -> i32 {
+    if binds_probe_address(&ctx, true) {
+        DENY
+    } else {
+        ALLOW
+    }
+}
+
+/// Whether the `bind()` asks for the probe address (IPv4, v4-mapped or IPv6)
+/// from outside ztunnel: only the capture gives it, to the kubelet's
+/// connects; ztunnel binds it to connect to an application as the probe
+/// that called (transparently, from the client's address).
+#[inline(always)]
+fn binds_probe_address(ctx: &SockAddrContext, v6: bool) -> bool {
+    // SAFETY: bpf_get_current_cgroup_id is allowed in sock_addr programs
+    // (5.7+); bind runs in the calling thread's context.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    if cgroup == node_id(node_id::ZTUNNEL_CGROUP)
+        || cgroup == node_id(node_id::PREVIOUS_ZTUNNEL_CGROUP)
+    {
+        return false;
+    }
+    let ptr = ctx.sock_addr;
+    // SAFETY (both reads): field addresses of the live context.
+    let requested = if v6 {
+        addr::ctx_read_ip6(unsafe { &raw const (*ptr).user_ip6 })
+    } else {
+        addr::from_ip4(addr::ctx_read(unsafe { &raw const (*ptr).user_ip4 }))
+    };
+    requested == ambit_ebpf_common::v4_mapped(PROBE_ADDR4) || requested == PROBE_ADDR6
 }
 
 #[cgroup_sock_addr(getpeername4)]

@@ -8,7 +8,8 @@
 //! - `counter`: counts connects per network namespace (the first program, kept as
 //!   the smallest end-to-end check of the build/load/attach/read chain).
 //! - `connect`: `cgroup/connect4|6` redirect enrolled pods' TCP connects to
-//!   ztunnel; `cgroup/getpeername4|6` show them the original destination.
+//!   ztunnel; `cgroup/getpeername4|6` show them the original destination;
+//!   `cgroup/bind4|6` keep the kubelet's probe address to the kubelet.
 //! - `sockops`: publishes original destinations by port and fills the SockHash;
 //!   `sk_msg` moves loopback payload straight to the peer socket.
 //! - `lookup`: `sk_lookup` steers inbound connections to ztunnel's listeners.
