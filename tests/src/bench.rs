@@ -27,6 +27,7 @@ pub mod plot;
 pub mod report;
 mod run;
 pub mod scenario;
+pub mod soak;
 pub mod stats;
 
 use std::path::PathBuf;
@@ -59,6 +60,9 @@ pub struct Settings {
     pub http_seconds: u32,
     /// `--only`: the scenarios to run (empty: all of them).
     pub only: Vec<String>,
+    /// `--soak SECONDS`: instead of the rounds, a soak this long
+    /// ([`soak`]).
+    pub soak: Option<u64>,
 }
 
 impl Settings {
@@ -77,6 +81,7 @@ impl Settings {
             http_requests: 5000,
             http_seconds: 3,
             only: Vec::new(),
+            soak: None,
         }
     }
 
@@ -95,6 +100,27 @@ impl Settings {
             http_requests: 2000,
             http_seconds: 2,
             only: Vec::new(),
+            soak: None,
+        }
+    }
+
+    /// `--soak SECONDS`: one cycle of short workloads after the other (about
+    /// 15 s each) for `seconds`.
+    pub fn soak(out: PathBuf, seconds: u64) -> Self {
+        Self {
+            quick: false,
+            out,
+            rounds: 1,
+            bulk_seconds: 2,
+            rr_rate: 1000,
+            rr_count: 1000,
+            crr_count: 200,
+            idle_connections: 0,
+            http_rate: 500,
+            http_requests: 500,
+            http_seconds: 1,
+            only: Vec::new(),
+            soak: Some(seconds),
         }
     }
 
@@ -104,6 +130,7 @@ impl Settings {
         let mut quick = false;
         let mut out = None;
         let mut only = Vec::new();
+        let mut soak = None;
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             match arg.as_str() {
@@ -124,6 +151,18 @@ impl Settings {
                 "--out" => {
                     out = Some(PathBuf::from(args.next().ok_or("--out needs a directory")?));
                 }
+                "--soak" => {
+                    let seconds = args.next().ok_or("--soak needs a number of seconds")?;
+                    soak = Some(
+                        seconds
+                            .parse::<u64>()
+                            .ok()
+                            .filter(|s| *s >= 30)
+                            .ok_or_else(|| {
+                                format!("--soak {seconds:?}: expected seconds, at least 30")
+                            })?,
+                    );
+                }
                 other => match other.strip_prefix("--out=") {
                     Some(dir) => out = Some(PathBuf::from(dir)),
                     None => return Err(format!("unknown argument {other:?}")),
@@ -133,6 +172,12 @@ impl Settings {
         let out = out.unwrap_or_else(|| {
             PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench"))
         });
+        if let Some(seconds) = soak {
+            if quick || !only.is_empty() {
+                return Err("--soak runs alone: no --quick or --only with it".to_owned());
+            }
+            return Ok(Self::soak(out, seconds));
+        }
         let mut settings = if quick {
             Self::quick(out)
         } else {
@@ -155,7 +200,8 @@ pub fn main() -> std::process::ExitCode {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!(
-                "ambit-bench: {error}\nusage: ambit-bench [--quick] [--out DIR] [--only NAME,...]"
+                "ambit-bench: {error}\nusage: ambit-bench [--quick] [--out DIR] [--only NAME,...] | \
+                 [--out DIR] --soak SECONDS"
             );
             return std::process::ExitCode::from(2);
         }
@@ -163,6 +209,19 @@ pub fn main() -> std::process::ExitCode {
     if !crate::testbed::privileged("ambit-bench") {
         eprintln!("ambit-bench: run it as root, through `cargo xtask bench`");
         return std::process::ExitCode::FAILURE;
+    }
+    if let Some(seconds) = settings.soak {
+        return match soak::soak(&settings, seconds) {
+            Ok(report) => {
+                println!("{}", report.to_markdown());
+                eprintln!("ambit-bench: wrote {}", settings.out.display());
+                std::process::ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("ambit-bench: soak: {error}");
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
     match run::run(&settings) {
         Ok(markdown) => {
@@ -207,6 +266,16 @@ mod tests {
             error.contains("mesh_htp") && error.contains("mesh_http"),
             "{error}"
         );
+        let s = Settings::from_args(&args(&["--soak", "3600", "--out", "/tmp/s"])).expect("ok");
+        assert_eq!(s, Settings::soak(PathBuf::from("/tmp/s"), 3600));
+        for bad in [
+            &["--soak"][..],
+            &["--soak", "10"],
+            &["--soak", "x"],
+            &["--soak", "60", "--quick"],
+        ] {
+            assert!(Settings::from_args(&args(bad)).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -255,6 +255,20 @@ async fn run(
         Err(error) => tracing::warn!(error = %ErrorChain(&error), "admin endpoint unavailable"),
     }
     let serving = tokio::spawn(waypoint.clone().serve(listener));
+    {
+        // Unused upstream connections close after their idle timeout.
+        let waypoint = waypoint.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                let closed = waypoint.close_idle_upstreams();
+                if closed > 0 {
+                    tracing::debug!(closed, "idle upstream connections closed");
+                }
+            }
+        });
+    }
     readiness.set(true);
     tracing::info!(%gateway, %identity, hbone = %hbone_addr, readiness = %readiness_addr, metrics = %stats_addr, admin = %admin_addr, "ready");
 

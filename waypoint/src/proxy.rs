@@ -221,6 +221,12 @@ impl Waypoint {
         waypoint
     }
 
+    /// Closes the upstream connections unused for
+    /// [`upstream::IDLE_TIMEOUT`]; run every few seconds.
+    pub fn close_idle_upstreams(&self) -> usize {
+        self.upstreams.close_idle(std::time::Instant::now())
+    }
+
     /// Compiles the policies of `snapshot` and puts them in force for the
     /// next request. The old table is dropped only after the new one is
     /// built, so the JWKS it fetched carry over.

@@ -58,6 +58,11 @@ enum Command {
         /// Only these scenarios (comma-separated, e.g. mesh_http,mesh_waypoint).
         #[arg(long, value_name = "NAMES")]
         only: Option<String>,
+        /// Instead of the rounds, a soak: mixed load through the mesh and the
+        /// waypoint for this long, watching memory, errors and descriptors
+        /// (soak.json, soak.md).
+        #[arg(long, value_name = "SECONDS", conflicts_with_all = ["quick", "only"])]
+        soak: Option<u64>,
     },
     /// The local two-node mesh demo (needs root).
     Demo {
@@ -108,9 +113,12 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Build { release } => tasks::build(&root, release),
         Command::Test { e2e, unit } => tasks::test(&root, tasks::Suites::from_flags(e2e, unit)),
         Command::Lint => tasks::lint(&root),
-        Command::Bench { quick, out, only } => {
-            tasks::bench(&root, quick, out.as_deref(), only.as_deref())
-        }
+        Command::Bench {
+            quick,
+            out,
+            only,
+            soak,
+        } => tasks::bench(&root, quick, out.as_deref(), only.as_deref(), soak),
         Command::Demo { step, keep, down } => tasks::demo(&root, step, keep, down),
         Command::Manifests { check } => manifests::run(&root, check),
         Command::Fuzz { quick, target } => {

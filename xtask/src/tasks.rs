@@ -137,6 +137,7 @@ pub fn bench(
     quick: bool,
     out: Option<&Path>,
     only: Option<&str>,
+    soak: Option<u64>,
 ) -> anyhow::Result<()> {
     if !exec::is_root() {
         bail!(
@@ -203,6 +204,9 @@ pub fn bench(
     }
     if let Some(only) = only {
         run.args(["--only", only]);
+    }
+    if let Some(seconds) = soak {
+        run.args(["--soak", &seconds.to_string()]);
     }
     exec::run(&mut run).context("the benchmark failed")
 }

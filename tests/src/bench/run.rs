@@ -36,6 +36,9 @@ const SINK_PORT: u16 = 7100;
 const IPERF_PORT: u16 = 5201;
 /// How long memory and CPU readings wait for ztunnel to settle.
 const SETTLE: Duration = Duration::from_millis(500);
+/// Concurrent clients of the connection-rate runs: one client's round
+/// trips bounded the rate at about 1,900/s, the tool's own limit.
+const CRR_CLIENTS: u32 = 16;
 /// 1 GiB.
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
@@ -71,7 +74,7 @@ impl Collected {
 }
 
 /// The ztunnels (and waypoint) of one dataplane, while they run.
-struct Nodes {
+pub(super) struct Nodes {
     dataplane: Dataplane,
     ztunnels: Vec<Ztunnel>,
     waypoint: Option<Process>,
@@ -83,7 +86,11 @@ struct Nodes {
 }
 
 impl Nodes {
-    fn start(bed: &Testbed, config: &Path, dataplane: Dataplane) -> Result<Self, String> {
+    pub(super) fn start(
+        bed: &Testbed,
+        config: &Path,
+        dataplane: Dataplane,
+    ) -> Result<Self, String> {
         let mut ztunnels = Vec::new();
         let mut waypoint = None;
         if let Dataplane::Mesh {
@@ -124,7 +131,7 @@ impl Nodes {
         })
     }
 
-    fn stop(mut self) {
+    pub(super) fn stop(mut self) {
         if let Some(mut waypoint) = self.waypoint.take()
             && let Err(error) = waypoint.terminate(Duration::from_secs(10))
         {
@@ -135,6 +142,16 @@ impl Nodes {
                 eprintln!("ambit-bench: stopping ztunnel: {error}");
             }
         }
+    }
+
+    /// The ztunnels' process ids, node a's first.
+    pub(super) fn ztunnel_pids(&self) -> Vec<u32> {
+        self.ztunnels.iter().map(Ztunnel::pid).collect()
+    }
+
+    /// The waypoint's process id, if it runs.
+    pub(super) fn waypoint_pid(&self) -> Option<u32> {
+        self.waypoint.as_ref().map(Process::pid)
     }
 
     fn cpu_seconds(&self) -> Result<f64, String> {
@@ -153,7 +170,7 @@ impl Nodes {
 }
 
 /// The testbed, its servers and the mesh configuration.
-struct Bench {
+pub(super) struct Bench {
     bed: Testbed,
     config: std::path::PathBuf,
     settings: Settings,
@@ -162,7 +179,7 @@ struct Bench {
 }
 
 impl Bench {
-    fn new(settings: &Settings) -> Result<Self, String> {
+    pub(super) fn new(settings: &Settings) -> Result<Self, String> {
         check_binaries()?;
         let bed = Testbed::builder("bench")
             .node("a")
@@ -229,6 +246,14 @@ impl Bench {
         })
     }
 
+    pub(super) fn bed(&self) -> &Testbed {
+        &self.bed
+    }
+
+    pub(super) fn config(&self) -> &Path {
+        &self.config
+    }
+
     fn ip(&self, pod: &str) -> IpAddr {
         IpAddr::V4(self.bed.pod(pod).ipv4())
     }
@@ -241,7 +266,7 @@ impl Bench {
     }
 
     /// One iperf3 run from `client` to the iperf3 server of `server`.
-    fn bulk(&self, client: &str, server: &str) -> Result<iperf::Transfer, String> {
+    pub(super) fn bulk(&self, client: &str, server: &str) -> Result<iperf::Transfer, String> {
         let seconds = self.settings.bulk_seconds;
         let mut cmd = self.bed.pod_command(client, "iperf3");
         cmd.args(["-c", &self.ip(server).to_string()])
@@ -267,7 +292,12 @@ impl Bench {
     }
 
     /// One open-loop latency run of `size`-byte requests.
-    fn latency(&self, client: &str, server: &str, size: u32) -> Result<LatencyRun, String> {
+    pub(super) fn latency(
+        &self,
+        client: &str,
+        server: &str,
+        size: u32,
+    ) -> Result<LatencyRun, String> {
         let s = &self.settings;
         let dst = SocketAddr::new(self.ip(server), SINK_PORT).to_string();
         let timeout = Duration::from_secs(u64::from(s.rr_count / s.rr_rate.max(1)) + 30);
@@ -285,12 +315,18 @@ impl Bench {
         latency::parse(&out)
     }
 
-    /// Connections per second: connect, one request, close, `crr_count` times.
-    fn crr(&self, client: &str, server: &str) -> Result<f64, String> {
+    /// Connections per second: connect, one request, close, `crr_count`
+    /// times, from [`CRR_CLIENTS`] client threads at once.
+    pub(super) fn crr(&self, client: &str, server: &str) -> Result<f64, String> {
         let dst = SocketAddr::new(self.ip(server), ECHO_PORT).to_string();
         let out = self.testbin(
             client,
-            &["crr", &dst, &self.settings.crr_count.to_string()],
+            &[
+                "crr",
+                &dst,
+                &self.settings.crr_count.to_string(),
+                &CRR_CLIENTS.to_string(),
+            ],
             Duration::from_secs(120),
         )?;
         field(&out, "per_s")
@@ -330,7 +366,7 @@ impl Bench {
     }
 
     /// One round of the HTTP workload from `client` along `route`.
-    fn http(&self, client: &str, route: Route, nodes: &Nodes) -> http::Measured {
+    pub(super) fn http(&self, client: &str, route: Route, nodes: &Nodes) -> http::Measured {
         http::Round {
             bed: &self.bed,
             settings: &self.settings,

@@ -75,7 +75,8 @@ fn main() -> ExitCode {
         ["hold", addr, count, seconds] => hold(addr, count, seconds),
         ["checksum", addr, bytes] => checksum(addr, bytes),
         ["concurrent", addr, count] => concurrent(addr, count),
-        ["crr", addr, count] => crr(addr, count),
+        ["crr", addr, count] => crr(addr, count, "1"),
+        ["crr", addr, count, clients] => crr(addr, count, clients),
         ["resetter", addr] => serve(addr, "resetter", reset_after_line),
         ["watch", addr] => serve(addr, "watch", watch_end),
         ["abort", addr, message] => abort(addr, message),
@@ -84,7 +85,7 @@ fn main() -> ExitCode {
             "usage: ambit-testbin echo <addr> | send <addr> <message> [count] | \
                   session <addr> <count> <interval-ms> | churn <addr> <message> <s> <interval-ms> | sink <addr> | bulk <addr> <s> <size> | \
                   rr <addr> <count> <size> <rate> | checksum <addr> <bytes> | concurrent <addr> <count> | \
-                  crr <addr> <count> | hold <addr> <count> <seconds>"
+                  crr <addr> <count> [clients] | hold <addr> <count> <seconds>"
                 .to_owned(),
         ),
     };
@@ -582,18 +583,42 @@ fn concurrent(addr: &str, count: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn crr(addr: &str, count: &str) -> Result<(), String> {
+/// `count` connections, each: connect, one exchange, close; from `clients`
+/// threads at once (the connections split between them), so that one
+/// client's round trips do not bound the rate the kernel and the mesh reach.
+fn crr(addr: &str, count: &str, clients: &str) -> Result<(), String> {
     let addr = parse_addr(addr)?;
     let count: u32 = number("count", count)?;
+    let clients: u32 = number("clients", clients)?;
+    let clients = clients.clamp(1, count.max(1));
     let start = Instant::now();
-    for i in 0..count {
-        let mut stream = connect(addr).map_err(|e| format!("connection {i}: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
-        exchange(&mut stream, &mut reader, "crr").map_err(|e| format!("connection {i}: {e}"))?;
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            // Client c takes connections c, c + clients, ...
+            let mine = (c..count).step_by(clients as usize).count();
+            std::thread::spawn(move || -> Result<(), String> {
+                for i in 0..mine {
+                    let mut stream =
+                        connect(addr).map_err(|e| format!("client {c}, connection {i}: {e}"))?;
+                    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+                    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+                    exchange(&mut stream, &mut reader, "crr")
+                        .map_err(|e| format!("client {c}, connection {i}: {e}"))?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread
+            .join()
+            .map_err(|_| "a client thread panicked".to_owned())??;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    println!("crr count={count} per_s={:.1}", f64::from(count) / elapsed);
+    println!(
+        "crr count={count} clients={clients} per_s={:.1}",
+        f64::from(count) / elapsed
+    );
     Ok(())
 }
 

@@ -4,7 +4,8 @@
 //! outside the mesh.
 //!
 //! Each key (endpoint, route, HTTP version) keeps idle HTTP/1.1 connections
-//! (at most [`MAX_IDLE_HTTP1`]) or one shared HTTP/2 connection. The router
+//! (at most [`MAX_IDLE_HTTP1`]) or one shared HTTP/2 connection, each closed
+//! once unused for [`IDLE_TIMEOUT`] ([`Pool::close_idle`]). The router
 //! picks the endpoint per request, so the requests of one client connection,
 //! HTTP/2 included, spread over the endpoints.
 //!
@@ -13,7 +14,14 @@
 //! idempotent, at most [`MAX_ATTEMPTS`] times in all; a connection that fails
 //! before the request is handed to it is replaced whatever the method.
 
-use std::{collections::HashMap, future::Future, net::SocketAddr, pin::Pin, sync::Mutex};
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use hyper::{
     Method, Request, Response,
@@ -26,6 +34,11 @@ use ztunnel::{identity::Identity, relay::Abort};
 
 /// Idle HTTP/1.1 connections kept per key.
 pub const MAX_IDLE_HTTP1: usize = 32;
+
+/// A pooled connection unused for this long is closed (as the HBONE pool's
+/// connections are): it holds a tunnel and the destination ztunnel's
+/// connection to the application.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Tries of one request, the first included.
 pub const MAX_ATTEMPTS: usize = 3;
@@ -124,10 +137,16 @@ impl Sender {
     }
 }
 
+/// A pooled connection and when it was last used.
+struct Pooled {
+    sender: Sender,
+    used: Instant,
+}
+
 /// The pool of one waypoint.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<Key, Vec<Sender>>>,
+    idle: Mutex<HashMap<Key, Vec<Pooled>>>,
 }
 
 impl Pool {
@@ -181,16 +200,20 @@ impl Pool {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let senders = idle.get_mut(key)?;
-        senders.retain(|s| !s.is_closed());
+        senders.retain(|p| !p.sender.is_closed());
         let found = match key.version {
-            Version::Http2 => senders.first().and_then(|s| match s {
-                Sender::Http2(s) => Some(Sender::Http2(s.clone())),
+            // The shared connection stays pooled; its use is now.
+            Version::Http2 => senders.first_mut().and_then(|p| match &p.sender {
+                Sender::Http2(s) => {
+                    p.used = Instant::now();
+                    Some(Sender::Http2(s.clone()))
+                }
                 Sender::Http1(_) => None,
             }),
             Version::Http1 => senders
                 .iter()
-                .position(|s| matches!(s, Sender::Http1(s) if s.is_ready()))
-                .map(|i| senders.swap_remove(i)),
+                .position(|p| matches!(&p.sender, Sender::Http1(s) if s.is_ready()))
+                .map(|i| senders.swap_remove(i).sender),
         };
         if senders.is_empty() {
             idle.remove(key);
@@ -204,18 +227,47 @@ impl Pool {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let senders = idle.entry(key.clone()).or_default();
-        match sender {
-            Sender::Http2(_) => {
-                if senders.is_empty() {
-                    senders.push(sender);
-                }
-            }
-            Sender::Http1(_) => {
-                if senders.len() < MAX_IDLE_HTTP1 {
-                    senders.push(sender);
-                }
-            }
+        let room = match sender {
+            Sender::Http2(_) => senders.is_empty(),
+            Sender::Http1(_) => senders.len() < MAX_IDLE_HTTP1,
+        };
+        if room {
+            senders.push(Pooled {
+                sender,
+                used: Instant::now(),
+            });
         }
+    }
+
+    /// Closes the pooled connections unused for [`IDLE_TIMEOUT`] at `now`
+    /// (and forgets those already closed); returns how many it closed.
+    /// Requests still in flight on a shared HTTP/2 connection finish first.
+    pub fn close_idle(&self, now: Instant) -> usize {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut closed = 0;
+        idle.retain(|_, senders| {
+            senders.retain(|p| {
+                let keep = !p.sender.is_closed() && now.duration_since(p.used) < IDLE_TIMEOUT;
+                closed += usize::from(!keep);
+                keep
+            });
+            !senders.is_empty()
+        });
+        closed
+    }
+
+    /// Pooled connections now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .map(Vec::len)
+            .sum()
     }
 }
 
@@ -252,5 +304,44 @@ async fn handshake(version: Version, io: BoxIo) -> Result<Sender, Error> {
             });
             Ok(Sender::Http2(sender))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn connections_unused_for_the_idle_timeout_are_closed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = Pool::default();
+        let key = Key {
+            target: addr,
+            via: Via::Plain,
+            version: Version::Http1,
+        };
+        let (client, server) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (mut server, _) = server.unwrap();
+        let io: BoxIo = Box::new(client.unwrap());
+        let sender = handshake(Version::Http1, io).await.unwrap();
+        pool.put(&key, sender);
+        assert_eq!(pool.len(), 1);
+        let now = Instant::now();
+        assert_eq!(pool.close_idle(now), 0, "just used: kept");
+        assert_eq!(
+            pool.close_idle(now + IDLE_TIMEOUT),
+            1,
+            "unused for the timeout"
+        );
+        assert_eq!(pool.len(), 0);
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), server.read(&mut buf))
+            .await
+            .expect("the endpoint sees the connection close");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     }
 }
