@@ -25,9 +25,11 @@ use super::{
 
 /// Largest RSS growth after warm-up that passes, percent.
 pub const MAX_RSS_GROWTH_PCT: f64 = 5.0;
-/// How long the idle HBONE pool connections may take to close after the
-/// load (the pool closes a connection idle for 60 s).
-const FD_SETTLE: Duration = Duration::from_secs(75);
+/// How long the pools may take to close their connections after the load:
+/// the waypoint's upstream connections close 60 s (swept every 10 s) after
+/// their last request, and only then does the HBONE connection under them
+/// start its own 60 s idle time.
+const FD_SETTLE: Duration = Duration::from_secs(150);
 
 /// The processes watched.
 #[derive(Debug, Clone, Serialize)]
