@@ -7,6 +7,7 @@ use ambit_tests::{
     Testbed,
     mesh::{MeshConfig, Ztunnel, ZtunnelOptions, send, start_server},
     privileged,
+    testbed::Process,
 };
 use bytes::Bytes;
 const TESTBIN: &str = env!("CARGO_BIN_EXE_ambit-testbin");
@@ -48,6 +49,62 @@ fn mesh_cert(ca_dir: &Path, identity: &Identity) -> (WorkloadCert, TrustBundle) 
     (cert, bundle)
 }
 
+/// Two nodes: a mesh `client` and a pod `attacker` outside the mesh on a,
+/// an echo server in the mesh pod `server` on b, whose ztunnel runs with
+/// `server_env` set; warmed up (the server has its certificate and has
+/// served a connection).
+struct Attack {
+    zt_b: Ztunnel,
+    _zt_a: Ztunnel,
+    _echo: Process,
+    /// The echo server.
+    target: SocketAddr,
+    /// The server pod's HBONE port.
+    hbone: SocketAddr,
+    // Last: torn down after the processes in it.
+    bed: Testbed,
+}
+
+impl Attack {
+    fn start(tag: &str, server_env: Vec<(String, String)>) -> Self {
+        let bed = Testbed::builder(tag)
+            .node("a")
+            .node("b")
+            .pod("client", "a")
+            .pod("attacker", "a")
+            .pod("server", "b")
+            .build()
+            .expect("testbed builds");
+        let mesh = MeshConfig::default()
+            .namespace("demo", true)
+            .namespace("plain", false)
+            .pod("client", "demo")
+            .pod("server", "demo")
+            .pod("attacker", "plain");
+        let config = bed.workdir().join("mesh.yaml");
+        mesh.write(&bed, &config).expect("config written");
+        let server_options = ZtunnelOptions {
+            env: server_env,
+            ..ZtunnelOptions::default()
+        };
+        let zt_b = Ztunnel::start(&bed, "b", &config, &server_options).expect("ztunnel b");
+        let zt_a =
+            Ztunnel::start(&bed, "a", &config, &ZtunnelOptions::default()).expect("ztunnel a");
+        let echo = start_server(&bed, "server", "echo", "[::]:7000");
+        let server_ip = bed.pod("server").ipv4();
+        let target = SocketAddr::from((server_ip, 7000));
+        send(&bed, "client", target, "warm-up").expect("served");
+        Self {
+            zt_b,
+            _zt_a: zt_a,
+            _echo: echo,
+            target,
+            hbone: SocketAddr::from((server_ip, 15008)),
+            bed,
+        }
+    }
+}
+
 /// An HTTP/2 connection over mTLS to `hbone` (a pod's 15008), dialled from
 /// inside the namespace `from` (a pod outside the mesh).
 async fn connect(
@@ -79,34 +136,8 @@ async fn a_peer_sending_huge_headers_is_refused_without_growing_the_server_and_o
     ) {
         return;
     }
-    let bed = Testbed::builder("hbone_headers")
-        .node("a")
-        .node("b")
-        .pod("client", "a")
-        .pod("attacker", "a")
-        .pod("server", "b")
-        .build()
-        .expect("testbed builds");
-    let mesh = MeshConfig::default()
-        .namespace("demo", true)
-        .namespace("plain", false)
-        .pod("client", "demo")
-        .pod("server", "demo")
-        .pod("attacker", "plain");
-    let config = bed.workdir().join("mesh.yaml");
-    mesh.write(&bed, &config).expect("config written");
-    let (zt_b, _zt_a, _echo) = tokio::task::block_in_place(|| {
-        let options = ZtunnelOptions::default();
-        let b = Ztunnel::start(&bed, "b", &config, &options).expect("ztunnel b");
-        let a = Ztunnel::start(&bed, "a", &config, &options).expect("ztunnel a");
-        let echo = start_server(&bed, "server", "echo", "[::]:7000");
-        (b, a, echo)
-    });
-    let server_ip = bed.pod("server").ipv4();
-    let target = SocketAddr::from((server_ip, 7000));
-    let hbone = SocketAddr::from((server_ip, 15008));
-    // Warm up: the server has its certificate and has served a connection.
-    tokio::task::block_in_place(|| send(&bed, "client", target, "warm-up")).expect("served");
+    let attack = tokio::task::block_in_place(|| Attack::start("hbone_headers", Vec::new()));
+    let (bed, zt_b, target, hbone) = (&attack.bed, &attack.zt_b, attack.target, attack.hbone);
 
     let flood = Identity::new("cluster.local", "demo", "flood").unwrap();
     let (cert, bundle) = mesh_cert(&bed.workdir().join("ca"), &flood);
@@ -182,7 +213,7 @@ async fn a_peer_sending_huge_headers_is_refused_without_growing_the_server_and_o
         10,
         "a well-behaved peer is served meanwhile"
     );
-    let counted = tokio::task::block_in_place(|| rejections(&bed, "b", "flood"));
+    let counted = tokio::task::block_in_place(|| rejections(bed, "b", "flood"));
     assert_eq!(
         counted, 100,
         "each connection ended is counted (a CONTINUATION flood)"
@@ -214,39 +245,12 @@ async fn a_pod_stalling_tls_handshakes_is_held_to_its_share_counted_and_logged_o
     if !privileged("a_pod_stalling_tls_handshakes_is_held_to_its_share_counted_and_logged_once") {
         return;
     }
-    let bed = Testbed::builder("hbone_slow")
-        .node("a")
-        .node("b")
-        .pod("client", "a")
-        .pod("attacker", "a")
-        .pod("server", "b")
-        .build()
-        .expect("testbed builds");
-    let mesh = MeshConfig::default()
-        .namespace("demo", true)
-        .namespace("plain", false)
-        .pod("client", "demo")
-        .pod("server", "demo")
-        .pod("attacker", "plain");
-    let config = bed.workdir().join("mesh.yaml");
-    mesh.write(&bed, &config).expect("config written");
-    let (zt_b, _zt_a, _echo) = tokio::task::block_in_place(|| {
-        let limits = ZtunnelOptions {
-            env: vec![
-                ("AMBIT_HBONE_MAX_HANDSHAKES_PER_PEER".into(), "4".into()),
-                ("AMBIT_HBONE_HANDSHAKE_TIMEOUT_SECONDS".into(), "2".into()),
-            ],
-            ..ZtunnelOptions::default()
-        };
-        let b = Ztunnel::start(&bed, "b", &config, &limits).expect("ztunnel b");
-        let a = Ztunnel::start(&bed, "a", &config, &ZtunnelOptions::default()).expect("ztunnel a");
-        let echo = start_server(&bed, "server", "echo", "[::]:7000");
-        (b, a, echo)
-    });
-    let server_ip = bed.pod("server").ipv4();
-    let target = SocketAddr::from((server_ip, 7000));
-    let hbone = SocketAddr::from((server_ip, 15008));
-    tokio::task::block_in_place(|| send(&bed, "client", target, "warm-up")).expect("served");
+    let limits = vec![
+        ("AMBIT_HBONE_MAX_HANDSHAKES_PER_PEER".into(), "4".into()),
+        ("AMBIT_HBONE_HANDSHAKE_TIMEOUT_SECONDS".into(), "2".into()),
+    ];
+    let attack = tokio::task::block_in_place(|| Attack::start("hbone_slow", limits));
+    let (bed, zt_b, target, hbone) = (&attack.bed, &attack.zt_b, attack.target, attack.hbone);
 
     // Ten TCP connections to the server's HBONE port that never say hello.
     let attacker = bed.pod("attacker").netns_path();
@@ -259,7 +263,7 @@ async fn a_pod_stalling_tls_handshakes_is_held_to_its_share_counted_and_logged_o
         .collect();
     // The mesh client (its own peer address) is served meanwhile.
     for i in 0..5 {
-        tokio::task::block_in_place(|| send(&bed, "client", target, &format!("polite-{i}")))
+        tokio::task::block_in_place(|| send(bed, "client", target, &format!("polite-{i}")))
             .expect("a well-behaved peer is served");
     }
     // Six were closed at once; the four admitted are cut at the deadline.
@@ -277,8 +281,8 @@ async fn a_pod_stalling_tls_handshakes_is_held_to_its_share_counted_and_logged_o
     }
     let counted = tokio::task::block_in_place(|| {
         (
-            rejections(&bed, "b", "handshakes_per_peer"),
-            rejections(&bed, "b", "handshake_timeout"),
+            rejections(bed, "b", "handshakes_per_peer"),
+            rejections(bed, "b", "handshake_timeout"),
         )
     });
     assert_eq!(counted, (6, 4), "(handshakes_per_peer, handshake_timeout)");
