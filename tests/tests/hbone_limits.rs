@@ -105,23 +105,32 @@ impl Attack {
     }
 }
 
-/// An HTTP/2 connection over mTLS to `hbone` (a pod's 15008), dialled from
-/// inside the namespace `from` (a pod outside the mesh).
-async fn connect(
+/// A mutual TLS connection to `hbone` (a pod's 15008), dialled from inside
+/// the namespace `from` (a pod outside the mesh).
+async fn tls_connect(
     from: &Path,
     hbone: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
-) -> Option<h2::client::SendRequest<Bytes>> {
+) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let tcp = ztunnel::capture::in_netns(from, move || std::net::TcpStream::connect(hbone))
         .expect("enter the pod")
         .ok()?;
     tcp.set_nonblocking(true).ok()?;
     let tcp = tokio::net::TcpStream::from_std(tcp).ok()?;
     let name = rustls::pki_types::ServerName::IpAddress(hbone.ip().into());
-    let tls = tokio_rustls::TlsConnector::from(tls)
+    tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
         .await
-        .ok()?;
+        .ok()
+}
+
+/// An HTTP/2 connection over mutual TLS to `hbone`, from `from`.
+async fn connect(
+    from: &Path,
+    hbone: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> Option<h2::client::SendRequest<Bytes>> {
+    let tls = tls_connect(from, hbone, tls).await?;
     let (sender, connection) = h2::client::handshake(tls).await.ok()?;
     tokio::spawn(async move {
         let _ = connection.await;
@@ -307,4 +316,92 @@ async fn a_pod_stalling_tls_handshakes_is_held_to_its_share_counted_and_logged_o
         "{}",
         zt_b.stderr()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_and_settings_floods_from_a_peer_that_never_reads_cost_bounded_memory() {
+    if !privileged("ping_and_settings_floods_from_a_peer_that_never_reads_cost_bounded_memory") {
+        return;
+    }
+    let attack = tokio::task::block_in_place(|| Attack::start("hbone_pings", Vec::new()));
+    let (bed, zt_b, target, hbone) = (&attack.bed, &attack.zt_b, attack.target, attack.hbone);
+    let flood = Identity::new("cluster.local", "demo", "flood").unwrap();
+    let (cert, bundle) = mesh_cert(&bed.workdir().join("ca"), &flood);
+    let server_identity = Identity::new("cluster.local", "demo", "server").unwrap();
+    let tls = ztunnel::hbone::client_config(&cert, &bundle, &server_identity).expect("TLS");
+    let before = vm_hwm_kib(zt_b.pid());
+
+    // The preface, then 200,000 PINGs and 20,000 empty SETTINGS, each of
+    // which asks for an answer; the answers are never read.
+    let attacker = bed.pod("attacker").netns_path();
+    let mut frames = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    for i in 0..220_000u64 {
+        if i % 11 == 0 {
+            frames.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+        } else {
+            frames.extend_from_slice(&[0, 0, 8, 0x6, 0, 0, 0, 0, 0]);
+            frames.extend_from_slice(&i.to_be_bytes());
+        }
+    }
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let mut stream = tls_connect(&attacker, hbone, tls.clone())
+            .await
+            .expect("the mesh peer connects");
+        // The server answers while it can, then stops reading: the write
+        // stalls (backpressure) or the server ends the connection.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncWriteExt::write_all(&mut stream, &frames),
+        )
+        .await;
+        streams.push(stream);
+    }
+    let polite = tokio::task::block_in_place(|| send(bed, "client", target, "during-the-flood"));
+    assert!(polite.is_ok(), "a well-behaved peer is served: {polite:?}");
+    let after = vm_hwm_kib(zt_b.pid());
+    assert!(
+        after.saturating_sub(before) < 8 * 1024,
+        "ztunnel b's peak RSS grew {} KiB ({before} -> {after}) for 4 flooding connections",
+        after - before
+    );
+    drop(streams);
+}
+
+#[test]
+fn a_tls_1_2_client_is_refused_with_the_reason() {
+    if !privileged("a_tls_1_2_client_is_refused_with_the_reason") {
+        return;
+    }
+    let attack = Attack::start("hbone_tls12", Vec::new());
+    let bed = &attack.bed;
+    let mut cmd = bed.pod_command("attacker", "openssl");
+    cmd.args([
+        "s_client",
+        "-tls1_2",
+        "-alpn",
+        "h2",
+        "-connect",
+        &attack.hbone.to_string(),
+    ])
+    .stdin(std::process::Stdio::null());
+    let error = bed
+        .run(cmd, Duration::from_secs(10))
+        .expect_err("a TLS 1.2 handshake fails");
+    assert!(
+        error.to_string().contains("alert protocol version"),
+        "the server says why: {error}"
+    );
+    let line = attack
+        .zt_b
+        .wait_for_log(Duration::from_secs(5), |l| {
+            l["message"] == "HBONE connection refused" && l["reason"] == "tls"
+        })
+        .expect("ztunnel logs the refusal");
+    let logged = line["error"].as_str().unwrap_or_default();
+    assert!(
+        logged.to_lowercase().contains("version"),
+        "the log line names the protocol version: {line}"
+    );
+    assert_eq!(rejections(bed, "b", "tls"), 1);
 }
