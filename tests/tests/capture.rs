@@ -693,3 +693,46 @@ fn a_crash_under_load_leaks_no_plaintext_fails_fast_and_recovers_within_a_second
         "ztunnel b's descriptors are back to their baseline: {fds_b} before, {fds} after"
     );
 }
+
+#[test]
+fn a_node_rebooted_with_its_pinned_state_gone_captures_its_pods_from_their_first_connect() {
+    if !privileged(
+        "a_node_rebooted_with_its_pinned_state_gone_captures_its_pods_from_their_first_connect",
+    ) {
+        return;
+    }
+    let bed = two_nodes("reboot");
+    let config = write_config(&bed, &mesh(false));
+    let options = ZtunnelOptions::default();
+    let mut zt_a = Ztunnel::start(&bed, "a", &config, &options).expect("ztunnel a starts");
+    let _zt_b = Ztunnel::start(&bed, "b", &config, &options).expect("ztunnel b starts");
+    let _server = start_server(&bed, "server", "echo", "[::]:7000");
+    let dst = SocketAddr::from((bed.pod("server").ipv4(), 7000));
+    send(&bed, "client", dst, "before").expect("served before the reboot");
+
+    // The reboot: ztunnel dies and the BPF filesystem loses the node's pins
+    // (its maps and the links that keep the programs attached).
+    zt_a.kill();
+    let pin_dir = bed.node("a").pin_dir().to_owned();
+    std::fs::remove_dir_all(&pin_dir).expect("the pins are removed");
+    // Nothing captures the client now: its connection goes out in plaintext,
+    // which the STRICT-free server takes; this is the state a node boots in.
+    let reply = send(&bed, "client", dst, "uncaptured").expect("plain while nothing runs");
+    assert!(reply.contains("msg=uncaptured"), "{reply}");
+
+    // ztunnel starts on the empty node: fresh pins, and the client's very
+    // next connect is captured and carried over HBONE.
+    let zt_a = Ztunnel::start(&bed, "a", &config, &options).expect("ztunnel a starts again");
+    assert!(
+        pin_dir.join("maps/ENROLLED").exists(),
+        "the maps are pinned again"
+    );
+    let reply = send(&bed, "client", dst, "first-after").expect("served after the reboot");
+    assert!(reply.contains("msg=first-after"), "{reply}");
+    let line = zt_a
+        .wait_for_log(WAIT, |l| {
+            l["target"] == "access" && l["dst.addr"] == dst.to_string()
+        })
+        .expect("the first connection after the reboot went through ztunnel");
+    assert_eq!(line["mode"], "hbone", "{line}");
+}
