@@ -13,8 +13,15 @@ use std::{future::Future, io, net::SocketAddr, time::Duration};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
+
+/// How long an operator endpoint's client may take to send a request head:
+/// a connection that sends nothing (or a byte at a time) is closed then.
+pub const OPERATOR_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request head an operator endpoint reads (431 past it); their
+/// requests are a line and a few headers.
+pub const OPERATOR_MAX_HEAD: usize = 64 * 1024;
 
 /// The pause after the first failed accept of a streak.
 pub const FIRST_PAUSE: Duration = Duration::from_millis(10);
@@ -75,8 +82,21 @@ where
 
 /// Serves HTTP/1.1 on `listener` until the task is dropped: each request is
 /// answered by `respond` (operator endpoints: small, synchronous answers).
+/// A client gets [`OPERATOR_HEADER_TIMEOUT`] to send each request head, of at
+/// most [`OPERATOR_MAX_HEAD`] bytes.
 pub async fn serve_http1<R>(listener: TcpListener, name: &'static str, respond: R)
 where
+    R: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
+{
+    serve_http1_within(listener, name, respond, OPERATOR_HEADER_TIMEOUT).await;
+}
+
+async fn serve_http1_within<R>(
+    listener: TcpListener,
+    name: &'static str,
+    respond: R,
+    header_timeout: Duration,
+) where
     R: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
 {
     accept_loop(&listener, name, std::future::pending(), |stream, peer| {
@@ -87,6 +107,9 @@ where
                 async move { Ok::<_, std::convert::Infallible>(response) }
             });
             if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(OPERATOR_MAX_HEAD)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
@@ -141,6 +164,42 @@ mod tests {
                 Ok(((), "127.0.0.1:1".parse().expect("an address")))
             }
         }
+    }
+
+    #[tokio::test]
+    async fn an_operator_endpoint_cuts_silent_clients_and_refuses_oversized_heads() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve_http1_within(
+            listener,
+            "test",
+            |_request: &Request<Incoming>| reply(StatusCode::OK, "text/plain", "ok".to_owned()),
+            Duration::from_millis(300),
+        ));
+        let exchange = |request: Vec<u8>| async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            let _ = tcp.write_all(&request).await;
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer))
+                .await
+                .expect("the server answers or closes");
+            String::from_utf8_lossy(&answer).into_owned()
+        };
+        let ok = exchange(b"GET /ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_vec());
+        assert!(
+            ok.await.starts_with("HTTP/1.1 200"),
+            "a request is answered"
+        );
+        // A client that never sends its head is cut at the timeout.
+        let silent = exchange(Vec::new()).await;
+        assert!(!silent.starts_with("HTTP/1.1 200"), "{silent}");
+        // A head over the limit is refused.
+        let mut big = b"GET / HTTP/1.1\r\nhost: x\r\nx-pad: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', 2 * OPERATOR_MAX_HEAD));
+        big.extend_from_slice(b"\r\n\r\n");
+        let refused = exchange(big).await;
+        assert!(refused.starts_with("HTTP/1.1 431"), "{refused}");
     }
 
     #[tokio::test(start_paused = true)]
