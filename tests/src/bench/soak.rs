@@ -178,6 +178,8 @@ fn open_fds(pid: u32) -> usize {
 /// `settings.out`.
 pub(super) fn soak(settings: &Settings, seconds: u64) -> Result<SoakReport, String> {
     let load_before = host::load_average();
+    // The commit the binaries were built from: the tree may move meanwhile.
+    let commit = host::git_commit(std::path::Path::new(env!("CARGO_MANIFEST_DIR")));
     let bench = Bench::new(settings)?;
     let nodes = Nodes::start(
         bench.bed(),
@@ -267,7 +269,7 @@ pub(super) fn soak(settings: &Settings, seconds: u64) -> Result<SoakReport, Stri
         .collect();
     nodes.stop();
     let report = SoakReport {
-        commit: host::git_commit(std::path::Path::new(env!("CARGO_MANIFEST_DIR"))),
+        commit,
         load_before,
         load_after: host::load_average(),
         seconds: soaked,
