@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use crate::{bootstrap::NIGHTLY, exec};
 
 /// The targets, in the order they run.
-pub const TARGETS: [&str; 7] = [
+pub const TARGETS: [&str; 8] = [
     "config_file",
     "csr",
     "spiffe_id",
@@ -18,6 +18,7 @@ pub const TARGETS: [&str; 7] = [
     "connect_request",
     "http_path",
     "http_framing",
+    "jwt",
 ];
 
 /// Executions per target with `--quick`.
