@@ -36,8 +36,8 @@ const SINK_PORT: u16 = 7100;
 const IPERF_PORT: u16 = 5201;
 /// How long memory and CPU readings wait for ztunnel to settle.
 const SETTLE: Duration = Duration::from_millis(500);
-/// Concurrent clients of the connection-rate runs: one client's round
-/// trips bounded the rate at about 1,900/s, the tool's own limit.
+/// Concurrent clients of the connection-rate runs (the rate of new
+/// connections from many clients, not one client's round trips).
 const CRR_CLIENTS: u32 = 16;
 /// 1 GiB.
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;

@@ -584,8 +584,7 @@ fn concurrent(addr: &str, count: &str) -> Result<(), String> {
 }
 
 /// `count` connections, each: connect, one exchange, close; from `clients`
-/// threads at once (the connections split between them), so that one
-/// client's round trips do not bound the rate the kernel and the mesh reach.
+/// threads at once (the connections split between them).
 fn crr(addr: &str, count: &str, clients: &str) -> Result<(), String> {
     let addr = parse_addr(addr)?;
     let count: u32 = number("count", count)?;
