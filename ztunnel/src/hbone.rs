@@ -46,7 +46,7 @@ pub enum Error {
     PeerLimit(guard::Rejection),
     /// The peer reset more streams than allowed before they were answered.
     #[error(
-        "the peer reset more than {0} streams before they were answered within 10s (rapid reset); the connection is ended with ENHANCE_YOUR_CALM"
+        "the peer reset more than {0} streams before they were answered within 10s (rapid reset); the connection takes no new stream (GOAWAY) and closes once its open streams end"
     )]
     RapidReset(u32),
     /// The HTTP/2 layer failed.

@@ -5,8 +5,8 @@
 //! connections and handshakes one peer address holds at once (a slow-TLS
 //! "slowloris" peer), and streams the peer resets while the server is still
 //! working on them (rapid reset, CVE-2023-44487: the work a reset stream
-//! started must not outlive it, and a peer that keeps doing it loses the
-//! connection). Every refusal is counted in `ambit_hbone_rejections_total`
+//! started must not outlive it, and a peer that keeps doing it gets a
+//! GOAWAY: no new stream on that connection, whose open tunnels finish). Every refusal is counted in `ambit_hbone_rejections_total`
 //! by reason, and logged at most once per peer address and reason per
 //! [`LOG_INTERVAL`], with the number of refusals the interval left unlogged,
 //! so a flood cannot flood the log too.

@@ -147,7 +147,10 @@ where
                     Rejection::RapidReset,
                     &Error::RapidReset(limits.max_early_resets),
                 );
-                connection.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                // Gracefully: no new stream on this connection, and the
+                // tunnels open on it finish (a busy client's pooled
+                // connection carries others' traffic too; it reconnects).
+                connection.graceful_shutdown();
             }
             () = &mut keepalive => {
                 tracing::debug!(peer = %addr, "HBONE client stopped answering PINGs; closing");
