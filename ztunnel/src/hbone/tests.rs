@@ -705,20 +705,19 @@ async fn reset_flood(mesh: &Mesh, server: &GuardedServer, paced: bool) -> Flood 
         sent += 1;
     }
     let mut tunnel_survived = false;
-    if let Some((mut send, mut body)) = tunnel {
-        if send
+    if let Some((mut send, mut body)) = tunnel
+        && send
             .send_data(bytes::Bytes::from_static(b"still here"), true)
             .is_ok()
+    {
+        let mut got = Vec::new();
+        while let Ok(Some(Ok(chunk))) =
+            tokio::time::timeout(Duration::from_secs(5), body.data()).await
         {
-            let mut got = Vec::new();
-            while let Ok(Some(Ok(chunk))) =
-                tokio::time::timeout(Duration::from_secs(5), body.data()).await
-            {
-                let _ = body.flow_control().release_capacity(chunk.len());
-                got.extend_from_slice(&chunk);
-            }
-            tunnel_survived = got == b"still here";
+            let _ = body.flow_control().release_capacity(chunk.len());
+            got.extend_from_slice(&chunk);
         }
+        tunnel_survived = got == b"still here";
     }
     drop(attacker);
     tokio::time::timeout(Duration::from_secs(5), attack)
