@@ -617,6 +617,7 @@ fn a_crash_under_load_leaks_no_plaintext_fails_fast_and_recovers_within_a_second
     zt_a.kill();
     let killed = std::time::SystemTime::now();
     std::thread::sleep(Duration::from_secs(2));
+    let restarting = std::time::SystemTime::now();
     let _zt_a = Ztunnel::start(&bed, "a", &config, &options).expect("ztunnel a restarts");
     let ready = std::time::SystemTime::now();
     let attempts: Vec<Attempt> = loaders
@@ -642,7 +643,9 @@ fn a_crash_under_load_leaks_no_plaintext_fails_fast_and_recovers_within_a_second
         .collect();
     let down: Vec<&Attempt> = attempts
         .iter()
-        .filter(|a| a.at > killed + Duration::from_millis(100) && a.at + a.took < ready)
+        // Until the new process starts: it serves a little before the test
+        // sees its "ready" line.
+        .filter(|a| a.at > killed + Duration::from_millis(100) && a.at + a.took < restarting)
         .collect();
     let after: Vec<&Attempt> = attempts
         .iter()
@@ -656,10 +659,15 @@ fn a_crash_under_load_leaks_no_plaintext_fails_fast_and_recovers_within_a_second
         before.len()
     );
     assert!(!down.is_empty(), "connections were tried during the outage");
+    let slow = down
+        .iter()
+        .filter(|a| a.took >= Duration::from_secs(1))
+        .count();
     assert!(
-        down.iter()
-            .all(|a| !a.ok && a.took < Duration::from_secs(1)),
-        "during the outage every connect is refused within a second: {down:?}"
+        failed(&down) == down.len() && slow == 0,
+        "during the outage every connect is refused within a second: {} of {} served, {slow} took a second or more",
+        down.len() - failed(&down),
+        down.len()
     );
     let first_ok = attempts
         .iter()
