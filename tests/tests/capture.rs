@@ -551,11 +551,6 @@ fn a_departed_pods_certificate_is_dropped_and_the_trust_bundle_is_followed() {
     .expect("the new root is trusted");
 }
 
-/// Open file descriptors of process `pid`.
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
-}
-
 /// One connection of the load: when it started, how long it took, whether
 /// it got its echo.
 #[derive(Debug)]
@@ -596,7 +591,7 @@ fn a_crash_under_load_leaks_no_plaintext_fails_fast_and_recovers_within_a_second
     let _server = start_server(&bed, "server", "echo", "[::]:7000");
     let dst = SocketAddr::from((bed.pod("server").ipv4(), 7000));
     send(&bed, "client", dst, "warm-up").expect("served");
-    let fds_b = open_fds(zt_b.pid());
+    let fds_b = ambit_tests::bench::host::open_fds(zt_b.pid());
     let dump = bed
         .capture_fabric("fabric", "tcp")
         .expect("tcpdump starts (cargo xtask bootstrap installs it)");
@@ -688,13 +683,13 @@ fn a_crash_under_load_leaks_no_plaintext_fails_fast_and_recovers_within_a_second
     );
     // The surviving ztunnel holds no descriptor of the connections the crash
     // cut (the HBONE connection from node a closed with the process).
-    let mut fds = open_fds(zt_b.pid());
+    let mut fds = ambit_tests::bench::host::open_fds(zt_b.pid());
     for _ in 0..50 {
         if fds <= fds_b + 2 {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
-        fds = open_fds(zt_b.pid());
+        fds = ambit_tests::bench::host::open_fds(zt_b.pid());
     }
     assert!(
         fds <= fds_b + 2,

@@ -103,6 +103,15 @@ impl Attack {
             bed,
         }
     }
+
+    /// TLS as a mesh peer (`demo/flood`, signed by the mesh root) that
+    /// expects the server pod's identity.
+    fn peer_tls(&self) -> Arc<rustls::ClientConfig> {
+        let flood = Identity::new("cluster.local", "demo", "flood").unwrap();
+        let (cert, bundle) = mesh_cert(&self.bed.workdir().join("ca"), &flood);
+        let server = Identity::new("cluster.local", "demo", "server").unwrap();
+        ztunnel::hbone::client_config(&cert, &bundle, &server).expect("TLS")
+    }
 }
 
 /// A mutual TLS connection to `hbone` (a pod's 15008), dialled from inside
@@ -148,10 +157,7 @@ async fn a_peer_sending_huge_headers_is_refused_without_growing_the_server_and_o
     let attack = tokio::task::block_in_place(|| Attack::start("hbone_headers", Vec::new()));
     let (bed, zt_b, target, hbone) = (&attack.bed, &attack.zt_b, attack.target, attack.hbone);
 
-    let flood = Identity::new("cluster.local", "demo", "flood").unwrap();
-    let (cert, bundle) = mesh_cert(&bed.workdir().join("ca"), &flood);
-    let server_identity = Identity::new("cluster.local", "demo", "server").unwrap();
-    let tls = ztunnel::hbone::client_config(&cert, &bundle, &server_identity).expect("TLS");
+    let tls = attack.peer_tls();
     let before = vm_hwm_kib(zt_b.pid());
 
     // A well-behaved client of the mesh keeps connecting meanwhile.
@@ -325,10 +331,7 @@ async fn ping_and_settings_floods_from_a_peer_that_never_reads_cost_bounded_memo
     }
     let attack = tokio::task::block_in_place(|| Attack::start("hbone_pings", Vec::new()));
     let (bed, zt_b, target, hbone) = (&attack.bed, &attack.zt_b, attack.target, attack.hbone);
-    let flood = Identity::new("cluster.local", "demo", "flood").unwrap();
-    let (cert, bundle) = mesh_cert(&bed.workdir().join("ca"), &flood);
-    let server_identity = Identity::new("cluster.local", "demo", "server").unwrap();
-    let tls = ztunnel::hbone::client_config(&cert, &bundle, &server_identity).expect("TLS");
+    let tls = attack.peer_tls();
     let before = vm_hwm_kib(zt_b.pid());
 
     // The preface, then 200,000 PINGs and 20,000 empty SETTINGS, each of

@@ -16,6 +16,12 @@ use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
+/// `addr` as the address it is: IPv4 peers of a dual-stack listener appear
+/// as v4-mapped IPv6 addresses.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 /// How long an operator endpoint's client may take to send a request head:
 /// a connection that sends nothing (or a byte at a time) is closed then.
 pub const OPERATOR_HEADER_TIMEOUT: Duration = Duration::from_secs(10);

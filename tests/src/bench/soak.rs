@@ -155,9 +155,8 @@ impl SoakReport {
 /// Growth from the first to the last three samples' medians, percent.
 fn growth_pct(series: &[u64]) -> f64 {
     let median = |s: &[u64]| {
-        let mut s = s.to_vec();
-        s.sort_unstable();
-        s.get(s.len() / 2).copied().unwrap_or(0) as f64
+        let values: Vec<f64> = s.iter().map(|&v| v as f64).collect();
+        super::stats::median(&values).unwrap_or(0.0)
     };
     let n = series.len().min(3);
     if n == 0 {
@@ -168,10 +167,6 @@ fn growth_pct(series: &[u64]) -> f64 {
         return 0.0;
     }
     (last - first) / first * 100.0
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
 }
 
 /// Runs the soak for `seconds` and writes `soak.json` and `soak.md` into
@@ -204,7 +199,7 @@ pub(super) fn soak(settings: &Settings, seconds: u64) -> Result<SoakReport, Stri
             pid,
         });
     }
-    let fds_before: Vec<usize> = watched.iter().map(|w| open_fds(w.pid)).collect();
+    let fds_before: Vec<usize> = watched.iter().map(|w| host::open_fds(w.pid)).collect();
     let started = Instant::now();
     let mut samples = Vec::new();
     let mut errors: BTreeMap<String, (usize, String)> = BTreeMap::new();
@@ -252,10 +247,10 @@ pub(super) fn soak(settings: &Settings, seconds: u64) -> Result<SoakReport, Stri
     let soaked = started.elapsed().as_secs_f64();
     // Descriptors: wait for the pools' idle connections to close.
     let deadline = Instant::now() + FD_SETTLE;
-    let mut fds_after: Vec<usize> = watched.iter().map(|w| open_fds(w.pid)).collect();
+    let mut fds_after: Vec<usize> = watched.iter().map(|w| host::open_fds(w.pid)).collect();
     while Instant::now() < deadline && fds_after.iter().zip(&fds_before).any(|(a, b)| a > b) {
         std::thread::sleep(Duration::from_secs(1));
-        fds_after = watched.iter().map(|w| open_fds(w.pid)).collect();
+        fds_after = watched.iter().map(|w| host::open_fds(w.pid)).collect();
     }
     let after_warmup = &samples[warmup_cycles.min(samples.len().saturating_sub(1))..];
     let rss_growth_pct = (0..watched.len())

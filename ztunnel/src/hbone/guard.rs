@@ -25,6 +25,7 @@ use prometheus_client::metrics::{counter::Counter, family::Family};
 use serde::Serialize;
 
 use crate::{
+    accept::canonical,
     metrics::ReasonLabel,
     settings::{self, EnvSource, Error},
 };
@@ -361,11 +362,6 @@ impl Guard {
             usage.handshakes = usage.handshakes.saturating_sub(1);
         }
     }
-}
-
-/// `addr` with an IPv4-mapped IPv6 address as the IPv4 address it is.
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// One admitted connection of a peer; released when dropped.

@@ -150,16 +150,7 @@ pub async fn connect(
     }
 }
 
-/// IPv4 peers of a dual-stack listener appear as v4-mapped IPv6 addresses.
-pub fn canonical(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => addr,
-        },
-        SocketAddr::V4(_) => addr,
-    }
-}
+pub use crate::accept::canonical;
 
 #[cfg(test)]
 mod tests {
