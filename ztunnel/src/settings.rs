@@ -27,6 +27,11 @@ pub const HBONE_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 pub const HBONE_MAX_FRAME: u32 = 256 * 1024;
 /// Data HTTP/2 queues per stream before a write waits for the socket.
 pub const HBONE_SEND_BUFFER: usize = 1024 * 1024;
+/// Data one HBONE connection may have queued for its peer, all streams
+/// together (a peer that never reads holds at most this much of ours, not
+/// [`HBONE_SEND_BUFFER`] per stream). The same as the connection's receive
+/// window, so a connection holds at most this much each way.
+pub const HBONE_CONNECTION_SEND_BUDGET: u32 = 16 * 1024 * 1024;
 /// Concurrent CONNECT streams per HBONE connection.
 pub const HBONE_MAX_STREAMS: u32 = 100;
 /// Largest header list (HPACK-decoded) an HBONE peer may send on one stream.

@@ -16,7 +16,6 @@ use std::{
     },
 };
 
-use bytes::Bytes;
 use h2::client::SendRequest;
 use hyper::{Method, Request, StatusCode};
 use rustls::pki_types::ServerName;
@@ -29,6 +28,7 @@ use tracing::Instrument;
 
 use super::Error;
 pub use super::stream::Tunnel;
+use super::stream::{Chunk, SendBudget};
 use crate::{identity::Identity, settings};
 
 /// What a pooled connection is shared by.
@@ -42,9 +42,16 @@ pub struct PoolKey {
     pub addr: SocketAddr,
 }
 
+/// A client connection's handle for new streams and its send budget.
+#[derive(Debug, Clone)]
+struct Conn {
+    sender: SendRequest<Chunk>,
+    budget: SendBudget,
+}
+
 #[derive(Debug)]
 struct Pooled {
-    sender: SendRequest<Bytes>,
+    conn: Conn,
     /// Set by the connection's task when the connection ended.
     closed: Arc<AtomicBool>,
     /// Streams open on this connection.
@@ -121,13 +128,13 @@ impl Pool {
         Fut: Future<Output = Result<(TcpStream, Arc<rustls::ClientConfig>), Error>>,
     {
         let slot = self.slot(&key);
-        let (sender, active, reused) = stream_slot(&slot, &key, &connect, true).await?;
-        match send_connect(sender, active.clone(), authority, trace).await {
+        let (conn, active, reused) = stream_slot(&slot, &key, &connect, true).await?;
+        match send_connect(conn, active.clone(), authority, trace).await {
             Err(Error::H2(error)) if reused => {
                 tracing::debug!(%error, dst = %key.addr, "pooled HBONE connection broken; replacing it");
                 evict(&slot, &active).await;
-                let (sender, active, _) = stream_slot(&slot, &key, &connect, false).await?;
-                send_connect(sender, active, authority, trace).await
+                let (conn, active, _) = stream_slot(&slot, &key, &connect, false).await?;
+                send_connect(conn, active, authority, trace).await
             }
             result => result,
         }
@@ -186,7 +193,7 @@ fn slot_is_empty(slot: &Slot) -> bool {
 /// Sends the CONNECT for `authority` on a stream slot already counted in
 /// `active`, and waits for the tunnel.
 async fn send_connect(
-    sender: SendRequest<Bytes>,
+    conn: Conn,
     active: Arc<AtomicUsize>,
     authority: SocketAddr,
     trace: Option<&crate::trace::TraceContext>,
@@ -200,7 +207,7 @@ async fn send_connect(
     if let Some(trace) = trace {
         trace.insert_into(request.headers_mut());
     }
-    let mut sender = sender.ready().await.map_err(Error::H2)?;
+    let mut sender = conn.sender.ready().await.map_err(Error::H2)?;
     let (response, send) = sender.send_request(request, false).map_err(Error::H2)?;
     let response = response.await.map_err(Error::H2)?;
     if response.status() != StatusCode::OK {
@@ -208,7 +215,7 @@ async fn send_connect(
             status: response.status(),
         });
     }
-    Ok(guard.into_tunnel(send, response.into_body()))
+    Ok(guard.into_tunnel(send, response.into_body(), &conn.budget))
 }
 
 /// A stream slot on a live pooled connection with room (when `reuse`), or
@@ -218,7 +225,7 @@ async fn stream_slot<F, Fut>(
     key: &PoolKey,
     connect: &F,
     reuse: bool,
-) -> Result<(SendRequest<Bytes>, Arc<AtomicUsize>, bool), Error>
+) -> Result<(Conn, Arc<AtomicUsize>, bool), Error>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<(TcpStream, Arc<rustls::ClientConfig>), Error>>,
@@ -232,10 +239,10 @@ where
     {
         p.active.fetch_add(1, Ordering::Relaxed);
         p.opened.fetch_add(1, Ordering::Relaxed);
-        return Ok((p.sender.clone(), p.active.clone(), true));
+        return Ok((p.conn.clone(), p.active.clone(), true));
     }
-    let (sender, active) = open(&mut conns, key, connect).await?;
-    Ok((sender, active, false))
+    let (conn, active) = open(&mut conns, key, connect).await?;
+    Ok((conn, active, false))
 }
 
 /// Removes the connection counted by `active` from the slot.
@@ -252,7 +259,7 @@ async fn open<F, Fut>(
     conns: &mut Vec<Pooled>,
     key: &PoolKey,
     connect: &F,
-) -> Result<(SendRequest<Bytes>, Arc<AtomicUsize>), Error>
+) -> Result<(Conn, Arc<AtomicUsize>), Error>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<(TcpStream, Arc<rustls::ClientConfig>), Error>>,
@@ -279,7 +286,7 @@ where
             .max_send_buffer_size(settings::HBONE_SEND_BUFFER)
             // The server answers a CONNECT with a status line and nothing more.
             .max_header_list_size(settings::HBONE_MAX_HEADER_LIST)
-            .handshake::<_, Bytes>(tls)
+            .handshake::<_, Chunk>(tls)
             .await
             .map_err(Error::H2)
     };
@@ -295,20 +302,24 @@ where
     let usage = (active.clone(), opened.clone(), closed.clone());
     CONNECTIONS.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(drive(connection, usage).instrument(span));
+    let conn = Conn {
+        sender,
+        budget: SendBudget::new(settings::HBONE_CONNECTION_SEND_BUDGET),
+    };
     conns.push(Pooled {
-        sender: sender.clone(),
+        conn: conn.clone(),
         closed,
         active: active.clone(),
         opened,
     });
-    Ok((sender, active))
+    Ok((conn, active))
 }
 
 /// Runs a client connection until it ends, its peer stops answering PINGs,
 /// or it has carried no stream for a whole [`settings::HBONE_POOL_IDLE`]
 /// (then dropping it closes the connection); the pool then forgets it.
 async fn drive<T>(
-    mut connection: h2::client::Connection<T, Bytes>,
+    mut connection: h2::client::Connection<T, Chunk>,
     (active, opened, closed): (Arc<AtomicUsize>, Arc<AtomicUsize>, Arc<AtomicBool>),
 ) where
     T: AsyncRead + AsyncWrite + Unpin,
@@ -347,8 +358,13 @@ async fn drive<T>(
 struct StreamGuard(Option<Arc<AtomicUsize>>);
 
 impl StreamGuard {
-    fn into_tunnel(mut self, send: h2::SendStream<Bytes>, recv: h2::RecvStream) -> Tunnel {
-        let mut tunnel = Tunnel::new(send, recv, self.0.take());
+    fn into_tunnel(
+        mut self,
+        send: h2::SendStream<Chunk>,
+        recv: h2::RecvStream,
+        budget: &SendBudget,
+    ) -> Tunnel {
+        let mut tunnel = Tunnel::new(send, recv, budget, self.0.take());
         tunnel.count = Some(StreamCount::new());
         tunnel
     }

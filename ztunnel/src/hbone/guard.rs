@@ -133,6 +133,10 @@ pub struct Limits {
     /// Handshakes one peer address may have under way at once
     /// (`AMBIT_HBONE_MAX_HANDSHAKES_PER_PEER`).
     pub max_handshakes_per_peer: usize,
+    /// Data one connection may have queued for its peer, all its streams
+    /// together, in bytes (`AMBIT_HBONE_MAX_SEND_BUFFER_BYTES`); a write past
+    /// it waits until the peer reads.
+    pub max_send_buffer: u32,
 }
 
 /// See [`Limits::max_streams`].
@@ -147,6 +151,8 @@ pub const HANDSHAKE_TIMEOUT_ENV: &str = "AMBIT_HBONE_HANDSHAKE_TIMEOUT_SECONDS";
 pub const MAX_CONNECTIONS_PER_PEER_ENV: &str = "AMBIT_HBONE_MAX_CONNECTIONS_PER_PEER";
 /// See [`Limits::max_handshakes_per_peer`].
 pub const MAX_HANDSHAKES_PER_PEER_ENV: &str = "AMBIT_HBONE_MAX_HANDSHAKES_PER_PEER";
+/// See [`Limits::max_send_buffer`].
+pub const MAX_SEND_BUFFER_ENV: &str = "AMBIT_HBONE_MAX_SEND_BUFFER_BYTES";
 
 impl Default for Limits {
     fn default() -> Self {
@@ -157,6 +163,7 @@ impl Default for Limits {
             handshake_timeout: settings::HBONE_HANDSHAKE_TIMEOUT,
             max_connections_per_peer: 1024,
             max_handshakes_per_peer: 64,
+            max_send_buffer: settings::HBONE_CONNECTION_SEND_BUDGET,
         }
     }
 }
@@ -193,6 +200,9 @@ impl Limits {
         if let Some(value) = var(MAX_HANDSHAKES_PER_PEER_ENV) {
             let n: u32 = parse_count(MAX_HANDSHAKES_PER_PEER_ENV, &value, 1, 1_000_000)?;
             limits.max_handshakes_per_peer = n as usize;
+        }
+        if let Some(value) = var(MAX_SEND_BUFFER_ENV) {
+            limits.max_send_buffer = parse_count(MAX_SEND_BUFFER_ENV, &value, 256 * 1024, 1 << 30)?;
         }
         Ok(limits)
     }
@@ -542,6 +552,7 @@ mod tests {
             (MAX_STREAMS_ENV, "50"),
             (HANDSHAKE_TIMEOUT_ENV, "2.5"),
             (MAX_HANDSHAKES_PER_PEER_ENV, "8"),
+            (MAX_SEND_BUFFER_ENV, "4194304"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -550,6 +561,7 @@ mod tests {
         assert_eq!(limits.max_streams, 50);
         assert_eq!(limits.handshake_timeout, Duration::from_millis(2500));
         assert_eq!(limits.max_handshakes_per_peer, 8);
+        assert_eq!(limits.max_send_buffer, 4 << 20);
         assert_eq!(
             limits.max_connections_per_peer,
             Limits::default().max_connections_per_peer
@@ -559,6 +571,7 @@ mod tests {
             (MAX_HEADER_BYTES_ENV, "10"),
             (HANDSHAKE_TIMEOUT_ENV, "0"),
             (MAX_CONNECTIONS_PER_PEER_ENV, "many"),
+            (MAX_SEND_BUFFER_ENV, "1024"),
         ] {
             let env: HashMap<String, String> = [(name.to_owned(), value.to_owned())].into();
             let error = Limits::from_env(&env).unwrap_err().to_string();

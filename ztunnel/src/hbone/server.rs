@@ -14,7 +14,6 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
-use bytes::Bytes;
 use h2::{RecvStream, server::SendResponse};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpStream;
@@ -23,6 +22,7 @@ use super::{
     Error,
     client::Tunnel,
     guard::{Guard, Rejection, Running, StreamWork},
+    stream::{Chunk, SendBudget},
     tls,
 };
 use crate::{identity::Identity, settings};
@@ -82,7 +82,7 @@ where
             .max_header_list_size(limits.max_header_list)
             .max_pending_accept_reset_streams(settings::HBONE_MAX_PENDING_ACCEPT_RESETS)
             .max_local_error_reset_streams(Some(settings::HBONE_MAX_LOCAL_ERROR_RESETS))
-            .handshake::<_, Bytes>(tls)
+            .handshake::<_, Chunk>(tls)
             .await
             .map_err(Error::H2)?;
         Ok::<_, Error>((identity, connection))
@@ -110,6 +110,7 @@ where
         trace: None,
     };
     let work = Arc::new(StreamWork::new(limits));
+    let budget = SendBudget::new(limits.max_send_buffer);
     // Open streams are bounded by h2; handlers of streams the peer reset
     // are not, until they notice the reset: past this many handlers at
     // once, new streams are refused and count as early resets.
@@ -136,7 +137,7 @@ where
                         continue;
                     }
                     let running = work.start();
-                    tokio::spawn(handle(request, respond, source.clone(), on_stream.clone(), running));
+                    tokio::spawn(handle(request, respond, source.clone(), budget.clone(), on_stream.clone(), running));
                 }
             },
             () = work.exceeded.notified(), if !shut_down => {
@@ -181,8 +182,9 @@ fn handshake_rejection(error: &Error) -> Option<Rejection> {
 /// an early reset of its connection.
 async fn handle<F, Fut, G>(
     request: Request<RecvStream>,
-    mut respond: SendResponse<Bytes>,
+    mut respond: SendResponse<Chunk>,
     mut source: StreamSource,
+    budget: SendBudget,
     on_stream: F,
     running: Running,
 ) where
@@ -190,7 +192,7 @@ async fn handle<F, Fut, G>(
     Fut: Future<Output = Result<G, StatusCode>>,
     G: FnOnce(Tunnel) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + 'static,
 {
-    let refuse = |respond: &mut SendResponse<Bytes>, code: StatusCode| {
+    let refuse = |respond: &mut SendResponse<Chunk>, code: StatusCode| {
         let mut response = Response::new(());
         *response.status_mut() = code;
         if let Err(error) = respond.send_response(response, true) {
@@ -229,7 +231,7 @@ async fn handle<F, Fut, G>(
     };
     match decided {
         Ok(Ok(run)) => match respond.send_response(Response::new(()), false) {
-            Ok(send) => run(Tunnel::new(send, request.into_body(), None)).await,
+            Ok(send) => run(Tunnel::new(send, request.into_body(), &budget, None)).await,
             Err(error) => tracing::debug!(%error, "HBONE stream closed before the answer"),
         },
         Ok(Err(code)) => refuse(&mut respond, code),

@@ -6,6 +6,15 @@
 //! and the end of a connection is told apart from its failure: a clean end is
 //! END_STREAM, a failure is RST_STREAM (CONNECT_ERROR for a TCP reset, as RFC
 //! 9113 section 8.5 says), which the other side turns back into a TCP reset.
+//!
+//! What a connection holds for its peer is bounded. h2 keeps each stream's
+//! unsent data up to `HBONE_SEND_BUFFER`, so a peer that opens a hundred
+//! streams to a busy server and never reads would make it hold a hundred
+//! times that. Every chunk handed to h2 therefore carries a share of its
+//! connection's [`SendBudget`], taken before the chunk is queued and given
+//! back when h2 drops it: once written to the TLS layer, or discarded with a
+//! reset stream (no path keeps a share after its bytes are gone). A write
+//! past the budget waits, as it would for the socket.
 
 use std::{
     io,
@@ -17,19 +26,80 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use h2::{Reason, RecvStream, SendStream};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
+use tokio_util::sync::PollSemaphore;
 
 /// The most one write hands to HTTP/2 at once (it is copied into a frame
 /// buffer; larger writes are taken in several calls).
 const MAX_WRITE: usize = 256 * 1024;
 
+/// The bytes one HBONE connection may have queued in HTTP/2 for its peer,
+/// all streams together (see the module's documentation).
+#[derive(Debug, Clone)]
+pub struct SendBudget {
+    permits: Arc<Semaphore>,
+    bytes: u32,
+}
+
+impl SendBudget {
+    /// A budget of `bytes` (at least one write's worth is always allowed).
+    pub fn new(bytes: u32) -> Self {
+        let bytes = bytes.max(MAX_WRITE as u32);
+        Self {
+            permits: Arc::new(Semaphore::new(bytes as usize)),
+            bytes,
+        }
+    }
+
+    /// The bytes queued now.
+    #[cfg(test)]
+    pub fn queued(&self) -> usize {
+        (self.bytes as usize).saturating_sub(self.permits.available_permits())
+    }
+}
+
+/// Data queued in HTTP/2, holding its share of the connection's
+/// [`SendBudget`] until h2 drops it.
+#[derive(Debug)]
+pub struct Chunk {
+    data: Bytes,
+    _share: Option<OwnedSemaphorePermit>,
+}
+
+impl Chunk {
+    /// Data outside any budget (the empty END_STREAM frame).
+    pub fn unbudgeted(data: Bytes) -> Self {
+        Self { data, _share: None }
+    }
+}
+
+impl Buf for Chunk {
+    fn remaining(&self) -> usize {
+        self.data.remaining()
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.data.chunk()
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.data.advance(n);
+    }
+}
+
 /// An HBONE tunnel. While it lives it counts against its connection's stream
 /// budget (client side).
 #[derive(Debug)]
 pub struct Tunnel {
-    send: SendStream<Bytes>,
+    send: SendStream<Chunk>,
+    /// This tunnel's way into its connection's [`SendBudget`].
+    budget: PollSemaphore,
+    budget_bytes: u32,
     recv: RecvStream,
     /// Received and not yet read.
     pending: Bytes,
@@ -43,12 +113,15 @@ impl Tunnel {
     /// A tunnel over an accepted or opened stream, counted in `active` (the
     /// server side does not count).
     pub(crate) fn new(
-        send: SendStream<Bytes>,
+        send: SendStream<Chunk>,
         recv: RecvStream,
+        budget: &SendBudget,
         active: Option<Arc<AtomicUsize>>,
     ) -> Self {
         Self {
             send,
+            budget: PollSemaphore::new(budget.permits.clone()),
+            budget_bytes: budget.bytes,
             recv,
             pending: Bytes::new(),
             write_closed: false,
@@ -142,10 +215,16 @@ impl AsyncWrite for Tunnel {
                 None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
             }
         }
-        let n = capacity.min(want);
-        this.send
-            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-            .map_err(stream_error)?;
+        let n = capacity.min(want).min(this.budget_bytes as usize);
+        // The stream's capacity stays reserved while the budget is awaited.
+        let Some(share) = ready!(this.budget.poll_acquire_many(cx, n as u32)) else {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        };
+        let chunk = Chunk {
+            data: Bytes::copy_from_slice(&buf[..n]),
+            _share: Some(share),
+        };
+        this.send.send_data(chunk, false).map_err(stream_error)?;
         Poll::Ready(Ok(n))
     }
 
@@ -158,7 +237,7 @@ impl AsyncWrite for Tunnel {
         if !self.write_closed {
             self.write_closed = true;
             self.send
-                .send_data(Bytes::new(), true)
+                .send_data(Chunk::unbudgeted(Bytes::new()), true)
                 .map_err(stream_error)?;
         }
         Poll::Ready(Ok(()))

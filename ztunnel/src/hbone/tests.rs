@@ -21,7 +21,11 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::{Error, Pool, PoolKey, client::Tunnel};
+use super::{
+    Error, Pool, PoolKey,
+    client::Tunnel,
+    stream::{Chunk, SendBudget},
+};
 use crate::identity::{Identity, TrustBundle, TrustDomain, WorkloadCert, ca::RootCa, testing};
 
 struct Mesh {
@@ -279,7 +283,10 @@ async fn tunnel_ended_by(data: &'static [u8], end_stream: bool) -> Tunnel {
         let mut sink = [0u8; 1024];
         while matches!(server_io.read(&mut sink).await, Ok(1..)) {}
     });
-    let (sender, connection) = h2::client::handshake(client_io).await.unwrap();
+    let (sender, connection) = h2::client::Builder::new()
+        .handshake::<_, Chunk>(client_io)
+        .await
+        .unwrap();
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -291,7 +298,133 @@ async fn tunnel_ended_by(data: &'static [u8], end_stream: bool) -> Tunnel {
         .unwrap();
     let (response, send) = sender.send_request(request, false).unwrap();
     let response = response.await.unwrap();
-    Tunnel::new(send, response.into_body(), None)
+    Tunnel::new(send, response.into_body(), &SendBudget::new(1 << 20), None)
+}
+
+/// Writes zeros into `tunnel` until it fails or `end` is set (then ends it
+/// cleanly), adding what each write took to `taken`.
+async fn flood(mut tunnel: Tunnel, taken: Arc<AtomicUsize>, end: Arc<AtomicBool>) {
+    let zeros = vec![0u8; 64 * 1024];
+    while !end.load(Ordering::SeqCst) {
+        match tunnel.write(&zeros).await {
+            Ok(n) => taken.fetch_add(n, Ordering::SeqCst),
+            Err(_) => return,
+        };
+    }
+    let _ = tunnel.shutdown().await;
+}
+
+/// `taken` once it has not moved for 300 ms.
+async fn settled(taken: &AtomicUsize) -> usize {
+    let mut last = usize::MAX;
+    loop {
+        let now = taken.load(Ordering::SeqCst);
+        if now == last {
+            return now;
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_peer_that_opens_streams_and_never_reads_holds_only_its_connections_budget() {
+    const BUDGET: usize = 1 << 20;
+    const STREAMS: usize = 20;
+    // A 64 KiB pipe stands for the TCP connection (no kernel buffers).
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let budget = SendBudget::new(BUDGET as u32);
+    let (tunnels, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+    let server_budget = budget.clone();
+    let server = tokio::spawn(async move {
+        let mut connection = h2::server::Builder::new()
+            .max_send_buffer_size(crate::settings::HBONE_SEND_BUFFER)
+            .handshake::<_, Chunk>(server_io)
+            .await
+            .unwrap();
+        while let Some(Ok((request, mut respond))) = connection.accept().await {
+            let send = respond
+                .send_response(hyper::Response::new(()), false)
+                .unwrap();
+            let tunnel = Tunnel::new(send, request.into_body(), &server_budget, None);
+            if tunnels.send(tunnel).is_err() {
+                break;
+            }
+        }
+    });
+    // The peer grants all the window it can, stops reading once its streams
+    // are answered, and reads again (dropping what it gets) when told to.
+    let (sender, mut connection) = h2::client::Builder::new()
+        .initial_window_size(i32::MAX as u32)
+        .initial_connection_window_size(i32::MAX as u32)
+        .handshake::<_, bytes::Bytes>(client_io)
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (resume, resumed) = tokio::sync::oneshot::channel::<()>();
+    let peer = tokio::spawn(async move {
+        tokio::select! {
+            _ = &mut connection => return,
+            _ = stopped => {}
+        }
+        let _ = resumed.await;
+        let _ = connection.await;
+    });
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        let mut ready = sender.clone().ready().await.unwrap();
+        let (response, send) = ready
+            .send_request(connect_to("198.18.1.20:7000"), false)
+            .unwrap();
+        streams.push((response.await.unwrap(), send));
+    }
+    stop.send(()).unwrap();
+    let (taken, end) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let mut writers = Vec::new();
+    for _ in 0..STREAMS {
+        let tunnel = accepted.recv().await.unwrap();
+        writers.push(tokio::spawn(flood(tunnel, taken.clone(), end.clone())));
+    }
+    // Without the budget h2 would queue HBONE_SEND_BUFFER (1 MiB) per
+    // stream: 20 MiB. With it: the budget, the pipe and one frame in flight.
+    let held = settled(&taken).await;
+    assert!(
+        (BUDGET..BUDGET + 64 * 1024 + 256 * 1024).contains(&held),
+        "the server took {held} bytes for a peer that reads nothing"
+    );
+    assert!(budget.queued() <= BUDGET);
+    // Half the streams reset: their queued data waits in h2 (with its share)
+    // until the connection can send the resets, so nothing more is taken.
+    for writer in writers.drain(..STREAMS / 2) {
+        writer.abort();
+        let _ = writer.await;
+    }
+    assert_eq!(
+        settled(&taken).await,
+        held,
+        "a reset let the server take more"
+    );
+    // The others end cleanly; once the peer reads again, every queued byte is
+    // sent or dropped with its reset, and each share is back.
+    end.store(true, Ordering::SeqCst);
+    resume.send(()).unwrap();
+    for writer in writers {
+        tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .expect("a writer did not end once the peer read again")
+            .unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while budget.queued() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(budget.queued(), 0, "shares outlived their bytes");
+    drop(streams);
+    peer.abort();
+    server.abort();
 }
 
 #[tokio::test]
