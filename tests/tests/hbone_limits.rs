@@ -371,6 +371,84 @@ async fn ping_and_settings_floods_from_a_peer_that_never_reads_cost_bounded_memo
     drop(streams);
 }
 
+/// An HTTP/2 frame header.
+fn frame_head(len: usize, kind: u8, flags: u8, stream: u32) -> Vec<u8> {
+    let len = u32::try_from(len).expect("a small frame");
+    let mut head = len.to_be_bytes()[1..].to_vec();
+    head.extend_from_slice(&[kind, flags]);
+    head.extend_from_slice(&stream.to_be_bytes());
+    head
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_opens_streams_and_never_reads_holds_only_its_connections_send_budget() {
+    if !privileged(
+        "a_peer_that_opens_streams_and_never_reads_holds_only_its_connections_send_budget",
+    ) {
+        return;
+    }
+    let attack = tokio::task::block_in_place(|| Attack::start("hbone_noread", Vec::new()));
+    let (bed, zt_b, target, hbone) = (&attack.bed, &attack.zt_b, attack.target, attack.hbone);
+    // An application that sends as fast as it may, whoever reads.
+    let _source = start_server(bed, "server", "source", "[::]:7300");
+    let source = SocketAddr::new(target.ip(), 7300);
+    let tls = attack.peer_tls();
+    let before = vm_hwm_kib(zt_b.pid());
+    let fds = ambit_tests::bench::host::open_fds(zt_b.pid());
+
+    // Raw frames: all the window there is, then 100 CONNECTs to the source
+    // (HPACK literals: `:method` is static index 2, `:authority` 1); then
+    // nothing is ever read. h2 alone would queue 1 MiB per stream: 100 MiB.
+    let mut frames = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frames.extend(frame_head(6, 0x4, 0, 0));
+    frames.extend_from_slice(&[0, 4, 0x7f, 0xff, 0xff, 0xff]); // INITIAL_WINDOW_SIZE
+    frames.extend(frame_head(4, 0x8, 0, 0));
+    frames.extend_from_slice(&(0x7fff_ffffu32 - 65_535).to_be_bytes()); // WINDOW_UPDATE
+    let authority = source.to_string();
+    for i in 0..100u32 {
+        let mut block = vec![0x02, 7];
+        block.extend_from_slice(b"CONNECT");
+        block.extend_from_slice(&[0x01, u8::try_from(authority.len()).expect("short")]);
+        block.extend_from_slice(authority.as_bytes());
+        frames.extend(frame_head(block.len(), 0x1, 0x4, 2 * i + 1)); // HEADERS, END_HEADERS
+        frames.extend(block);
+    }
+    let attacker = bed.pod("attacker").netns_path();
+    let mut stream = tls_connect(&attacker, hbone, tls)
+        .await
+        .expect("the mesh peer connects");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &frames)
+        .await
+        .expect("the streams are opened");
+    // The sources fill the tunnels until the server holds what it may.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let polite = tokio::task::block_in_place(|| send(bed, "client", target, "while-stuck"));
+    assert!(polite.is_ok(), "a well-behaved peer is served: {polite:?}");
+    let after = vm_hwm_kib(zt_b.pid());
+    let grown = after.saturating_sub(before);
+    eprintln!("ztunnel b's peak RSS grew {grown} KiB for 100 streams never read");
+    // The send budget (16 MiB) and a relay buffer of at most 256 KiB per
+    // stream stalled on it (25 MiB); without the budget h2 adds 100 MiB.
+    assert!(
+        grown < 64 * 1024,
+        "ztunnel b's peak RSS grew {grown} KiB ({before} -> {after}) for a peer that reads nothing"
+    );
+    // Gone with the connection: every descriptor back.
+    drop(stream);
+    let mut now = ambit_tests::bench::host::open_fds(zt_b.pid());
+    for _ in 0..50 {
+        if now <= fds {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        now = ambit_tests::bench::host::open_fds(zt_b.pid());
+    }
+    assert!(
+        now <= fds,
+        "ztunnel b's descriptors are back: {fds} before, {now} after"
+    );
+}
+
 #[test]
 fn a_tls_1_2_client_is_refused_with_the_reason() {
     if !privileged("a_tls_1_2_client_is_refused_with_the_reason") {

@@ -23,9 +23,17 @@
 //! ambit-testbin concurrent <addr> <count>
 //!     opens <count> connections at once, holds them all open, then exchanges a
 //!     line on each; prints "concurrent ok=<n>"
-//! ambit-testbin crr <addr> <count>
-//!     <count> times: connect, one line to an echo server and its reply, close;
-//!     prints "crr count=<n> per_s=<rate>"
+//! ambit-testbin crr <addr> <count> [clients]
+//!     <count> times: connect, one line to an echo or crr server and its reply,
+//!     close, from <clients> threads at once (default 1); prints
+//!     "crr count=<n> clients=<c> per_s=<rate>"
+//! ambit-testbin source <listen-addr>
+//!     writes zeros to every accepted connection until it fails (a server
+//!     whose client may never read)
+//! ambit-testbin crr-server <listen-addr> [threads]
+//!     the connection-rate benchmark's server: <threads> (default 4) threads
+//!     accept in turn and each answers one line with "ok" and closes, with no
+//!     thread per connection and nothing printed per connection
 //! ambit-testbin rr <addr> <count> <size> <rate>
 //!     one connection to a sink, open loop: <count> requests of <size> bytes sent
 //!     at <rate> per second whether or not the replies keep up; each latency is
@@ -54,7 +62,7 @@
 #![forbid(unsafe_code)]
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader, Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     process::ExitCode,
     time::{Duration, Instant},
@@ -77,7 +85,10 @@ fn main() -> ExitCode {
         ["concurrent", addr, count] => concurrent(addr, count),
         ["crr", addr, count] => crr(addr, count, "1"),
         ["crr", addr, count, clients] => crr(addr, count, clients),
+        ["crr-server", addr] => crr_server(addr, "4"),
+        ["crr-server", addr, threads] => crr_server(addr, threads),
         ["resetter", addr] => serve(addr, "resetter", reset_after_line),
+        ["source", addr] => serve(addr, "source", spew),
         ["watch", addr] => serve(addr, "watch", watch_end),
         ["abort", addr, message] => abort(addr, message),
         ["await-end", addr, message] => await_end(addr, message),
@@ -85,7 +96,7 @@ fn main() -> ExitCode {
             "usage: ambit-testbin echo <addr> | send <addr> <message> [count] | \
                   session <addr> <count> <interval-ms> | churn <addr> <message> <s> <interval-ms> | sink <addr> | bulk <addr> <s> <size> | \
                   rr <addr> <count> <size> <rate> | checksum <addr> <bytes> | concurrent <addr> <count> | \
-                  crr <addr> <count> [clients] | hold <addr> <count> <seconds>"
+                  crr <addr> <count> [clients] | crr-server <addr> [threads] | source <addr> | hold <addr> <count> <seconds>"
                 .to_owned(),
         ),
     };
@@ -167,6 +178,14 @@ fn answer(stream: TcpStream) -> std::io::Result<()> {
         writeln!(writer, "from={peer} to={local} msg={}", line?)?;
     }
     writer.shutdown(Shutdown::Write)
+}
+
+/// Writes zeros to `stream` until a write fails.
+fn spew(mut stream: TcpStream) -> std::io::Result<()> {
+    let zeros = vec![0u8; 64 * 1024];
+    loop {
+        stream.write_all(&zeros)?;
+    }
 }
 
 /// Closes `stream` with RST instead of FIN.
@@ -597,12 +616,13 @@ fn crr(addr: &str, count: &str, clients: &str) -> Result<(), String> {
             let mine = (c..count).step_by(clients as usize).count();
             std::thread::spawn(move || -> Result<(), String> {
                 for i in 0..mine {
-                    let mut stream =
-                        connect(addr).map_err(|e| format!("client {c}, connection {i}: {e}"))?;
-                    stream.set_nodelay(true).map_err(|e| e.to_string())?;
-                    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
-                    exchange(&mut stream, &mut reader, "crr")
-                        .map_err(|e| format!("client {c}, connection {i}: {e}"))?;
+                    let fail = |e: String| format!("client {c}, connection {i}: {e}");
+                    let mut stream = connect(addr).map_err(fail)?;
+                    stream.set_nodelay(true).map_err(|e| fail(e.to_string()))?;
+                    stream
+                        .write_all(b"crr\n")
+                        .map_err(|e| fail(format!("cannot send: {e}")))?;
+                    read_line_raw(&mut stream).map_err(fail)?;
                 }
                 Ok(())
             })
@@ -618,6 +638,59 @@ fn crr(addr: &str, count: &str, clients: &str) -> Result<(), String> {
         "crr count={count} clients={clients} per_s={:.1}",
         f64::from(count) / elapsed
     );
+    Ok(())
+}
+
+/// Reads one line straight from the socket (no buffered reader: the
+/// connection carries nothing else).
+fn read_line_raw(stream: &mut TcpStream) -> Result<(), String> {
+    let mut buf = [0u8; 256];
+    let mut got = 0;
+    loop {
+        let n = stream
+            .read(&mut buf[got..])
+            .map_err(|e| format!("no reply: {e}"))?;
+        if n == 0 {
+            return Err("the connection closed without a reply".to_owned());
+        }
+        got += n;
+        if buf[..got].contains(&b'\n') {
+            return Ok(());
+        }
+        if got == buf.len() {
+            return Err("a reply line longer than 256 bytes".to_owned());
+        }
+    }
+}
+
+/// The connection-rate server: `threads` threads accept on one listener and
+/// each answers its connection inline.
+fn crr_server(addr: &str, threads: &str) -> Result<(), String> {
+    let threads: u32 = number("threads", threads)?;
+    let listener = listen(addr)?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("listening {local}");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    let workers: Vec<_> = (0..threads.max(1))
+        .map(|_| {
+            let listener = listener.try_clone().map_err(|e| e.to_string())?;
+            Ok(std::thread::spawn(move || {
+                loop {
+                    let Ok((mut stream, _)) = listener.accept() else {
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let _ = stream.set_read_timeout(Some(io_timeout()));
+                    if read_line_raw(&mut stream).is_ok() {
+                        let _ = stream.write_all(b"ok\n");
+                    }
+                }
+            }))
+        })
+        .collect::<Result<_, String>>()?;
+    for worker in workers {
+        let _ = worker.join();
+    }
     Ok(())
 }
 
