@@ -592,6 +592,7 @@ fn a_crash_under_load_leaks_no_plaintext_fails_fast_and_recovers_within_a_second
     let dst = SocketAddr::from((bed.pod("server").ipv4(), 7000));
     send(&bed, "client", dst, "warm-up").expect("served");
     let fds_b = ambit_tests::bench::host::open_fds(zt_b.pid());
+    let heap_b = ambit_tests::bench::host::rss_anon_kib(zt_b.pid()).expect("ztunnel b's memory");
     let dump = bed
         .capture_fabric("fabric", "tcp")
         .expect("tcpdump starts (cargo xtask bootstrap installs it)");
@@ -694,6 +695,15 @@ fn a_crash_under_load_leaks_no_plaintext_fails_fast_and_recovers_within_a_second
     assert!(
         fds <= fds_b + 2,
         "ztunnel b's descriptors are back to their baseline: {fds_b} before, {fds} after"
+    );
+    // And its memory: relay buffers are freed after a quiet second; what the
+    // allocator keeps for reuse stays within a couple of MiB.
+    std::thread::sleep(Duration::from_secs(2));
+    let heap = ambit_tests::bench::host::rss_anon_kib(zt_b.pid()).expect("ztunnel b's memory");
+    eprintln!("ztunnel b RssAnon: {heap_b} KiB before, {heap} KiB after");
+    assert!(
+        heap <= heap_b + 2048,
+        "ztunnel b's memory is back to its baseline: {heap_b} KiB before, {heap} KiB after"
     );
 }
 
