@@ -7,7 +7,7 @@ use hdrhistogram::Histogram;
 use super::{
     h2load::Protocol,
     latency, plot,
-    report::{Report, THROUGHPUT},
+    report::{Report, THROUGHPUT, THROUGHPUT_P4, THROUGHPUT_P16},
     run::Collected,
     scenario::{SCENARIOS, Workload},
     stats,
@@ -59,28 +59,46 @@ pub(super) fn write(out: &Path, report: &Report, collected: &[Collected]) -> Res
         }
     }
     http_cdf(out, collected)?;
-    let bars: Vec<plot::Bar<'_>> = measured()
-        .filter(|(_, (s, _))| s.workloads.contains(&Workload::Bulk))
-        .map(|(i, (s, c))| {
-            let values = c.runs.values(THROUGHPUT);
-            plot::Bar {
-                name: s.name,
-                color: i,
-                value: stats::median(values)
-                    .zip(stats::spread(values))
-                    .map(|(median, spread)| plot::BarValue {
-                        median,
-                        min: spread.min,
-                        max: spread.max,
-                    }),
-            }
-        })
-        .collect();
-    if !bars.is_empty() {
-        write(
+    for (file, title, key, workload) in [
+        (
             "throughput.svg",
-            &plot::throughput_bars("Single-stream bulk throughput (iperf3)", &bars)?,
-        )?;
+            "Single-stream bulk throughput (iperf3)",
+            THROUGHPUT,
+            Workload::Bulk,
+        ),
+        (
+            "throughput_p4.svg",
+            "Bulk throughput, 4 parallel streams (iperf3 -P 4)",
+            THROUGHPUT_P4,
+            Workload::ParallelBulk,
+        ),
+        (
+            "throughput_p16.svg",
+            "Bulk throughput, 16 parallel streams (iperf3 -P 16)",
+            THROUGHPUT_P16,
+            Workload::ParallelBulk,
+        ),
+    ] {
+        let bars: Vec<plot::Bar<'_>> = measured()
+            .filter(|(_, (s, _))| s.workloads.contains(&workload))
+            .map(|(i, (s, c))| {
+                let values = c.runs.values(key);
+                plot::Bar {
+                    name: s.name,
+                    color: i,
+                    value: stats::median(values).zip(stats::spread(values)).map(
+                        |(median, spread)| plot::BarValue {
+                            median,
+                            min: spread.min,
+                            max: spread.max,
+                        },
+                    ),
+                }
+            })
+            .collect();
+        if !bars.is_empty() {
+            write(file, &plot::throughput_bars(title, &bars)?)?;
+        }
     }
     Ok(())
 }

@@ -27,6 +27,10 @@ pub struct Metric {
 
 /// Single-stream bulk throughput (iperf3), Gbit/s.
 pub const THROUGHPUT: &str = "throughput_gbps";
+/// Bulk throughput of 4 parallel iperf3 streams together, Gbit/s.
+pub const THROUGHPUT_P4: &str = "throughput_p4_gbps";
+/// The same with 16 streams.
+pub const THROUGHPUT_P16: &str = "throughput_p16_gbps";
 /// 1 KiB request/response latency at a fixed rate, percentiles in µs.
 pub const RR_P50: &str = "rr_p50_us";
 /// See [`RR_P50`].
@@ -83,6 +87,10 @@ pub const WAYPOINT_RSS: &str = "waypoint_rss_mib";
 pub const WAYPOINT_RSS_ANON: &str = "waypoint_rss_anon_mib";
 /// ztunnel CPU seconds (both nodes, user + system) per GiB of bulk transfer.
 pub const CPU_PER_GIB: &str = "cpu_s_per_gib";
+/// The same with 4 parallel streams.
+pub const CPU_PER_GIB_P4: &str = "cpu_s_per_gib_p4";
+/// The same with 16 parallel streams.
+pub const CPU_PER_GIB_P16: &str = "cpu_s_per_gib_p16";
 /// ztunnel resident memory with enrolled pods and no traffic (the larger
 /// node's), MiB.
 pub const RSS_IDLE: &str = "rss_idle_mib";
@@ -94,8 +102,10 @@ pub const RSS_IDLE_ANON: &str = "rss_idle_anon_mib";
 pub const RSS_PER_CONN: &str = "rss_kib_per_conn";
 
 /// Every metric, in table order.
-pub const METRICS: [Metric; 27] = [
+pub const METRICS: [Metric; 31] = [
     metric(THROUGHPUT, "bulk throughput, Gbit/s", 2),
+    metric(THROUGHPUT_P4, "bulk throughput, 4 streams, Gbit/s", 2),
+    metric(THROUGHPUT_P16, "bulk throughput, 16 streams, Gbit/s", 2),
     metric(RR_P50, "1 KiB RR p50, µs", 1),
     metric(RR_P90, "1 KiB RR p90, µs", 1),
     metric(RR_P99, "1 KiB RR p99, µs", 1),
@@ -112,6 +122,8 @@ pub const METRICS: [Metric; 27] = [
     metric(HTTP2_P50, "HTTP/2 p50 at 1,000 req/s, µs", 1),
     metric(HTTP2_P99, "HTTP/2 p99 at 1,000 req/s, µs", 1),
     metric(CPU_PER_GIB, "ztunnel CPU s/GiB", 2),
+    metric(CPU_PER_GIB_P4, "ztunnel CPU s/GiB, 4 streams", 2),
+    metric(CPU_PER_GIB_P16, "ztunnel CPU s/GiB, 16 streams", 2),
     metric(
         ZTUNNEL_CPU_PER_1K,
         "ztunnel CPU s per 1,000 HTTP requests",
@@ -194,6 +206,10 @@ pub struct ScenarioReport {
 pub struct Ratios {
     /// Mesh bulk throughput / baseline.
     pub mesh_throughput_vs_baseline: Option<f64>,
+    /// Mesh (sk_msg off) throughput of 4 parallel streams / baseline's.
+    pub mesh_throughput_p4_vs_baseline: Option<f64>,
+    /// The same with 16 streams.
+    pub mesh_throughput_p16_vs_baseline: Option<f64>,
     /// Mesh 1 KiB RR p50 - baseline p50, µs (the two ztunnel hops).
     pub mesh_added_p50_us: Option<f64>,
     /// Mesh 1 KiB RR p99 - baseline p99, µs.
@@ -249,6 +265,14 @@ impl Ratios {
             mesh_throughput_vs_baseline: ratio(
                 median(MESH, THROUGHPUT),
                 median(BASELINE, THROUGHPUT),
+            ),
+            mesh_throughput_p4_vs_baseline: ratio(
+                median(MESH_NO_SOCKMAP, THROUGHPUT_P4),
+                median(BASELINE, THROUGHPUT_P4),
+            ),
+            mesh_throughput_p16_vs_baseline: ratio(
+                median(MESH_NO_SOCKMAP, THROUGHPUT_P16),
+                median(BASELINE, THROUGHPUT_P16),
             ),
             mesh_added_p50_us: diff(median(MESH, RR_P50), median(BASELINE, RR_P50)),
             mesh_added_p99_us: diff(median(MESH, RR_P99), median(BASELINE, RR_P99)),

@@ -18,8 +18,9 @@ use super::{
     latency::{self, LatencyRun},
     output,
     report::{
-        CPU_PER_GIB, CRR, Outcome, RR_P50, RR_P90, RR_P99, RR_P999, RR1_P50, RR1_P90, RR1_P99,
-        RR1_P999, RSS_IDLE, RSS_IDLE_ANON, RSS_PER_CONN, Report, Runs, ScenarioReport, THROUGHPUT,
+        CPU_PER_GIB, CPU_PER_GIB_P4, CPU_PER_GIB_P16, CRR, Outcome, RR_P50, RR_P90, RR_P99,
+        RR_P999, RR1_P50, RR1_P90, RR1_P99, RR1_P999, RSS_IDLE, RSS_IDLE_ANON, RSS_PER_CONN,
+        Report, Runs, ScenarioReport, THROUGHPUT, THROUGHPUT_P4, THROUGHPUT_P16,
     },
     scenario::{Dataplane, Route, SCENARIOS, Scenario, Workload},
 };
@@ -33,6 +34,8 @@ use crate::{
 /// Ports of the servers in every server pod.
 const ECHO_PORT: u16 = 7000;
 const SINK_PORT: u16 = 7100;
+/// `ambit-testbin crr-server`: the connection-rate workload's server.
+const CRR_PORT: u16 = 7200;
 const IPERF_PORT: u16 = 5201;
 /// How long memory and CPU readings wait for ztunnel to settle.
 const SETTLE: Duration = Duration::from_millis(500);
@@ -220,7 +223,11 @@ impl Bench {
             .map_err(|e| format!("httpbin in {API_POD}: {e}"))?;
         servers.push(httpbin);
         for pod in ["server", "plainserver", "localserver"] {
-            for (mode, port) in [("sink", SINK_PORT), ("echo", ECHO_PORT)] {
+            for (mode, port) in [
+                ("sink", SINK_PORT),
+                ("echo", ECHO_PORT),
+                ("crr-server", CRR_PORT),
+            ] {
                 let mut cmd = bed.pod_command(pod, testbin_binary());
                 cmd.args([mode, &format!("0.0.0.0:{port}")]);
                 let server = bed.spawn(cmd).map_err(|e| e.to_string())?;
@@ -266,11 +273,17 @@ impl Bench {
     }
 
     /// One iperf3 run from `client` to the iperf3 server of `server`.
-    pub(super) fn bulk(&self, client: &str, server: &str) -> Result<iperf::Transfer, String> {
+    pub(super) fn bulk(
+        &self,
+        client: &str,
+        server: &str,
+        streams: u32,
+    ) -> Result<iperf::Transfer, String> {
         let seconds = self.settings.bulk_seconds;
         let mut cmd = self.bed.pod_command(client, "iperf3");
         cmd.args(["-c", &self.ip(server).to_string()])
             .args(["-p", &IPERF_PORT.to_string()])
+            .args(["-P", &streams.to_string()])
             .args([
                 "-t",
                 &seconds.to_string(),
@@ -318,7 +331,7 @@ impl Bench {
     /// Connections per second: connect, one request, close, `crr_count`
     /// times, from [`CRR_CLIENTS`] client threads at once.
     pub(super) fn crr(&self, client: &str, server: &str) -> Result<f64, String> {
-        let dst = SocketAddr::new(self.ip(server), ECHO_PORT).to_string();
+        let dst = SocketAddr::new(self.ip(server), CRR_PORT).to_string();
         let out = self.testbin(
             client,
             &[
@@ -415,21 +428,32 @@ impl Bench {
                         }
                     }
                 }
-                Workload::Bulk => {
-                    let cpu_before = nodes.cpu_seconds();
-                    match self.bulk(client, server) {
-                        Ok(transfer) => {
-                            collected.runs.push(THROUGHPUT, transfer.gbps);
-                            line.push_str(&format!(" {:.2}Gbit/s", transfer.gbps));
-                            if !nodes.ztunnels.is_empty()
-                                && let (Ok(before), Ok(after)) = (cpu_before, nodes.cpu_seconds())
-                            {
-                                let per_gib = (after - before) / (transfer.bytes as f64 / GIB);
-                                collected.runs.push(CPU_PER_GIB, per_gib);
-                                line.push_str(&format!(" cpu={per_gib:.2}s/GiB"));
+                Workload::Bulk | Workload::ParallelBulk => {
+                    let runs: &[(u32, &str, &str)] = if *workload == Workload::Bulk {
+                        &[(1, THROUGHPUT, CPU_PER_GIB)]
+                    } else {
+                        &[
+                            (4, THROUGHPUT_P4, CPU_PER_GIB_P4),
+                            (16, THROUGHPUT_P16, CPU_PER_GIB_P16),
+                        ]
+                    };
+                    for &(streams, throughput, cpu) in runs {
+                        let cpu_before = nodes.cpu_seconds();
+                        match self.bulk(client, server, streams) {
+                            Ok(transfer) => {
+                                collected.runs.push(throughput, transfer.gbps);
+                                line.push_str(&format!(" P{streams}:{:.2}Gbit/s", transfer.gbps));
+                                if !nodes.ztunnels.is_empty()
+                                    && let (Ok(before), Ok(after)) =
+                                        (cpu_before, nodes.cpu_seconds())
+                                {
+                                    let per_gib = (after - before) / (transfer.bytes as f64 / GIB);
+                                    collected.runs.push(cpu, per_gib);
+                                    line.push_str(&format!(" cpu={per_gib:.2}s/GiB"));
+                                }
                             }
+                            Err(e) => failed("bulk", e),
                         }
-                        Err(e) => failed("bulk", e),
                     }
                 }
                 Workload::Latency => {

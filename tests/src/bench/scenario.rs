@@ -49,6 +49,9 @@ pub enum Route {
 pub enum Workload {
     /// Single-stream iperf3 (and, with ztunnels, their CPU per GiB).
     Bulk,
+    /// iperf3 with 4 and then 16 parallel streams (and the ztunnels' CPU per
+    /// GiB): how the cost grows with concurrent bulk transfers.
+    ParallelBulk,
     /// Open-loop request/response at a fixed rate, 1 KiB and 1 B.
     Latency,
     /// Connect, one request, close, as fast as it goes.
@@ -88,6 +91,16 @@ const ALL: &[Workload] = &[
     Workload::ConnectionRate,
 ];
 
+/// Every workload of the shipped dataplane (sk_msg off): [`ALL`] and the
+/// parallel streams.
+const ALL_AND_PARALLEL: &[Workload] = &[
+    Workload::Memory,
+    Workload::Bulk,
+    Workload::ParallelBulk,
+    Workload::Latency,
+    Workload::ConnectionRate,
+];
+
 /// The dataplane of the HTTP scenarios: sk_msg off (the shipped default), and
 /// the waypoint running for both, so the two differ only in the route.
 const HTTP_DATAPLANE: Dataplane = Dataplane::Mesh {
@@ -104,7 +117,12 @@ pub const SCENARIOS: [Scenario; 7] = [
         dataplane: Dataplane::Plain,
         client: "plainclient",
         server: "plainserver",
-        workloads: &[Workload::Bulk, Workload::Latency, Workload::ConnectionRate],
+        workloads: &[
+            Workload::Bulk,
+            Workload::ParallelBulk,
+            Workload::Latency,
+            Workload::ConnectionRate,
+        ],
         unavailable: None,
     },
     Scenario {
@@ -142,7 +160,7 @@ pub const SCENARIOS: [Scenario; 7] = [
         },
         client: "client",
         server: "server",
-        workloads: ALL,
+        workloads: ALL_AND_PARALLEL,
         unavailable: None,
     },
     Scenario {
@@ -197,6 +215,12 @@ mod tests {
             let scenario = find(name);
             assert!(scenario.unavailable.is_none(), "{name}");
             assert!(scenario.workloads.contains(&Workload::Bulk), "{name}");
+        }
+        for name in [BASELINE, MESH_NO_SOCKMAP] {
+            assert!(
+                find(name).workloads.contains(&Workload::ParallelBulk),
+                "{name}"
+            );
         }
         let (direct, waypoint) = (find(MESH_HTTP), find(MESH_WAYPOINT));
         assert_eq!(direct.workloads, [Workload::Http(Route::PodIp)]);

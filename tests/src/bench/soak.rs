@@ -213,7 +213,7 @@ pub(super) fn soak(settings: &Settings, seconds: u64) -> Result<SoakReport, Stri
     let mut cycles = 0;
     let mut warmup_cycles = 0;
     while started.elapsed() < Duration::from_secs(seconds) {
-        if let Err(e) = bench.bulk("client", "server") {
+        if let Err(e) = bench.bulk("client", "server", 1) {
             failed("bulk", e);
         }
         if let Err(e) = bench.latency("client", "server", 1024) {
