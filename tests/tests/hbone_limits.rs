@@ -104,6 +104,23 @@ impl Attack {
         }
     }
 
+    /// A well-behaved client in the mesh sends `message` to the echo server:
+    /// served, and in time (a new process in the pod, a new connection
+    /// through both ztunnels and one exchange take well under a second unless
+    /// the attack starves the server).
+    fn assert_polite_served(&self, message: &str) {
+        let started = std::time::Instant::now();
+        let polite =
+            tokio::task::block_in_place(|| send(&self.bed, "client", self.target, message));
+        let took = started.elapsed();
+        eprintln!("the polite request took {took:?}");
+        assert!(polite.is_ok(), "a well-behaved peer is served: {polite:?}");
+        assert!(
+            took < Duration::from_secs(1),
+            "a well-behaved peer is served in time: {took:?}"
+        );
+    }
+
     /// TLS as a mesh peer (`demo/flood`, signed by the mesh root) that
     /// expects the server pod's identity.
     fn peer_tls(&self) -> Arc<rustls::ClientConfig> {
@@ -330,7 +347,7 @@ async fn ping_and_settings_floods_from_a_peer_that_never_reads_cost_bounded_memo
         return;
     }
     let attack = tokio::task::block_in_place(|| Attack::start("hbone_pings", Vec::new()));
-    let (bed, zt_b, target, hbone) = (&attack.bed, &attack.zt_b, attack.target, attack.hbone);
+    let (bed, zt_b, hbone) = (&attack.bed, &attack.zt_b, attack.hbone);
     let tls = attack.peer_tls();
     let before = vm_hwm_kib(zt_b.pid());
 
@@ -360,17 +377,7 @@ async fn ping_and_settings_floods_from_a_peer_that_never_reads_cost_bounded_memo
         .await;
         streams.push(stream);
     }
-    let started = std::time::Instant::now();
-    let polite = tokio::task::block_in_place(|| send(bed, "client", target, "during-the-flood"));
-    let took = started.elapsed();
-    eprintln!("the polite request took {took:?}");
-    assert!(polite.is_ok(), "a well-behaved peer is served: {polite:?}");
-    // A new process in the pod, a new connection through both ztunnels and
-    // one exchange: well under a second unless the attack starves the server.
-    assert!(
-        took < Duration::from_secs(1),
-        "a well-behaved peer is served in time: {took:?}"
-    );
+    attack.assert_polite_served("during-the-flood");
     let after = vm_hwm_kib(zt_b.pid());
     assert!(
         after.saturating_sub(before) < 8 * 1024,
@@ -431,17 +438,7 @@ async fn a_peer_that_opens_streams_and_never_reads_holds_only_its_connections_se
         .expect("the streams are opened");
     // The sources fill the tunnels until the server holds what it may.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let started = std::time::Instant::now();
-    let polite = tokio::task::block_in_place(|| send(bed, "client", target, "while-stuck"));
-    let took = started.elapsed();
-    eprintln!("the polite request took {took:?}");
-    assert!(polite.is_ok(), "a well-behaved peer is served: {polite:?}");
-    // A new process in the pod, a new connection through both ztunnels and
-    // one exchange: well under a second unless the attack starves the server.
-    assert!(
-        took < Duration::from_secs(1),
-        "a well-behaved peer is served in time: {took:?}"
-    );
+    attack.assert_polite_served("while-stuck");
     let after = vm_hwm_kib(zt_b.pid());
     let grown = after.saturating_sub(before);
     eprintln!("ztunnel b's peak RSS grew {grown} KiB for 100 streams never read");
