@@ -21,6 +21,7 @@ mod tests;
 pub use client::{Pool, PoolKey};
 pub(crate) use coalesce::CoalescedReads;
 pub use guard::{Guard, Limits};
+pub use stream::{SEND_BUDGET_WAITS, SEND_QUEUED};
 pub use tls::{client_config, peer_identity, server_config};
 
 use crate::settings;

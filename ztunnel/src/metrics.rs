@@ -20,6 +20,8 @@
 //! | `ambit_enrolled_pods` | gauge | | pods of the node whose traffic is captured |
 //! | `ambit_certificate_expiry_seconds` | gauge | `identity` | until each local identity's certificate expires |
 //! | `ambit_hbone_connections`, `ambit_hbone_streams` | gauge | | HBONE client connections and streams open |
+//! | `ambit_hbone_send_queued_bytes` | gauge | | bytes queued in HTTP/2 for HBONE peers, all connections |
+//! | `ambit_hbone_send_budget_waits_total` | counter | | tunnel writes that waited for their connection's send budget |
 //! | `ambit_config_rejected_updates_total` | counter | | configuration updates refused, the last good version kept |
 //!
 //! The `istio_tcp_*` metrics carry Istio's names and labels, so existing
@@ -438,6 +440,16 @@ impl ProxyMetrics {
             "ambit_hbone_rejections",
             "HBONE connections the server refused or ended for what the peer did, by reason",
             metrics.hbone_rejections.clone(),
+        );
+        registry.register(
+            "ambit_hbone_send_queued_bytes",
+            "Bytes queued in HTTP/2 for HBONE peers (written by the proxy, not yet to TLS), all connections",
+            crate::hbone::SEND_QUEUED.clone(),
+        );
+        registry.register(
+            "ambit_hbone_send_budget_waits",
+            "Tunnel writes that waited for their HBONE connection's send budget (the peer reads slower than its streams are written)",
+            crate::hbone::SEND_BUDGET_WAITS.clone(),
         );
         registry.register(
             "ambit_certificate_expiry_seconds",

@@ -28,6 +28,7 @@ use std::{
 
 use bytes::{Buf, Bytes};
 use h2::{Reason, RecvStream, SendStream};
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -37,6 +38,16 @@ use tokio_util::sync::PollSemaphore;
 /// The most one write hands to HTTP/2 at once (it is copied into a frame
 /// buffer; larger writes are taken in several calls).
 const MAX_WRITE: usize = 256 * 1024;
+
+/// Bytes queued in HTTP/2 for HBONE peers now, every connection of the
+/// process together (`ambit_hbone_send_queued_bytes`).
+pub static SEND_QUEUED: std::sync::LazyLock<Gauge> = std::sync::LazyLock::new(Gauge::default);
+
+/// Writes to a tunnel that waited for their connection's send budget
+/// (`ambit_hbone_send_budget_waits_total`): a peer reading slower than its
+/// streams are written.
+pub static SEND_BUDGET_WAITS: std::sync::LazyLock<Counter> =
+    std::sync::LazyLock::new(Counter::default);
 
 /// The bytes one HBONE connection may have queued in HTTP/2 for its peer,
 /// all streams together (see the module's documentation).
@@ -76,6 +87,28 @@ impl Chunk {
     pub fn unbudgeted(data: Bytes) -> Self {
         Self { data, _share: None }
     }
+
+    /// `data`, holding `share` of its connection's budget.
+    fn budgeted(data: Bytes, share: OwnedSemaphorePermit) -> Self {
+        SEND_QUEUED.inc_by(bytes_of(&share));
+        Self {
+            data,
+            _share: Some(share),
+        }
+    }
+}
+
+/// The bytes a share stands for (at most one write, [`MAX_WRITE`]).
+fn bytes_of(share: &OwnedSemaphorePermit) -> i64 {
+    i64::try_from(share.num_permits()).unwrap_or(i64::MAX)
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        if let Some(share) = &self._share {
+            SEND_QUEUED.dec_by(bytes_of(share));
+        }
+    }
 }
 
 impl Buf for Chunk {
@@ -100,6 +133,8 @@ pub struct Tunnel {
     /// This tunnel's way into its connection's [`SendBudget`].
     budget: PollSemaphore,
     budget_bytes: u32,
+    /// A write waits for the budget (counted once per wait).
+    waiting: bool,
     recv: RecvStream,
     /// Received and not yet read.
     pending: Bytes,
@@ -122,6 +157,7 @@ impl Tunnel {
             send,
             budget: PollSemaphore::new(budget.permits.clone()),
             budget_bytes: budget.bytes,
+            waiting: false,
             recv,
             pending: Bytes::new(),
             write_closed: false,
@@ -217,13 +253,21 @@ impl AsyncWrite for Tunnel {
         }
         let n = capacity.min(want).min(this.budget_bytes as usize);
         // The stream's capacity stays reserved while the budget is awaited.
-        let Some(share) = ready!(this.budget.poll_acquire_many(cx, n as u32)) else {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        let share = match this.budget.poll_acquire_many(cx, n as u32) {
+            Poll::Ready(Some(share)) => {
+                this.waiting = false;
+                share
+            }
+            Poll::Ready(None) => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            Poll::Pending => {
+                if !this.waiting {
+                    this.waiting = true;
+                    SEND_BUDGET_WAITS.inc();
+                }
+                return Poll::Pending;
+            }
         };
-        let chunk = Chunk {
-            data: Bytes::copy_from_slice(&buf[..n]),
-            _share: Some(share),
-        };
+        let chunk = Chunk::budgeted(Bytes::copy_from_slice(&buf[..n]), share);
         this.send.send_data(chunk, false).map_err(stream_error)?;
         Poll::Ready(Ok(n))
     }

@@ -379,6 +379,7 @@ async fn a_peer_that_opens_streams_and_never_reads_holds_only_its_connections_bu
         streams.push((response.await.unwrap(), send));
     }
     stop.send(()).unwrap();
+    let waits = super::SEND_BUDGET_WAITS.get();
     let (taken, end) = (
         Arc::new(AtomicUsize::new(0)),
         Arc::new(AtomicBool::new(false)),
@@ -396,6 +397,10 @@ async fn a_peer_that_opens_streams_and_never_reads_holds_only_its_connections_bu
         "the server took {held} bytes for a peer that reads nothing"
     );
     assert!(budget.queued() <= BUDGET);
+    assert!(
+        super::SEND_BUDGET_WAITS.get() > waits,
+        "the writes that waited for the budget are counted"
+    );
     // Half the streams reset: their queued data waits in h2 (with its share)
     // until the connection can send the resets, so nothing more is taken.
     for writer in writers.drain(..STREAMS / 2) {
