@@ -684,14 +684,7 @@ fn a_crash_under_load_leaks_no_plaintext_fails_fast_and_recovers_within_a_second
     );
     // The surviving ztunnel holds no descriptor of the connections the crash
     // cut (the HBONE connection from node a closed with the process).
-    let mut fds = ambit_tests::bench::host::open_fds(zt_b.pid());
-    for _ in 0..50 {
-        if fds <= fds_b + 2 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        fds = ambit_tests::bench::host::open_fds(zt_b.pid());
-    }
+    let fds = ambit_tests::bench::host::open_fds_settled(zt_b.pid(), fds_b + 2);
     assert!(
         fds <= fds_b + 2,
         "ztunnel b's descriptors are back to their baseline: {fds_b} before, {fds} after"

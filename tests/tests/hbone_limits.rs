@@ -467,14 +467,8 @@ async fn a_peer_that_opens_streams_and_never_reads_holds_only_its_connections_se
     );
     // Gone with the connection: every descriptor back.
     drop(stream);
-    let mut now = ambit_tests::bench::host::open_fds(zt_b.pid());
-    for _ in 0..50 {
-        if now <= fds {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        now = ambit_tests::bench::host::open_fds(zt_b.pid());
-    }
+    let now =
+        tokio::task::block_in_place(|| ambit_tests::bench::host::open_fds_settled(zt_b.pid(), fds));
     assert!(
         now <= fds,
         "ztunnel b's descriptors are back: {fds} before, {now} after"

@@ -33,6 +33,20 @@ pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
 }
 
+/// Open file descriptors of `pid` once they are `at_most`, or after 5 s
+/// (connections a process closes take a moment to go): what it holds then.
+pub fn open_fds_settled(pid: u32, at_most: usize) -> usize {
+    let mut fds = open_fds(pid);
+    for _ in 0..50 {
+        if fds <= at_most {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        fds = open_fds(pid);
+    }
+    fds
+}
+
 /// Resident memory of process `pid` in KiB (`VmRSS`).
 pub fn rss_kib(pid: u32) -> Result<u64, String> {
     status_kib(pid, "VmRSS")

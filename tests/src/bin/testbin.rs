@@ -122,9 +122,10 @@ fn parse_addr(addr: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("bad address {addr:?}: {e}"))
 }
 
-/// A listener with a deep accept backlog: the tests open a thousand connections
-/// in a burst, and std's backlog of 128 would drop SYNs into retransmission
-/// delays of seconds.
+/// A listener with a deep accept backlog (the tests open a thousand
+/// connections in a burst, and std's backlog of 128 would drop SYNs into
+/// retransmission delays of seconds), announced as "listening <addr>" once it
+/// accepts.
 fn listen(addr: &str) -> Result<TcpListener, String> {
     let addr = parse_addr(addr)?;
     let fail = |e: std::io::Error| format!("cannot listen on {addr}: {e}");
@@ -140,7 +141,11 @@ fn listen(addr: &str) -> Result<TcpListener, String> {
     }
     socket.bind(&addr.into()).map_err(fail)?;
     socket.listen(4096).map_err(fail)?;
-    Ok(socket.into())
+    let listener: TcpListener = socket.into();
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("listening {local}");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    Ok(listener)
 }
 
 fn echo(addr: &str) -> Result<(), String> {
@@ -155,9 +160,6 @@ fn serve(
     handle: fn(TcpStream) -> std::io::Result<()>,
 ) -> Result<(), String> {
     let listener = listen(addr)?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
-    println!("listening {local}");
-    std::io::stdout().flush().map_err(|e| e.to_string())?;
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         std::thread::spawn(move || {
@@ -668,9 +670,6 @@ fn read_line_raw(stream: &mut TcpStream) -> Result<(), String> {
 fn crr_server(addr: &str, threads: &str) -> Result<(), String> {
     let threads: u32 = number("threads", threads)?;
     let listener = listen(addr)?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
-    println!("listening {local}");
-    std::io::stdout().flush().map_err(|e| e.to_string())?;
     let workers: Vec<_> = (0..threads.max(1))
         .map(|_| {
             let listener = listener.try_clone().map_err(|e| e.to_string())?;

@@ -54,15 +54,18 @@ pub static SEND_BUDGET_WAITS: std::sync::LazyLock<Counter> =
 #[derive(Debug, Clone)]
 pub struct SendBudget {
     permits: Arc<Semaphore>,
+    #[cfg(test)]
     bytes: u32,
 }
 
 impl SendBudget {
-    /// A budget of `bytes` (at least one write's worth is always allowed).
+    /// A budget of `bytes`, at least [`MAX_WRITE`]: a write never asks for
+    /// more than that, so it never waits for more than the whole budget.
     pub fn new(bytes: u32) -> Self {
         let bytes = bytes.max(MAX_WRITE as u32);
         Self {
             permits: Arc::new(Semaphore::new(bytes as usize)),
+            #[cfg(test)]
             bytes,
         }
     }
@@ -79,13 +82,13 @@ impl SendBudget {
 #[derive(Debug)]
 pub struct Chunk {
     data: Bytes,
-    _share: Option<OwnedSemaphorePermit>,
+    share: Option<OwnedSemaphorePermit>,
 }
 
 impl Chunk {
     /// Data outside any budget (the empty END_STREAM frame).
     pub fn unbudgeted(data: Bytes) -> Self {
-        Self { data, _share: None }
+        Self { data, share: None }
     }
 
     /// `data`, holding `share` of its connection's budget.
@@ -93,7 +96,7 @@ impl Chunk {
         SEND_QUEUED.inc_by(bytes_of(&share));
         Self {
             data,
-            _share: Some(share),
+            share: Some(share),
         }
     }
 }
@@ -105,7 +108,7 @@ fn bytes_of(share: &OwnedSemaphorePermit) -> i64 {
 
 impl Drop for Chunk {
     fn drop(&mut self) {
-        if let Some(share) = &self._share {
+        if let Some(share) = &self.share {
             SEND_QUEUED.dec_by(bytes_of(share));
         }
     }
@@ -132,7 +135,6 @@ pub struct Tunnel {
     send: SendStream<Chunk>,
     /// This tunnel's way into its connection's [`SendBudget`].
     budget: PollSemaphore,
-    budget_bytes: u32,
     /// A write waits for the budget (counted once per wait).
     waiting: bool,
     recv: RecvStream,
@@ -156,7 +158,6 @@ impl Tunnel {
         Self {
             send,
             budget: PollSemaphore::new(budget.permits.clone()),
-            budget_bytes: budget.bytes,
             waiting: false,
             recv,
             pending: Bytes::new(),
@@ -251,7 +252,8 @@ impl AsyncWrite for Tunnel {
                 None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
             }
         }
-        let n = capacity.min(want).min(this.budget_bytes as usize);
+        // At most MAX_WRITE: never more than the whole budget.
+        let n = capacity.min(want);
         // The stream's capacity stays reserved while the budget is awaited.
         let share = match this.budget.poll_acquire_many(cx, n as u32) {
             Poll::Ready(Some(share)) => {
