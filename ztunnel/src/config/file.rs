@@ -193,20 +193,23 @@ pub struct Parsed {
 /// invalid security policy does not refuse the file: it is kept fail-closed
 /// and reported in [`Parsed::fail_closed`].
 pub fn parse(text: &str, path: &Path) -> Result<Parsed, Error> {
-    let docs = parse::split(text);
+    let docs = parse::documents(text).map_err(|failure| {
+        let start = failure.start.or(failure.line).unwrap_or(1);
+        Error::Document {
+            path: path.to_owned(),
+            line: failure.line.unwrap_or(start),
+            document: failure.document,
+            start,
+            reason: failure.reason,
+        }
+    })?;
     let located = Located {
         path,
         docs: (docs.iter().enumerate())
-            .map(|(i, d)| (i + 1, d.start_line()))
+            .map(|(i, d)| (i + 1, d.start))
             .collect(),
     };
-    let mut resources = Vec::with_capacity(docs.len());
-    for (i, doc) in docs.iter().enumerate() {
-        let resource = parse::resource(doc).map_err(|(line, reason)| {
-            located.error(i, line.map(|l| doc.first_line + l - 1), reason)
-        })?;
-        resources.push(resource);
-    }
+    let resources: Vec<super::Resource> = docs.into_iter().map(|d| d.resource).collect();
     let mut objects = Vec::with_capacity(resources.len());
     let mut fail_closed = Vec::new();
     let mut seen: HashMap<(Kind, ObjectKey), usize> = HashMap::new();

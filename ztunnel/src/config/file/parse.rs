@@ -1,95 +1,112 @@
-//! Splitting a multi-document YAML file and reading each document as the typed
-//! Kubernetes object its `apiVersion` and `kind` name, keeping line numbers.
+//! Reading a multi-document YAML file, document by document, as the typed
+//! Kubernetes objects their `apiVersion` and `kind` name. The documents come
+//! from `serde_yaml_ng`'s own stream iteration, so every line number is the
+//! file's.
 
 use k8s_openapi::api::{
     core::v1::{Namespace, Node, Pod, Service, ServiceAccount},
     discovery::v1::EndpointSlice,
 };
 use kube::core::PartialObjectMetaExt;
-use serde::{Serialize, de::DeserializeOwned};
+use serde::{
+    Deserialize, Serialize,
+    de::{self, DeserializeOwned},
+};
 use serde_json::Value;
+use serde_yaml_ng::Deserializer;
 
 use super::DocumentError;
 use crate::config::{Resource, crd};
 
-/// One document of the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One non-empty document of the file, read.
+#[derive(Debug)]
 pub(super) struct Document {
-    /// 1-based line of the document's first line in the file.
-    pub(super) first_line: usize,
-    /// The document's text (without its `---` marker).
-    pub(super) text: String,
+    /// 1-based line where the document's content starts.
+    pub(super) start: usize,
+    /// The object it defines.
+    pub(super) resource: Resource,
 }
 
-impl Document {
-    /// 1-based line of the first line with content (not blank, not a comment),
-    /// which is what a reader looks for.
-    pub(super) fn start_line(&self) -> usize {
-        let skipped = self
-            .text
-            .lines()
-            .take_while(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
-            .count();
-        self.first_line + skipped
-    }
+/// Why a document was refused while reading.
+#[derive(Debug)]
+pub(super) struct Failure {
+    /// 1-based index of the document among the non-empty ones.
+    pub(super) document: usize,
+    /// Where the document starts, when the parser got that far.
+    pub(super) start: Option<usize>,
+    /// The line of the problem, when known.
+    pub(super) line: Option<usize>,
+    /// What is wrong.
+    pub(super) reason: Box<DocumentError>,
 }
 
-/// Splits `text` at `---` markers (and `...` ends), as YAML does: a marker is
-/// three dashes at the start of a line, alone or followed by a space.
-pub(super) fn split(text: &str) -> Vec<Document> {
+/// Reads every document of `text`, skipping empty ones (only comments, or
+/// nothing between two markers), up to the first one that is refused.
+///
+/// The stream is walked three times in step: once for where each document
+/// starts, once as plain data (for `apiVersion`, `kind` and the unknown-field
+/// check) and once as the typed object (so a type error carries its line). A
+/// document can be deserialized only once, and a configuration file is small.
+pub(super) fn documents(text: &str) -> Result<Vec<Document>, Failure> {
     let mut docs = Vec::new();
-    let mut current = Document {
-        first_line: 1,
-        text: String::new(),
-    };
-    let mut ended = false;
-    for (i, line) in text.lines().enumerate() {
-        let number = i + 1;
-        let marker = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
-        if marker {
-            docs.push(std::mem::replace(
-                &mut current,
-                Document {
-                    first_line: number + 1,
-                    text: String::new(),
-                },
-            ));
-            ended = false;
-            let rest = line[3..].trim_start();
-            if !rest.is_empty() && !rest.starts_with('#') {
-                current.first_line = number;
-                current.text.push_str(rest);
-                current.text.push('\n');
-            }
+    let starts = Deserializer::from_str(text);
+    let values = Deserializer::from_str(text);
+    let typed = Deserializer::from_str(text);
+    for ((at_start, as_value), as_typed) in starts.zip(values).zip(typed) {
+        let start = start_line(at_start);
+        let failure = |line: Option<usize>, reason: DocumentError| Failure {
+            document: docs.len() + 1,
+            start,
+            line,
+            reason: Box::new(reason),
+        };
+        let value = Value::deserialize(as_value)
+            .map_err(|e| failure(line_of(&e), DocumentError::Syntax(strip_location(&e))))?;
+        if value.is_null() {
             continue;
         }
-        if line == "..." || line.starts_with("... ") {
-            ended = true;
-            continue;
-        }
-        if !ended {
-            current.text.push_str(line);
-        }
-        current.text.push('\n');
+        let resource =
+            resource(&value, as_typed).map_err(|(line, reason)| failure(line, reason))?;
+        docs.push(Document {
+            start: start.unwrap_or(1),
+            resource,
+        });
     }
-    docs.push(current);
-    docs.retain(|d| {
-        d.text
-            .lines()
-            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-    });
-    docs
+    Ok(docs)
 }
 
-/// A parse failure: the document-relative line when known, and the reason.
-pub(super) type Failure = (Option<usize>, DocumentError);
+/// The 1-based line of an error's position.
+fn line_of(e: &serde_yaml_ng::Error) -> Option<usize> {
+    e.location().map(|l| l.line())
+}
 
-/// Reads one document as a typed object.
-pub(super) fn resource(doc: &Document) -> Result<Resource, Failure> {
-    let value: Value = serde_yaml_ng::from_str(&doc.text).map_err(|e| {
-        let line = e.location().map(|l| l.line());
-        (line, DocumentError::Syntax(strip_location(&e)))
-    })?;
+/// Where a document's content starts. The deserializer tells positions only
+/// in its errors, and gives an error raised while visiting a node that node's
+/// position; so this refuses the document's root node at once and reads the
+/// position of the refusal. (A document the parser cannot read at all fails
+/// on its first event, which is where it starts too.)
+fn start_line(document: Deserializer<'_>) -> Option<usize> {
+    /// No value: the probe only ever fails.
+    enum Never {}
+    struct Probe;
+    impl de::Visitor<'_> for Probe {
+        type Value = Never;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("nothing (a position probe)")
+        }
+    }
+    match de::Deserializer::deserialize_any(document, Probe) {
+        Ok(never) => match never {},
+        Err(e) => line_of(&e),
+    }
+}
+
+/// A parse failure: the file line when known, and the reason.
+type Refusal = (Option<usize>, DocumentError);
+
+/// Reads one document, `value` as plain data and `document` (the same one) as
+/// the typed object its `apiVersion` and `kind` name.
+fn resource(value: &Value, document: Deserializer<'_>) -> Result<Resource, Refusal> {
     let object = value
         .as_object()
         .ok_or((None, DocumentError::NotAnObject))?;
@@ -100,34 +117,35 @@ pub(super) fn resource(doc: &Document) -> Result<Resource, Failure> {
             .ok_or((None, DocumentError::MissingTypeField(name)))
     };
     let (api_version, kind) = (field("apiVersion")?, field("kind")?);
+    let doc = document;
     Ok(match (api_version, kind) {
-        ("v1", "Namespace") => Resource::Namespace(typed::<Namespace>(doc, &value, kind)?),
+        ("v1", "Namespace") => Resource::Namespace(typed::<Namespace>(doc, value, kind)?),
         // Checked against the full schema, kept as metadata like the
         // Kubernetes source's metadata-only watch.
         ("v1", "Node") => Resource::Node(
-            typed::<Node>(doc, &value, kind)?
+            typed::<Node>(doc, value, kind)?
                 .metadata
                 .into_response_partial(),
         ),
-        ("v1", "Pod") => Resource::Pod(typed::<Pod>(doc, &value, kind)?),
-        ("v1", "Service") => Resource::Service(typed::<Service>(doc, &value, kind)?),
+        ("v1", "Pod") => Resource::Pod(typed::<Pod>(doc, value, kind)?),
+        ("v1", "Service") => Resource::Service(typed::<Service>(doc, value, kind)?),
         ("v1", "ServiceAccount") => {
-            Resource::ServiceAccount(typed::<ServiceAccount>(doc, &value, kind)?)
+            Resource::ServiceAccount(typed::<ServiceAccount>(doc, value, kind)?)
         }
         ("discovery.k8s.io/v1", "EndpointSlice") => {
-            Resource::EndpointSlice(typed::<EndpointSlice>(doc, &value, kind)?)
+            Resource::EndpointSlice(typed::<EndpointSlice>(doc, value, kind)?)
         }
         ("security.istio.io/v1", "PeerAuthentication") => {
-            Resource::PeerAuthentication(typed::<crd::PeerAuthentication>(doc, &value, kind)?)
+            Resource::PeerAuthentication(typed::<crd::PeerAuthentication>(doc, value, kind)?)
         }
         ("security.istio.io/v1", "RequestAuthentication") => {
-            Resource::RequestAuthentication(typed::<crd::RequestAuthentication>(doc, &value, kind)?)
+            Resource::RequestAuthentication(typed::<crd::RequestAuthentication>(doc, value, kind)?)
         }
         ("security.istio.io/v1", "AuthorizationPolicy") => {
-            Resource::AuthorizationPolicy(typed::<crd::AuthorizationPolicy>(doc, &value, kind)?)
+            Resource::AuthorizationPolicy(typed::<crd::AuthorizationPolicy>(doc, value, kind)?)
         }
         ("gateway.networking.k8s.io/v1", "Gateway") => {
-            Resource::Gateway(typed::<crd::Gateway>(doc, &value, kind)?)
+            Resource::Gateway(typed::<crd::Gateway>(doc, value, kind)?)
         }
         _ => {
             return Err((
@@ -145,12 +163,12 @@ pub(super) fn resource(doc: &Document) -> Result<Resource, Failure> {
 /// line), then refuses fields `T` does not have: a misspelled policy field
 /// silently ignored would change what the policy allows.
 fn typed<T: DeserializeOwned + Serialize>(
-    doc: &Document,
+    document: Deserializer<'_>,
     value: &Value,
     kind: &str,
-) -> Result<T, Failure> {
-    let object: T = serde_yaml_ng::from_str(&doc.text).map_err(|e| {
-        let line = e.location().map(|l| l.line());
+) -> Result<T, Refusal> {
+    let object = T::deserialize(document).map_err(|e| {
+        let line = line_of(&e);
         let reason = DocumentError::Schema {
             kind: kind.to_owned(),
             message: strip_location(&e),
@@ -206,8 +224,8 @@ fn is_empty(v: &Value) -> bool {
     }
 }
 
-/// serde_yaml_ng's message without its "at line L column C", which is relative
-/// to the document; the file line is reported separately.
+/// serde_yaml_ng's message without its "at line L column C": the line is
+/// reported separately, in the editor's `file:line:` form.
 fn strip_location(e: &serde_yaml_ng::Error) -> String {
     let text = e.to_string();
     let Some(i) = text.find(" at line ") else {
@@ -227,14 +245,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn split_keeps_line_numbers_and_skips_empty_documents() {
-        let text = "# header\n---\napiVersion: v1\nkind: Namespace\n---\n# only a comment\n--- # c\n\nkind: x\n...\n---\na: 1\n";
-        let docs = split(text);
-        assert_eq!(docs.len(), 3);
-        assert_eq!(docs[0].first_line, 3);
-        assert_eq!(docs[0].start_line(), 3);
-        assert_eq!(docs[1].start_line(), 9);
-        assert_eq!(docs[2].start_line(), 12);
+    fn documents_keep_file_lines_and_skip_empty_ones() {
+        let text = "# header\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n# only a comment\n--- # c\n\napiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n...\n---\n---\n  apiVersion: v1\n  kind: Namespace\n  metadata:\n    name: c\n--- {apiVersion: v1, kind: Namespace, metadata: {name: d}}\n";
+        let docs = documents(text).expect("four namespaces");
+        let starts: Vec<usize> = docs.iter().map(|d| d.start).collect();
+        assert_eq!(starts, [3, 10, 16, 20]);
+        let names: Vec<String> = (docs.iter())
+            .map(|d| d.resource.key().name.to_string())
+            .collect();
+        assert_eq!(names, ["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn a_refusal_names_the_document_and_the_file_line() {
+        // The second non-empty document has a type error on its fourth line.
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n\n---\n# c\napiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [], nodeName: [x]}\n";
+        let failure = documents(text).expect_err("a bad pod");
+        assert_eq!(failure.document, 2);
+        assert_eq!(failure.start, Some(8));
+        assert_eq!(failure.line, Some(11));
+        assert!(
+            failure.reason.to_string().contains("spec.nodeName"),
+            "{}",
+            failure.reason
+        );
+        // A syntax error in the third: its line is the file's.
+        let text = "a: 1\n---\nb: 2\n---\nc: [\n";
+        let failure = documents(text).expect_err("bad YAML");
+        assert_eq!(failure.document, 1, "a: 1 is not an object");
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\nc: [\n";
+        let failure = documents(text).expect_err("bad YAML");
+        assert_eq!(
+            (failure.document, failure.start, failure.line),
+            (2, Some(5), Some(6))
+        );
+        assert!(matches!(*failure.reason, DocumentError::Syntax(_)));
     }
 
     #[test]
