@@ -23,6 +23,11 @@ pub fn build(root: &Path) -> anyhow::Result<PathBuf> {
             .current_dir(root)
             .args(["build", "--quiet", "--package", "ambit-ebpf", "--release"])
             .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            // The workspace's release profile (fat LTO, one codegen unit) is
+            // for the user-space binaries; the eBPF crate keeps the defaults
+            // it was verified with (the same instructions as before it).
+            .args(["--config", "profile.release.lto=false"])
+            .args(["--config", "profile.release.codegen-units=16"])
             .args(["--target-dir", TARGET_DIR]),
     )
     .context(
