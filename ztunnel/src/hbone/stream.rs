@@ -70,6 +70,26 @@ impl SendBudget {
         }
     }
 
+    /// A share of `bytes`, once the budget has it. At most [`MAX_WRITE`], as
+    /// for a write (more could wait for more than the whole budget).
+    pub(super) async fn share(&self, bytes: usize) -> Result<OwnedSemaphorePermit, super::Error> {
+        let too_large = || {
+            super::Error::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{bytes} bytes in one write to a tunnel; the most is {MAX_WRITE}"),
+            ))
+        };
+        if bytes > MAX_WRITE {
+            return Err(too_large());
+        }
+        let bytes = u32::try_from(bytes).map_err(|_| too_large())?;
+        self.permits
+            .clone()
+            .acquire_many_owned(bytes)
+            .await
+            .map_err(|_| super::Error::Io(io::ErrorKind::BrokenPipe.into()))
+    }
+
     /// The bytes queued now.
     #[cfg(test)]
     pub fn queued(&self) -> usize {
@@ -92,7 +112,7 @@ impl Chunk {
     }
 
     /// `data`, holding `share` of its connection's budget.
-    fn budgeted(data: Bytes, share: OwnedSemaphorePermit) -> Self {
+    pub(super) fn budgeted(data: Bytes, share: OwnedSemaphorePermit) -> Self {
         SEND_QUEUED.inc_by(bytes_of(&share));
         Self {
             data,

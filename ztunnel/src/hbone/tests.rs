@@ -250,6 +250,129 @@ async fn a_pooled_connection_without_streams_is_closed_after_the_pool_idle_time(
 /// `data` (with or without END_STREAM) and RST_STREAM(NO_ERROR), all in one
 /// write of raw HTTP/2 frames: the reset is in before the client reads, as
 /// from a fast or hostile peer.
+/// A bare HBONE server (TLS and HTTP/2, none of ztunnel's server) that
+/// answers a CONNECT only once the stream's first DATA has arrived (504 if
+/// none comes within a second), then echoes.
+async fn server_wanting_data_before_its_answer(mesh: &Mesh) -> SocketAddr {
+    let config = super::server_config(&mesh.server, &mesh.bundle).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let tls = tokio_rustls::TlsAcceptor::from(config)
+            .accept(tcp)
+            .await
+            .unwrap();
+        let mut connection = h2::server::handshake(tls).await.unwrap();
+        let (request, mut respond) = connection.accept().await.unwrap().unwrap();
+        tokio::spawn(async move { while connection.accept().await.is_some() {} });
+        let mut body = request.into_body();
+        let first = tokio::time::timeout(Duration::from_secs(1), body.data()).await;
+        let Ok(Some(Ok(first))) = first else {
+            let mut refused = hyper::Response::new(());
+            *refused.status_mut() = hyper::StatusCode::GATEWAY_TIMEOUT;
+            respond.send_response(refused, true).unwrap();
+            return;
+        };
+        let mut send = respond
+            .send_response(hyper::Response::new(()), false)
+            .unwrap();
+        send.send_data(first, false).unwrap();
+        while let Some(Ok(data)) = body.data().await {
+            send.send_data(data, false).unwrap();
+        }
+        send.send_data(bytes::Bytes::new(), true).unwrap();
+    });
+    addr
+}
+
+#[tokio::test]
+async fn early_data_goes_out_with_the_connect_before_the_answer_and_first() {
+    let mesh = mesh();
+    let addr = server_wanting_data_before_its_answer(&mesh).await;
+    let key = PoolKey {
+        src: mesh.client.identity().clone(),
+        dst: mesh.server.identity().clone(),
+        addr,
+    };
+    let config = super::client_config(&mesh.client, &mesh.bundle, mesh.server.identity()).unwrap();
+    let dial = || async {
+        Ok((
+            TcpStream::connect(addr).await.map_err(Error::Io)?,
+            config.clone(),
+        ))
+    };
+    let early = bytes::Bytes::from_static(b"hello");
+    let mut tunnel = Pool::default()
+        .tunnel_with_data(key, "198.18.0.1:80".parse().unwrap(), None, early, dial)
+        .await
+        .expect("the server got the data before it answered");
+    tunnel.write_all(b", world").await.unwrap();
+    tunnel.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    tunnel.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"hello, world", "the early bytes come first");
+}
+
+#[tokio::test]
+async fn a_refused_connect_with_early_data_is_refused_and_its_connection_lives_on() {
+    let mesh = mesh();
+    let config = super::server_config(&mesh.server, &mesh.bundle).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let config = config.clone();
+            tokio::spawn(async move {
+                let _ = super::server::serve(tcp, config, &guard(), |_source, _authority| async {
+                    // Refused: the data that came with the CONNECT is dropped unread.
+                    Err::<fn(Tunnel) -> Pin<Box<dyn Future<Output = ()> + Send>>, _>(
+                        hyper::StatusCode::FORBIDDEN,
+                    )
+                })
+                .await;
+            });
+        }
+    });
+    let key = PoolKey {
+        src: mesh.client.identity().clone(),
+        dst: mesh.server.identity().clone(),
+        addr,
+    };
+    let config = super::client_config(&mesh.client, &mesh.bundle, mesh.server.identity()).unwrap();
+    let dial = || async {
+        Ok((
+            TcpStream::connect(addr).await.map_err(Error::Io)?,
+            config.clone(),
+        ))
+    };
+    let pool = Pool::default();
+    for attempt in 0..3 {
+        let early = bytes::Bytes::from(vec![attempt; 8 * 1024]);
+        let refused = pool
+            .tunnel_with_data(
+                key.clone(),
+                "198.18.0.1:80".parse().unwrap(),
+                None,
+                early,
+                dial,
+            )
+            .await;
+        assert!(
+            matches!(&refused, Err(Error::Refused { status }) if *status == hyper::StatusCode::FORBIDDEN),
+            "attempt {attempt}: {refused:?}"
+        );
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the discarded data did not break the connection"
+    );
+}
+
 async fn tunnel_ended_by(data: &'static [u8], end_stream: bool) -> Tunnel {
     let (client_io, mut server_io) = tokio::io::duplex(64 * 1024);
     tokio::spawn(async move {

@@ -4,6 +4,7 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
+use bytes::Bytes;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
@@ -121,10 +122,14 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
                     parent: crate::telemetry::next_hop(&span, &trace.parent),
                     ..trace.clone()
                 };
-                let mut tunnel = open_tunnel(&pod, gateway, target, identity, &next)
+                let early = early_data(&app).map_err(ConnectionError::Relay)?;
+                let mut tunnel = open_tunnel(&pod, gateway, target, identity, &next, early.clone())
                     .instrument(span)
                     .await?;
                 record.count();
+                if !early.is_empty() {
+                    crate::relay::Meter::moved(&*record.traffic, early.len() as u64, 0);
+                }
                 crate::relay::relay_metered(
                     &mut app,
                     &mut tunnel,
@@ -150,14 +155,37 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
     connection.in_scope(|| record.finish(&result));
 }
 
+/// The most read from the application before its tunnel opens: a first
+/// message (a request, a TLS ClientHello) fits.
+const EARLY_DATA_MAX: usize = 16 * 1024;
+
+/// What the application has sent already, without waiting (nothing, for a
+/// protocol whose server speaks first): it goes out with the CONNECT. Read
+/// from the socket itself: tokio learns of a socket's readiness only at its
+/// next poll of the kernel, and this one was just accepted.
+fn early_data(app: &TcpStream) -> std::io::Result<Bytes> {
+    use std::io::Read;
+    let mut buf = [0u8; EARLY_DATA_MAX];
+    let socket = socket2::SockRef::from(app);
+    loop {
+        match (&*socket).read(&mut buf) {
+            Ok(n) => return Ok(Bytes::copy_from_slice(&buf[..n])),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Bytes::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// A CONNECT stream to `target` through the HBONE server at `gateway`, which
-/// must present `identity`.
+/// must present `identity`, carrying `early` right behind the CONNECT.
 async fn open_tunnel(
     pod: &PodContext,
     gateway: SocketAddr,
     target: SocketAddr,
     identity: crate::identity::Identity,
     trace: &crate::trace::TraceContext,
+    early: Bytes,
 ) -> Result<hbone::client::Tunnel, ConnectionError> {
     let mesh = &pod.inputs.mesh;
     let key = PoolKey {
@@ -181,7 +209,7 @@ async fn open_tunnel(
         Ok((tcp, config))
     };
     pod.pool
-        .tunnel(key, target, Some(trace), dial)
+        .tunnel_with_data(key, target, Some(trace), early, dial)
         .await
         .map_err(|source| ConnectionError::Hbone { gateway, source })
 }
