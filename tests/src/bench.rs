@@ -50,8 +50,9 @@ pub struct Settings {
     pub rr_count: u32,
     /// Connections per connection-rate run.
     pub crr_count: u32,
-    /// Idle proxied connections opened to measure memory per connection.
-    pub idle_connections: u32,
+    /// Idle proxied connections held at once to read ztunnel's memory, one
+    /// count after the other (the largest also gives memory per connection).
+    pub held_connections: Vec<u32>,
     /// HTTP requests per second of the fixed-rate runs.
     pub http_rate: u32,
     /// HTTP requests per fixed-rate run (each protocol).
@@ -76,7 +77,7 @@ impl Settings {
             rr_rate: 2000,
             rr_count: 10_000,
             crr_count: 5000,
-            idle_connections: 1000,
+            held_connections: report::RSS_HELD.iter().map(|&(n, _)| n).collect(),
             http_rate: 1000,
             http_requests: 5000,
             http_seconds: 3,
@@ -95,7 +96,7 @@ impl Settings {
             rr_rate: 2000,
             rr_count: 3000,
             crr_count: 2000,
-            idle_connections: 1000,
+            held_connections: report::RSS_HELD.iter().map(|&(n, _)| n).collect(),
             http_rate: 1000,
             http_requests: 2000,
             http_seconds: 2,
@@ -115,7 +116,7 @@ impl Settings {
             rr_rate: 1000,
             rr_count: 1000,
             crr_count: 200,
-            idle_connections: 0,
+            held_connections: Vec::new(),
             http_rate: 500,
             http_requests: 500,
             http_seconds: 1,
@@ -285,7 +286,7 @@ mod tests {
             Settings::full(PathBuf::new()),
         ] {
             assert!(s.rounds >= 3);
-            assert!(s.rr_count >= 1000 && s.idle_connections >= 1000);
+            assert!(s.rr_count >= 1000 && s.held_connections.last() == Some(&10_000));
             // The targets are at 1,000 requests/s; a p99 wants 10 above it.
             assert_eq!(s.http_rate, 1000);
             assert!(s.http_requests >= 1000);

@@ -7,7 +7,7 @@ use hdrhistogram::Histogram;
 use super::{
     h2load::Protocol,
     latency, plot,
-    report::{Report, THROUGHPUT, THROUGHPUT_P4, THROUGHPUT_P16},
+    report::{RSS_HELD, Report, THROUGHPUT, THROUGHPUT_P4, THROUGHPUT_P16},
     run::Collected,
     scenario::{SCENARIOS, Workload},
     stats,
@@ -59,6 +59,30 @@ pub(super) fn write(out: &Path, report: &Report, collected: &[Collected]) -> Res
         }
     }
     http_cdf(out, collected)?;
+    // ztunnel's memory by idle connections held: the medians of the rounds.
+    let lines: Vec<plot::Line<'_>> = measured()
+        .map(|(i, (s, c))| plot::Line {
+            name: s.name,
+            color: i,
+            points: (RSS_HELD.iter())
+                .filter_map(|&(count, key)| {
+                    stats::median(c.runs.values(key)).map(|mib| (f64::from(count), mib))
+                })
+                .collect(),
+        })
+        .filter(|line| !line.points.is_empty())
+        .collect();
+    if !lines.is_empty() {
+        write(
+            "rss_by_connections.svg",
+            &plot::growth(
+                "ztunnel RSS (the larger node's) by idle proxied connections held",
+                "connections held (log scale)",
+                "MiB",
+                &lines,
+            )?,
+        )?;
+    }
     for (file, title, key, workload) in [
         (
             "throughput.svg",

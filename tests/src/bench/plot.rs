@@ -115,6 +115,65 @@ pub fn latency_cdf(title: &str, x_desc: &str, lines: &[Line<'_>]) -> Result<Stri
     Ok(svg)
 }
 
+/// One line per scenario through `(x, y)` points: x on a log axis described by
+/// `x_desc` (a count), y on a linear one from zero described by `y_desc`.
+/// Returns the SVG document.
+pub fn growth(
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    lines: &[Line<'_>],
+) -> Result<String, PlotError> {
+    let points = || lines.iter().flat_map(|l| l.points.iter().copied());
+    let min = points().map(|p| p.0).fold(f64::INFINITY, f64::min).max(1.0);
+    let max = points().map(|p| p.0).fold(0.0, f64::max).max(min * 10.0);
+    let top = points().map(|p| p.1).fold(0.0, f64::max).max(1.0) * 1.15;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 520)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(64)
+            .build_cartesian_2d((min * 0.8..max * 1.25).log_scale(), 0.0..top)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .draw()
+            .map_err(err)?;
+        for line in lines {
+            let color = Palette99::pick(line.color).to_rgba();
+            chart
+                .draw_series(LineSeries::new(
+                    line.points.iter().copied(),
+                    color.stroke_width(2),
+                ))
+                .map_err(err)?
+                .label(line.name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series((line.points.iter()).map(|&p| Circle::new(p, 4, color.filled())))
+                .map_err(err)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .draw()
+            .map_err(err)?;
+        root.present().map_err(err)?;
+    }
+    Ok(svg)
+}
+
 /// One bar per scenario with a min-to-max whisker. Returns the SVG document.
 pub fn throughput_bars(title: &str, bars: &[Bar<'_>]) -> Result<String, PlotError> {
     if bars.is_empty() {
@@ -243,5 +302,21 @@ mod tests {
         assert!(bars.starts_with("<svg") && bars.contains("mesh") && bars.contains("6.00"));
         assert!(bars.contains("loopback_on") && bars.contains("no value"));
         assert!(throughput_bars("bulk", &[]).is_err());
+        let growth = growth(
+            "memory",
+            "connections",
+            "MiB",
+            &[line(
+                "mesh_no_sockmap",
+                3,
+                &[(1.0, 20.0), (100.0, 21.0), (10_000.0, 180.0)],
+            )],
+        )
+        .expect("draws");
+        assert!(growth.starts_with("<svg") && growth.contains("mesh_no_sockmap"));
+        assert!(
+            growth.contains("10000"),
+            "the log axis reaches the largest count"
+        );
     }
 }

@@ -100,9 +100,17 @@ pub const RSS_IDLE_ANON: &str = "rss_idle_anon_mib";
 /// ztunnel resident memory per idle proxied connection (the larger node's),
 /// KiB.
 pub const RSS_PER_CONN: &str = "rss_kib_per_conn";
+/// ztunnel resident memory (the larger node's) while holding this many idle
+/// proxied connections, MiB: the counts a run holds, in order.
+pub const RSS_HELD: [(u32, &str); 4] = [
+    (1, "rss_mib_1_conn"),
+    (100, "rss_mib_100_conns"),
+    (1_000, "rss_mib_1000_conns"),
+    (10_000, "rss_mib_10000_conns"),
+];
 
 /// Every metric, in table order.
-pub const METRICS: [Metric; 31] = [
+pub const METRICS: [Metric; 35] = [
     metric(THROUGHPUT, "bulk throughput, Gbit/s", 2),
     metric(THROUGHPUT_P4, "bulk throughput, 4 streams, Gbit/s", 2),
     metric(THROUGHPUT_P16, "bulk throughput, 16 streams, Gbit/s", 2),
@@ -132,6 +140,10 @@ pub const METRICS: [Metric; 31] = [
     metric(RSS_IDLE, "ztunnel RSS idle, MiB", 1),
     metric(RSS_IDLE_ANON, "of which anonymous, MiB", 1),
     metric(RSS_PER_CONN, "ztunnel RSS per idle conn, KiB", 1),
+    metric(RSS_HELD[0].1, "ztunnel RSS, 1 idle conn, MiB", 1),
+    metric(RSS_HELD[1].1, "ztunnel RSS, 100 idle conns, MiB", 1),
+    metric(RSS_HELD[2].1, "ztunnel RSS, 1,000 idle conns, MiB", 1),
+    metric(RSS_HELD[3].1, "ztunnel RSS, 10,000 idle conns, MiB", 1),
     metric(WAYPOINT_CPU_PER_1K, "waypoint CPU s per 1,000 requests", 3),
     metric(WAYPOINT_CORES_AT_MAX, "waypoint cores busy, closed loop", 2),
     metric(

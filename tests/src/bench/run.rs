@@ -19,8 +19,8 @@ use super::{
     output,
     report::{
         CPU_PER_GIB, CPU_PER_GIB_P4, CPU_PER_GIB_P16, CRR, Outcome, RR_P50, RR_P90, RR_P99,
-        RR_P999, RR1_P50, RR1_P90, RR1_P99, RR1_P999, RSS_IDLE, RSS_IDLE_ANON, RSS_PER_CONN,
-        Report, Runs, ScenarioReport, THROUGHPUT, THROUGHPUT_P4, THROUGHPUT_P16,
+        RR_P999, RR1_P50, RR1_P90, RR1_P99, RR1_P999, RSS_HELD, RSS_IDLE, RSS_IDLE_ANON,
+        RSS_PER_CONN, Report, Runs, ScenarioReport, THROUGHPUT, THROUGHPUT_P4, THROUGHPUT_P16,
     },
     scenario::{Dataplane, Route, SCENARIOS, Scenario, Workload},
 };
@@ -36,6 +36,8 @@ const ECHO_PORT: u16 = 7000;
 const SINK_PORT: u16 = 7100;
 /// `ambit-testbin crr-server`: the connection-rate workload's server.
 const CRR_PORT: u16 = 7200;
+/// `ambit-testbin hold-server`, started for each memory reading.
+const HOLD_PORT: u16 = 7300;
 const IPERF_PORT: u16 = 5201;
 /// How long memory and CPU readings wait for ztunnel to settle.
 const SETTLE: Duration = Duration::from_millis(500);
@@ -44,6 +46,10 @@ const SETTLE: Duration = Duration::from_millis(500);
 const CRR_CLIENTS: u32 = 16;
 /// 1 GiB.
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// ztunnel RSS, each node's (KiB), before any connection is held, and while
+/// holding each count of connections.
+type HeldMemory = (Vec<u64>, Vec<(u32, Vec<u64>)>);
 
 /// What one scenario collected over the rounds.
 #[derive(Default)]
@@ -345,37 +351,55 @@ impl Bench {
         field(&out, "per_s")
     }
 
-    /// ztunnel RSS per idle proxied connection, KiB: the larger ztunnel's
-    /// growth while `idle_connections` connections are open and idle.
-    fn rss_per_connection(&self, nodes: &Nodes, client: &str, server: &str) -> Result<f64, String> {
-        let count = self.settings.idle_connections;
-        let dst = SocketAddr::new(self.ip(server), ECHO_PORT).to_string();
+    /// ztunnel RSS (each node's, KiB) while holding each of the settings'
+    /// `held_connections` counts of idle proxied connections, one count after
+    /// the other, and the RSS before the first (a tunnel between the nodes
+    /// open, no connection held).
+    fn held_memory(&self, nodes: &Nodes, client: &str, server: &str) -> Result<HeldMemory, String> {
+        let dst = SocketAddr::new(self.ip(server), HOLD_PORT).to_string();
+        let sh_raising_nofile = |pod: &str| {
+            // Soft open-file limit up to the hard one (ambit-testbin forbids
+            // the unsafe code setrlimit needs, and raising the hard limit may
+            // not be allowed).
+            let mut cmd = self.bed.pod_command(pod, "sh");
+            cmd.args(["-c", r#"ulimit -Sn "$(ulimit -Hn)" && exec "$0" "$@""#])
+                .arg(testbin_binary());
+            cmd
+        };
         // One connection first, so the tunnel between the nodes (TLS session,
         // HTTP/2 connection, certificates) exists: what follows is per
         // connection only.
-        self.testbin(client, &["send", &dst, "warm-up"], Duration::from_secs(30))?;
+        let echo = SocketAddr::new(self.ip(server), ECHO_PORT).to_string();
+        self.testbin(client, &["send", &echo, "warm-up"], Duration::from_secs(30))?;
         std::thread::sleep(SETTLE);
         let before = nodes.rss_kib()?;
-        // The client holds `count` sockets: its soft open-file limit goes up to
-        // the hard one first (ambit-testbin forbids the unsafe code setrlimit
-        // needs, and raising the hard limit may not be allowed).
-        let mut cmd = self.bed.pod_command(client, "sh");
-        cmd.args(["-c", r#"ulimit -Sn "$(ulimit -Hn)" && exec "$0" "$@""#])
-            .arg(testbin_binary())
-            .args(["hold", &dst, &count.to_string(), "300"]);
-        let holder = self.bed.spawn(cmd).map_err(|e| e.to_string())?;
-        if let Err(e) = holder.wait_for_line("held", Duration::from_secs(120)) {
-            return Err(format!(
-                "holding {count} connections: {e}: {}",
-                holder.stderr().join("\n")
-            ));
+        let mut readings = Vec::new();
+        for &count in &self.settings.held_connections {
+            // A server per count: one that outlived its clients would keep
+            // their connections half open in ztunnel.
+            let mut cmd = sh_raising_nofile(server);
+            cmd.args(["hold-server", &format!("0.0.0.0:{HOLD_PORT}")]);
+            let holder_server = self.bed.spawn(cmd).map_err(|e| e.to_string())?;
+            holder_server
+                .wait_for_line("listening", Duration::from_secs(10))
+                .map_err(|e| format!("hold server in {server}: {e}"))?;
+            let mut cmd = sh_raising_nofile(client);
+            cmd.args(["hold", &dst, &count.to_string(), "300"]);
+            let holder = self.bed.spawn(cmd).map_err(|e| e.to_string())?;
+            if let Err(e) = holder.wait_for_line("held", Duration::from_secs(120)) {
+                return Err(format!(
+                    "holding {count} connections: {e}: {}",
+                    holder.stderr().join("\n")
+                ));
+            }
+            std::thread::sleep(SETTLE);
+            readings.push((count, nodes.rss_kib()?));
+            drop(holder);
+            drop(holder_server);
+            // Let the ztunnels see the connections close before the next.
+            std::thread::sleep(SETTLE);
         }
-        std::thread::sleep(SETTLE);
-        let after = nodes.rss_kib()?;
-        drop(holder);
-        // Let the ztunnels see the connections close before the next workload.
-        std::thread::sleep(SETTLE);
-        Ok(per_connection_kib(&before, &after, count))
+        Ok((before, readings))
     }
 
     /// One round of the HTTP workload from `client` along `route`.
@@ -418,13 +442,26 @@ impl Bench {
                         collected.runs.push(RSS_IDLE_ANON, mib);
                         line.push_str(&format!(" (anon {mib:.1}MiB)"));
                     }
-                    if !nodes.ztunnels.is_empty() {
-                        match self.rss_per_connection(nodes, client, server) {
-                            Ok(kib) => {
-                                collected.runs.push(RSS_PER_CONN, kib);
-                                line.push_str(&format!(" rss/conn={kib:.1}KiB"));
+                    if !nodes.ztunnels.is_empty() && !self.settings.held_connections.is_empty() {
+                        match self.held_memory(nodes, client, server) {
+                            Ok((before, readings)) => {
+                                for (count, rss) in &readings {
+                                    let largest = rss.iter().max().copied().unwrap_or(0);
+                                    let mib = largest as f64 / 1024.0;
+                                    if let Some(&(_, key)) =
+                                        RSS_HELD.iter().find(|(n, _)| n == count)
+                                    {
+                                        collected.runs.push(key, mib);
+                                    }
+                                    line.push_str(&format!(" rss@{count}={mib:.1}MiB"));
+                                }
+                                if let Some((count, rss)) = readings.last() {
+                                    let kib = per_connection_kib(&before, rss, *count);
+                                    collected.runs.push(RSS_PER_CONN, kib);
+                                    line.push_str(&format!(" rss/conn={kib:.1}KiB"));
+                                }
                             }
-                            Err(e) => failed("memory per connection", e),
+                            Err(e) => failed("memory with held connections", e),
                         }
                     }
                 }

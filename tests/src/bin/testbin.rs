@@ -42,9 +42,14 @@
 //!     p999_us=.. max_us=..", then "histogram <ns>:<count> ..." (every recorded
 //!     bucket of the HDR histogram, for merging and plotting)
 //! ambit-testbin hold <addr> <count> <seconds>
-//!     opens <count> connections to an echo server, exchanges a line on each,
+//!     opens <count> connections to an echo or hold server, one after the
+//!     other, exchanges a line on each (one descriptor per connection),
 //!     prints "held <n>", then keeps them open and idle for <seconds> (or until
 //!     killed)
+//! ambit-testbin hold-server <listen-addr>
+//!     the held connections' server: one thread accepts, answers each
+//!     connection's first line with that line, and keeps the connection open
+//!     and unread until the process ends (no thread per connection)
 //! ambit-testbin resetter <listen-addr>
 //!     per connection: reads one line, answers "partial" (no newline), then
 //!     closes with a reset (SO_LINGER 0)
@@ -81,6 +86,7 @@ fn main() -> ExitCode {
         ["bulk", addr, seconds, size] => bulk(addr, seconds, size),
         ["rr", addr, count, size, rate] => rr(addr, count, size, rate),
         ["hold", addr, count, seconds] => hold(addr, count, seconds),
+        ["hold-server", addr] => hold_server(addr),
         ["checksum", addr, bytes] => checksum(addr, bytes),
         ["concurrent", addr, count] => concurrent(addr, count),
         ["crr", addr, count] => crr(addr, count, "1"),
@@ -96,7 +102,8 @@ fn main() -> ExitCode {
             "usage: ambit-testbin echo <addr> | send <addr> <message> [count] | \
                   session <addr> <count> <interval-ms> | churn <addr> <message> <s> <interval-ms> | sink <addr> | bulk <addr> <s> <size> | \
                   rr <addr> <count> <size> <rate> | checksum <addr> <bytes> | concurrent <addr> <count> | \
-                  crr <addr> <count> [clients] | crr-server <addr> [threads] | source <addr> | hold <addr> <count> <seconds>"
+                  crr <addr> <count> [clients] | crr-server <addr> [threads] | source <addr> | hold <addr> <count> <seconds> | \
+                  hold-server <addr>"
                 .to_owned(),
         ),
     };
@@ -699,14 +706,36 @@ fn hold(addr: &str, count: &str, seconds: &str) -> Result<(), String> {
     let seconds: f64 = number("seconds", seconds)?;
     let mut streams = Vec::with_capacity(count);
     for i in 0..count {
-        let mut stream = connect(addr).map_err(|e| format!("connection {i}: {e}"))?;
-        let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
-        exchange(&mut stream, &mut reader, &format!("hold-{i}"))
-            .map_err(|e| format!("connection {i}: {e}"))?;
+        let fail = |e: String| format!("connection {i}: {e}");
+        let mut stream = connect(addr).map_err(fail)?;
+        writeln!(stream, "hold-{i}").map_err(|e| fail(format!("cannot send: {e}")))?;
+        read_line_raw(&mut stream).map_err(fail)?;
         streams.push(stream);
     }
     println!("held {}", streams.len());
     std::io::stdout().flush().map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_secs_f64(seconds));
+    Ok(())
+}
+
+fn hold_server(addr: &str) -> Result<(), String> {
+    let listener = listen(addr)?;
+    let mut held = Vec::new();
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let _ = stream.set_read_timeout(Some(io_timeout()));
+        let mut line = [0u8; 256];
+        let mut got = 0;
+        // One line (a holder sends nothing more), answered with itself.
+        while got < line.len() && !line[..got].contains(&b'\n') {
+            match stream.read(&mut line[got..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        if line[..got].ends_with(b"\n") && stream.write_all(&line[..got]).is_ok() {
+            held.push(stream);
+        }
+    }
     Ok(())
 }
