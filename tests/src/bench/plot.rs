@@ -70,49 +70,28 @@ pub fn latency_cdf(title: &str, x_desc: &str, lines: &[Line<'_>]) -> Result<Stri
     let latencies = || lines.iter().flat_map(|l| l.points.iter().map(|p| p.0));
     let min = latencies().fold(f64::INFINITY, f64::min).max(1.0);
     let max = latencies().fold(0.0, f64::max).max(min * 10.0);
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (900, 560)).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 22))
-            .margin(16)
-            .x_label_area_size(44)
-            .y_label_area_size(64)
-            .build_cartesian_2d((min * 0.8..max * 1.25).log_scale(), 0.0..MAX_NINES)
-            .map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_desc(x_desc)
-            .y_desc("percentile")
-            .y_labels(5)
-            .y_label_formatter(&|y| percentile_label(*y))
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .draw()
-            .map_err(err)?;
-        for line in lines {
-            let color = Palette99::pick(line.color).to_rgba();
-            chart
-                .draw_series(LineSeries::new(
-                    line.points.iter().map(|&(x, q)| (x.max(min), nines(q))),
-                    color.stroke_width(2),
-                ))
-                .map_err(err)?
-                .label(line.name)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2))
-                });
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err)?;
-        root.present().map_err(err)?;
-    }
-    Ok(svg)
+    let lines: Vec<Line<'_>> = (lines.iter())
+        .map(|l| Line {
+            points: l
+                .points
+                .iter()
+                .map(|&(x, q)| (x.max(min), nines(q)))
+                .collect(),
+            ..l.clone()
+        })
+        .collect();
+    let frame = Frame {
+        title,
+        size: (900, 560),
+        x: (min, max),
+        x_desc,
+        y_top: MAX_NINES,
+        y_desc: "percentile",
+        y_label: &|y| percentile_label(*y),
+        legend: SeriesLabelPosition::LowerRight,
+        markers: false,
+    };
+    frame.draw(&lines)
 }
 
 /// One line per scenario through `(x, y)` points: x on a log axis described by
@@ -128,50 +107,89 @@ pub fn growth(
     let min = points().map(|p| p.0).fold(f64::INFINITY, f64::min).max(1.0);
     let max = points().map(|p| p.0).fold(0.0, f64::max).max(min * 10.0);
     let top = points().map(|p| p.1).fold(0.0, f64::max).max(1.0) * 1.15;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (900, 520)).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 22))
-            .margin(16)
-            .x_label_area_size(44)
-            .y_label_area_size(64)
-            .build_cartesian_2d((min * 0.8..max * 1.25).log_scale(), 0.0..top)
-            .map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_desc(x_desc)
-            .y_desc(y_desc)
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .draw()
-            .map_err(err)?;
-        for line in lines {
-            let color = Palette99::pick(line.color).to_rgba();
-            chart
-                .draw_series(LineSeries::new(
-                    line.points.iter().copied(),
-                    color.stroke_width(2),
-                ))
-                .map_err(err)?
-                .label(line.name)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2))
-                });
-            chart
-                .draw_series((line.points.iter()).map(|&p| Circle::new(p, 4, color.filled())))
+    let frame = Frame {
+        title,
+        size: (900, 520),
+        x: (min, max),
+        x_desc,
+        y_top: top,
+        y_desc,
+        y_label: &|y| format!("{y:.0}"),
+        legend: SeriesLabelPosition::UpperLeft,
+        markers: true,
+    };
+    frame.draw(lines)
+}
+
+/// A chart of lines over a log x axis and a linear y axis from zero.
+struct Frame<'a> {
+    title: &'a str,
+    size: (u32, u32),
+    /// The smallest and largest x of the data (the axis has some room).
+    x: (f64, f64),
+    x_desc: &'a str,
+    y_top: f64,
+    y_desc: &'a str,
+    y_label: &'a dyn Fn(&f64) -> String,
+    legend: SeriesLabelPosition,
+    /// A dot on each point (few points), or a plain line.
+    markers: bool,
+}
+
+impl Frame<'_> {
+    fn draw(self, lines: &[Line<'_>]) -> Result<String, PlotError> {
+        let (min, max) = self.x;
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, self.size).into_drawing_area();
+            root.fill(&WHITE).map_err(err)?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(self.title, ("sans-serif", 22))
+                .margin(16)
+                .x_label_area_size(44)
+                .y_label_area_size(64)
+                .build_cartesian_2d((min * 0.8..max * 1.25).log_scale(), 0.0..self.y_top)
                 .map_err(err)?;
+            chart
+                .configure_mesh()
+                .x_desc(self.x_desc)
+                .y_desc(self.y_desc)
+                .y_labels(5)
+                .y_label_formatter(self.y_label)
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .draw()
+                .map_err(err)?;
+            for line in lines {
+                let color = Palette99::pick(line.color).to_rgba();
+                chart
+                    .draw_series(LineSeries::new(
+                        line.points.iter().copied(),
+                        color.stroke_width(2),
+                    ))
+                    .map_err(err)?
+                    .label(line.name)
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2))
+                    });
+                if self.markers {
+                    chart
+                        .draw_series(
+                            (line.points.iter()).map(|&p| Circle::new(p, 4, color.filled())),
+                        )
+                        .map_err(err)?;
+                }
+            }
+            chart
+                .configure_series_labels()
+                .position(self.legend)
+                .background_style(WHITE.mix(0.9))
+                .border_style(BLACK)
+                .draw()
+                .map_err(err)?;
+            root.present().map_err(err)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err)?;
-        root.present().map_err(err)?;
+        Ok(svg)
     }
-    Ok(svg)
 }
 
 /// One bar per scenario with a min-to-max whisker. Returns the SVG document.

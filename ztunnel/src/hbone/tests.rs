@@ -107,21 +107,32 @@ impl Server {
     }
 }
 
-async fn round_trip(pool: &Pool, mesh: &Mesh, addr: SocketAddr, text: &[u8]) -> Result<(), Error> {
+/// A tunnel from the mesh's client to its server at `addr`, through `pool`,
+/// with `early` sent along with the CONNECT.
+async fn open(
+    pool: &Pool,
+    mesh: &Mesh,
+    addr: SocketAddr,
+    early: bytes::Bytes,
+) -> Result<Tunnel, Error> {
     let key = PoolKey {
         src: mesh.client.identity().clone(),
         dst: mesh.server.identity().clone(),
         addr,
     };
     let config = super::client_config(&mesh.client, &mesh.bundle, mesh.server.identity())?;
-    let mut tunnel = pool
-        .tunnel(key, "198.18.0.1:80".parse().unwrap(), None, || async {
-            Ok((
-                TcpStream::connect(addr).await.map_err(Error::Io)?,
-                config.clone(),
-            ))
-        })
-        .await?;
+    let dial = || async {
+        Ok((
+            TcpStream::connect(addr).await.map_err(Error::Io)?,
+            config.clone(),
+        ))
+    };
+    pool.tunnel_with_data(key, "198.18.0.1:80".parse().unwrap(), None, early, dial)
+        .await
+}
+
+async fn round_trip(pool: &Pool, mesh: &Mesh, addr: SocketAddr, text: &[u8]) -> Result<(), Error> {
+    let mut tunnel = open(pool, mesh, addr, bytes::Bytes::new()).await?;
     tunnel.write_all(text).await.map_err(Error::Io)?;
     let mut back = vec![0u8; text.len()];
     tunnel.read_exact(&mut back).await.map_err(Error::Io)?;
@@ -290,21 +301,8 @@ async fn server_wanting_data_before_its_answer(mesh: &Mesh) -> SocketAddr {
 async fn early_data_goes_out_with_the_connect_before_the_answer_and_first() {
     let mesh = mesh();
     let addr = server_wanting_data_before_its_answer(&mesh).await;
-    let key = PoolKey {
-        src: mesh.client.identity().clone(),
-        dst: mesh.server.identity().clone(),
-        addr,
-    };
-    let config = super::client_config(&mesh.client, &mesh.bundle, mesh.server.identity()).unwrap();
-    let dial = || async {
-        Ok((
-            TcpStream::connect(addr).await.map_err(Error::Io)?,
-            config.clone(),
-        ))
-    };
     let early = bytes::Bytes::from_static(b"hello");
-    let mut tunnel = Pool::default()
-        .tunnel_with_data(key, "198.18.0.1:80".parse().unwrap(), None, early, dial)
+    let mut tunnel = open(&Pool::default(), &mesh, addr, early)
         .await
         .expect("the server got the data before it answered");
     tunnel.write_all(b", world").await.unwrap();
@@ -337,30 +335,10 @@ async fn a_refused_connect_with_early_data_is_refused_and_its_connection_lives_o
             });
         }
     });
-    let key = PoolKey {
-        src: mesh.client.identity().clone(),
-        dst: mesh.server.identity().clone(),
-        addr,
-    };
-    let config = super::client_config(&mesh.client, &mesh.bundle, mesh.server.identity()).unwrap();
-    let dial = || async {
-        Ok((
-            TcpStream::connect(addr).await.map_err(Error::Io)?,
-            config.clone(),
-        ))
-    };
     let pool = Pool::default();
     for attempt in 0..3 {
         let early = bytes::Bytes::from(vec![attempt; 8 * 1024]);
-        let refused = pool
-            .tunnel_with_data(
-                key.clone(),
-                "198.18.0.1:80".parse().unwrap(),
-                None,
-                early,
-                dial,
-            )
-            .await;
+        let refused = open(&pool, &mesh, addr, early).await;
         assert!(
             matches!(&refused, Err(Error::Refused { status }) if *status == hyper::StatusCode::FORBIDDEN),
             "attempt {attempt}: {refused:?}"
