@@ -5,7 +5,8 @@
 //! (baseline, mesh, ..., then again), so drift hits all alike; the report gives
 //! each metric's median over the rounds and the runs themselves. Workloads:
 //! single-stream bulk throughput (iperf3), open-loop request/response latency
-//! at a fixed rate (`ambit-testbin rr`, HDR histograms), new connections per
+//! at a fixed rate and over 16 connections at rising rates (`ambit-testbin
+//! rr`, HDR histograms), new connections per
 //! second (`ambit-testbin crr`), ztunnel CPU and memory from /proc, and HTTP
 //! through the ztunnels with and without the waypoint (h2load against
 //! `ambit-httpbin`: latency at a fixed rate, requests/s, the waypoint's CPU
@@ -48,6 +49,10 @@ pub struct Settings {
     pub rr_rate: u32,
     /// Requests per latency run (each size).
     pub rr_count: u32,
+    /// Seconds of each rate of the latency-under-load runs (1 KiB over
+    /// [`report::LOAD_CONNECTIONS`] connections at each of
+    /// [`report::LOAD_RATES`]).
+    pub load_seconds: u32,
     /// Connections per connection-rate run.
     pub crr_count: u32,
     /// Idle proxied connections held at once to read ztunnel's memory, one
@@ -76,6 +81,7 @@ impl Settings {
             bulk_seconds: 5,
             rr_rate: 2000,
             rr_count: 10_000,
+            load_seconds: 5,
             crr_count: 5000,
             held_connections: report::RSS_HELD.iter().map(|&(n, _)| n).collect(),
             http_rate: 1000,
@@ -95,6 +101,7 @@ impl Settings {
             bulk_seconds: 2,
             rr_rate: 2000,
             rr_count: 3000,
+            load_seconds: 2,
             crr_count: 2000,
             held_connections: report::RSS_HELD.iter().map(|&(n, _)| n).collect(),
             http_rate: 1000,
@@ -115,6 +122,7 @@ impl Settings {
             bulk_seconds: 2,
             rr_rate: 1000,
             rr_count: 1000,
+            load_seconds: 1,
             crr_count: 200,
             held_connections: Vec::new(),
             http_rate: 500,

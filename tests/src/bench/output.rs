@@ -7,7 +7,7 @@ use hdrhistogram::Histogram;
 use super::{
     h2load::Protocol,
     latency, plot,
-    report::{RSS_HELD, Report, THROUGHPUT, THROUGHPUT_P4, THROUGHPUT_P16},
+    report::{LOAD_RATES, LoadKeys, RSS_HELD, Report, THROUGHPUT, THROUGHPUT_P4, THROUGHPUT_P16},
     run::Collected,
     scenario::{SCENARIOS, Workload},
     stats,
@@ -82,6 +82,44 @@ pub(super) fn write(out: &Path, report: &Report, collected: &[Collected]) -> Res
                 &lines,
             )?,
         )?;
+    }
+    // Latency under load: the medians of the rounds, by offered rate.
+    for (file, title, pick) in [
+        (
+            "latency_by_load_p50.svg",
+            "1 KiB request/response p50 over 16 connections, by offered rate",
+            (|k: &LoadKeys| k.p50) as fn(&LoadKeys) -> &'static str,
+        ),
+        (
+            "latency_by_load_p99.svg",
+            "1 KiB request/response p99 over 16 connections, by offered rate",
+            |k: &LoadKeys| k.p99,
+        ),
+    ] {
+        let lines: Vec<plot::Line<'_>> = measured()
+            .map(|(i, (s, c))| plot::Line {
+                name: s.name,
+                color: i,
+                points: (LOAD_RATES.iter())
+                    .filter_map(|keys| {
+                        stats::median(c.runs.values(pick(keys)))
+                            .map(|us| (f64::from(keys.rate), us))
+                    })
+                    .collect(),
+            })
+            .filter(|line| !line.points.is_empty())
+            .collect();
+        if !lines.is_empty() {
+            write(
+                file,
+                &plot::growth(
+                    title,
+                    "offered requests/s (log scale)",
+                    "µs from the intended send time",
+                    &lines,
+                )?,
+            )?;
+        }
     }
     for (file, title, key, workload) in [
         (

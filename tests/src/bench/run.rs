@@ -18,9 +18,10 @@ use super::{
     latency::{self, LatencyRun},
     output,
     report::{
-        CPU_PER_GIB, CPU_PER_GIB_P4, CPU_PER_GIB_P16, CRR, Outcome, RR_P50, RR_P90, RR_P99,
-        RR_P999, RR1_P50, RR1_P90, RR1_P99, RR1_P999, RSS_HELD, RSS_IDLE, RSS_IDLE_ANON,
-        RSS_PER_CONN, Report, Runs, ScenarioReport, THROUGHPUT, THROUGHPUT_P4, THROUGHPUT_P16,
+        CPU_PER_GIB, CPU_PER_GIB_P4, CPU_PER_GIB_P16, CRR, LOAD_CONNECTIONS, LOAD_RATES, Outcome,
+        RR_P50, RR_P90, RR_P99, RR_P999, RR1_P50, RR1_P90, RR1_P99, RR1_P999, RSS_HELD, RSS_IDLE,
+        RSS_IDLE_ANON, RSS_PER_CONN, Report, Runs, SATURATED_BELOW, ScenarioReport, THROUGHPUT,
+        THROUGHPUT_P4, THROUGHPUT_P16,
     },
     scenario::{Dataplane, Route, SCENARIOS, Scenario, Workload},
 };
@@ -334,6 +335,32 @@ impl Bench {
         latency::parse(&out)
     }
 
+    /// One open-loop run of 1 KiB requests at `rate` per second in all, over
+    /// [`LOAD_CONNECTIONS`] connections, for the settings' `load_seconds`:
+    /// its latencies and the requests answered per second.
+    pub(super) fn load_latency(
+        &self,
+        client: &str,
+        server: &str,
+        rate: u32,
+    ) -> Result<(LatencyRun, f64), String> {
+        let seconds = self.settings.load_seconds;
+        let dst = SocketAddr::new(self.ip(server), SINK_PORT).to_string();
+        let out = self.testbin(
+            client,
+            &[
+                "rr",
+                &dst,
+                &(rate * seconds).to_string(),
+                "1024",
+                &rate.to_string(),
+                &LOAD_CONNECTIONS.to_string(),
+            ],
+            Duration::from_secs(u64::from(seconds) + 30),
+        )?;
+        Ok((latency::parse(&out)?, field(&out, "achieved")?))
+    }
+
     /// Connections per second: connect, one request, close, `crr_count`
     /// times, from [`CRR_CLIENTS`] client threads at once.
     pub(super) fn crr(&self, client: &str, server: &str) -> Result<f64, String> {
@@ -521,6 +548,39 @@ impl Bench {
                                 }
                             }
                             Err(e) => failed(&format!("{size}-byte latency"), e),
+                        }
+                    }
+                }
+                Workload::LoadLatency => {
+                    // Rising rates until one saturates (answered below the
+                    // offered rate): beyond it, latency only says how long
+                    // the queue grew.
+                    for keys in &LOAD_RATES {
+                        match self.load_latency(client, server, keys.rate) {
+                            Ok((run, achieved)) => {
+                                for (key, value) in [
+                                    (keys.p50, run.p50_us),
+                                    (keys.p99, run.p99_us),
+                                    (keys.p999, run.p999_us),
+                                    (keys.achieved, achieved),
+                                ] {
+                                    collected.runs.push(key, value);
+                                }
+                                line.push_str(&format!(
+                                    " load{}k p50/p99={:.0}/{:.0}us",
+                                    keys.rate / 1000,
+                                    run.p50_us,
+                                    run.p99_us
+                                ));
+                                if achieved < f64::from(keys.rate) * SATURATED_BELOW {
+                                    line.push_str(&format!(" (saturated: {achieved:.0}/s)"));
+                                    break;
+                                }
+                            }
+                            Err(e) => {
+                                failed(&format!("latency at {} requests/s", keys.rate), e);
+                                break;
+                            }
                         }
                     }
                 }

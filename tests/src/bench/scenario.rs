@@ -54,6 +54,10 @@ pub enum Workload {
     ParallelBulk,
     /// Open-loop request/response at a fixed rate, 1 KiB and 1 B.
     Latency,
+    /// Open-loop 1 KiB request/response over 16 connections at 1,000, 5,000
+    /// and 20,000 requests/s, each rate until one saturates: how latency
+    /// grows with load.
+    LoadLatency,
     /// Connect, one request, close, as fast as it goes.
     ConnectionRate,
     /// ztunnel RSS idle and per idle proxied connection.
@@ -91,13 +95,14 @@ const ALL: &[Workload] = &[
     Workload::ConnectionRate,
 ];
 
-/// Every workload of the shipped dataplane (sk_msg off): [`ALL`] and the
-/// parallel streams.
+/// Every workload of the shipped dataplane (sk_msg off): [`ALL`], the
+/// parallel streams and latency under load.
 const ALL_AND_PARALLEL: &[Workload] = &[
     Workload::Memory,
     Workload::Bulk,
     Workload::ParallelBulk,
     Workload::Latency,
+    Workload::LoadLatency,
     Workload::ConnectionRate,
 ];
 
@@ -121,6 +126,7 @@ pub const SCENARIOS: [Scenario; 7] = [
             Workload::Bulk,
             Workload::ParallelBulk,
             Workload::Latency,
+            Workload::LoadLatency,
             Workload::ConnectionRate,
         ],
         unavailable: None,
@@ -217,10 +223,9 @@ mod tests {
             assert!(scenario.workloads.contains(&Workload::Bulk), "{name}");
         }
         for name in [BASELINE, MESH_NO_SOCKMAP] {
-            assert!(
-                find(name).workloads.contains(&Workload::ParallelBulk),
-                "{name}"
-            );
+            for workload in [Workload::ParallelBulk, Workload::LoadLatency] {
+                assert!(find(name).workloads.contains(&workload), "{name}");
+            }
         }
         let (direct, waypoint) = (find(MESH_HTTP), find(MESH_WAYPOINT));
         assert_eq!(direct.workloads, [Workload::Http(Route::PodIp)]);

@@ -34,13 +34,17 @@
 //!     the connection-rate benchmark's server: <threads> (default 4) threads
 //!     accept in turn and each answers one line with "ok" and closes, with no
 //!     thread per connection and nothing printed per connection
-//! ambit-testbin rr <addr> <count> <size> <rate>
-//!     one connection to a sink, open loop: <count> requests of <size> bytes sent
-//!     at <rate> per second whether or not the replies keep up; each latency is
+//! ambit-testbin rr <addr> <count> <size> <rate> [connections]
+//!     <connections> (default 1) connections to a sink, open loop: <count>
+//!     requests of <size> bytes sent at <rate> per second in all, in turn over
+//!     the connections, whether or not the replies keep up; each latency is
 //!     counted from the request's intended send time (no coordinated omission).
-//!     Prints "rr count=<n> size=<s> rate=<r> p50_us=.. p90_us=.. p99_us=..
-//!     p999_us=.. max_us=..", then "histogram <ns>:<count> ..." (every recorded
-//!     bucket of the HDR histogram, for merging and plotting)
+//!     Prints "rr count=<n> size=<s> rate=<r> connections=<c> achieved=<r/s>
+//!     p50_us=.. p90_us=.. p99_us=.. p999_us=.. max_us=..", then "histogram
+//!     <ns>:<count> ..." (every recorded bucket of the HDR histogram, for
+//!     merging and plotting). `achieved` is the requests answered per second
+//!     from the first intended send to the last reply: below <rate> when the
+//!     path (or this tool) cannot keep up.
 //! ambit-testbin hold <addr> <count> <seconds>
 //!     opens <count> connections to an echo or hold server, one after the
 //!     other, exchanges a line on each (one descriptor per connection),
@@ -84,7 +88,8 @@ fn main() -> ExitCode {
         ["churn", addr, message, seconds, interval] => churn(addr, message, seconds, interval),
         ["sink", addr] => sink(addr),
         ["bulk", addr, seconds, size] => bulk(addr, seconds, size),
-        ["rr", addr, count, size, rate] => rr(addr, count, size, rate),
+        ["rr", addr, count, size, rate] => rr(addr, count, size, rate, "1"),
+        ["rr", addr, count, size, rate, connections] => rr(addr, count, size, rate, connections),
         ["hold", addr, count, seconds] => hold(addr, count, seconds),
         ["hold-server", addr] => hold_server(addr),
         ["checksum", addr, bytes] => checksum(addr, bytes),
@@ -470,60 +475,101 @@ fn bulk(addr: &str, seconds: &str, size: &str) -> Result<(), String> {
 
 /// The largest latency the histograms record: a minute, in nanoseconds.
 const MAX_LATENCY_NS: u64 = 60_000_000_000;
-fn rr(addr: &str, count: &str, size: &str, rate: &str) -> Result<(), String> {
-    use std::io::Read;
+fn rr(addr: &str, count: &str, size: &str, rate: &str, connections: &str) -> Result<(), String> {
     let addr = parse_addr(addr)?;
     let count: u32 = number("count", count)?;
     let size: u32 = number("size", size)?;
     let rate: f64 = number("rate", rate)?;
-    if count == 0 || size == 0 || rate.is_nan() || rate <= 0.0 {
-        return Err("count, size and rate must be positive".to_owned());
+    let connections: u32 = number("connections", connections)?;
+    if count == 0 || size == 0 || connections == 0 || rate.is_nan() || rate <= 0.0 {
+        return Err("count, size, rate and connections must be positive".to_owned());
     }
-    let mut stream = connect(addr)?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    stream.write_all(b"r").map_err(|e| e.to_string())?;
-    stream
-        .write_all(&size.to_be_bytes())
-        .map_err(|e| e.to_string())?;
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    // Request i is due at start + i * interval; its reply is the i-th reply (one
-    // connection, in order).
-    let start = Instant::now() + Duration::from_millis(5);
-    let mut reader = stream.try_clone().map_err(|e| e.to_string())?;
-    let receiver = std::thread::spawn(move || -> Result<hdrhistogram::Histogram<u64>, String> {
-        let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_NS, 3)
+    let mut streams = Vec::with_capacity(connections as usize);
+    for c in 0..connections {
+        let mut stream = connect(addr).map_err(|e| format!("connection {c}: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        stream.write_all(b"r").map_err(|e| e.to_string())?;
+        stream
+            .write_all(&size.to_be_bytes())
             .map_err(|e| e.to_string())?;
-        let mut reply = vec![0u8; size as usize];
-        for i in 0..count {
-            reader
-                .read_exact(&mut reply)
-                .map_err(|e| format!("reply {i}: {e}"))?;
-            let latency = start.elapsed().saturating_sub(interval * i);
-            histogram.saturating_record(
-                u64::try_from(latency.as_nanos())
-                    .unwrap_or(MAX_LATENCY_NS)
-                    .max(1),
-            );
-        }
-        Ok(histogram)
-    });
+        streams.push(stream);
+    }
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    // Request i is due at start + i * interval and goes on connection
+    // i % connections; a connection answers in order, so its k-th reply
+    // answers request k * connections + c.
+    let start = Instant::now() + Duration::from_millis(5);
+    let mut receivers = Vec::with_capacity(streams.len());
+    for (c, stream) in streams.iter().enumerate() {
+        let mut reader = stream.try_clone().map_err(|e| e.to_string())?;
+        let c = c as u32;
+        receivers.push(std::thread::spawn(
+            move || -> Result<(hdrhistogram::Histogram<u64>, Duration), String> {
+                let mut histogram =
+                    hdrhistogram::Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_NS, 3)
+                        .map_err(|e| e.to_string())?;
+                let mut reply = vec![0u8; size as usize];
+                let mut last = Duration::ZERO;
+                for i in (c..count).step_by(connections as usize) {
+                    reader
+                        .read_exact(&mut reply)
+                        .map_err(|e| format!("reply {i}: {e}"))?;
+                    last = start.elapsed();
+                    let latency = last.saturating_sub(interval * i);
+                    histogram.saturating_record(
+                        u64::try_from(latency.as_nanos())
+                            .unwrap_or(MAX_LATENCY_NS)
+                            .max(1),
+                    );
+                }
+                Ok((histogram, last))
+            },
+        ));
+    }
     let message = vec![0x5au8; size as usize];
+    let mut sent = Ok(());
     for i in 0..count {
         ambit_tests::load::pace_until(start + interval * i);
+        let stream = &mut streams[(i % connections) as usize];
         if let Err(e) = stream.write_all(&message) {
-            // The receiver's error (the connection closed, say) says more.
-            return Err(match receiver.join() {
-                Ok(Err(reason)) => reason,
-                _ => format!("request {i}: {e}"),
-            });
+            sent = Err(format!("request {i}: {e}"));
+            break;
         }
     }
-    let histogram = receiver
-        .join()
-        .map_err(|_| "the receiver thread panicked".to_owned())??;
+    if sent.is_err() {
+        // Unblocks the receivers still waiting for replies.
+        for stream in &streams {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+    let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_NS, 3)
+        .map_err(|e| e.to_string())?;
+    let mut last = Duration::ZERO;
+    let mut failure = None;
+    for receiver in receivers {
+        match receiver.join() {
+            Ok(Ok((part, until))) => {
+                histogram.add(&part).map_err(|e| format!("{e:?}"))?;
+                last = last.max(until);
+            }
+            // The receiver's error (the connection closed, say) says more
+            // than the sender's.
+            Ok(Err(reason)) => {
+                failure.get_or_insert(reason);
+            }
+            Err(_) => {
+                failure.get_or_insert_with(|| "a receiver thread panicked".to_owned());
+            }
+        }
+    }
+    if let Some(reason) = failure {
+        return Err(reason);
+    }
+    sent?;
+    let achieved = f64::from(count) / last.as_secs_f64().max(1e-9);
     let us = |q: f64| histogram.value_at_quantile(q) as f64 / 1e3;
     println!(
-        "rr count={count} size={size} rate={rate} p50_us={:.1} p90_us={:.1} p99_us={:.1} p999_us={:.1} max_us={:.1}",
+        "rr count={count} size={size} rate={rate} connections={connections} achieved={achieved:.0} p50_us={:.1} p90_us={:.1} p99_us={:.1} p999_us={:.1} max_us={:.1}",
         us(0.50),
         us(0.90),
         us(0.99),
@@ -538,7 +584,6 @@ fn rr(addr: &str, count: &str, size: &str, rate: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Sleeps until shortly before `deadline`, then spins up to it.
 /// FNV-1a, 64 bit: a checksum both ends compute the same way.
 struct Fnv(u64);
 
