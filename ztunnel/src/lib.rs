@@ -17,8 +17,9 @@
 //! goes and `relay` moves its bytes, for ztunnel and the waypoint alike;
 //! `readiness` answers the kubelet's probe on 15021 for both.
 #![warn(missing_docs)]
-// `unsafe` only in `capture` (eBPF maps, netns and socket options); the
-// library without it (the waypoint's) forbids it outright.
+// `unsafe` only in `capture` (eBPF maps, netns and socket options) and `heap`
+// (glibc's malloc_trim and mallinfo2); the library without capture (the
+// waypoint's) forbids it outright.
 #![cfg_attr(feature = "capture", deny(unsafe_code))]
 #![cfg_attr(not(feature = "capture"), forbid(unsafe_code))]
 
@@ -31,6 +32,9 @@ pub mod config;
 pub mod controller;
 pub mod flows;
 pub mod hbone;
+#[cfg(all(feature = "capture", target_env = "gnu"))]
+#[allow(unsafe_code)]
+pub mod heap;
 pub mod identity;
 pub mod metrics;
 pub mod policy;

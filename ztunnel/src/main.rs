@@ -287,6 +287,18 @@ async fn run_node(
     };
     let mut metrics = Metrics::new();
     let map_metrics = ztunnel::metrics::MapMetrics::register(metrics.registry_mut());
+    #[cfg(target_env = "gnu")]
+    {
+        // What a burst of traffic left free on the heap goes back to the
+        // kernel (glibc keeps it resident otherwise).
+        let released = prometheus_client::metrics::counter::Counter::default();
+        metrics.registry_mut().register(
+            "ambit_heap_released_bytes",
+            "Free heap pages given back to the kernel after a burst of traffic",
+            released.clone(),
+        );
+        tokio::spawn(ztunnel::heap::run(released));
+    }
     let metrics = Arc::new(metrics);
     metrics.observe_snapshot(&registry.snapshot());
     let mesh = Arc::new(Mesh {
