@@ -156,8 +156,12 @@ pub struct LoadKeys {
 /// A run answered fewer than this share of the offered rate: saturated.
 pub const SATURATED_BELOW: f64 = 0.9;
 
+/// ztunnel resident memory (the larger node's) 12 s after the largest count
+/// of held connections closed, MiB: what a burst leaves behind.
+pub const RSS_AFTER_RELEASE: &str = "rss_mib_after_release";
+
 /// Every metric, in table order.
-pub const METRICS: [Metric; 47] = [
+pub const METRICS: [Metric; 48] = [
     metric(THROUGHPUT, "bulk throughput, Gbit/s", 2),
     metric(THROUGHPUT_P4, "bulk throughput, 4 streams, Gbit/s", 2),
     metric(THROUGHPUT_P16, "bulk throughput, 16 streams, Gbit/s", 2),
@@ -227,6 +231,11 @@ pub const METRICS: [Metric; 47] = [
     metric(RSS_HELD[1].1, "ztunnel RSS, 100 idle conns, MiB", 1),
     metric(RSS_HELD[2].1, "ztunnel RSS, 1,000 idle conns, MiB", 1),
     metric(RSS_HELD[3].1, "ztunnel RSS, 10,000 idle conns, MiB", 1),
+    metric(
+        RSS_AFTER_RELEASE,
+        "ztunnel RSS 12 s after the 10,000 closed, MiB",
+        1,
+    ),
     metric(WAYPOINT_CPU_PER_1K, "waypoint CPU s per 1,000 requests", 3),
     metric(WAYPOINT_CORES_AT_MAX, "waypoint cores busy, closed loop", 2),
     metric(

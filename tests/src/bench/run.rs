@@ -19,9 +19,9 @@ use super::{
     output,
     report::{
         CPU_PER_GIB, CPU_PER_GIB_P4, CPU_PER_GIB_P16, CRR, LOAD_CONNECTIONS, LOAD_RATES, Outcome,
-        RR_P50, RR_P90, RR_P99, RR_P999, RR1_P50, RR1_P90, RR1_P99, RR1_P999, RSS_HELD, RSS_IDLE,
-        RSS_IDLE_ANON, RSS_PER_CONN, Report, Runs, SATURATED_BELOW, ScenarioReport, THROUGHPUT,
-        THROUGHPUT_P4, THROUGHPUT_P16,
+        RR_P50, RR_P90, RR_P99, RR_P999, RR1_P50, RR1_P90, RR1_P99, RR1_P999, RSS_AFTER_RELEASE,
+        RSS_HELD, RSS_IDLE, RSS_IDLE_ANON, RSS_PER_CONN, Report, Runs, SATURATED_BELOW,
+        ScenarioReport, THROUGHPUT, THROUGHPUT_P4, THROUGHPUT_P16,
     },
     scenario::{Dataplane, Route, SCENARIOS, Scenario, Workload},
 };
@@ -48,9 +48,18 @@ const CRR_CLIENTS: u32 = 16;
 /// 1 GiB.
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
-/// ztunnel RSS, each node's (KiB), before any connection is held, and while
-/// holding each count of connections.
-type HeldMemory = (Vec<u64>, Vec<(u32, Vec<u64>)>);
+/// ztunnel RSS, each node's (KiB), before any connection is held, while
+/// holding each count of connections, and [`AFTER_RELEASE`] after the last
+/// were closed.
+struct HeldMemory {
+    before: Vec<u64>,
+    held: Vec<(u32, Vec<u64>)>,
+    after: Vec<u64>,
+}
+
+/// How long after the held connections close ztunnel's memory is read again:
+/// one heap check of ztunnel (every 10 s, `ztunnel::heap`) and some.
+const AFTER_RELEASE: Duration = Duration::from_secs(12);
 
 /// What one scenario collected over the rounds.
 #[derive(Default)]
@@ -426,7 +435,12 @@ impl Bench {
             // Let the ztunnels see the connections close before the next.
             std::thread::sleep(SETTLE);
         }
-        Ok((before, readings))
+        std::thread::sleep(AFTER_RELEASE.saturating_sub(SETTLE));
+        Ok(HeldMemory {
+            before,
+            held: readings,
+            after: nodes.rss_kib()?,
+        })
     }
 
     /// One round of the HTTP workload from `client` along `route`.
@@ -471,7 +485,11 @@ impl Bench {
                     }
                     if !nodes.ztunnels.is_empty() && !self.settings.held_connections.is_empty() {
                         match self.held_memory(nodes, client, server) {
-                            Ok((before, readings)) => {
+                            Ok(HeldMemory {
+                                before,
+                                held: readings,
+                                after,
+                            }) => {
                                 for (count, rss) in &readings {
                                     let largest = rss.iter().max().copied().unwrap_or(0);
                                     let mib = largest as f64 / 1024.0;
@@ -486,6 +504,11 @@ impl Bench {
                                     let kib = per_connection_kib(&before, rss, *count);
                                     collected.runs.push(RSS_PER_CONN, kib);
                                     line.push_str(&format!(" rss/conn={kib:.1}KiB"));
+                                }
+                                if let Some(largest) = after.iter().max() {
+                                    let mib = *largest as f64 / 1024.0;
+                                    collected.runs.push(RSS_AFTER_RELEASE, mib);
+                                    line.push_str(&format!(" rss_after={mib:.1}MiB"));
                                 }
                             }
                             Err(e) => failed("memory with held connections", e),
