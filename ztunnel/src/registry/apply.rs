@@ -114,11 +114,11 @@ impl Snapshot {
         if self.node.as_deref() == Some(&*w.node) {
             self.local.insert(key.clone(), Arc::clone(&w));
         }
-        self.workloads.insert(key, w);
+        self.workloads.insert(w);
     }
 
     fn remove_workload(&mut self, key: &ObjectKey) {
-        let Some(old) = self.workloads.remove(key) else {
+        let Some(old) = self.workloads.remove(&key.namespace, &key.name) else {
             return;
         };
         for ip in old.ips.iter() {

@@ -10,6 +10,8 @@ use std::{
     sync::Arc,
 };
 
+use hashbrown::HashTable;
+
 /// Number of shards: a 100k-entry map copies ~400 entries per touched shard.
 const SHARDS: usize = 256;
 
@@ -119,6 +121,7 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
     }
 
     /// Number of entries.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -173,9 +176,143 @@ impl<V: Clone> IpMap<V> {
     }
 }
 
+/// A value that carries its own (namespace, name) key.
+pub(crate) trait Keyed {
+    /// The namespace and the name.
+    fn key(&self) -> (&str, &str);
+}
+
+/// A [`ShardedMap`] for values that carry their key: a bucket holds the value
+/// alone (8 bytes for an `Arc`), where a map keyed by [`ObjectKey`] holds
+/// the key's 24 bytes besides. With a million pods that is the difference
+/// between a 33- and a 9-byte bucket, at a load factor that can be as low as
+/// one half.
+///
+/// [`ObjectKey`]: super::ObjectKey
+#[derive(Debug, Clone)]
+pub(crate) struct KeyedMap<V> {
+    hasher: RandomState,
+    shards: Box<[Arc<HashTable<V>>]>,
+    len: usize,
+}
+
+impl<V> Default for KeyedMap<V> {
+    fn default() -> Self {
+        Self {
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Arc::new(HashTable::new())).collect(),
+            len: 0,
+        }
+    }
+}
+
+impl<V: Keyed + Clone> KeyedMap<V> {
+    /// The hash of a key, and the shard it is in. The shard comes from bits
+    /// the table does not use for a table under 2^32 buckets (the low bits
+    /// pick the bucket, the top seven are its tag): entries of one shard would
+    /// otherwise all share their bucket bits.
+    fn locate(&self, (namespace, name): (&str, &str)) -> (u64, usize) {
+        let hash = self.hasher.hash_one((namespace, name));
+        // Truncation is the point: eight bits pick a shard.
+        #[allow(clippy::cast_possible_truncation)]
+        let shard = (hash >> 32) as usize % SHARDS;
+        (hash, shard)
+    }
+
+    fn hash_of(hasher: &RandomState, value: &V) -> u64 {
+        hasher.hash_one(value.key())
+    }
+
+    /// The value whose key is (`namespace`, `name`).
+    pub(crate) fn get(&self, namespace: &str, name: &str) -> Option<&V> {
+        let (hash, shard) = self.locate((namespace, name));
+        self.shards[shard].find(hash, |v| v.key() == (namespace, name))
+    }
+
+    /// Inserts `value`, replacing the value with the same key; copies the
+    /// shard first if another snapshot shares it.
+    pub(crate) fn insert(&mut self, value: V) -> Option<V> {
+        let (hash, shard) = self.locate(value.key());
+        let hasher = &self.hasher;
+        let table = Arc::make_mut(&mut self.shards[shard]);
+        let key = value.key();
+        match table.entry(hash, |v| v.key() == key, |v| Self::hash_of(hasher, v)) {
+            hashbrown::hash_table::Entry::Occupied(mut entry) => {
+                Some(std::mem::replace(entry.get_mut(), value))
+            }
+            hashbrown::hash_table::Entry::Vacant(entry) => {
+                entry.insert(value);
+                self.len += 1;
+                None
+            }
+        }
+    }
+
+    /// Removes the value whose key is (`namespace`, `name`); a shard without
+    /// it is not copied.
+    pub(crate) fn remove(&mut self, namespace: &str, name: &str) -> Option<V> {
+        let (hash, shard) = self.locate((namespace, name));
+        let matches = |v: &V| v.key() == (namespace, name);
+        self.shards[shard].find(hash, matches)?;
+        let table = Arc::make_mut(&mut self.shards[shard]);
+        let (old, _) = table.find_entry(hash, matches).ok()?.remove();
+        self.len -= 1;
+        Some(old)
+    }
+
+    /// Every value, in no particular order.
+    pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+
+    /// Number of values.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Keyed for (String, String, u32) {
+        fn key(&self) -> (&str, &str) {
+            (&self.0, &self.1)
+        }
+    }
+
+    #[test]
+    fn keyed_values_are_found_replaced_and_removed_by_their_key() {
+        let value = |i: u32, v: u32| (format!("ns-{}", i % 7), format!("pod-{i}"), v);
+        let mut a: KeyedMap<(String, String, u32)> = KeyedMap::default();
+        for i in 0..10_000 {
+            assert!(a.insert(value(i, i)).is_none());
+        }
+        assert_eq!(a.len(), 10_000);
+        let mut b = a.clone();
+        assert_eq!(b.insert(value(5, 50)).map(|v| v.2), Some(5));
+        assert_eq!(b.remove("ns-6", "pod-6").map(|v| v.2), Some(6));
+        assert_eq!(b.remove("ns-6", "pod-6"), None);
+        // The right namespace matters, not just the name.
+        assert_eq!(b.get("ns-0", "pod-5"), None);
+        assert_eq!(a.get("ns-5", "pod-5").map(|v| v.2), Some(5));
+        assert_eq!(b.get("ns-5", "pod-5").map(|v| v.2), Some(50));
+        assert_eq!((a.len(), b.len()), (10_000, 9_999));
+        assert_eq!(b.values().count(), b.len());
+        let shared = a
+            .shards
+            .iter()
+            .zip(b.shards.iter())
+            .filter(|(x, y)| Arc::ptr_eq(x, y))
+            .count();
+        assert!(
+            shared >= SHARDS - 2,
+            "only touched shards are copied ({shared} shared)"
+        );
+        // Every shard is used: the shard bits are not the bucket bits.
+        let used = a.shards.iter().filter(|s| !s.is_empty()).count();
+        assert!(used > SHARDS * 9 / 10, "{used} shards used");
+    }
 
     #[test]
     fn snapshots_share_untouched_shards() {

@@ -15,7 +15,7 @@ use super::{
     PeerAuthentication, RequestAuthentication, Service, ServicePort, USE_WAYPOINT_LABEL,
     USE_WAYPOINT_NAMESPACE_LABEL, Waypoint, WaypointPolicies, Workload, WorkloadPolicies,
     policy::{TargetRef, WorkloadSelector, selects},
-    sharded::{IpMap, ShardedMap},
+    sharded::{IpMap, Keyed, KeyedMap, ShardedMap},
 };
 
 /// The policies of one namespace, sorted by name.
@@ -33,7 +33,7 @@ pub struct Snapshot {
     pub(super) node: Option<Arc<str>>,
     pub(super) root_namespace: Arc<str>,
     pub(super) namespaces: ShardedMap<Name, Arc<Namespace>>,
-    pub(super) workloads: ShardedMap<ObjectKey, Arc<Workload>>,
+    pub(super) workloads: KeyedMap<Arc<Workload>>,
     pub(super) by_ip: IpMap<Arc<Workload>>,
     pub(super) by_service_account: ShardedMap<ObjectKey, Vec<Arc<Workload>>>,
     pub(super) local: BTreeMap<ObjectKey, Arc<Workload>>,
@@ -61,7 +61,7 @@ impl Snapshot {
             node,
             root_namespace,
             namespaces: ShardedMap::default(),
-            workloads: ShardedMap::default(),
+            workloads: KeyedMap::default(),
             by_ip: IpMap::default(),
             by_service_account: ShardedMap::default(),
             local: BTreeMap::new(),
@@ -104,7 +104,7 @@ impl Snapshot {
 
     /// The workload named `key` (namespace, pod name).
     pub fn workload(&self, key: &ObjectKey) -> Option<&Arc<Workload>> {
-        self.workloads.get(key)
+        self.workloads.get(&key.namespace, &key.name)
     }
 
     /// All workloads, in no particular order.
@@ -483,7 +483,9 @@ impl Snapshot {
             namespaces: (self.namespaces.iter())
                 .map(|(k, v)| (k.to_string(), Arc::clone(v)))
                 .collect(),
-            workloads: sorted(&self.workloads),
+            workloads: (self.workloads.values())
+                .map(|w| (key_of(w), Arc::clone(w)))
+                .collect(),
             services: sorted(&self.services),
             endpoint_sets: sorted(&self.endpoint_sets),
             service_accounts: self
@@ -501,8 +503,8 @@ impl Snapshot {
             service_waypoints: (self.services.iter())
                 .filter_map(|(k, s)| Some((k.clone(), self.waypoint_for_service(s)?.key.clone())))
                 .collect(),
-            workload_waypoints: (self.workloads.iter())
-                .filter_map(|(k, w)| Some((k.clone(), self.waypoint_for_workload(w)?.key.clone())))
+            workload_waypoints: (self.workloads.values())
+                .filter_map(|w| Some((key_of(w), self.waypoint_for_workload(w)?.key.clone())))
                 .collect(),
         }
     }
@@ -537,4 +539,18 @@ pub struct Dump {
 /// as Istio does for its own kinds).
 fn gateway_group(group: &str) -> bool {
     group.is_empty() || group == "gateway.networking.k8s.io"
+}
+
+impl Keyed for Arc<Workload> {
+    fn key(&self) -> (&str, &str) {
+        (&self.namespace, &self.name)
+    }
+}
+
+/// A workload's key (namespace, pod name).
+fn key_of(w: &Workload) -> ObjectKey {
+    ObjectKey {
+        namespace: w.namespace.clone(),
+        name: Arc::clone(&w.name),
+    }
 }
