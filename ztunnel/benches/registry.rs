@@ -170,7 +170,7 @@ fn service(s: usize) -> (Service, EndpointSet) {
         .map(|k| {
             let i = s + k * services();
             Endpoint {
-                addresses: vec![IpAddr::V4(pod_ip(i))],
+                addresses: ztunnel::registry::Addresses::One(IpAddr::V4(pod_ip(i))),
                 ready: true,
                 serving: true,
                 terminating: false,

@@ -213,7 +213,7 @@ pub(super) fn endpoint_slice(
                 r.name.as_deref().map(|name| ObjectKey::new(ns, name))
             });
         endpoints.push(registry::Endpoint {
-            addresses,
+            addresses: addresses.into(),
             ready,
             serving: conditions.serving.unwrap_or(ready),
             terminating: conditions.terminating.unwrap_or(false),

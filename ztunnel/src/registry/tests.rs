@@ -338,7 +338,7 @@ fn node(name: &str, zone: Option<&str>) -> Change {
 
 fn endpoint(node: Option<&str>, zone: Option<&str>) -> Endpoint {
     Endpoint {
-        addresses: vec!["198.18.2.2".parse().unwrap()],
+        addresses: vec!["198.18.2.2".parse().unwrap()].into(),
         ready: true,
         serving: true,
         terminating: false,

@@ -39,7 +39,7 @@ fn snapshot(endpoints: &[Ep]) -> Arc<Snapshot> {
         }],
         endpoints: (endpoints.iter().enumerate())
             .map(|(i, &(node, zone, ready))| Endpoint {
-                addresses: vec![address(i)],
+                addresses: vec![address(i)].into(),
                 ready,
                 serving: ready,
                 terminating: false,
