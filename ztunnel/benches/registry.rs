@@ -125,7 +125,6 @@ fn workload(i: usize, generation: usize) -> Workload {
     .into_iter()
     .collect();
     Workload {
-        uid: Uid::new(&uuid(i + generation * pods())),
         name: format!(
             "app-{deploy}-{:010x}-{:05x}",
             deploy * 7919 + generation,
@@ -143,6 +142,7 @@ fn workload(i: usize, generation: usize) -> Workload {
         host_network: false,
         ready: true,
         local: Some(Box::new(ztunnel::registry::LocalPod {
+            uid: Uid::new(&uuid(i + generation * pods())),
             netns: Some(format!("/var/run/netns/pod-{i}").into()),
         })),
     }

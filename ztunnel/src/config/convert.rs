@@ -80,7 +80,6 @@ pub(super) fn pod(pod: &Pod, key: &ObjectKey) -> Result<Option<Object>, Invalid>
         _ => Uid::new(&key.to_string()),
     };
     Ok(Some(Object::Workload(Workload {
-        uid,
         name: Arc::clone(&key.name),
         namespace: key.namespace.clone(),
         service_account: spec
@@ -93,7 +92,7 @@ pub(super) fn pod(pod: &Pod, key: &ObjectKey) -> Result<Option<Object>, Invalid>
         labels: Arc::new(labels("metadata.labels", pod.labels())?),
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
         ready,
-        local: Some(Box::new(LocalPod { netns: None })),
+        local: Some(Box::new(LocalPod { uid, netns: None })),
     })))
 }
 

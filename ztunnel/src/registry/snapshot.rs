@@ -170,38 +170,37 @@ impl Snapshot {
         names
     }
 
-    /// The pod of `node` whose uid is `uid`.
+    /// The pod of `node` whose uid is `uid`: only the registry's own node's
+    /// pods keep their uid.
     pub fn pod_by_uid(&self, node: &str, uid: &str) -> Option<&Arc<Workload>> {
-        let mine = |w: &&Arc<Workload>| &*w.node == node && w.uid.to_string() == uid;
-        if self.node.as_deref() == Some(node) {
-            return self.local.values().find(mine);
+        if self.node.as_deref() != Some(node) {
+            return None;
         }
-        self.workloads.values().find(mine)
+        (self.local.values()).find(|w| w.uid().is_some_and(|u| u.to_string() == uid))
     }
 
-    /// The enrolled pods of `node`, sorted by namespace and name. Fast for the
-    /// registry's own node; other nodes need a scan.
+    /// The enrolled pods of the registry's own node `node`, sorted by
+    /// namespace and name. Another node's pods are not kept in full (no uid,
+    /// no network namespace): for any other node the list is empty.
     pub fn enrolled_pods(&self, node: &str) -> Vec<EnrolledPod> {
-        let enrolled = |w: &&Arc<Workload>| &*w.node == node && self.is_enrolled(w);
-        let to_pod = |w: &Arc<Workload>| EnrolledPod {
-            uid: w.uid.clone(),
-            namespace: w.namespace.clone(),
-            name: Arc::clone(&w.name),
-            service_account: w.service_account.clone(),
-            netns: w.netns().cloned(),
-            ips: w.ips,
-        };
-        if self.node.as_deref() == Some(node) {
-            return self.local.values().filter(enrolled).map(to_pod).collect();
+        if self.node.as_deref() != Some(node) {
+            return Vec::new();
         }
-        let mut pods: Vec<_> = self
-            .workloads
-            .values()
-            .filter(enrolled)
-            .map(to_pod)
-            .collect();
-        pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        pods
+        let to_pod = |w: &Arc<Workload>| {
+            let local = w.local.as_deref()?;
+            Some(EnrolledPod {
+                uid: local.uid.clone(),
+                namespace: w.namespace.clone(),
+                name: Arc::clone(&w.name),
+                service_account: w.service_account.clone(),
+                netns: local.netns.clone(),
+                ips: w.ips,
+            })
+        };
+        (self.local.values())
+            .filter(|w| self.is_enrolled(w))
+            .filter_map(to_pod)
+            .collect()
     }
 
     // === services ===

@@ -109,6 +109,9 @@ impl PodIps {
 /// What only the ztunnel of the pod's own node keeps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LocalPod {
+    /// `metadata.uid`: what names the pod to the CNI plugin and in the
+    /// enrollment state; no use for a pod of another node.
+    pub uid: Uid,
     /// The pod's network namespace (`/var/run/netns/<name>`), once known: in local
     /// mode from the `ambit.dev/netns` annotation, in Kubernetes from the CNI
     /// plugin.
@@ -120,8 +123,6 @@ pub struct LocalPod {
 /// [`LocalPod`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Workload {
-    /// `metadata.uid`.
-    pub uid: Uid,
     /// `metadata.name`.
     pub name: Arc<str>,
     /// `metadata.namespace`.
@@ -150,6 +151,11 @@ impl Workload {
             namespace: self.namespace.clone(),
             name: Arc::from(&*self.service_account),
         }
+    }
+
+    /// `metadata.uid`, kept for the pods of the registry's own node only.
+    pub fn uid(&self) -> Option<&Uid> {
+        self.local.as_ref().map(|l| &l.uid)
     }
 
     /// The pod's network namespace path, when known.
@@ -206,6 +212,6 @@ mod tests {
     #[test]
     fn workload_stays_within_its_budget() {
         // The fixed part of a remote workload; names and indexes come on top.
-        assert!(size_of::<Workload>() <= 104, "{}", size_of::<Workload>());
+        assert!(size_of::<Workload>() <= 80, "{}", size_of::<Workload>());
     }
 }
