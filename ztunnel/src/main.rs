@@ -288,7 +288,7 @@ async fn run_node(
     let mut metrics = Metrics::new();
     let map_metrics = ztunnel::metrics::MapMetrics::register(metrics.registry_mut());
     #[cfg(target_env = "gnu")]
-    {
+    if settings.heap_trim {
         // What a burst of traffic left free on the heap goes back to the
         // kernel (glibc keeps it resident otherwise).
         let released = prometheus_client::metrics::counter::Counter::default();

@@ -171,6 +171,10 @@ pub const SOCKMAP_ENV: &str = "AMBIT_SOCKMAP";
 /// to end of file with a receive timeout set (`SO_RCVTIMEO`) can get EAGAIN
 /// instead of EOF. Not for production.
 pub const SOCKMAP_DEFAULT: bool = false;
+/// Whether ztunnel gives free heap pages back to the kernel after a burst
+/// (`true`/`false`; `ztunnel::heap`). Off for an allocator other than glibc's
+/// (`LD_PRELOAD`), whose statistics glibc cannot read.
+pub const HEAP_TRIM_ENV: &str = "AMBIT_HEAP_TRIM";
 /// On SIGTERM, how long connections in flight may take to finish (seconds).
 pub const DRAIN_TIMEOUT_ENV: &str = "AMBIT_DRAIN_TIMEOUT_SECONDS";
 /// Default of [`DRAIN_TIMEOUT_ENV`].
@@ -353,6 +357,8 @@ pub struct Settings {
     pub ca: crate::identity::remote::RemoteCa,
     /// See [`SOCKMAP_ENV`].
     pub sockmap: bool,
+    /// See [`HEAP_TRIM_ENV`] (default true).
+    pub heap_trim: bool,
     /// See [`DRAIN_TIMEOUT_ENV`].
     pub drain_timeout: Duration,
     /// See [`IDLE_TIMEOUT_ENV`].
@@ -383,6 +389,10 @@ impl Settings {
         let sockmap = match var(SOCKMAP_ENV) {
             None => SOCKMAP_DEFAULT,
             Some(value) => parse_bool(SOCKMAP_ENV, &value)?,
+        };
+        let heap_trim = match var(HEAP_TRIM_ENV) {
+            None => true,
+            Some(value) => parse_bool(HEAP_TRIM_ENV, &value)?,
         };
         let drain_timeout = match var(DRAIN_TIMEOUT_ENV) {
             None => DRAIN_TIMEOUT_DEFAULT,
@@ -441,6 +451,7 @@ impl Settings {
                 root_file: PathBuf::from(var(CA_ROOT_ENV).as_deref().unwrap_or(CA_ROOT_DEFAULT)),
             },
             sockmap,
+            heap_trim,
             drain_timeout,
             idle_timeout,
             log_format,
@@ -642,6 +653,7 @@ mod tests {
                     root_file: "/var/run/secrets/ambit/root-cert.pem".into(),
                 },
                 sockmap: false,
+                heap_trim: true,
                 drain_timeout: Duration::from_secs(30),
                 idle_timeout: Duration::from_secs(3600),
                 log_format: LogFormat::Plain,
@@ -667,6 +679,7 @@ mod tests {
             (CONFIG_FILE_ENV, "/etc/ambit/mesh.yaml"),
             (PIN_DIR_ENV, "/sys/fs/bpf/test"),
             (SOCKMAP_ENV, "true"),
+            (HEAP_TRIM_ENV, "false"),
             (DRAIN_TIMEOUT_ENV, "2.5"),
             (WORKER_THREADS_ENV, "4"),
             (PROBE_CGROUP_ENV, "/sys/fs/cgroup/kubelet"),
@@ -693,6 +706,12 @@ mod tests {
             PathBuf::from("/sys/fs/bpf/test")
         );
         assert!(settings.sockmap);
+        assert!(!settings.heap_trim);
+        assert!(
+            Settings::from_env(&env(&[])).unwrap().heap_trim,
+            "on by default"
+        );
+        assert!(Settings::from_env(&env(&[(HEAP_TRIM_ENV, "no")])).is_err());
         assert_eq!(settings.drain_timeout, Duration::from_millis(2500));
         assert_eq!(settings.worker_threads, Some(4));
     }
