@@ -275,6 +275,11 @@ impl<V: Keyed + Clone> KeyedMap<V> {
 mod tests {
     use super::*;
 
+    /// How many shards two maps share (the same `Arc`).
+    fn shared_shards<T>(a: &[Arc<T>], b: &[Arc<T>]) -> usize {
+        a.iter().zip(b).filter(|(x, y)| Arc::ptr_eq(x, y)).count()
+    }
+
     impl Keyed for (String, String, u32) {
         fn key(&self) -> (&str, &str) {
             (&self.0, &self.1)
@@ -299,12 +304,7 @@ mod tests {
         assert_eq!(b.get("ns-5", "pod-5").map(|v| v.2), Some(50));
         assert_eq!((a.len(), b.len()), (10_000, 9_999));
         assert_eq!(b.values().count(), b.len());
-        let shared = a
-            .shards
-            .iter()
-            .zip(b.shards.iter())
-            .filter(|(x, y)| Arc::ptr_eq(x, y))
-            .count();
+        let shared = shared_shards(&a.shards, &b.shards);
         assert!(
             shared >= SHARDS - 2,
             "only touched shards are copied ({shared} shared)"
@@ -327,12 +327,7 @@ mod tests {
         *b.get_or_default(20_000) += 1;
         assert_eq!((a.get(&5), b.get(&5)), (Some(&5), Some(&50)));
         assert_eq!((a.len(), b.len()), (10_000, 10_000));
-        let shared = a
-            .shards
-            .iter()
-            .zip(b.shards.iter())
-            .filter(|(x, y)| Arc::ptr_eq(x, y))
-            .count();
+        let shared = shared_shards(&a.shards, &b.shards);
         assert!(
             shared >= SHARDS - 3,
             "only touched shards are copied ({shared} shared)"
