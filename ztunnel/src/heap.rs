@@ -13,7 +13,9 @@
 //! Trimming walks the free lists under each arena's lock, so it runs on a
 //! blocking thread, and only when it has something to give: when the
 //! resident anonymous memory exceeds what the allocator has handed out by at
-//! least [`SLACK`]. A steady or idle process never trims.
+//! least [`SLACK`] more than it did after the last trim (some slack is not
+//! the allocator's to give: thread stacks, free pieces smaller than a page).
+//! A steady or idle process never trims.
 
 use std::time::Duration;
 
@@ -69,23 +71,44 @@ pub fn trim() -> (Option<Usage>, Option<Usage>) {
     (before, Usage::read())
 }
 
-/// Checks every [`CHECK_EVERY`] and trims when the slack is at least
-/// [`SLACK`], counting the bytes given back in `released`. Runs until the
-/// process ends.
+/// When to trim: the slack that stayed after the last trim (what trimming
+/// could not give), followed down as the process reuses it.
+#[derive(Debug, Default)]
+pub struct Trigger {
+    floor: u64,
+}
+
+impl Trigger {
+    /// Whether a heap whose slack is `slack` now should be trimmed.
+    pub fn due(&mut self, slack: u64) -> bool {
+        self.floor = self.floor.min(slack);
+        slack >= self.floor.saturating_add(SLACK)
+    }
+
+    /// After a trim that left `slack`.
+    pub fn trimmed(&mut self, slack: u64) {
+        self.floor = slack;
+    }
+}
+
+/// Checks every [`CHECK_EVERY`] and trims when [`Trigger`] says so, counting
+/// the bytes given back in `released`. Runs until the process ends.
 pub async fn run(released: Counter) {
     let mut every = tokio::time::interval(CHECK_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut trigger = Trigger::default();
     loop {
         every.tick().await;
         let Ok(Some(usage)) = tokio::task::spawn_blocking(Usage::read).await else {
             continue;
         };
-        if usage.slack() < SLACK {
+        if !trigger.due(usage.slack()) {
             continue;
         }
         let Ok((Some(before), Some(after))) = tokio::task::spawn_blocking(trim).await else {
             continue;
         };
+        trigger.trimmed(after.slack());
         let given = before.resident.saturating_sub(after.resident);
         released.inc_by(given);
         tracing::debug!(
@@ -100,6 +123,24 @@ pub async fn run(released: Counter) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn trims_once_per_slack_it_can_give_and_follows_reuse_down() {
+        let mut trigger = Trigger::default();
+        assert!(!trigger.due(2 * MIB), "a small slack: nothing to give");
+        assert!(trigger.due(40 * MIB), "a burst freed 40 MiB");
+        // The trim could not give 10 MiB of it (pieces below a page).
+        trigger.trimmed(10 * MIB);
+        assert!(!trigger.due(12 * MIB), "no trim again for what stayed");
+        assert!(!trigger.due(17 * MIB));
+        assert!(trigger.due(18 * MIB), "8 MiB more than stayed");
+        trigger.trimmed(10 * MIB);
+        // The process reuses the free pieces, then frees 8 MiB again.
+        assert!(!trigger.due(3 * MIB));
+        assert!(trigger.due(11 * MIB));
+    }
 
     #[test]
     fn freed_pages_in_the_middle_of_the_heap_come_back() {
