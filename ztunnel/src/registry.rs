@@ -190,10 +190,7 @@ impl Object {
                 namespace: "".into(),
                 name: Arc::from(&*ns.name),
             },
-            Self::Workload(w) => ObjectKey {
-                namespace: w.namespace.clone(),
-                name: Arc::clone(&w.name),
-            },
+            Self::Workload(w) => w.object_key(),
             Self::Service(s) => s.key.clone(),
             Self::EndpointSet(s) => s.key.clone(),
             Self::ServiceAccount(k) => k.clone(),

@@ -93,10 +93,7 @@ impl Snapshot {
             // Only the own node's pods are kept in full.
             w.local = None;
         }
-        let key = ObjectKey {
-            namespace: w.namespace.clone(),
-            name: Arc::clone(&w.name),
-        };
+        let key = w.object_key();
         self.remove_workload(&key);
         let w = Arc::new(w);
         // Host-network pods share the node's address: it does not name them.

@@ -483,7 +483,7 @@ impl Snapshot {
                 .map(|(k, v)| (k.to_string(), Arc::clone(v)))
                 .collect(),
             workloads: (self.workloads.values())
-                .map(|w| (key_of(w), Arc::clone(w)))
+                .map(|w| (w.object_key(), Arc::clone(w)))
                 .collect(),
             services: sorted(&self.services),
             endpoint_sets: sorted(&self.endpoint_sets),
@@ -503,7 +503,7 @@ impl Snapshot {
                 .filter_map(|(k, s)| Some((k.clone(), self.waypoint_for_service(s)?.key.clone())))
                 .collect(),
             workload_waypoints: (self.workloads.values())
-                .filter_map(|w| Some((key_of(w), self.waypoint_for_workload(w)?.key.clone())))
+                .filter_map(|w| Some((w.object_key(), self.waypoint_for_workload(w)?.key.clone())))
                 .collect(),
         }
     }
@@ -543,13 +543,5 @@ fn gateway_group(group: &str) -> bool {
 impl Keyed for Arc<Workload> {
     fn key(&self) -> (&str, &str) {
         (&self.namespace, &self.name)
-    }
-}
-
-/// A workload's key (namespace, pod name).
-fn key_of(w: &Workload) -> ObjectKey {
-    ObjectKey {
-        namespace: w.namespace.clone(),
-        name: Arc::clone(&w.name),
     }
 }

@@ -145,6 +145,14 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// The workload's key: (namespace, pod name).
+    pub fn object_key(&self) -> super::ObjectKey {
+        super::ObjectKey {
+            namespace: self.namespace.clone(),
+            name: Arc::clone(&self.name),
+        }
+    }
+
     /// The key of the workload's service account: (namespace, service account).
     pub fn service_account_key(&self) -> super::ObjectKey {
         super::ObjectKey {

@@ -57,10 +57,7 @@ pub(super) fn derive(resources: &[Resource], objects: &[Object]) -> Vec<Object> 
         for w in workloads.iter().filter(|w| {
             w.namespace == svc.key.namespace && !w.ips.is_empty() && w.labels.contains_all(selector)
         }) {
-            let key = ObjectKey {
-                namespace: w.namespace.clone(),
-                name: Arc::clone(&w.name),
-            };
+            let key = w.object_key();
             let mapping = port_mapping(svc, pods.get(&key).copied());
             by_ports.entry(mapping).or_default().push(Endpoint {
                 addresses: w.ips.iter().collect(),
