@@ -61,14 +61,12 @@ impl Usage {
     }
 }
 
-/// Returns the heap's whole free pages to the kernel; the resident memory
-/// before and after.
-pub fn trim() -> (Option<Usage>, Option<Usage>) {
-    let before = Usage::read();
+/// Returns the heap's whole free pages to the kernel; the usage after.
+pub fn trim() -> Option<Usage> {
     // SAFETY: malloc_trim only releases pages of free chunks (madvise) under
     // the allocator's locks; no pointer of ours is involved.
     unsafe { libc::malloc_trim(0) };
-    (before, Usage::read())
+    Usage::read()
 }
 
 /// When to trim: the slack that stayed after the last trim (what trimming
@@ -105,15 +103,15 @@ pub async fn run(released: Counter) {
         if !trigger.due(usage.slack()) {
             continue;
         }
-        let Ok((Some(before), Some(after))) = tokio::task::spawn_blocking(trim).await else {
+        let Ok(Some(after)) = tokio::task::spawn_blocking(trim).await else {
             continue;
         };
         trigger.trimmed(after.slack());
-        let given = before.resident.saturating_sub(after.resident);
+        let given = usage.resident.saturating_sub(after.resident);
         released.inc_by(given);
         tracing::debug!(
             slack = usage.slack(),
-            before = before.resident,
+            before = usage.resident,
             after = after.resident,
             "trimmed the heap"
         );
@@ -162,15 +160,14 @@ mod tests {
             held.slack() >= 32 * 1024 * 1024,
             "64 MiB written, 63 MiB freed: the slack should show it ({held:?})"
         );
-        let (before, after) = trim();
-        let (Some(before), Some(after)) = (before, after) else {
-            panic!("cannot read the usage around the trim");
+        let Some(after) = trim() else {
+            panic!("cannot read the usage after the trim");
         };
         assert!(
-            before.resident - after.resident >= 32 * 1024 * 1024,
-            "trimming gave back less than half the freed blocks: {before:?} -> {after:?}"
+            held.resident - after.resident >= 32 * 1024 * 1024,
+            "trimming gave back less than half the freed blocks: {held:?} -> {after:?}"
         );
-        assert!(after.slack() < before.slack());
+        assert!(after.slack() < held.slack());
         // What is still allocated is untouched.
         assert!(blocks.iter().flatten().all(|b| b.iter().all(|&x| x == 1)));
     }
