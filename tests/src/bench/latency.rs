@@ -3,8 +3,8 @@
 
 use hdrhistogram::Histogram;
 
-/// The largest latency recorded, in nanoseconds (as in ambit-testbin).
-const MAX_NS: u64 = 60_000_000_000;
+/// The largest latency recorded, in nanoseconds: a minute.
+pub const MAX_NS: u64 = 60_000_000_000;
 
 /// One `rr` run: its percentiles (microseconds) and its histogram
 /// (nanoseconds).
@@ -22,7 +22,8 @@ pub struct LatencyRun {
     pub histogram: Histogram<u64>,
 }
 
-/// An empty histogram with the bounds ambit-testbin records with.
+/// An empty histogram with the bounds every latency is recorded with
+/// (`ambit-testbin rr` too).
 pub fn empty_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_NS, 3).expect("constant bounds are valid")
 }

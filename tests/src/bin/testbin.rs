@@ -77,6 +77,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ambit_tests::bench::latency;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -473,8 +475,6 @@ fn bulk(addr: &str, seconds: &str, size: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The largest latency the histograms record: a minute, in nanoseconds.
-const MAX_LATENCY_NS: u64 = 60_000_000_000;
 fn rr(addr: &str, count: &str, size: &str, rate: &str, connections: &str) -> Result<(), String> {
     let addr = parse_addr(addr)?;
     let count: u32 = number("count", count)?;
@@ -505,9 +505,7 @@ fn rr(addr: &str, count: &str, size: &str, rate: &str, connections: &str) -> Res
         let c = c as u32;
         receivers.push(std::thread::spawn(
             move || -> Result<(hdrhistogram::Histogram<u64>, Duration), String> {
-                let mut histogram =
-                    hdrhistogram::Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_NS, 3)
-                        .map_err(|e| e.to_string())?;
+                let mut histogram = latency::empty_histogram();
                 let mut reply = vec![0u8; size as usize];
                 let mut last = Duration::ZERO;
                 for i in (c..count).step_by(connections as usize) {
@@ -518,7 +516,7 @@ fn rr(addr: &str, count: &str, size: &str, rate: &str, connections: &str) -> Res
                     let latency = last.saturating_sub(interval * i);
                     histogram.saturating_record(
                         u64::try_from(latency.as_nanos())
-                            .unwrap_or(MAX_LATENCY_NS)
+                            .unwrap_or(latency::MAX_NS)
                             .max(1),
                     );
                 }
@@ -542,8 +540,7 @@ fn rr(addr: &str, count: &str, size: &str, rate: &str, connections: &str) -> Res
             let _ = stream.shutdown(Shutdown::Both);
         }
     }
-    let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_NS, 3)
-        .map_err(|e| e.to_string())?;
+    let mut histogram = latency::empty_histogram();
     let mut last = Duration::ZERO;
     let mut failure = None;
     for receiver in receivers {
