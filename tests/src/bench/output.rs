@@ -59,66 +59,48 @@ pub(super) fn write(out: &Path, report: &Report, collected: &[Collected]) -> Res
         }
     }
     http_cdf(out, collected)?;
-    // ztunnel's memory by idle connections held: the medians of the rounds.
-    let lines: Vec<plot::Line<'_>> = measured()
-        .map(|(i, (s, c))| plot::Line {
-            name: s.name,
-            color: i,
-            points: (RSS_HELD.iter())
-                .filter_map(|&(count, key)| {
-                    stats::median(c.runs.values(key)).map(|mib| (f64::from(count), mib))
-                })
-                .collect(),
-        })
-        .filter(|line| !line.points.is_empty())
-        .collect();
-    if !lines.is_empty() {
-        write(
+    // Growth plots, the medians of the rounds: ztunnel's memory by idle
+    // connections held, latency under load by offered rate.
+    let by_rate = |pick: fn(&LoadKeys) -> &'static str| -> Vec<(u32, &'static str)> {
+        LOAD_RATES.iter().map(|k| (k.rate, pick(k))).collect()
+    };
+    for (file, title, x_desc, y_desc, keys) in [
+        (
             "rss_by_connections.svg",
-            &plot::growth(
-                "ztunnel RSS (the larger node's) by idle proxied connections held",
-                "connections held (log scale)",
-                "MiB",
-                &lines,
-            )?,
-        )?;
-    }
-    // Latency under load: the medians of the rounds, by offered rate.
-    for (file, title, pick) in [
+            "ztunnel RSS (the larger node's) by idle proxied connections held",
+            "connections held (log scale)",
+            "MiB",
+            RSS_HELD.to_vec(),
+        ),
         (
             "latency_by_load_p50.svg",
             "1 KiB request/response p50 over 16 connections, by offered rate",
-            (|k: &LoadKeys| k.p50) as fn(&LoadKeys) -> &'static str,
+            "offered requests/s (log scale)",
+            "µs from the intended send time",
+            by_rate(|k| k.p50),
         ),
         (
             "latency_by_load_p99.svg",
             "1 KiB request/response p99 over 16 connections, by offered rate",
-            |k: &LoadKeys| k.p99,
+            "offered requests/s (log scale)",
+            "µs from the intended send time",
+            by_rate(|k| k.p99),
         ),
     ] {
         let lines: Vec<plot::Line<'_>> = measured()
             .map(|(i, (s, c))| plot::Line {
                 name: s.name,
                 color: i,
-                points: (LOAD_RATES.iter())
-                    .filter_map(|keys| {
-                        stats::median(c.runs.values(pick(keys)))
-                            .map(|us| (f64::from(keys.rate), us))
+                points: (keys.iter())
+                    .filter_map(|&(x, key)| {
+                        stats::median(c.runs.values(key)).map(|y| (f64::from(x), y))
                     })
                     .collect(),
             })
             .filter(|line| !line.points.is_empty())
             .collect();
         if !lines.is_empty() {
-            write(
-                file,
-                &plot::growth(
-                    title,
-                    "offered requests/s (log scale)",
-                    "µs from the intended send time",
-                    &lines,
-                )?,
-            )?;
+            write(file, &plot::growth(title, x_desc, y_desc, &lines)?)?;
         }
     }
     for (file, title, key, workload) in [
@@ -204,4 +186,55 @@ fn http_cdf(out: &Path, collected: &[Collected]) -> Result<(), String> {
     )?;
     let path = out.join("latency_cdf_http.svg");
     std::fs::write(&path, svg).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::{
+        host::Machine,
+        report::{LOAD_RATES, RSS_HELD},
+        scenario::MESH_NO_SOCKMAP,
+    };
+
+    #[test]
+    fn growth_plots_are_written_for_what_was_measured() {
+        let mut collected: Vec<Collected> =
+            SCENARIOS.iter().map(|_| Collected::default()).collect();
+        let Some(i) = SCENARIOS.iter().position(|s| s.name == MESH_NO_SOCKMAP) else {
+            panic!("no {MESH_NO_SOCKMAP} scenario");
+        };
+        for (n, (count, key)) in RSS_HELD.iter().enumerate() {
+            collected[i]
+                .runs
+                .push(key, 20.0 + n as f64 * f64::from(*count) / 100.0);
+        }
+        collected[i].runs.push(LOAD_RATES[0].p99, 700.0);
+        collected[i].runs.push(LOAD_RATES[1].p99, 1500.0);
+        let report = Report {
+            machine: Machine::current(),
+            commit: None,
+            settings: serde_json::json!({}),
+            duration_s: 1.0,
+            scenarios: Vec::new(),
+            notes: Vec::new(),
+        };
+        let out = std::env::temp_dir().join(format!("ambit-output-test-{}", std::process::id()));
+        let written = write(&out, &report, &collected);
+        let read = |name: &str| std::fs::read_to_string(out.join(name)).ok();
+        let (rss, p99, p50) = (
+            read("rss_by_connections.svg"),
+            read("latency_by_load_p99.svg"),
+            read("latency_by_load_p50.svg"),
+        );
+        let _ = std::fs::remove_dir_all(&out);
+        assert_eq!(written, Ok(()));
+        for svg in [&rss, &p99] {
+            assert!(
+                svg.as_deref().is_some_and(|s| s.contains(MESH_NO_SOCKMAP)),
+                "a plot with the measured scenario's line"
+            );
+        }
+        assert_eq!(p50, None, "no p50 measured: no plot");
+    }
 }
