@@ -17,6 +17,8 @@ fn config(bed: &Testbed) -> CaptureConfig {
         own_cgroup: bed.node("a").ztunnel_cgroup(),
         probe_cgroup: None,
         sockmap: false,
+        shortcut_cap: ztunnel::settings::SOCKMAP_CAP_DEFAULT,
+        sockmap_ignore_read_check: false,
         outbound_port: 15001,
         hbone_port: 15008,
         inbound_plaintext_port: 15006,

@@ -18,6 +18,7 @@ mod netns;
 mod pin;
 mod podns;
 mod route;
+mod shortcut;
 
 use std::{
     collections::HashMap as StdHashMap,
@@ -48,6 +49,10 @@ pub use host::{
 pub use netns::{Netns, NetnsCookie, in_netns, netns_cookie, own_netns_cookie};
 pub use podns::{NetnsId, PodNetns, ProcessScan};
 pub use route::{add_probe_addresses, missing_addresses, setup_transparent_return};
+pub use shortcut::{
+    ReadCounter, ShortcutConnection, ShortcutReads, ShortcutStats, TcpMemory, TcpPressure,
+    shortcut_connections, shortcut_stats,
+};
 
 /// The programs and maps as built by `cargo xtask build-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AMBIT_EBPF_OBJECT"));
@@ -201,6 +206,13 @@ pub struct CaptureConfig {
     pub probe_cgroup: Option<PathBuf>,
     /// Whether `sk_msg` shortcuts the app <-> ztunnel loopback hop.
     pub sockmap: bool,
+    /// The most bytes an application may have sent over the shortcut that
+    /// ztunnel has not read yet; past it, its sends take loopback TCP.
+    pub shortcut_cap: u32,
+    /// Keep the shortcut on even when the kernel fails the start-up check of
+    /// blocking sockmap reads (for testing the shortcut on such a kernel;
+    /// applications may see the failure).
+    pub sockmap_ignore_read_check: bool,
     /// Outbound listener port inside pods.
     pub outbound_port: u16,
     /// Inbound HBONE listener port.
@@ -309,6 +321,7 @@ impl Capture {
         };
         let values = [
             (setting::FLAGS, flags),
+            (setting::SHORTCUT_CAP, self.config.shortcut_cap),
             (setting::OUTBOUND_PORT, u32::from(self.config.outbound_port)),
             (setting::HBONE_PORT, u32::from(self.config.hbone_port)),
             (
@@ -339,12 +352,6 @@ impl Capture {
         Ok(())
     }
 
-    /// Turns the `sk_msg` loopback shortcut on or off for new connections.
-    pub fn set_sockmap(&mut self, on: bool) -> Result<(), Error> {
-        self.config.sockmap = on;
-        self.write_settings()
-    }
-
     /// Attaches the capture to the node's cgroup and pins the links, replacing
     /// those of a previous ztunnel (attach first, then swap the pins, so no
     /// connect escapes in between). The loopback shortcut is attached to its
@@ -361,8 +368,38 @@ impl Capture {
             pin::replace_link(link, &path)?;
         }
         self.attach_sk_msg()?;
+        if self.config.sockmap {
+            self.check_sockmap_reads()?;
+        }
         tracing::info!(cgroup = %cgroup_path.display(), pin_dir = %self.config.pin_dir.display(), "capture attached");
         Ok(())
+    }
+
+    /// Turns the shortcut off when this kernel's sockmap receive path breaks
+    /// a blocking read (see [`shortcut::probe_sockmap_reads`]):
+    /// every application socket on the shortcut would get it. Unless the
+    /// configuration says to keep it on anyway (for tests of the shortcut
+    /// itself on such a kernel).
+    fn check_sockmap_reads(&mut self) -> Result<(), Error> {
+        let name = map_name::LOOPBACK_SOCKS;
+        let netns = own_netns_cookie()?;
+        let mut socks: SockHash<_, ambit_ebpf_common::SockKey> = map_mut(&mut self.ebpf, name)?;
+        let found =
+            shortcut::probe_sockmap_reads(&mut socks, netns).map_err(|source| Error::Pin {
+                path: self.config.pin_dir.join("maps").join(name),
+                source,
+            })?;
+        let shortcut::SockmapReads::Broken(what) = found else {
+            tracing::info!("sk_msg shortcut on: this kernel's sockmap reads behave as TCP's");
+            return Ok(());
+        };
+        if self.config.sockmap_ignore_read_check {
+            tracing::warn!(read = %what, "sk_msg shortcut on although this kernel fails blocking reads on sockmap sockets: applications that block in a read may fail with EAGAIN");
+            return Ok(());
+        }
+        tracing::error!(read = %what, "sk_msg shortcut off: on this kernel a blocking read on a sockmap socket does not behave as on TCP (tcp_bpf_recvmsg), which applications on the shortcut would see; see docs/architecture.md");
+        self.config.sockmap = false;
+        self.write_settings()
     }
 
     fn attach_sk_msg(&mut self) -> Result<(), Error> {
@@ -543,6 +580,15 @@ impl Capture {
                 source,
             }),
         }
+    }
+
+    /// Where ztunnel reports what it read from its shortcut sockets, when the
+    /// shortcut is on.
+    pub fn shortcut_reads(&self) -> Result<Option<ShortcutReads>, Error> {
+        if !self.config.sockmap {
+            return Ok(None);
+        }
+        ShortcutReads::open(&self.config.pin_dir, self.config.shortcut_cap).map(Some)
     }
 
     /// A handle on the original destinations of redirected connections, for the

@@ -104,11 +104,6 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Ca { ca, config }) => runtime.block_on(run_ca(ca, config)),
         None => {
             tracing::info!(settings = ?settings, "starting");
-            if settings.sockmap {
-                tracing::warn!(
-                    "the sk_msg shortcut is on: it has no backpressure (a fast sender can get ENOMEM) and is not for production; see docs/architecture.md"
-                );
-            }
             runtime.block_on(run_node(settings, cli.node.ca_dir, log.level()))
         }
     }
@@ -347,8 +342,13 @@ async fn run_node(
         .context("cannot start the eBPF capture")?;
     capture.attach().context("cannot attach the eBPF capture")?;
     let pin_dir = capture.config().pin_dir.clone();
+    // The start-up check may have turned the shortcut off.
+    let sockmap = capture.config().sockmap;
     let mut pods = PodManager::new(capture, pod_manager_config(&settings), mesh.clone())
         .context("cannot start the proxy")?;
+    if sockmap {
+        watch_tcp_pressure(&pin_dir, map_metrics.clone());
+    }
     let maps = watch_maps(pin_dir, map_metrics);
     let cni_socket = settings.cni_socket(settings.config_file.is_none());
     let mut cni_requests = start_cni(cni_socket.as_deref(), &registry.snapshot())?;
@@ -537,6 +537,8 @@ fn capture_config(settings: &Settings, node: &str, cgroups: NodeCgroups) -> Capt
         own_cgroup: cgroups.own,
         probe_cgroup: cgroups.probe,
         sockmap: settings.sockmap,
+        shortcut_cap: settings.sockmap_cap,
+        sockmap_ignore_read_check: settings.sockmap_ignore_read_check,
         outbound_port: settings::OUTBOUND_PORT,
         hbone_port: settings::HBONE_PORT,
         inbound_plaintext_port: settings::INBOUND_PLAINTEXT_PORT,
@@ -697,12 +699,23 @@ fn watch_maps(
         loop {
             period.tick().await;
             let dir = pin_dir.clone();
-            let read = tokio::task::spawn_blocking(move || capture::map_occupancy(&dir)).await;
+            let read = tokio::task::spawn_blocking(move || {
+                Ok::<_, capture::Error>((
+                    capture::map_occupancy(&dir)?,
+                    capture::shortcut_stats(&dir)?,
+                ))
+            })
+            .await;
             match read {
-                Ok(Ok(maps)) => {
+                Ok(Ok((maps, shortcut))) => {
                     for map in &maps {
                         metrics.observe(map.name, map.entries, map.capacity);
                     }
+                    metrics.observe_shortcut(
+                        shortcut.redirected_bytes,
+                        shortcut.tcp_bytes,
+                        shortcut.to_tcp,
+                    );
                     published.store(Arc::new(maps));
                     failing = false;
                 }
@@ -716,6 +729,66 @@ fn watch_maps(
         }
     });
     view
+}
+
+/// While the shortcut is on, reads the node's TCP memory every
+/// [`settings::TCP_PRESSURE_PERIOD`] and stops new redirects while it is past
+/// `tcp_mem[0]`: what the shortcut would queue then goes through TCP's own
+/// limits. A failing read turns redirects off (fail safe) and is logged once.
+fn watch_tcp_pressure(pin_dir: &std::path::Path, metrics: ztunnel::metrics::MapMetrics) {
+    let limits = match capture::TcpMemory::limits() {
+        Ok(limits) => limits,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the node's TCP memory limits: the sk_msg shortcut redirects nothing");
+            [0; 3]
+        }
+    };
+    let mut pressure = match capture::TcpPressure::open(pin_dir) {
+        Ok(pressure) => pressure,
+        Err(error) => {
+            tracing::warn!(error = %ErrorChain(&error), "cannot watch TCP memory for the sk_msg shortcut");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        let mut failing = false;
+        let mut period = tokio::time::interval(settings::TCP_PRESSURE_PERIOD);
+        period.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            period.tick().await;
+            let on = match capture::TcpMemory::pages() {
+                Ok(pages) => {
+                    failing = false;
+                    capture::TcpMemory { pages, limits }.under_pressure()
+                }
+                Err(error) => {
+                    if !failing {
+                        tracing::warn!(%error, "cannot read the node's TCP memory: the sk_msg shortcut redirects nothing until it can");
+                    }
+                    failing = true;
+                    true
+                }
+            };
+            match pressure.set(on) {
+                Ok(true) => {
+                    metrics.observe_tcp_pressure(on);
+                    tracing::info!(
+                        pressure = on,
+                        "TCP memory pressure changed: the sk_msg shortcut {}",
+                        if on {
+                            "redirects nothing"
+                        } else {
+                            "redirects again"
+                        }
+                    );
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(error = %ErrorChain(&error), "cannot switch the sk_msg shortcut for TCP memory pressure");
+                }
+            }
+        }
+    });
 }
 
 fn serve_metrics(metrics: &Arc<Metrics>) {

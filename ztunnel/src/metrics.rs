@@ -327,6 +327,17 @@ pub struct MapLabel {
 pub struct MapMetrics {
     entries: Family<MapLabel, Gauge>,
     capacity: Family<MapLabel, Gauge>,
+    shortcut_bytes: Family<ShortcutLabel, Counter>,
+    shortcut_to_tcp: Counter,
+    shortcut_seen: Arc<std::sync::Mutex<Option<[u64; 3]>>>,
+    tcp_pressure: Gauge,
+}
+
+/// A path of the loopback shortcut.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShortcutLabel {
+    /// `redirect` (straight into ztunnel's socket) or `tcp` (loopback TCP).
+    pub path: &'static str,
 }
 
 impl MapMetrics {
@@ -343,7 +354,59 @@ impl MapMetrics {
             "Maximum entries of each eBPF map of the capture",
             metrics.capacity.clone(),
         );
+        registry.register(
+            "ambit_sockmap_bytes",
+            "Bytes applications sent over shortcut connections, by the path they took \
+             (redirect: straight into ztunnel's socket; tcp: loopback TCP)",
+            metrics.shortcut_bytes.clone(),
+        );
+        registry.register(
+            "ambit_sockmap_to_tcp",
+            "Shortcut connections whose sends left the redirect for loopback TCP \
+             (ztunnel was the cap behind, or TCP memory was under pressure)",
+            metrics.shortcut_to_tcp.clone(),
+        );
+        registry.register(
+            "ambit_sockmap_tcp_pressure",
+            "1 while the node's TCP memory is past tcp_mem[0] and the shortcut redirects nothing",
+            metrics.tcp_pressure.clone(),
+        );
         metrics
+    }
+
+    /// Records the shortcut's counters as read from its map: bytes
+    /// redirected, bytes sent by TCP, connections moved to TCP. They are
+    /// totals since the map was created; the metrics count from this
+    /// ztunnel's first reading.
+    pub fn observe_shortcut(&self, redirected: u64, tcp: u64, to_tcp: u64) {
+        let now = [redirected, tcp, to_tcp];
+        let mut seen = self
+            .shortcut_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = seen.unwrap_or(now);
+        let grow = |counter: &Counter, i: usize| {
+            counter.inc_by(now[i].saturating_sub(before[i]));
+        };
+        grow(
+            &self
+                .shortcut_bytes
+                .get_or_create(&ShortcutLabel { path: "redirect" }),
+            0,
+        );
+        grow(
+            &self
+                .shortcut_bytes
+                .get_or_create(&ShortcutLabel { path: "tcp" }),
+            1,
+        );
+        grow(&self.shortcut_to_tcp, 2);
+        *seen = Some(now);
+    }
+
+    /// Records whether the shortcut is held off by TCP memory pressure.
+    pub fn observe_tcp_pressure(&self, on: bool) {
+        self.tcp_pressure.set(i64::from(on));
     }
 
     /// Records that `map` holds `entries` of at most `capacity`.

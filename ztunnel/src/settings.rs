@@ -112,6 +112,9 @@ pub const ROUTE_TABLE: u32 = 0x539;
 /// How often the occupancy of the eBPF maps is read (`ambit_ebpf_map_entries`,
 /// `/config_dump`): a walk of the live maps, a system call per entry.
 pub const MAP_OCCUPANCY_PERIOD: Duration = Duration::from_secs(5);
+/// With the sk_msg shortcut on, how often the node's TCP memory is read to
+/// hold redirects off under pressure.
+pub const TCP_PRESSURE_PERIOD: Duration = Duration::from_millis(100);
 /// How often an enrolled pod whose network namespace is not known yet (no
 /// process of it found) is looked for again.
 pub const POD_NETNS_RETRY: Duration = Duration::from_secs(1);
@@ -165,12 +168,28 @@ pub const PIN_DIR_ENV: &str = "AMBIT_BPF_PIN_DIR";
 pub const PIN_DIR_DEFAULT_PARENT: &str = "/sys/fs/bpf/ambit";
 /// Whether `sk_msg` shortcuts the app <-> ztunnel loopback hop (`true`/`false`).
 pub const SOCKMAP_ENV: &str = "AMBIT_SOCKMAP";
-/// Default of [`SOCKMAP_ENV`]: off. On Linux 6.18 the `BPF_F_INGRESS` redirect
-/// has no backpressure (a fast sender queues until the node's TCP memory runs
-/// out, then gets ENOMEM), and an application socket in the sockmap that reads
-/// to end of file with a receive timeout set (`SO_RCVTIMEO`) can get EAGAIN
-/// instead of EOF. Not for production.
+/// Default of [`SOCKMAP_ENV`]: off. The shortcut redirects only while
+/// ztunnel keeps up (see [`SOCKMAP_CAP_ENV`]), and an application socket in
+/// the sockmap gets the kernel's sockmap receive path (`tcp_bpf_recvmsg`) for
+/// its own reads: on some kernels that path answers FIONREAD with 0 and a read
+/// with a receive timeout at end of file with EAGAIN.
 pub const SOCKMAP_DEFAULT: bool = false;
+/// With the shortcut on, the most bytes an application may have sent over it
+/// that ztunnel has not read yet (bytes). Past it the application's sends take
+/// loopback TCP, whose buffers slow or block the sender, until ztunnel has read
+/// everything: the redirect itself has no backpressure in the kernel.
+pub const SOCKMAP_CAP_ENV: &str = "AMBIT_SOCKMAP_CAP_BYTES";
+/// With the shortcut on, keep it on even when the start-up check finds that
+/// this kernel's sockmap receive path breaks a blocking read (a wake-up
+/// without data ends it with EAGAIN; `true`/`false`, default false). For
+/// testing the shortcut on such a kernel: applications on it that block in a
+/// read may fail.
+pub const SOCKMAP_IGNORE_READ_CHECK_ENV: &str = "AMBIT_SOCKMAP_IGNORE_READ_CHECK";
+/// Default of [`SOCKMAP_CAP_ENV`]: 1 MiB, four of the relay's largest reads.
+pub const SOCKMAP_CAP_DEFAULT: u32 = 1024 * 1024;
+/// The range [`SOCKMAP_CAP_ENV`] accepts: at least one of the kernel's largest
+/// redirected messages (17 fragments of up to 32 KiB), at most 64 MiB.
+pub const SOCKMAP_CAP_RANGE: std::ops::RangeInclusive<u32> = 1024 * 1024..=64 * 1024 * 1024;
 /// Whether ztunnel gives free heap pages back to the kernel after a burst
 /// (`true`/`false`; `ztunnel::heap`). Off for an allocator other than glibc's
 /// (`LD_PRELOAD`), whose statistics glibc cannot read.
@@ -357,6 +376,10 @@ pub struct Settings {
     pub ca: crate::identity::remote::RemoteCa,
     /// See [`SOCKMAP_ENV`].
     pub sockmap: bool,
+    /// See [`SOCKMAP_CAP_ENV`].
+    pub sockmap_cap: u32,
+    /// See [`SOCKMAP_IGNORE_READ_CHECK_ENV`].
+    pub sockmap_ignore_read_check: bool,
     /// See [`HEAP_TRIM_ENV`] (default true).
     pub heap_trim: bool,
     /// See [`DRAIN_TIMEOUT_ENV`].
@@ -389,6 +412,22 @@ impl Settings {
         let sockmap = match var(SOCKMAP_ENV) {
             None => SOCKMAP_DEFAULT,
             Some(value) => parse_bool(SOCKMAP_ENV, &value)?,
+        };
+        let sockmap_cap = match var(SOCKMAP_CAP_ENV) {
+            None => SOCKMAP_CAP_DEFAULT,
+            Some(value) => value
+                .parse::<u32>()
+                .ok()
+                .filter(|cap| SOCKMAP_CAP_RANGE.contains(cap))
+                .ok_or(Error::Invalid {
+                    name: SOCKMAP_CAP_ENV,
+                    value,
+                    expected: "a number of bytes from 1048576 (1 MiB) to 67108864 (64 MiB)",
+                })?,
+        };
+        let sockmap_ignore_read_check = match var(SOCKMAP_IGNORE_READ_CHECK_ENV) {
+            None => false,
+            Some(value) => parse_bool(SOCKMAP_IGNORE_READ_CHECK_ENV, &value)?,
         };
         let heap_trim = match var(HEAP_TRIM_ENV) {
             None => true,
@@ -451,6 +490,8 @@ impl Settings {
                 root_file: PathBuf::from(var(CA_ROOT_ENV).as_deref().unwrap_or(CA_ROOT_DEFAULT)),
             },
             sockmap,
+            sockmap_cap,
+            sockmap_ignore_read_check,
             heap_trim,
             drain_timeout,
             idle_timeout,
@@ -653,6 +694,8 @@ mod tests {
                     root_file: "/var/run/secrets/ambit/root-cert.pem".into(),
                 },
                 sockmap: false,
+                sockmap_cap: 1024 * 1024,
+                sockmap_ignore_read_check: false,
                 heap_trim: true,
                 drain_timeout: Duration::from_secs(30),
                 idle_timeout: Duration::from_secs(3600),
@@ -679,6 +722,8 @@ mod tests {
             (CONFIG_FILE_ENV, "/etc/ambit/mesh.yaml"),
             (PIN_DIR_ENV, "/sys/fs/bpf/test"),
             (SOCKMAP_ENV, "true"),
+            (SOCKMAP_CAP_ENV, "4194304"),
+            (SOCKMAP_IGNORE_READ_CHECK_ENV, "true"),
             (HEAP_TRIM_ENV, "false"),
             (DRAIN_TIMEOUT_ENV, "2.5"),
             (WORKER_THREADS_ENV, "4"),
@@ -706,6 +751,14 @@ mod tests {
             PathBuf::from("/sys/fs/bpf/test")
         );
         assert!(settings.sockmap);
+        assert_eq!(settings.sockmap_cap, 4 * 1024 * 1024);
+        assert!(settings.sockmap_ignore_read_check);
+        for bad in ["0", "65536", "67108865", "1MiB", "-1"] {
+            let error = Settings::from_env(&env(&[(SOCKMAP_CAP_ENV, bad)]))
+                .expect_err(bad)
+                .to_string();
+            assert!(error.contains(SOCKMAP_CAP_ENV), "{error}");
+        }
         assert!(!settings.heap_trim);
         assert!(
             Settings::from_env(&env(&[])).unwrap().heap_trim,

@@ -47,6 +47,17 @@ pub mod map_name {
     /// (v4-mapped for IPv4) -> flags (reserved, 0). Health probes from the
     /// kubelet to them leave from [`super::PROBE_ADDR4`] / [`super::PROBE_ADDR6`].
     pub const POD_ADDRS: &str = "POD_ADDRS";
+    /// `LruHashMap<SockKey, Shortcut>`: per app <-> ztunnel loopback connection,
+    /// keyed by ztunnel's socket, how many bytes the application sent and
+    /// which path its sends take.
+    pub const SHORTCUTS: &str = "SHORTCUTS";
+    /// `LruHashMap<SockKey, u64>`: per shortcut connection, keyed by ztunnel's
+    /// socket, how many bytes ztunnel has read from it, as ztunnel last
+    /// reported (it writes; the `sk_msg` program reads).
+    pub const SHORTCUT_READS: &str = "SHORTCUT_READS";
+    /// `PerCpuArray<u64>` of [`super::SHORTCUT_STATS_SLOTS`] counters; see
+    /// [`super::shortcut_stat`].
+    pub const SHORTCUT_STATS: &str = "SHORTCUT_STATS";
 }
 
 /// Names of the programs (the Rust function names in `ambit-ebpf`).
@@ -90,6 +101,14 @@ pub mod setting {
     pub const HBONE_PORT: u32 = 3;
     /// The inbound plaintext listener port (15006).
     pub const INBOUND_PLAINTEXT_PORT: u32 = 4;
+    /// The most bytes an application may have sent over the shortcut that
+    /// ztunnel has not read yet (see [`super::Shortcut`]); 0 turns the
+    /// redirect off.
+    pub const SHORTCUT_CAP: u32 = 6;
+    /// 1 while the node's TCP memory is under pressure (ztunnel watches it):
+    /// no new bytes are redirected, and the loopback TCP path applies its own
+    /// limits.
+    pub const TCP_PRESSURE: u32 = 7;
 }
 
 /// Number of slots in [`map_name::SETTINGS`].
@@ -132,6 +151,20 @@ pub mod flag {
     pub const SOCKMAP: u32 = 1;
 }
 
+/// Slots of [`map_name::SHORTCUT_STATS`] (per-CPU counters; the reader sums).
+pub mod shortcut_stat {
+    /// Bytes redirected straight into ztunnel's socket.
+    pub const REDIRECTED_BYTES: u32 = 0;
+    /// Bytes of shortcut connections that took the loopback TCP path.
+    pub const TCP_BYTES: u32 = 1;
+    /// Connections that left the redirect for TCP because ztunnel was `cap`
+    /// bytes behind, or the node's TCP memory was under pressure.
+    pub const TO_TCP: u32 = 2;
+}
+
+/// Number of slots in [`map_name::SHORTCUT_STATS`].
+pub const SHORTCUT_STATS_SLOTS: u32 = 3;
+
 /// Capacity of [`map_name::CONNECT_COUNTS`]: the number of distinct network
 /// namespaces (pods) one node can track. A node with more pods than this stops
 /// counting new ones; it never fails a connect because of it.
@@ -143,6 +176,10 @@ pub const ENROLLED_CAPACITY: u32 = 4_096;
 pub const ORIG_DST_CAPACITY: u32 = 262_144;
 /// Capacity of [`map_name::LOOPBACK_SOCKS`]: two sockets per proxied connection.
 pub const LOOPBACK_SOCKS_CAPACITY: u32 = 131_072;
+/// Capacity of [`map_name::SHORTCUTS`] and [`map_name::SHORTCUT_READS`]:
+/// one entry per proxied connection (the least recently used go first; a
+/// connection whose entry is gone stays on the TCP path).
+pub const SHORTCUTS_CAPACITY: u32 = LOOPBACK_SOCKS_CAPACITY / 2;
 /// Capacity of [`map_name::LISTENERS`]: pod IPs x inbound ports.
 pub const LISTENERS_CAPACITY: u32 = 16_384;
 /// Capacity of [`map_name::TRANSPARENT_FLOWS`]: transparent connects in flight.
@@ -213,6 +250,59 @@ pub struct SockKey {
     pub _pad: u32,
 }
 
+/// Value of [`map_name::SHORTCUTS`]: the application -> ztunnel direction of
+/// a loopback connection, the only direction the shortcut redirects.
+///
+/// An application's sends are redirected into the `ingress_msg` queue of
+/// ztunnel's socket, or take the loopback TCP stack. The redirect has no
+/// backpressure of its own, so the program redirects only while the bytes sent
+/// and not yet read (as ztunnel reports them in
+/// [`map_name::SHORTCUT_READS`]) stay within the cap; past it, and after a
+/// shutdown, the connection takes TCP for good, whose buffers slow or block
+/// the sender. ztunnel reads `ingress_msg` before its TCP receive queue
+/// (`tcp_bpf_recvmsg`), so redirect-then-TCP keeps the byte order; TCP is
+/// never followed by the redirect.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shortcut {
+    /// Bytes the application sent on either path (the `sk_msg` program, under
+    /// the application socket's lock).
+    pub sent: u64,
+    /// [`shortcut_mode`]: the path the application's sends take.
+    pub mode: u32,
+    /// 1 once ztunnel's socket is in the SockHash (set by `sockops` when
+    /// ztunnel's side is established).
+    pub ready: u32,
+}
+
+/// Values of [`Shortcut::mode`].
+pub mod shortcut_mode {
+    /// Nothing sent yet.
+    pub const NEW: u32 = 0;
+    /// Redirected into ztunnel's socket.
+    pub const REDIRECT: u32 = 1;
+    /// The loopback TCP stack, for good: ztunnel fell the cap behind, the node's
+    /// TCP memory was under pressure, the application sent before ztunnel's
+    /// side was ready, or it shut its sending side down (a later send then
+    /// fails as it would without the shortcut).
+    pub const TCP: u32 = 2;
+}
+
+impl SockKey {
+    /// The key of the other end of the same loopback connection (both ends
+    /// live in one network namespace).
+    pub const fn peer(&self) -> Self {
+        Self {
+            netns_cookie: self.netns_cookie,
+            local_addr: self.remote_addr,
+            remote_addr: self.local_addr,
+            local_port: self.remote_port,
+            remote_port: self.local_port,
+            _pad: 0,
+        }
+    }
+}
+
 /// Key of [`map_name::LISTENERS`]: which listener takes inbound connections to
 /// a pod IP on a port class.
 #[repr(C)]
@@ -262,6 +352,7 @@ mod user {
     unsafe impl aya::Pod for super::SockKey {}
     unsafe impl aya::Pod for super::ListenerKey {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::Shortcut {}
 }
 
 #[cfg(test)]
@@ -275,6 +366,7 @@ mod tests {
         assert_eq!(size_of::<SockKey>(), 8 + 16 + 16 + 2 + 2 + 4);
         assert_eq!(size_of::<ListenerKey>(), 16 + 2 + 6);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 4);
+        assert_eq!(size_of::<Shortcut>(), 8 + 4 + 4);
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //! - `connect`: `cgroup/connect4|6` redirect enrolled pods' TCP connects to
 //!   ztunnel; `cgroup/getpeername4|6` show them the original destination;
 //!   `cgroup/bind4|6` keep the kubelet's probe address to the kubelet.
-//! - `sockops`: publishes original destinations by port and fills the SockHash;
-//!   `sk_msg` moves loopback payload straight to the peer socket.
+//! - `sockops`: publishes original destinations by port and fills the SockHash.
+//! - `shortcut`: `sk_msg` moves an application's sends straight to ztunnel's
+//!   socket while ztunnel keeps up; `fexit` counts what ztunnel reads.
 //! - `lookup`: `sk_lookup` steers inbound connections to ztunnel's listeners.
 #![no_std]
 #![no_main]
@@ -21,6 +22,7 @@ mod connect;
 mod counter;
 mod lookup;
 mod maps;
+mod shortcut;
 mod sockops;
 
 #[cfg(not(test))]

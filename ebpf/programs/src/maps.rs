@@ -6,12 +6,12 @@
 use ambit_ebpf_common::{
     CONNECT_COUNTS_CAPACITY, ENROLLED_CAPACITY, EXCLUDED_NETS_CAPACITY, FlowKey,
     LISTENERS_CAPACITY, LOOPBACK_SOCKS_CAPACITY, ListenerKey, NODE_IDS_SLOTS, ORIG_DST_CAPACITY,
-    OrigDst, POD_ADDRS_CAPACITY, PortKey, SETTINGS_SLOTS, SockKey, TRANSPARENT_FLOWS_CAPACITY,
-    map_name,
+    OrigDst, POD_ADDRS_CAPACITY, PortKey, SETTINGS_SLOTS, SHORTCUT_STATS_SLOTS, SHORTCUTS_CAPACITY,
+    Shortcut, SockKey, TRANSPARENT_FLOWS_CAPACITY, map_name,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, SockHash},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash},
 };
 
 #[map(name = "CONNECT_COUNTS")]
@@ -50,6 +50,15 @@ pub static NODE_IDS: Array<u64> = Array::pinned(NODE_IDS_SLOTS, 0);
 #[map(name = "POD_ADDRS")]
 pub static POD_ADDRS: HashMap<[u8; 16], u32> = HashMap::pinned(POD_ADDRS_CAPACITY, 0);
 
+#[map(name = "SHORTCUTS")]
+pub static SHORTCUTS: LruHashMap<SockKey, Shortcut> = LruHashMap::pinned(SHORTCUTS_CAPACITY, 0);
+
+#[map(name = "SHORTCUT_READS")]
+pub static SHORTCUT_READS: LruHashMap<SockKey, u64> = LruHashMap::pinned(SHORTCUTS_CAPACITY, 0);
+
+#[map(name = "SHORTCUT_STATS")]
+pub static SHORTCUT_STATS: PerCpuArray<u64> = PerCpuArray::pinned(SHORTCUT_STATS_SLOTS, 0);
+
 // The names in the attributes above must match the shared constants; these fail
 // the build when they drift apart.
 const _: () = {
@@ -64,6 +73,9 @@ const _: () = {
     assert!(eq(map_name::TRANSPARENT_FLOWS, "TRANSPARENT_FLOWS"));
     assert!(eq(map_name::NODE_IDS, "NODE_IDS"));
     assert!(eq(map_name::POD_ADDRS, "POD_ADDRS"));
+    assert!(eq(map_name::SHORTCUTS, "SHORTCUTS"));
+    assert!(eq(map_name::SHORTCUT_READS, "SHORTCUT_READS"));
+    assert!(eq(map_name::SHORTCUT_STATS, "SHORTCUT_STATS"));
 };
 
 const fn eq(a: &str, b: &str) -> bool {
@@ -91,4 +103,14 @@ pub fn setting(slot: u32) -> u32 {
 #[inline(always)]
 pub fn node_id(slot: u32) -> u64 {
     NODE_IDS.get(slot).copied().unwrap_or(0)
+}
+
+/// Adds `n` to a counter of [`SHORTCUT_STATS`].
+#[inline(always)]
+pub fn count_shortcut(slot: u32, n: u64) {
+    if let Some(value) = SHORTCUT_STATS.get_ptr_mut(slot) {
+        // SAFETY: a pointer from a successful lookup is valid for this run, and
+        // the per-CPU slot is only written from this CPU.
+        unsafe { *value += n };
+    }
 }

@@ -17,9 +17,19 @@
 //! ambit-testbin bulk <addr> <seconds> <write-size>
 //!     one connection writing <write-size> chunks for <seconds>; prints
 //!     "bulk bytes=<n> seconds=<s> gbps=<g>" once the server confirmed the count
-//! ambit-testbin checksum <addr> <bytes>
+//! ambit-testbin checksum <addr> <bytes> [slow]
 //!     one connection sending <bytes> of a deterministic pattern; the sink hashes
-//!     what it receives; prints "checksum sent=<h> received=<h> bytes=<n>"
+//!     what it receives (with `slow`, 16 KiB at most per read and 1 ms asleep
+//!     after each: a receiver far slower than the sender); prints
+//!     "checksum sent=<h> received=<h> bytes=<n>"
+//! ambit-testbin flood <addr> <limit-bytes>
+//!     to a hold server (which never reads after the first line): writes 64 KiB
+//!     chunks on a non-blocking socket until writes keep failing with EAGAIN
+//!     for 500 ms, or <limit-bytes> went through; prints "flood accepted=<n>
+//!     blocked=<true|false>". Any other error (ENOMEM) fails it.
+//! ambit-testbin write-after-shutdown <addr>
+//!     sends a line, shuts its sending side down, then writes again; prints
+//!     "after-shutdown error=<kind>" (a broken pipe, as plain TCP gives)
 //! ambit-testbin concurrent <addr> <count>
 //!     opens <count> connections at once, holds them all open, then exchanges a
 //!     line on each; prints "concurrent ok=<n>"
@@ -94,7 +104,10 @@ fn main() -> ExitCode {
         ["rr", addr, count, size, rate, connections] => rr(addr, count, size, rate, connections),
         ["hold", addr, count, seconds] => hold(addr, count, seconds),
         ["hold-server", addr] => hold_server(addr),
-        ["checksum", addr, bytes] => checksum(addr, bytes),
+        ["checksum", addr, bytes] => checksum(addr, bytes, b'h'),
+        ["checksum", addr, bytes, "slow"] => checksum(addr, bytes, b'H'),
+        ["flood", addr, limit] => flood(addr, limit),
+        ["write-after-shutdown", addr] => write_after_shutdown(addr),
         ["concurrent", addr, count] => concurrent(addr, count),
         ["crr", addr, count] => crr(addr, count, "1"),
         ["crr", addr, count, clients] => crr(addr, count, clients),
@@ -108,7 +121,8 @@ fn main() -> ExitCode {
         _ => Err(
             "usage: ambit-testbin echo <addr> | send <addr> <message> [count] | \
                   session <addr> <count> <interval-ms> | churn <addr> <message> <s> <interval-ms> | sink <addr> | bulk <addr> <s> <size> | \
-                  rr <addr> <count> <size> <rate> | checksum <addr> <bytes> | concurrent <addr> <count> | \
+                  rr <addr> <count> <size> <rate> | checksum <addr> <bytes> [slow] | flood <addr> <limit> | \
+                  write-after-shutdown <addr> | concurrent <addr> <count> | \
                   crr <addr> <count> [clients] | crr-server <addr> [threads] | source <addr> | hold <addr> <count> <seconds> | \
                   hold-server <addr>"
                 .to_owned(),
@@ -374,15 +388,26 @@ fn churn(addr: &str, message: &str, seconds: &str, interval: &str) -> Result<(),
 /// Ends an upload to the sink (half-close) and reads its one-line answer
 /// (`what` names it in the error).
 fn end_upload(stream: &mut TcpStream, what: &str) -> Result<String, String> {
-    use std::io::Read;
     stream
         .shutdown(Shutdown::Write)
         .map_err(|e| e.to_string())?;
-    let mut answer = String::new();
-    stream
-        .read_to_string(&mut answer)
-        .map_err(|e| format!("no {what} from the server: {e}"))?;
-    Ok(answer)
+    // One line, not to the end of the stream. Some kernels end a blocking
+    // read on a sockmap socket with EAGAIN when a wake-up brings no data
+    // (ztunnel refuses the sk_msg shortcut there unless told otherwise, as
+    // the shortcut's own tests do): such a read is tried again, as long as
+    // the time allowed for the answer lasts.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\n") {
+        match stream.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => answer.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {}
+            Err(e) => return Err(format!("no {what} from the server: {e}")),
+        }
+    }
+    String::from_utf8(answer).map_err(|e| format!("the {what} is not text: {e}"))
 }
 
 fn number<T: std::str::FromStr>(what: &str, value: &str) -> Result<T, String>
@@ -404,16 +429,21 @@ fn serve_benchmark(mut stream: TcpStream) -> std::io::Result<()> {
     let mut kind = [0u8; 1];
     stream.read_exact(&mut kind)?;
     let mut buf = vec![0u8; 256 * 1024];
-    if kind[0] == b'h' {
+    if kind[0] == b'h' || kind[0] == b'H' {
+        let slow = kind[0] == b'H';
+        let read_size = if slow { 16 * 1024 } else { buf.len() };
         let mut hasher = Fnv::default();
         let mut total: u64 = 0;
         loop {
-            let n = stream.read(&mut buf)?;
+            let n = stream.read(&mut buf[..read_size])?;
             if n == 0 {
                 break;
             }
             hasher.write(&buf[..n]);
             total += n as u64;
+            if slow {
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
         return writeln!(stream, "{} {total}", hasher.0);
     }
@@ -598,14 +628,14 @@ impl Fnv {
     }
 }
 
-fn checksum(addr: &str, bytes: &str) -> Result<(), String> {
+fn checksum(addr: &str, bytes: &str, kind: u8) -> Result<(), String> {
     let addr = parse_addr(addr)?;
     let total: u64 = number("bytes", bytes)?;
     let mut stream = connect(addr)?;
     stream
         .set_read_timeout(Some(Duration::from_secs(120)))
         .map_err(|e| e.to_string())?;
-    stream.write_all(b"h").map_err(|e| e.to_string())?;
+    stream.write_all(&[kind]).map_err(|e| e.to_string())?;
     // A pattern that changes with the position, so a lost, duplicated or
     // reordered chunk changes the hash.
     let mut chunk = vec![0u8; 256 * 1024];
@@ -631,6 +661,54 @@ fn checksum(addr: &str, bytes: &str) -> Result<(), String> {
         hasher.0
     );
     Ok(())
+}
+
+fn flood(addr: &str, limit: &str) -> Result<(), String> {
+    let addr = parse_addr(addr)?;
+    let limit: u64 = number("limit", limit)?;
+    let mut stream = connect(addr)?;
+    writeln!(stream, "flood").map_err(|e| format!("cannot send: {e}"))?;
+    read_line_raw(&mut stream)?;
+    stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let chunk = vec![0x5au8; 64 * 1024];
+    let mut accepted: u64 = 0;
+    let mut blocked_since: Option<Instant> = None;
+    let blocked = loop {
+        if accepted >= limit {
+            break false;
+        }
+        match stream.write(&chunk) {
+            Ok(n) => {
+                accepted += n as u64;
+                blocked_since = None;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let since = *blocked_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= Duration::from_millis(500) {
+                    break true;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(format!("write after {accepted} bytes: {e}")),
+        }
+    };
+    println!("flood accepted={accepted} blocked={blocked}");
+    Ok(())
+}
+
+fn write_after_shutdown(addr: &str) -> Result<(), String> {
+    let mut stream = connect(parse_addr(addr)?)?;
+    writeln!(stream, "before").map_err(|e| format!("cannot send: {e}"))?;
+    stream
+        .shutdown(Shutdown::Write)
+        .map_err(|e| e.to_string())?;
+    match stream.write(b"after\n") {
+        Ok(n) => Err(format!("a write after shutdown sent {n} bytes")),
+        Err(e) => {
+            println!("after-shutdown error={:?}", e.kind());
+            Ok(())
+        }
+    }
 }
 
 fn concurrent(addr: &str, count: &str) -> Result<(), String> {

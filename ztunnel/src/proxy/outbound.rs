@@ -21,7 +21,17 @@ use crate::{
 };
 
 /// Proxies one accepted connection and writes its access log line.
-pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) {
+pub async fn handle(app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) {
+    // With the sk_msg shortcut, what is read from the application is
+    // reported, so the redirect can go on while ztunnel keeps up.
+    let counter = match (&pod.inputs.shortcut_reads, app.local_addr()) {
+        (Some(reads), Ok(local)) => Some(reads.counter(pod.cookie, local, peer)),
+        _ => None,
+    };
+    let mut app = CountedReads {
+        inner: app,
+        counter,
+    };
     let mut record = Connection::new(
         Direction::Outbound,
         pod.name.clone(),
@@ -42,7 +52,9 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
     crate::telemetry::set_trace_parent(&connection, &trace.parent);
     let result = async {
         // A proxy must not add Nagle's delay to small writes.
-        app.set_nodelay(true).map_err(ConnectionError::Relay)?;
+        app.inner
+            .set_nodelay(true)
+            .map_err(ConnectionError::Relay)?;
         let dst = pod
             .inputs
             .orig_dst
@@ -122,7 +134,10 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
                     parent: crate::telemetry::next_hop(&span, &trace.parent),
                     ..trace.clone()
                 };
-                let early = early_data(&app).map_err(ConnectionError::Relay)?;
+                let early = early_data(&app.inner).map_err(ConnectionError::Relay)?;
+                if let Some(counter) = &mut app.counter {
+                    counter.add(early.len());
+                }
                 // Boxed: opening a tunnel (dialling, the TLS handshake) is the
                 // largest state this task ever holds, and a task is allocated
                 // at its largest for its whole life. On the heap only while
@@ -160,6 +175,59 @@ pub async fn handle(mut app: TcpStream, peer: SocketAddr, pod: Arc<PodContext>) 
     .instrument(connection.clone())
     .await;
     connection.in_scope(|| record.finish(&result));
+}
+
+/// The application's side of a connection, counting what is read from it
+/// for the sk_msg shortcut (when it is on).
+struct CountedReads {
+    inner: TcpStream,
+    counter: Option<crate::capture::ReadCounter>,
+}
+
+impl tokio::io::AsyncRead for CountedReads {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let (std::task::Poll::Ready(Ok(())), Some(counter)) = (&poll, &mut this.counter) {
+            counter.add(buf.filled().len() - before);
+        }
+        poll
+    }
+}
+
+impl tokio::io::AsyncWrite for CountedReads {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl crate::relay::Abort for CountedReads {
+    fn abort(&mut self) {
+        self.inner.abort();
+    }
 }
 
 /// The most read from the application before its tunnel opens: a first

@@ -95,6 +95,9 @@ pub struct PodManagerConfig {
 pub struct ProxyInputs {
     /// Original destinations of redirected connections.
     pub orig_dst: OrigDstTable,
+    /// With the sk_msg shortcut on: where to report what ztunnel read from
+    /// the applications' connections.
+    pub shortcut_reads: Option<capture::ShortcutReads>,
     /// Transparent connects in flight (see [`TransparentFlows`]).
     pub flows: TransparentFlows,
     /// Every proxied connection, so shutdown can drain them.
@@ -231,6 +234,7 @@ impl PodManager {
     pub fn new(capture: Capture, config: PodManagerConfig, mesh: Arc<Mesh>) -> Result<Self, Error> {
         let inputs = Arc::new(ProxyInputs {
             orig_dst: capture.orig_dst_table()?,
+            shortcut_reads: capture.shortcut_reads()?,
             flows: capture.transparent_flows()?,
             connections: TaskTracker::new(),
             connect_timeout: config.connect_timeout,
@@ -533,11 +537,6 @@ impl PodManager {
             .collect();
         self.capture.remove_pod_addrs(&stale)?;
         Ok(released)
-    }
-
-    /// Whether `sk_msg` shortcuts new loopback connections.
-    pub fn set_sockmap(&mut self, on: bool) -> Result<(), Error> {
-        self.capture.set_sockmap(on).map_err(Error::from)
     }
 
     /// Graceful shutdown: stops accepting on every pod (a new ztunnel sharing the

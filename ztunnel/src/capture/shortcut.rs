@@ -1,0 +1,472 @@
+//! The loopback shortcut's state outside the data path: its counters, and the
+//! node's TCP memory, which turns new redirects off while it is under pressure.
+
+use std::{
+    net::SocketAddr,
+    os::fd::AsRawFd,
+    path::Path,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use ambit_ebpf_common::{
+    SETTINGS_SLOTS, Shortcut, SockKey, map_name, setting, shortcut_mode, shortcut_stat,
+};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+
+use super::{Error, NetnsCookie, map_error, mapped, pinned_map};
+
+/// `BPF_EXIST`: update an entry only if it is there (a report never brings
+/// back the record of a connection that closed).
+const BPF_EXIST: u64 = 2;
+
+/// ztunnel's reports of what it read from its shortcut sockets, which let the
+/// `sk_msg` program keep redirecting while ztunnel keeps up. Cheap to clone.
+#[derive(Clone)]
+pub struct ShortcutReads {
+    map: Arc<Mutex<HashMap<MapData, SockKey, u64>>>,
+    /// Report after this many bytes read since the last report.
+    every: u64,
+}
+
+impl std::fmt::Debug for ShortcutReads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShortcutReads")
+            .field("every", &self.every)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShortcutReads {
+    /// Opens the map pinned under `pin_dir`; `cap` is the shortcut's cap.
+    pub fn open(pin_dir: &Path, cap: u32) -> Result<Self, Error> {
+        let name = map_name::SHORTCUT_READS;
+        let map = pinned_map(
+            pin_dir.join("maps").join(name),
+            name,
+            aya::maps::Map::LruHashMap,
+        )?;
+        Ok(Self {
+            map: Arc::new(Mutex::new(map)),
+            // A quarter of the cap: one map update per 256 KiB read by
+            // default, and the redirect goes on while ztunnel is within
+            // three quarters of the cap.
+            every: u64::from(cap / 4).max(1),
+        })
+    }
+
+    /// The counter of one accepted connection: `local` and `peer` are the
+    /// addresses of ztunnel's socket, in the pod's network namespace `netns`.
+    pub fn counter(&self, netns: NetnsCookie, local: SocketAddr, peer: SocketAddr) -> ReadCounter {
+        ReadCounter {
+            reads: self.clone(),
+            key: SockKey {
+                netns_cookie: netns.get(),
+                local_addr: mapped(local.ip()),
+                remote_addr: mapped(peer.ip()),
+                local_port: local.port(),
+                remote_port: peer.port(),
+                _pad: 0,
+            },
+            total: 0,
+            reported: 0,
+        }
+    }
+}
+
+/// Counts what ztunnel read from one shortcut socket and reports it every
+/// so many bytes. A report that fails, or comes late, only makes the
+/// connection leave the redirect for TCP sooner.
+#[derive(Debug)]
+pub struct ReadCounter {
+    reads: ShortcutReads,
+    key: SockKey,
+    total: u64,
+    reported: u64,
+}
+
+impl ReadCounter {
+    /// `n` more bytes were read.
+    pub fn add(&mut self, n: usize) {
+        self.total = self.total.wrapping_add(n as u64);
+        if self.total.wrapping_sub(self.reported) >= self.reads.every {
+            self.report();
+        }
+    }
+
+    fn report(&mut self) {
+        let mut map = self
+            .reads
+            .map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Gone (the connection is closing, or the record was evicted): the
+        // program then sends by TCP anyway.
+        let _ = map.insert(self.key, self.total, BPF_EXIST);
+        self.reported = self.total;
+    }
+}
+
+/// What the shortcut did on this node since its maps were created (they are
+/// pinned, so the counts survive a ztunnel restart).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ShortcutStats {
+    /// Bytes applications sent that were redirected straight into ztunnel's
+    /// socket.
+    pub redirected_bytes: u64,
+    /// Bytes of shortcut connections that took loopback TCP (before ztunnel's
+    /// side was ready, while ztunnel was behind, after a shutdown).
+    pub tcp_bytes: u64,
+    /// Connections that left the redirect for TCP (ztunnel a cap behind, or
+    /// TCP memory under pressure).
+    pub to_tcp: u64,
+}
+
+/// Reads the shortcut's counters from their pin under `pin_dir`.
+pub fn shortcut_stats(pin_dir: &Path) -> Result<ShortcutStats, Error> {
+    let name = map_name::SHORTCUT_STATS;
+    let stats: PerCpuArray<MapData, u64> = pinned_map(
+        pin_dir.join("maps").join(name),
+        name,
+        aya::maps::Map::PerCpuArray,
+    )?;
+    let read = |slot: u32| -> Result<u64, Error> {
+        let per_cpu = stats.get(&slot, 0).map_err(map_error(name, "read"))?;
+        Ok(per_cpu.iter().fold(0u64, |sum, n| sum.wrapping_add(*n)))
+    };
+    Ok(ShortcutStats {
+        redirected_bytes: read(shortcut_stat::REDIRECTED_BYTES)?,
+        tcp_bytes: read(shortcut_stat::TCP_BYTES)?,
+        to_tcp: read(shortcut_stat::TO_TCP)?,
+    })
+}
+
+/// One shortcut connection as its record shows it now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShortcutConnection {
+    /// Bytes the application sent that ztunnel has not reported read (on
+    /// either path; what is queued on the redirect is at most this).
+    pub unread: u64,
+    /// Whether its sends are redirected now.
+    pub redirecting: bool,
+    /// Whether ztunnel's side is in the SockHash.
+    pub ready: bool,
+}
+
+/// The live shortcut connections' records, from their pin under `pin_dir`
+/// (a walk with a system call per entry: for diagnostics and tests).
+pub fn shortcut_connections(pin_dir: &Path) -> Result<Vec<ShortcutConnection>, Error> {
+    let name = map_name::SHORTCUTS;
+    let map: HashMap<MapData, SockKey, Shortcut> = pinned_map(
+        pin_dir.join("maps").join(name),
+        name,
+        aya::maps::Map::LruHashMap,
+    )?;
+    let reads_name = map_name::SHORTCUT_READS;
+    let reads: HashMap<MapData, SockKey, u64> = pinned_map(
+        pin_dir.join("maps").join(reads_name),
+        reads_name,
+        aya::maps::Map::LruHashMap,
+    )?;
+    let mut connections = Vec::new();
+    for entry in map.iter() {
+        // An entry deleted during the walk ends it early; what was read stands.
+        let Ok((key, record)) = entry else { break };
+        let read = reads.get(&key, 0).unwrap_or(0);
+        connections.push(ShortcutConnection {
+            unread: record.sent.wrapping_sub(read),
+            redirecting: record.mode == shortcut_mode::REDIRECT,
+            ready: record.ready != 0,
+        });
+    }
+    Ok(connections)
+}
+
+/// How this kernel's sockmap receive path treats a blocked reader.
+#[derive(Debug)]
+pub enum SockmapReads {
+    /// As any TCP socket: a wake-up without data keeps it waiting, the end of
+    /// the stream returns 0.
+    Correct,
+    /// Not as TCP (what the read returned instead). Applications whose
+    /// sockets the shortcut puts in the SockHash would see it.
+    Broken(String),
+}
+
+/// Checks how this kernel treats a blocking read on a SockHash member: a
+/// loopback pair in ztunnel's own network namespace, the reading end in
+/// `socks` for the duration (about half a second, at start).
+///
+/// `tcp_bpf_recvmsg`, the receive path of every SockHash member without a
+/// stream parser, sleeps until either of its queues has data; on some kernels
+/// any other wake-up ends the read with EAGAIN, even on a blocking socket
+/// without a timeout. The wake-up that applications meet most is the one for
+/// write space (a client that uploaded, then waits for the answer), so the
+/// probe makes one: its reader first fills its own send buffer, blocks in a
+/// read, and the peer then drains what it sent. It then checks that data
+/// and the end of the stream arrive as on TCP.
+pub fn probe_sockmap_reads(
+    socks: &mut aya::maps::SockHash<&mut MapData, SockKey>,
+    netns: NetnsCookie,
+) -> std::io::Result<SockmapReads> {
+    use std::{io::Read, io::Write, time::Duration};
+    let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+    let mut peer = std::net::TcpStream::connect(listener.local_addr()?)?;
+    let (reader, _) = listener.accept()?;
+    let (local, remote) = (reader.local_addr()?, reader.peer_addr()?);
+    let key = SockKey {
+        netns_cookie: netns.get(),
+        local_addr: mapped(local.ip()),
+        remote_addr: mapped(remote.ip()),
+        local_port: local.port(),
+        remote_port: remote.port(),
+        _pad: 0,
+    };
+    socks
+        .insert(key, reader.as_raw_fd(), 0)
+        .map_err(std::io::Error::other)?;
+    let result = (|| -> std::io::Result<SockmapReads> {
+        // The reader's send buffer, full (bounded: 64 MiB).
+        reader.set_nonblocking(true)?;
+        let chunk = [0u8; 64 * 1024];
+        for _ in 0..1024 {
+            match (&reader).write(&chunk) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        reader.set_nonblocking(false)?;
+        reader.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let blocked_reader = reader.try_clone()?;
+        let blocked = std::thread::spawn(move || {
+            let mut bytes = [0u8; 2];
+            let first = (&blocked_reader).read(&mut bytes[..1]);
+            let second = (&blocked_reader).read(&mut bytes[1..]);
+            (first, second)
+        });
+        // Long enough for the reader to be waiting in the kernel.
+        std::thread::sleep(Duration::from_millis(100));
+        // Drain what the reader sent: its send buffer empties and wakes it.
+        peer.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let mut sink = vec![0u8; 256 * 1024];
+        while matches!(peer.read(&mut sink), Ok(n) if n > 0) {}
+        std::thread::sleep(Duration::from_millis(100));
+        peer.write_all(b"x")?;
+        std::thread::sleep(Duration::from_millis(100));
+        peer.shutdown(std::net::Shutdown::Write)?;
+        let (first, second) = blocked
+            .join()
+            .map_err(|_| std::io::Error::other("the probe's reader panicked"))?;
+        Ok(match (first, second) {
+            (Ok(1), Ok(0)) => SockmapReads::Correct,
+            (Ok(1), other) => SockmapReads::Broken(format!("at the end of the stream: {other:?}")),
+            (other, _) => SockmapReads::Broken(format!(
+                "after a wake-up for write space, before any data: {other:?}"
+            )),
+        })
+    })();
+    // The socket would leave the map as it closes; removing it first is tidier.
+    let _ = socks.remove(&key);
+    result
+}
+
+/// The node's TCP memory in pages: what is allocated now
+/// (`/proc/net/sockstat`, `TCP: ... mem <pages>`, node-wide in every network
+/// namespace) and the kernel's thresholds (`net.ipv4.tcp_mem`: no pressure
+/// below the first, pressure from the second, the hard limit at the third).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpMemory {
+    /// Pages allocated to TCP sockets now.
+    pub pages: u64,
+    /// `tcp_mem`: low, pressure, high.
+    pub limits: [u64; 3],
+}
+
+const SOCKSTAT: &str = "/proc/net/sockstat";
+const TCP_MEM: &str = "/proc/sys/net/ipv4/tcp_mem";
+
+impl TcpMemory {
+    /// The pages allocated to TCP sockets now.
+    pub fn pages() -> std::io::Result<u64> {
+        let sockstat = std::fs::read_to_string(SOCKSTAT)?;
+        parse_sockstat(&sockstat).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("no `TCP: ... mem <pages>` in {SOCKSTAT}"),
+            )
+        })
+    }
+
+    /// The kernel's thresholds. `tcp_mem` is node-wide and shows only in the
+    /// host's network namespace (where ztunnel runs with `hostNetwork`); from
+    /// another, the kernel's own default is computed from the memory size
+    /// (see [`default_tcp_mem`]).
+    pub fn limits() -> std::io::Result<[u64; 3]> {
+        match std::fs::read_to_string(TCP_MEM) {
+            Ok(text) => parse_tcp_mem(&text).ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("not three numbers in {TCP_MEM}: {text:?}"),
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+                default_tcp_mem(&meminfo).ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "no MemTotal in /proc/meminfo",
+                    )
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether new redirects should stop: the node's TCP memory is past the
+    /// point below which the kernel does not moderate it (`tcp_mem[0]`), so
+    /// what the shortcut would queue goes through TCP's own limits instead.
+    pub fn under_pressure(&self) -> bool {
+        self.pages >= self.limits[0]
+    }
+}
+
+/// The `mem` of the `TCP:` line of `/proc/net/sockstat`.
+fn parse_sockstat(text: &str) -> Option<u64> {
+    let tcp = text.lines().find_map(|line| line.strip_prefix("TCP:"))?;
+    let mut words = tcp.split_whitespace();
+    while let Some(word) = words.next() {
+        if word == "mem" {
+            return words.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+/// The kernel's default `tcp_mem` for a node with the `MemTotal` of
+/// `meminfo` (`tcp_init` in `net/ipv4/tcp.c`: a sixteenth of the memory, the
+/// low mark at three quarters of it, the hard limit at twice the low mark).
+/// It counts all memory where the kernel counts free buffer pages, a little
+/// more: close enough for a pressure mark.
+fn default_tcp_mem(meminfo: &str) -> Option<[u64; 3]> {
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let limit = (kib / 4 / 16).max(128);
+    let low = limit / 4 * 3;
+    Some([low, limit, low * 2])
+}
+
+/// The three numbers of `tcp_mem`.
+fn parse_tcp_mem(text: &str) -> Option<[u64; 3]> {
+    let mut values = text.split_whitespace();
+    let mut limits = [0u64; 3];
+    for limit in &mut limits {
+        *limit = values.next()?.parse().ok()?;
+    }
+    values.next().is_none().then_some(limits)
+}
+
+/// Writes the shortcut's pressure switch (the pinned settings map, opened on
+/// its own so a task can own it).
+pub struct TcpPressure {
+    settings: Array<MapData, u32>,
+    on: bool,
+}
+
+impl std::fmt::Debug for TcpPressure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpPressure")
+            .field("on", &self.on)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TcpPressure {
+    /// Opens the settings map pinned under `pin_dir`.
+    pub fn open(pin_dir: &Path) -> Result<Self, Error> {
+        let name = map_name::SETTINGS;
+        let settings = pinned_map(pin_dir.join("maps").join(name), name, aya::maps::Map::Array)?;
+        let mut pressure = Self { settings, on: true };
+        pressure.set(false)?;
+        Ok(pressure)
+    }
+
+    /// Turns new redirects off (`true`) or back on; writes only on a change.
+    /// Returns whether it changed.
+    pub fn set(&mut self, on: bool) -> Result<bool, Error> {
+        if on == self.on {
+            return Ok(false);
+        }
+        const { assert!(setting::TCP_PRESSURE < SETTINGS_SLOTS) };
+        self.settings
+            .set(setting::TCP_PRESSURE, u32::from(on), 0)
+            .map_err(map_error(map_name::SETTINGS, "write a setting"))?;
+        self.on = on;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SOCKSTAT_TEXT: &str = "sockets: used 212\n\
+        TCP: inuse 9 orphan 0 tw 3 alloc 12 mem 4100\n\
+        UDP: inuse 2 mem 1\n";
+
+    #[test]
+    fn tcp_memory_is_read_from_sockstat_and_tcp_mem() {
+        assert_eq!(parse_sockstat(SOCKSTAT_TEXT), Some(4100));
+        assert_eq!(parse_tcp_mem("4000 5000 6000\n"), Some([4000, 5000, 6000]));
+        let memory = TcpMemory {
+            pages: 4100,
+            limits: [4000, 5000, 6000],
+        };
+        assert!(memory.under_pressure());
+        let calm = TcpMemory {
+            limits: [287_907, 383_878, 575_814],
+            ..memory
+        };
+        assert!(!calm.under_pressure());
+    }
+
+    #[test]
+    fn the_default_tcp_mem_follows_the_memory_size() {
+        // 24 GiB: the kernel set 287907 383878 575814 on such a machine.
+        let [low, pressure, high] =
+            default_tcp_mem("MemTotal:       25165824 kB\nMemFree: 1 kB\n").expect("parses");
+        assert_eq!(pressure, 393_216);
+        assert_eq!((low, high), (294_912, 589_824));
+        assert_eq!(default_tcp_mem("MemFree: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn malformed_files_are_refused() {
+        // UDP's mem must not be taken for TCP's.
+        assert_eq!(parse_sockstat("UDP: inuse 2 mem 1\n"), None);
+        assert_eq!(
+            parse_sockstat("TCP: inuse 9 mem\n"),
+            None,
+            "mem without a value"
+        );
+        assert_eq!(parse_tcp_mem("1 2"), None);
+        assert_eq!(parse_tcp_mem("1 x 3"), None);
+        assert_eq!(parse_tcp_mem("1 2 3 4"), None);
+    }
+
+    #[test]
+    fn this_host_has_tcp_memory_figures() {
+        // Node-wide files: present in any network namespace (tcp_mem through
+        // pid 1's when not in this one).
+        assert!(TcpMemory::pages().is_ok());
+        let limits = TcpMemory::limits().expect("tcp_mem is readable");
+        assert!(
+            limits[0] <= limits[1] && limits[1] <= limits[2],
+            "{limits:?}"
+        );
+    }
+}
