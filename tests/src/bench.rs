@@ -53,6 +53,8 @@ pub struct Settings {
     /// [`report::LOAD_CONNECTIONS`] connections at each of
     /// [`report::LOAD_RATES`]).
     pub load_seconds: u32,
+    /// Seconds of bulk transfer into a slow reader (first round only).
+    pub slow_seconds: u32,
     /// Connections per connection-rate run.
     pub crr_count: u32,
     /// Idle proxied connections held at once to read ztunnel's memory, one
@@ -82,6 +84,7 @@ impl Settings {
             rr_rate: 2000,
             rr_count: 10_000,
             load_seconds: 5,
+            slow_seconds: 60,
             crr_count: 5000,
             held_connections: report::RSS_HELD.iter().map(|&(n, _)| n).collect(),
             http_rate: 1000,
@@ -102,6 +105,7 @@ impl Settings {
             rr_rate: 2000,
             rr_count: 3000,
             load_seconds: 2,
+            slow_seconds: 10,
             crr_count: 2000,
             held_connections: report::RSS_HELD.iter().map(|&(n, _)| n).collect(),
             http_rate: 1000,
@@ -123,6 +127,7 @@ impl Settings {
             rr_rate: 1000,
             rr_count: 1000,
             load_seconds: 1,
+            slow_seconds: 2,
             crr_count: 200,
             held_connections: Vec::new(),
             http_rate: 500,

@@ -160,8 +160,15 @@ pub const SATURATED_BELOW: f64 = 0.9;
 /// of held connections closed, MiB: what a burst leaves behind.
 pub const RSS_AFTER_RELEASE: &str = "rss_mib_after_release";
 
+/// Bulk transfer into a reader that sleeps (16 KiB per millisecond), the
+/// first round only: how far the node's TCP memory (`/proc/net/sockstat`,
+/// `TCP: mem`) rose above where it was, at its peak, MiB.
+pub const SLOW_TCP_MEM_PEAK: &str = "slow_receiver_tcp_mem_peak_mib";
+/// The same transfer: MiB the slow reader took.
+pub const SLOW_MIB: &str = "slow_receiver_mib";
+
 /// Every metric, in table order.
-pub const METRICS: [Metric; 48] = [
+pub const METRICS: [Metric; 50] = [
     metric(THROUGHPUT, "bulk throughput, Gbit/s", 2),
     metric(THROUGHPUT_P4, "bulk throughput, 4 streams, Gbit/s", 2),
     metric(THROUGHPUT_P16, "bulk throughput, 16 streams, Gbit/s", 2),
@@ -236,6 +243,12 @@ pub const METRICS: [Metric; 48] = [
         "ztunnel RSS 12 s after the 10,000 closed, MiB",
         1,
     ),
+    metric(
+        SLOW_TCP_MEM_PEAK,
+        "slow reader: peak rise of the node's TCP memory, MiB",
+        1,
+    ),
+    metric(SLOW_MIB, "slow reader: MiB transferred", 0),
     metric(WAYPOINT_CPU_PER_1K, "waypoint CPU s per 1,000 requests", 3),
     metric(WAYPOINT_CORES_AT_MAX, "waypoint cores busy, closed loop", 2),
     metric(

@@ -20,8 +20,8 @@ use super::{
     report::{
         CPU_PER_GIB, CPU_PER_GIB_P4, CPU_PER_GIB_P16, CRR, LOAD_CONNECTIONS, LOAD_RATES, Outcome,
         RR_P50, RR_P90, RR_P99, RR_P999, RR1_P50, RR1_P90, RR1_P99, RR1_P999, RSS_AFTER_RELEASE,
-        RSS_HELD, RSS_IDLE, RSS_IDLE_ANON, RSS_PER_CONN, Report, Runs, SATURATED_BELOW,
-        ScenarioReport, THROUGHPUT, THROUGHPUT_P4, THROUGHPUT_P16,
+        RSS_HELD, RSS_IDLE, RSS_IDLE_ANON, RSS_PER_CONN, Report, Runs, SATURATED_BELOW, SLOW_MIB,
+        SLOW_TCP_MEM_PEAK, ScenarioReport, THROUGHPUT, THROUGHPUT_P4, THROUGHPUT_P16,
     },
     scenario::{Dataplane, Route, SCENARIOS, Scenario, Workload},
 };
@@ -117,11 +117,19 @@ impl Nodes {
             waypoint: with_waypoint,
         } = dataplane
         {
-            let options = ZtunnelOptions {
+            let mut options = ZtunnelOptions {
                 sockmap,
                 drain: Duration::from_secs(1),
                 ..ZtunnelOptions::default()
             };
+            if sockmap {
+                // Measure the shortcut itself, also on a kernel where ztunnel's
+                // start-up check of blocking sockmap reads would keep it off
+                // (the load tools read without blocking, or retry EAGAIN).
+                options
+                    .env
+                    .push(("AMBIT_SOCKMAP_IGNORE_READ_CHECK".into(), "true".into()));
+            }
             for node in ["a", "b"] {
                 ztunnels.push(
                     Ztunnel::start(bed, node, config, &options)
@@ -320,6 +328,49 @@ impl Bench {
         }
     }
 
+    /// Bulk transfer into a reader that sleeps, for the settings'
+    /// `slow_seconds`, while the node's TCP memory is sampled: its peak rise
+    /// (MiB) and the MiB transferred.
+    fn slow_receiver(&self, client: &str, server: &str) -> Result<(f64, f64), String> {
+        let seconds = self.settings.slow_seconds;
+        let dst = SocketAddr::new(self.ip(server), SINK_PORT).to_string();
+        let pages = || ztunnel::capture::TcpMemory::pages().map_err(|e| e.to_string());
+        let before = pages()?;
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut peak = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(now) = ztunnel::capture::TcpMemory::pages() {
+                        peak = peak.max(now);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                peak
+            })
+        };
+        let mut cmd = self.bed.pod_command(client, testbin_binary());
+        cmd.args(["bulk", &dst, &seconds.to_string(), "65536", "slow"]);
+        let result = self
+            .bed
+            .run(cmd, Duration::from_secs(u64::from(seconds) + 60));
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let peak = sampler.join().map_err(|_| "the sampler panicked")?;
+        let out = result.map_err(|e| e.to_string())?;
+        let line = String::from_utf8_lossy(&out.stdout);
+        let bytes: f64 = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("bytes="))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("no bytes= in {line:?}"))?;
+        let page_mib = 4096.0 / (1024.0 * 1024.0);
+        Ok((
+            peak.saturating_sub(before) as f64 * page_mib,
+            bytes / (1024.0 * 1024.0),
+        ))
+    }
+
     /// One open-loop latency run of `size`-byte requests.
     pub(super) fn latency(
         &self,
@@ -462,7 +513,13 @@ impl Bench {
 
     /// Runs `scenario` once on `nodes` (its dataplane), adding its values to
     /// `collected`; a failed workload is reported and leaves its value out.
-    fn measure(&self, scenario: &Scenario, nodes: &Nodes, collected: &mut Collected) {
+    fn measure(
+        &self,
+        scenario: &Scenario,
+        nodes: &Nodes,
+        collected: &mut Collected,
+        first_round: bool,
+    ) {
         let (client, server) = (scenario.client, scenario.server);
         let mut failures = Vec::new();
         let mut failed = |what: &str, error: String| {
@@ -607,6 +664,15 @@ impl Bench {
                         }
                     }
                 }
+                Workload::SlowReceiver if first_round => match self.slow_receiver(client, server) {
+                    Ok((peak, mib)) => {
+                        collected.runs.push(SLOW_TCP_MEM_PEAK, peak);
+                        collected.runs.push(SLOW_MIB, mib);
+                        line.push_str(&format!(" slow: tcp_mem+{peak:.1}MiB of {mib:.0}MiB"));
+                    }
+                    Err(e) => failed("slow receiver", e),
+                },
+                Workload::SlowReceiver => {}
                 Workload::ConnectionRate => match self.crr(client, server) {
                     Ok(rate) => {
                         collected.runs.push(CRR, rate);
@@ -708,7 +774,7 @@ pub(super) fn run(settings: &Settings) -> Result<String, String> {
                 nodes = Some(Nodes::start(&bench.bed, &bench.config, scenario.dataplane)?);
             }
             let current = nodes.as_ref().expect("just started");
-            bench.measure(scenario, current, collected);
+            bench.measure(scenario, current, collected, round == 1);
         }
         if let Some(old) = nodes.take() {
             old.stop();

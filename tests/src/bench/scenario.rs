@@ -60,6 +60,10 @@ pub enum Workload {
     LoadLatency,
     /// Connect, one request, close, as fast as it goes.
     ConnectionRate,
+    /// Bulk transfer into a reader that sleeps (first round only): no error,
+    /// and the node's TCP memory stays bounded (the sk_msg shortcut's
+    /// backpressure).
+    SlowReceiver,
     /// ztunnel RSS idle and per idle proxied connection.
     Memory,
     /// HTTP/1.1 keep-alive and HTTP/2 requests (h2load) to the api pod's
@@ -93,6 +97,7 @@ const ALL: &[Workload] = &[
     Workload::Bulk,
     Workload::Latency,
     Workload::ConnectionRate,
+    Workload::SlowReceiver,
 ];
 
 /// Every workload of the shipped dataplane (sk_msg off): [`ALL`], the
@@ -104,6 +109,7 @@ const ALL_AND_PARALLEL: &[Workload] = &[
     Workload::Latency,
     Workload::LoadLatency,
     Workload::ConnectionRate,
+    Workload::SlowReceiver,
 ];
 
 /// The dataplane of the HTTP scenarios: sk_msg off (the shipped default), and

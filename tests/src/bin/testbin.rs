@@ -14,8 +14,9 @@
 //!     benchmark server: per connection, echoes fixed-size messages back when the
 //!     first byte is 'r' (request/response), or counts bytes until EOF and
 //!     answers with the count when it is 'b' (bulk)
-//! ambit-testbin bulk <addr> <seconds> <write-size>
-//!     one connection writing <write-size> chunks for <seconds>; prints
+//! ambit-testbin bulk <addr> <seconds> <write-size> [slow]
+//!     one connection writing <write-size> chunks for <seconds> (to a sink
+//!     that, with `slow`, reads 16 KiB at most and then sleeps 1 ms); prints
 //!     "bulk bytes=<n> seconds=<s> gbps=<g>" once the server confirmed the count
 //! ambit-testbin checksum <addr> <bytes> [slow]
 //!     one connection sending <bytes> of a deterministic pattern; the sink hashes
@@ -99,7 +100,8 @@ fn main() -> ExitCode {
         ["session", addr, count, interval] => session(addr, count, interval),
         ["churn", addr, message, seconds, interval] => churn(addr, message, seconds, interval),
         ["sink", addr] => sink(addr),
-        ["bulk", addr, seconds, size] => bulk(addr, seconds, size),
+        ["bulk", addr, seconds, size] => bulk(addr, seconds, size, b'b'),
+        ["bulk", addr, seconds, size, "slow"] => bulk(addr, seconds, size, b'B'),
         ["rr", addr, count, size, rate] => rr(addr, count, size, rate, "1"),
         ["rr", addr, count, size, rate, connections] => rr(addr, count, size, rate, connections),
         ["hold", addr, count, seconds] => hold(addr, count, seconds),
@@ -120,7 +122,7 @@ fn main() -> ExitCode {
         ["await-end", addr, message] => await_end(addr, message),
         _ => Err(
             "usage: ambit-testbin echo <addr> | send <addr> <message> [count] | \
-                  session <addr> <count> <interval-ms> | churn <addr> <message> <s> <interval-ms> | sink <addr> | bulk <addr> <s> <size> | \
+                  session <addr> <count> <interval-ms> | churn <addr> <message> <s> <interval-ms> | sink <addr> | bulk <addr> <s> <size> [slow] | \
                   rr <addr> <count> <size> <rate> | checksum <addr> <bytes> [slow] | flood <addr> <limit> | \
                   write-after-shutdown <addr> | concurrent <addr> <count> | \
                   crr <addr> <count> [clients] | crr-server <addr> [threads] | source <addr> | hold <addr> <count> <seconds> | \
@@ -429,9 +431,10 @@ fn serve_benchmark(mut stream: TcpStream) -> std::io::Result<()> {
     let mut kind = [0u8; 1];
     stream.read_exact(&mut kind)?;
     let mut buf = vec![0u8; 256 * 1024];
+    // An upper-case kind is the slow reader's.
+    let slow = kind[0].is_ascii_uppercase();
+    let read_size = if slow { 16 * 1024 } else { buf.len() };
     if kind[0] == b'h' || kind[0] == b'H' {
-        let slow = kind[0] == b'H';
-        let read_size = if slow { 16 * 1024 } else { buf.len() };
         let mut hasher = Fnv::default();
         let mut total: u64 = 0;
         loop {
@@ -447,14 +450,17 @@ fn serve_benchmark(mut stream: TcpStream) -> std::io::Result<()> {
         }
         return writeln!(stream, "{} {total}", hasher.0);
     }
-    if kind[0] == b'b' {
+    if kind[0] == b'b' || kind[0] == b'B' {
         let mut total: u64 = 0;
         loop {
-            let n = stream.read(&mut buf)?;
+            let n = stream.read(&mut buf[..read_size])?;
             if n == 0 {
                 break;
             }
             total += n as u64;
+            if slow {
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
         return writeln!(stream, "{total}");
     }
@@ -472,7 +478,7 @@ fn serve_benchmark(mut stream: TcpStream) -> std::io::Result<()> {
     }
 }
 
-fn bulk(addr: &str, seconds: &str, size: &str) -> Result<(), String> {
+fn bulk(addr: &str, seconds: &str, size: &str, kind: u8) -> Result<(), String> {
     let addr = parse_addr(addr)?;
     let seconds: f64 = number("seconds", seconds)?;
     let size: usize = number("write size", size)?;
@@ -481,7 +487,7 @@ fn bulk(addr: &str, seconds: &str, size: &str) -> Result<(), String> {
         .set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(|e| e.to_string())?;
     let chunk = vec![0x5au8; size];
-    stream.write_all(b"b").map_err(|e| e.to_string())?;
+    stream.write_all(&[kind]).map_err(|e| e.to_string())?;
     let start = Instant::now();
     let mut sent: u64 = 0;
     while start.elapsed().as_secs_f64() < seconds {
