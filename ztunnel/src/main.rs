@@ -711,11 +711,12 @@ fn watch_maps(
                     for map in &maps {
                         metrics.observe(map.name, map.entries, map.capacity);
                     }
-                    metrics.observe_shortcut(
+                    metrics.observe_shortcut([
                         shortcut.redirected_bytes,
                         shortcut.tcp_bytes,
                         shortcut.to_tcp,
-                    );
+                        shortcut.to_redirect,
+                    ]);
                     published.store(Arc::new(maps));
                     failing = false;
                 }

@@ -328,9 +328,16 @@ pub struct MapMetrics {
     entries: Family<MapLabel, Gauge>,
     capacity: Family<MapLabel, Gauge>,
     shortcut_bytes: Family<ShortcutLabel, Counter>,
-    shortcut_to_tcp: Counter,
-    shortcut_seen: Arc<std::sync::Mutex<Option<[u64; 3]>>>,
+    shortcut_switches: Family<SwitchLabel, Counter>,
+    shortcut_seen: Arc<std::sync::Mutex<Option<[u64; 4]>>>,
     tcp_pressure: Gauge,
+}
+
+/// Where a shortcut connection's sends switched to.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SwitchLabel {
+    /// `tcp` or `redirect`.
+    pub to: &'static str,
 }
 
 /// A path of the loopback shortcut.
@@ -361,10 +368,11 @@ impl MapMetrics {
             metrics.shortcut_bytes.clone(),
         );
         registry.register(
-            "ambit_sockmap_to_tcp",
-            "Shortcut connections whose sends left the redirect for loopback TCP \
-             (ztunnel was the cap behind, or TCP memory was under pressure)",
-            metrics.shortcut_to_tcp.clone(),
+            "ambit_sockmap_switches",
+            "Times a shortcut connection's sends switched path, by the path switched to \
+             (tcp: ztunnel was the cap behind, or TCP memory was under pressure; \
+             redirect: ztunnel had read everything sent)",
+            metrics.shortcut_switches.clone(),
         );
         registry.register(
             "ambit_sockmap_tcp_pressure",
@@ -375,11 +383,10 @@ impl MapMetrics {
     }
 
     /// Records the shortcut's counters as read from its map: bytes
-    /// redirected, bytes sent by TCP, connections moved to TCP. They are
+    /// redirected, bytes sent by TCP, switches to TCP and back. They are
     /// totals since the map was created; the metrics count from this
     /// ztunnel's first reading.
-    pub fn observe_shortcut(&self, redirected: u64, tcp: u64, to_tcp: u64) {
-        let now = [redirected, tcp, to_tcp];
+    pub fn observe_shortcut(&self, now: [u64; 4]) {
         let mut seen = self
             .shortcut_seen
             .lock()
@@ -400,7 +407,18 @@ impl MapMetrics {
                 .get_or_create(&ShortcutLabel { path: "tcp" }),
             1,
         );
-        grow(&self.shortcut_to_tcp, 2);
+        grow(
+            &self
+                .shortcut_switches
+                .get_or_create(&SwitchLabel { to: "tcp" }),
+            2,
+        );
+        grow(
+            &self
+                .shortcut_switches
+                .get_or_create(&SwitchLabel { to: "redirect" }),
+            3,
+        );
         *seen = Some(now);
     }
 

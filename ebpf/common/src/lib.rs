@@ -157,13 +157,16 @@ pub mod shortcut_stat {
     pub const REDIRECTED_BYTES: u32 = 0;
     /// Bytes of shortcut connections that took the loopback TCP path.
     pub const TCP_BYTES: u32 = 1;
-    /// Connections that left the redirect for TCP because ztunnel was `cap`
+    /// Times a connection left the redirect for TCP because ztunnel was `cap`
     /// bytes behind, or the node's TCP memory was under pressure.
     pub const TO_TCP: u32 = 2;
+    /// Times a connection went back from TCP to the redirect, ztunnel having
+    /// read everything sent.
+    pub const TO_REDIRECT: u32 = 3;
 }
 
 /// Number of slots in [`map_name::SHORTCUT_STATS`].
-pub const SHORTCUT_STATS_SLOTS: u32 = 3;
+pub const SHORTCUT_STATS_SLOTS: u32 = 4;
 
 /// Capacity of [`map_name::CONNECT_COUNTS`]: the number of distinct network
 /// namespaces (pods) one node can track. A node with more pods than this stops
@@ -256,12 +259,12 @@ pub struct SockKey {
 /// An application's sends are redirected into the `ingress_msg` queue of
 /// ztunnel's socket, or take the loopback TCP stack. The redirect has no
 /// backpressure of its own, so the program redirects only while the bytes sent
-/// and not yet read (as ztunnel reports them in
-/// [`map_name::SHORTCUT_READS`]) stay within the cap; past it, and after a
-/// shutdown, the connection takes TCP for good, whose buffers slow or block
+/// and not yet read (as ztunnel reports them in [`map_name::SHORTCUT_READS`])
+/// stay within the cap; past it the sends take TCP, whose buffers slow or block
 /// the sender. ztunnel reads `ingress_msg` before its TCP receive queue
 /// (`tcp_bpf_recvmsg`), so redirect-then-TCP keeps the byte order; TCP is
-/// never followed by the redirect.
+/// followed by the redirect only once ztunnel has reported reading every byte
+/// sent (nothing is left on the TCP path to be overtaken).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Shortcut {
@@ -281,11 +284,14 @@ pub mod shortcut_mode {
     pub const NEW: u32 = 0;
     /// Redirected into ztunnel's socket.
     pub const REDIRECT: u32 = 1;
-    /// The loopback TCP stack, for good: ztunnel fell the cap behind, the node's
-    /// TCP memory was under pressure, the application sent before ztunnel's
-    /// side was ready, or it shut its sending side down (a later send then
-    /// fails as it would without the shortcut).
+    /// The loopback TCP stack, until ztunnel has read everything sent: ztunnel
+    /// fell the cap behind, the node's TCP memory was under pressure, or the
+    /// application sent before ztunnel's side was ready.
     pub const TCP: u32 = 2;
+    /// The loopback TCP stack for good: the application shut its sending side
+    /// down (a later send then fails as it would without the shortcut), or
+    /// ztunnel's socket left the SockHash.
+    pub const CLOSED: u32 = 3;
 }
 
 impl SockKey {

@@ -8,9 +8,10 @@
 //! a write queue that redirected bytes never enter. So the program keeps the
 //! bound itself: it redirects only while the bytes the application sent and
 //! ztunnel has not read (by ztunnel's own reports) stay within a cap, and
-//! sends everything after that by TCP, whose buffers block or slow the sender
-//! as usual. ztunnel reads `ingress_msg` before its TCP receive queue
-//! (`tcp_bpf_recvmsg`), so redirect-then-TCP keeps the byte order.
+//! sends the rest by TCP, whose buffers block or slow the sender as usual.
+//! ztunnel reads `ingress_msg` before its TCP receive queue
+//! (`tcp_bpf_recvmsg`), so redirect-then-TCP keeps the byte order; TCP is
+//! followed by the redirect only once ztunnel has read everything sent.
 //! Only the application -> ztunnel direction is redirected: its reader is
 //! ztunnel's non-blocking `recvmsg`, never `splice`, `MSG_WAITALL` or a reader
 //! parked in `tcp_recvmsg`, which would not see `ingress_msg`.
@@ -69,11 +70,12 @@ fn decide(ctx: &SkMsgContext) {
             core::ptr::read_volatile(&raw const (*shortcut).ready),
         )
     };
-    let mut new_mode = shortcut_mode::TCP;
-    if ready != 0
-        && setting(setting::TCP_PRESSURE) == 0
-        && (mode == shortcut_mode::NEW || mode == shortcut_mode::REDIRECT)
-    {
+    let mut new_mode = if mode == shortcut_mode::CLOSED {
+        shortcut_mode::CLOSED
+    } else {
+        shortcut_mode::TCP
+    };
+    if ready != 0 && setting(setting::TCP_PRESSURE) == 0 && mode != shortcut_mode::CLOSED {
         // What ztunnel last reported read; a stale report only over-counts
         // what is unread. No report yet: nothing read.
         // SAFETY: a pointer from a successful lookup is valid for this run.
@@ -81,20 +83,32 @@ fn decide(ctx: &SkMsgContext) {
             .get_ptr(ztunnel_end)
             .map_or(0, |p| unsafe { core::ptr::read_volatile(p) });
         // Wraps to a huge value if the counts ever disagree the other way,
-        // which then takes TCP.
+        // which then keeps TCP.
         let unread = sent.wrapping_sub(read);
         let cap = u64::from(setting(setting::SHORTCUT_CAP));
-        if unread <= cap
-            && size <= cap - unread
-            && LOOPBACK_SOCKS.redirect_msg(ctx, &mut ztunnel_end, u64::from(BPF_F_INGRESS))
+        let may_redirect = if mode == shortcut_mode::TCP {
+            // Back from TCP only when nothing sent is left unread: bytes on
+            // the TCP path would be overtaken.
+            unread == 0 && size <= cap
+        } else {
+            unread <= cap && size <= cap - unread
+        };
+        if may_redirect {
+            if LOOPBACK_SOCKS.redirect_msg(ctx, &mut ztunnel_end, u64::from(BPF_F_INGRESS))
                 == i64::from(SK_PASS)
-        {
-            new_mode = shortcut_mode::REDIRECT;
+            {
+                new_mode = shortcut_mode::REDIRECT;
+            } else {
+                // ztunnel's socket left the SockHash: it is closing.
+                new_mode = shortcut_mode::CLOSED;
+            }
         }
-        // Else: over the cap, or ztunnel's socket left the SockHash (closing).
     }
     if new_mode == shortcut_mode::REDIRECT {
         count_shortcut(shortcut_stat::REDIRECTED_BYTES, size);
+        if mode == shortcut_mode::TCP {
+            count_shortcut(shortcut_stat::TO_REDIRECT, 1);
+        }
     } else {
         count_shortcut(shortcut_stat::TCP_BYTES, size);
         if mode == shortcut_mode::REDIRECT {

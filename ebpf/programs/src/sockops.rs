@@ -163,7 +163,7 @@ fn state_changed(ctx: &SockOpsContext, new_state: u32) {
         let _ = SHORTCUTS.remove(ztunnel_end);
     } else if let Some(shortcut) = SHORTCUTS.get_ptr_mut(ztunnel_end) {
         // SAFETY: a pointer from a successful lookup is valid for this run.
-        unsafe { core::ptr::write_volatile(&raw mut (*shortcut).mode, shortcut_mode::TCP) };
+        unsafe { core::ptr::write_volatile(&raw mut (*shortcut).mode, shortcut_mode::CLOSED) };
     }
 }
 

@@ -23,6 +23,10 @@
 //!     what it receives (with `slow`, 16 KiB at most per read and 1 ms asleep
 //!     after each: a receiver far slower than the sender); prints
 //!     "checksum sent=<h> received=<h> bytes=<n>"
+//! ambit-testbin bursts <addr> <count> <bytes> <pause-ms>
+//!     one connection to a slow sink (as `checksum ... slow`): <count> bursts
+//!     of <bytes> of the checksum's pattern, <pause-ms> apart (time for the
+//!     reader to catch up); prints "checksum sent=<h> received=<h> bytes=<n>"
 //! ambit-testbin flood <addr> <limit-bytes>
 //!     to a hold server (which never reads after the first line): writes 64 KiB
 //!     chunks on a non-blocking socket until writes keep failing with EAGAIN
@@ -109,6 +113,7 @@ fn main() -> ExitCode {
         ["checksum", addr, bytes] => checksum(addr, bytes, b'h'),
         ["checksum", addr, bytes, "slow"] => checksum(addr, bytes, b'H'),
         ["flood", addr, limit] => flood(addr, limit),
+        ["bursts", addr, count, bytes, pause] => bursts(addr, count, bytes, pause),
         ["write-after-shutdown", addr] => write_after_shutdown(addr),
         ["concurrent", addr, count] => concurrent(addr, count),
         ["crr", addr, count] => crr(addr, count, "1"),
@@ -123,7 +128,7 @@ fn main() -> ExitCode {
         _ => Err(
             "usage: ambit-testbin echo <addr> | send <addr> <message> [count] | \
                   session <addr> <count> <interval-ms> | churn <addr> <message> <s> <interval-ms> | sink <addr> | bulk <addr> <s> <size> [slow] | \
-                  rr <addr> <count> <size> <rate> | checksum <addr> <bytes> [slow] | flood <addr> <limit> | \
+                  rr <addr> <count> <size> <rate> | checksum <addr> <bytes> [slow] | bursts <addr> <n> <bytes> <ms> | flood <addr> <limit> | \
                   write-after-shutdown <addr> | concurrent <addr> <count> | \
                   crr <addr> <count> [clients] | crr-server <addr> [threads] | source <addr> | hold <addr> <count> <seconds> | \
                   hold-server <addr>"
@@ -635,28 +640,52 @@ impl Fnv {
 }
 
 fn checksum(addr: &str, bytes: &str, kind: u8) -> Result<(), String> {
-    let addr = parse_addr(addr)?;
     let total: u64 = number("bytes", bytes)?;
+    send_pattern(addr, kind, &[total], Duration::ZERO)
+}
+
+fn bursts(addr: &str, count: &str, bytes: &str, pause: &str) -> Result<(), String> {
+    let count: usize = number("count", count)?;
+    let bytes: u64 = number("bytes", bytes)?;
+    let pause: u64 = number("pause", pause)?;
+    send_pattern(
+        addr,
+        b'H',
+        &vec![bytes; count],
+        Duration::from_millis(pause),
+    )
+}
+
+/// One connection to a hashing sink (`kind` `h`, or `H` for the slow one):
+/// bursts of the given sizes of a pattern that changes with the position (so
+/// a lost, duplicated or reordered chunk changes the hash), `pause` apart;
+/// prints both hashes and the count the sink saw.
+fn send_pattern(addr: &str, kind: u8, bursts: &[u64], pause: Duration) -> Result<(), String> {
+    let addr = parse_addr(addr)?;
     let mut stream = connect(addr)?;
     stream
         .set_read_timeout(Some(Duration::from_secs(120)))
         .map_err(|e| e.to_string())?;
     stream.write_all(&[kind]).map_err(|e| e.to_string())?;
-    // A pattern that changes with the position, so a lost, duplicated or
-    // reordered chunk changes the hash.
     let mut chunk = vec![0u8; 256 * 1024];
     let mut hasher = Fnv::default();
     let mut sent: u64 = 0;
-    while sent < total {
-        let n = chunk.len().min((total - sent) as usize);
-        for (i, byte) in chunk[..n].iter_mut().enumerate() {
-            *byte = ((sent + i as u64) % 251) as u8;
+    for (i, burst) in bursts.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(pause);
         }
-        hasher.write(&chunk[..n]);
-        stream
-            .write_all(&chunk[..n])
-            .map_err(|e| format!("write: {e}"))?;
-        sent += n as u64;
+        let end = sent + burst;
+        while sent < end {
+            let n = chunk.len().min((end - sent) as usize);
+            for (i, byte) in chunk[..n].iter_mut().enumerate() {
+                *byte = ((sent + i as u64) % 251) as u8;
+            }
+            hasher.write(&chunk[..n]);
+            stream
+                .write_all(&chunk[..n])
+                .map_err(|e| format!("write: {e}"))?;
+            sent += n as u64;
+        }
     }
     let answer = end_upload(&mut stream, "checksum")?;
     let mut parts = answer.split_whitespace();

@@ -19,6 +19,10 @@ use super::{Error, NetnsCookie, map_error, mapped, pinned_map};
 /// back the record of a connection that closed).
 const BPF_EXIST: u64 = 2;
 
+/// The burst after which a drained socket reports (see
+/// [`ReadCounter::drained`]).
+pub const DRAINED_REPORT_MIN: u64 = 64 * 1024;
+
 /// ztunnel's reports of what it read from its shortcut sockets, which let the
 /// `sk_msg` program keep redirecting while ztunnel keeps up. Cheap to clone.
 #[derive(Clone)]
@@ -69,28 +73,46 @@ impl ShortcutReads {
             },
             total: 0,
             reported: 0,
+            since_drained: 0,
         }
     }
 }
 
 /// Counts what ztunnel read from one shortcut socket and reports it every
-/// so many bytes. A report that fails, or comes late, only makes the
-/// connection leave the redirect for TCP sooner.
+/// so many bytes, and when the socket is drained. A report that fails, or
+/// comes late, only makes the connection leave the redirect for TCP sooner,
+/// or return to it later.
 #[derive(Debug)]
 pub struct ReadCounter {
     reads: ShortcutReads,
     key: SockKey,
     total: u64,
     reported: u64,
+    /// Read since the socket was last read dry.
+    since_drained: u64,
 }
 
 impl ReadCounter {
     /// `n` more bytes were read.
     pub fn add(&mut self, n: usize) {
         self.total = self.total.wrapping_add(n as u64);
+        self.since_drained = self.since_drained.saturating_add(n as u64);
         if self.total.wrapping_sub(self.reported) >= self.reads.every {
             self.report();
         }
+    }
+
+    /// The socket had nothing more to read. After a burst of at least
+    /// [`DRAINED_REPORT_MIN`] (which is what takes a connection past the cap
+    /// and onto TCP), report the exact total: it lets the connection return
+    /// to the redirect, which needs everything sent to be read. After small
+    /// reads (request/response traffic on the redirect), nothing: no map
+    /// update per request.
+    pub fn drained(&mut self) {
+        if self.since_drained >= DRAINED_REPORT_MIN && self.total != self.reported {
+            self.report();
+        }
+        self.since_drained = 0;
     }
 
     fn report(&mut self) {
@@ -116,9 +138,12 @@ pub struct ShortcutStats {
     /// Bytes of shortcut connections that took loopback TCP (before ztunnel's
     /// side was ready, while ztunnel was behind, after a shutdown).
     pub tcp_bytes: u64,
-    /// Connections that left the redirect for TCP (ztunnel a cap behind, or
+    /// Times a connection left the redirect for TCP (ztunnel a cap behind, or
     /// TCP memory under pressure).
     pub to_tcp: u64,
+    /// Times a connection went back to the redirect (ztunnel had read
+    /// everything sent).
+    pub to_redirect: u64,
 }
 
 /// Reads the shortcut's counters from their pin under `pin_dir`.
@@ -137,6 +162,7 @@ pub fn shortcut_stats(pin_dir: &Path) -> Result<ShortcutStats, Error> {
         redirected_bytes: read(shortcut_stat::REDIRECTED_BYTES)?,
         tcp_bytes: read(shortcut_stat::TCP_BYTES)?,
         to_tcp: read(shortcut_stat::TO_TCP)?,
+        to_redirect: read(shortcut_stat::TO_REDIRECT)?,
     })
 }
 

@@ -193,8 +193,13 @@ impl tokio::io::AsyncRead for CountedReads {
         let this = self.get_mut();
         let before = buf.filled().len();
         let poll = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let (std::task::Poll::Ready(Ok(())), Some(counter)) = (&poll, &mut this.counter) {
-            counter.add(buf.filled().len() - before);
+        if let Some(counter) = &mut this.counter {
+            match &poll {
+                std::task::Poll::Ready(Ok(())) => counter.add(buf.filled().len() - before),
+                // Pending: the socket was read dry.
+                std::task::Poll::Pending => counter.drained(),
+                std::task::Poll::Ready(Err(_)) => {}
+            }
         }
         poll
     }
