@@ -258,6 +258,7 @@ fn a_sender_ahead_of_a_stalled_reader_is_blocked_not_failed() {
         &["flood", &server, &limit.to_string()],
         Duration::from_secs(120),
     );
+    eprintln!("{line}");
     assert_eq!(field(&line, "blocked"), "true", "{line}");
     let accepted: u64 = field(&line, "accepted").parse().expect("a byte count");
     assert!(accepted < limit / 4, "{line}");
