@@ -386,7 +386,7 @@ impl Capture {
         let mut socks: SockHash<_, ambit_ebpf_common::SockKey> = map_mut(&mut self.ebpf, name)?;
         let found =
             shortcut::probe_sockmap_reads(&mut socks, netns).map_err(|source| Error::Pin {
-                path: self.config.pin_dir.join("maps").join(name),
+                path: map_pin(&self.config.pin_dir, name),
                 source,
             })?;
         let shortcut::SockmapReads::Broken(what) = found else {
@@ -595,8 +595,7 @@ impl Capture {
     /// outbound listeners (cheap to clone, usable from any task).
     pub fn orig_dst_table(&self) -> Result<OrigDstTable, Error> {
         let name = map_name::ORIG_DST_BY_PORT;
-        let path = self.config.pin_dir.join("maps").join(name);
-        let map = pinned_map(&path, name, aya::maps::Map::LruHashMap)?;
+        let map = pinned_map(&self.config.pin_dir, name, aya::maps::Map::LruHashMap)?;
         Ok(OrigDstTable(std::sync::Arc::new(map)))
     }
 
@@ -604,8 +603,7 @@ impl Capture {
     /// connects to an application from a client's address.
     pub fn transparent_flows(&self) -> Result<TransparentFlows, Error> {
         let name = map_name::TRANSPARENT_FLOWS;
-        let path = self.config.pin_dir.join("maps").join(name);
-        let map = pinned_map(&path, name, aya::maps::Map::LruHashMap)?;
+        let map = pinned_map(&self.config.pin_dir, name, aya::maps::Map::LruHashMap)?;
         Ok(TransparentFlows(std::sync::Arc::new(
             std::sync::Mutex::new(map),
         )))
@@ -656,11 +654,7 @@ impl Capture {
 /// tests: the state a restarted ztunnel picks up.
 pub fn pinned_enrollment(pin_dir: &Path) -> Result<Vec<NetnsCookie>, Error> {
     let name = map_name::ENROLLED;
-    let map: HashMap<_, u64, u32> = pinned_map(
-        pin_dir.join("maps").join(name),
-        name,
-        aya::maps::Map::HashMap,
-    )?;
+    let map: HashMap<_, u64, u32> = pinned_map(pin_dir, name, aya::maps::Map::HashMap)?;
     map.keys()
         .map(|key| {
             key.map(NetnsCookie::from_raw)
@@ -693,8 +687,8 @@ pub fn map_occupancy(pin_dir: &Path) -> Result<Vec<MapOccupancy>, Error> {
     where
         T: TryFrom<aya::maps::Map, Error = MapError>,
     {
-        let data = MapData::from_pin(pin_dir.join("maps").join(name))
-            .map_err(map_error(name, "open its pin"))?;
+        let data =
+            MapData::from_pin(map_pin(pin_dir, name)).map_err(map_error(name, "open its pin"))?;
         let capacity = data
             .info()
             .map_err(map_error(name, "read its description"))?
@@ -855,17 +849,23 @@ where
     T::try_from(map).map_err(map_error(name, "open"))
 }
 
-/// Opens map `name` from its pin at `path`, as a map of `kind`, owned by the
-/// caller (usable apart from the loaded object, from any task).
+/// Where map `name` is pinned under the pin directory `pin_dir`.
+fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join("maps").join(name)
+}
+
+/// Opens map `name` from its pin under `pin_dir`, as a map of `kind`, owned
+/// by the caller (usable apart from the loaded object, from any task).
 fn pinned_map<T>(
-    path: impl AsRef<Path>,
+    pin_dir: &Path,
     name: &'static str,
     kind: fn(MapData) -> aya::maps::Map,
 ) -> Result<T, Error>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {
-    let data = MapData::from_pin(path).map_err(map_error(name, "open its pin"))?;
+    let data =
+        MapData::from_pin(map_pin(pin_dir, name)).map_err(map_error(name, "open its pin"))?;
     T::try_from(kind(data)).map_err(map_error(name, "open"))
 }
 

@@ -392,33 +392,23 @@ impl MapMetrics {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let before = seen.unwrap_or(now);
-        let grow = |counter: &Counter, i: usize| {
-            counter.inc_by(now[i].saturating_sub(before[i]));
-        };
-        grow(
-            &self
-                .shortcut_bytes
-                .get_or_create(&ShortcutLabel { path: "redirect" }),
-            0,
-        );
-        grow(
-            &self
-                .shortcut_bytes
-                .get_or_create(&ShortcutLabel { path: "tcp" }),
-            1,
-        );
-        grow(
-            &self
-                .shortcut_switches
-                .get_or_create(&SwitchLabel { to: "tcp" }),
-            2,
-        );
-        grow(
-            &self
-                .shortcut_switches
-                .get_or_create(&SwitchLabel { to: "redirect" }),
-            3,
-        );
+        let counters = [
+            self.shortcut_bytes
+                .get_or_create(&ShortcutLabel { path: "redirect" })
+                .clone(),
+            self.shortcut_bytes
+                .get_or_create(&ShortcutLabel { path: "tcp" })
+                .clone(),
+            self.shortcut_switches
+                .get_or_create(&SwitchLabel { to: "tcp" })
+                .clone(),
+            self.shortcut_switches
+                .get_or_create(&SwitchLabel { to: "redirect" })
+                .clone(),
+        ];
+        for ((counter, now), before) in counters.iter().zip(now).zip(before) {
+            counter.inc_by(now.saturating_sub(before));
+        }
         *seen = Some(now);
     }
 

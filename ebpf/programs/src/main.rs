@@ -12,7 +12,7 @@
 //!   `cgroup/bind4|6` keep the kubelet's probe address to the kubelet.
 //! - `sockops`: publishes original destinations by port and fills the SockHash.
 //! - `shortcut`: `sk_msg` moves an application's sends straight to ztunnel's
-//!   socket while ztunnel keeps up; `fexit` counts what ztunnel reads.
+//!   socket while ztunnel keeps up (ztunnel reports what it reads).
 //! - `lookup`: `sk_lookup` steers inbound connections to ztunnel's listeners.
 #![no_std]
 #![no_main]

@@ -436,10 +436,12 @@ fn serve_benchmark(mut stream: TcpStream) -> std::io::Result<()> {
     let mut kind = [0u8; 1];
     stream.read_exact(&mut kind)?;
     let mut buf = vec![0u8; 256 * 1024];
-    // An upper-case kind is the slow reader's.
-    let slow = kind[0].is_ascii_uppercase();
-    let read_size = if slow { 16 * 1024 } else { buf.len() };
-    if kind[0] == b'h' || kind[0] == b'H' {
+    // Bulk: count the bytes until EOF, and hash them for 'h'. An upper-case
+    // kind is the slow reader's.
+    if matches!(kind[0].to_ascii_lowercase(), b'b' | b'h') {
+        let slow = kind[0].is_ascii_uppercase();
+        let hashing = kind[0].eq_ignore_ascii_case(&b'h');
+        let read_size = if slow { 16 * 1024 } else { buf.len() };
         let mut hasher = Fnv::default();
         let mut total: u64 = 0;
         loop {
@@ -447,27 +449,19 @@ fn serve_benchmark(mut stream: TcpStream) -> std::io::Result<()> {
             if n == 0 {
                 break;
             }
-            hasher.write(&buf[..n]);
-            total += n as u64;
-            if slow {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        return writeln!(stream, "{} {total}", hasher.0);
-    }
-    if kind[0] == b'b' || kind[0] == b'B' {
-        let mut total: u64 = 0;
-        loop {
-            let n = stream.read(&mut buf[..read_size])?;
-            if n == 0 {
-                break;
+            if hashing {
+                hasher.write(&buf[..n]);
             }
             total += n as u64;
             if slow {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
-        return writeln!(stream, "{total}");
+        return if hashing {
+            writeln!(stream, "{} {total}", hasher.0)
+        } else {
+            writeln!(stream, "{total}")
+        };
     }
     // Request/response: a 4-byte size, then messages of that size echoed back.
     let mut size = [0u8; 4];

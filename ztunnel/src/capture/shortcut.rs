@@ -15,6 +15,19 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 
 use super::{Error, NetnsCookie, map_error, mapped, pinned_map};
 
+/// The key of a loopback socket in `LOOPBACK_SOCKS` and the shortcut's maps:
+/// its own addresses, in the network namespace `netns`.
+fn sock_key(netns: NetnsCookie, local: SocketAddr, peer: SocketAddr) -> SockKey {
+    SockKey {
+        netns_cookie: netns.get(),
+        local_addr: mapped(local.ip()),
+        remote_addr: mapped(peer.ip()),
+        local_port: local.port(),
+        remote_port: peer.port(),
+        _pad: 0,
+    }
+}
+
 /// `BPF_EXIST`: update an entry only if it is there (a report never brings
 /// back the record of a connection that closed).
 const BPF_EXIST: u64 = 2;
@@ -44,11 +57,7 @@ impl ShortcutReads {
     /// Opens the map pinned under `pin_dir`; `cap` is the shortcut's cap.
     pub fn open(pin_dir: &Path, cap: u32) -> Result<Self, Error> {
         let name = map_name::SHORTCUT_READS;
-        let map = pinned_map(
-            pin_dir.join("maps").join(name),
-            name,
-            aya::maps::Map::LruHashMap,
-        )?;
+        let map = pinned_map(pin_dir, name, aya::maps::Map::LruHashMap)?;
         Ok(Self {
             map: Arc::new(Mutex::new(map)),
             // A quarter of the cap: one map update per 256 KiB read by
@@ -63,14 +72,7 @@ impl ShortcutReads {
     pub fn counter(&self, netns: NetnsCookie, local: SocketAddr, peer: SocketAddr) -> ReadCounter {
         ReadCounter {
             reads: self.clone(),
-            key: SockKey {
-                netns_cookie: netns.get(),
-                local_addr: mapped(local.ip()),
-                remote_addr: mapped(peer.ip()),
-                local_port: local.port(),
-                remote_port: peer.port(),
-                _pad: 0,
-            },
+            key: sock_key(netns, local, peer),
             total: 0,
             reported: 0,
             since_drained: 0,
@@ -149,11 +151,7 @@ pub struct ShortcutStats {
 /// Reads the shortcut's counters from their pin under `pin_dir`.
 pub fn shortcut_stats(pin_dir: &Path) -> Result<ShortcutStats, Error> {
     let name = map_name::SHORTCUT_STATS;
-    let stats: PerCpuArray<MapData, u64> = pinned_map(
-        pin_dir.join("maps").join(name),
-        name,
-        aya::maps::Map::PerCpuArray,
-    )?;
+    let stats: PerCpuArray<MapData, u64> = pinned_map(pin_dir, name, aya::maps::Map::PerCpuArray)?;
     let read = |slot: u32| -> Result<u64, Error> {
         let per_cpu = stats.get(&slot, 0).map_err(map_error(name, "read"))?;
         Ok(per_cpu.iter().fold(0u64, |sum, n| sum.wrapping_add(*n)))
@@ -174,25 +172,17 @@ pub struct ShortcutConnection {
     pub unread: u64,
     /// Whether its sends are redirected now.
     pub redirecting: bool,
-    /// Whether ztunnel's side is in the SockHash.
-    pub ready: bool,
 }
 
 /// The live shortcut connections' records, from their pin under `pin_dir`
 /// (a walk with a system call per entry: for diagnostics and tests).
 pub fn shortcut_connections(pin_dir: &Path) -> Result<Vec<ShortcutConnection>, Error> {
     let name = map_name::SHORTCUTS;
-    let map: HashMap<MapData, SockKey, Shortcut> = pinned_map(
-        pin_dir.join("maps").join(name),
-        name,
-        aya::maps::Map::LruHashMap,
-    )?;
+    let map: HashMap<MapData, SockKey, Shortcut> =
+        pinned_map(pin_dir, name, aya::maps::Map::LruHashMap)?;
     let reads_name = map_name::SHORTCUT_READS;
-    let reads: HashMap<MapData, SockKey, u64> = pinned_map(
-        pin_dir.join("maps").join(reads_name),
-        reads_name,
-        aya::maps::Map::LruHashMap,
-    )?;
+    let reads: HashMap<MapData, SockKey, u64> =
+        pinned_map(pin_dir, reads_name, aya::maps::Map::LruHashMap)?;
     let mut connections = Vec::new();
     for entry in map.iter() {
         // An entry deleted during the walk ends it early; what was read stands.
@@ -201,7 +191,6 @@ pub fn shortcut_connections(pin_dir: &Path) -> Result<Vec<ShortcutConnection>, E
         connections.push(ShortcutConnection {
             unread: record.sent.wrapping_sub(read),
             redirecting: record.mode == shortcut_mode::REDIRECT,
-            ready: record.ready != 0,
         });
     }
     Ok(connections)
@@ -238,15 +227,7 @@ pub fn probe_sockmap_reads(
     let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
     let mut peer = std::net::TcpStream::connect(listener.local_addr()?)?;
     let (reader, _) = listener.accept()?;
-    let (local, remote) = (reader.local_addr()?, reader.peer_addr()?);
-    let key = SockKey {
-        netns_cookie: netns.get(),
-        local_addr: mapped(local.ip()),
-        remote_addr: mapped(remote.ip()),
-        local_port: local.port(),
-        remote_port: remote.port(),
-        _pad: 0,
-    };
+    let key = sock_key(netns, reader.local_addr()?, reader.peer_addr()?);
     socks
         .insert(key, reader.as_raw_fd(), 0)
         .map_err(std::io::Error::other)?;
@@ -415,7 +396,7 @@ impl TcpPressure {
     /// Opens the settings map pinned under `pin_dir`.
     pub fn open(pin_dir: &Path) -> Result<Self, Error> {
         let name = map_name::SETTINGS;
-        let settings = pinned_map(pin_dir.join("maps").join(name), name, aya::maps::Map::Array)?;
+        let settings = pinned_map(pin_dir, name, aya::maps::Map::Array)?;
         let mut pressure = Self { settings, on: true };
         pressure.set(false)?;
         Ok(pressure)
