@@ -392,22 +392,18 @@ impl MapMetrics {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let before = seen.unwrap_or(now);
-        let counters = [
+        let grown = |i: usize| now[i].saturating_sub(before[i]);
+        // One get_or_create per statement: its guard holds the family's lock
+        // until the statement ends, and creating the next label needs it.
+        for (path, i) in [("redirect", 0), ("tcp", 1)] {
             self.shortcut_bytes
-                .get_or_create(&ShortcutLabel { path: "redirect" })
-                .clone(),
-            self.shortcut_bytes
-                .get_or_create(&ShortcutLabel { path: "tcp" })
-                .clone(),
+                .get_or_create(&ShortcutLabel { path })
+                .inc_by(grown(i));
+        }
+        for (to, i) in [("tcp", 2), ("redirect", 3)] {
             self.shortcut_switches
-                .get_or_create(&SwitchLabel { to: "tcp" })
-                .clone(),
-            self.shortcut_switches
-                .get_or_create(&SwitchLabel { to: "redirect" })
-                .clone(),
-        ];
-        for ((counter, now), before) in counters.iter().zip(now).zip(before) {
-            counter.inc_by(now.saturating_sub(before));
+                .get_or_create(&SwitchLabel { to })
+                .inc_by(grown(i));
         }
         *seen = Some(now);
     }
@@ -672,6 +668,24 @@ spec: {portLevelMtls: {\"8080\": {mode: DISABLE}}}
             "ambit_config_invalid_policies{kind=\"PeerAuthentication\"} 1",
             "ambit_config_invalid_policies{kind=\"RequestAuthentication\"} 0",
             "ambit_config_generation 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn shortcut_counters_count_from_the_first_reading() {
+        let mut metrics = Metrics::new();
+        let maps = MapMetrics::register(metrics.registry_mut());
+        // Totals a previous ztunnel left in the pinned map: the origin.
+        maps.observe_shortcut([100, 200, 3, 4]);
+        maps.observe_shortcut([150, 260, 5, 4]);
+        let text = metrics.encode();
+        for line in [
+            "ambit_sockmap_bytes_total{path=\"redirect\"} 50",
+            "ambit_sockmap_bytes_total{path=\"tcp\"} 60",
+            "ambit_sockmap_switches_total{to=\"tcp\"} 2",
+            "ambit_sockmap_switches_total{to=\"redirect\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
         }
