@@ -170,11 +170,10 @@ fn service(s: usize) -> (Service, EndpointSet) {
         .map(|k| {
             let i = s + k * services();
             Endpoint {
-                addresses: ztunnel::registry::Addresses::One(IpAddr::V4(pod_ip(i))),
+                address: IpAddr::V4(pod_ip(i)),
                 ready: true,
                 serving: true,
                 terminating: false,
-                pod: None,
                 node: Some(format!("node-{}", i % nodes()).into()),
                 // As the EndpointSlice controller fills it in: 3 zones.
                 zone: Some(format!("zone-{}", i % nodes() % 3).into()),
@@ -338,7 +337,7 @@ fn main() {
                     Kind::Workload,
                     ObjectKey {
                         namespace: w.namespace,
-                        name: w.name,
+                        name: w.name.into(),
                     },
                 )
             })

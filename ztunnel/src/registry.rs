@@ -32,7 +32,7 @@ pub use policy::{
     Waypoint, WaypointFor, WaypointPolicies, WorkloadPolicies, WorkloadSelector,
 };
 pub use service::{
-    Addresses, Endpoint, EndpointPort, EndpointSet, Protocol, Service, ServicePort, TargetPort,
+    Endpoint, EndpointPort, EndpointSet, Protocol, Service, ServicePort, TargetPort,
 };
 pub use snapshot::{Dump, Snapshot};
 pub use workload::{EnrolledPod, LocalPod, Namespace, PodIps, Uid, Workload};

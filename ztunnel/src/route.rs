@@ -208,9 +208,8 @@ impl Router {
             (snapshot.endpoint_sets(service).iter())
                 .filter_map(|set| Some((set, slice_port(set, target_port, port_name)?)))
                 .flat_map(|(set, port)| {
-                    (set.endpoints.iter().filter(|e| e.ready)).filter_map(move |e| {
-                        Some((e, SocketAddr::new(*e.addresses.first()?, port)))
-                    })
+                    (set.endpoints.iter().filter(|e| e.ready))
+                        .map(move |e| (e, SocketAddr::new(e.address, port)))
                 })
         };
         let (mut best, mut count) = (Tier::Other, 0usize);

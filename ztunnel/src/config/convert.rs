@@ -80,7 +80,7 @@ pub(super) fn pod(pod: &Pod, key: &ObjectKey) -> Result<Option<Object>, Invalid>
         _ => Uid::new(&key.to_string()),
     };
     Ok(Some(Object::Workload(Workload {
-        name: Arc::clone(&key.name),
+        name: (*key.name).into(),
         namespace: key.namespace.clone(),
         service_account: spec
             .and_then(|s| s.service_account_name.as_deref())
@@ -194,29 +194,27 @@ pub(super) fn endpoint_slice(
     }
     let mut endpoints = Vec::new();
     for (i, e) in slice.endpoints.iter().flatten().enumerate() {
-        let mut addresses = Vec::new();
+        // Every address must parse; the first is the one kept (the API
+        // requires at least one; they are fungible).
+        let mut address = None;
         for (j, a) in e.addresses.iter().enumerate() {
-            addresses.push(a.parse::<IpAddr>().map_err(|_| {
+            let ip = a.parse::<IpAddr>().map_err(|_| {
                 Invalid::new(
                     format!("endpoints[{i}].addresses[{j}]"),
                     Problem::Ip(a.clone()),
                 )
-            })?);
+            })?;
+            address.get_or_insert(ip);
         }
+        let address = address
+            .ok_or_else(|| Invalid::new(format!("endpoints[{i}].addresses"), Problem::Empty))?;
         let conditions = e.conditions.clone().unwrap_or_default();
         let ready = conditions.ready.unwrap_or(true);
-        let pod = (e.target_ref.as_ref())
-            .filter(|r| r.kind.as_deref() == Some("Pod"))
-            .and_then(|r| {
-                let ns = r.namespace.as_deref().unwrap_or(&key.namespace);
-                r.name.as_deref().map(|name| ObjectKey::new(ns, name))
-            });
         endpoints.push(registry::Endpoint {
-            addresses: addresses.into(),
+            address,
             ready,
             serving: conditions.serving.unwrap_or(ready),
             terminating: conditions.terminating.unwrap_or(false),
-            pod,
             node: e.node_name.as_deref().map(Into::into),
             zone: endpoint_zone(i, e.zone.as_deref())?,
         });

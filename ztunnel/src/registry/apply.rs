@@ -33,7 +33,7 @@ impl Snapshot {
                 for vip in &svc.vips {
                     self.by_vip.insert(*vip, Arc::clone(&svc));
                 }
-                self.services.insert(key, svc);
+                self.services.insert(svc);
             }
             Object::EndpointSet(mut set) => {
                 set.key = intern_key(&set.key, interner);
@@ -48,7 +48,9 @@ impl Snapshot {
                 let sets = self.sets_by_service.get_or_default(set.service_key());
                 sets.push(Arc::clone(&set));
                 sets.sort_by(|a, b| a.key.cmp(&b.key));
-                self.endpoint_sets.insert(key, set);
+                // Most Services have one or two slices: no room for four.
+                sets.shrink_to_fit();
+                self.endpoint_sets.insert(set);
             }
             Object::ServiceAccount(key) => {
                 self.service_accounts.insert(intern_key(&key, interner), ());
@@ -96,12 +98,10 @@ impl Snapshot {
         let key = w.object_key();
         self.remove_workload(&key);
         let w = Arc::new(w);
-        // Host-network pods share the node's address: it does not name them.
-        for ip in w.ips.iter().filter(|_| !w.host_network) {
-            self.by_ip.insert(ip, Arc::clone(&w));
-        }
-        (self.by_service_account)
-            .get_or_default(w.service_account_key())
+        // Under each address (none for a host-network pod).
+        self.by_ip.insert(&w);
+        (self.by_node)
+            .get_or_default(w.node.clone())
             .push(Arc::clone(&w));
         if let Some(gateway) = waypoint_of(&w) {
             self.waypoint_instances
@@ -115,7 +115,7 @@ impl Snapshot {
     }
 
     fn remove_workload(&mut self, key: &ObjectKey) {
-        let Some(old) = self.workloads.remove(&key.namespace, &key.name) else {
+        let Some(old) = self.workloads.remove(&(&key.namespace, &key.name)) else {
             return;
         };
         for ip in old.ips.iter() {
@@ -124,11 +124,10 @@ impl Snapshot {
                 self.by_ip.remove(ip);
             }
         }
-        let sa = old.service_account_key();
-        if let Some(list) = self.by_service_account.get_mut(&sa) {
+        if let Some(list) = self.by_node.get_mut(&*old.node) {
             list.retain(|w| !Arc::ptr_eq(w, &old));
             if list.is_empty() {
-                self.by_service_account.remove(&sa);
+                self.by_node.remove(&*old.node);
             }
         }
         if let Some(gateway) = waypoint_of(&old)
@@ -149,7 +148,7 @@ impl Snapshot {
             }
             Kind::Workload => self.remove_workload(key),
             Kind::Service => {
-                if let Some(old) = self.services.remove(key) {
+                if let Some(old) = self.services.remove(&(&key.namespace, &key.name)) {
                     for vip in &old.vips {
                         if self.by_vip.get(*vip).is_some_and(|s| Arc::ptr_eq(s, &old)) {
                             self.by_vip.remove(*vip);
@@ -158,7 +157,7 @@ impl Snapshot {
                 }
             }
             Kind::EndpointSet => {
-                if let Some(old) = self.endpoint_sets.remove(key) {
+                if let Some(old) = self.endpoint_sets.remove(&(&key.namespace, &key.name)) {
                     let service = old.service_key();
                     if let Some(list) = self.sets_by_service.get_mut(&service) {
                         list.retain(|s| s.key != *key);
@@ -237,7 +236,7 @@ pub(super) fn index_sizes(s: &Snapshot) -> std::collections::HashMap<&'static st
     std::collections::HashMap::from([
         ("workloads", s.workloads.len()),
         ("by_ip", s.by_ip.len()),
-        ("by_service_account", s.by_service_account.len()),
+        ("by_node", s.by_node.len()),
         ("local", s.local.len()),
         ("services", s.services.len()),
         ("by_vip", s.by_vip.len()),

@@ -81,77 +81,23 @@ pub struct EndpointPort {
     pub protocol: Protocol,
 }
 
-/// An endpoint's `addresses`. Kubernetes allows up to 100 and its consumers
-/// use the first; in practice there is one, kept inline: a million endpoints
-/// then hold no allocation each for their address.
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub enum Addresses {
-    /// None: the endpoint is never picked.
-    #[default]
-    None,
-    /// One.
-    One(IpAddr),
-    /// More than one.
-    Many(Box<[IpAddr]>),
-}
-
-impl Addresses {
-    /// Every address, in order.
-    pub fn as_slice(&self) -> &[IpAddr] {
-        match self {
-            Self::None => &[],
-            Self::One(ip) => std::slice::from_ref(ip),
-            Self::Many(ips) => ips,
-        }
-    }
-
-    /// The first address: the one connections go to.
-    pub fn first(&self) -> Option<&IpAddr> {
-        self.as_slice().first()
-    }
-}
-
-impl From<Vec<IpAddr>> for Addresses {
-    fn from(ips: Vec<IpAddr>) -> Self {
-        match ips.as_slice() {
-            [] => Self::None,
-            [ip] => Self::One(*ip),
-            _ => Self::Many(ips.into_boxed_slice()),
-        }
-    }
-}
-
-impl FromIterator<IpAddr> for Addresses {
-    fn from_iter<I: IntoIterator<Item = IpAddr>>(ips: I) -> Self {
-        Vec::from_iter(ips).into()
-    }
-}
-
-impl std::fmt::Debug for Addresses {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self.as_slice(), f)
-    }
-}
-
-impl Serialize for Addresses {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.as_slice().serialize(serializer)
-    }
-}
-
-/// One endpoint of an EndpointSlice.
+/// One endpoint of an EndpointSlice, in 40 bytes: a million of them are
+/// part of the registry's budget (`docs/configuration.md`, "The registry").
+///
+/// Only the first of `addresses` is kept: the API says the addresses are
+/// fungible and that consumers may use the first alone, which is all that
+/// routing ever did. `targetRef` is not kept either: nothing decides on it, and
+/// the pod behind an endpoint is the workload with its address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Endpoint {
-    /// `addresses` (one per endpoint in practice).
-    pub addresses: Addresses,
+    /// The first of `addresses`.
+    pub address: IpAddr,
     /// `conditions.ready` (`None` in Kubernetes counts as ready).
     pub ready: bool,
     /// `conditions.serving`.
     pub serving: bool,
     /// `conditions.terminating`.
     pub terminating: bool,
-    /// `targetRef` when it names a Pod: (namespace, name).
-    pub pod: Option<ObjectKey>,
     /// `nodeName`.
     pub node: Option<Name>,
     /// `zone` (`None`: not given; the zone of `node`, if known, stands in, see
@@ -227,19 +173,7 @@ mod tests {
     }
 
     #[test]
-    fn one_address_is_kept_inline_and_every_form_reads_back() {
-        let ips: Vec<IpAddr> = vec!["198.18.0.1".parse().unwrap(), "fd00::1".parse().unwrap()];
-        assert_eq!(Addresses::from(vec![]), Addresses::None);
-        assert_eq!(Addresses::from(vec![ips[0]]), Addresses::One(ips[0]));
-        let many: Addresses = ips.iter().copied().collect();
-        assert_eq!(many.as_slice(), ips.as_slice());
-        assert_eq!(many.first(), Some(&ips[0]));
-        assert_eq!(Addresses::None.first(), None);
-        assert_eq!(
-            serde_json::to_string(&many).unwrap(),
-            r#"["198.18.0.1","fd00::1"]"#
-        );
-        // No larger than the Vec it replaces.
-        assert!(size_of::<Addresses>() <= size_of::<Vec<IpAddr>>());
+    fn an_endpoint_fits_its_budget() {
+        assert!(size_of::<Endpoint>() <= 40, "{}", size_of::<Endpoint>());
     }
 }

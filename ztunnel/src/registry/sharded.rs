@@ -5,12 +5,14 @@
 use std::{
     borrow::Borrow,
     collections::HashMap,
+    fmt,
     hash::{BuildHasher, Hash, RandomState},
+    marker::PhantomData,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
 
-use hashbrown::HashTable;
+use hashbrown::{HashTable, hash_table};
 
 /// Number of shards: a 100k-entry map copies ~400 entries per touched shard.
 const SHARDS: usize = 256;
@@ -176,71 +178,102 @@ impl<V: Clone> IpMap<V> {
     }
 }
 
-/// A value that carries its own (namespace, name) key.
-pub(crate) trait Keyed {
-    /// The namespace and the name.
-    fn key(&self) -> (&str, &str);
+/// How a [`ShardedTable`] finds its values: by a key each value carries.
+pub(crate) trait Index<V> {
+    /// The key, borrowed from the value or computed from it.
+    type Key<'a>: Hash
+    where
+        V: 'a;
+
+    /// The key `value` is stored under.
+    fn key(value: &V) -> Self::Key<'_>;
+
+    /// Whether `value`'s key is `key`.
+    fn matches(value: &V, key: &Self::Key<'_>) -> bool;
 }
 
-/// A [`ShardedMap`] for values that carry their key: a bucket holds the value
-/// alone (8 bytes for an `Arc`), where a map keyed by [`ObjectKey`] holds
-/// the key's 24 bytes besides. With a million pods that is the difference
-/// between a 33- and a 9-byte bucket, at a load factor that can be as low as
-/// one half.
+/// A sharded table of values that carry their key: a bucket holds the value
+/// alone (8 bytes for an `Arc`), where a [`ShardedMap`] holds the key besides
+/// (24 bytes for an [`ObjectKey`], 4 or 16 for an address). With a million
+/// pods the buckets are most of an index's size, at a load factor that can be
+/// as low as one half.
 ///
 /// [`ObjectKey`]: super::ObjectKey
-#[derive(Debug, Clone)]
-pub(crate) struct KeyedMap<V> {
+pub(crate) struct ShardedTable<V, I> {
     hasher: RandomState,
     shards: Box<[Arc<HashTable<V>>]>,
     len: usize,
+    index: PhantomData<fn() -> I>,
 }
 
-impl<V> Default for KeyedMap<V> {
+impl<V, I> Default for ShardedTable<V, I> {
     fn default() -> Self {
         Self {
             hasher: RandomState::new(),
             shards: (0..SHARDS).map(|_| Arc::new(HashTable::new())).collect(),
             len: 0,
+            index: PhantomData,
         }
     }
 }
 
-impl<V: Keyed + Clone> KeyedMap<V> {
+impl<V, I> Clone for ShardedTable<V, I> {
+    fn clone(&self) -> Self {
+        Self {
+            hasher: self.hasher.clone(),
+            shards: self.shards.clone(),
+            len: self.len,
+            index: PhantomData,
+        }
+    }
+}
+
+impl<V: fmt::Debug, I> fmt::Debug for ShardedTable<V, I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShardedTable")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V: Clone, I: Index<V>> ShardedTable<V, I> {
     /// The hash of a key, and the shard it is in. The shard comes from bits
     /// the table does not use for a table under 2^32 buckets (the low bits
     /// pick the bucket, the top seven are its tag): entries of one shard would
     /// otherwise all share their bucket bits.
-    fn locate(&self, (namespace, name): (&str, &str)) -> (u64, usize) {
-        let hash = self.hasher.hash_one((namespace, name));
+    fn locate(&self, key: &I::Key<'_>) -> (u64, usize) {
+        let hash = self.hasher.hash_one(key);
         // Truncation is the point: eight bits pick a shard.
         #[allow(clippy::cast_possible_truncation)]
         let shard = (hash >> 32) as usize % SHARDS;
         (hash, shard)
     }
 
-    fn hash_of(hasher: &RandomState, value: &V) -> u64 {
-        hasher.hash_one(value.key())
-    }
-
-    /// The value whose key is (`namespace`, `name`).
-    pub(crate) fn get(&self, namespace: &str, name: &str) -> Option<&V> {
-        let (hash, shard) = self.locate((namespace, name));
-        self.shards[shard].find(hash, |v| v.key() == (namespace, name))
+    /// The value whose key is `key`.
+    pub(crate) fn get(&self, key: &I::Key<'_>) -> Option<&V> {
+        let (hash, shard) = self.locate(key);
+        self.shards[shard].find(hash, |v| I::matches(v, key))
     }
 
     /// Inserts `value`, replacing the value with the same key; copies the
     /// shard first if another snapshot shares it.
     pub(crate) fn insert(&mut self, value: V) -> Option<V> {
-        let (hash, shard) = self.locate(value.key());
+        let (hash, shard) = self.locate(&I::key(&value));
         let hasher = &self.hasher;
         let table = Arc::make_mut(&mut self.shards[shard]);
-        let key = value.key();
-        match table.entry(hash, |v| v.key() == key, |v| Self::hash_of(hasher, v)) {
-            hashbrown::hash_table::Entry::Occupied(mut entry) => {
+        let key = I::key(&value);
+        let entry = table.entry(
+            hash,
+            |v| I::matches(v, &key),
+            |v| hasher.hash_one(I::key(v)),
+        );
+        match entry {
+            hash_table::Entry::Occupied(mut entry) => {
+                drop(key);
                 Some(std::mem::replace(entry.get_mut(), value))
             }
-            hashbrown::hash_table::Entry::Vacant(entry) => {
+            hash_table::Entry::Vacant(entry) => {
+                drop(key);
                 entry.insert(value);
                 self.len += 1;
                 None
@@ -248,11 +281,11 @@ impl<V: Keyed + Clone> KeyedMap<V> {
         }
     }
 
-    /// Removes the value whose key is (`namespace`, `name`); a shard without
-    /// it is not copied.
-    pub(crate) fn remove(&mut self, namespace: &str, name: &str) -> Option<V> {
-        let (hash, shard) = self.locate((namespace, name));
-        let matches = |v: &V| v.key() == (namespace, name);
+    /// Removes the value whose key is `key`; a shard without it is not
+    /// copied.
+    pub(crate) fn remove(&mut self, key: &I::Key<'_>) -> Option<V> {
+        let (hash, shard) = self.locate(key);
+        let matches = |v: &V| I::matches(v, key);
         self.shards[shard].find(hash, matches)?;
         let table = Arc::make_mut(&mut self.shards[shard]);
         let (old, _) = table.find_entry(hash, matches).ok()?.remove();
@@ -268,6 +301,130 @@ impl<V: Keyed + Clone> KeyedMap<V> {
     /// Number of values.
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+}
+
+/// A value that carries its own (namespace, name) key.
+pub(crate) trait Keyed {
+    /// The namespace and the name.
+    fn key(&self) -> (&str, &str);
+}
+
+/// The (namespace, name) index of [`Keyed`] values.
+pub(crate) enum ByName {}
+
+impl<V: Keyed> Index<V> for ByName {
+    type Key<'a>
+        = (&'a str, &'a str)
+    where
+        V: 'a;
+
+    fn key(value: &V) -> (&str, &str) {
+        value.key()
+    }
+
+    fn matches(value: &V, key: &(&str, &str)) -> bool {
+        value.key() == *key
+    }
+}
+
+/// Values by their (namespace, name).
+pub(crate) type KeyedMap<V> = ShardedTable<V, ByName>;
+
+/// A value with at most one address per family (a pod).
+pub(crate) trait Addressed {
+    /// The IPv4 address under which the value is found, if any.
+    fn ipv4(&self) -> Option<Ipv4Addr>;
+    /// The IPv6 address under which the value is found, if any.
+    fn ipv6(&self) -> Option<Ipv6Addr>;
+}
+
+/// The IPv4 index of [`Addressed`] values.
+pub(crate) enum ByIpv4 {}
+
+impl<V: Addressed> Index<V> for ByIpv4 {
+    type Key<'a>
+        = Option<Ipv4Addr>
+    where
+        V: 'a;
+
+    fn key(value: &V) -> Option<Ipv4Addr> {
+        value.ipv4()
+    }
+
+    fn matches(value: &V, key: &Option<Ipv4Addr>) -> bool {
+        value.ipv4() == *key
+    }
+}
+
+/// The IPv6 index of [`Addressed`] values.
+pub(crate) enum ByIpv6 {}
+
+impl<V: Addressed> Index<V> for ByIpv6 {
+    type Key<'a>
+        = Option<Ipv6Addr>
+    where
+        V: 'a;
+
+    fn key(value: &V) -> Option<Ipv6Addr> {
+        value.ipv6()
+    }
+
+    fn matches(value: &V, key: &Option<Ipv6Addr>) -> bool {
+        value.ipv6() == *key
+    }
+}
+
+/// [`Addressed`] values by their addresses: a bucket is the value alone, 8
+/// bytes for an `Arc`, where an [`IpMap`] bucket is 16 (IPv4) or 24 (IPv6).
+/// A value is stored once per address it has; a later value with the same
+/// address replaces the earlier one there (last writer wins).
+#[derive(Debug, Clone)]
+pub(crate) struct AddressTable<V> {
+    v4: ShardedTable<V, ByIpv4>,
+    v6: ShardedTable<V, ByIpv6>,
+}
+
+impl<V> Default for AddressTable<V> {
+    fn default() -> Self {
+        Self {
+            v4: ShardedTable::default(),
+            v6: ShardedTable::default(),
+        }
+    }
+}
+
+impl<V: Addressed + Clone> AddressTable<V> {
+    /// The value with address `ip`.
+    pub(crate) fn get(&self, ip: IpAddr) -> Option<&V> {
+        match ip {
+            IpAddr::V4(ip) => self.v4.get(&Some(ip)),
+            IpAddr::V6(ip) => self.v6.get(&Some(ip)),
+        }
+    }
+
+    /// Stores `value` under each of its addresses.
+    pub(crate) fn insert(&mut self, value: &V) {
+        if value.ipv4().is_some() {
+            self.v4.insert(value.clone());
+        }
+        if value.ipv6().is_some() {
+            self.v6.insert(value.clone());
+        }
+    }
+
+    /// Removes the value stored under `ip`.
+    pub(crate) fn remove(&mut self, ip: IpAddr) -> Option<V> {
+        match ip {
+            IpAddr::V4(ip) => self.v4.remove(&Some(ip)),
+            IpAddr::V6(ip) => self.v6.remove(&Some(ip)),
+        }
+    }
+
+    /// Number of entries (one per address).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
     }
 }
 
@@ -296,12 +453,12 @@ mod tests {
         assert_eq!(a.len(), 10_000);
         let mut b = a.clone();
         assert_eq!(b.insert(value(5, 50)).map(|v| v.2), Some(5));
-        assert_eq!(b.remove("ns-6", "pod-6").map(|v| v.2), Some(6));
-        assert_eq!(b.remove("ns-6", "pod-6"), None);
+        assert_eq!(b.remove(&("ns-6", "pod-6")).map(|v| v.2), Some(6));
+        assert_eq!(b.remove(&("ns-6", "pod-6")), None);
         // The right namespace matters, not just the name.
-        assert_eq!(b.get("ns-0", "pod-5"), None);
-        assert_eq!(a.get("ns-5", "pod-5").map(|v| v.2), Some(5));
-        assert_eq!(b.get("ns-5", "pod-5").map(|v| v.2), Some(50));
+        assert_eq!(b.get(&("ns-0", "pod-5")), None);
+        assert_eq!(a.get(&("ns-5", "pod-5")).map(|v| v.2), Some(5));
+        assert_eq!(b.get(&("ns-5", "pod-5")).map(|v| v.2), Some(50));
         assert_eq!((a.len(), b.len()), (10_000, 9_999));
         assert_eq!(b.values().count(), b.len());
         let shared = shared_shards(&a.shards, &b.shards);
@@ -312,6 +469,56 @@ mod tests {
         // Every shard is used: the shard bits are not the bucket bits.
         let used = a.shards.iter().filter(|s| !s.is_empty()).count();
         assert!(used > SHARDS * 9 / 10, "{used} shards used");
+    }
+
+    /// A pod-like value: a name and at most one address per family.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Host(&'static str, Option<Ipv4Addr>, Option<Ipv6Addr>);
+
+    impl Addressed for Host {
+        fn ipv4(&self) -> Option<Ipv4Addr> {
+            self.1
+        }
+
+        fn ipv6(&self) -> Option<Ipv6Addr> {
+            self.2
+        }
+    }
+
+    #[test]
+    fn address_table_finds_each_family_and_the_last_writer_wins() {
+        let v4 = |last: u8| Ipv4Addr::new(198, 18, 0, last);
+        let v6 = |last: u16| Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last);
+        let mut a: AddressTable<Host> = AddressTable::default();
+        for i in 0..1_000u16 {
+            let last = u8::try_from(i % 250).unwrap();
+            let third = u8::try_from(i / 250).unwrap();
+            let host = Host("h", Some(Ipv4Addr::new(198, 19, third, last)), None);
+            a.insert(&host);
+        }
+        a.insert(&Host("dual", Some(v4(1)), Some(v6(1))));
+        a.insert(&Host("six", None, Some(v6(2))));
+        assert_eq!(a.len(), 1_003);
+        let name = |t: &AddressTable<Host>, ip: &str| t.get(ip.parse().unwrap()).map(|h| h.0);
+        assert_eq!(name(&a, "198.18.0.1"), Some("dual"));
+        assert_eq!(name(&a, "fd00::1"), Some("dual"));
+        assert_eq!(name(&a, "fd00::2"), Some("six"));
+        assert_eq!(name(&a, "198.18.0.2"), None);
+        // A later value with the same address takes it; the other family of
+        // the earlier one stays.
+        let mut b = a.clone();
+        b.insert(&Host("new", Some(v4(1)), None));
+        assert_eq!(name(&b, "198.18.0.1"), Some("new"));
+        assert_eq!(name(&b, "fd00::1"), Some("dual"));
+        assert_eq!(name(&a, "198.18.0.1"), Some("dual"), "snapshots are apart");
+        assert_eq!(
+            b.remove("fd00::1".parse().unwrap()).map(|h| h.0),
+            Some("dual")
+        );
+        assert_eq!(b.remove("fd00::1".parse().unwrap()), None);
+        assert_eq!((a.len(), b.len()), (1_003, 1_002));
+        let shared = shared_shards(&a.v4.shards, &b.v4.shards);
+        assert!(shared >= SHARDS - 1, "{shared} IPv4 shards shared");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::{
     PeerAuthentication, RequestAuthentication, Service, ServicePort, USE_WAYPOINT_LABEL,
     USE_WAYPOINT_NAMESPACE_LABEL, Waypoint, WaypointPolicies, Workload, WorkloadPolicies,
     policy::{TargetRef, WorkloadSelector, selects},
-    sharded::{IpMap, Keyed, KeyedMap, ShardedMap},
+    sharded::{AddressTable, Addressed, IpMap, Keyed, KeyedMap, ShardedMap},
 };
 
 /// The policies of one namespace, sorted by name.
@@ -34,12 +34,14 @@ pub struct Snapshot {
     pub(super) root_namespace: Arc<str>,
     pub(super) namespaces: ShardedMap<Name, Arc<Namespace>>,
     pub(super) workloads: KeyedMap<Arc<Workload>>,
-    pub(super) by_ip: IpMap<Arc<Workload>>,
-    pub(super) by_service_account: ShardedMap<ObjectKey, Vec<Arc<Workload>>>,
+    pub(super) by_ip: AddressTable<Arc<Workload>>,
+    /// The pods of each node: what the CA's node authorization asks, a
+    /// short list (Kubernetes allows 110 pods a node by default).
+    pub(super) by_node: ShardedMap<Name, Vec<Arc<Workload>>>,
     pub(super) local: BTreeMap<ObjectKey, Arc<Workload>>,
-    pub(super) services: ShardedMap<ObjectKey, Arc<Service>>,
+    pub(super) services: KeyedMap<Arc<Service>>,
     pub(super) by_vip: IpMap<Arc<Service>>,
-    pub(super) endpoint_sets: ShardedMap<ObjectKey, Arc<EndpointSet>>,
+    pub(super) endpoint_sets: KeyedMap<Arc<EndpointSet>>,
     pub(super) sets_by_service: ShardedMap<ObjectKey, Vec<Arc<EndpointSet>>>,
     pub(super) service_accounts: ShardedMap<ObjectKey, ()>,
     pub(super) authorization: ShardedMap<ObjectKey, Arc<AuthorizationPolicy>>,
@@ -62,12 +64,12 @@ impl Snapshot {
             root_namespace,
             namespaces: ShardedMap::default(),
             workloads: KeyedMap::default(),
-            by_ip: IpMap::default(),
-            by_service_account: ShardedMap::default(),
+            by_ip: AddressTable::default(),
+            by_node: ShardedMap::default(),
             local: BTreeMap::new(),
-            services: ShardedMap::default(),
+            services: KeyedMap::default(),
             by_vip: IpMap::default(),
-            endpoint_sets: ShardedMap::default(),
+            endpoint_sets: KeyedMap::default(),
             sets_by_service: ShardedMap::default(),
             service_accounts: ShardedMap::default(),
             authorization: ShardedMap::default(),
@@ -104,7 +106,7 @@ impl Snapshot {
 
     /// The workload named `key` (namespace, pod name).
     pub fn workload(&self, key: &ObjectKey) -> Option<&Arc<Workload>> {
-        self.workloads.get(&key.namespace, &key.name)
+        self.workloads.get(&(&key.namespace, &key.name))
     }
 
     /// All workloads, in no particular order.
@@ -117,17 +119,17 @@ impl Snapshot {
         self.workloads.len()
     }
 
-    /// The workloads running as service account `key` (namespace, name).
-    pub fn workloads_by_service_account(&self, key: &ObjectKey) -> &[Arc<Workload>] {
-        self.by_service_account.get(key).map_or(&[], Vec::as_slice)
+    /// The workloads on `node`.
+    pub fn workloads_on_node(&self, node: &str) -> &[Arc<Workload>] {
+        self.by_node.get(node).map_or(&[], Vec::as_slice)
     }
 
     /// Whether service account `key` has a pod on `node` (the CA's node
     /// authorization).
     pub fn service_account_on_node(&self, key: &ObjectKey, node: &str) -> bool {
-        self.workloads_by_service_account(key)
+        self.workloads_on_node(node)
             .iter()
-            .any(|w| &*w.node == node)
+            .any(|w| w.namespace == key.namespace && *w.service_account == *key.name)
     }
 
     /// Whether a ServiceAccount object `key` exists.
@@ -191,7 +193,7 @@ impl Snapshot {
             Some(EnrolledPod {
                 uid: local.uid.clone(),
                 namespace: w.namespace.clone(),
-                name: Arc::clone(&w.name),
+                name: Arc::from(&*w.name),
                 service_account: w.service_account.clone(),
                 netns: local.netns.clone(),
                 ips: w.ips,
@@ -223,7 +225,7 @@ impl Snapshot {
 
     /// The Service named `key`.
     pub fn service(&self, key: &ObjectKey) -> Option<&Arc<Service>> {
-        self.services.get(key)
+        self.services.get(&(&key.namespace, &key.name))
     }
 
     /// The endpoint sets (EndpointSlices) of Service `key`, sorted by name.
@@ -485,8 +487,12 @@ impl Snapshot {
             workloads: (self.workloads.values())
                 .map(|w| (w.object_key(), Arc::clone(w)))
                 .collect(),
-            services: sorted(&self.services),
-            endpoint_sets: sorted(&self.endpoint_sets),
+            services: (self.services.values())
+                .map(|s| (s.key.clone(), Arc::clone(s)))
+                .collect(),
+            endpoint_sets: (self.endpoint_sets.values())
+                .map(|s| (s.key.clone(), Arc::clone(s)))
+                .collect(),
             service_accounts: self
                 .service_accounts
                 .iter()
@@ -499,8 +505,8 @@ impl Snapshot {
             nodes: (self.nodes.iter())
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
-            service_waypoints: (self.services.iter())
-                .filter_map(|(k, s)| Some((k.clone(), self.waypoint_for_service(s)?.key.clone())))
+            service_waypoints: (self.services.values())
+                .filter_map(|s| Some((s.key.clone(), self.waypoint_for_service(s)?.key.clone())))
                 .collect(),
             workload_waypoints: (self.workloads.values())
                 .filter_map(|w| Some((w.object_key(), self.waypoint_for_workload(w)?.key.clone())))
@@ -543,5 +549,28 @@ fn gateway_group(group: &str) -> bool {
 impl Keyed for Arc<Workload> {
     fn key(&self) -> (&str, &str) {
         (&self.namespace, &self.name)
+    }
+}
+
+impl Keyed for Arc<Service> {
+    fn key(&self) -> (&str, &str) {
+        (&self.key.namespace, &self.key.name)
+    }
+}
+
+impl Keyed for Arc<EndpointSet> {
+    fn key(&self) -> (&str, &str) {
+        (&self.key.namespace, &self.key.name)
+    }
+}
+
+/// A host-network pod has the node's addresses: they do not name it.
+impl Addressed for Arc<Workload> {
+    fn ipv4(&self) -> Option<std::net::Ipv4Addr> {
+        self.ips.v4.filter(|_| !self.host_network)
+    }
+
+    fn ipv6(&self) -> Option<std::net::Ipv6Addr> {
+        self.ips.v6.filter(|_| !self.host_network)
     }
 }

@@ -59,9 +59,13 @@ fn lookups_by_ip_service_account_and_key() {
     let db = snap.workload_by_ip("fd00::5".parse().unwrap()).unwrap();
     assert!(db.local.is_none(), "pods of other nodes are reduced");
     let sa = ObjectKey::new("shop", "default");
-    assert_eq!(snap.workloads_by_service_account(&sa).len(), 2);
+    assert_eq!(snap.workloads_on_node("node-b").len(), 1);
     assert!(snap.service_account_on_node(&sa, "node-b"));
     assert!(!snap.service_account_on_node(&sa, "node-c"));
+    let other_namespace = ObjectKey::new("bank", "default");
+    assert!(!snap.service_account_on_node(&other_namespace, "node-b"));
+    let other_account = ObjectKey::new("shop", "web");
+    assert!(!snap.service_account_on_node(&other_account, "node-b"));
     assert_eq!(snap.generation(), 1);
 }
 
@@ -334,11 +338,10 @@ fn node(name: &str, zone: Option<&str>) -> Change {
 
 fn endpoint(node: Option<&str>, zone: Option<&str>) -> Endpoint {
     Endpoint {
-        addresses: vec!["198.18.2.2".parse().unwrap()].into(),
+        address: "198.18.2.2".parse().unwrap(),
         ready: true,
         serving: true,
         terminating: false,
-        pod: None,
         node: node.map(Name::new),
         zone: zone.map(Name::new),
     }

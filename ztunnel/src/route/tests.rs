@@ -39,11 +39,10 @@ fn snapshot(endpoints: &[Ep]) -> Arc<Snapshot> {
         }],
         endpoints: (endpoints.iter().enumerate())
             .map(|(i, &(node, zone, ready))| Endpoint {
-                addresses: vec![address(i)].into(),
+                address: address(i),
                 ready,
                 serving: ready,
                 terminating: false,
-                pod: None,
                 node: Some(node.into()),
                 zone: zone.map(Name::new),
             })

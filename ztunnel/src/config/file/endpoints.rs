@@ -54,17 +54,21 @@ pub(super) fn derive(resources: &[Resource], objects: &[Object]) -> Vec<Object> 
             continue;
         }
         let mut by_ports: BTreeMap<PortMapping, Vec<Endpoint>> = BTreeMap::new();
-        for w in workloads.iter().filter(|w| {
-            w.namespace == svc.key.namespace && !w.ips.is_empty() && w.labels.contains_all(selector)
-        }) {
-            let key = w.object_key();
-            let mapping = port_mapping(svc, pods.get(&key).copied());
+        for w in workloads
+            .iter()
+            .filter(|w| w.namespace == svc.key.namespace && w.labels.contains_all(selector))
+        {
+            // IPv4 first, as the pod's address list; a pod without one yet
+            // is no endpoint.
+            let Some(address) = w.ips.iter().next() else {
+                continue;
+            };
+            let mapping = port_mapping(svc, pods.get(&w.object_key()).copied());
             by_ports.entry(mapping).or_default().push(Endpoint {
-                addresses: w.ips.iter().collect(),
+                address,
                 ready: w.ready,
                 serving: w.ready,
                 terminating: false,
-                pod: Some(key),
                 node: Some(w.node.clone()),
                 // The node's zone stands in (the registry looks it up).
                 zone: None,

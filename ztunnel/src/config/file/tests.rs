@@ -2,7 +2,7 @@
 //! document is refused with its place and reason, and the last good
 //! configuration survives bad edits.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{net::IpAddr, path::Path, sync::Arc, time::Duration};
 
 use super::*;
 use crate::registry::{Options, Registry};
@@ -75,8 +75,8 @@ fn a_valid_file_fills_the_registry() {
         "named targetPort resolved"
     );
     assert_eq!(
-        sets[0].endpoints[0].pod,
-        Some(ObjectKey::new("shop", "web"))
+        sets[0].endpoints[0].address,
+        "198.18.1.2".parse::<IpAddr>().unwrap()
     );
 }
 
@@ -184,6 +184,18 @@ const ROWS: &[Row] = &[
         name: "bad endpoint zone",
         doc: "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-x\n  namespace: shop\n  labels: {kubernetes.io/service-name: web}\naddressType: IPv4\nendpoints:\n- addresses: [198.18.1.2]\n  zone: \"z1/a\"\n",
         reason: "EndpointSlice shop/web-x is invalid: endpoints[0].zone: \"z1/a\" is not a valid label value",
+        line: 0,
+    },
+    Row {
+        name: "endpoint without an address",
+        doc: "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-x\n  namespace: shop\n  labels: {kubernetes.io/service-name: web}\naddressType: IPv4\nendpoints:\n- addresses: [198.18.1.2]\n- addresses: []\n",
+        reason: "EndpointSlice shop/web-x is invalid: endpoints[1].addresses: must not be empty",
+        line: 0,
+    },
+    Row {
+        name: "bad second endpoint address",
+        doc: "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-x\n  namespace: shop\n  labels: {kubernetes.io/service-name: web}\naddressType: IPv4\nendpoints:\n- addresses: [198.18.1.2, 198.18.1.300]\n",
+        reason: "EndpointSlice shop/web-x is invalid: endpoints[0].addresses[1]: \"198.18.1.300\" is not an IP address",
         line: 0,
     },
     Row {
