@@ -421,11 +421,15 @@ impl Capture {
                 std::mem::forget(link);
                 Ok(())
             }
-            // A previous ztunnel's program is still attached to the pinned map.
+            // An attach replaces a previous ztunnel's program (sockets already
+            // in the map keep theirs); only a program attached through a
+            // bpf_link, which ztunnel never makes, refuses it.
             Err(ProgramError::SyscallError(e))
                 if e.io_error.raw_os_error() == Some(libc::EBUSY) =>
             {
-                tracing::debug!("loopback shortcut already attached to the pinned map");
+                tracing::warn!(
+                    "loopback shortcut: the pinned map has a program attached through a bpf_link; keeping it"
+                );
                 Ok(())
             }
             Err(source) => Err(Error::Program {
