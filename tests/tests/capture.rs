@@ -260,9 +260,40 @@ fn restart_keeps_a_long_lived_connection_and_reuses_pinned_state() {
     if !privileged("restart_keeps_a_long_lived_connection_and_reuses_pinned_state") {
         return;
     }
-    let bed = two_nodes("restart");
+    restart_keeps_a_long_lived_connection(false, "restart");
+}
+
+/// With the sk_msg shortcut on, the long-lived connection's bytes go on being
+/// redirected after the new ztunnel attached its own program to the pinned
+/// map (the connection's socket keeps the program it joined the map with),
+/// until the old ztunnel drained it; new connections take the new program.
+#[test]
+fn restart_with_the_shortcut_keeps_the_connections_on_it() {
+    if !privileged("restart_with_the_shortcut_keeps_the_connections_on_it") {
+        return;
+    }
+    restart_keeps_a_long_lived_connection(true, "restart_sockmap");
+}
+
+fn redirected_bytes(pin_dir: &std::path::Path) -> u64 {
+    ztunnel::capture::shortcut_stats(pin_dir)
+        .expect("the shortcut's counters are readable")
+        .redirected_bytes
+}
+
+fn restart_keeps_a_long_lived_connection(sockmap: bool, tag: &str) {
+    let bed = two_nodes(tag);
     let config = write_config(&bed, &mesh(false));
-    let options = ZtunnelOptions::default();
+    let mut options = ZtunnelOptions {
+        sockmap,
+        ..ZtunnelOptions::default()
+    };
+    if sockmap {
+        // The session's client reads small answers (see `captured_both_ways`).
+        options
+            .env
+            .push(("AMBIT_SOCKMAP_IGNORE_READ_CHECK".into(), "true".into()));
+    }
     let mut old = Ztunnel::start(&bed, "a", &config, &options).expect("ztunnel a starts");
     let _zt_b = Ztunnel::start(&bed, "b", &config, &options).expect("ztunnel b starts");
     let _server = start_server(&bed, "server", "echo", "[::]:7000");
@@ -276,6 +307,16 @@ fn restart_keeps_a_long_lived_connection_and_reuses_pinned_state() {
     // The new ztunnel starts next to the old one (a DaemonSet surge), then the old
     // one is told to stop and drains.
     let new = Ztunnel::start(&bed, "a", &config, &options).expect("the new ztunnel starts");
+    if sockmap {
+        // The session's next exchanges, under the new ztunnel's program.
+        let before = redirected_bytes(&pin_dir);
+        std::thread::sleep(Duration::from_millis(500));
+        let after = redirected_bytes(&pin_dir);
+        assert!(
+            after > before,
+            "the old connection is still redirected ({before} -> {after} bytes)"
+        );
+    }
     let status = old
         .stop(Duration::from_secs(30))
         .expect("the old ztunnel drains and exits");
@@ -294,6 +335,7 @@ fn restart_keeps_a_long_lived_connection_and_reuses_pinned_state() {
     assert_session_complete(session, 40);
 
     // New connections go through the new ztunnel.
+    let before = sockmap.then(|| redirected_bytes(&pin_dir));
     let reply =
         send(&bed, "client", dst, "after-restart").expect("new connections work after restart");
     assert!(reply.contains(&format!("peer={dst}")), "{reply}");
@@ -301,6 +343,13 @@ fn restart_keeps_a_long_lived_connection_and_reuses_pinned_state() {
         l["target"] == "access" && l["dst.addr"] == dst.to_string()
     })
     .expect("the new ztunnel proxied it");
+    if let Some(before) = before {
+        let after = redirected_bytes(&pin_dir);
+        assert!(
+            after > before,
+            "a new connection is redirected too ({before} -> {after} bytes)"
+        );
+    }
 
     // The pinned maps were reused, not recreated, and still enroll the pod.
     let inode =
