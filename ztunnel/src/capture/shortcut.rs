@@ -245,14 +245,21 @@ pub fn probe_sockmap_reads(
         reader.set_nonblocking(false)?;
         reader.set_read_timeout(Some(Duration::from_secs(5)))?;
         let blocked_reader = reader.try_clone()?;
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let blocked = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            let _ = tid_tx.send(unsafe { libc::gettid() });
             let mut bytes = [0u8; 2];
             let first = (&blocked_reader).read(&mut bytes[..1]);
             let second = (&blocked_reader).read(&mut bytes[1..]);
             (first, second)
         });
-        // Long enough for the reader to be waiting in the kernel.
-        std::thread::sleep(Duration::from_millis(100));
+        // The reader must be waiting in the kernel before the wake-up, or the
+        // probe would pass without testing anything (a loaded node).
+        let tid = tid_rx
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| std::io::Error::other("the probe's reader did not start"))?;
+        wait_until_asleep(tid, Duration::from_secs(5))?;
         // Drain what the reader sent: its send buffer empties and wakes it.
         peer.set_read_timeout(Some(Duration::from_millis(100)))?;
         let mut sink = vec![0u8; 256 * 1024];
@@ -275,6 +282,33 @@ pub fn probe_sockmap_reads(
     // The socket would leave the map as it closes; removing it first is tidier.
     let _ = socks.remove(&key);
     result
+}
+
+/// Waits until thread `tid` of this process sleeps (state `S` in
+/// `/proc/self/task/<tid>/stat`).
+fn wait_until_asleep(tid: libc::pid_t, limit: std::time::Duration) -> std::io::Result<()> {
+    let path = format!("/proc/self/task/{tid}/stat");
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let stat = std::fs::read_to_string(&path)?;
+        if thread_state(&stat) == Some('S') {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the probe's reader never slept ({path}: {stat:?})"),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// The state letter of a `/proc/<pid>/stat` line (after the command in
+/// parentheses, which may itself hold spaces and parentheses).
+fn thread_state(stat: &str) -> Option<char> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.trim_start().chars().next()
 }
 
 /// The node's TCP memory in pages: what is allocated now
@@ -424,6 +458,13 @@ mod tests {
     const SOCKSTAT_TEXT: &str = "sockets: used 212\n\
         TCP: inuse 9 orphan 0 tw 3 alloc 12 mem 4100\n\
         UDP: inuse 2 mem 1\n";
+
+    #[test]
+    fn thread_states_are_read_past_odd_command_names() {
+        assert_eq!(thread_state("42 (ztunnel) S 1 42"), Some('S'));
+        assert_eq!(thread_state("42 (a) b (c)) R 1 42"), Some('R'));
+        assert_eq!(thread_state("42 (no end"), None);
+    }
 
     #[test]
     fn tcp_memory_is_read_from_sockstat_and_tcp_mem() {

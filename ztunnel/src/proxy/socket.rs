@@ -48,7 +48,7 @@ impl PodSockets {
         }
     }
 
-    fn socket(&self, addr: &SocketAddr) -> io::Result<Socket> {
+    fn socket(&self, addr: &SocketAddr, mark: u32) -> io::Result<Socket> {
         let domain = Domain::for_address(*addr);
         let socket = self
             .netns
@@ -60,14 +60,14 @@ impl PodSockets {
                 )
             })
             .map_err(|e| io::Error::other(error_chain(&e)))??;
-        socket.set_mark(self.mark)?;
+        socket.set_mark(mark)?;
         Ok(socket)
     }
 }
 
 impl SocketFactory for PodSockets {
     fn listener(&self, addr: SocketAddr) -> io::Result<TcpListener> {
-        let socket = self.socket(&addr)?;
+        let socket = self.socket(&addr, self.mark)?;
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
         if addr.is_ipv6() && addr.ip().is_unspecified() {
@@ -79,10 +79,14 @@ impl SocketFactory for PodSockets {
     }
 
     fn connector(&self, dst: SocketAddr, transparent_src: Option<IpAddr>) -> io::Result<TcpSocket> {
-        let socket = self.socket(&dst)?;
+        // One mark per socket (a system call each, per proxied connection).
+        let mark = match transparent_src {
+            Some(_) => self.transparent_mark,
+            None => self.mark,
+        };
+        let socket = self.socket(&dst, mark)?;
         socket.set_tcp_nodelay(true)?;
         if let Some(src) = transparent_src {
-            socket.set_mark(self.transparent_mark)?;
             if dst.is_ipv4() {
                 socket.set_ip_transparent_v4(true)?;
             } else {
