@@ -44,21 +44,27 @@ fn write_config(bed: &Testbed, config: &MeshConfig) -> PathBuf {
     path
 }
 
-fn captured_both_ways(sockmap: bool, tag: &str) {
-    let bed = two_nodes(tag);
-    let config = write_config(&bed, &mesh(false));
+/// ztunnel's options, with the sk_msg shortcut on or off.
+fn options(sockmap: bool) -> ZtunnelOptions {
     let mut options = ZtunnelOptions {
         sockmap,
         ..ZtunnelOptions::default()
     };
     if sockmap {
         // On a kernel that fails ztunnel's start-up check of sockmap reads
-        // (6.18 here) the shortcut would stay off; these clients read one
-        // answer each, which that failure does not reach.
+        // (6.18 here) the shortcut would stay off; these tests' clients read
+        // small answers, which that failure does not reach.
         options
             .env
             .push(("AMBIT_SOCKMAP_IGNORE_READ_CHECK".into(), "true".into()));
     }
+    options
+}
+
+fn captured_both_ways(sockmap: bool, tag: &str) {
+    let bed = two_nodes(tag);
+    let config = write_config(&bed, &mesh(false));
+    let options = options(sockmap);
     let zt_a = Ztunnel::start(&bed, "a", &config, &options).expect("ztunnel a starts");
     let zt_b = Ztunnel::start(&bed, "b", &config, &options).expect("ztunnel b starts");
     let _server = start_server(&bed, "server", "echo", "[::]:7000");
@@ -284,16 +290,7 @@ fn redirected_bytes(pin_dir: &std::path::Path) -> u64 {
 fn restart_keeps_a_long_lived_connection(sockmap: bool, tag: &str) {
     let bed = two_nodes(tag);
     let config = write_config(&bed, &mesh(false));
-    let mut options = ZtunnelOptions {
-        sockmap,
-        ..ZtunnelOptions::default()
-    };
-    if sockmap {
-        // The session's client reads small answers (see `captured_both_ways`).
-        options
-            .env
-            .push(("AMBIT_SOCKMAP_IGNORE_READ_CHECK".into(), "true".into()));
-    }
+    let options = options(sockmap);
     let mut old = Ztunnel::start(&bed, "a", &config, &options).expect("ztunnel a starts");
     let _zt_b = Ztunnel::start(&bed, "b", &config, &options).expect("ztunnel b starts");
     let _server = start_server(&bed, "server", "echo", "[::]:7000");

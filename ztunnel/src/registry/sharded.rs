@@ -331,47 +331,27 @@ impl<V: Keyed> Index<V> for ByName {
 /// Values by their (namespace, name).
 pub(crate) type KeyedMap<V> = ShardedTable<V, ByName>;
 
-/// A value with at most one address per family (a pod).
-pub(crate) trait Addressed {
-    /// The IPv4 address under which the value is found, if any.
-    fn ipv4(&self) -> Option<Ipv4Addr>;
-    /// The IPv6 address under which the value is found, if any.
-    fn ipv6(&self) -> Option<Ipv6Addr>;
+/// A value with at most one address of type `A` (a pod: one per family).
+pub(crate) trait Addressed<A> {
+    /// The address under which the value is found, if any.
+    fn address(&self) -> Option<A>;
 }
 
-/// The IPv4 index of [`Addressed`] values.
-pub(crate) enum ByIpv4 {}
+/// The index of [`Addressed`] values by their address of type `A`.
+pub(crate) struct ByAddress<A>(PhantomData<A>);
 
-impl<V: Addressed> Index<V> for ByIpv4 {
+impl<V: Addressed<A>, A: Hash + Eq> Index<V> for ByAddress<A> {
     type Key<'a>
-        = Option<Ipv4Addr>
+        = Option<A>
     where
         V: 'a;
 
-    fn key(value: &V) -> Option<Ipv4Addr> {
-        value.ipv4()
+    fn key(value: &V) -> Option<A> {
+        value.address()
     }
 
-    fn matches(value: &V, key: &Option<Ipv4Addr>) -> bool {
-        value.ipv4() == *key
-    }
-}
-
-/// The IPv6 index of [`Addressed`] values.
-pub(crate) enum ByIpv6 {}
-
-impl<V: Addressed> Index<V> for ByIpv6 {
-    type Key<'a>
-        = Option<Ipv6Addr>
-    where
-        V: 'a;
-
-    fn key(value: &V) -> Option<Ipv6Addr> {
-        value.ipv6()
-    }
-
-    fn matches(value: &V, key: &Option<Ipv6Addr>) -> bool {
-        value.ipv6() == *key
+    fn matches(value: &V, key: &Option<A>) -> bool {
+        value.address().as_ref() == key.as_ref()
     }
 }
 
@@ -381,8 +361,8 @@ impl<V: Addressed> Index<V> for ByIpv6 {
 /// address replaces the earlier one there (last writer wins).
 #[derive(Debug, Clone)]
 pub(crate) struct AddressTable<V> {
-    v4: ShardedTable<V, ByIpv4>,
-    v6: ShardedTable<V, ByIpv6>,
+    v4: ShardedTable<V, ByAddress<Ipv4Addr>>,
+    v6: ShardedTable<V, ByAddress<Ipv6Addr>>,
 }
 
 impl<V> Default for AddressTable<V> {
@@ -394,7 +374,7 @@ impl<V> Default for AddressTable<V> {
     }
 }
 
-impl<V: Addressed + Clone> AddressTable<V> {
+impl<V: Addressed<Ipv4Addr> + Addressed<Ipv6Addr> + Clone> AddressTable<V> {
     /// The value with address `ip`.
     pub(crate) fn get(&self, ip: IpAddr) -> Option<&V> {
         match ip {
@@ -405,10 +385,10 @@ impl<V: Addressed + Clone> AddressTable<V> {
 
     /// Stores `value` under each of its addresses.
     pub(crate) fn insert(&mut self, value: &V) {
-        if value.ipv4().is_some() {
+        if Addressed::<Ipv4Addr>::address(value).is_some() {
             self.v4.insert(value.clone());
         }
-        if value.ipv6().is_some() {
+        if Addressed::<Ipv6Addr>::address(value).is_some() {
             self.v6.insert(value.clone());
         }
     }
@@ -475,12 +455,14 @@ mod tests {
     #[derive(Debug, Clone, PartialEq)]
     struct Host(&'static str, Option<Ipv4Addr>, Option<Ipv6Addr>);
 
-    impl Addressed for Host {
-        fn ipv4(&self) -> Option<Ipv4Addr> {
+    impl Addressed<Ipv4Addr> for Host {
+        fn address(&self) -> Option<Ipv4Addr> {
             self.1
         }
+    }
 
-        fn ipv6(&self) -> Option<Ipv6Addr> {
+    impl Addressed<Ipv6Addr> for Host {
+        fn address(&self) -> Option<Ipv6Addr> {
             self.2
         }
     }

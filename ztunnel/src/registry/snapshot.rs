@@ -565,12 +565,14 @@ impl Keyed for Arc<EndpointSet> {
 }
 
 /// A host-network pod has the node's addresses: they do not name it.
-impl Addressed for Arc<Workload> {
-    fn ipv4(&self) -> Option<std::net::Ipv4Addr> {
+impl Addressed<std::net::Ipv4Addr> for Arc<Workload> {
+    fn address(&self) -> Option<std::net::Ipv4Addr> {
         self.ips.v4.filter(|_| !self.host_network)
     }
+}
 
-    fn ipv6(&self) -> Option<std::net::Ipv6Addr> {
+impl Addressed<std::net::Ipv6Addr> for Arc<Workload> {
+    fn address(&self) -> Option<std::net::Ipv6Addr> {
         self.ips.v6.filter(|_| !self.host_network)
     }
 }
