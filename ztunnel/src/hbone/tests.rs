@@ -415,6 +415,15 @@ async fn flood(mut tunnel: Tunnel, taken: Arc<AtomicUsize>, end: Arc<AtomicBool>
     let _ = tunnel.shutdown().await;
 }
 
+/// Waits, checking every 10 ms, until `done` or `limit` has passed (the
+/// caller asserts what it waited for).
+async fn until(limit: Duration, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// `taken` once it has not moved for 300 ms.
 async fn settled(taken: &AtomicUsize) -> usize {
     let mut last = usize::MAX;
@@ -523,10 +532,7 @@ async fn a_peer_that_opens_streams_and_never_reads_holds_only_its_connections_bu
             .expect("a writer did not end once the peer read again")
             .unwrap();
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while budget.queued() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(Duration::from_secs(5), || budget.queued() == 0).await;
     assert_eq!(budget.queued(), 0, "shares outlived their bytes");
     drop(streams);
     peer.abort();
@@ -1007,10 +1013,7 @@ async fn a_rapid_reset_flood_stops_its_streams_work_and_loses_the_connection_and
     let burst = reset_flood(&mesh, &server, false).await;
     let ended =
         || server.guard.rejected(Rejection::Flood) + server.guard.rejected(Rejection::RapidReset);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while ended() < 2 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(Duration::from_secs(5), || ended() >= 2).await;
     assert_eq!(
         ended(),
         2,
@@ -1019,12 +1022,10 @@ async fn a_rapid_reset_flood_stops_its_streams_work_and_loses_the_connection_and
         server.guard.rejected(Rejection::Protocol)
     );
     // No decision outlives its reset stream.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while server.dropped.load(Ordering::SeqCst) < server.started.load(Ordering::SeqCst)
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(Duration::from_secs(2), || {
+        server.dropped.load(Ordering::SeqCst) >= server.started.load(Ordering::SeqCst)
+    })
+    .await;
     let (started, dropped) = (
         server.started.load(Ordering::SeqCst),
         server.dropped.load(Ordering::SeqCst),
@@ -1083,10 +1084,7 @@ async fn a_peer_stalling_its_handshakes_is_held_to_its_share_and_another_is_serv
         )
     };
     // The socket closes as the handshake is dropped, just before the count.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-    while counted() != (1, 4) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(Duration::from_secs(1), || counted() == (1, 4)).await;
     assert_eq!(
         counted(),
         (1, 4),
