@@ -662,15 +662,15 @@ spec: {portLevelMtls: {\"8080\": {mode: DISABLE}}}
         let mesh = crate::config::file::test_registry(yaml).unwrap();
         let metrics = Metrics::new();
         metrics.observe_snapshot(&mesh.snapshot());
-        let text = metrics.encode();
-        for line in [
-            "ambit_config_invalid_policies{kind=\"AuthorizationPolicy\"} 1",
-            "ambit_config_invalid_policies{kind=\"PeerAuthentication\"} 1",
-            "ambit_config_invalid_policies{kind=\"RequestAuthentication\"} 0",
-            "ambit_config_generation 1",
-        ] {
-            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
-        }
+        assert_lines(
+            &metrics.encode(),
+            &[
+                "ambit_config_invalid_policies{kind=\"AuthorizationPolicy\"} 1",
+                "ambit_config_invalid_policies{kind=\"PeerAuthentication\"} 1",
+                "ambit_config_invalid_policies{kind=\"RequestAuthentication\"} 0",
+                "ambit_config_generation 1",
+            ],
+        );
     }
 
     #[test]
@@ -680,14 +680,21 @@ spec: {portLevelMtls: {\"8080\": {mode: DISABLE}}}
         // Totals a previous ztunnel left in the pinned map: the origin.
         maps.observe_shortcut([100, 200, 3, 4]);
         maps.observe_shortcut([150, 260, 5, 4]);
-        let text = metrics.encode();
-        for line in [
-            "ambit_sockmap_bytes_total{path=\"redirect\"} 50",
-            "ambit_sockmap_bytes_total{path=\"tcp\"} 60",
-            "ambit_sockmap_switches_total{to=\"tcp\"} 2",
-            "ambit_sockmap_switches_total{to=\"redirect\"} 0",
-        ] {
-            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        assert_lines(
+            &metrics.encode(),
+            &[
+                "ambit_sockmap_bytes_total{path=\"redirect\"} 50",
+                "ambit_sockmap_bytes_total{path=\"tcp\"} 60",
+                "ambit_sockmap_switches_total{to=\"tcp\"} 2",
+                "ambit_sockmap_switches_total{to=\"redirect\"} 0",
+            ],
+        );
+    }
+
+    /// Asserts that each of `lines` is a whole line of the exposition `text`.
+    fn assert_lines(text: &str, lines: &[&str]) {
+        for line in lines {
+            assert!(text.lines().any(|l| l == *line), "{line} in:\n{text}");
         }
     }
 }

@@ -258,10 +258,10 @@ impl<V: Clone, I: Index<V>> ShardedTable<V, I> {
     /// Inserts `value`, replacing the value with the same key; copies the
     /// shard first if another snapshot shares it.
     pub(crate) fn insert(&mut self, value: V) -> Option<V> {
-        let (hash, shard) = self.locate(&I::key(&value));
+        let key = I::key(&value);
+        let (hash, shard) = self.locate(&key);
         let hasher = &self.hasher;
         let table = Arc::make_mut(&mut self.shards[shard]);
-        let key = I::key(&value);
         let entry = table.entry(
             hash,
             |v| I::matches(v, &key),
