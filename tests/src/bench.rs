@@ -23,6 +23,7 @@ pub mod host;
 mod http;
 pub mod iperf;
 pub mod latency;
+pub mod layout;
 mod output;
 pub mod plot;
 pub mod report;
@@ -210,12 +211,17 @@ impl Settings {
 /// The `ambit-bench` entry point.
 pub fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, file] = args.as_slice()
+        && flag == "--code-layout"
+    {
+        return code_layout(std::path::Path::new(file));
+    }
     let settings = match Settings::from_args(&args) {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!(
                 "ambit-bench: {error}\nusage: ambit-bench [--quick] [--out DIR] [--only NAME,...] | \
-                 [--out DIR] --soak SECONDS"
+                 [--out DIR] --soak SECONDS | --code-layout FILE"
             );
             return std::process::ExitCode::from(2);
         }
@@ -245,6 +251,31 @@ pub fn main() -> std::process::ExitCode {
         }
         Err(error) => {
             eprintln!("ambit-bench: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--code-layout FILE`: profiles what a node runs and writes the linker
+/// script of the release build's code layout ([`layout`]).
+fn code_layout(file: &std::path::Path) -> std::process::ExitCode {
+    if !crate::testbed::privileged("ambit-bench") {
+        eprintln!("ambit-bench: run it as root, through `cargo xtask bench --code-layout`");
+        return std::process::ExitCode::FAILURE;
+    }
+    match layout::profile(file) {
+        Ok(layout) => {
+            eprintln!(
+                "ambit-bench: wrote {}: {} sections, {} KiB of {} KiB of code",
+                file.display(),
+                layout.sections.len(),
+                layout.bytes / 1024,
+                layout.text_bytes / 1024
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("ambit-bench: code layout: {error}");
             std::process::ExitCode::FAILURE
         }
     }

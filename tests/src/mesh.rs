@@ -364,6 +364,9 @@ pub struct ZtunnelOptions {
     pub cni_socket: Option<PathBuf>,
     /// More environment variables, set last.
     pub env: Vec<(String, String)>,
+    /// A program that runs ztunnel, with its arguments before ztunnel's path
+    /// (a profiler; empty: ztunnel runs directly).
+    pub launcher: Vec<std::ffi::OsString>,
 }
 
 impl Default for ZtunnelOptions {
@@ -375,6 +378,7 @@ impl Default for ZtunnelOptions {
             idle: None,
             cni_socket: None,
             env: Vec::new(),
+            launcher: Vec::new(),
         }
     }
 }
@@ -475,7 +479,14 @@ impl Ztunnel {
         config: &Path,
         options: &ZtunnelOptions,
     ) -> Result<Self, Error> {
-        let mut cmd = bed.ztunnel_command(node, ztunnel_binary());
+        let mut cmd = match options.launcher.split_first() {
+            Some((program, args)) => {
+                let mut cmd = bed.ztunnel_command(node, program);
+                cmd.args(args).arg(ztunnel_binary());
+                cmd
+            }
+            None => bed.ztunnel_command(node, ztunnel_binary()),
+        };
         cmd.arg("--config").arg(config);
         Self::spawn(bed, node, cmd, options, CaSource::File(config))
     }

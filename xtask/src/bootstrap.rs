@@ -211,6 +211,24 @@ fn install_test_tools() -> anyhow::Result<()> {
     apt_install(&packages)
 }
 
+/// `cargo xtask bench --code-layout` runs ztunnel under valgrind's callgrind
+/// (and `callgrind_control` to dump its profile).
+pub fn profiler() -> anyhow::Result<()> {
+    if which("valgrind").is_some() && which("callgrind_control").is_some() {
+        return Ok(());
+    }
+    if !exec::is_root() {
+        bail!(
+            "bench --code-layout: valgrind missing and installing needs root; run as root, or by hand: \
+             apt-get update && apt-get install -y valgrind"
+        );
+    }
+    eprintln!("bench: installing valgrind");
+    apt_install(&["valgrind"]).context(
+        "bench: installing valgrind failed; to see why, run by hand: apt-get update && apt-get install -y valgrind",
+    )
+}
+
 /// Debian packages `cargo xtask bench` runs, each with the command it installs:
 /// iperf3 measures bulk throughput; h2load (nghttp2-client) drives the HTTP
 /// scenarios (HTTP/1.1 and HTTP/2, fixed rate and closed loop).

@@ -63,6 +63,11 @@ enum Command {
         /// (soak.json, soak.md).
         #[arg(long, value_name = "SECONDS", conflicts_with_all = ["quick", "only"])]
         soak: Option<u64>,
+        /// Instead of the rounds, profile what a node runs (two ztunnels under
+        /// callgrind, with traffic) and rewrite ztunnel/layout.ld, the code
+        /// layout of release builds (installs valgrind when missing).
+        #[arg(long, conflicts_with_all = ["quick", "only", "soak", "out"])]
+        code_layout: bool,
     },
     /// The local two-node mesh demo (needs root).
     Demo {
@@ -118,7 +123,15 @@ fn run(command: Command) -> anyhow::Result<()> {
             out,
             only,
             soak,
-        } => tasks::bench(&root, quick, out.as_deref(), only.as_deref(), soak),
+            code_layout,
+        } => tasks::bench(
+            &root,
+            quick,
+            out.as_deref(),
+            only.as_deref(),
+            soak,
+            code_layout,
+        ),
         Command::Demo { step, keep, down } => tasks::demo(&root, step, keep, down),
         Command::Manifests { check } => manifests::run(&root, check),
         Command::Fuzz { quick, target } => {

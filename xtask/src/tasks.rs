@@ -129,15 +129,17 @@ pub fn test(root: &Path, suites: Suites) -> anyhow::Result<()> {
 const BENCH_TARGET: &str = "ambit-bench";
 
 /// `cargo xtask bench`: builds the release `waypoint` on its own (its ztunnel
-/// library has no eBPF capture, so it never links aya), then the other
-/// release binaries and the driver in one cargo invocation (one feature set,
-/// so ztunnel compiles once more, with capture), then runs the driver as root.
+/// library has no eBPF capture, so it never links aya), the release `ztunnel`
+/// on its own (as it ships), then the test binaries and the driver in one
+/// cargo invocation, then runs the driver as root (with `code_layout`, the
+/// driver profiles ztunnel and rewrites `ztunnel/layout.ld` instead).
 pub fn bench(
     root: &Path,
     quick: bool,
     out: Option<&Path>,
     only: Option<&str>,
     soak: Option<u64>,
+    code_layout: bool,
 ) -> anyhow::Result<()> {
     if !exec::is_root() {
         bail!(
@@ -147,6 +149,9 @@ pub fn bench(
     }
     bootstrap::run()?;
     bootstrap::bench_tools()?;
+    if code_layout {
+        bootstrap::profiler()?;
+    }
     ebpf::build(root)?;
     // Alone: built with the e2e crate, cargo would unify ztunnel's features
     // and link the eBPF capture into the waypoint.
@@ -158,20 +163,23 @@ pub fn bench(
         "--bins",
     ]))
     .context("building the release waypoint failed")?;
+    // ztunnel alone too: what `cargo build --release -p ztunnel` ships, with
+    // its own dependency features (they name the generic functions that
+    // ztunnel/layout.ld lists).
+    exec::run(exec::cargo(None).current_dir(root).args([
+        "build",
+        "--release",
+        "--package",
+        "ztunnel",
+        "--bin",
+        "ztunnel",
+    ]))
+    .context("building the release ztunnel failed")?;
     let mut build = exec::cargo(None);
     build
         .current_dir(root)
+        .args(["build", "--release", "--package", E2E_CRATE])
         .args([
-            "build",
-            "--release",
-            "--package",
-            "ztunnel",
-            "--package",
-            E2E_CRATE,
-        ])
-        .args([
-            "--bin",
-            "ztunnel",
             "--bin",
             "ambit-testbin",
             "--bin",
@@ -191,6 +199,16 @@ pub fn bench(
             exec::display(&build)
         )
     })?;
+    if code_layout {
+        let script = root.join("ztunnel/layout.ld");
+        return exec::run(
+            std::process::Command::new(driver)
+                .current_dir(root)
+                .arg("--code-layout")
+                .arg(&script),
+        )
+        .context("profiling the code layout failed");
+    }
     // The driver runs from the workspace root; an absolute directory keeps the
     // report where the user asked for it.
     let out = match out {
