@@ -7,11 +7,10 @@
 //! IPv6 and a 4 MiB transfer, then idle time. Callgrind's profile names every
 //! function that ran; the script places those the binary defines first,
 //! hottest first (by instructions executed), in an output section of their
-//! own before `.text`. Names are matched without the hash that Rust's legacy
-//! mangling appends (`17h<16 hex digits>E`): it changes with the features a
-//! dependency is built with, which differ between `cargo build -p ztunnel`
-//! and a workspace build, so a pattern covers every instance of a generic
-//! function.
+//! own before `.text`. A function whose every instance ran is matched without
+//! the hash that Rust's legacy mangling appends (`17h<16 hex digits>E`): it
+//! changes with the features a dependency is built with, which differ between
+//! `cargo build -p ztunnel` and a workspace build. Others are named whole.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -344,9 +343,10 @@ fn render(layout: &Layout) -> String {
         layout.text_bytes / 1024
     );
     for section in &layout.sections {
-        text.push_str("    *(");
-        text.push_str(section);
-        text.push_str(")\n");
+        // LLVM names the section of a cold function (`#[cold]`, such as
+        // `RawVec::grow_one`) `.text.unlikely.<name>`.
+        let unlikely = section.replacen(".text.", ".text.unlikely.", 1);
+        text.push_str(&format!("    *({section} {unlikely})\n"));
     }
     text.push_str("  }\n} INSERT BEFORE .text;\n");
     text
@@ -449,9 +449,13 @@ mod tests {
         assert!(script.starts_with("/* ztunnel's code layout"), "{script}");
         assert!(
             script.ends_with(
-                "SECTIONS {\n  .text.ambit_layout : {\n    *(.text.work)\n    \
-                 *(.text._ZN3gen4poll17h*)\n    *(.text.main)\n    \
-                 *(.text._ZN3gen4wake17h0000000000000005E)\n  }\n} INSERT BEFORE .text;\n"
+                "SECTIONS {\n  .text.ambit_layout : {\n    \
+                 *(.text.work .text.unlikely.work)\n    \
+                 *(.text._ZN3gen4poll17h* .text.unlikely._ZN3gen4poll17h*)\n    \
+                 *(.text.main .text.unlikely.main)\n    \
+                 *(.text._ZN3gen4wake17h0000000000000005E \
+                 .text.unlikely._ZN3gen4wake17h0000000000000005E)\n  }\n\
+                 } INSERT BEFORE .text;\n"
             ),
             "{script}"
         );
