@@ -272,21 +272,11 @@ fn layout(profiles: &[String], defined: &HashMap<String, u64>) -> Layout {
     // A generic function's instances share the name without the hash: one
     // pattern covers them when all of them ran; otherwise the ones that ran
     // are named whole (matched only by a build with the same hashes).
-    let mut instances: HashMap<&str, usize> = HashMap::new();
-    for name in defined.keys() {
-        if let Some(prefix) = legacy_prefix(name) {
-            *instances.entry(prefix).or_insert(0) += 1;
-        }
-    }
-    let mut ran_instances: HashMap<&str, usize> = HashMap::new();
-    for (name, _) in &ran {
-        if let Some(prefix) = legacy_prefix(name) {
-            *ran_instances.entry(prefix).or_insert(0) += 1;
-        }
-    }
+    let instances = count_by_prefix(defined.keys());
+    let ran_instances = count_by_prefix(ran.iter().map(|(name, _)| *name));
     let mut sections = Vec::new();
     let mut seen = HashSet::new();
-    for (name, _) in ran {
+    for &(name, _) in &ran {
         let section = match legacy_prefix(name) {
             Some(prefix) if instances.get(prefix) == ran_instances.get(prefix) => {
                 format!(".text.{prefix}*")
@@ -297,27 +287,23 @@ fn layout(profiles: &[String], defined: &HashMap<String, u64>) -> Layout {
             sections.push(section);
         }
     }
-    let prefixes: HashSet<&str> = sections
-        .iter()
-        .filter_map(|s| s.strip_prefix(".text.")?.strip_suffix('*'))
-        .collect();
-    let exact: HashSet<&str> = sections
-        .iter()
-        .filter_map(|s| s.strip_prefix(".text."))
-        .collect();
-    let bytes = defined
-        .iter()
-        .filter(|(name, _)| {
-            exact.contains(name.as_str())
-                || legacy_prefix(name).is_some_and(|p| prefixes.contains(p))
-        })
-        .map(|(_, size)| size)
-        .sum();
+    // Every function that ran is covered, and a hash-free pattern only
+    // stands for instances that all ran: the covered code is what ran.
+    let bytes = ran.iter().filter_map(|(name, _)| defined.get(*name)).sum();
     Layout {
         sections,
         bytes,
         text_bytes: defined.values().sum(),
     }
+}
+
+/// How many of `names` share each legacy name without its hash.
+fn count_by_prefix<'a>(names: impl Iterator<Item = &'a String>) -> HashMap<&'a str, usize> {
+    let mut counts = HashMap::new();
+    for prefix in names.filter_map(|name| legacy_prefix(name)) {
+        *counts.entry(prefix).or_insert(0) += 1;
+    }
+    counts
 }
 
 /// A legacy-mangled name without its hash: `_ZN3foo3bar17h` of
