@@ -582,6 +582,13 @@ impl Testbed {
                 first_error.get_or_insert(e);
             }
         }
+        // The directories every testbed shares go with the last one: while
+        // another testbed lives they are not empty and stay (and one being
+        // built recreates them, `create_dir_all` of its own path).
+        let _ = std::fs::remove_dir(BPF_PIN_ROOT);
+        if let Some(root) = self.cgroup.parent() {
+            let _ = std::fs::remove_dir(root);
+        }
         first_error.map_or(Ok(()), Err)
     }
 
