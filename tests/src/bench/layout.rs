@@ -2,9 +2,10 @@
 //! runs, for the release build's code layout (`ztunnel/layout.ld`, a linker
 //! script that `ztunnel/build.rs` passes to release links).
 //!
-//! Two ztunnels run under callgrind on a testbed while traffic goes through
-//! them: start-up, certificates from the CA, short connections over IPv4 and
-//! IPv6 and a 4 MiB transfer, then idle time. Callgrind's profile names every
+//! Two ztunnels run under callgrind on the bench's testbed, with its mesh
+//! configuration, while traffic goes through them: start-up, certificates
+//! from the CA, short connections over IPv4 and IPv6 and a 4 MiB transfer,
+//! then idle time; once with the loopback shortcut on, once with it off. Callgrind's profile names every
 //! function that ran; the script places those the binary defines first,
 //! hottest first (by instructions executed), in an output section of their
 //! own before `.text`. A function whose every instance ran is matched without
@@ -21,8 +22,12 @@ use std::{
     time::Duration,
 };
 
+use super::{
+    http::Credentials,
+    run::{bench_mesh, ztunnel_options},
+};
 use crate::{
-    mesh::{self, MeshConfig, Ztunnel, ZtunnelOptions},
+    mesh::{self, Ztunnel},
     testbed::Testbed,
 };
 
@@ -61,25 +66,16 @@ pub fn profile(out: &Path) -> Result<Layout, String> {
     result
 }
 
-/// Runs the testbed with both ztunnels under callgrind and returns the text of
-/// their profiles.
+/// Runs the bench's testbed and mesh configuration with both ztunnels under
+/// callgrind, once with the loopback shortcut on (as the bench's `mesh`
+/// scenario runs them) and once with it off, and returns the text of the four
+/// profiles.
 fn run_profile(dir: &Path) -> Result<Vec<String>, String> {
-    let bed = Testbed::builder("layout")
-        .node("a")
-        .node("b")
-        .pod("client", "a")
-        .pod("server", "b")
-        .build()
-        .map_err(|e| format!("testbed: {e}"))?;
-    let config = bed.workdir().join("mesh.yaml");
-    MeshConfig::default()
-        .namespace("demo", true)
-        .pod("client", "demo")
-        .pod("server", "demo")
-        .write(&bed, &config)
-        .map_err(|e| format!("mesh config: {e}"))?;
-    let options = ZtunnelOptions {
-        launcher: [
+    let (bed, config) = bench_mesh("layout", &Credentials::generate())?;
+    let mut profiles = Vec::new();
+    for sockmap in [true, false] {
+        let mut options = ztunnel_options(sockmap);
+        options.launcher = [
             "valgrind",
             "--tool=callgrind",
             "--demangle=no",
@@ -92,29 +88,32 @@ fn run_profile(dir: &Path) -> Result<Vec<String>, String> {
             "--callgrind-out-file={}/callgrind.%p",
             dir.display()
         ))])
-        .collect(),
-        ..ZtunnelOptions::default()
-    };
-    let ztunnels = ["a", "b"]
-        .map(|node| Ztunnel::start(&bed, node, &config, &options).map_err(|e| e.to_string()));
-    let ztunnels: Vec<Ztunnel> = ztunnels.into_iter().collect::<Result<_, _>>()?;
-    traffic(&bed)?;
-    // Idle: the timers and watchers that run between connections.
-    std::thread::sleep(Duration::from_secs(12));
-    let mut profiles = Vec::new();
-    for ztunnel in &ztunnels {
-        let pid = ztunnel.pid();
-        let status = Command::new("callgrind_control")
-            .args(["--dump", &pid.to_string()])
-            .output()
-            .map_err(|e| format!("callgrind_control: {e}"))?;
-        if !status.status.success() {
-            return Err(format!(
-                "callgrind_control --dump {pid}: {}",
-                String::from_utf8_lossy(&status.stderr)
-            ));
+        .collect();
+        let ztunnels = ["a", "b"]
+            .map(|node| Ztunnel::start(&bed, node, &config, &options).map_err(|e| e.to_string()));
+        let mut ztunnels: Vec<Ztunnel> = ztunnels.into_iter().collect::<Result<_, _>>()?;
+        traffic(&bed).map_err(|e| format!("traffic (shortcut {sockmap}): {e}"))?;
+        // Idle: the timers and watchers that run between connections.
+        std::thread::sleep(Duration::from_secs(12));
+        for ztunnel in &ztunnels {
+            let pid = ztunnel.pid();
+            let status = Command::new("callgrind_control")
+                .args(["--dump", &pid.to_string()])
+                .output()
+                .map_err(|e| format!("callgrind_control: {e}"))?;
+            if !status.status.success() {
+                return Err(format!(
+                    "callgrind_control --dump {pid}: {}",
+                    String::from_utf8_lossy(&status.stderr)
+                ));
+            }
+            profiles.push(wait_for_dump(dir, pid)?);
         }
-        profiles.push(wait_for_dump(dir, pid)?);
+        for ztunnel in &mut ztunnels {
+            ztunnel
+                .stop(Duration::from_secs(30))
+                .map_err(|e| format!("stopping ztunnel: {e}"))?;
+        }
     }
     Ok(profiles)
 }

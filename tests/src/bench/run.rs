@@ -117,19 +117,7 @@ impl Nodes {
             waypoint: with_waypoint,
         } = dataplane
         {
-            let mut options = ZtunnelOptions {
-                sockmap,
-                drain: Duration::from_secs(1),
-                ..ZtunnelOptions::default()
-            };
-            if sockmap {
-                // Measure the shortcut itself, also on a kernel where ztunnel's
-                // start-up check of blocking sockmap reads would keep it off
-                // (the load tools read without blocking, or retry EAGAIN).
-                options
-                    .env
-                    .push(("AMBIT_SOCKMAP_IGNORE_READ_CHECK".into(), "true".into()));
-            }
+            let options = ztunnel_options(sockmap);
             for node in ["a", "b"] {
                 ztunnels.push(
                     Ztunnel::start(bed, node, config, &options)
@@ -205,39 +193,69 @@ pub(super) struct Bench {
     _servers: Vec<Process>,
 }
 
+/// The bench's testbed (client pods on node a, server pods on node b, in
+/// and out of the mesh, a waypoint and an API pod) and its mesh
+/// configuration, written to `mesh.yaml` in the testbed's directory: what
+/// the benchmark runs and what the code-layout profile replays.
+pub(super) fn bench_mesh(
+    name: &str,
+    credentials: &Credentials,
+) -> Result<(Testbed, std::path::PathBuf), String> {
+    let bed = Testbed::builder(name)
+        .node("a")
+        .node("b")
+        .pod("client", "a")
+        .pod("plainclient", "a")
+        .pod("localserver", "a")
+        .pod(WAYPOINT_POD, "a")
+        .pod("server", "b")
+        .pod("plainserver", "b")
+        .pod(API_POD, "b")
+        .build()
+        .map_err(|e| format!("testbed: {e}"))?;
+    let config = bed.workdir().join("mesh.yaml");
+    let mut mesh = MeshConfig::default()
+        .namespace("demo", true)
+        .namespace("plain", false)
+        .pod("client", "demo")
+        .pod("server", "demo")
+        .pod(API_POD, "demo")
+        .pod(WAYPOINT_POD, "demo")
+        .label(WAYPOINT_POD, GATEWAY_NAME_LABEL, WAYPOINT_POD)
+        .pod("plainclient", "plain")
+        .pod("plainserver", "plain")
+        .pod("localserver", "plain");
+    for document in http::documents(credentials) {
+        mesh = mesh.document(&document);
+    }
+    mesh.write(&bed, &config)
+        .map_err(|e| format!("mesh configuration: {e}"))?;
+    Ok((bed, config))
+}
+
+/// The ztunnel options of a mesh scenario.
+pub(super) fn ztunnel_options(sockmap: bool) -> ZtunnelOptions {
+    let mut options = ZtunnelOptions {
+        sockmap,
+        drain: Duration::from_secs(1),
+        ..ZtunnelOptions::default()
+    };
+    if sockmap {
+        // Measure the shortcut itself, also on a kernel where ztunnel's
+        // start-up check of blocking sockmap reads would keep it off (the
+        // load tools read without blocking, or retry EAGAIN).
+        options
+            .env
+            .push(("AMBIT_SOCKMAP_IGNORE_READ_CHECK".into(), "true".into()));
+    }
+    options
+}
+
 impl Bench {
     pub(super) fn new(settings: &Settings) -> Result<Self, String> {
         check_binaries()?;
-        let bed = Testbed::builder("bench")
-            .node("a")
-            .node("b")
-            .pod("client", "a")
-            .pod("plainclient", "a")
-            .pod("localserver", "a")
-            .pod(WAYPOINT_POD, "a")
-            .pod("server", "b")
-            .pod("plainserver", "b")
-            .pod(API_POD, "b")
-            .build()
-            .map_err(|e| format!("testbed: {e}"))?;
-        let config = bed.workdir().join("mesh.yaml");
         let credentials = Credentials::generate();
-        let mut mesh = MeshConfig::default()
-            .namespace("demo", true)
-            .namespace("plain", false)
-            .pod("client", "demo")
-            .pod("server", "demo")
-            .pod(API_POD, "demo")
-            .pod(WAYPOINT_POD, "demo")
-            .label(WAYPOINT_POD, GATEWAY_NAME_LABEL, WAYPOINT_POD)
-            .pod("plainclient", "plain")
-            .pod("plainserver", "plain")
-            .pod("localserver", "plain");
-        for document in http::documents(&credentials) {
-            mesh = mesh.document(&document);
-        }
-        mesh.write(&bed, &config)
-            .map_err(|e| format!("mesh configuration: {e}"))?;
+        let (bed, config) = bench_mesh("bench", &credentials)?;
         let mut servers = Vec::new();
         let mut cmd = bed.pod_command(API_POD, httpbin_binary());
         cmd.args(["serve", &format!("0.0.0.0:{API_POD_PORT}"), API_POD]);
