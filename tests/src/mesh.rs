@@ -383,6 +383,20 @@ impl Default for ZtunnelOptions {
     }
 }
 
+impl ZtunnelOptions {
+    /// The `sk_msg` shortcut on, whatever ztunnel's start-up check of
+    /// blocking sockmap reads finds (`AMBIT_SOCKMAP_IGNORE_READ_CHECK`; the
+    /// kernel here fails it): for clients that read without blocking, retry a
+    /// read the kernel ends with EAGAIN, or read only small answers, which
+    /// that failure does not reach.
+    pub fn force_sockmap(mut self) -> Self {
+        self.sockmap = true;
+        self.env
+            .push(("AMBIT_SOCKMAP_IGNORE_READ_CHECK".into(), "true".into()));
+        self
+    }
+}
+
 /// A ztunnel process running on a testbed node, logging JSON.
 #[derive(Debug)]
 pub struct Ztunnel {

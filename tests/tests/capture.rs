@@ -44,21 +44,14 @@ fn write_config(bed: &Testbed, config: &MeshConfig) -> PathBuf {
     path
 }
 
-/// ztunnel's options, with the sk_msg shortcut on or off.
+/// ztunnel's options, with the sk_msg shortcut on or off (these tests'
+/// clients read small answers).
 fn options(sockmap: bool) -> ZtunnelOptions {
-    let mut options = ZtunnelOptions {
-        sockmap,
-        ..ZtunnelOptions::default()
-    };
     if sockmap {
-        // On a kernel that fails ztunnel's start-up check of sockmap reads
-        // (6.18 here) the shortcut would stay off; these tests' clients read
-        // small answers, which that failure does not reach.
-        options
-            .env
-            .push(("AMBIT_SOCKMAP_IGNORE_READ_CHECK".into(), "true".into()));
+        ZtunnelOptions::default().force_sockmap()
+    } else {
+        ZtunnelOptions::default()
     }
-    options
 }
 
 fn captured_both_ways(sockmap: bool, tag: &str) {

@@ -46,15 +46,14 @@ enum Shortcut {
 impl Mesh {
     fn start(tag: &str, shortcut: Shortcut) -> Self {
         let (bed, path) = client_and_server(tag, &[]);
-        let mut options = ZtunnelOptions {
-            sockmap: shortcut != Shortcut::Off,
-            ..ZtunnelOptions::default()
+        let options = match shortcut {
+            Shortcut::Off => ZtunnelOptions::default(),
+            Shortcut::Requested => ZtunnelOptions {
+                sockmap: true,
+                ..ZtunnelOptions::default()
+            },
+            Shortcut::Forced => ZtunnelOptions::default().force_sockmap(),
         };
-        if shortcut == Shortcut::Forced {
-            options
-                .env
-                .push(("AMBIT_SOCKMAP_IGNORE_READ_CHECK".into(), "true".into()));
-        }
         let zt_a = Ztunnel::start(&bed, "a", &path, &options).expect("ztunnel a starts");
         let zt_b = Ztunnel::start(&bed, "b", &path, &options).expect("ztunnel b starts");
         Self {

@@ -233,22 +233,18 @@ pub(super) fn bench_mesh(
     Ok((bed, config))
 }
 
-/// The ztunnel options of a mesh scenario.
+/// The ztunnel options of a mesh scenario: with the shortcut, it is measured
+/// itself (the load tools read without blocking, or retry EAGAIN).
 pub(super) fn ztunnel_options(sockmap: bool) -> ZtunnelOptions {
-    let mut options = ZtunnelOptions {
-        sockmap,
+    let options = ZtunnelOptions {
         drain: Duration::from_secs(1),
         ..ZtunnelOptions::default()
     };
     if sockmap {
-        // Measure the shortcut itself, also on a kernel where ztunnel's
-        // start-up check of blocking sockmap reads would keep it off (the
-        // load tools read without blocking, or retry EAGAIN).
+        options.force_sockmap()
+    } else {
         options
-            .env
-            .push(("AMBIT_SOCKMAP_IGNORE_READ_CHECK".into(), "true".into()));
     }
-    options
 }
 
 impl Bench {
