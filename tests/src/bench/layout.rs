@@ -5,10 +5,10 @@
 //! Two ztunnels run under callgrind on the bench's testbed, with its mesh
 //! configuration, while traffic goes through them: start-up, certificates
 //! from the CA, short connections over IPv4 and IPv6 and a 4 MiB transfer,
-//! then idle time; once with the loopback shortcut on, once with it off. Callgrind's profile names every
-//! function that ran; the script places those the binary defines first,
-//! hottest first (by instructions executed), in an output section of their
-//! own before `.text`. A function whose every instance ran is matched without
+//! then idle time; once with the loopback shortcut on, once with it off.
+//! Callgrind's profile names every function that ran; the script places
+//! those the binary defines first, hottest first (by instructions executed),
+//! in an output section of their own before `.text`. A function whose every instance ran is matched without
 //! the hash that Rust's legacy mangling appends (`17h<16 hex digits>E`): it
 //! changes with the features a dependency is built with, which differ between
 //! `cargo build -p ztunnel` and a workspace build. Others are named whole.
@@ -92,7 +92,8 @@ fn run_profile(dir: &Path) -> Result<Vec<String>, String> {
         let ztunnels = ["a", "b"]
             .map(|node| Ztunnel::start(&bed, node, &config, &options).map_err(|e| e.to_string()));
         let mut ztunnels: Vec<Ztunnel> = ztunnels.into_iter().collect::<Result<_, _>>()?;
-        traffic(&bed).map_err(|e| format!("traffic (shortcut {sockmap}): {e}"))?;
+        let shortcut = if sockmap { "on" } else { "off" };
+        traffic(&bed).map_err(|e| format!("traffic with the shortcut {shortcut}: {e}"))?;
         // Idle: the timers and watchers that run between connections.
         std::thread::sleep(Duration::from_secs(12));
         for ztunnel in &ztunnels {
