@@ -18,6 +18,7 @@ fn config(bed: &Testbed) -> CaptureConfig {
         probe_cgroup: None,
         sockmap: false,
         shortcut_cap: ztunnel::settings::SOCKMAP_CAP_DEFAULT,
+        shortcut_bulk: ztunnel::settings::SOCKMAP_BULK_DEFAULT,
         sockmap_ignore_read_check: false,
         outbound_port: 15001,
         hbone_port: 15008,

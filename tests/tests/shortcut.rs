@@ -17,7 +17,10 @@ use ambit_tests::{
     mesh::{Ztunnel, ZtunnelOptions, client_and_server, start_server},
     privileged,
 };
-use ztunnel::capture::{ShortcutStats, TcpMemory, shortcut_connections, shortcut_stats};
+use ztunnel::{
+    capture::{ShortcutStats, TcpMemory, shortcut_connections, shortcut_stats},
+    settings::SOCKMAP_BULK_DEFAULT,
+};
 
 const TESTBIN: &str = env!("CARGO_BIN_EXE_ambit-testbin");
 /// ztunnel's default cap: bytes sent and not yet read while redirecting.
@@ -96,6 +99,33 @@ impl Mesh {
 
     fn stats(&self) -> ShortcutStats {
         shortcut_stats(&self.pin_dir()).expect("the shortcut's counters are readable")
+    }
+
+    /// Bulk connections the client node's ztunnel took off the shortcut
+    /// (`ambit_sockmap_switches_total{to="off"}`), once that count reaches
+    /// `want`, or as it stands after the metrics' next two readings of the
+    /// maps.
+    fn left_for_good(&self, want: u64) -> u64 {
+        let series = "ambit_sockmap_switches_total{to=\"off\"} ";
+        let mut count = 0;
+        for _ in 0..24 {
+            let mut cmd = self.bed.node_command("a", "curl");
+            cmd.args(["-sf", "http://127.0.0.1:15020/metrics"]);
+            let out = self
+                .bed
+                .run(cmd, Duration::from_secs(10))
+                .expect("ztunnel a's metrics answer");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            count = text
+                .lines()
+                .find_map(|l| l.strip_prefix(series))
+                .map_or(0, |v| v.trim().parse().expect("a count"));
+            if count >= want {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        count
     }
 }
 
@@ -193,6 +223,15 @@ fn bulk_transfers_arrive_intact_and_a_slow_reader_bounds_the_queue() {
         slow.tcp_bytes > fast.tcp_bytes,
         "TCP carried part of it: {fast:?} -> {slow:?}"
     );
+    // Its sender stayed ahead for more than AMBIT_SOCKMAP_BULK_BYTES without a pause: the
+    // connection left the shortcut for good, and what it sent after that
+    // (out of the SockHash, unseen by the program) still arrived in order.
+    assert_eq!(mesh.left_for_good(1), 1, "{slow:?}");
+    let seen = (slow.redirected_bytes + slow.tcp_bytes) - (fast.redirected_bytes + fast.tcp_bytes);
+    assert!(
+        seen < slow_bytes,
+        "the program stopped seeing its sends ({seen} of {slow_bytes} bytes): {slow:?}"
+    );
     // A redirecting connection never has more than the cap unread.
     assert!(
         redirect_backlog <= CAP,
@@ -226,7 +265,12 @@ fn a_connection_returns_to_the_redirect_once_ztunnel_caught_up_in_order() {
     // burst starts on the redirect again. Bytes on the TCP path overtaken by
     // redirected ones would change the hash.
     let server = mesh.server(7100).to_string();
-    let burst = (24u64 << 20).to_string();
+    let burst_bytes: u64 = 24 << 20;
+    assert!(
+        burst_bytes < SOCKMAP_BULK_DEFAULT,
+        "each burst stays on the shortcut"
+    );
+    let burst = burst_bytes.to_string();
     let line = mesh.client(
         &["bursts", &server, "3", &burst, "2500"],
         Duration::from_secs(120),
@@ -239,6 +283,8 @@ fn a_connection_returns_to_the_redirect_once_ztunnel_caught_up_in_order() {
         stats.to_tcp >= 2 && stats.to_redirect >= 2,
         "the connection went over to TCP and back, burst after burst: {stats:?}"
     );
+    // Each burst is below AMBIT_SOCKMAP_BULK_BYTES: the connection stayed on the shortcut.
+    assert_eq!(mesh.left_for_good(1), 0, "{stats:?}");
 }
 
 #[test]

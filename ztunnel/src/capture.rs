@@ -209,6 +209,9 @@ pub struct CaptureConfig {
     /// The most bytes an application may have sent over the shortcut that
     /// ztunnel has not read yet; past it, its sends take loopback TCP.
     pub shortcut_cap: u32,
+    /// A stream read this far without a pause while on TCP leaves the
+    /// shortcut for good (0: never; see [`ReadCounter`]).
+    pub shortcut_bulk: u64,
     /// Keep the shortcut on even when the kernel fails the start-up check of
     /// blocking sockmap reads (for testing the shortcut on such a kernel;
     /// applications may see the failure).
@@ -592,7 +595,12 @@ impl Capture {
         if !self.config.sockmap {
             return Ok(None);
         }
-        ShortcutReads::open(&self.config.pin_dir, self.config.shortcut_cap).map(Some)
+        ShortcutReads::open(
+            &self.config.pin_dir,
+            self.config.shortcut_cap,
+            self.config.shortcut_bulk,
+        )
+        .map(Some)
     }
 
     /// A handle on the original destinations of redirected connections, for the

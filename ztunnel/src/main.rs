@@ -349,7 +349,7 @@ async fn run_node(
     if sockmap {
         watch_tcp_pressure(&pin_dir, map_metrics.clone());
     }
-    let maps = watch_maps(pin_dir, map_metrics);
+    let maps = watch_maps(pin_dir, map_metrics, pods.shortcut_reads());
     let cni_socket = settings.cni_socket(settings.config_file.is_none());
     let mut cni_requests = start_cni(cni_socket.as_deref(), &registry.snapshot())?;
     let mut enrollments = Enrollments::default();
@@ -538,6 +538,7 @@ fn capture_config(settings: &Settings, node: &str, cgroups: NodeCgroups) -> Capt
         probe_cgroup: cgroups.probe,
         sockmap: settings.sockmap,
         shortcut_cap: settings.sockmap_cap,
+        shortcut_bulk: settings.sockmap_bulk,
         sockmap_ignore_read_check: settings.sockmap_ignore_read_check,
         outbound_port: settings::OUTBOUND_PORT,
         hbone_port: settings::HBONE_PORT,
@@ -689,6 +690,7 @@ fn claim_node(node: &str, ready: Readiness, probe_server: Option<tokio::task::Ab
 fn watch_maps(
     pin_dir: PathBuf,
     metrics: ztunnel::metrics::MapMetrics,
+    shortcut_reads: Option<capture::ShortcutReads>,
 ) -> Arc<arc_swap::ArcSwap<Vec<capture::MapOccupancy>>> {
     let view = Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new()));
     let published = view.clone();
@@ -716,6 +718,9 @@ fn watch_maps(
                         shortcut.tcp_bytes,
                         shortcut.to_tcp,
                         shortcut.to_redirect,
+                        shortcut_reads
+                            .as_ref()
+                            .map_or(0, capture::ShortcutReads::left_for_tcp),
                     ]);
                     published.store(Arc::new(maps));
                     failing = false;

@@ -329,7 +329,7 @@ pub struct MapMetrics {
     capacity: Family<MapLabel, Gauge>,
     shortcut_bytes: Family<ShortcutLabel, Counter>,
     shortcut_switches: Family<SwitchLabel, Counter>,
-    shortcut_seen: Arc<std::sync::Mutex<Option<[u64; 4]>>>,
+    shortcut_seen: Arc<std::sync::Mutex<Option<[u64; 5]>>>,
     tcp_pressure: Gauge,
 }
 
@@ -371,7 +371,8 @@ impl MapMetrics {
             "ambit_sockmap_switches",
             "Times a shortcut connection's sends switched path, by the path switched to \
              (tcp: ztunnel was the cap behind, or TCP memory was under pressure; \
-             redirect: ztunnel had read everything sent)",
+             redirect: ztunnel had read everything sent; off: a bulk transfer left the \
+             shortcut for good)",
             metrics.shortcut_switches.clone(),
         );
         registry.register(
@@ -382,11 +383,11 @@ impl MapMetrics {
         metrics
     }
 
-    /// Records the shortcut's counters as read from its map: bytes
-    /// redirected, bytes sent by TCP, switches to TCP and back. They are
-    /// totals since the map was created; the metrics count from this
-    /// ztunnel's first reading.
-    pub fn observe_shortcut(&self, now: [u64; 4]) {
+    /// Records the shortcut's counters: bytes redirected, bytes sent by
+    /// TCP, switches to TCP and back (totals since the map was created, read
+    /// from it), and bulk connections taken off the shortcut (this process's
+    /// count). The metrics count from this ztunnel's first reading.
+    pub fn observe_shortcut(&self, now: [u64; 5]) {
         let mut seen = self
             .shortcut_seen
             .lock()
@@ -400,7 +401,7 @@ impl MapMetrics {
                 .get_or_create(&ShortcutLabel { path })
                 .inc_by(grown(i));
         }
-        for (to, i) in [("tcp", 2), ("redirect", 3)] {
+        for (to, i) in [("tcp", 2), ("redirect", 3), ("off", 4)] {
             self.shortcut_switches
                 .get_or_create(&SwitchLabel { to })
                 .inc_by(grown(i));
@@ -678,8 +679,8 @@ spec: {portLevelMtls: {\"8080\": {mode: DISABLE}}}
         let mut metrics = Metrics::new();
         let maps = MapMetrics::register(metrics.registry_mut());
         // Totals a previous ztunnel left in the pinned map: the origin.
-        maps.observe_shortcut([100, 200, 3, 4]);
-        maps.observe_shortcut([150, 260, 5, 4]);
+        maps.observe_shortcut([100, 200, 3, 4, 0]);
+        maps.observe_shortcut([150, 260, 5, 4, 1]);
         assert_lines(
             &metrics.encode(),
             &[
@@ -687,6 +688,7 @@ spec: {portLevelMtls: {\"8080\": {mode: DISABLE}}}
                 "ambit_sockmap_bytes_total{path=\"tcp\"} 60",
                 "ambit_sockmap_switches_total{to=\"tcp\"} 2",
                 "ambit_sockmap_switches_total{to=\"redirect\"} 0",
+                "ambit_sockmap_switches_total{to=\"off\"} 1",
             ],
         );
     }

@@ -185,6 +185,15 @@ pub const SOCKMAP_CAP_ENV: &str = "AMBIT_SOCKMAP_CAP_BYTES";
 /// testing the shortcut on such a kernel: applications on it that block in a
 /// read may fail.
 pub const SOCKMAP_IGNORE_READ_CHECK_ENV: &str = "AMBIT_SOCKMAP_IGNORE_READ_CHECK";
+/// With the shortcut on, a connection that ztunnel has read this many bytes
+/// from without the socket ever reading dry, while its sends are on loopback
+/// TCP (its application the cap ahead), leaves the shortcut for good: its
+/// socket's sends and reads get the plain TCP path back, which for a bulk
+/// stream costs less than the sockmap's (bytes; 0: never).
+pub const SOCKMAP_BULK_ENV: &str = "AMBIT_SOCKMAP_BULK_BYTES";
+/// Default of [`SOCKMAP_BULK_ENV`]: 32 MiB, so bursts up to that size keep
+/// returning to the redirect between them.
+pub const SOCKMAP_BULK_DEFAULT: u64 = 32 * 1024 * 1024;
 /// Default of [`SOCKMAP_CAP_ENV`]: 1 MiB, four of the relay's largest reads.
 pub const SOCKMAP_CAP_DEFAULT: u32 = 1024 * 1024;
 /// The range [`SOCKMAP_CAP_ENV`] accepts: at least one of the kernel's largest
@@ -378,6 +387,8 @@ pub struct Settings {
     pub sockmap: bool,
     /// See [`SOCKMAP_CAP_ENV`].
     pub sockmap_cap: u32,
+    /// See [`SOCKMAP_BULK_ENV`] (0: never).
+    pub sockmap_bulk: u64,
     /// See [`SOCKMAP_IGNORE_READ_CHECK_ENV`].
     pub sockmap_ignore_read_check: bool,
     /// See [`HEAP_TRIM_ENV`] (default true).
@@ -423,6 +434,18 @@ impl Settings {
                     name: SOCKMAP_CAP_ENV,
                     value,
                     expected: "a number of bytes from 1048576 (1 MiB) to 67108864 (64 MiB)",
+                })?,
+        };
+        let sockmap_bulk = match var(SOCKMAP_BULK_ENV) {
+            None => SOCKMAP_BULK_DEFAULT,
+            Some(value) => value
+                .parse::<u64>()
+                .ok()
+                .filter(|bytes| *bytes == 0 || *bytes >= u64::from(*SOCKMAP_CAP_RANGE.start()))
+                .ok_or(Error::Invalid {
+                    name: SOCKMAP_BULK_ENV,
+                    value,
+                    expected: "0 (never) or a number of bytes of at least 1048576 (1 MiB)",
                 })?,
         };
         let sockmap_ignore_read_check = match var(SOCKMAP_IGNORE_READ_CHECK_ENV) {
@@ -491,6 +514,7 @@ impl Settings {
             },
             sockmap,
             sockmap_cap,
+            sockmap_bulk,
             sockmap_ignore_read_check,
             heap_trim,
             drain_timeout,
@@ -695,6 +719,7 @@ mod tests {
                 },
                 sockmap: false,
                 sockmap_cap: 1024 * 1024,
+                sockmap_bulk: SOCKMAP_BULK_DEFAULT,
                 sockmap_ignore_read_check: false,
                 heap_trim: true,
                 drain_timeout: Duration::from_secs(30),
@@ -723,6 +748,7 @@ mod tests {
             (PIN_DIR_ENV, "/sys/fs/bpf/test"),
             (SOCKMAP_ENV, "true"),
             (SOCKMAP_CAP_ENV, "4194304"),
+            (SOCKMAP_BULK_ENV, "0"),
             (SOCKMAP_IGNORE_READ_CHECK_ENV, "true"),
             (HEAP_TRIM_ENV, "false"),
             (DRAIN_TIMEOUT_ENV, "2.5"),
@@ -752,6 +778,20 @@ mod tests {
         );
         assert!(settings.sockmap);
         assert_eq!(settings.sockmap_cap, 4 * 1024 * 1024);
+        assert_eq!(
+            settings.sockmap_bulk, 0,
+            "0: bulk transfers stay on the shortcut"
+        );
+        assert_eq!(
+            Settings::from_env(&env(&[])).unwrap().sockmap_bulk,
+            SOCKMAP_BULK_DEFAULT
+        );
+        for bad in ["1", "1048575", "32MiB", "-1"] {
+            let error = Settings::from_env(&env(&[(SOCKMAP_BULK_ENV, bad)]))
+                .expect_err(bad)
+                .to_string();
+            assert!(error.contains(SOCKMAP_BULK_ENV), "{error}");
+        }
         assert!(settings.sockmap_ignore_read_check);
         for bad in ["0", "65536", "67108865", "1MiB", "-1"] {
             let error = Settings::from_env(&env(&[(SOCKMAP_CAP_ENV, bad)]))

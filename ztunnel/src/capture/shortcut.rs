@@ -11,7 +11,7 @@ use std::{
 use ambit_ebpf_common::{
     SETTINGS_SLOTS, Shortcut, SockKey, map_name, setting, shortcut_mode, shortcut_stat,
 };
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, SockHash};
 
 use super::{Error, NetnsCookie, map_error, mapped, pinned_map};
 
@@ -37,12 +37,23 @@ const BPF_EXIST: u64 = 2;
 pub const DRAINED_REPORT_MIN: u64 = 64 * 1024;
 
 /// ztunnel's reports of what it read from its shortcut sockets, which let the
-/// `sk_msg` program keep redirecting while ztunnel keeps up. Cheap to clone.
+/// `sk_msg` program keep redirecting while ztunnel keeps up, and the way a
+/// bulk connection leaves the shortcut for good. Cheap to clone.
 #[derive(Clone)]
 pub struct ShortcutReads {
     map: Arc<Mutex<HashMap<MapData, SockKey, u64>>>,
+    /// The connections' records (`SHORTCUTS`): which path their sends take.
+    records: Arc<HashMap<MapData, SockKey, Shortcut>>,
+    /// `LOOPBACK_SOCKS`, where a bulk connection's application socket is
+    /// removed from.
+    socks: Arc<Mutex<SockHash<MapData, SockKey>>>,
     /// Report after this many bytes read since the last report.
     every: u64,
+    /// A connection read this far without its socket reading dry, and on
+    /// TCP, is a bulk stream (see [`ReadCounter::leave_if_bulk`]); 0: never.
+    bulk: u64,
+    /// Bulk connections taken off the shortcut by this process.
+    left: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for ShortcutReads {
@@ -54,17 +65,30 @@ impl std::fmt::Debug for ShortcutReads {
 }
 
 impl ShortcutReads {
-    /// Opens the map pinned under `pin_dir`; `cap` is the shortcut's cap.
-    pub fn open(pin_dir: &Path, cap: u32) -> Result<Self, Error> {
+    /// Opens the maps pinned under `pin_dir`; `cap` is the shortcut's cap,
+    /// `bulk` the stream that leaves it (0: none does).
+    pub fn open(pin_dir: &Path, cap: u32, bulk: u64) -> Result<Self, Error> {
         let name = map_name::SHORTCUT_READS;
         let map = pinned_map(pin_dir, name, aya::maps::Map::LruHashMap)?;
+        let records = pinned_map(pin_dir, map_name::SHORTCUTS, aya::maps::Map::LruHashMap)?;
+        let socks = pinned_map(pin_dir, map_name::LOOPBACK_SOCKS, aya::maps::Map::SockHash)?;
         Ok(Self {
             map: Arc::new(Mutex::new(map)),
+            records: Arc::new(records),
+            socks: Arc::new(Mutex::new(socks)),
             // A quarter of the cap: one map update per 256 KiB read by
             // default, and the redirect goes on while ztunnel is within
             // three quarters of the cap.
             every: u64::from(cap / 4).max(1),
+            bulk,
+            left: Arc::default(),
         })
+    }
+
+    /// Bulk connections this process took off the shortcut (see
+    /// [`ReadCounter::leave_if_bulk`]).
+    pub fn left_for_tcp(&self) -> u64 {
+        self.left.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The counter of one accepted connection: `local` and `peer` are the
@@ -76,6 +100,7 @@ impl ShortcutReads {
             total: 0,
             reported: 0,
             since_drained: 0,
+            on_shortcut: self.bulk > 0,
         }
     }
 }
@@ -92,6 +117,8 @@ pub struct ReadCounter {
     reported: u64,
     /// Read since the socket was last read dry.
     since_drained: u64,
+    /// The application's socket may still be in the SockHash.
+    on_shortcut: bool,
 }
 
 impl ReadCounter {
@@ -126,7 +153,57 @@ impl ReadCounter {
         // Gone (the connection is closing, or the record was evicted): the
         // program then sends by TCP anyway.
         let _ = map.insert(self.key, self.total, BPF_EXIST);
+        drop(map);
         self.reported = self.total;
+        if self.on_shortcut && self.since_drained >= self.reads.bulk {
+            self.leave_if_bulk();
+        }
+    }
+
+    /// Takes a bulk connection off the shortcut for good: one read
+    /// the `bulk` bytes of [`ShortcutReads::open`] without a pause (the socket never read dry) whose sends
+    /// are on TCP (its application outran ztunnel by the cap). While its
+    /// socket is in the SockHash every send still goes through
+    /// `tcp_bpf_sendmsg` (a copy into an `sk_msg`, the program, then a push
+    /// to TCP) and every read of the application through `tcp_bpf_recvmsg`,
+    /// which together cost more than the loopback TCP path itself; out of it,
+    /// the socket has the plain TCP operations back (`sk_psock_drop` restores
+    /// its `sk_prot`). Byte order holds: from now on nothing is redirected,
+    /// and what was redirected before, still queued on ztunnel's socket, is
+    /// read before its TCP queue (`tcp_bpf_recvmsg`). Checked at each report
+    /// (every quarter of the cap) of such a stream, until it succeeds.
+    fn leave_if_bulk(&mut self) {
+        let mode = match self.reads.records.get(&self.key, 0) {
+            Ok(record) => record.mode,
+            // Closing (sockops removed the record) or evicted: the program
+            // sends by TCP without a record.
+            Err(MapError::KeyNotFound) => shortcut_mode::CLOSED,
+            Err(_) => return,
+        };
+        if mode != shortcut_mode::TCP {
+            if mode == shortcut_mode::CLOSED {
+                self.on_shortcut = false;
+            }
+            return;
+        }
+        let mut socks = self
+            .reads
+            .socks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match socks.remove(&self.key.peer()) {
+            Ok(()) => {
+                self.reads
+                    .left
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.on_shortcut = false;
+            }
+            // Already gone: the application's socket closed.
+            Err(MapError::KeyNotFound) => self.on_shortcut = false,
+            // Left on the shortcut, which stays correct; tried again at the
+            // next report.
+            Err(error) => tracing::debug!(%error, "cannot take a bulk connection off the shortcut"),
+        }
     }
 }
 
@@ -220,7 +297,7 @@ pub enum SockmapReads {
 /// read, and the peer then drains what it sent. It then checks that data
 /// and the end of the stream arrive as on TCP.
 pub fn probe_sockmap_reads(
-    socks: &mut aya::maps::SockHash<&mut MapData, SockKey>,
+    socks: &mut SockHash<&mut MapData, SockKey>,
     netns: NetnsCookie,
 ) -> std::io::Result<SockmapReads> {
     use std::{io::Read, io::Write, time::Duration};

@@ -230,6 +230,12 @@ impl std::fmt::Debug for PodManager {
 }
 
 impl PodManager {
+    /// With the sk_msg shortcut on: the reports of what ztunnel read, and its
+    /// count of bulk connections taken off the shortcut.
+    pub fn shortcut_reads(&self) -> Option<capture::ShortcutReads> {
+        self.inputs.shortcut_reads.clone()
+    }
+
     /// Takes over an attached capture.
     pub fn new(capture: Capture, config: PodManagerConfig, mesh: Arc<Mesh>) -> Result<Self, Error> {
         let inputs = Arc::new(ProxyInputs {
