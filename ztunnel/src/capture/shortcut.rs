@@ -100,7 +100,7 @@ impl ShortcutReads {
             total: 0,
             reported: 0,
             since_drained: 0,
-            on_shortcut: self.bulk > 0,
+            may_leave: self.bulk > 0,
         }
     }
 }
@@ -117,8 +117,9 @@ pub struct ReadCounter {
     reported: u64,
     /// Read since the socket was last read dry.
     since_drained: u64,
-    /// The application's socket may still be in the SockHash.
-    on_shortcut: bool,
+    /// The connection may still be taken off the shortcut: a bulk size is
+    /// set, and it has neither left nor closed.
+    may_leave: bool,
 }
 
 impl ReadCounter {
@@ -155,15 +156,15 @@ impl ReadCounter {
         let _ = map.insert(self.key, self.total, BPF_EXIST);
         drop(map);
         self.reported = self.total;
-        if self.on_shortcut && self.since_drained >= self.reads.bulk {
+        if self.may_leave && self.since_drained >= self.reads.bulk {
             self.leave_if_bulk();
         }
     }
 
-    /// Takes a bulk connection off the shortcut for good: one read
-    /// the `bulk` bytes of [`ShortcutReads::open`] without a pause (the socket never read dry) whose sends
-    /// are on TCP (its application outran ztunnel by the cap). While its
-    /// socket is in the SockHash every send still goes through
+    /// Takes a bulk connection off the shortcut for good: one read the `bulk`
+    /// bytes of [`ShortcutReads::open`] without a pause (the socket never
+    /// read dry) whose sends are on TCP (its application outran ztunnel by
+    /// the cap). While its socket is in the SockHash every send still goes through
     /// `tcp_bpf_sendmsg` (a copy into an `sk_msg`, the program, then a push
     /// to TCP) and every read of the application through `tcp_bpf_recvmsg`,
     /// which together cost more than the loopback TCP path itself; out of it,
@@ -182,7 +183,7 @@ impl ReadCounter {
         };
         if mode != shortcut_mode::TCP {
             if mode == shortcut_mode::CLOSED {
-                self.on_shortcut = false;
+                self.may_leave = false;
             }
             return;
         }
@@ -196,10 +197,10 @@ impl ReadCounter {
                 self.reads
                     .left
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.on_shortcut = false;
+                self.may_leave = false;
             }
             // Already gone: the application's socket closed.
-            Err(MapError::KeyNotFound) => self.on_shortcut = false,
+            Err(MapError::KeyNotFound) => self.may_leave = false,
             // Left on the shortcut, which stays correct; tried again at the
             // next report.
             Err(error) => tracing::debug!(%error, "cannot take a bulk connection off the shortcut"),
