@@ -421,6 +421,27 @@ pub fn binary_dir() -> PathBuf {
     }
 }
 
+/// The exposition of `node`'s ztunnel metrics endpoint (`127.0.0.1:15020` in
+/// the node's network namespace).
+pub fn node_metrics(bed: &Testbed, node: &str) -> String {
+    let mut cmd = bed.node_command(node, "curl");
+    cmd.args(["-sf", "http://127.0.0.1:15020/metrics"]);
+    let out = bed
+        .run(cmd, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("ztunnel {node}'s metrics endpoint answers: {e}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of `series` (the name and its labels) in `node`'s ztunnel
+/// metrics, 0 when the series does not exist.
+pub fn node_metric(bed: &Testbed, node: &str, series: &str) -> u64 {
+    let series = format!("{series} ");
+    node_metrics(bed, node)
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |v| v.trim().parse().expect("a number"))
+}
+
 /// Starts `ambit-testbin <mode> <listen>` (echo or sink) in `pod` and waits until
 /// it listens.
 pub fn start_server(bed: &Testbed, pod: &str, mode: &str, listen: &str) -> Process {

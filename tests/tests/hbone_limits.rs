@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use ambit_tests::{
     Testbed,
-    mesh::{MeshConfig, Ztunnel, ZtunnelOptions, send, start_server},
+    mesh::{MeshConfig, Ztunnel, ZtunnelOptions, node_metric, send, start_server},
     privileged,
     testbed::Process,
 };
@@ -257,25 +257,10 @@ fn http_value_of(n: usize) -> hyper::header::HeaderValue {
     hyper::header::HeaderValue::from_maybe_shared(Bytes::from(vec![b'a'; n])).expect("a value")
 }
 
-/// The value of `series` (the name and its labels) in `node`'s ztunnel
-/// metrics, 0 when the series does not exist.
-fn metric(bed: &Testbed, node: &str, series: &str) -> u64 {
-    let mut cmd = bed.node_command(node, "curl");
-    cmd.args(["-sf", "http://127.0.0.1:15020/metrics"]);
-    let out = bed
-        .run(cmd, Duration::from_secs(10))
-        .expect("the metrics endpoint answers");
-    let series = format!("{series} ");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .map_or(0, |v| v.trim().parse().expect("a number"))
-}
-
 /// The value of `ambit_hbone_rejections_total{reason}` in `node`'s ztunnel
 /// metrics, 0 when the series does not exist.
 fn rejections(bed: &Testbed, node: &str, reason: &str) -> u64 {
-    metric(
+    node_metric(
         bed,
         node,
         &format!("ambit_hbone_rejections_total{{reason=\"{reason}\"}}"),
@@ -450,12 +435,12 @@ async fn a_peer_that_opens_streams_and_never_reads_holds_only_its_connections_se
     tokio::time::sleep(Duration::from_secs(4)).await;
     attack.assert_polite_served("while-stuck");
     // What the metrics show meanwhile: the budget held, and the waits.
-    let queued = metric(bed, "b", "ambit_hbone_send_queued_bytes");
+    let queued = node_metric(bed, "b", "ambit_hbone_send_queued_bytes");
     assert!(
         (8 << 20..=16 << 20).contains(&queued),
         "ambit_hbone_send_queued_bytes {queued}: about the 16 MiB budget"
     );
-    assert!(metric(bed, "b", "ambit_hbone_send_budget_waits_total") > 0);
+    assert!(node_metric(bed, "b", "ambit_hbone_send_budget_waits_total") > 0);
     let after = vm_hwm_kib(zt_b.pid());
     let grown = after.saturating_sub(before);
     eprintln!("ztunnel b's peak RSS grew {grown} KiB for 100 streams never read");

@@ -11,7 +11,8 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 use ambit_tests::{
     Testbed,
     mesh::{
-        MeshConfig, Ztunnel, ZtunnelOptions, client_and_server, send, start_server, testbin_binary,
+        MeshConfig, Ztunnel, ZtunnelOptions, client_and_server, node_metrics, send, start_server,
+        testbin_binary,
     },
     privileged,
 };
@@ -22,10 +23,7 @@ const SERVER: &str = "spiffe://cluster.local/ns/demo/sa/server";
 
 /// The samples of one scrape of `node`'s ztunnel, parsed.
 fn scrape(bed: &Testbed, node: &str) -> Vec<prometheus_parse::Sample> {
-    let mut cmd = bed.node_command(node, "curl");
-    cmd.args(["-sf", "http://127.0.0.1:15020/metrics"]);
-    let out = bed.run(cmd, WAIT).expect("the metrics endpoint answers");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = node_metrics(bed, node);
     let lines = text.lines().map(|l| Ok(l.to_owned()));
     prometheus_parse::Scrape::parse(lines)
         .unwrap_or_else(|e| panic!("the exposition does not parse: {e}\n{text}"))

@@ -14,7 +14,7 @@ use std::{
 
 use ambit_tests::{
     Testbed,
-    mesh::{Ztunnel, ZtunnelOptions, client_and_server, start_server},
+    mesh::{Ztunnel, ZtunnelOptions, client_and_server, node_metric, start_server},
     privileged,
 };
 use ztunnel::{
@@ -106,20 +106,10 @@ impl Mesh {
     /// `want`, or as it stands after the metrics' next two readings of the
     /// maps.
     fn left_for_good(&self, want: u64) -> u64 {
-        let series = "ambit_sockmap_switches_total{to=\"off\"} ";
+        let series = "ambit_sockmap_switches_total{to=\"off\"}";
         let mut count = 0;
         for _ in 0..24 {
-            let mut cmd = self.bed.node_command("a", "curl");
-            cmd.args(["-sf", "http://127.0.0.1:15020/metrics"]);
-            let out = self
-                .bed
-                .run(cmd, Duration::from_secs(10))
-                .expect("ztunnel a's metrics answer");
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            count = text
-                .lines()
-                .find_map(|l| l.strip_prefix(series))
-                .map_or(0, |v| v.trim().parse().expect("a count"));
+            count = node_metric(&self.bed, "a", series);
             if count >= want {
                 break;
             }
@@ -223,9 +213,10 @@ fn bulk_transfers_arrive_intact_and_a_slow_reader_bounds_the_queue() {
         slow.tcp_bytes > fast.tcp_bytes,
         "TCP carried part of it: {fast:?} -> {slow:?}"
     );
-    // Its sender stayed ahead for more than AMBIT_SOCKMAP_BULK_BYTES without a pause: the
-    // connection left the shortcut for good, and what it sent after that
-    // (out of the SockHash, unseen by the program) still arrived in order.
+    // Its sender stayed ahead for more than AMBIT_SOCKMAP_BULK_BYTES without
+    // a pause: the connection left the shortcut for good, and what it sent
+    // after that (out of the SockHash, unseen by the program) still arrived
+    // in order.
     assert_eq!(mesh.left_for_good(1), 1, "{slow:?}");
     let seen = (slow.redirected_bytes + slow.tcp_bytes) - (fast.redirected_bytes + fast.tcp_bytes);
     assert!(
@@ -283,7 +274,8 @@ fn a_connection_returns_to_the_redirect_once_ztunnel_caught_up_in_order() {
         stats.to_tcp >= 2 && stats.to_redirect >= 2,
         "the connection went over to TCP and back, burst after burst: {stats:?}"
     );
-    // Each burst is below AMBIT_SOCKMAP_BULK_BYTES: the connection stayed on the shortcut.
+    // Each burst is below AMBIT_SOCKMAP_BULK_BYTES: the connection stayed on
+    // the shortcut.
     assert_eq!(mesh.left_for_good(1), 0, "{stats:?}");
 }
 

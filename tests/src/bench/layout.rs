@@ -8,10 +8,11 @@
 //! then idle time; once with the loopback shortcut on, once with it off.
 //! Callgrind's profile names every function that ran; the script places
 //! those the binary defines first, hottest first (by instructions executed),
-//! in an output section of their own before `.text`. A function whose every instance ran is matched without
-//! the hash that Rust's legacy mangling appends (`17h<16 hex digits>E`): it
-//! changes with the features a dependency is built with, which differ between
-//! `cargo build -p ztunnel` and a workspace build. Others are named whole.
+//! in an output section of their own before `.text`. A function whose every
+//! instance ran is matched without the hash that Rust's legacy mangling
+//! appends (`17h<16 hex digits>E`): it changes with the features a
+//! dependency is built with, which differ between `cargo build -p ztunnel`
+//! and a workspace build. Others are named whole.
 
 use std::{
     collections::{HashMap, HashSet},

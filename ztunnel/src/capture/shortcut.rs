@@ -164,12 +164,12 @@ impl ReadCounter {
     /// Takes a bulk connection off the shortcut for good: one read the `bulk`
     /// bytes of [`ShortcutReads::open`] without a pause (the socket never
     /// read dry) whose sends are on TCP (its application outran ztunnel by
-    /// the cap). While its socket is in the SockHash every send still goes through
-    /// `tcp_bpf_sendmsg` (a copy into an `sk_msg`, the program, then a push
-    /// to TCP) and every read of the application through `tcp_bpf_recvmsg`,
-    /// which together cost more than the loopback TCP path itself; out of it,
-    /// the socket has the plain TCP operations back (`sk_psock_drop` restores
-    /// its `sk_prot`). Byte order holds: from now on nothing is redirected,
+    /// the cap). While its socket is in the SockHash every send still goes
+    /// through `tcp_bpf_sendmsg` (a copy into an `sk_msg`, the program, then
+    /// a push to TCP) and every read of the application through
+    /// `tcp_bpf_recvmsg`, which together cost more than the loopback TCP path
+    /// itself; out of it, the socket has the plain TCP operations back
+    /// (`sk_psock_drop` restores its `sk_prot`). Byte order holds: from now on nothing is redirected,
     /// and what was redirected before, still queued on ztunnel's socket, is
     /// read before its TCP queue (`tcp_bpf_recvmsg`). Checked at each report
     /// (every quarter of the cap) of such a stream, until it succeeds.
