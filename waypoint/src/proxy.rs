@@ -404,7 +404,7 @@ impl Waypoint {
         let destination = &downstream.destination;
         let Some(policies) = self.policies_for(destination) else {
             tracing::warn!(dst.addr = %destination.addr, "connection refused: this waypoint's Gateway is not in the configuration");
-            ztunnel::relay::Abort::abort(&mut io);
+            ztunnel::relay::Side::abort(&mut io);
             return;
         };
         let decision = policies.authorization.evaluate(&Attributes::connection(
@@ -443,7 +443,7 @@ impl Waypoint {
                 policy = %decision.reason,
                 "connection denied"
             );
-            ztunnel::relay::Abort::abort(&mut io);
+            ztunnel::relay::Side::abort(&mut io);
             return;
         }
         let started = std::time::Instant::now();

@@ -8,6 +8,12 @@
 //! altogether once the connection has been quiet for [`SHRINK_AFTER`]: an idle
 //! connection holds no relay buffer. A connection idle for longer than the idle
 //! timeout is closed, so a stuck or vanished peer cannot hold anything forever.
+//!
+//! Bytes are not copied in user space where a side keeps its data as [`Bytes`]
+//! (an HBONE tunnel, see [`Side::chunks`]): what is read from a socket is
+//! handed to the tunnel as it lies in the read buffer, and what a tunnel
+//! received is written to the socket from where HTTP/2 put it. Only the
+//! kernel copies, into and out of the sockets.
 
 use std::{
     future::poll_fn,
@@ -17,8 +23,9 @@ use std::{
     time::Duration,
 };
 
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncWrite},
     time::{Instant, Sleep},
 };
 
@@ -41,23 +48,48 @@ pub const MAX_BUFFER: usize = 256 * 1024;
 /// Quiet time after which both directions release their buffers.
 pub const SHRINK_AFTER: Duration = Duration::from_secs(1);
 
-/// A side of a relay that can be ended abruptly, so that its peer sees a
-/// reset rather than an orderly end of stream.
-pub trait Abort {
+/// A side of a relay: it can be ended abruptly, so that its peer sees a reset
+/// rather than an orderly end of stream, and it may move its data as owned
+/// chunks rather than through copies.
+pub trait Side {
     /// Makes the coming close a reset.
     fn abort(&mut self);
+
+    /// The side's own chunks, when it keeps what it receives and what it sends
+    /// as [`Bytes`] (an HBONE tunnel): the relay then takes and gives chunks
+    /// instead of reading and writing copies. `None` (the default): reads and
+    /// writes through `AsyncRead` and `AsyncWrite`.
+    fn chunks(&mut self) -> Option<&mut dyn Chunks> {
+        None
+    }
 }
 
-impl Abort for tokio::net::TcpStream {
+/// Data moved as owned chunks, without a copy (see [`Side::chunks`]).
+pub trait Chunks {
+    /// The next received bytes, taken as they are held; `None` at the
+    /// orderly end of the stream. They count as consumed (a flow-controlled
+    /// peer may send as much more).
+    fn poll_take(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>>;
+
+    /// Queues a front part of `data` (at least a byte, once ready) to be
+    /// sent, taking it off `data`.
+    fn poll_give(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<()>>;
+}
+
+impl Side for tokio::net::TcpStream {
     fn abort(&mut self) {
         // Closing with a zero linger time sends RST.
         let _ = socket2::SockRef::from(&*self).set_linger(Some(Duration::ZERO));
     }
 }
 
-impl Abort for crate::hbone::client::Tunnel {
+impl Side for crate::hbone::client::Tunnel {
     fn abort(&mut self) {
         self.reset();
+    }
+
+    fn chunks(&mut self) -> Option<&mut dyn Chunks> {
+        Some(self)
     }
 }
 
@@ -86,8 +118,8 @@ impl Meter for NoMeter {
 /// off as complete.
 pub async fn relay<A, B>(a: &mut A, b: &mut B, idle: Duration) -> Result<(u64, u64), RelayError>
 where
-    A: AsyncRead + AsyncWrite + Abort + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Abort + Unpin + ?Sized,
+    A: AsyncRead + AsyncWrite + Side + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Side + Unpin + ?Sized,
 {
     relay_metered(a, b, idle, &NoMeter).await
 }
@@ -100,8 +132,8 @@ pub async fn relay_metered<A, B>(
     meter: &dyn Meter,
 ) -> Result<(u64, u64), RelayError>
 where
-    A: AsyncRead + AsyncWrite + Abort + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Abort + Unpin + ?Sized,
+    A: AsyncRead + AsyncWrite + Side + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Side + Unpin + ?Sized,
 {
     let result = copy_both_ways(a, b, idle, meter).await;
     if let Err(RelayError::Io(_)) = &result {
@@ -118,8 +150,8 @@ async fn copy_both_ways<A, B>(
     meter: &dyn Meter,
 ) -> Result<(u64, u64), RelayError>
 where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    A: AsyncRead + AsyncWrite + Side + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Side + Unpin + ?Sized,
 {
     let mut a_to_b = Direction::default();
     let mut b_to_a = Direction::default();
@@ -218,17 +250,20 @@ impl Timers<'_> {
     }
 }
 
-/// One direction: read into the buffer, write it all out, repeat; at the
-/// reader's end of stream, flush and shut the writer down.
+/// One direction: read a chunk, write it all out, repeat; at the reader's
+/// end of stream, flush and shut the writer down.
 #[derive(Debug)]
 struct Direction {
-    /// Empty while released.
-    buf: Vec<u8>,
-    /// The size the next allocation gets.
+    /// Where reads from a copying reader land; empty while released.
+    buf: BytesMut,
+    /// The size of the buffer's allocation, as far as reads use it (0 while
+    /// released).
+    allocated: usize,
+    /// The size of the next read.
     size: usize,
-    /// `buf[pos..cap]` is read but not yet written.
-    pos: usize,
-    cap: usize,
+    /// Read and not yet written: a part of `buf`, or a chunk taken from the
+    /// reader.
+    pending: Bytes,
     read_done: bool,
     need_flush: bool,
     done: bool,
@@ -241,10 +276,10 @@ struct Direction {
 impl Default for Direction {
     fn default() -> Self {
         Self {
-            buf: Vec::new(),
+            buf: BytesMut::new(),
+            allocated: 0,
             size: MIN_BUFFER,
-            pos: 0,
-            cap: 0,
+            pending: Bytes::new(),
             read_done: false,
             need_flush: false,
             done: false,
@@ -262,19 +297,19 @@ impl Direction {
         writer: &mut W,
     ) -> Poll<io::Result<u64>>
     where
-        R: AsyncRead + Unpin + ?Sized,
-        W: AsyncWrite + Unpin + ?Sized,
+        R: AsyncRead + Side + Unpin + ?Sized,
+        W: AsyncWrite + Side + Unpin + ?Sized,
     {
         loop {
             if self.done {
                 return Poll::Ready(Ok(self.amount));
             }
-            if self.pos == self.cap && !self.read_done {
-                if self.buf.len() != self.size {
-                    self.buf = vec![0; self.size];
-                }
-                let mut read = ReadBuf::new(&mut self.buf);
-                match Pin::new(&mut *reader).poll_read(cx, &mut read) {
+            if self.pending.is_empty() && !self.read_done {
+                // Let go of the last chunk, so that the buffer it came from
+                // can be reused once the writer let go of it too.
+                self.pending = Bytes::new();
+                let give = writer.chunks().is_some();
+                match self.poll_read(cx, reader, give) {
                     Poll::Pending => {
                         // Nothing to read now: push out what was written.
                         if self.need_flush {
@@ -283,34 +318,25 @@ impl Direction {
                         }
                         return Poll::Pending;
                     }
-                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-                    Poll::Ready(Ok(())) => {
-                        let n = read.filled().len();
-                        if n == 0 {
-                            self.read_done = true;
-                        } else {
-                            self.moved = true;
-                            if n == self.buf.len() {
-                                // A full read: more is waiting; read more at once.
-                                self.size = (self.size * 2).min(MAX_BUFFER);
-                            }
-                            self.pos = 0;
-                            self.cap = n;
-                        }
-                    }
+                    Poll::Ready(result) => result?,
                 }
             }
-            while self.pos < self.cap {
-                let n =
-                    ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.cap]))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "the receiving side accepts no more bytes",
-                    )));
+            while !self.pending.is_empty() {
+                let before = self.pending.len();
+                match writer.chunks() {
+                    Some(chunks) => ready!(chunks.poll_give(cx, &mut self.pending))?,
+                    None => {
+                        let n = ready!(Pin::new(&mut *writer).poll_write(cx, &self.pending))?;
+                        if n == 0 {
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::WriteZero,
+                                "the receiving side accepts no more bytes",
+                            )));
+                        }
+                        self.pending.advance(n);
+                    }
                 }
-                self.pos += n;
-                self.amount += n as u64;
+                self.amount += (before - self.pending.len()) as u64;
                 self.need_flush = true;
                 self.moved = true;
             }
@@ -318,9 +344,74 @@ impl Direction {
                 ready!(Pin::new(&mut *writer).poll_flush(cx))?;
                 ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
                 self.done = true;
-                self.buf = Vec::new();
+                self.pending = Bytes::new();
+                self.buf = BytesMut::new();
+                self.allocated = 0;
             }
         }
+    }
+
+    /// Reads the next chunk into `pending`, or notes the end of stream.
+    /// `give`: the chunk will be given to a writer that keeps it (queued for
+    /// a peer) rather than written out at once.
+    fn poll_read<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        give: bool,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Side + Unpin + ?Sized,
+    {
+        if let Some(chunks) = reader.chunks() {
+            match ready!(chunks.poll_take(cx))? {
+                Some(chunk) => {
+                    self.moved = true;
+                    self.pending = chunk;
+                }
+                None => self.read_done = true,
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if self.buf.capacity() < self.size {
+            if self.allocated < self.size {
+                // Growing: a new buffer of the new size.
+                self.buf = BytesMut::with_capacity(self.size);
+            } else {
+                // Reuses the allocation when nothing else holds a part of
+                // it any more; otherwise (a writer still holds chunks of
+                // it) a new one.
+                self.buf.reserve(self.size);
+            }
+            self.allocated = self.buf.capacity();
+        }
+        let mut room = (&mut self.buf).limit(self.size);
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut *reader),
+            cx,
+            &mut room
+        ))?;
+        if n == 0 {
+            self.read_done = true;
+        } else {
+            self.moved = true;
+            self.pending = if give && n < self.size / 2 {
+                // A small read given away is copied: its chunk, kept until
+                // the peer takes it, would otherwise keep the whole buffer
+                // (up to `size / n` times its bytes; queued chunks are
+                // budgeted by their bytes). This buffer is reused.
+                let copy = Bytes::copy_from_slice(&self.buf);
+                self.buf.clear();
+                copy
+            } else {
+                self.buf.split().freeze()
+            };
+            if n == self.size {
+                // A full read: more is waiting; read more at once.
+                self.size = (self.size * 2).min(MAX_BUFFER);
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn take_moved(&mut self) -> bool {
@@ -330,8 +421,10 @@ impl Direction {
     /// Frees the buffer when it holds nothing unwritten; the next read starts
     /// small again.
     fn release(&mut self) {
-        if self.pos == self.cap {
-            self.buf = Vec::new();
+        if self.pending.is_empty() {
+            self.pending = Bytes::new();
+            self.buf = BytesMut::new();
+            self.allocated = 0;
             self.size = MIN_BUFFER;
         }
     }
@@ -339,7 +432,7 @@ impl Direction {
     /// Bytes of buffer held now.
     #[cfg(test)]
     fn held(&self) -> usize {
-        self.buf.capacity()
+        self.allocated
     }
 }
 
@@ -349,7 +442,7 @@ mod tests {
 
     use super::*;
 
-    impl Abort for DuplexStream {
+    impl Side for DuplexStream {
         fn abort(&mut self) {}
     }
 
@@ -497,6 +590,97 @@ mod tests {
         );
         tokio::time::advance(SHRINK_AFTER * 2).await;
         assert_eq!(step(&mut a, &mut b), 0, "and released again");
+    }
+
+    /// A side that keeps every chunk given to it, as HTTP/2 keeps queued
+    /// data until its peer takes it.
+    #[derive(Default)]
+    struct Keeper {
+        kept: Vec<Bytes>,
+    }
+
+    impl Chunks for Keeper {
+        fn poll_take(&mut self, _: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+            Poll::Pending
+        }
+
+        fn poll_give(&mut self, _: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<()>> {
+            self.kept.push(std::mem::take(data));
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl Side for Keeper {
+        fn abort(&mut self) {}
+
+        fn chunks(&mut self) -> Option<&mut dyn Chunks> {
+            Some(self)
+        }
+    }
+
+    impl AsyncRead for Keeper {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Keeper {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            unreachable!("a side with chunks is given chunks, never written to")
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn full_reads_are_given_as_read_and_small_ones_keep_only_their_bytes() {
+        let (mut client, mut a) = duplex(MAX_BUFFER);
+        let mut keeper = Keeper::default();
+        let mut direction = Direction::default();
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        // Full reads: the buffer grows, each read is given whole.
+        let mut size = MIN_BUFFER;
+        while size <= MAX_BUFFER {
+            client.write_all(&vec![1u8; size]).await.unwrap();
+            let _ = direction.poll_copy(&mut cx, &mut a, &mut keeper);
+            size *= 2;
+        }
+        let sizes: Vec<usize> = keeper.kept.iter().map(Bytes::len).collect();
+        let grown: Vec<usize> = (0..sizes.len()).map(|i| MIN_BUFFER << i).collect();
+        assert_eq!(sizes, grown, "one chunk per read, as large as the read");
+        // Small reads from the large buffer: each chunk kept is a copy of
+        // its own, so what the keeper holds is its bytes, not buffers.
+        keeper.kept.clear();
+        for byte in 0..4u8 {
+            client.write_all(&[byte]).await.unwrap();
+            let _ = direction.poll_copy(&mut cx, &mut a, &mut keeper);
+        }
+        assert_eq!(keeper.kept.len(), 4);
+        for (i, chunk) in keeper.kept.drain(..).enumerate() {
+            assert_eq!(chunk[..], [i as u8], "the bytes, in order");
+            // What the chunk keeps alive: its own allocation.
+            let alive = chunk
+                .try_into_mut()
+                .unwrap_or_else(|_| panic!("chunk {i} shares its memory"))
+                .capacity();
+            assert!(alive < 64, "chunk {i} keeps {alive} bytes alive for 1");
+        }
+        assert_eq!(direction.held(), MAX_BUFFER, "the buffer is kept for reuse");
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ use std::{
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use ztunnel::relay::Abort;
+use ztunnel::relay::Side;
 
 /// `inner` with `prefix` put back in front of what it yields.
 #[derive(Debug)]
@@ -59,7 +59,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
     }
 }
 
-impl<T: Abort> Abort for Prefixed<T> {
+impl<T: Side> Side for Prefixed<T> {
     fn abort(&mut self) {
         self.inner.abort();
     }

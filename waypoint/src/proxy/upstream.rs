@@ -30,7 +30,7 @@ use hyper::{
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use ztunnel::{identity::Identity, relay::Abort};
+use ztunnel::{identity::Identity, relay::Side};
 
 /// Idle HTTP/1.1 connections kept per key.
 pub const MAX_IDLE_HTTP1: usize = 32;
@@ -78,15 +78,19 @@ pub struct Key {
 }
 
 /// A byte stream to an endpoint.
-pub trait Io: AsyncRead + AsyncWrite + Abort + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Abort + Send + Unpin + 'static> Io for T {}
+pub trait Io: AsyncRead + AsyncWrite + Side + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Side + Send + Unpin + 'static> Io for T {}
 
 /// A connection to an endpoint, boxed.
 pub type BoxIo = Box<dyn Io>;
 
-impl Abort for BoxIo {
+impl Side for BoxIo {
     fn abort(&mut self) {
         (**self).abort();
+    }
+
+    fn chunks(&mut self) -> Option<&mut dyn ztunnel::relay::Chunks> {
+        (**self).chunks()
     }
 }
 

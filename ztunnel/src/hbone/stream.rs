@@ -35,8 +35,8 @@ use tokio::{
 };
 use tokio_util::sync::PollSemaphore;
 
-/// The most one write hands to HTTP/2 at once (it is copied into a frame
-/// buffer; larger writes are taken in several calls).
+/// The most one write (or one chunk given by the relay) hands to HTTP/2 at
+/// once; larger ones are taken in several calls.
 const MAX_WRITE: usize = 256 * 1024;
 
 /// Bytes queued in HTTP/2 for HBONE peers now, every connection of the
@@ -246,6 +246,90 @@ impl AsyncRead for Tunnel {
     }
 }
 
+impl Tunnel {
+    /// Room for a write of `len` bytes (at most [`MAX_WRITE`]): the stream's
+    /// flow-control capacity and its share of the connection's budget, for
+    /// the returned number of bytes (at least one).
+    fn poll_room(
+        &mut self,
+        cx: &mut Context<'_>,
+        len: usize,
+    ) -> Poll<io::Result<(usize, OwnedSemaphorePermit)>> {
+        if let Poll::Ready(reset) = self.send.poll_reset(cx) {
+            return Poll::Ready(Err(match reset {
+                Ok(reason) => stream_error(h2::Error::from(reason)),
+                Err(error) => stream_error(error),
+            }));
+        }
+        let want = len.min(MAX_WRITE);
+        self.send.reserve_capacity(want);
+        let mut capacity = self.send.capacity();
+        while capacity == 0 {
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(n)) => capacity = n,
+                Some(Err(error)) => return Poll::Ready(Err(stream_error(error))),
+                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            }
+        }
+        // At most MAX_WRITE: never more than the whole budget.
+        let n = capacity.min(want);
+        // The stream's capacity stays reserved while the budget is awaited.
+        match self.budget.poll_acquire_many(cx, n as u32) {
+            Poll::Ready(Some(share)) => {
+                self.waiting = false;
+                Poll::Ready(Ok((n, share)))
+            }
+            Poll::Ready(None) => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            Poll::Pending => {
+                if !self.waiting {
+                    self.waiting = true;
+                    SEND_BUDGET_WAITS.inc();
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Hands `data` to HTTP/2 as a DATA frame's payload.
+    fn queue(&mut self, data: Bytes, share: OwnedSemaphorePermit) -> io::Result<()> {
+        self.send
+            .send_data(Chunk::budgeted(data, share), false)
+            .map_err(stream_error)
+    }
+}
+
+/// The relay's way in (see [`crate::relay::Side::chunks`]): what HTTP/2
+/// received is taken as it lies in its read buffer, and what the relay read
+/// from a socket becomes a DATA frame's payload without a copy.
+impl crate::relay::Chunks for Tunnel {
+    fn poll_take(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        let chunk = if self.pending.is_empty() {
+            loop {
+                match ready!(self.recv.poll_data(cx)) {
+                    None => return Poll::Ready(Ok(None)),
+                    Some(Ok(data)) if data.is_empty() => {}
+                    Some(Ok(data)) => break data,
+                    Some(Err(error)) => return Poll::Ready(Err(stream_error(error))),
+                }
+            }
+        } else {
+            std::mem::take(&mut self.pending)
+        };
+        // Taken: the peer may send that much more.
+        let _ = self.recv.flow_control().release_capacity(chunk.len());
+        Poll::Ready(Ok(Some(chunk)))
+    }
+
+    fn poll_give(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<()>> {
+        if data.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        let (n, share) = ready!(self.poll_room(cx, data.len()))?;
+        self.queue(data.split_to(n), share)?;
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl AsyncWrite for Tunnel {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -255,42 +339,8 @@ impl AsyncWrite for Tunnel {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let this = &mut *self;
-        if let Poll::Ready(reset) = this.send.poll_reset(cx) {
-            return Poll::Ready(Err(match reset {
-                Ok(reason) => stream_error(h2::Error::from(reason)),
-                Err(error) => stream_error(error),
-            }));
-        }
-        let want = buf.len().min(MAX_WRITE);
-        this.send.reserve_capacity(want);
-        let mut capacity = this.send.capacity();
-        while capacity == 0 {
-            match ready!(this.send.poll_capacity(cx)) {
-                Some(Ok(n)) => capacity = n,
-                Some(Err(error)) => return Poll::Ready(Err(stream_error(error))),
-                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-            }
-        }
-        // At most MAX_WRITE: never more than the whole budget.
-        let n = capacity.min(want);
-        // The stream's capacity stays reserved while the budget is awaited.
-        let share = match this.budget.poll_acquire_many(cx, n as u32) {
-            Poll::Ready(Some(share)) => {
-                this.waiting = false;
-                share
-            }
-            Poll::Ready(None) => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-            Poll::Pending => {
-                if !this.waiting {
-                    this.waiting = true;
-                    SEND_BUDGET_WAITS.inc();
-                }
-                return Poll::Pending;
-            }
-        };
-        let chunk = Chunk::budgeted(Bytes::copy_from_slice(&buf[..n]), share);
-        this.send.send_data(chunk, false).map_err(stream_error)?;
+        let (n, share) = ready!(self.poll_room(cx, buf.len()))?;
+        self.queue(Bytes::copy_from_slice(&buf[..n]), share)?;
         Poll::Ready(Ok(n))
     }
 

@@ -229,7 +229,7 @@ impl tokio::io::AsyncWrite for CountedReads {
     }
 }
 
-impl crate::relay::Abort for CountedReads {
+impl crate::relay::Side for CountedReads {
     fn abort(&mut self) {
         self.inner.abort();
     }
