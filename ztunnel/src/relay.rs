@@ -367,7 +367,14 @@ impl Direction {
             match ready!(chunks.poll_take(cx))? {
                 Some(chunk) => {
                     self.moved = true;
-                    self.pending = chunk;
+                    // Passed on to a writer that keeps it, a small chunk is
+                    // copied, as a small read is: it may be a slice of a
+                    // much larger buffer of the reader's.
+                    self.pending = if give && chunk.len() < MAX_BUFFER / 2 {
+                        Bytes::copy_from_slice(&chunk)
+                    } else {
+                        chunk
+                    };
                 }
                 None => self.read_done = true,
             }
@@ -681,6 +688,93 @@ mod tests {
             assert!(alive < 64, "chunk {i} keeps {alive} bytes alive for 1");
         }
         assert_eq!(direction.held(), MAX_BUFFER, "the buffer is kept for reuse");
+    }
+
+    /// A side whose received chunks are slices of one large buffer, as
+    /// HTTP/2's DATA payloads are slices of its read buffer.
+    struct Slices {
+        buffer: Bytes,
+        sizes: Vec<usize>,
+    }
+
+    impl Chunks for Slices {
+        fn poll_take(&mut self, _: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+            if self.sizes.is_empty() {
+                return Poll::Pending;
+            }
+            let n = self.sizes.remove(0);
+            Poll::Ready(Ok(Some(self.buffer.split_to(n))))
+        }
+
+        fn poll_give(&mut self, _: &mut Context<'_>, _: &mut Bytes) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl Side for Slices {
+        fn abort(&mut self) {}
+
+        fn chunks(&mut self) -> Option<&mut dyn Chunks> {
+            Some(self)
+        }
+    }
+
+    impl AsyncRead for Slices {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            unreachable!("a side with chunks is taken from, never read")
+        }
+    }
+
+    impl AsyncWrite for Slices {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Pending
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn chunks_passed_between_keeping_sides_are_copied_only_when_small() {
+        let buffer = Bytes::from(vec![9u8; 4 * MAX_BUFFER]);
+        let start = buffer.as_ptr();
+        let mut source = Slices {
+            buffer,
+            sizes: vec![MAX_BUFFER, 10],
+        };
+        let mut keeper = Keeper::default();
+        let mut direction = Direction::default();
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let _ = direction.poll_copy(&mut cx, &mut source, &mut keeper);
+        assert_eq!(keeper.kept.len(), 2);
+        let large = keeper.kept.remove(0);
+        assert_eq!(large.len(), MAX_BUFFER);
+        assert_eq!(large.as_ptr(), start, "a large chunk is passed on as it is");
+        drop(source);
+        let small = keeper.kept.remove(0);
+        assert_eq!(small[..], [9u8; 10]);
+        let alive = small
+            .try_into_mut()
+            .unwrap_or_else(|_| panic!("the small chunk shares the source's buffer"))
+            .capacity();
+        assert!(
+            alive < 64,
+            "the small chunk keeps {alive} bytes alive for 10"
+        );
     }
 
     #[tokio::test]
