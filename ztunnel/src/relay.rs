@@ -599,16 +599,25 @@ mod tests {
         assert_eq!(step(&mut a, &mut b), 0, "and released again");
     }
 
-    /// A side that keeps every chunk given to it, as HTTP/2 keeps queued
-    /// data until its peer takes it.
+    /// A side with chunks, as an HBONE tunnel: what it gives when taken
+    /// from are slices of one large buffer (as HTTP/2's DATA payloads are
+    /// slices of its read buffer), and it keeps every chunk given to it (as
+    /// HTTP/2 keeps queued data until its peer takes it).
     #[derive(Default)]
-    struct Keeper {
+    struct ChunkSide {
+        buffer: Bytes,
+        /// The sizes of the slices it gives, in turn.
+        slices: Vec<usize>,
         kept: Vec<Bytes>,
     }
 
-    impl Chunks for Keeper {
+    impl Chunks for ChunkSide {
         fn poll_take(&mut self, _: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
-            Poll::Pending
+            if self.slices.is_empty() {
+                return Poll::Pending;
+            }
+            let n = self.slices.remove(0);
+            Poll::Ready(Ok(Some(self.buffer.split_to(n))))
         }
 
         fn poll_give(&mut self, _: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<()>> {
@@ -617,7 +626,7 @@ mod tests {
         }
     }
 
-    impl Side for Keeper {
+    impl Side for ChunkSide {
         fn abort(&mut self) {}
 
         fn chunks(&mut self) -> Option<&mut dyn Chunks> {
@@ -625,17 +634,17 @@ mod tests {
         }
     }
 
-    impl AsyncRead for Keeper {
+    impl AsyncRead for ChunkSide {
         fn poll_read(
             self: Pin<&mut Self>,
             _: &mut Context<'_>,
             _: &mut tokio::io::ReadBuf<'_>,
         ) -> Poll<io::Result<()>> {
-            Poll::Pending
+            unreachable!("a side with chunks is taken from, never read")
         }
     }
 
-    impl AsyncWrite for Keeper {
+    impl AsyncWrite for ChunkSide {
         fn poll_write(
             self: Pin<&mut Self>,
             _: &mut Context<'_>,
@@ -656,7 +665,7 @@ mod tests {
     #[tokio::test]
     async fn full_reads_are_given_as_read_and_small_ones_keep_only_their_bytes() {
         let (mut client, mut a) = duplex(MAX_BUFFER);
-        let mut keeper = Keeper::default();
+        let mut keeper = ChunkSide::default();
         let mut direction = Direction::default();
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
@@ -690,72 +699,16 @@ mod tests {
         assert_eq!(direction.held(), MAX_BUFFER, "the buffer is kept for reuse");
     }
 
-    /// A side whose received chunks are slices of one large buffer, as
-    /// HTTP/2's DATA payloads are slices of its read buffer.
-    struct Slices {
-        buffer: Bytes,
-        sizes: Vec<usize>,
-    }
-
-    impl Chunks for Slices {
-        fn poll_take(&mut self, _: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
-            if self.sizes.is_empty() {
-                return Poll::Pending;
-            }
-            let n = self.sizes.remove(0);
-            Poll::Ready(Ok(Some(self.buffer.split_to(n))))
-        }
-
-        fn poll_give(&mut self, _: &mut Context<'_>, _: &mut Bytes) -> Poll<io::Result<()>> {
-            Poll::Pending
-        }
-    }
-
-    impl Side for Slices {
-        fn abort(&mut self) {}
-
-        fn chunks(&mut self) -> Option<&mut dyn Chunks> {
-            Some(self)
-        }
-    }
-
-    impl AsyncRead for Slices {
-        fn poll_read(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            _: &mut tokio::io::ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            unreachable!("a side with chunks is taken from, never read")
-        }
-    }
-
-    impl AsyncWrite for Slices {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            _: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            Poll::Pending
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
     #[test]
     fn chunks_passed_between_keeping_sides_are_copied_only_when_small() {
         let buffer = Bytes::from(vec![9u8; 4 * MAX_BUFFER]);
         let start = buffer.as_ptr();
-        let mut source = Slices {
+        let mut source = ChunkSide {
             buffer,
-            sizes: vec![MAX_BUFFER, 10],
+            slices: vec![MAX_BUFFER, 10],
+            ..ChunkSide::default()
         };
-        let mut keeper = Keeper::default();
+        let mut keeper = ChunkSide::default();
         let mut direction = Direction::default();
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);

@@ -55,11 +55,14 @@ fn mesh() -> Mesh {
 }
 
 fn echo(tunnel: Tunnel) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-    Box::pin(async move {
-        let (mut r, mut w) = tokio::io::split(tunnel);
-        let _ = tokio::io::copy(&mut r, &mut w).await;
-        let _ = w.shutdown().await;
-    })
+    Box::pin(echo_stream(tunnel))
+}
+
+/// Sends back what `stream` receives, then ends it.
+async fn echo_stream(stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite) {
+    let (mut r, mut w) = tokio::io::split(stream);
+    let _ = tokio::io::copy(&mut r, &mut w).await;
+    let _ = w.shutdown().await;
 }
 
 /// An HBONE server whose streams echo; counts connections and keeps their
@@ -202,11 +205,7 @@ async fn a_peer_that_never_completes_the_handshake_times_out() {
 fn relayed_echo(mut tunnel: Tunnel) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     Box::pin(async move {
         let (mut app, echo) = tokio::io::duplex(crate::relay::MAX_BUFFER);
-        tokio::spawn(async move {
-            let (mut r, mut w) = tokio::io::split(echo);
-            let _ = tokio::io::copy(&mut r, &mut w).await;
-            let _ = w.shutdown().await;
-        });
+        tokio::spawn(echo_stream(echo));
         let _ = crate::relay::relay(&mut tunnel, &mut app, Duration::from_secs(30)).await;
     })
 }
