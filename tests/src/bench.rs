@@ -72,6 +72,10 @@ pub struct Settings {
     /// `--soak SECONDS`: instead of the rounds, a soak this long
     /// ([`soak`]).
     pub soak: Option<u64>,
+    /// `--variant KEY=VALUE,...`: the environment that the
+    /// [`scenario::MESH_VARIANT`] ztunnels get on top of
+    /// [`scenario::MESH_NO_SOCKMAP`]'s (empty: that scenario does not run).
+    pub variant: Vec<(String, String)>,
 }
 
 impl Settings {
@@ -93,6 +97,7 @@ impl Settings {
             http_seconds: 3,
             only: Vec::new(),
             soak: None,
+            variant: Vec::new(),
         }
     }
 
@@ -114,6 +119,7 @@ impl Settings {
             http_seconds: 2,
             only: Vec::new(),
             soak: None,
+            variant: Vec::new(),
         }
     }
 
@@ -136,16 +142,20 @@ impl Settings {
             http_seconds: 1,
             only: Vec::new(),
             soak: Some(seconds),
+            variant: Vec::new(),
         }
     }
 
-    /// From the command line: `[--quick] [--out DIR] [--only NAME,...]` (and
-    /// `--bench`, which `cargo bench` adds).
+    /// From the command line: `[--quick] [--out DIR] [--only NAME,...]
+    /// [--rounds N] [--variant KEY=VALUE,...]` (and `--bench`, which `cargo
+    /// bench` adds).
     pub fn from_args(args: &[String]) -> Result<Self, String> {
         let mut quick = false;
         let mut out = None;
         let mut only = Vec::new();
         let mut soak = None;
+        let mut variant = Vec::new();
+        let mut rounds = None;
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             match arg.as_str() {
@@ -165,6 +175,19 @@ impl Settings {
                 }
                 "--out" => {
                     out = Some(PathBuf::from(args.next().ok_or("--out needs a directory")?));
+                }
+                "--rounds" => {
+                    let n = args.next().ok_or("--rounds needs a number")?;
+                    rounds = Some(
+                        n.parse::<usize>()
+                            .ok()
+                            .filter(|n| (1..=100).contains(n))
+                            .ok_or_else(|| format!("--rounds {n:?}: expected 1 to 100"))?,
+                    );
+                }
+                "--variant" => {
+                    let list = args.next().ok_or("--variant needs KEY=VALUE,...")?;
+                    variant = parse_variant(list)?;
                 }
                 "--soak" => {
                     let seconds = args.next().ok_or("--soak needs a number of seconds")?;
@@ -188,8 +211,11 @@ impl Settings {
             PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench"))
         });
         if let Some(seconds) = soak {
-            if quick || !only.is_empty() {
-                return Err("--soak runs alone: no --quick or --only with it".to_owned());
+            if quick || !only.is_empty() || !variant.is_empty() || rounds.is_some() {
+                return Err(
+                    "--soak runs alone: no --quick, --only, --rounds or --variant with it"
+                        .to_owned(),
+                );
             }
             return Ok(Self::soak(out, seconds));
         }
@@ -199,13 +225,75 @@ impl Settings {
             Self::full(out)
         };
         settings.only = only;
+        settings.variant = variant;
+        if let Some(rounds) = rounds {
+            settings.rounds = rounds;
+        }
+        let named = |name: &str| settings.only.iter().any(|n| n == name);
+        if settings.variant.is_empty() && named(scenario::MESH_VARIANT) {
+            return Err(format!(
+                "--only {}: that scenario runs only with --variant KEY=VALUE,...",
+                scenario::MESH_VARIANT
+            ));
+        }
+        if !settings.variant.is_empty()
+            && !settings.only.is_empty()
+            && (!named(scenario::MESH_VARIANT) || !named(scenario::MESH_NO_SOCKMAP))
+        {
+            return Err(format!(
+                "--variant compares {} with {} round by round: --only must name both",
+                scenario::MESH_VARIANT,
+                scenario::MESH_NO_SOCKMAP
+            ));
+        }
         Ok(settings)
     }
 
     /// Whether the scenario `name` runs.
     pub fn selects(&self, name: &str) -> bool {
+        if name == scenario::MESH_VARIANT && self.variant.is_empty() {
+            return false;
+        }
         self.only.is_empty() || self.only.iter().any(|n| n == name)
     }
+
+    /// `--variant` as it was given: "KEY=VALUE, ...".
+    pub fn variant_text(&self) -> String {
+        self.variant
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// `--variant KEY=VALUE,...`: environment variables of ztunnel (upper-case
+/// letters, digits and `_`), each once.
+fn parse_variant(list: &str) -> Result<Vec<(String, String)>, String> {
+    let mut variant: Vec<(String, String)> = Vec::new();
+    for item in list.split(',').filter(|item| !item.is_empty()) {
+        let Some((key, value)) = item.split_once('=') else {
+            return Err(format!("--variant {item:?}: expected KEY=VALUE"));
+        };
+        let valid = !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+        if !valid {
+            return Err(format!(
+                "--variant {item:?}: {key:?} is not an environment variable name \
+                 (upper-case letters, digits and _)"
+            ));
+        }
+        if variant.iter().any(|(k, _)| k == key) {
+            return Err(format!("--variant: {key} is given twice"));
+        }
+        variant.push((key.to_owned(), value.to_owned()));
+    }
+    if variant.is_empty() {
+        return Err("--variant needs KEY=VALUE,...".to_owned());
+    }
+    Ok(variant)
 }
 
 /// The `ambit-bench` entry point.
@@ -220,8 +308,9 @@ pub fn main() -> std::process::ExitCode {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!(
-                "ambit-bench: {error}\nusage: ambit-bench [--quick] [--out DIR] [--only NAME,...] | \
-                 [--out DIR] --soak SECONDS | --code-layout FILE"
+                "ambit-bench: {error}\nusage: ambit-bench [--quick] [--out DIR] [--only NAME,...] \
+                 [--rounds N] [--variant KEY=VALUE,...] | [--out DIR] --soak SECONDS | \
+                 --code-layout FILE"
             );
             return std::process::ExitCode::from(2);
         }
@@ -311,6 +400,11 @@ mod tests {
             error.contains("mesh_htp") && error.contains("mesh_http"),
             "{error}"
         );
+        let s = Settings::from_args(&args(&["--quick", "--rounds", "8"])).expect("ok");
+        assert_eq!(
+            (s.rounds, s.bulk_seconds),
+            (8, Settings::quick(PathBuf::new()).bulk_seconds)
+        );
         let s = Settings::from_args(&args(&["--soak", "3600", "--out", "/tmp/s"])).expect("ok");
         assert_eq!(s, Settings::soak(PathBuf::from("/tmp/s"), 3600));
         for bad in [
@@ -318,8 +412,52 @@ mod tests {
             &["--soak", "10"],
             &["--soak", "x"],
             &["--soak", "60", "--quick"],
+            &["--soak", "60", "--variant", "A=1"],
+            &["--soak", "60", "--rounds", "3"],
+            &["--rounds", "0"],
+            &["--rounds"],
         ] {
             assert!(Settings::from_args(&args(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_variant_is_an_environment_and_runs_next_to_mesh_no_sockmap() {
+        let s = Settings::from_args(&args(&["--quick", "--variant", "AMBIT_X=1,AMBIT_Y=a=b"]))
+            .expect("ok");
+        assert_eq!(
+            s.variant,
+            [
+                ("AMBIT_X".to_owned(), "1".to_owned()),
+                ("AMBIT_Y".to_owned(), "a=b".to_owned())
+            ]
+        );
+        assert_eq!(s.variant_text(), "AMBIT_X=1, AMBIT_Y=a=b");
+        assert!(s.selects(scenario::MESH_VARIANT) && s.selects(scenario::BASELINE));
+        assert!(!Settings::quick(PathBuf::new()).selects(scenario::MESH_VARIANT));
+        let s = Settings::from_args(&args(&[
+            "--only",
+            "mesh_no_sockmap,mesh_variant",
+            "--variant",
+            "AMBIT_X=",
+        ]))
+        .expect("an empty value is a value");
+        assert!(s.selects(scenario::MESH_VARIANT) && !s.selects(scenario::BASELINE));
+        for (bad, says) in [
+            (&["--variant"][..], "KEY=VALUE"),
+            (&["--variant", ","], "KEY=VALUE"),
+            (&["--variant", "AMBIT_X"], "expected KEY=VALUE"),
+            (&["--variant", "ambit_x=1"], "\"ambit_x\" is not"),
+            (&["--variant", "=1"], "\"\" is not"),
+            (&["--variant", "A=1,A=2"], "A is given twice"),
+            (&["--only", "mesh_variant"], "only with --variant"),
+            (
+                &["--only", "mesh_variant", "--variant", "A=1"],
+                "must name both",
+            ),
+        ] {
+            let error = Settings::from_args(&args(bad)).expect_err("refused");
+            assert!(error.contains(says), "{bad:?}: {error}");
         }
     }
 

@@ -63,10 +63,18 @@ enum Command {
         /// (soak.json, soak.md).
         #[arg(long, value_name = "SECONDS", conflicts_with_all = ["quick", "only"])]
         soak: Option<u64>,
+        /// Rounds of every scenario, instead of the mode's (5, or 3 with --quick).
+        #[arg(long, value_name = "N", conflicts_with = "soak")]
+        rounds: Option<u32>,
+        /// Also run `mesh_variant`: mesh_no_sockmap with these ztunnel
+        /// environment variables (KEY=VALUE,...), next to it in every round,
+        /// and compare the two round by round.
+        #[arg(long, value_name = "KEY=VALUE,...", conflicts_with = "soak")]
+        variant: Option<String>,
         /// Instead of the rounds, profile what a node runs (two ztunnels under
         /// callgrind, with traffic) and rewrite ztunnel/layout.ld, the code
         /// layout of release builds (installs valgrind when missing).
-        #[arg(long, conflicts_with_all = ["quick", "only", "soak", "out"])]
+        #[arg(long, conflicts_with_all = ["quick", "only", "soak", "out", "rounds", "variant"])]
         code_layout: bool,
     },
     /// The local two-node mesh demo (needs root).
@@ -123,13 +131,19 @@ fn run(command: Command) -> anyhow::Result<()> {
             out,
             only,
             soak,
+            rounds,
+            variant,
             code_layout,
         } => tasks::bench(
             &root,
-            quick,
-            out.as_deref(),
-            only.as_deref(),
-            soak,
+            tasks::BenchArgs {
+                quick,
+                out: out.as_deref(),
+                only: only.as_deref(),
+                soak,
+                rounds,
+                variant: variant.as_deref(),
+            },
             code_layout,
         ),
         Command::Demo { step, keep, down } => tasks::demo(&root, step, keep, down),

@@ -128,19 +128,36 @@ pub fn test(root: &Path, suites: Suites) -> anyhow::Result<()> {
 /// (`ambit_tests::mesh::ztunnel_binary`).
 const BENCH_TARGET: &str = "ambit-bench";
 
+/// What `cargo xtask bench` passes on to the driver.
+pub struct BenchArgs<'a> {
+    /// `--quick`.
+    pub quick: bool,
+    /// `--out DIR`.
+    pub out: Option<&'a Path>,
+    /// `--only NAMES`.
+    pub only: Option<&'a str>,
+    /// `--soak SECONDS`.
+    pub soak: Option<u64>,
+    /// `--rounds N`.
+    pub rounds: Option<u32>,
+    /// `--variant KEY=VALUE,...`.
+    pub variant: Option<&'a str>,
+}
+
 /// `cargo xtask bench`: builds the release `waypoint` on its own (its ztunnel
 /// library has no eBPF capture, so it never links aya), the release `ztunnel`
 /// on its own (as it ships), then the test binaries and the driver in one
 /// cargo invocation, then runs the driver as root (with `code_layout`, the
 /// driver profiles ztunnel and rewrites `ztunnel/layout.ld` instead).
-pub fn bench(
-    root: &Path,
-    quick: bool,
-    out: Option<&Path>,
-    only: Option<&str>,
-    soak: Option<u64>,
-    code_layout: bool,
-) -> anyhow::Result<()> {
+pub fn bench(root: &Path, args: BenchArgs<'_>, code_layout: bool) -> anyhow::Result<()> {
+    let BenchArgs {
+        quick,
+        out,
+        only,
+        soak,
+        rounds,
+        variant,
+    } = args;
     if !exec::is_root() {
         bail!(
             "cargo xtask bench needs root: it builds a testbed of network namespaces and cgroups and loads \
@@ -225,6 +242,12 @@ pub fn bench(
     }
     if let Some(seconds) = soak {
         run.args(["--soak", &seconds.to_string()]);
+    }
+    if let Some(rounds) = rounds {
+        run.args(["--rounds", &rounds.to_string()]);
+    }
+    if let Some(variant) = variant {
+        run.args(["--variant", variant]);
     }
     exec::run(&mut run).context("the benchmark failed")
 }

@@ -218,6 +218,7 @@ mod tests {
             duration_s: 1.0,
             scenarios: Vec::new(),
             notes: Vec::new(),
+            variant: String::new(),
         };
         let out = std::env::temp_dir().join(format!("ambit-output-test-{}", std::process::id()));
         let written = write(&out, &report, &collected);

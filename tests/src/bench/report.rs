@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use super::{
     host::Machine,
     scenario::{
-        BASELINE, LOOPBACK_OFF, LOOPBACK_ON, MESH, MESH_HTTP, MESH_NO_SOCKMAP, MESH_WAYPOINT,
+        BASELINE, LOOPBACK_OFF, LOOPBACK_ON, MESH, MESH_HTTP, MESH_NO_SOCKMAP, MESH_VARIANT,
+        MESH_WAYPOINT,
     },
     stats,
 };
@@ -598,6 +599,72 @@ pub fn targets(scenarios: &[ScenarioReport], ratios: &Ratios) -> Vec<Target> {
     ]
 }
 
+/// What `--variant` compares, round by round: `mesh_variant` against
+/// `mesh_no_sockmap`.
+pub const VARIANT_METRICS: [&str; 8] = [
+    THROUGHPUT,
+    CPU_PER_GIB,
+    RR_P50,
+    RR_P99,
+    RR1_P50,
+    CRR,
+    RSS_IDLE,
+    RSS_PER_CONN,
+];
+
+/// One metric of `mesh_variant` against `mesh_no_sockmap`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct VariantRow {
+    /// The metric's key.
+    pub metric: &'static str,
+    /// `mesh_no_sockmap`'s median.
+    pub reference: Option<f64>,
+    /// `mesh_variant`'s median.
+    pub variant: Option<f64>,
+    /// variant / reference of each round; empty when the two do not pair up
+    /// round by round (a workload failed in some round of one of them).
+    pub per_round: Vec<f64>,
+}
+
+impl VariantRow {
+    /// Every [`VARIANT_METRICS`] row, when both scenarios were measured.
+    pub fn compute(scenarios: &[ScenarioReport]) -> Vec<Self> {
+        let runs = |name: &str| {
+            scenarios
+                .iter()
+                .find(|s| s.name == name)
+                .and_then(|s| match &s.outcome {
+                    Outcome::Measured(runs) => Some(runs),
+                    Outcome::Skipped(_) => None,
+                })
+        };
+        let (Some(reference), Some(variant)) = (runs(MESH_NO_SOCKMAP), runs(MESH_VARIANT)) else {
+            return Vec::new();
+        };
+        VARIANT_METRICS
+            .iter()
+            .map(|&metric| {
+                let (a, b) = (reference.values(metric), variant.values(metric));
+                let per_round = if a.len() == b.len() {
+                    a.iter()
+                        .zip(b)
+                        .filter(|(a, _)| **a != 0.0)
+                        .map(|(a, b)| b / a)
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                Self {
+                    metric,
+                    reference: reference.median(metric),
+                    variant: variant.median(metric),
+                    per_round,
+                }
+            })
+            .collect()
+    }
+}
+
 /// Everything `bench.json` and `bench.md` say.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -613,6 +680,8 @@ pub struct Report {
     pub scenarios: Vec<ScenarioReport>,
     /// Things a reader should know (what is not measured yet, and why).
     pub notes: Vec<String>,
+    /// `--variant` ("KEY=VALUE, ..."; empty when not given).
+    pub variant: String,
 }
 
 impl Report {
@@ -660,6 +729,11 @@ impl Report {
             "skipped": skipped,
             "ratios": ratios,
             "targets": targets(&self.scenarios, &ratios),
+            "variant": (!self.variant.is_empty()).then(|| json!({
+                "environment": self.variant,
+                "against": MESH_NO_SOCKMAP,
+                "metrics": VariantRow::compute(&self.scenarios),
+            })),
             "notes": self.notes,
         })
     }
@@ -765,6 +839,9 @@ impl Report {
             show(ratios.waypoint_http1_rps_vs_mesh, "x"),
             show(ratios.waypoint_http2_rps_vs_mesh, "x"),
         ));
+        if !self.variant.is_empty() {
+            md.push_str(&self.variant_markdown());
+        }
         if !self.notes.is_empty() {
             md.push_str("\n## Notes\n\n");
             for note in &self.notes {
@@ -772,6 +849,55 @@ impl Report {
             }
         }
         md
+    }
+}
+
+impl Report {
+    /// The `--variant` section: each [`VARIANT_METRICS`] median of both
+    /// scenarios and the variant's ratio round by round.
+    fn variant_markdown(&self) -> String {
+        let mut md = format!(
+            "\n## Variant: `{MESH_VARIANT}` ({}) against `{MESH_NO_SOCKMAP}`\n\n\
+             Both ran in every round, one after the other (the variant second in odd rounds, \
+             first in even ones); the ratio is taken in each round \
+             (variant / {MESH_NO_SOCKMAP}), which the machine's drift between rounds does not \
+             reach.\n\n\
+             | metric | {MESH_NO_SOCKMAP} | {MESH_VARIANT} | per round, median [min–max] |\n\
+             |---|---:|---:|---:|\n",
+            self.variant
+        );
+        for row in VariantRow::compute(&self.scenarios) {
+            let Some(metric) = METRICS.iter().find(|m| m.key == row.metric) else {
+                continue;
+            };
+            let value = |v: Option<f64>| {
+                v.map_or("-".to_owned(), |v| {
+                    format!("{v:.prec$}", prec = metric.decimals)
+                })
+            };
+            let ratio = if row.per_round.is_empty() {
+                "rounds do not pair up".to_owned()
+            } else {
+                ratio_cell(&row.per_round)
+            };
+            md.push_str(&format!(
+                "| {} | {} | {} | {ratio} |\n",
+                metric.label,
+                value(row.reference),
+                value(row.variant)
+            ));
+        }
+        md
+    }
+}
+
+/// "medianx [min–max]" of ratios.
+fn ratio_cell(ratios: &[f64]) -> String {
+    match (stats::median(ratios), stats::spread(ratios)) {
+        (Some(median), Some(spread)) => {
+            format!("{median:.2}x [{:.2}–{:.2}]", spread.min, spread.max)
+        }
+        _ => "-".to_owned(),
     }
 }
 
@@ -886,6 +1012,7 @@ mod tests {
             duration_s: 1.0,
             scenarios,
             notes: vec!["a note".to_owned()],
+            variant: String::new(),
         }
     }
 
@@ -1049,6 +1176,56 @@ mod tests {
             md.contains("**bulk failed in 1 of 3 rounds: ENOMEM**"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn a_variant_is_compared_with_mesh_no_sockmap_round_by_round() {
+        let mut report = report();
+        // No variant: no section, no rows.
+        assert!(!report.to_markdown().contains("## Variant"));
+        assert!(report.to_json()["variant"].is_null());
+        report.variant = "AMBIT_X=1".to_owned();
+        // The reference is slower in round 2 only: the per-round ratios see
+        // through it, the medians alone would not.
+        report.scenarios.push(measured(
+            MESH_VARIANT,
+            &[
+                (THROUGHPUT, &[4.4, 2.2, 4.4]),
+                (LOAD_RATES[0].p99, &[200.0, 300.0]),
+            ],
+        ));
+        for scenario in &mut report.scenarios {
+            if scenario.name == MESH_NO_SOCKMAP {
+                *scenario = measured(
+                    MESH_NO_SOCKMAP,
+                    &[(THROUGHPUT, &[4.0, 2.0, 4.0]), (CRR, &[1000.0])],
+                );
+            }
+        }
+        let rows = VariantRow::compute(&report.scenarios);
+        let throughput = rows.iter().find(|r| r.metric == THROUGHPUT).expect("a row");
+        assert_eq!(throughput.reference, Some(4.0));
+        assert_eq!(throughput.variant, Some(4.4));
+        assert!(
+            throughput.per_round.iter().all(|r| (r - 1.1).abs() < 1e-9),
+            "{throughput:?}"
+        );
+        // Measured in one round of the reference and none of the variant.
+        let crr = rows.iter().find(|r| r.metric == CRR).expect("a row");
+        assert!(crr.per_round.is_empty() && crr.variant.is_none(), "{crr:?}");
+        let md = report.to_markdown();
+        assert!(
+            md.contains("## Variant: `mesh_variant` (AMBIT_X=1) against `mesh_no_sockmap`"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| bulk throughput, Gbit/s | 4.00 | 4.40 | 1.10x [1.10–1.10] |"),
+            "{md}"
+        );
+        assert!(md.contains("rounds do not pair up"), "{md}");
+        let json = report.to_json();
+        assert_eq!(json["variant"]["environment"], "AMBIT_X=1");
+        assert_eq!(json["variant"]["metrics"][0]["metric"], THROUGHPUT);
     }
 
     #[test]

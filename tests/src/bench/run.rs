@@ -23,7 +23,7 @@ use super::{
         RSS_HELD, RSS_IDLE, RSS_IDLE_ANON, RSS_PER_CONN, Report, Runs, SATURATED_BELOW, SLOW_MIB,
         SLOW_TCP_MEM_PEAK, ScenarioReport, THROUGHPUT, THROUGHPUT_P4, THROUGHPUT_P16,
     },
-    scenario::{Dataplane, Route, SCENARIOS, Scenario, Workload},
+    scenario::{Dataplane, MESH_NO_SOCKMAP, MESH_VARIANT, Route, SCENARIOS, Scenario, Workload},
 };
 use crate::{
     Testbed,
@@ -105,19 +105,26 @@ pub(super) struct Nodes {
 }
 
 impl Nodes {
+    /// Starts what `dataplane` needs; `variant` is the environment of a
+    /// variant dataplane's ztunnels (`--variant`).
     pub(super) fn start(
         bed: &Testbed,
         config: &Path,
         dataplane: Dataplane,
+        variant: &[(String, String)],
     ) -> Result<Self, String> {
         let mut ztunnels = Vec::new();
         let mut waypoint = None;
         if let Dataplane::Mesh {
             sockmap,
             waypoint: with_waypoint,
+            variant: with_variant,
         } = dataplane
         {
-            let options = ztunnel_options(sockmap);
+            let mut options = ztunnel_options(sockmap);
+            if with_variant {
+                options.env.extend(variant.iter().cloned());
+            }
             for node in ["a", "b"] {
                 ztunnels.push(
                     Ztunnel::start(bed, node, config, &options)
@@ -758,6 +765,23 @@ fn field(output: &str, key: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("no {key}= in {output:?}"))
 }
 
+/// The order in which round `round` (from 1) runs [`SCENARIOS`], as
+/// indices: as listed, except that every second round runs `mesh_variant`
+/// right before `mesh_no_sockmap` instead of after it (and `loopback_off`),
+/// so that neither side of an A/B always runs second.
+fn round_order(round: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..SCENARIOS.len()).collect();
+    let position = |name: &str| SCENARIOS.iter().position(|s| s.name == name);
+    if round.is_multiple_of(2)
+        && let (Some(variant), Some(reference)) =
+            (position(MESH_VARIANT), position(MESH_NO_SOCKMAP))
+    {
+        let moved = order.remove(variant);
+        order.insert(reference, moved);
+    }
+    order
+}
+
 /// The names of the scenarios, for `--only`.
 pub(super) fn scenario_names() -> impl Iterator<Item = &'static str> {
     SCENARIOS.iter().map(|s| s.name)
@@ -777,7 +801,8 @@ pub(super) fn run(settings: &Settings) -> Result<String, String> {
             started.elapsed().as_secs_f64()
         );
         let mut nodes: Option<Nodes> = None;
-        for (scenario, collected) in SCENARIOS.iter().zip(&mut collected) {
+        for index in round_order(round) {
+            let (scenario, collected) = (&SCENARIOS[index], &mut collected[index]);
             if scenario.unavailable.is_some() || !settings.selects(scenario.name) {
                 continue;
             }
@@ -785,7 +810,12 @@ pub(super) fn run(settings: &Settings) -> Result<String, String> {
                 if let Some(old) = nodes.take() {
                     old.stop();
                 }
-                nodes = Some(Nodes::start(&bench.bed, &bench.config, scenario.dataplane)?);
+                nodes = Some(Nodes::start(
+                    &bench.bed,
+                    &bench.config,
+                    scenario.dataplane,
+                    &settings.variant,
+                )?);
             }
             let current = nodes.as_ref().expect("just started");
             bench.measure(scenario, current, collected, round == 1);
@@ -828,6 +858,9 @@ pub(super) fn run(settings: &Settings) -> Result<String, String> {
             description: scenario.description,
             outcome: match scenario.unavailable {
                 Some(reason) => Outcome::Skipped(reason.to_owned()),
+                None if scenario.name == MESH_VARIANT && settings.variant.is_empty() => {
+                    Outcome::Skipped("runs only with --variant KEY=VALUE,...".to_owned())
+                }
                 None => Outcome::Measured(collected.runs.clone()),
             },
             failures: collected.failure_lines(settings.rounds),
@@ -840,6 +873,7 @@ pub(super) fn run(settings: &Settings) -> Result<String, String> {
         duration_s: started.elapsed().as_secs_f64(),
         scenarios,
         notes,
+        variant: settings.variant_text(),
     };
     output::write(&settings.out, &report, &collected)?;
     Ok(report.to_markdown())
@@ -867,6 +901,32 @@ mod tests {
                 "1-byte latency failed in 1 of 5 rounds: timeout",
                 "bulk failed in 2 of 5 rounds: ENOMEM"
             ]
+        );
+    }
+
+    #[test]
+    fn the_variant_and_its_reference_take_turns_to_run_first() {
+        let position = |round: usize, name: &str| {
+            round_order(round)
+                .iter()
+                .position(|&i| SCENARIOS[i].name == name)
+                .expect(name)
+        };
+        for round in 1..=4 {
+            let mut order = round_order(round);
+            order.sort_unstable();
+            assert_eq!(order, (0..SCENARIOS.len()).collect::<Vec<_>>(), "each once");
+            let (variant, reference) = (
+                position(round, MESH_VARIANT),
+                position(round, MESH_NO_SOCKMAP),
+            );
+            assert_eq!(variant < reference, round % 2 == 0, "round {round}");
+        }
+        // Only the variant moves; the scenarios that share ztunnels stay
+        // next to each other.
+        assert_eq!(
+            position(2, crate::bench::scenario::LOOPBACK_OFF),
+            position(2, MESH_NO_SOCKMAP) + 1
         );
     }
 

@@ -7,6 +7,9 @@ pub const BASELINE: &str = "baseline";
 pub const MESH: &str = "mesh";
 /// The same with the sk_msg shortcut off.
 pub const MESH_NO_SOCKMAP: &str = "mesh_no_sockmap";
+/// As [`MESH_NO_SOCKMAP`], with ztunnel's environment extended by
+/// `--variant`: an A/B of two behaviours of one build inside every round.
+pub const MESH_VARIANT: &str = "mesh_variant";
 /// HTTP straight to the api pod through both ztunnels: what
 /// [`MESH_WAYPOINT`] is compared with.
 pub const MESH_HTTP: &str = "mesh_http";
@@ -31,6 +34,8 @@ pub enum Dataplane {
         /// Whether the waypoint `demo/wp` runs too (in pod `wp`, one worker
         /// thread).
         waypoint: bool,
+        /// Whether the ztunnels get the `--variant` environment.
+        variant: bool,
     },
 }
 
@@ -117,11 +122,21 @@ const ALL_AND_PARALLEL: &[Workload] = &[
 const HTTP_DATAPLANE: Dataplane = Dataplane::Mesh {
     sockmap: false,
     waypoint: true,
+    variant: false,
 };
+
+/// What [`MESH_VARIANT`] measures: what an A/B of a data-path change needs,
+/// in about the time [`MESH_NO_SOCKMAP`]'s own share of a round takes.
+const VARIANT: &[Workload] = &[
+    Workload::Memory,
+    Workload::Bulk,
+    Workload::Latency,
+    Workload::ConnectionRate,
+];
 
 /// The scenarios, in the order each round runs them. Consecutive scenarios on
 /// the same dataplane share its ztunnels (and waypoint).
-pub const SCENARIOS: [Scenario; 7] = [
+pub const SCENARIOS: [Scenario; 8] = [
     Scenario {
         name: BASELINE,
         description: "no mesh: plain TCP from a pod on node a to a pod on node b",
@@ -144,6 +159,7 @@ pub const SCENARIOS: [Scenario; 7] = [
         dataplane: Dataplane::Mesh {
             sockmap: true,
             waypoint: false,
+            variant: false,
         },
         client: "client",
         server: "server",
@@ -157,6 +173,7 @@ pub const SCENARIOS: [Scenario; 7] = [
         dataplane: Dataplane::Mesh {
             sockmap: true,
             waypoint: false,
+            variant: false,
         },
         client: "client",
         server: "localserver",
@@ -169,6 +186,7 @@ pub const SCENARIOS: [Scenario; 7] = [
         dataplane: Dataplane::Mesh {
             sockmap: false,
             waypoint: false,
+            variant: false,
         },
         client: "client",
         server: "server",
@@ -181,10 +199,25 @@ pub const SCENARIOS: [Scenario; 7] = [
         dataplane: Dataplane::Mesh {
             sockmap: false,
             waypoint: false,
+            variant: false,
         },
         client: "client",
         server: "localserver",
         workloads: &[Workload::Bulk],
+        unavailable: None,
+    },
+    Scenario {
+        name: MESH_VARIANT,
+        description: "as mesh_no_sockmap, with the ztunnels' environment extended by --variant \
+                      (runs only with it); the report compares the two round by round",
+        dataplane: Dataplane::Mesh {
+            sockmap: false,
+            waypoint: false,
+            variant: true,
+        },
+        client: "client",
+        server: "server",
+        workloads: VARIANT,
         unavailable: None,
     },
     Scenario {

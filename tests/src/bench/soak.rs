@@ -182,7 +182,9 @@ pub(super) fn soak(settings: &Settings, seconds: u64) -> Result<SoakReport, Stri
         Dataplane::Mesh {
             sockmap: false,
             waypoint: true,
+            variant: false,
         },
+        &[],
     )?;
     let mut watched: Vec<Watched> = nodes
         .ztunnel_pids()
