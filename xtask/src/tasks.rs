@@ -129,6 +129,7 @@ pub fn test(root: &Path, suites: Suites) -> anyhow::Result<()> {
 const BENCH_TARGET: &str = "ambit-bench";
 
 /// What `cargo xtask bench` passes on to the driver.
+#[derive(Debug, Clone, Copy)]
 pub struct BenchArgs<'a> {
     /// `--quick`.
     pub quick: bool,
