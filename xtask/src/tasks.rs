@@ -145,20 +145,33 @@ pub struct BenchArgs<'a> {
     pub variant: Option<&'a str>,
 }
 
+impl BenchArgs<'_> {
+    /// The driver's arguments for these (`--out` aside, which it gets as an
+    /// absolute path).
+    fn driver_args(&self) -> Vec<String> {
+        let mut list = Vec::new();
+        if self.quick {
+            list.push("--quick".to_owned());
+        }
+        let mut option = |name: &str, value: Option<String>| {
+            if let Some(value) = value {
+                list.extend([name.to_owned(), value]);
+            }
+        };
+        option("--only", self.only.map(str::to_owned));
+        option("--soak", self.soak.map(|s| s.to_string()));
+        option("--rounds", self.rounds.map(|r| r.to_string()));
+        option("--variant", self.variant.map(str::to_owned));
+        list
+    }
+}
+
 /// `cargo xtask bench`: builds the release `waypoint` on its own (its ztunnel
 /// library has no eBPF capture, so it never links aya), the release `ztunnel`
 /// on its own (as it ships), then the test binaries and the driver in one
 /// cargo invocation, then runs the driver as root (with `code_layout`, the
 /// driver profiles ztunnel and rewrites `ztunnel/layout.ld` instead).
 pub fn bench(root: &Path, args: BenchArgs<'_>, code_layout: bool) -> anyhow::Result<()> {
-    let BenchArgs {
-        quick,
-        out,
-        only,
-        soak,
-        rounds,
-        variant,
-    } = args;
     if !exec::is_root() {
         bail!(
             "cargo xtask bench needs root: it builds a testbed of network namespaces and cgroups and loads \
@@ -229,27 +242,13 @@ pub fn bench(root: &Path, args: BenchArgs<'_>, code_layout: bool) -> anyhow::Res
     }
     // The driver runs from the workspace root; an absolute directory keeps the
     // report where the user asked for it.
-    let out = match out {
+    let out = match args.out {
         Some(dir) => std::path::absolute(dir).context("cannot resolve --out")?,
         None => root.join("target/bench"),
     };
     let mut run = std::process::Command::new(driver);
     run.current_dir(root).arg("--out").arg(&out);
-    if quick {
-        run.arg("--quick");
-    }
-    if let Some(only) = only {
-        run.args(["--only", only]);
-    }
-    if let Some(seconds) = soak {
-        run.args(["--soak", &seconds.to_string()]);
-    }
-    if let Some(rounds) = rounds {
-        run.args(["--rounds", &rounds.to_string()]);
-    }
-    if let Some(variant) = variant {
-        run.args(["--variant", variant]);
-    }
+    run.args(args.driver_args());
     exec::run(&mut run).context("the benchmark failed")
 }
 
@@ -380,6 +379,43 @@ pub fn demo(root: &Path, step: Option<u32>, keep: bool, down: bool) -> anyhow::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bench_options_reach_the_driver() {
+        let none = BenchArgs {
+            quick: false,
+            out: None,
+            only: None,
+            soak: None,
+            rounds: None,
+            variant: None,
+        };
+        assert!(none.driver_args().is_empty());
+        let all = BenchArgs {
+            quick: true,
+            only: Some("baseline,mesh_variant"),
+            rounds: Some(8),
+            variant: Some("AMBIT_X=1"),
+            ..none
+        };
+        assert_eq!(
+            all.driver_args(),
+            [
+                "--quick",
+                "--only",
+                "baseline,mesh_variant",
+                "--rounds",
+                "8",
+                "--variant",
+                "AMBIT_X=1"
+            ]
+        );
+        let soak = BenchArgs {
+            soak: Some(3600),
+            ..none
+        };
+        assert_eq!(soak.driver_args(), ["--soak", "3600"]);
+    }
 
     #[test]
     fn finds_the_bench_executable_in_cargo_messages() {
