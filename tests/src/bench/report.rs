@@ -368,11 +368,16 @@ pub struct Ratios {
 
 /// The median of `key` in scenario `name`, when measured.
 fn median_of(scenarios: &[ScenarioReport], name: &str, key: &str) -> Option<f64> {
+    runs_of(scenarios, name)?.median(key)
+}
+
+/// The runs of scenario `name`, when measured.
+fn runs_of<'a>(scenarios: &'a [ScenarioReport], name: &str) -> Option<&'a Runs> {
     scenarios
         .iter()
         .find(|s| s.name == name)
         .and_then(|s| match &s.outcome {
-            Outcome::Measured(runs) => runs.median(key),
+            Outcome::Measured(runs) => Some(runs),
             Outcome::Skipped(_) => None,
         })
 }
@@ -629,16 +634,10 @@ pub struct VariantRow {
 impl VariantRow {
     /// Every [`VARIANT_METRICS`] row, when both scenarios were measured.
     pub fn compute(scenarios: &[ScenarioReport]) -> Vec<Self> {
-        let runs = |name: &str| {
-            scenarios
-                .iter()
-                .find(|s| s.name == name)
-                .and_then(|s| match &s.outcome {
-                    Outcome::Measured(runs) => Some(runs),
-                    Outcome::Skipped(_) => None,
-                })
-        };
-        let (Some(reference), Some(variant)) = (runs(MESH_NO_SOCKMAP), runs(MESH_VARIANT)) else {
+        let (Some(reference), Some(variant)) = (
+            runs_of(scenarios, MESH_NO_SOCKMAP),
+            runs_of(scenarios, MESH_VARIANT),
+        ) else {
             return Vec::new();
         };
         VARIANT_METRICS
@@ -850,9 +849,7 @@ impl Report {
         }
         md
     }
-}
 
-impl Report {
     /// The `--variant` section: each [`VARIANT_METRICS`] median of both
     /// scenarios and the variant's ratio round by round.
     fn variant_markdown(&self) -> String {
@@ -878,7 +875,7 @@ impl Report {
             let ratio = if row.per_round.is_empty() {
                 "rounds do not pair up".to_owned()
             } else {
-                ratio_cell(&row.per_round)
+                cell_in(&row.per_round, 2, "x")
             };
             md.push_str(&format!(
                 "| {} | {} | {} | {ratio} |\n",
@@ -891,24 +888,20 @@ impl Report {
     }
 }
 
-/// "medianx [min–max]" of ratios.
-fn ratio_cell(ratios: &[f64]) -> String {
-    match (stats::median(ratios), stats::spread(ratios)) {
-        (Some(median), Some(spread)) => {
-            format!("{median:.2}x [{:.2}–{:.2}]", spread.min, spread.max)
-        }
-        _ => "-".to_owned(),
-    }
-}
-
 /// "median [min–max]", or "-" when not measured.
 fn cell(values: &[f64], decimals: usize) -> String {
+    cell_in(values, decimals, "")
+}
+
+/// "median`unit` [min–max]" (the range only for more than one value), or
+/// "-" when not measured.
+fn cell_in(values: &[f64], decimals: usize, unit: &str) -> String {
     match (stats::median(values), stats::spread(values)) {
         (Some(median), Some(spread)) if values.len() > 1 => format!(
-            "{median:.decimals$} [{:.decimals$}–{:.decimals$}]",
+            "{median:.decimals$}{unit} [{:.decimals$}–{:.decimals$}]",
             spread.min, spread.max
         ),
-        (Some(median), _) => format!("{median:.decimals$}"),
+        (Some(median), _) => format!("{median:.decimals$}{unit}"),
         _ => "-".to_owned(),
     }
 }
@@ -1233,5 +1226,7 @@ mod tests {
         assert_eq!(cell(&[1.0, 3.0, 2.0], 1), "2.0 [1.0–3.0]");
         assert_eq!(cell(&[2.0], 0), "2");
         assert_eq!(cell(&[], 2), "-");
+        assert_eq!(cell_in(&[1.0, 1.2], 2, "x"), "1.10x [1.00–1.20]");
+        assert_eq!(cell_in(&[0.9], 2, "x"), "0.90x");
     }
 }
