@@ -122,6 +122,29 @@ pub async fn connect(
     dst: SocketAddr,
     src: Option<IpAddr>,
 ) -> Result<TcpStream, ConnectionError> {
+    let deadline = tokio::time::Instant::now() + pod.inputs.connect_timeout;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match connect_once(pod, dst, src, deadline).await {
+            // From a client's address, the source port taken may still carry
+            // a connection to this same destination (or its `TIME_WAIT`):
+            // the next one will not.
+            Err(ConnectionError::Connect { source, .. })
+                if src.is_some()
+                    && source.kind() == std::io::ErrorKind::AddrNotAvailable
+                    && attempts < super::socket::SOURCE_PORT_ATTEMPTS => {}
+            result => return result,
+        }
+    }
+}
+
+async fn connect_once(
+    pod: &PodContext,
+    dst: SocketAddr,
+    src: Option<IpAddr>,
+    deadline: tokio::time::Instant,
+) -> Result<TcpStream, ConnectionError> {
     let socket = pod
         .sockets
         .connector(dst, src)
@@ -143,7 +166,7 @@ pub async fn connect(
         None => None,
     };
     let after = pod.inputs.connect_timeout;
-    match tokio::time::timeout(after, socket.connect(dst)).await {
+    match tokio::time::timeout_at(deadline, socket.connect(dst)).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(source)) => Err(ConnectionError::Connect { dst, source }),
         Err(_) => Err(ConnectionError::ConnectTimeout { dst, after }),

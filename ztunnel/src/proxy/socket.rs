@@ -5,7 +5,10 @@
 use std::{
     io,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
 };
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -15,6 +18,17 @@ use crate::capture::Netns;
 
 /// Backlog of the per-pod listeners.
 const LISTEN_BACKLOG: i32 = 1024;
+
+/// Source ports of connects from a client's address: Linux's default
+/// ephemeral range.
+const SOURCE_PORTS: std::ops::RangeInclusive<u16> = 32768..=60999;
+
+/// How many ports [`SOURCE_PORTS`] holds.
+const SOURCE_PORT_COUNT: u16 = *SOURCE_PORTS.end() - *SOURCE_PORTS.start() + 1;
+
+/// Ports tried before a connect from a client's address gives up (each one
+/// in use by a listener, or by a socket without `SO_REUSEADDR`).
+pub const SOURCE_PORT_ATTEMPTS: usize = 64;
 
 /// Creates the sockets of one pod.
 pub trait SocketFactory: std::fmt::Debug + Send + Sync {
@@ -34,6 +48,8 @@ pub struct PodSockets {
     netns: Arc<Netns>,
     mark: u32,
     transparent_mark: u32,
+    /// The next source port to try for a connect from a client's address.
+    next_port: Arc<AtomicU32>,
 }
 
 impl PodSockets {
@@ -45,7 +61,43 @@ impl PodSockets {
             netns,
             mark,
             transparent_mark,
+            // A new ztunnel starts elsewhere in the range than its
+            // predecessor, whose connections may still hold their ports.
+            next_port: Arc::new(AtomicU32::new(u32::from(fastrand::u16(
+                0..SOURCE_PORT_COUNT,
+            )))),
         }
+    }
+
+    /// Binds `socket` to `src` and a source port of its own, taken in turn.
+    ///
+    /// Not port 0: to find a free port, the kernel walks the range until a
+    /// port that no socket of the namespace uses, and every connection
+    /// ztunnel holds (or has closed first: `TIME_WAIT`, a minute) from a
+    /// client's address takes one. With thousands of them a bind took
+    /// milliseconds of the kernel's time, for every new connection. With
+    /// `SO_REUSEADDR` on these sockets, a port they already use binds at
+    /// once; only a connection with the same four addresses and ports
+    /// conflicts, and that fails the connect (`EADDRNOTAVAIL`), which the
+    /// caller retries.
+    fn bind_source(&self, socket: &Socket, src: IpAddr) -> io::Result<()> {
+        let mut last = None;
+        for _ in 0..SOURCE_PORT_ATTEMPTS {
+            let port = self.source_port();
+            match socket.bind(&SockAddr::from(SocketAddr::new(src, port))) {
+                Ok(()) => return Ok(()),
+                // A listener or an exclusive socket on this port.
+                Err(error) if error.kind() == io::ErrorKind::AddrInUse => last = Some(error),
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)))
+    }
+
+    fn source_port(&self) -> u16 {
+        let offset = self.next_port.fetch_add(1, Ordering::Relaxed) % u32::from(SOURCE_PORT_COUNT);
+        // Below the count, a u16.
+        SOURCE_PORTS.start() + u16::try_from(offset).unwrap_or(0)
     }
 
     fn socket(&self, addr: &SocketAddr, mark: u32) -> io::Result<Socket> {
@@ -93,7 +145,7 @@ impl SocketFactory for PodSockets {
                 socket.set_ip_transparent_v6(true)?;
             }
             socket.set_reuse_address(true)?;
-            socket.bind(&SockAddr::from(SocketAddr::new(src, 0)))?;
+            self.bind_source(&socket, src)?;
         }
         let std: std::net::TcpStream = socket.into();
         Ok(TcpSocket::from_std_stream(std))
@@ -110,4 +162,60 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, TcpListener as StdListener};
+
+    use super::*;
+
+    /// Points the cursor at `port`.
+    fn take_next(sockets: &PodSockets, port: u16) {
+        sockets
+            .next_port
+            .store(u32::from(port - SOURCE_PORTS.start()), Ordering::Relaxed);
+    }
+
+    /// Needs root (entering a network namespace, `IP_TRANSPARENT`, marks): it
+    /// runs in the test's own namespace, on loopback.
+    #[tokio::test]
+    async fn connects_from_a_client_address_take_ports_in_turn_and_share_them() {
+        let netns = Netns::open(std::path::Path::new("/proc/self/ns/net"))
+            .expect("entering a network namespace needs root");
+        let sockets = PodSockets::new(Arc::new(netns), 0, 0);
+        let client = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let first = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let second = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let (first, second) = (first.local_addr().unwrap(), second.local_addr().unwrap());
+        // A port of the range held by a listener (which no connection may
+        // share) is passed over for the next one.
+        let held = (0..100)
+            .find_map(|_| {
+                let port = fastrand::u16(SOURCE_PORTS.start() + 1..SOURCE_PORTS.end() - 1);
+                StdListener::bind((Ipv4Addr::LOCALHOST, port)).ok()
+            })
+            .expect("a free port in the range");
+        let port = held.local_addr().unwrap().port();
+        take_next(&sockets, port);
+        let socket = sockets.connector(first, Some(client)).unwrap();
+        assert_eq!(socket.local_addr().unwrap().port(), port + 1);
+        let _a = socket.connect(first).await.unwrap();
+        // The same source port serves a connection to another destination
+        // (the kernel's own choice, port 0, would look for an unused port).
+        take_next(&sockets, port + 1);
+        let socket = sockets.connector(second, Some(client)).unwrap();
+        assert_eq!(socket.local_addr().unwrap().port(), port + 1);
+        let _b = socket.connect(second).await.unwrap();
+        // Only the same four addresses and ports conflict, at the connect:
+        // the error on which `inbound::connect` takes the next port.
+        take_next(&sockets, port + 1);
+        let socket = sockets.connector(first, Some(client)).unwrap();
+        let refused = socket.connect(first).await.unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::AddrNotAvailable, "{refused}");
+        // The cursor wraps at the end of the range.
+        take_next(&sockets, *SOURCE_PORTS.end());
+        assert_eq!(sockets.source_port(), *SOURCE_PORTS.end());
+        assert_eq!(sockets.source_port(), *SOURCE_PORTS.start());
+    }
 }
