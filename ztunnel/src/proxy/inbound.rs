@@ -129,7 +129,7 @@ pub async fn connect(
         match connect_once(pod, dst, src, deadline).await {
             // From a client's address, the source port taken may still carry
             // a connection to this same destination (or its `TIME_WAIT`):
-            // the next one will not.
+            // the next port is another four-tuple.
             Err(ConnectionError::Connect { source, .. })
                 if src.is_some()
                     && source.kind() == std::io::ErrorKind::AddrNotAvailable
