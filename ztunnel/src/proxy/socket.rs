@@ -26,8 +26,10 @@ const SOURCE_PORTS: std::ops::RangeInclusive<u16> = 32768..=60999;
 /// How many ports [`SOURCE_PORTS`] holds.
 const SOURCE_PORT_COUNT: u16 = *SOURCE_PORTS.end() - *SOURCE_PORTS.start() + 1;
 
-/// Ports tried before a connect from a client's address gives up (each one
-/// in use by a listener, or by a socket without `SO_REUSEADDR`).
+/// Ports tried before a connect from a client's address gives up: binds
+/// refused (a listener, or a socket without `SO_REUSEADDR`, on the port), and
+/// separately connects refused (`EADDRNOTAVAIL`: the four-tuple is taken;
+/// `inbound::connect` retries those).
 pub const SOURCE_PORT_ATTEMPTS: usize = 64;
 
 /// Creates the sockets of one pod.
@@ -72,7 +74,7 @@ impl PodSockets {
     /// Binds `socket` to `src` and a source port of its own, taken in turn.
     ///
     /// Not port 0: to find a free port, the kernel walks the range until a
-    /// port that no socket of the namespace uses, and every connection
+    /// port that no socket bound to that address (or to any) uses, and every connection
     /// ztunnel holds (or has closed first: `TIME_WAIT`, a minute) from a
     /// client's address takes one. With thousands of them a bind took
     /// milliseconds of the kernel's time, for every new connection. With
