@@ -5,6 +5,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
+    time::Duration,
 };
 
 use tokio::net::TcpStream;
@@ -14,6 +15,7 @@ use super::{
     ConnectionError,
     access::{Connection, Direction},
     pods::PodContext,
+    socket::{SOURCE_PORT_ATTEMPTS, SocketFactory},
 };
 use crate::metrics::TcpLabels;
 
@@ -122,54 +124,64 @@ pub async fn connect(
     dst: SocketAddr,
     src: Option<IpAddr>,
 ) -> Result<TcpStream, ConnectionError> {
-    let deadline = tokio::time::Instant::now() + pod.inputs.connect_timeout;
+    let flows = &pod.inputs.flows;
+    // A connect from a client's address must reach the application, not be
+    // steered back to ztunnel: its flow is registered until the handshake
+    // is done.
+    connect_with(
+        pod.sockets.as_ref(),
+        dst,
+        src,
+        pod.inputs.connect_timeout,
+        |bound| flows.register(bound, dst).map_err(ConnectionError::Capture),
+    )
+    .await
+}
+
+/// [`connect`] with the pod's sockets and flow registration as arguments:
+/// `register` is called, for a connect from a client's address, with the
+/// address and port bound, and what it returns is kept until that connect
+/// attempt ends.
+async fn connect_with<G>(
+    sockets: &dyn SocketFactory,
+    dst: SocketAddr,
+    src: Option<IpAddr>,
+    timeout: Duration,
+    mut register: impl FnMut(SocketAddr) -> Result<G, ConnectionError>,
+) -> Result<TcpStream, ConnectionError> {
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut attempts = 0;
     loop {
         attempts += 1;
-        match connect_once(pod, dst, src, deadline).await {
+        let socket = sockets
+            .connector(dst, src)
+            .map_err(|source| ConnectionError::Connect { dst, source })?;
+        let _flow = match src {
+            Some(_) => {
+                let bound = socket
+                    .local_addr()
+                    .map_err(|source| ConnectionError::Connect { dst, source })?;
+                Some(register(bound)?)
+            }
+            None => None,
+        };
+        match tokio::time::timeout_at(deadline, socket.connect(dst)).await {
+            Ok(Ok(stream)) => return Ok(stream),
             // From a client's address, the source port taken may still carry
             // a connection to this same destination (or its `TIME_WAIT`):
             // the next port is another four-tuple.
-            Err(ConnectionError::Connect { source, .. })
+            Ok(Err(source))
                 if src.is_some()
                     && source.kind() == std::io::ErrorKind::AddrNotAvailable
-                    && attempts < super::socket::SOURCE_PORT_ATTEMPTS => {}
-            result => return result,
+                    && attempts < SOURCE_PORT_ATTEMPTS => {}
+            Ok(Err(source)) => return Err(ConnectionError::Connect { dst, source }),
+            Err(_) => {
+                return Err(ConnectionError::ConnectTimeout {
+                    dst,
+                    after: timeout,
+                });
+            }
         }
-    }
-}
-
-async fn connect_once(
-    pod: &PodContext,
-    dst: SocketAddr,
-    src: Option<IpAddr>,
-    deadline: tokio::time::Instant,
-) -> Result<TcpStream, ConnectionError> {
-    let socket = pod
-        .sockets
-        .connector(dst, src)
-        .map_err(|source| ConnectionError::Connect { dst, source })?;
-    // A connect from a client's address must reach the application, not be
-    // steered back to ztunnel: register the flow until the handshake is done.
-    let _flow = match src {
-        Some(_) => {
-            let bound = socket
-                .local_addr()
-                .map_err(|source| ConnectionError::Connect { dst, source })?;
-            Some(
-                pod.inputs
-                    .flows
-                    .register(bound, dst)
-                    .map_err(ConnectionError::Capture)?,
-            )
-        }
-        None => None,
-    };
-    let after = pod.inputs.connect_timeout;
-    match tokio::time::timeout_at(deadline, socket.connect(dst)).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(source)) => Err(ConnectionError::Connect { dst, source }),
-        Err(_) => Err(ConnectionError::ConnectTimeout { dst, after }),
     }
 }
 
@@ -177,7 +189,132 @@ pub use crate::accept::canonical;
 
 #[cfg(test)]
 mod tests {
+    use std::{
+        cell::RefCell,
+        net::{Ipv4Addr, TcpListener as StdListener},
+    };
+
     use super::*;
+    use crate::{capture::Netns, proxy::PodSockets};
+
+    /// Sockets in the test's own network namespace (entering it, marks and
+    /// `IP_TRANSPARENT` need root), and a listener on loopback to connect to.
+    fn loopback_sockets() -> (PodSockets, StdListener) {
+        let netns = Netns::open(std::path::Path::new("/proc/self/ns/net"))
+            .expect("entering a network namespace needs root");
+        let listener = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        (PodSockets::new(Arc::new(netns), 0, 0), listener)
+    }
+
+    /// Holds `count` connections from 127.0.0.1 to `dst`, from the ports the
+    /// connector takes from `first` on.
+    async fn hold(
+        sockets: &PodSockets,
+        dst: SocketAddr,
+        first: u16,
+        count: usize,
+    ) -> Vec<TcpStream> {
+        sockets.take_next(first);
+        let mut held = Vec::new();
+        for _ in 0..count {
+            let socket = sockets
+                .connector(dst, Some(IpAddr::V4(Ipv4Addr::LOCALHOST)))
+                .unwrap();
+            held.push(socket.connect(dst).await.unwrap());
+        }
+        held
+    }
+
+    /// A flow registration that notes when it ends.
+    struct Registered<'a>(&'a RefCell<Vec<(SocketAddr, bool)>>, usize);
+
+    impl Drop for Registered<'_> {
+        fn drop(&mut self) {
+            self.0.borrow_mut()[self.1].1 = false;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_taken_four_tuple_is_connected_again_from_the_next_port() {
+        let (sockets, listener) = loopback_sockets();
+        let dst = listener.local_addr().unwrap();
+        let first = fastrand::u16(33_000..60_000);
+        let held = hold(&sockets, dst, first, 1).await;
+        let taken = held[0].local_addr().unwrap();
+        // The cursor comes back to the port of that connection: its four
+        // addresses and ports are taken, the connect fails, and the next
+        // attempt (a flow registered anew) takes the next port.
+        sockets.take_next(taken.port());
+        let flows = RefCell::new(Vec::new());
+        let stream = connect_with(
+            &sockets,
+            dst,
+            Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            Duration::from_secs(5),
+            |bound| {
+                let mut flows_now = flows.borrow_mut();
+                assert!(
+                    flows_now.iter().all(|(_, live)| !live),
+                    "a failed attempt's flow ends before the next: {flows_now:?}"
+                );
+                flows_now.push((bound, true));
+                Ok(Registered(&flows, flows_now.len() - 1))
+            },
+        )
+        .await
+        .expect("the second port connects");
+        let flows = flows.into_inner();
+        assert_eq!(flows.len(), 2, "{flows:?}");
+        assert_eq!(flows[0].0, taken);
+        assert_eq!(flows[1].0, stream.local_addr().unwrap());
+        assert!(flows[1].0.port() > taken.port(), "{flows:?}");
+        assert!(
+            flows.iter().all(|(_, live)| !live),
+            "the flow ends once connected: {flows:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn taken_four_tuples_are_retried_a_bounded_number_of_times() {
+        let (sockets, listener) = loopback_sockets();
+        let dst = listener.local_addr().unwrap();
+        let first = fastrand::u16(33_000..60_000);
+        let _held = hold(&sockets, dst, first, SOURCE_PORT_ATTEMPTS).await;
+        sockets.take_next(first);
+        let mut attempts = 0;
+        let error = connect_with(
+            &sockets,
+            dst,
+            Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            Duration::from_secs(5),
+            |_| {
+                attempts += 1;
+                Ok(())
+            },
+        )
+        .await
+        .expect_err("every port tried is taken");
+        assert_eq!(attempts, SOURCE_PORT_ATTEMPTS);
+        match error {
+            ConnectionError::Connect { source, .. } => {
+                assert_eq!(
+                    source.kind(),
+                    std::io::ErrorKind::AddrNotAvailable,
+                    "{source}"
+                );
+            }
+            other => panic!("expected the connect's error, got {other}"),
+        }
+        // Without a client's address, no retry and no registration.
+        let mut registered = 0;
+        connect_with(&sockets, dst, None, Duration::from_secs(5), |_| {
+            registered += 1;
+            Ok(())
+        })
+        .await
+        .expect("a connect from ztunnel's own address");
+        assert_eq!(registered, 0);
+    }
 
     #[test]
     fn v4_mapped_peers_become_ipv4() {

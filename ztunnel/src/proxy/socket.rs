@@ -96,6 +96,13 @@ impl PodSockets {
         Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)))
     }
 
+    /// Points the cursor at `port`, a port of [`SOURCE_PORTS`].
+    #[cfg(test)]
+    pub(super) fn take_next(&self, port: u16) {
+        self.next_port
+            .store(u32::from(port - SOURCE_PORTS.start()), Ordering::Relaxed);
+    }
+
     fn source_port(&self) -> u16 {
         let offset = self.next_port.fetch_add(1, Ordering::Relaxed) % u32::from(SOURCE_PORT_COUNT);
         // Below the count, a u16.
@@ -172,13 +179,6 @@ mod tests {
 
     use super::*;
 
-    /// Points the cursor at `port`.
-    fn take_next(sockets: &PodSockets, port: u16) {
-        sockets
-            .next_port
-            .store(u32::from(port - SOURCE_PORTS.start()), Ordering::Relaxed);
-    }
-
     /// Needs root (entering a network namespace, `IP_TRANSPARENT`, marks): it
     /// runs in the test's own namespace, on loopback.
     #[tokio::test]
@@ -199,24 +199,24 @@ mod tests {
             })
             .expect("a free port in the range");
         let port = held.local_addr().unwrap().port();
-        take_next(&sockets, port);
+        sockets.take_next(port);
         let socket = sockets.connector(first, Some(client)).unwrap();
         assert_eq!(socket.local_addr().unwrap().port(), port + 1);
         let _a = socket.connect(first).await.unwrap();
         // The same source port serves a connection to another destination
         // (the kernel's own choice, port 0, would look for an unused port).
-        take_next(&sockets, port + 1);
+        sockets.take_next(port + 1);
         let socket = sockets.connector(second, Some(client)).unwrap();
         assert_eq!(socket.local_addr().unwrap().port(), port + 1);
         let _b = socket.connect(second).await.unwrap();
         // Only the same four addresses and ports conflict, at the connect:
         // the error on which `inbound::connect` takes the next port.
-        take_next(&sockets, port + 1);
+        sockets.take_next(port + 1);
         let socket = sockets.connector(first, Some(client)).unwrap();
         let refused = socket.connect(first).await.unwrap_err();
         assert_eq!(refused.kind(), io::ErrorKind::AddrNotAvailable, "{refused}");
         // The cursor wraps at the end of the range.
-        take_next(&sockets, *SOURCE_PORTS.end());
+        sockets.take_next(*SOURCE_PORTS.end());
         assert_eq!(sockets.source_port(), *SOURCE_PORTS.end());
         assert_eq!(sockets.source_port(), *SOURCE_PORTS.start());
     }
