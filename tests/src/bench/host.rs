@@ -28,6 +28,25 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// Milliseconds the hypervisor has taken from this machine's virtual CPUs
+/// since boot (`steal` of `/proc/stat`, all CPUs together).
+pub fn steal_ms() -> Result<f64, String> {
+    let path = "/proc/stat";
+    let stat = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    parse_steal_ticks(&stat)
+        .map(|ticks| ticks as f64 * 1000.0 / USER_HZ)
+        .ok_or_else(|| format!("{path}: no steal time in its \"cpu\" line"))
+}
+
+/// The eighth number of the `cpu` line (all CPUs): `steal`, in `USER_HZ`
+/// ticks (0 where the kernel has no paravirtual steal clock).
+fn parse_steal_ticks(stat: &str) -> Option<u64> {
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("cpu"))?;
+    line.split_whitespace().nth(8)?.parse().ok()
+}
+
 /// Open file descriptors of process `pid` (0 when it is gone).
 pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
@@ -167,6 +186,17 @@ pub fn git_commit(dir: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steal_is_the_eighth_number_of_the_cpu_line() {
+        let stat = "cpu  4872780 760 1364152 4601603 27722 0 208009 13147 0 0\n\
+                    cpu0 2082261 394 680094 2663530 6090 0 102474 6559 0 0\n\
+                    intr 1 2 3\n";
+        assert_eq!(parse_steal_ticks(stat), Some(13147));
+        assert_eq!(parse_steal_ticks("cpu0 1 2 3 4 5 6 7 8\n"), None);
+        assert_eq!(parse_steal_ticks("cpu  1 2 3\n"), None);
+        assert!(steal_ms().is_ok_and(|ms| ms >= 0.0));
+    }
 
     #[test]
     fn cpu_ticks_count_fields_after_the_command_name() {

@@ -19,9 +19,10 @@ use super::{
     output,
     report::{
         CPU_PER_GIB, CPU_PER_GIB_P4, CPU_PER_GIB_P16, CRR, LOAD_CONNECTIONS, LOAD_RATES, Outcome,
-        RR_P50, RR_P90, RR_P99, RR_P999, RR1_P50, RR1_P90, RR1_P99, RR1_P999, RSS_AFTER_RELEASE,
-        RSS_HELD, RSS_IDLE, RSS_IDLE_ANON, RSS_PER_CONN, Report, Runs, SATURATED_BELOW, SLOW_MIB,
-        SLOW_TCP_MEM_PEAK, ScenarioReport, THROUGHPUT, THROUGHPUT_P4, THROUGHPUT_P16,
+        RR_P50, RR_P90, RR_P99, RR_P999, RR_STEAL_MS, RR1_P50, RR1_P90, RR1_P99, RR1_P999,
+        RSS_AFTER_RELEASE, RSS_HELD, RSS_IDLE, RSS_IDLE_ANON, RSS_PER_CONN, Report, Runs,
+        SATURATED_BELOW, SLOW_MIB, SLOW_TCP_MEM_PEAK, ScenarioReport, THROUGHPUT, THROUGHPUT_P4,
+        THROUGHPUT_P16,
     },
     scenario::{Dataplane, MESH_NO_SOCKMAP, MESH_VARIANT, Route, SCENARIOS, Scenario, Workload},
 };
@@ -622,6 +623,7 @@ impl Bench {
                     }
                 }
                 Workload::Latency => {
+                    let steal_before = host::steal_ms();
                     for size in [1024, 1] {
                         match self.latency(client, server, size) {
                             Ok(run) => {
@@ -650,6 +652,11 @@ impl Bench {
                             }
                             Err(e) => failed(&format!("{size}-byte latency"), e),
                         }
+                    }
+                    if let (Ok(before), Ok(after)) = (steal_before, host::steal_ms()) {
+                        let stolen = after - before;
+                        collected.runs.push(RR_STEAL_MS, stolen);
+                        line.push_str(&format!(" steal={stolen:.0}ms"));
                     }
                 }
                 Workload::LoadLatency => {
