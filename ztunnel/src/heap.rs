@@ -11,7 +11,10 @@
 //! faults a fresh page in).
 //!
 //! Trimming walks the free lists under each arena's lock, so it runs on a
-//! blocking thread, and only when it has something to give: when the
+//! blocking thread (which does not keep the worker thread from waiting for
+//! that lock: on a heap fragmented by 10,000 connections, `mallinfo2` holds
+//! it 4-8 ms and `malloc_trim` 3-14 ms; docs/benchmarks.md, "The heap check
+//! stalls the data path"), and only when it has something to give: when the
 //! resident anonymous memory exceeds what the allocator has handed out by at
 //! least [`SLACK`] more than it did after the last trim (some slack is not
 //! the allocator's to give: thread stacks, free pieces smaller than a page).
