@@ -10,17 +10,24 @@
 //! (`MADV_DONTNEED`: the pages stay mapped, so a later allocation simply
 //! faults a fresh page in).
 //!
-//! Trimming walks the free lists under each arena's lock, so it runs on a
-//! blocking thread (which does not keep the worker thread from waiting for
-//! that lock: on a heap fragmented by 10,000 connections, `mallinfo2` holds
-//! it 4-8 ms and `malloc_trim` 3-14 ms; docs/benchmarks.md, "The heap check
-//! stalls the data path"), and only when it has something to give: when the
-//! resident anonymous memory exceeds what the allocator has handed out by at
-//! least [`SLACK`] more than it did after the last trim (some slack is not
-//! the allocator's to give: thread stacks, free pieces smaller than a page).
-//! A steady or idle process never trims.
+//! Trimming walks the free lists under each arena's lock, and a thread that
+//! allocates past glibc's per-thread cache waits for that lock, wherever the
+//! trim runs: on a heap fragmented by 10,000 connections a trim holds it for
+//! 3-14 ms (docs/benchmarks.md, "The heap check stalls the data path"). So
+//! it is done only when there is something to give: when the resident
+//! anonymous memory exceeds what the allocator has handed out by at least
+//! [`SLACK`] more than it did after the last trim (some slack is not the
+//! allocator's to give: thread stacks, free pieces smaller than a page). A
+//! steady or idle process never trims. What the allocator has handed out is
+//! counted as it goes ([`Counting`], ztunnel's global allocator), not asked
+//! of glibc: `mallinfo2` walks the same free lists under the same locks, and
+//! took 4-8 ms per check on such a heap.
 
-use std::time::Duration;
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
 
 use prometheus_client::metrics::counter::Counter;
 
@@ -30,30 +37,94 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(10);
 /// Resident but unallocated heap above which ztunnel trims.
 pub const SLACK: u64 = 8 * 1024 * 1024;
 
+/// Bytes of glibc's chunks that [`Counting`] has handed out and not had back.
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// The system allocator (glibc's), counting the bytes it holds for the
+/// process (ztunnel's global allocator): one atomic addition per
+/// allocation and one subtraction per release. Allocations of C code
+/// (aws-lc's) are not seen; they are few and long-lived, and the trigger
+/// measures slack from where it settled.
+#[derive(Debug)]
+pub struct Counting;
+
+/// The chunk glibc takes for a block of `size` bytes: an 8-byte header,
+/// 16-byte granules, 32 bytes at least. (A block it `mmap`s takes whole
+/// pages: less than a page more, once per such block.)
+const fn chunk(size: usize) -> usize {
+    let granules = size.saturating_add(8 + 15) & !15;
+    if granules < 32 { 32 } else { granules }
+}
+
+// SAFETY: every method calls `System`'s with the caller's arguments as they
+// are; the count is arithmetic on the sizes, nothing else is touched.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc`, passed on.
+        let block = unsafe { System.alloc(layout) };
+        if !block.is_null() {
+            HELD.fetch_add(chunk(layout.size()), Ordering::Relaxed);
+        }
+        block
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc_zeroed`, passed on.
+        let block = unsafe { System.alloc_zeroed(layout) };
+        if !block.is_null() {
+            HELD.fetch_add(chunk(layout.size()), Ordering::Relaxed);
+        }
+        block
+    }
+
+    unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
+        // SAFETY: `block` came from `alloc`/`realloc` above, with `layout`.
+        unsafe { System.dealloc(block, layout) };
+        HELD.fetch_sub(chunk(layout.size()), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract for `realloc`, passed on.
+        let moved = unsafe { System.realloc(block, layout, new_size) };
+        // On failure the old block stays, and so does its count.
+        if !moved.is_null() {
+            HELD.fetch_add(chunk(new_size), Ordering::Relaxed);
+            HELD.fetch_sub(chunk(layout.size()), Ordering::Relaxed);
+        }
+        moved
+    }
+}
+
+/// Bytes [`Counting`] holds for the process now; `None` when it is not the
+/// global allocator (a running program always holds something).
+pub fn held() -> Option<u64> {
+    match HELD.load(Ordering::Relaxed) {
+        0 => None,
+        bytes => u64::try_from(bytes).ok(),
+    }
+}
+
 /// What the allocator and the kernel say about the heap, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
     /// Resident anonymous memory (`RssAnon`): heap, stacks, anonymous maps.
     pub resident: u64,
-    /// Bytes the allocator has handed out and not had back, `mmap`ed blocks
-    /// included (`mallinfo2`: `uordblks + hblkhd`).
+    /// Bytes the allocator has handed out and not had back ([`held`]).
     pub allocated: u64,
 }
 
 impl Usage {
-    /// Now.
+    /// Now; `None` when `/proc/self/status` has no `RssAnon` or [`Counting`]
+    /// is not the global allocator.
     pub fn read() -> Option<Self> {
         let status = std::fs::read_to_string("/proc/self/status").ok()?;
         let resident = status.lines().find_map(|line| {
             let kib = line.strip_prefix("RssAnon:")?.trim().strip_suffix("kB")?;
             kib.trim().parse::<u64>().ok()
         })? * 1024;
-        // SAFETY: mallinfo2 takes no arguments and only reads the allocator's
-        // own statistics (under its locks); it is in glibc since 2.33.
-        let info = unsafe { libc::mallinfo2() };
         Some(Self {
             resident,
-            allocated: (info.uordblks as u64).saturating_add(info.hblkhd as u64),
+            allocated: held()?,
         })
     }
 
@@ -100,7 +171,8 @@ pub async fn run(released: Counter) {
     let mut trigger = Trigger::default();
     loop {
         every.tick().await;
-        let Ok(Some(usage)) = tokio::task::spawn_blocking(Usage::read).await else {
+        // A file read and a counter: no lock of the allocator's.
+        let Some(usage) = Usage::read() else {
             continue;
         };
         if !trigger.due(usage.slack()) {
@@ -120,6 +192,11 @@ pub async fn run(released: Counter) {
         );
     }
 }
+
+/// The unit tests count too, as ztunnel does.
+#[cfg(test)]
+#[global_allocator]
+static TEST_ALLOCATOR: Counting = Counting;
 
 #[cfg(test)]
 mod tests {
@@ -141,6 +218,33 @@ mod tests {
         // The process reuses the free pieces, then frees 8 MiB again.
         assert!(!trigger.due(3 * MIB));
         assert!(trigger.due(11 * MIB));
+    }
+
+    #[test]
+    fn the_count_follows_allocations_reallocations_and_releases() {
+        // Large enough that what the other tests allocate meanwhile is noise;
+        // never written, so never resident.
+        const BIG: usize = 512 * 1024 * 1024;
+        const NOISE: u64 = 128 * 1024 * 1024;
+        let before = held().expect("the tests' allocator counts");
+        let mut block: Vec<u8> = Vec::with_capacity(1024);
+        block.reserve_exact(BIG);
+        let grown = held().expect("counting");
+        assert!(
+            grown.abs_diff(before + BIG as u64) < NOISE,
+            "{before} + {BIG} after a reallocation, counted {grown}"
+        );
+        drop(block);
+        let after = held().expect("counting");
+        assert!(
+            after.abs_diff(before) < NOISE,
+            "{before} before, {after} after"
+        );
+        // glibc's chunks: the header and 16-byte granules.
+        assert_eq!(chunk(0), 32);
+        assert_eq!(chunk(24), 32);
+        assert_eq!(chunk(25), 48);
+        assert_eq!(chunk(1024), 1040);
     }
 
     #[test]
